@@ -62,6 +62,14 @@ class TrialConfig:
     # execution
     threads: int = 1
     mixed_precision: bool = False
+    # Where pretext weights are shared between trials (set by the runner under the run's storage).
+    pretext_cache_dir: str | None = None
+    checkpoint_every: int = 1  # fine-tune epochs between checkpoints
+    # False: the trial trains its own pretext instead of sharing it (the naive study of bench/study_cost.py).
+    share_pretext: bool = True
+    # True (with exactly one patience > 0): stop fine-tuning where Keras' EarlyStopping would, saving the
+    # remaining epochs; the other regimes then cannot be replayed from this run.
+    early_stop_training: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -89,3 +97,78 @@ class TrialConfig:
 def regime_name(patience: int) -> str:
     """`0 -> "none"`, `3 -> "patience3"`: the label of an early-stopping regime in tables."""
     return "none" if patience == 0 else f"patience{patience}"
+
+
+# Both encoders downsample by 32 and the image decoders upsample by 2**5, so sizes must be multiples of 32.
+ENCODER_STRIDE = 32
+
+
+def validate_trial(trial: TrialConfig) -> None:
+    """Raise `ConfigError` with one line saying what to change when `trial` cannot run.
+
+    Runs on the driver before any trial starts; imports no TensorFlow.
+    """
+    from study import pretext
+
+    def bad(msg: str) -> None:
+        raise ConfigError(msg)
+
+    if trial.task not in TASK_NAMES:
+        bad(f"task: unknown task {trial.task!r}; choose one of {', '.join(TASK_NAMES)}")
+    if trial.encoder not in ENCODERS:
+        bad(f"encoder: unknown encoder {trial.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if trial.weights not in WEIGHTS:
+        bad(f"weights: unknown init {trial.weights!r}; choose one of {', '.join(WEIGHTS)}")
+    if trial.weights == "imagenet" and trial.encoder != "resnet50":
+        bad("weights: 'imagenet' exists only for encoder 'resnet50'; use weights='random' for the small encoder")
+    if trial.image_size < ENCODER_STRIDE or trial.image_size % ENCODER_STRIDE:
+        bad(f"image_size: {trial.image_size} px cannot go through the {trial.encoder} encoder (stride "
+            f"{ENCODER_STRIDE}); use a multiple of {ENCODER_STRIDE} such as 32, 64 or 224")
+    if not isinstance(trial.seed, int) or trial.seed < 0:
+        bad(f"seed: {trial.seed!r} is not a non-negative integer")
+    for name in ("lr", "pretext_lr"):
+        value = getattr(trial, name)
+        if not value > 0:
+            bad(f"{name}: learning rate must be > 0 (got {value})")
+    for name in ("finetune_epochs", "pretext_epochs", "batch_size", "pretext_batch_size", "threads",
+                 "synth_n_train", "synth_n_test", "checkpoint_every"):
+        value = getattr(trial, name)
+        if not isinstance(value, int) or value < 1:
+            bad(f"{name}: must be an integer >= 1 (got {value!r})")
+    if not trial.patiences:
+        bad("patiences: give at least one early-stopping regime (0 = no early stopping)")
+    for p in trial.patiences:
+        if p < 0:
+            bad(f"patiences: patience must be >= 0 (got {p}; 0 means no early stopping)")
+    if trial.early_stop_training and (len(trial.patiences) != 1 or trial.patiences[0] == 0):
+        bad(f"early_stop_training: needs exactly one patience > 0 (got patiences={list(trial.patiences)}); "
+            "replaying several regimes needs the full run")
+    if trial.pretext_patience is not None and trial.pretext_patience < 1:
+        bad(f"pretext_patience: must be >= 1 or unset (got {trial.pretext_patience})")
+    if trial.start_from_epoch < 0:
+        bad(f"start_from_epoch: must be >= 0 (got {trial.start_from_epoch})")
+    if not 0 < trial.val_fraction < 1:
+        bad(f"val_fraction: must be in (0, 1) (got {trial.val_fraction}; the paper uses 0.2)")
+    if not 0 < trial.label_fraction <= 1:
+        bad(f"label_fraction: must be in (0, 1] (got {trial.label_fraction})")
+    if any(w < 1 for w in trial.encoder_widths) or len(trial.encoder_widths) != 4:
+        bad(f"encoder_widths: need 4 positive stage widths (got {list(trial.encoder_widths)})")
+    if trial.task != "none":
+        task = pretext.get_task(trial.task)
+        params = resolved_task_params(trial)
+        try:
+            task.validate(trial.image_size, **params)
+        except ValueError as exc:
+            bad(f"{trial.task}: {exc}")
+
+
+def resolved_task_params(trial: TrialConfig) -> dict[str, Any]:
+    """The task's parameters with the paper's defaults (scaled to the image size) filled in where unset."""
+    from study import pretext
+
+    if trial.task == "none":
+        return {}
+    task = pretext.get_task(trial.task)
+    defaults = pretext.default_params(trial.task, trial.image_size)
+    return {name: (getattr(trial, name) if getattr(trial, name) is not None else defaults[name])
+            for name in task.params}

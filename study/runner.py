@@ -1,0 +1,413 @@
+"""Build, run and restore the Ray Tune study; collect its results into the tidy tables.
+
+The driver never imports TensorFlow: trials do (inside `study.trainables.two_stage_trial`).
+
+Run directory (= Tune's experiment directory, `STORAGE/NAME`):
+    study.json       the preset as run (for `study resume`)
+    results.csv      one row per trial x early-stopping regime (the analysis contract)
+    history.csv      one row per reported epoch of each trial
+    manifest.json    config, versions, data fingerprint and check, git revision, errors
+    examples/        pretext inputs/targets/outputs of image tasks, for the report
+    pretext_cache/   pretext weights shared between trials
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import study
+from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
+from study.search_spaces import ARM_TITLES, StudyPreset, arm_name, get_preset, optuna_space
+
+STUDY_FILE = "study.json"
+METRIC_KEYS = ("soft_accuracy", "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "loss")
+
+
+class RunError(RuntimeError):
+    """A study that cannot start or resume; the message says what to change."""
+
+
+# ---------------------------------------------------------------------------------------------- preparation
+def apply_overrides(preset: StudyPreset, *, data: str | None = None, seeds: int | None = None,
+                    cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
+                    samples: int | None = None) -> StudyPreset:
+    """The preset with command-line overrides applied (validated later by `validate_preset`)."""
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError(f"--seeds: need at least 1 seed (got {seeds}); paired tests need >= 7")
+        preset = preset.with_seeds(seeds)
+    if data is not None:
+        preset = preset.replace(base=preset.base.replace(data_path=str(Path(data).expanduser().resolve())))
+    if cpus_per_trial is not None:
+        if cpus_per_trial <= 0:
+            raise ConfigError(f"--cpus-per-trial: must be > 0 (got {cpus_per_trial})")
+        threads = max(1, int(cpus_per_trial))
+        preset = preset.replace(cpus_per_trial=cpus_per_trial, base=preset.base.replace(threads=threads))
+    if gpus_per_trial is not None:
+        if gpus_per_trial < 0:
+            raise ConfigError(f"--gpus-per-trial: must be >= 0 (got {gpus_per_trial})")
+        if 0 < gpus_per_trial < 1:
+            # TensorFlow cannot share a GPU between processes reliably (ray issue #10677).
+            raise ConfigError("--gpus-per-trial: fractional GPUs fail with TensorFlow; use 0 or a whole number")
+        preset = preset.replace(gpus_per_trial=gpus_per_trial)
+    if samples is not None:
+        if preset.search is None:
+            raise ConfigError(f"--samples applies to search presets only; {preset.name!r} is a fixed grid")
+        if samples < 1:
+            raise ConfigError(f"--samples: must be >= 1 (got {samples})")
+        preset = preset.replace(search=__import__("dataclasses").replace(preset.search, num_samples=samples))
+    return preset
+
+
+def validate_preset(preset: StudyPreset) -> None:
+    """Reject a study that cannot run, before Ray starts: one line saying what to change."""
+    if not preset.seeds:
+        raise ConfigError("seeds: need at least 1 seed")
+    if preset.needs_data and preset.base.data_path is None:
+        raise ConfigError(f"--data: the {preset.name!r} preset needs a real dataset folder "
+                          "(layout DIR/{train,test}/{benign,malignant}/*.jpg)")
+    if preset.base.data_path is not None and not Path(preset.base.data_path).is_dir():
+        raise ConfigError(f"--data: {preset.base.data_path} is not a directory")
+    if preset.search is None and not preset.arms:
+        raise ConfigError(f"preset {preset.name!r} has no arms to compare")
+    configs = preset.trial_configs() if preset.search is None else [preset.base.replace(task=t)
+                                                                        for t in preset.search.tasks]
+    for trial in configs:
+        validate_trial(trial)
+    if preset.search is None and not any(a["task"] == "none" for a in preset.arms):
+        raise ConfigError("arms: the study needs the baseline arm (task 'none') to compare against")
+
+
+def check_storage(storage: Path) -> None:
+    """Fail at start, not mid-study, when results cannot be written (unwritable path or a full disk)."""
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"x" * 1024)
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--storage: cannot write to {storage} ({exc.strerror or exc}); "
+                          "choose a writable folder") from exc
+    free = shutil.disk_usage(storage).free
+    if free < 200 * 2**20:
+        raise ConfigError(f"--storage: only {free / 2**20:.0f} MiB free at {storage}; free space or move it")
+
+
+def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
+    """(dataset root, CheckReport): generates synthetic lesions if needed and checks the data on the driver."""
+    from study.data import DataError, check_dataset
+    from study.trainables import dataset_root
+
+    root = dataset_root(preset.base)
+    report = check_dataset(root)
+    if not report.ok:
+        raise DataError(f"dataset {root} is not usable:\n" + "\n".join(f"  - {p}" for p in report.problems)
+                        + f"\nRun `study data check {root}` for the full report.")
+    return root, report
+
+
+def versions() -> dict[str, str]:
+    out = {"melanoma-ssl-study": study.__version__}
+    for dist in ("ray", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "scipy", "statsmodels",
+                 "scikit-image", "optuna"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_revision() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _init_ray(address: str | None, preset: StudyPreset) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if preset.gpus_per_trial > 0 and gpus < preset.gpus_per_trial:
+        ray.shutdown()
+        raise ConfigError(f"--gpus-per-trial {preset.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs; "
+                          "use --gpus-per-trial 0 here or run on a GPU cluster (--address auto)")
+
+
+def _trainable(preset: StudyPreset):
+    from ray import tune
+
+    from study.trainables import two_stage_trial
+
+    return tune.with_resources(two_stage_trial, {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial})
+
+
+def _tuner_configs(preset: StudyPreset, run_dir: Path):
+    from ray import tune
+
+    run_config = tune.RunConfig(
+        name=run_dir.name,
+        storage_path=str(run_dir.parent),
+        failure_config=tune.FailureConfig(max_failures=preset.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=1,
+    )
+    if preset.search is None:
+        tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=preset.max_concurrent_trials)
+        return tune_config, run_config
+    from ray.tune.search.optuna import OptunaSearch
+
+    settings = preset.search
+    searcher = OptunaSearch(space=optuna_space(settings, preset.base.image_size), metric="search_score",
+                            mode="max", seed=settings.searcher_seed)
+    scheduler = None
+    if settings.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="finetune_epoch", metric="search_score", mode="max",
+                                  max_t=preset.base.finetune_epochs, grace_period=max(1, preset.base.finetune_epochs // 4))
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
+                                  reuse_actors=True, max_concurrent_trials=preset.max_concurrent_trials)
+    return tune_config, run_config
+
+
+# --------------------------------------------------------------------------------------------------- running
+def run_study(preset: StudyPreset | str = "demo", *, storage: str | Path | None = None, name: str | None = None,
+              address: str | None = None, write_report: bool = True, **overrides: Any) -> Path:
+    """Validate, run the study on Ray Tune and write results.csv, history.csv, manifest.json and the report.
+
+    Returns the run directory. Raises ConfigError / DataError before any trial starts when the study cannot run.
+    """
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    preset = apply_overrides(preset, **overrides)
+    storage = Path(storage or "runs").expanduser().resolve()
+    name = name or f"{preset.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir = storage / name
+    check_storage(storage)
+    if (run_dir / STUDY_FILE).exists():
+        raise ConfigError(f"--name: {run_dir} already holds a study; resume it with `study resume {run_dir}` "
+                          "or choose another --name")
+    preset = preset.replace(base=preset.base.replace(pretext_cache_dir=str(run_dir / "pretext_cache")))
+    validate_preset(preset)
+    root, check = prepare_data(preset)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"Run directory: {run_dir}", flush=True)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    (run_dir / STUDY_FILE).write_text(json.dumps({
+        "preset": preset.to_dict(), "started": started, "data_root": str(root),
+        "data_check": check.to_dict(), "data_check_summary": check.format(),
+    }, indent=2, default=str))
+
+    _init_ray(address, preset)
+    from ray import tune
+
+    tune_config, run_config = _tuner_configs(preset, run_dir)
+    tuner = tune.Tuner(_trainable(preset), param_space=preset.param_space() if preset.search is None
+                       else _search_constants(preset), tune_config=tune_config, run_config=run_config)
+    grid = tuner.fit()
+    finish_run(run_dir, grid, preset, write_report=write_report)
+    return run_dir
+
+
+def _search_constants(preset: StudyPreset) -> dict[str, Any]:
+    fixed = preset.base.to_dict()
+    for key in ("task", "patch_size", "swap_count", "swap_patch_size", "lr", "pretext_lr"):
+        fixed.pop(key)
+    return fixed
+
+
+def load_study(run_dir: Path) -> tuple[StudyPreset, dict[str, Any]]:
+    """The preset a run directory was started with."""
+    path = Path(run_dir) / STUDY_FILE
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a study run directory (no {STUDY_FILE}); "
+                          "pass the folder `study run` printed, e.g. runs/demo-20260101-120000")
+    saved = json.loads(path.read_text())
+    return preset_from_dict(saved["preset"]), saved
+
+
+def preset_from_dict(d: dict[str, Any]) -> StudyPreset:
+    from study.search_spaces import SearchSettings
+
+    d = dict(d)
+    d["base"] = TrialConfig.from_dict(d["base"])
+    d["arms"] = tuple(d["arms"])
+    d["seeds"] = tuple(d["seeds"])
+    if d.get("search") is not None:
+        s = dict(d["search"])
+        for k in ("tasks", "lr_range", "pretext_lr_range", "patch_fraction_range", "swap_count_range",
+                  "swap_fraction_range"):
+            s[k] = tuple(s[k])
+        d["search"] = SearchSettings(**s)
+    return StudyPreset(**d)
+
+
+def resume_study(run_dir: str | Path, *, address: str | None = None, write_report: bool = True) -> Path:
+    """Continue an interrupted study with `Tuner.restore`; finished trials are not run again."""
+    from ray import tune
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    preset, _ = load_study(run_dir)
+    if not tune.Tuner.can_restore(str(run_dir)):
+        raise ConfigError(f"{run_dir}: no Ray Tune experiment state to restore (the study stopped before its "
+                          "first trial started); start it again with `study run`")
+    _init_ray(address, preset)
+    tuner = tune.Tuner.restore(str(run_dir), trainable=_trainable(preset), resume_unfinished=True,
+                               resume_errored=True)
+    grid = tuner.fit()
+    finish_run(run_dir, grid, preset, write_report=write_report)
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------------ collecting
+def finish_run(run_dir: Path, grid: Any, preset: StudyPreset, *, write_report: bool = True) -> None:
+    """Write results.csv, history.csv, examples/ and manifest.json from a ResultGrid, then the report."""
+    results, history, errors = collect_results(grid, preset)
+    results.to_csv(run_dir / "results.csv", index=False)
+    history.to_csv(run_dir / "history.csv", index=False)
+    _copy_examples(run_dir, results, preset)
+    saved = json.loads((run_dir / STUDY_FILE).read_text())
+    manifest = {
+        "preset": preset.name,
+        "config": preset.to_dict(),
+        "versions": versions(),
+        "data_root": saved.get("data_root"),
+        "data_fingerprint": next(iter(results["data_fingerprint"].dropna()), None) if len(results) else None,
+        "git_revision": git_revision(),
+        "data_check": {"summary": saved.get("data_check_summary"), **(saved.get("data_check") or {})},
+        "started": saved.get("started"),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "n_trials": int(results["trial_id"].nunique()) if len(results) else 0,
+        "errors": errors,
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    if write_report:
+        try:
+            from study.report import write_report as _write_report
+        except ImportError:  # the report module arrives with the analysis issue
+            print(results.groupby(["regime", "arm"])["test_auc"].agg(["count", "mean", "std"]).to_string())
+        else:
+            md, html = _write_report(run_dir)
+            print(f"Report: {html}")
+
+
+def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
+    from study.trainables import trial_config_from
+
+    trial = trial_config_from(config)
+    params = resolved_task_params(trial)
+    shown = {"task": trial.task, **params, **{k: v for k, v in (config.get("arm") or {}).items() if k in varied}}
+    return {"arm": arm_name(shown, varied), "task": trial.task,
+            "patch_size": params.get("patch_size"), "swap_count": params.get("swap_count"),
+            "swap_patch_size": params.get("swap_patch_size"), "lr": trial.lr,
+            "pretext_lr": trial.pretext_lr if trial.task != "none" else math.nan, "seed": trial.seed,
+            "encoder": trial.encoder, "image_size": trial.image_size, "patiences": trial.patiences}
+
+
+def _varied_params(preset: StudyPreset) -> set[str]:
+    """Arm settings that take more than one value among the arms of one task (shown in arm names)."""
+    if preset.search is not None:
+        return {"patch_size", "swap_count", "swap_patch_size", "lr", "pretext_lr"}
+    varied = set()
+    for key in {k for a in preset.arms for k in a} - {"task"}:
+        for task in {a["task"] for a in preset.arms}:
+            if len({a.get(key) for a in preset.arms if a["task"] == task}) > 1:
+                varied.add(key)
+    return varied
+
+
+def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """(results, history, errors) from a Tune ResultGrid: the tidy tables of the analysis contract."""
+    varied = _varied_params(preset)
+    rows, hist, errors = [], [], []
+    for result in grid:
+        config = result.config or {}
+        fields = _arm_fields(config, varied)
+        patiences = fields.pop("patiences")
+        trial_id = Path(result.path).name if result.path else None
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id", trial_id)
+        base = {"trial_id": trial_id, **fields}
+        done = metrics.get("phase") == "done"
+        pretext = {k: v for k, v in metrics.items() if k.startswith("pretext_")}
+        common = {"data_fingerprint": metrics.get("data_fingerprint"), "pid": metrics.get("pid"),
+                  "finetune_epochs_run": metrics.get("finetune_epochs_run"),
+                  "diverged_epoch": metrics.get("diverged_epoch"),
+                  "diverged_phase": metrics.get("diverged_phase"), **pretext}
+        if result.error is not None or not done:
+            message = _one_line(result.error) if result.error is not None else "trial did not finish"
+            errors.append({"trial_id": trial_id, "arm": fields["arm"], "seed": fields["seed"], "error": message})
+            for p in patiences:
+                rows.append({**base, "regime": regime_name(p), "patience": p, "status": "error",
+                             "error": message, **common})
+        else:
+            regimes = metrics.get("regimes") or {}
+            for p in patiences:
+                name = regime_name(p)
+                reg = dict(regimes.get(name) or {})
+                # A regime that would have stopped before the divergence is a valid result (see run_finetune).
+                diverged = bool(reg.pop("diverged", False)) or not reg
+                status = "diverged" if diverged else "ok"
+                rows.append({**base, "regime": name, "patience": p, "status": status, "error": None,
+                             **reg, **common})
+        df = result.metrics_dataframe
+        if df is not None and len(df):
+            h = df[df.get("phase", pd.Series(dtype=object)).isin(["pretext", "finetune"])].copy() \
+                if "phase" in df else df.iloc[0:0]
+            if len(h):
+                h = h.drop(columns=[c for c in ("trial_id", "arm", "seed") if c in h])
+                h.insert(0, "trial_id", trial_id)
+                h.insert(1, "arm", fields["arm"])
+                h.insert(2, "seed", fields["seed"])
+                hist.append(h)
+    results = pd.DataFrame(rows)
+    if len(results):
+        results = results.sort_values(["regime", "arm", "seed"], kind="stable").reset_index(drop=True)
+        # Identity and outcome first, pretext metrics next, provenance last.
+        pretext_cols = sorted(c for c in results if c.startswith("pretext_"))
+        tail = [c for c in ("finetune_epochs_run", "encoder", "image_size", "data_fingerprint", "pid")
+                if c in results]
+        head = [c for c in results if c not in pretext_cols and c not in tail]
+        results = results[head + pretext_cols + tail]
+    history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(
+        columns=["trial_id", "arm", "seed", "phase", "epoch"])
+    keep = [c for c in history.columns if c in ("trial_id", "arm", "seed", "phase", "epoch", "loss", "val_loss",
+                                                   "val_auc", "pid") or c.startswith(("test_", "val_"))]
+    return results, history[keep], errors
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    tail = [line for line in text if line.strip()][-1:] or [type(error).__name__]
+    return tail[0][:300]
+
+
+def _copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset) -> None:
+    cache = Path(preset.base.pretext_cache_dir or "")
+    if not len(results) or "pretext_key" not in results or not cache.is_dir():
+        return
+    out = run_dir / "examples"
+    for (task, seed, key), _ in results.groupby(["task", "seed", "pretext_key"], dropna=True):
+        src = cache / str(key) / "examples.npz"
+        if src.exists():
+            out.mkdir(exist_ok=True)
+            shutil.copyfile(src, out / f"{task}_seed{seed}.npz")

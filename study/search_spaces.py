@@ -1,0 +1,272 @@
+"""Study presets and their Ray Tune search spaces (plain dicts).
+
+A preset is one `StudyPreset` built by a function whose docstring gives the launch command and the expected
+runtime (`study presets` prints them). A study's param space is the fixed trial settings plus two grid
+dimensions: `arm` (a dict holding `task` and only the parameters that task uses) and `seed` (one value per
+paired repetition). Early-stopping regimes are not a grid dimension: they are replayed from one fine-tune run
+per trial (`TrialConfig.patiences`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from study.config import TrialConfig
+
+# Display names used in tables and reports.
+ARM_TITLES = {
+    "none": "No self-supervision",
+    "rotation": "Rotation prediction",
+    "rotation4": "4-way rotation",
+    "missing_patch": "Missing patch",
+    "corruption": "Corruption removal",
+}
+
+# Which TrialConfig fields each task uses; the rest are left out of its arm (conditional parameters).
+TASK_PARAMS = {
+    "none": (),
+    "rotation": (),
+    "rotation4": (),
+    "missing_patch": ("patch_size",),
+    "corruption": ("swap_count", "swap_patch_size"),
+}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Optuna search over task parameters and learning rates (`study search`)."""
+
+    num_samples: int = 20
+    tasks: tuple[str, ...] = ("rotation", "missing_patch", "corruption")
+    lr_range: tuple[float, float] = (1e-4, 1e-2)
+    pretext_lr_range: tuple[float, float] = (1e-4, 1e-2)
+    patch_fraction_range: tuple[float, float] = (0.15, 0.5)  # patch side / image side
+    swap_count_range: tuple[int, int] = (10, 150)
+    swap_fraction_range: tuple[float, float] = (0.06, 0.25)  # swap patch side / image side
+    asha: bool = False
+    # Optimise validation AUC of the fine-tune phase at the epoch this patience regime keeps; never a test metric.
+    metric: str = "val_auc"
+    searcher_seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    """A complete study: fixed trial settings, the arms compared, the seeds, and how to schedule trials."""
+
+    name: str
+    base: TrialConfig
+    arms: tuple[dict[str, Any], ...]
+    seeds: tuple[int, ...]
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent_trials: int | None = None
+    needs_gpu: bool = False
+    needs_data: bool = False
+    search: SearchSettings | None = None
+    max_failures: int = 2
+    runtime_note: str = ""
+
+    def replace(self, **changes: Any) -> "StudyPreset":
+        return dataclasses.replace(self, **changes)
+
+    def with_seeds(self, n: int) -> "StudyPreset":
+        return self.replace(seeds=tuple(range(n)))
+
+    def trial_configs(self) -> list[TrialConfig]:
+        """Every trial of the grid, in Tune's order (arm-major), for validation and cost estimates."""
+        return [self.base.replace(**arm, seed=s) for s in self.seeds for arm in self.arms]
+
+    def param_space(self) -> dict[str, Any]:
+        """The Tune param space: fixed settings plus `arm` and `seed` grid dimensions."""
+        from ray import tune
+
+        fixed = self.base.to_dict()
+        for key in ("task", "seed", "patch_size", "swap_count", "swap_patch_size"):
+            fixed.pop(key)
+        return {**fixed, "arm": tune.grid_search(list(self.arms)), "seed": tune.grid_search(list(self.seeds))}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["base"] = self.base.to_dict()
+        return d
+
+
+def arm_name(arm: dict[str, Any], varied: set[str] = frozenset()) -> str:
+    """The label of an arm in tables: `baseline`, a task name, or `task(param=value)` when parameters vary."""
+    task = arm["task"]
+    shown = [f"{k}={arm[k]}" for k in sorted(arm) if k != "task" and k in varied and arm.get(k) is not None]
+    if task == "none":
+        return f"baseline({', '.join(shown)})" if shown else "baseline"
+    return f"{task}({', '.join(shown)})" if shown else task
+
+
+def paper_arm_params(task: str, image_size: int) -> dict[str, Any]:
+    """The paper's task parameters (75 px patch, 100 swaps of 30 px at 224 px) scaled to `image_size`."""
+    from study.pretext import default_params
+
+    return {"task": task, **(default_params(task, image_size) if task != "none" else {})}
+
+
+def _four_arms(image_size: int) -> tuple[dict[str, Any], ...]:
+    return tuple(paper_arm_params(t, image_size) for t in ("none", "rotation", "missing_patch", "corruption"))
+
+
+def demo() -> StudyPreset:
+    """Embedded default study on synthetic lesions: 4 arms x 3 regimes x 8 seeds, small encoder at 32 px.
+
+    Launch: `study run` (same as `study run --preset demo`).
+    Expected runtime: about 8 minutes on 2 CPU cores, no GPU, no data download (the lesions are generated
+    into the cache directory on first use). 8 seeds is the smallest n at which a Holm-corrected exact
+    Wilcoxon over three comparisons can reach p < 0.05.
+    """
+    size = 32
+    return StudyPreset(
+        name="demo",
+        base=TrialConfig(
+            image_size=size,
+            synth_n_train=500,
+            synth_n_test=200,
+            encoder="small",
+            encoder_widths=(8, 16, 32, 64),
+            pretext_epochs=4,
+            pretext_lr=1e-3,
+            finetune_epochs=16,
+            lr=1e-3,
+            batch_size=32,
+            patiences=(0, 3, 10),
+            threads=1,
+        ),
+        arms=_four_arms(size),
+        seeds=tuple(range(8)),
+        cpus_per_trial=1,
+        runtime_note="~8 min on 2 CPU cores",
+    )
+
+
+def smoke() -> StudyPreset:
+    """The demo's code path shrunk for tests: 4 arms x 2 seeds, tiny data, 1-2 epochs.
+
+    Launch: `study run --preset smoke`.
+    Expected runtime: well under a minute of training; about 1-2 minutes with Ray start-up on 2 CPU cores.
+    """
+    size = 32
+    return StudyPreset(
+        name="smoke",
+        base=TrialConfig(
+            image_size=size,
+            synth_n_train=80,
+            synth_n_test=40,
+            encoder="small",
+            encoder_widths=(4, 8, 8, 16),
+            pretext_epochs=1,
+            finetune_epochs=3,
+            batch_size=16,
+            pretext_batch_size=16,
+            patiences=(0, 1, 2),
+            threads=1,
+        ),
+        arms=_four_arms(size),
+        seeds=(0, 1),
+        cpus_per_trial=1,
+        runtime_note="<1 min of training",
+    )
+
+
+def paper() -> StudyPreset:
+    """The paper's design repeated over seeds: ResNet50 at 224 px, Adam lr 0.01, MSE, 100 epochs.
+
+    Patch 75 px, 100 swaps of 30 px, validation split 0.2, regimes none / patience 3 / patience 10,
+    4 arms x 10 seeds = 40 trials (30 pretext phases + 40 fine-tunes).
+    Launch: `study run --preset paper --data /data/melanoma --storage /shared/runs --address auto`
+    (on a GPU cluster; see README "Run on a cluster").
+    Expected runtime: about 1 GPU-hour per trial on one modern GPU; with 8 GPUs about 6 hours.
+    Needs a real dataset (`--data`) and GPUs (`--gpus-per-trial 1` is the default).
+    """
+    size = 224
+    return StudyPreset(
+        name="paper",
+        base=TrialConfig(
+            image_size=size,
+            encoder="resnet50",
+            weights="random",
+            pretext_epochs=100,
+            pretext_lr=0.01,
+            finetune_epochs=100,
+            lr=0.01,
+            batch_size=32,
+            pretext_batch_size=32,
+            patiences=(0, 3, 10),
+            threads=4,
+            mixed_precision=True,
+        ),
+        arms=_four_arms(size),
+        seeds=tuple(range(10)),
+        cpus_per_trial=4,
+        gpus_per_trial=1,
+        needs_gpu=True,
+        needs_data=True,
+        runtime_note="~1 GPU-hour per trial; GPU cluster and --data required",
+    )
+
+
+def search() -> StudyPreset:
+    """Optuna search over pretext-task parameters and learning rates, scored on validation AUC.
+
+    Launch: `study search --preset search --samples 20` (add `--data DIR` for real images).
+    Expected runtime: about 30 s per sample on 2 CPU cores (small encoder, 32 px synthetic lesions).
+    Selects on the fine-tune phase's validation AUC at the epoch the first patience regime keeps; test
+    metrics are recorded but never optimised. Confirm the chosen configuration afterwards with a seeded
+    `study run` (a searched optimum is a biased estimate of its own performance).
+    """
+    base = demo().base.replace(patiences=(3,))
+    return StudyPreset(
+        name="search",
+        base=base,
+        arms=(),
+        seeds=(0,),
+        cpus_per_trial=1,
+        search=SearchSettings(),
+        runtime_note="~30 s per sample on 2 CPU cores",
+    )
+
+
+PRESETS: dict[str, Callable[[], StudyPreset]] = {"demo": demo, "smoke": smoke, "paper": paper, "search": search}
+
+
+def get_preset(name: str) -> StudyPreset:
+    if name not in PRESETS:
+        from study.config import ConfigError
+
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (see `study presets`)")
+    return PRESETS[name]()
+
+
+def describe_presets() -> str:
+    """Each preset's name and docstring, for `study presets`."""
+    parts = []
+    for name, fn in PRESETS.items():
+        parts.append(f"{name}\n" + "\n".join("    " + line for line in inspect.getdoc(fn).splitlines()))
+    return "\n\n".join(parts)
+
+
+def optuna_space(settings: SearchSettings, image_size: int) -> Callable[[Any], dict[str, Any] | None]:
+    """Define-by-run Optuna space: task parameters are suggested only for the task that uses them."""
+
+    def define(trial: Any) -> dict[str, Any] | None:
+        task = trial.suggest_categorical("task", list(settings.tasks))
+        trial.suggest_float("lr", *settings.lr_range, log=True)
+        if task != "none":
+            trial.suggest_float("pretext_lr", *settings.pretext_lr_range, log=True)
+        if task == "missing_patch":
+            lo, hi = settings.patch_fraction_range
+            trial.suggest_int("patch_size", max(1, round(lo * image_size)), max(1, round(hi * image_size)))
+        if task == "corruption":
+            trial.suggest_int("swap_count", *settings.swap_count_range, log=True)
+            lo, hi = settings.swap_fraction_range
+            trial.suggest_int("swap_patch_size", max(1, round(lo * image_size)), max(1, round(hi * image_size)))
+        return None
+
+    return define

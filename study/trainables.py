@@ -1,0 +1,221 @@
+"""The two-stage Ray Tune trainable: pretext phase (cached, shared) then fine-tune phase, with checkpoints.
+
+TensorFlow is imported inside `two_stage_trial` (via `study.training`), never at module import, so the driver
+can import this module to build the Tuner without starting TensorFlow.
+
+Inside the trainable only `ray.tune.*` APIs are used (`tune.report`, `tune.get_checkpoint`, `tune.Checkpoint`):
+`ray.train.*` calls fail in Tune function trainables on Ray >= 2.50.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+import study
+from study.config import TrialConfig, regime_name, resolved_task_params
+
+# Decoded datasets of this worker process, keyed by where they come from. With `reuse_actors=True` a worker
+# runs many trials, and each loads the arrays once.
+_DATA: dict[tuple, Any] = {}
+
+STATE_FILE = "trial_state.json"
+
+
+def trial_config_from(config: dict[str, Any]) -> TrialConfig:
+    """Flatten a Tune config (fixed settings + `arm` dict, or flat search suggestions) into a TrialConfig."""
+    flat = {k: v for k, v in config.items() if k != "arm"}
+    flat.update(config.get("arm") or {})
+    return TrialConfig.from_dict(flat)
+
+
+def dataset_root(trial: TrialConfig) -> Path:
+    """The folder the trial reads: `data_path`, or synthetic lesions generated (once) into the cache dir."""
+    if trial.data_path is not None:
+        return Path(trial.data_path)
+    from study import synth
+
+    return Path(synth.synthetic_dataset(cache_dir(trial), trial.synth_n_train, trial.synth_n_test,
+                                        trial.image_size, trial.synth_seed))
+
+
+def cache_dir(trial: TrialConfig) -> Path:
+    if trial.cache_dir:
+        return Path(trial.cache_dir)
+    return Path(os.environ.get("STUDY_CACHE_DIR", Path.home() / ".cache" / "melanoma-ssl-study"))
+
+
+def load_trial_data(trial: TrialConfig):
+    """The decoded dataset for `trial`, decoded at most once per process (and once per machine via the cache)."""
+    from study.data import load_dataset
+
+    root = dataset_root(trial)
+    key = (str(root.resolve()), trial.image_size)
+    if key not in _DATA:
+        _DATA[key] = load_dataset(root, trial.image_size, cache_dir=cache_dir(trial))
+    return _DATA[key]
+
+
+def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
+    """Hash of everything that determines a pretext phase's weights and metrics."""
+    ident = {
+        "task": trial.task,
+        "params": resolved_task_params(trial),
+        "encoder": trial.encoder,
+        "encoder_widths": list(trial.encoder_widths),
+        "weights": trial.weights,
+        "image_size": trial.image_size,
+        "epochs": trial.pretext_epochs,
+        "lr": trial.pretext_lr,
+        "batch_size": trial.pretext_batch_size,
+        "patience": trial.pretext_patience,
+        "val_fraction": trial.val_fraction,
+        "seed": trial.seed,
+        "data": fingerprint,
+        "threads": trial.threads,
+        "mixed_precision": trial.mixed_precision,
+        "version": study.__version__,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_pretext(trial: TrialConfig, data: Any, on_epoch=None) -> tuple[Any, bool, str]:
+    """(PretextResult, reused?, key): load the pretext phase from the shared cache or train and store it.
+
+    A file lock per key makes concurrent trials that need the same pretext train it once: the second waits
+    and then loads. Entries are written to a temporary folder and renamed, so a crash never leaves a
+    half-written entry that looks complete.
+    """
+    from filelock import FileLock
+
+    from study.training import PretextResult, run_pretext
+
+    key = pretext_key(trial, data.fingerprint)
+    if not trial.share_pretext:
+        return run_pretext(trial, data, on_epoch=on_epoch), False, key
+    root = Path(trial.pretext_cache_dir) if trial.pretext_cache_dir else cache_dir(trial) / "pretext"
+    root.mkdir(parents=True, exist_ok=True)
+    entry = root / key
+    if entry.is_dir():
+        return PretextResult.load(entry), True, key
+    with FileLock(str(root / f"{key}.lock")):
+        if entry.is_dir():
+            return PretextResult.load(entry), True, key
+        result = run_pretext(trial, data, on_epoch=on_epoch)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
+        result.save(tmp)
+        (tmp / "key.json").write_text(json.dumps({"key": key, "task": trial.task, "seed": trial.seed}))
+        os.replace(tmp, entry)
+        return result, False, key
+
+
+def _report_with_state(metrics: dict[str, Any], state: dict[str, Any], write_files=None) -> None:
+    """`tune.report` with a checkpoint holding `state` (json) and whatever `write_files(dir)` writes."""
+    with tempfile.TemporaryDirectory(prefix="study-ckpt-") as tmp:
+        if write_files is not None:
+            write_files(Path(tmp))
+        (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _restore_checkpoint() -> tuple[dict[str, Any], Path | None]:
+    """(state, local copy of the checkpoint dir) from `tune.get_checkpoint()`, or ({}, None)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return {}, None
+    local = Path(tempfile.mkdtemp(prefix="study-restore-"))
+    with checkpoint.as_directory() as d:
+        shutil.copytree(d, local, dirs_exist_ok=True)
+    return json.loads((local / STATE_FILE).read_text()), local
+
+
+def _pretext_fields(result: Any, reused: bool, key: str) -> dict[str, Any]:
+    fields = {f"pretext_{k}": v for k, v in result.metrics.items()}
+    fields.update(pretext_cached=reused, pretext_key=key, pretext_diverged=bool(result.diverged),
+                  pretext_epochs_run=0 if reused else len(result.history))
+    return fields
+
+
+def two_stage_trial(config: dict[str, Any]) -> None:
+    """One trial: pretext phase (unless `task == "none"`), then fine-tune with early-stopping replay.
+
+    Reports per epoch (`phase` = "pretext" or "finetune") and a last result with `phase` = "done" holding
+    `regimes` (per early-stopping regime: stop epoch and test metrics), pretext metrics and the status.
+    Resumes from `tune.get_checkpoint()`: after the pretext phase, or from the last fine-tune epoch saved.
+    """
+    trial = trial_config_from(config)
+    from study import training
+
+    training.configure_tensorflow(trial.threads)
+    data = load_trial_data(trial)
+    state, restored = _restore_checkpoint()
+    common = {"pid": os.getpid(), "data_fingerprint": data.fingerprint, "restored": restored is not None}
+
+    pretext_info: dict[str, Any] = state.get("pretext", {})
+    encoder_weights = None
+    if trial.task != "none" and state.get("phase") != "finetune":
+        if state.get("phase") == "pretext_done":
+            result = training.PretextResult.load(restored / "pretext")
+        else:
+            def on_pretext_epoch(epoch: int, logs: dict[str, Any]) -> None:
+                tune.report({"phase": "pretext", "epoch": epoch, "finetune_epoch": 0, "search_score": 0.0,
+                             **common, **logs})
+
+            result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch)
+            pretext_info = _pretext_fields(result, reused, key)
+            _report_with_state({"phase": "pretext_done", "finetune_epoch": 0, "search_score": 0.0, **common,
+                                **pretext_info},
+                               {"phase": "pretext_done", "pretext": pretext_info},
+                               write_files=lambda d: result.save(d / "pretext"))
+        if result.diverged:
+            tune.report({"phase": "done", "status": "diverged", "diverged_phase": "pretext", "search_score": 0.0,
+                         "finetune_epoch": 0,
+                         "diverged_epoch": result.diverged_epoch, "regimes": {}, **common, **pretext_info})
+            return
+        encoder_weights = result.encoder_weights
+
+    resume_dir = restored / "finetune" if state.get("phase") == "finetune" else None
+
+    def on_finetune_epoch(epoch: int, logs: dict[str, Any], save_state) -> None:
+        # `finetune_epoch` / `search_score` serve ASHA and Optuna (validation AUC only, never a test metric).
+        metrics = {"phase": "finetune", "epoch": epoch, "finetune_epoch": epoch,
+                   "search_score": logs.get("val_auc", float("nan")), **common, **logs}
+        if epoch % trial.checkpoint_every == 0 or epoch == trial.finetune_epochs:
+            _report_with_state(metrics, {"phase": "finetune", "epoch": epoch, "pretext": pretext_info},
+                               write_files=lambda d: save_state(d / "finetune"))
+        else:
+            tune.report(metrics)
+
+    callbacks = []
+    if trial.early_stop_training:
+        import keras
+
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=trial.patiences[0],
+                                                       start_from_epoch=trial.start_from_epoch))
+    result = training.run_finetune(trial, data, encoder_weights=encoder_weights, on_epoch=on_finetune_epoch,
+                                   resume_dir=resume_dir, callbacks=callbacks)
+    first = result.regimes.get(regime_name(trial.patiences[0]), {})
+    used = first.get("epoch_used")
+    score = result.history[used - 1].get("val_auc", float("nan")) if used else float("nan")
+    tune.report({
+        # A diverged or unscorable trial scores 0 so that Optuna ranks it last instead of failing it.
+        "search_score": score if score == score else 0.0,
+        "finetune_epoch": len(result.history),
+        "phase": "done",
+        "status": "diverged" if result.diverged else "ok",
+        "diverged_phase": "finetune" if result.diverged else None,
+        "diverged_epoch": result.diverged_epoch,
+        "finetune_epochs_run": len(result.history),
+        "regimes": result.regimes,
+        **common,
+        **pretext_info,
+    })
+    if restored is not None:
+        shutil.rmtree(restored, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""Config validation, presets and search spaces: everything is checked on the driver before a trial starts."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
+from study.runner import apply_overrides, check_storage, validate_preset
+from study.search_spaces import PRESETS, TASK_PARAMS, arm_name, describe_presets, get_preset, optuna_space
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"task": "jigsaw"}, "task"),
+    ({"encoder": "vgg"}, "encoder"),
+    ({"image_size": 48}, "image_size"),
+    ({"image_size": 16}, "image_size"),
+    ({"lr": 0.0}, "lr"),
+    ({"pretext_lr": -1e-3}, "pretext_lr"),
+    ({"patiences": (0, -1)}, "patiences"),
+    ({"patiences": ()}, "patiences"),
+    ({"finetune_epochs": 0}, "finetune_epochs"),
+    ({"seed": -3}, "seed"),
+    ({"val_fraction": 1.0}, "val_fraction"),
+    ({"label_fraction": 0.0}, "label_fraction"),
+    ({"weights": "imagenet", "encoder": "small"}, "weights"),
+    ({"task": "missing_patch", "patch_size": 65, "image_size": 64}, "missing_patch"),
+    ({"task": "corruption", "swap_patch_size": 80, "image_size": 64}, "corruption"),
+    ({"task": "corruption", "swap_count": 0}, "corruption"),
+    ({"task": "corruption", "swap_count": -5}, "corruption"),
+])
+def test_bad_trial_configs_are_rejected_with_the_field_named(changes, field):
+    with pytest.raises(ConfigError) as info:
+        validate_trial(TrialConfig(**changes))
+    assert str(info.value).startswith(field), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_every_preset_is_valid_and_documented():
+    for name in PRESETS:
+        preset = get_preset(name)
+        doc = PRESETS[name].__doc__
+        assert "Launch:" in doc and "runtime" in doc.lower(), name
+        if preset.needs_data:
+            with pytest.raises(ConfigError, match="--data"):
+                validate_preset(preset)
+            preset = preset.replace(base=preset.base.replace(data_path=str(sys.prefix)))
+        validate_preset(preset)
+    text = describe_presets()
+    assert all(name in text for name in PRESETS)
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ConfigError, match="demo"):
+        get_preset("huge")
+
+
+def test_param_space_holds_conditional_parameters_only_where_they_apply():
+    from ray import tune
+
+    preset = get_preset("demo")
+    space = preset.param_space()
+    arms = space["arm"]["grid_search"]
+    assert {a["task"] for a in arms} == {"none", "rotation", "missing_patch", "corruption"}
+    for arm in arms:
+        assert set(arm) == {"task", *TASK_PARAMS[arm["task"]]}
+    assert space["seed"]["grid_search"] == list(preset.seeds)
+    # The fixed part carries no task parameter at all: a rotation trial never sees swap_count.
+    assert not {"task", "patch_size", "swap_count", "swap_patch_size"} & set(space)
+    assert isinstance(space["arm"], dict) and tune.grid_search([1]) == {"grid_search": [1]}
+
+
+def test_paper_preset_matches_the_paper():
+    p = get_preset("paper")
+    b = p.base
+    assert (b.encoder, b.image_size, b.lr, b.pretext_lr, b.finetune_epochs, b.pretext_epochs) == (
+        "resnet50", 224, 0.01, 0.01, 100, 100)
+    assert b.val_fraction == 0.2 and tuple(b.patiences) == (0, 3, 10)
+    arms = {a["task"]: a for a in p.arms}
+    assert arms["missing_patch"]["patch_size"] == 75
+    assert (arms["corruption"]["swap_count"], arms["corruption"]["swap_patch_size"]) == (100, 30)
+    assert p.needs_gpu and p.gpus_per_trial >= 1
+
+
+def test_task_parameter_defaults_scale_with_image_size():
+    assert resolved_task_params(TrialConfig(task="missing_patch", image_size=224)) == {"patch_size": 75}
+    small = resolved_task_params(TrialConfig(task="corruption", image_size=32))
+    assert small["swap_count"] == 100 and 1 <= small["swap_patch_size"] < 30
+    assert resolved_task_params(TrialConfig(task="none")) == {}
+
+
+def test_overrides_are_validated():
+    demo = get_preset("demo")
+    assert len(apply_overrides(demo, seeds=3).seeds) == 3
+    with pytest.raises(ConfigError, match="--seeds"):
+        apply_overrides(demo, seeds=0)
+    with pytest.raises(ConfigError, match="fractional"):
+        apply_overrides(demo, gpus_per_trial=0.5)
+    with pytest.raises(ConfigError, match="--cpus-per-trial"):
+        apply_overrides(demo, cpus_per_trial=0)
+    with pytest.raises(ConfigError, match="--samples"):
+        apply_overrides(demo, samples=5)
+    assert apply_overrides(demo, cpus_per_trial=2).base.threads == 2
+
+
+def test_unwritable_storage_is_rejected(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="--storage"):
+        check_storage(blocker / "runs")
+
+
+def test_arm_names_and_regimes():
+    assert arm_name({"task": "none"}) == "baseline"
+    assert arm_name({"task": "corruption", "swap_count": 50, "swap_patch_size": 4}) == "corruption"
+    assert arm_name({"task": "corruption", "swap_count": 50, "swap_patch_size": 4}, {"swap_count"}) == \
+        "corruption(swap_count=50)"
+    assert [regime_name(p) for p in (0, 3, 10)] == ["none", "patience3", "patience10"]
+
+
+def test_trial_config_round_trips_and_rejects_unknown_fields():
+    t = TrialConfig(task="corruption", swap_count=7, patiences=(0, 2))
+    assert TrialConfig.from_dict(t.to_dict()) == t
+    with pytest.raises(ConfigError, match="unknown trial config field"):
+        TrialConfig.from_dict({"task": "none", "learning_rate": 0.1})
+
+
+def test_optuna_space_suggests_task_parameters_only_for_their_task():
+    optuna = pytest.importorskip("optuna")
+    preset = get_preset("search")
+    define = optuna_space(preset.search, preset.base.image_size)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    for _ in range(30):
+        trial = study.ask()
+        define(trial)
+        params = trial.params
+        seen.setdefault(params["task"], set()).update(params)
+        study.tell(trial, 0.5)
+        validate_trial(TrialConfig.from_dict({**preset.base.to_dict(), **params}))
+    assert "swap_count" not in seen.get("rotation", set()) and "patch_size" not in seen.get("rotation", set())
+    assert "patch_size" in seen["missing_patch"] and "swap_count" in seen["corruption"]

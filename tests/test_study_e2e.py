@@ -1,0 +1,86 @@
+"""End-to-end: the smoke study through Ray Tune (few, real, slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from study.runner import run_study
+from study.search_spaces import get_preset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(ray_session, tmp_path_factory, monkeypatch_module):
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch_module.setenv("STUDY_CACHE_DIR", str(cache))
+    return run_study("smoke", storage=tmp_path_factory.mktemp("runs"), name="smoke", write_report=True)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_smoke_study_writes_every_arm_regime_and_seed(smoke_run):
+    preset = get_preset("smoke")
+    results = pd.read_csv(smoke_run / "results.csv")
+    assert set(results["arm"]) == {"baseline", "rotation", "missing_patch", "corruption"}
+    assert set(results["regime"]) == {"none", "patience1", "patience2"}
+    assert set(results["seed"]) == set(preset.seeds)
+    assert len(results) == 4 * 3 * len(preset.seeds)
+    assert (results["status"] == "ok").all(), results[["arm", "seed", "status", "error"]]
+    assert results["test_auc"].between(0, 1).all()
+    # The no-early-stopping regime trains every epoch; early stopping never trains more.
+    none = results[results["regime"] == "none"]
+    assert (none["stop_epoch"] == preset.base.finetune_epochs).all()
+    assert (results["stop_epoch"] <= preset.base.finetune_epochs).all()
+    # Pretext metrics are filled for the arm that produced them only.
+    rot = results[results["arm"] == "rotation"]
+    assert rot["pretext_aad_deg"].notna().all()
+    assert results[results["arm"] == "baseline"]["pretext_aad_deg"].isna().all()
+    assert results[results["arm"] == "corruption"]["pretext_ssim_mean"].between(-1, 1).all()
+
+
+def test_smoke_study_history_manifest_and_report(smoke_run):
+    history = pd.read_csv(smoke_run / "history.csv")
+    assert set(history["phase"]) == {"pretext", "finetune"}
+    preset = get_preset("smoke")
+    per_trial = history[history["phase"] == "finetune"].groupby("trial_id")["epoch"].max()
+    assert (per_trial == preset.base.finetune_epochs).all() and len(per_trial) == 4 * len(preset.seeds)
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    assert manifest["data_fingerprint"] and manifest["versions"]["ray"].startswith("2.60")
+    assert manifest["n_trials"] == 4 * len(preset.seeds) and manifest["errors"] == []
+    assert (smoke_run / "report.html").exists() and (smoke_run / "report.md").exists()
+    # TensorBoard event files from Ray Tune's TBX logger, for `tensorboard --logdir RUN_DIR`.
+    assert list(smoke_run.rglob("events.out.tfevents.*"))
+
+
+def test_pretext_is_trained_once_when_trials_share_it(ray_session, tmp_path, monkeypatch):
+    """Two arms differing only in fine-tune lr need the same rotation pretext: it is trained once."""
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
+    smoke = get_preset("smoke")
+    preset = smoke.replace(arms=({"task": "none"}, {"task": "rotation", "lr": 1e-3}, {"task": "rotation", "lr": 3e-3}),
+                           seeds=(0,), base=smoke.base.replace(pretext_epochs=2))
+    run_dir = run_study(preset, storage=tmp_path / "runs", name="shared", write_report=False)
+    results = pd.read_csv(run_dir / "results.csv")
+    rot = results[(results["task"] == "rotation") & (results["regime"] == "none")]
+    assert len(rot) == 2 and set(rot["arm"]) == {"rotation(lr=0.001)", "rotation(lr=0.003)"}
+    assert sorted(rot["pretext_cached"]) == [False, True]
+    assert rot["pretext_epochs_run"].sum() == 2
+    # Both fine-tunes started from the same pretext: identical pretext metrics.
+    assert rot["pretext_aad_deg"].nunique() == 1
+    assert len(list((run_dir / "pretext_cache").iterdir())) >= 1
