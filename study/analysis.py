@@ -1,0 +1,1320 @@
+"""Paired statistics over a study's results table: pure functions, tables in and tables out.
+
+The design follows ``docs/STATS.md`` (shared docs):
+
+* Seed ``s`` gives every arm the same data split, validation split and fine-tune order, so each SSL arm is
+  compared with the baseline through per-seed *paired differences* ``d_s = arm_s - baseline_s``, within each
+  early-stopping regime (``none``, ``patience3``, ...).
+* Headline test: the two-sided Wilcoxon signed-rank test on the paired differences, Holm-corrected
+  (``p_holm``). Exact null distribution when there are no ties or zero differences (n <= 50); an exhaustive
+  sign-flip permutation test when there are ties or zeros and n <= 13; the normal approximation otherwise.
+  Zero differences are dropped (``zero_method="wilcox"``: a zero carries no sign), so the effective n of the
+  test is the number of non-zero differences.
+* Holm family (default ``family="regime"``): the SSL-arm-vs-baseline comparisons within one early-stopping
+  regime (m = number of SSL arms, 3 in the paper). Each regime is a pre-specified row of the paper's
+  Table 1 and answers its own question ("does pre-training help when training this way?"); within a row the
+  arms compete for the same claim, which is the multiplicity Holm must control. This matches the study's
+  seed budget (the demo's 8 seeds clear the n >= 7 floor for m = 3). ``family="table"`` corrects across
+  every comparison in the table (m = arms x regimes) instead; its adjusted p (``p_holm_table``) is always
+  reported beside the headline as a stricter robustness check. Holm is valid under any dependence.
+* CI: BCa bootstrap of the mean paired difference (``scipy.stats.bootstrap(paired=True, method="BCa")``),
+  seeded; percentile bootstrap when BCa is undefined (e.g. all differences equal), flagged in ``ci_method``.
+* Secondary: paired t-test, Hedges' g_z, matched-pairs rank-biserial correlation, probability of improvement,
+  and a paired-t power analysis (seeds needed for 80 % power at the observed effect size).
+* Across arms: Friedman test with Nemenyi critical difference (``friedman``); descriptive only, since the
+  Nemenyi test depends on which arms are in the pool (Benavoli et al. 2016).
+
+Tables: the tidy results table has one row per trial x regime (see ``docs/ARCHITECTURE.md``). Matrices are
+``(n_seeds, n_arms)``: rows are seeds (blocks), columns are arms, baseline first. Metrics are fractions in
+[0, 1] (the report renders % and percentage points).
+
+Errors: every bad input raises a subclass of ``ValueError`` (``ResultsTableError``, ``PairingError``) whose
+message names the arm / seed / column at fault and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+
+BASELINE = "baseline"
+STATUSES = ("ok", "diverged", "error")
+TASK_ORDER = ("none", "rotation", "rotation4", "missing_patch", "corruption")
+TASK_TITLES = {
+    "none": "No self-supervision",
+    "rotation": "Rotation prediction",
+    "rotation4": "4-way rotation",
+    "missing_patch": "Missing patch",
+    "corruption": "Corruption removal",
+}
+
+CLASSIFICATION_METRICS = (
+    "test_soft_accuracy",
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "test_auc",
+    "test_sensitivity",
+    "test_specificity",
+    "test_f1",
+)
+SUMMARY_METRICS = CLASSIFICATION_METRICS + ("stop_epoch",)
+# Fractions in [0, 1]: rendered as % and differences as percentage points.
+FRACTION_METRICS = frozenset(CLASSIFICATION_METRICS)
+LOWER_IS_BETTER = frozenset({"test_loss", "val_loss"})
+METRIC_LABELS = {
+    "test_soft_accuracy": "soft accuracy",
+    "test_accuracy": "accuracy",
+    "test_balanced_accuracy": "balanced accuracy",
+    "test_auc": "AUC",
+    "test_sensitivity": "sensitivity",
+    "test_specificity": "specificity",
+    "test_f1": "F1",
+    "test_loss": "test loss",
+    "val_loss": "validation loss",
+    "stop_epoch": "stop epoch",
+    "best_epoch": "best epoch",
+}
+
+ROTATION_METRICS = (
+    "pretext_mse",
+    "pretext_aad",
+    "pretext_aad_deg",
+    "pretext_aad_circ",
+    "pretext_aad_circ_deg",
+    "pretext_sd_deg",
+    "pretext_sd_circ_deg",
+)
+ROTATION4_METRICS = ("pretext_accuracy", "pretext_loss")
+IMAGE_METRICS = ("pretext_mse_mean", "pretext_mse_sd", "pretext_ssim_mean", "pretext_ssim_sd")
+ROTATION_TASKS = ("rotation", "rotation4")
+IMAGE_TASKS = ("missing_patch", "corruption")
+
+# What the analysis reads; a table without these cannot be analysed.
+REQUIRED_COLUMNS = (
+    "trial_id",
+    "arm",
+    "task",
+    "seed",
+    "regime",
+    "patience",
+    "stop_epoch",
+    "status",
+    *CLASSIFICATION_METRICS,
+    "test_loss",
+)
+# The rest of the contract: added as missing values when absent, so downstream code can rely on them.
+OPTIONAL_STR_COLUMNS = ("error", "encoder", "data_fingerprint")
+OPTIONAL_INT_COLUMNS = (
+    "best_epoch",
+    "diverged_epoch",
+    "patch_size",
+    "swap_count",
+    "swap_patch_size",
+    "image_size",
+)
+OPTIONAL_FLOAT_COLUMNS = (
+    "lr",
+    "pretext_lr",
+    "val_loss",
+    *ROTATION_METRICS,
+    *ROTATION4_METRICS,
+    *IMAGE_METRICS,
+)
+HISTORY_REQUIRED_COLUMNS = ("trial_id", "arm", "seed", "phase", "epoch")
+
+ZERO_METHOD = "wilcox"
+EXACT_MAX_N = 50  # scipy's own limit for the exact signed-rank distribution
+PERMUTATION_MAX_N = 13  # 2**13 = 8192 sign flips: an exhaustive, hence exact, permutation test
+
+
+class AnalysisError(ValueError):
+    """Input the analysis cannot use; the message names what is wrong and how to fix it."""
+
+
+class ResultsTableError(AnalysisError):
+    """results.csv / history.csv does not follow the contract in docs/ARCHITECTURE.md."""
+
+
+class PairingError(AnalysisError):
+    """Arms were not run on the same seeds, so a paired comparison is impossible."""
+
+
+# --------------------------------------------------------------------------------------------- names, order
+
+
+def _arm_stem(arm: str) -> str:
+    return arm.split("(", 1)[0].strip()
+
+
+def base_task(arm: str) -> str:
+    """`"corruption(swap_count=50)" -> "corruption"`; `"baseline"` (or `"baseline(lr=0.01)"`) -> `"none"`."""
+    stem = _arm_stem(arm)
+    return "none" if stem == BASELINE else stem
+
+
+def arm_title(arm: str) -> str:
+    """Display title: `"corruption" -> "Corruption removal"`, variants keep their parameters."""
+    stem = _arm_stem(arm)
+    task = base_task(arm)
+    title = TASK_TITLES.get(task, task.replace("_", " ").capitalize())
+    rest = arm[len(stem) :].strip()
+    return f"{title} {rest}" if rest else title
+
+
+def regime_title(regime: str) -> str:
+    """`"none" -> "no early stopping"`, `"patience10" -> "patience 10"` (other suffixes kept)."""
+    if regime == "none":
+        return "no early stopping"
+    m = re.fullmatch(r"patience(\d+)(.*)", regime)
+    if m:
+        rest = m.group(2).strip("_ ")
+        return f"patience {m.group(1)}" + (f" ({rest.replace('_', ' ')})" if rest else "")
+    return regime
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric.removeprefix("test_").replace("_", " "))
+
+
+def arm_order(arms: Iterable[str]) -> list[str]:
+    """Baseline first, then tasks in the paper's order, variants of a task after it (by name)."""
+
+    def key(arm: str) -> tuple[int, str]:
+        task = base_task(arm)
+        return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), arm)
+
+    return sorted(set(arms), key=key)
+
+
+def regime_order(regimes: Iterable[str]) -> list[str]:
+    """`none` first, then by patience (the paper's row order), then by name."""
+
+    def key(regime: str) -> tuple[int, str]:
+        if regime == "none":
+            return (-1, regime)
+        m = re.match(r"patience(\d+)", regime)
+        return (int(m.group(1)) if m else 10**9, regime)
+
+    return sorted(set(regimes), key=key)
+
+
+def metric_column(metric: str, columns: Iterable[str] | None = None) -> str:
+    """Accept `"auc"` or `"test_auc"`; return the results-table column name."""
+    cols = set(columns) if columns is not None else set(REQUIRED_COLUMNS) | set(OPTIONAL_FLOAT_COLUMNS)
+    cols |= set(SUMMARY_METRICS)
+    for name in (metric, f"test_{metric}"):
+        if name in cols:
+            return name
+    raise AnalysisError(
+        f"unknown metric {metric!r}; use one of {sorted(c for c in cols if c.startswith('test_'))} "
+        "(the 'test_' prefix is optional) or 'stop_epoch'"
+    )
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
+# ------------------------------------------------------------------------------------------ loading, tidying
+
+
+def _clean_str(s: pd.Series) -> pd.Series:
+    # astype(str) would turn missing values into the text "nan" on pandas 2; keep them missing.
+    out = s.astype(object).where(s.notna(), None)
+    out = out.map(lambda v: v if v is None else str(v).strip())
+    return out.where(out.notna() & (out != ""), np.nan)
+
+
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
+    try:
+        return pd.to_numeric(df[col])
+    except (ValueError, TypeError) as e:
+        bad = [v for v in df[col].dropna().unique() if _not_number(v)][:3]
+        raise ResultsTableError(
+            f"column {col!r} must be numeric; found {bad} (e.g. trial "
+            f"{df.loc[df[col].isin(bad), 'trial_id'].iloc[0] if bad else '?'}); the runner must write numbers"
+        ) from e
+
+
+def _not_number(v: Any) -> bool:
+    try:
+        float(v)
+        return False
+    except (TypeError, ValueError):
+        return True
+
+
+def _integer(df: pd.DataFrame, col: str) -> pd.Series:
+    x = _numeric(df, col).astype(float)
+    frac = x.notna() & np.isfinite(x) & (x != np.round(x))
+    if frac.any():
+        ids = df.loc[frac, "trial_id"].tolist()[:3]
+        raise ResultsTableError(
+            f"column {col!r} must hold whole numbers; trial(s) {ids} have {x[frac].tolist()[:3]}"
+        )
+    return x.round().astype("Int64")
+
+
+def _boolean(s: pd.Series) -> pd.Series:
+    mapping = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+
+    def conv(v: Any) -> Any:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return pd.NA
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        return mapping.get(str(v).strip().lower(), pd.NA)
+
+    return s.map(conv).astype("boolean")
+
+
+def tidy_results(raw: pd.DataFrame) -> pd.DataFrame:
+    """Validate a raw results table and fix its dtypes. Pure: returns a new frame.
+
+    Input: one row per trial x regime (docs/ARCHITECTURE.md). Output: same rows, sorted by regime, arm
+    (baseline first) and seed; ``seed`` int; epochs and sizes nullable ``Int64``; metrics float; ``status``
+    one of ok|diverged|error; ``pretext_cached`` nullable boolean; optional contract columns added as missing.
+
+    A trial that failed before its regimes were replayed may have an empty ``regime``; such a row (status
+    diverged/error only) is repeated once per regime in the table, so pairing can tell "this seed was run
+    and excluded" from "this seed was never run".
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ResultsTableError(
+            f"results table lacks required column(s) {missing}; it must follow the results.csv contract in "
+            "docs/ARCHITECTURE.md (re-run `study run` with the current runner, or add the columns)"
+        )
+    if len(raw) == 0:
+        raise ResultsTableError("results table has no rows: no trial has finished yet; run the study first")
+    df = raw.copy()
+    for col in OPTIONAL_STR_COLUMNS:
+        if col not in df.columns:
+            df[col] = np.nan
+    for col in (*OPTIONAL_INT_COLUMNS, *OPTIONAL_FLOAT_COLUMNS):
+        if col not in df.columns:
+            df[col] = np.nan
+    if "pretext_cached" not in df.columns:
+        df["pretext_cached"] = np.nan
+
+    for col in ("trial_id", "arm", "task", "regime", "status", *OPTIONAL_STR_COLUMNS):
+        df[col] = _clean_str(df[col])
+    for col in ("trial_id", "arm", "task", "status"):
+        if df[col].isna().any():
+            rows = df.index[df[col].isna()].tolist()[:5]
+            raise ResultsTableError(f"column {col!r} is empty in row(s) {rows}; every row needs a {col}")
+    df["status"] = df["status"].str.lower()
+    bad_status = sorted(set(df["status"]) - set(STATUSES))
+    if bad_status:
+        ids = df.loc[df["status"].isin(bad_status), "trial_id"].tolist()[:5]
+        raise ResultsTableError(f"status must be one of {STATUSES}; found {bad_status} in trial(s) {ids}")
+
+    seed = _numeric(df, "seed").astype(float)
+    bad_seed = seed.isna() | ~np.isfinite(seed) | (seed != np.round(seed))
+    if bad_seed.any():
+        ids = df.loc[bad_seed, "trial_id"].tolist()[:5]
+        raise ResultsTableError(
+            f"seed must be a whole number in every row; trial(s) {ids} have {seed[bad_seed].tolist()[:5]}"
+        )
+    df["seed"] = seed.round().astype(np.int64)
+
+    for col in ("patience", "stop_epoch", *OPTIONAL_INT_COLUMNS):
+        df[col] = _integer(df, col)
+    for col in sorted(set(CLASSIFICATION_METRICS) | {"test_loss"} | set(OPTIONAL_FLOAT_COLUMNS)):
+        df[col] = _numeric(df, col).astype(float)
+    # Other pretext_* columns the runner adds (e.g. pretext_key, a cache hash) are typed only when numeric.
+    for col in [c for c in df.columns if c.startswith("pretext_") and c not in OPTIONAL_FLOAT_COLUMNS]:
+        if col != "pretext_cached":
+            converted = pd.to_numeric(df[col], errors="coerce")
+            if converted.notna().sum() == df[col].notna().sum():
+                df[col] = converted.astype(float)
+    df["pretext_cached"] = _boolean(df["pretext_cached"])
+
+    is_base_arm = df["arm"].map(base_task) == "none"
+    is_none_task = df["task"] == "none"
+    if (is_base_arm != is_none_task).any():
+        rows = df.loc[is_base_arm != is_none_task, ["trial_id", "arm", "task"]].head(3).to_dict("records")
+        raise ResultsTableError(
+            f"the baseline arm ('baseline', or 'baseline(...)' when its settings vary) must be exactly the "
+            f"trials with task 'none'; mismatched rows: {rows}"
+        )
+
+    ok = df["status"] == "ok"
+    if (ok & df["regime"].isna()).any():
+        ids = df.loc[ok & df["regime"].isna(), "trial_id"].tolist()[:5]
+        raise ResultsTableError(f"status-ok row(s) of trial(s) {ids} have no regime; every ok row needs one")
+    for col in CLASSIFICATION_METRICS:
+        x = df[col]
+        out_of_range = ok & x.notna() & ((x < 0) | (x > 1))
+        if out_of_range.any():
+            r = df.loc[out_of_range].iloc[0]
+            raise ResultsTableError(
+                f"{col} = {r[col]} for arm {r['arm']!r}, seed {r['seed']} (trial {r['trial_id']}): classification "
+                "metrics must be fractions in [0, 1], not percentages; fix the runner's output"
+            )
+    df = _expand_unreplayed(df)
+
+    order_r = {r: i for i, r in enumerate(regime_order(df["regime"]))}
+    order_a = {a: i for i, a in enumerate(arm_order(df["arm"]))}
+    df = df.assign(_r=df["regime"].map(order_r), _a=df["arm"].map(order_a))
+    df = df.sort_values(["_r", "_a", "seed", "trial_id"], kind="stable").drop(columns=["_r", "_a"])
+    return df.reset_index(drop=True)
+
+
+def _expand_unreplayed(df: pd.DataFrame) -> pd.DataFrame:
+    no_regime = df["regime"].isna()
+    if not no_regime.any():
+        return df
+    regimes = regime_order(df.loc[~no_regime, "regime"])
+    if not regimes:
+        raise ResultsTableError(
+            "no row has a regime: no trial reached the fine-tune replay; there is nothing to analyse yet"
+        )
+    patience = df.loc[~no_regime].groupby("regime")["patience"].first()
+    copies = []
+    for regime in regimes:
+        c = df.loc[no_regime].copy()
+        c["regime"] = regime
+        c["patience"] = patience[regime]
+        copies.append(c)
+    out = pd.concat([df.loc[~no_regime], *copies], ignore_index=True)
+    out["patience"] = out["patience"].astype("Int64")
+    return out
+
+
+def load_run(run_dir: str | Path) -> pd.DataFrame:
+    """Read ``run_dir/results.csv`` (or a path to a results CSV) into the tidy table (``tidy_results``)."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "results.csv"
+    if not path.is_file():
+        raise ResultsTableError(
+            f"no results table at {path}; run the study first (`study run ...`) or pass its run dir"
+        )
+    # Read everything as text first: "none" is a regime/task name, not a missing value, and typing is ours.
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    return tidy_results(raw)
+
+
+def load_history(path: str | Path) -> pd.DataFrame:
+    """Read ``history.csv`` (or a run dir containing it): one row per trial x phase x epoch (1-based)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "history.csv"
+    if not p.is_file():
+        raise ResultsTableError(f"no history table at {p}")
+    raw = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
+    missing = [c for c in HISTORY_REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ResultsTableError(f"history.csv lacks required column(s) {missing}; see docs/ARCHITECTURE.md")
+    h = raw.copy()
+    for col in ("trial_id", "arm", "phase"):
+        h[col] = _clean_str(h[col])
+    h["seed"] = _integer(h, "seed")
+    h["epoch"] = _integer(h, "epoch")
+    for col in h.columns:
+        if col not in ("trial_id", "arm", "phase", "seed", "epoch"):
+            h[col] = _numeric(h, col).astype(float)
+    return h
+
+
+# -------------------------------------------------------------------------------------- exclusions, pairing
+
+
+def split_valid(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the tidy table into rows usable for analysis (status ok) and excluded rows.
+
+    Returns ``(valid, excluded)``; ``excluded`` has an added ``reason`` column (``"diverged at epoch 12"``,
+    ``"error: <message>"``). Counts per arm: ``exclusion_summary(excluded)``.
+    """
+    ok = df["status"] == "ok"
+    excluded = df.loc[~ok].copy()
+    excluded["reason"] = [_exclusion_reason(r) for r in excluded.itertuples(index=False)]
+    return df.loc[ok].copy(), excluded
+
+
+def _exclusion_reason(row: Any) -> str:
+    if row.status == "diverged":
+        ep = row.diverged_epoch
+        return f"diverged at epoch {int(ep)}" if pd.notna(ep) else "diverged (non-finite loss)"
+    msg = row.error if isinstance(row.error, str) and row.error else "no message recorded"
+    first = msg.strip().splitlines()[-1] if msg.strip() else msg  # a traceback's last line names the error
+    return f"error: {first[:200]}"
+
+
+def exclusion_summary(excluded: pd.DataFrame) -> pd.DataFrame:
+    """Counts of excluded *trials* (not rows: a trial has one row per regime) per arm x status.
+
+    Columns: ``arm, status, n_trials, seeds, reasons`` (seeds and distinct reasons joined as text).
+    """
+    cols = ["arm", "status", "n_trials", "seeds", "reasons"]
+    if excluded.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (arm, status), g in excluded.groupby(["arm", "status"], sort=False):
+        trials = g.drop_duplicates("trial_id")
+        rows.append(
+            {
+                "arm": arm,
+                "status": status,
+                "n_trials": len(trials),
+                "seeds": ", ".join(str(s) for s in sorted(trials["seed"].unique())),
+                "reasons": "; ".join(dict.fromkeys(g["reason"] if "reason" in g else g["status"])),
+            }
+        )
+    out = pd.DataFrame(rows, columns=cols)
+    order = {a: i for i, a in enumerate(arm_order(out["arm"]))}
+    return out.sort_values("arm", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Outcome of ``check_pairing``: which seeds every arm ran, and which cells cannot be used.
+
+    ``seeds[regime]``: seeds run for every arm in that regime (the table is paired on them).
+    ``dropped``: one row per unusable cell (``regime, arm, seed, trial_id, status, reason``): the trial was
+    excluded (diverged/error) or its metric is missing. Comparisons with the baseline drop such a seed
+    pairwise (only from the comparisons it touches; a baseline cell touches all of them); Friedman drops it
+    listwise (a block needs every arm).
+    """
+
+    metric: str
+    baseline: str
+    regimes: tuple[str, ...]
+    arms: tuple[str, ...]  # baseline first
+    seeds: dict[str, tuple[int, ...]]
+    dropped: pd.DataFrame
+
+    def dropped_for(self, regime: str, arm: str) -> pd.DataFrame:
+        """Cells removed from the ``arm`` vs baseline comparison in ``regime``."""
+        d = self.dropped
+        return d[(d["regime"] == regime) & d["arm"].isin([arm, self.baseline])]
+
+    def notes(self) -> list[str]:
+        """One plain sentence per dropped cell, for the report."""
+        out = []
+        for r in self.dropped.itertuples(index=False):
+            scope = (
+                "every comparison"
+                if r.arm == self.baseline
+                else f"the {arm_title(r.arm)} vs baseline comparison"
+            )
+            out.append(
+                f"{regime_title(r.regime)}: seed {r.seed} dropped from {scope} "
+                f"({arm_title(r.arm)}, trial {r.trial_id}: {r.reason})"
+            )
+        return out
+
+
+def baseline_arm(df: pd.DataFrame) -> str:
+    """The one arm with task ``none`` (named ``baseline``; ``baseline(lr=...)`` when its settings vary).
+
+    ``PairingError`` when there is none, or several (one per setting: compare within one setting).
+    """
+    arms = arm_order(df.loc[df["task"] == "none", "arm"])
+    if len(arms) == 1:
+        return arms[0]
+    if not arms:
+        raise PairingError(
+            f"no baseline arm (task 'none') in the table (arms: {arm_order(df['arm'])}); every comparison is "
+            "against the baseline: add task 'none' to the study"
+        )
+    raise PairingError(
+        f"several baseline arms {arms}: the study varied the baseline's settings, so which one pairs with "
+        "each arm is ambiguous; analyse one setting at a time (filter the table by the varied column, e.g. lr)"
+    )
+
+
+def check_pairing(df: pd.DataFrame, metric: str = "test_auc") -> Pairing:
+    """Check that, within each regime, every arm ran exactly the baseline's seeds.
+
+    Pass the *full* tidy table (``load_run``), excluded trials included: that is how a seed that was run
+    but diverged/errored (dropped pairwise, listed in ``Pairing.dropped``) is told apart from a seed never
+    run for an arm (the table is not paired: ``PairingError`` naming the arm, regime and seeds). Two trials
+    for the same arm x seed x regime are also a ``PairingError`` (which one would be the pair?).
+    """
+    metric = metric_column(metric, df.columns)
+    baseline = baseline_arm(df)
+    arms = [baseline] + [a for a in arm_order(df["arm"]) if a != baseline]
+    problems: list[str] = []
+    dup = df.duplicated(["regime", "arm", "seed"], keep=False)
+    if dup.any():
+        for (regime, arm, seed), g in df.loc[dup].groupby(["regime", "arm", "seed"], sort=False):
+            problems.append(
+                f"arm {arm!r} has {len(g)} trials for seed {seed} in regime {regime!r} "
+                f"({', '.join(map(str, g['trial_id']))})"
+            )
+        raise PairingError(
+            "; ".join(problems[:10])
+            + ". A paired comparison needs one trial per arm x seed: split the table "
+            "(e.g. one analysis per learning rate) or remove the duplicate trials"
+        )
+    regimes = regime_order(df["regime"])
+    seeds: dict[str, tuple[int, ...]] = {}
+    dropped = []
+    for regime in regimes:
+        sub = df[df["regime"] == regime]
+        base = set(sub.loc[sub["arm"] == baseline, "seed"])
+        if not base:
+            problems.append(f"regime {regime!r} has no baseline trials")
+            continue
+        for arm in arms[1:]:
+            have = set(sub.loc[sub["arm"] == arm, "seed"])
+            if base - have:
+                problems.append(
+                    f"arm {arm!r} (regime {regime!r}) has no trial for seed(s) {_seed_list(base - have)} "
+                    "that the baseline has"
+                )
+            if have - base:
+                problems.append(
+                    f"the baseline (regime {regime!r}) has no trial for seed(s) {_seed_list(have - base)} "
+                    f"that arm {arm!r} has"
+                )
+        seeds[regime] = tuple(sorted(base))
+        unusable = sub[(sub["status"] != "ok") | sub[metric].isna()]
+        for r in unusable.itertuples(index=False):
+            reason = _exclusion_reason(r) if r.status != "ok" else f"{metric} is missing"
+            dropped.append(
+                {
+                    "regime": regime,
+                    "arm": r.arm,
+                    "seed": int(r.seed),
+                    "trial_id": r.trial_id,
+                    "status": r.status,
+                    "reason": reason,
+                }
+            )
+    if problems:
+        raise PairingError(
+            "the table is not paired by seed: "
+            + "; ".join(problems[:10])
+            + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+            + ". Run the missing trials (every arm needs the same seeds; `study run` resumes a study) or drop "
+            "those seeds from every arm. If they were excluded (diverged/error), pass the full table from "
+            "load_run, not only the valid rows."
+        )
+    dropped_df = pd.DataFrame(dropped, columns=["regime", "arm", "seed", "trial_id", "status", "reason"])
+    return Pairing(
+        metric=metric,
+        baseline=baseline,
+        regimes=tuple(regimes),
+        arms=tuple(arms),
+        seeds=seeds,
+        dropped=dropped_df,
+    )
+
+
+def _seed_list(seeds: Iterable[int]) -> str:
+    return ", ".join(str(s) for s in sorted(seeds))
+
+
+def paired_matrix(
+    df: pd.DataFrame, metric: str, regime: str, arms: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Metric values as a ``(n_seeds, n_arms)`` matrix for one regime, after ``check_pairing``.
+
+    Rows: the seeds every arm ran (ascending); columns: ``arms`` (default: all arms, baseline first).
+    Cells of excluded trials (status != ok) and missing metric values are NaN: callers drop them pairwise
+    (vs baseline) or listwise (Friedman). Returns ``(matrix, seeds (n_seeds,), arms)``.
+    """
+    pairing = check_pairing(df, metric)
+    if regime not in pairing.seeds:
+        raise AnalysisError(f"regime {regime!r} not in the table; regimes: {list(pairing.regimes)}")
+    arms = list(pairing.arms) if arms is None else list(arms)
+    unknown = [a for a in arms if a not in pairing.arms]
+    if unknown:
+        raise AnalysisError(f"arm(s) {unknown} not in the table; arms: {list(pairing.arms)}")
+    col = pairing.metric
+    sub = df[df["regime"] == regime]
+    usable = sub[sub["status"] == "ok"]
+    wide = usable.pivot(index="seed", columns="arm", values=col)
+    seeds = np.asarray(pairing.seeds[regime], dtype=np.int64)
+    wide = wide.reindex(index=seeds, columns=arms)
+    return wide.to_numpy(dtype=float, na_value=np.nan), seeds, arms
+
+
+# -------------------------------------------------------------------------------------- descriptive tables
+
+
+def summarise(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
+    """Per regime x arm x metric: ``n, mean, sd, median, q1, q3`` over seeds, status-ok rows only.
+
+    Long format, columns ``regime, arm, arm_title, metric, n, mean, sd, median, q1, q3``; rows ordered by
+    regime, arm (baseline first), then ``metrics`` order. SD uses ddof=1 (NaN when n < 2). Descriptive: all
+    valid seeds of an arm count, also those whose pair was dropped from a comparison.
+    """
+    cols = [metric_column(m, df.columns) for m in metrics]
+    valid = df[df["status"] == "ok"]
+    rows = []
+    for regime in regime_order(df["regime"]):
+        for arm in arm_order(df["arm"]):
+            g = valid[(valid["regime"] == regime) & (valid["arm"] == arm)]
+            for col in cols:
+                x = g[col].to_numpy(dtype=float, na_value=np.nan)
+                x = x[np.isfinite(x)]
+                n = x.size
+                rows.append(
+                    {
+                        "regime": regime,
+                        "arm": arm,
+                        "arm_title": arm_title(arm),
+                        "metric": col,
+                        "n": n,
+                        "mean": x.mean() if n else np.nan,
+                        "sd": x.std(ddof=1) if n > 1 else np.nan,
+                        "median": np.median(x) if n else np.nan,
+                        "q1": np.quantile(x, 0.25) if n else np.nan,
+                        "q3": np.quantile(x, 0.75) if n else np.nan,
+                    }
+                )
+    return pd.DataFrame(
+        rows, columns=["regime", "arm", "arm_title", "metric", "n", "mean", "sd", "median", "q1", "q3"]
+    )
+
+
+# ------------------------------------------------------------------------- statistics on paired differences
+
+
+def hedges_gz(d: np.ndarray) -> float:
+    """Paired standardised mean difference of ``d`` (n,): ``mean/SD * J``, ``J = 1 - 3/(4(n-1)-1)``.
+
+    NaN for n < 3 (J = 0 at n = 2); +-inf when all differences are equal and non-zero; NaN when all are 0.
+    """
+    d = np.asarray(d, dtype=float)
+    n = d.size
+    if n < 3:
+        return np.nan
+    sd = d.std(ddof=1)
+    mean = d.mean()
+    if sd == 0:
+        return np.nan if mean == 0 else math.copysign(math.inf, mean)
+    return float(mean / sd * (1 - 3 / (4 * (n - 1) - 1)))
+
+
+def rank_biserial(d: np.ndarray) -> float:
+    """Matched-pairs rank-biserial correlation of ``d`` (n,): ``(R+ - R-) / (R+ + R-)`` in [-1, 1].
+
+    Ranks of |d| over the non-zero differences (zeros dropped, as in the Wilcoxon test here; ties get
+    average ranks). +1: every non-zero difference is positive. NaN when all differences are zero.
+    """
+    d = np.asarray(d, dtype=float)
+    d = d[d != 0]
+    if d.size == 0:
+        return np.nan
+    r = stats.rankdata(np.abs(d))
+    plus, minus = r[d > 0].sum(), r[d < 0].sum()
+    return float((plus - minus) / (plus + minus))
+
+
+def prob_improvement(d: np.ndarray, higher_better: bool = True) -> float:
+    """Share of seeds on which the arm beats the baseline, ties counting half. ``d`` (n,) = arm - baseline."""
+    d = np.asarray(d, dtype=float)
+    if d.size == 0:
+        return np.nan
+    wins = (d > 0) if higher_better else (d < 0)
+    return float((wins.sum() + 0.5 * (d == 0).sum()) / d.size)
+
+
+def min_n_for_significance(alpha: float = 0.05, m: int = 1) -> int:
+    """Smallest n at which an exact two-sided Wilcoxon test can reach ``alpha/m`` (Holm's smallest threshold).
+
+    The smallest attainable two-sided p with n non-zero differences is ``2/2**n`` (all signs equal).
+    ``m=3, alpha=0.05 -> 7``; ``m=1 -> 6``.
+    """
+    if not 0 < alpha < 1 or m < 1:
+        raise AnalysisError(f"need 0 < alpha < 1 and m >= 1; got alpha={alpha}, m={m}")
+    n = max(1, math.ceil(math.log2(2 * m / alpha)))
+    while 2 / 2**n > alpha / m:  # guard against floating-point rounding in log2
+        n += 1
+    return n
+
+
+def seeds_for_power(effect_size: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest number of paired seeds for which a two-sided paired t-test has ``power`` at ``alpha``.
+
+    ``effect_size`` is Cohen's d_z (mean difference / SD of differences) of the observed data; this is a
+    planning figure (how many seeds would detect a difference of this size), not evidence about the arms.
+    ``inf`` when the effect is 0 (or so small that more than 1e8 seeds would be needed); NaN when d_z is
+    undefined or infinite (all differences equal and non-zero: the t-test has no variance to work with).
+    """
+    if not np.isfinite(effect_size):
+        return np.nan
+    es = abs(float(effect_size))
+    if es == 0:
+        return math.inf
+    tp = TTestPower()
+
+    def enough(n: int) -> bool:
+        pw = tp.power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided")
+        if np.isnan(pw):
+            # The noncentral t's tail overflows only for enormous noncentrality, where power is ~1
+            # (at n = 2, nc = 30: P(miss) < 1e-6).
+            return bool(es * math.sqrt(n) > 30)
+        return bool(pw >= power)
+
+    # Power grows with n: double to bracket, then bisect on integers (solve_power fails for huge effects).
+    lo, hi = 1, 2
+    while not enough(hi):
+        lo, hi = hi, hi * 2
+        if hi > 10**8:
+            return math.inf
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return float(hi)
+
+
+def signed_rank_pvalues(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-sided Wilcoxon signed-rank p-values for each row of ``diffs`` ``(n_tests, n_pairs)``.
+
+    NaN cells are dropped pairs; zero differences are dropped (``zero_method="wilcox"``). Per row: exact
+    null distribution when there are no ties and n_eff <= 50; an exhaustive sign-flip permutation test when
+    there are ties and n_eff <= 13 (exact given the ties); the normal approximation with tie correction
+    otherwise. Rows that share a shape and need the exact test are tested in one vectorised call, so a
+    (studies x seeds) simulation runs in seconds.
+
+    Returns ``(p (n_tests,), n_eff (n_tests,), method (n_tests,) str)``; p is NaN when n_eff == 0.
+    """
+    diffs = np.atleast_2d(np.asarray(diffs, dtype=float))
+    n_tests = diffs.shape[0]
+    p = np.full(n_tests, np.nan)
+    methods = np.full(n_tests, "n/a", dtype=object)
+    nonzero = np.isfinite(diffs) & (diffs != 0)
+    n_eff = nonzero.sum(axis=1)
+    absd = np.abs(np.where(nonzero, diffs, np.nan))
+    s = np.sort(absd, axis=1)
+    has_ties = np.any(s[:, 1:] == s[:, :-1], axis=1)
+    full = nonzero.all(axis=1)
+    fast = full & ~has_ties & (n_eff <= EXACT_MAX_N) & (n_eff > 0)
+    if fast.any():
+        p[fast] = stats.wilcoxon(diffs[fast], zero_method=ZERO_METHOD, method="exact", axis=1).pvalue
+        methods[fast] = "exact"
+    for i in np.flatnonzero(~fast & (n_eff > 0)):
+        d = diffs[i, nonzero[i]]
+        if not has_ties[i] and d.size <= EXACT_MAX_N:
+            method: Any = "exact"
+            label = "exact"
+        elif d.size <= PERMUTATION_MAX_N:
+            method = stats.PermutationMethod(n_resamples=2**d.size)
+            label = "permutation (exact, ties)"
+        else:
+            method = "asymptotic"
+            label = "normal approximation"
+        p[i] = stats.wilcoxon(d, zero_method=ZERO_METHOD, method=method).pvalue
+        methods[i] = label
+    return p, n_eff, methods
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm-adjusted p-values along the last axis of ``pvalues`` ``(..., m)``; NaN entries are not tested.
+
+    A 1-D family (the report's path) goes through ``statsmodels.stats.multitest.multipletests(method="holm")``
+    (its default method is not Holm). Batches of families (``ndim >= 2``, e.g. a (studies, m) simulation) use
+    the same step-down rule vectorised in numpy, because ``multipletests`` runs ``gc.collect()`` on every
+    call (~50 ms): 1,000 calls would take a minute. tests/test_analysis.py checks both paths agree.
+    """
+    p = np.atleast_1d(np.asarray(pvalues, dtype=float))
+    if p.ndim == 1:
+        out = np.full(p.shape, np.nan)
+        ok = np.isfinite(p)
+        if ok.any():
+            out[ok] = multipletests(p[ok], method="holm")[1]
+        return out
+    return _holm_vectorised(p)
+
+
+def _holm_vectorised(p: np.ndarray) -> np.ndarray:
+    """Holm step-down on ``p`` ``(..., m)``: sorted p_(i) -> max_{j<=i} min(1, (m_f - j) p_(j)), j 0-based,
+    m_f = finite p-values in the family; NaN stays NaN."""
+    order = np.argsort(p, axis=-1)  # NaN sorts last
+    sorted_p = np.take_along_axis(p, order, axis=-1)
+    m_f = np.isfinite(p).sum(axis=-1, keepdims=True)
+    factors = m_f - np.arange(p.shape[-1])
+    adjusted = np.maximum.accumulate(np.minimum(1.0, factors * sorted_p), axis=-1)
+    adjusted = np.where(np.isfinite(sorted_p), adjusted, np.nan)
+    out = np.empty_like(adjusted)
+    np.put_along_axis(out, order, adjusted, axis=-1)
+    return out
+
+
+def bootstrap_mean_diff_ci(
+    arm: np.ndarray, base: np.ndarray, confidence: float, n_resamples: int, rng: np.random.Generator
+) -> tuple[float, float, str]:
+    """CI of ``mean(arm - base)`` over paired seeds (both (n,)): BCa, or percentile when BCa is undefined.
+
+    Returns ``(low, high, method)``; method is ``"BCa"``, ``"percentile (BCa undefined: ...)"`` or
+    ``"n/a (n < 2)"``.
+    """
+    n = arm.size
+    if n < 2:
+        return np.nan, np.nan, "n/a (n < 2)"
+
+    def mean_diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.mean(a - b, axis=axis)
+
+    def run(method: str) -> tuple[float, float]:
+        with warnings.catch_warnings():
+            # Degenerate data is detected from the NaN result below and reported in `method`.
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = stats.bootstrap(
+                (arm, base),
+                mean_diff,
+                paired=True,
+                vectorized=True,
+                method=method,
+                confidence_level=confidence,
+                n_resamples=n_resamples,
+                rng=rng,
+            )
+        return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+    d = arm - base
+    if np.all(d == d[0]):
+        # Every resample has the same mean: BCa's acceleration is 0/0. The interval is the point itself.
+        return float(d[0]), float(d[0]), "percentile (BCa undefined: all differences equal)"
+    low, high = run("BCa")
+    if np.isfinite(low) and np.isfinite(high):
+        return low, high, "BCa"
+    low, high = run("percentile")
+    return low, high, "percentile (BCa undefined for these data)"
+
+
+def _comparison_rng(seed: int, regime: str, arm: str) -> np.random.Generator:
+    # Derive the stream from the comparison's identity, so its CI does not change when arms are added.
+    return np.random.default_rng([seed, zlib.crc32(regime.encode()), zlib.crc32(arm.encode())])
+
+
+COMPARISON_COLUMNS = [
+    "regime",
+    "regime_title",
+    "arm",
+    "arm_title",
+    "metric",
+    "n",
+    "n_nonzero",
+    "dropped_seeds",
+    "mean_baseline",
+    "mean_arm",
+    "mean_diff",
+    "sd_diff",
+    "ci_low",
+    "ci_high",
+    "ci_method",
+    "p_wilcoxon",
+    "wilcoxon_method",
+    "p_ttest",
+    "p_holm",
+    "p_holm_table",
+    "holm_family",
+    "family_size",
+    "hedges_gz",
+    "rank_biserial",
+    "prob_improvement",
+    "n_needed_80",
+    "min_n_for_significance",
+    "underpowered",
+    "warning",
+    "significant",
+    "headline",
+]
+
+
+def compare_to_baseline(
+    df: pd.DataFrame,
+    metric: str = "test_auc",
+    alpha: float = 0.05,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    family: Literal["table", "regime"] = "regime",
+) -> pd.DataFrame:
+    """Each SSL arm vs the baseline within each regime, paired by seed. One row per (regime, arm).
+
+    ``df``: the full tidy table (``load_run``); excluded seeds are dropped pairwise (``dropped_seeds``).
+    Differences are ``arm - baseline`` in the metric's units (fractions for classification metrics).
+
+    Columns (``COMPARISON_COLUMNS``): ``n`` paired seeds used; ``n_nonzero`` non-zero differences (the
+    Wilcoxon test's n); means and ``mean_diff``/``sd_diff``; ``ci_low, ci_high`` the (1 - alpha) bootstrap
+    CI of the mean difference and ``ci_method``; ``p_wilcoxon`` (two-sided, see ``signed_rank_pvalues``),
+    ``p_ttest`` (``ttest_rel``), ``p_holm`` = Holm-adjusted ``p_wilcoxon`` over ``holm_family`` (the regime
+    name, or ``"table"``: all comparisons in the table) of ``family_size`` comparisons (see the module
+    docstring for why the regime is the default family); ``p_holm_table`` = Holm over the whole table
+    whatever ``family`` is (the stricter robustness check); ``hedges_gz``,
+    ``rank_biserial`` (positive = arm higher), ``prob_improvement`` (share of seeds where the arm is
+    better, ties half); ``n_needed_80`` seeds for 80 % paired-t power at ``alpha`` and the observed d_z;
+    ``min_n_for_significance`` (exact Wilcoxon floor vs ``alpha/family_size``), ``underpowered`` when
+    ``n_nonzero`` is below it, with ``warning`` text; ``significant`` = ``p_holm < alpha``; ``headline``.
+
+    The headline p-value is ``p_holm`` (Holm-corrected Wilcoxon), as recommended in docs/STATS.md.
+    """
+    if family not in ("table", "regime"):
+        raise AnalysisError(f"family must be 'table' or 'regime', got {family!r}")
+    if not 0 < alpha < 1:
+        raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
+    pairing = check_pairing(df, metric)
+    col = pairing.metric
+    rows: list[dict[str, Any]] = []
+    for regime in pairing.regimes:
+        matrix, seeds, arm_cols = paired_matrix(df, col, regime)
+        base = matrix[:, 0]
+        for j, arm in enumerate(arm_cols[1:], start=1):
+            a = matrix[:, j]
+            keep = np.isfinite(a) & np.isfinite(base)
+            rows.append(
+                _compare_one(regime, arm, col, a[keep], base[keep], seeds[~keep], alpha, n_resamples, seed)
+            )
+    cols = COMPARISON_COLUMNS
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame(rows)
+    p = out["p_wilcoxon"].to_numpy(dtype=float)
+    out["p_holm_table"] = holm(p)
+    if family == "table":
+        out["holm_family"] = "table"
+        out["family_size"] = len(out)
+        out["p_holm"] = out["p_holm_table"]
+    else:
+        out["holm_family"] = out["regime"]
+        out["family_size"] = out.groupby("regime")["arm"].transform("size")
+        out["p_holm"] = np.nan
+        for regime, idx in out.groupby("regime").groups.items():
+            out.loc[idx, "p_holm"] = holm(p[out.index.get_indexer(idx)])
+    out["min_n_for_significance"] = [min_n_for_significance(alpha, int(m)) for m in out["family_size"]]
+    out["underpowered"] = out["n_nonzero"] < out["min_n_for_significance"]
+    out["significant"] = out["p_holm"] < alpha
+    out["warning"] = [_underpowered_text(r, alpha) if r["underpowered"] else "" for _, r in out.iterrows()]
+    out["headline"] = [headline(r, alpha) for _, r in out.iterrows()]
+    return out[cols]
+
+
+def _compare_one(
+    regime: str,
+    arm: str,
+    col: str,
+    a: np.ndarray,
+    b: np.ndarray,
+    dropped: np.ndarray,
+    alpha: float,
+    n_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    d = a - b
+    n = d.size
+    p_w, n_eff, method = (
+        signed_rank_pvalues(d[None, :]) if n else (np.array([np.nan]), np.array([0]), np.array(["n/a"]))
+    )
+    if n >= 2 and np.std(d) > 0:
+        p_t = float(stats.ttest_rel(a, b).pvalue)
+    else:
+        p_t = np.nan  # t is undefined without variation in the differences
+    low, high, ci_method = bootstrap_mean_diff_ci(
+        a, b, 1 - alpha, n_resamples, _comparison_rng(seed, regime, arm)
+    )
+    sd = float(d.std(ddof=1)) if n > 1 else np.nan
+    if n < 2:
+        dz = np.nan
+    elif sd > 0:
+        dz = d.mean() / sd
+    else:  # identical differences: zero effect, or a shift with no spread (t undefined)
+        dz = 0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean())
+    return {
+        "regime": regime,
+        "regime_title": regime_title(regime),
+        "arm": arm,
+        "arm_title": arm_title(arm),
+        "metric": col,
+        "n": n,
+        "n_nonzero": int(n_eff[0]),
+        "dropped_seeds": _seed_list(dropped),
+        "mean_baseline": b.mean() if n else np.nan,
+        "mean_arm": a.mean() if n else np.nan,
+        "mean_diff": d.mean() if n else np.nan,
+        "sd_diff": sd,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_method": ci_method,
+        "p_wilcoxon": float(p_w[0]),
+        "wilcoxon_method": str(method[0]),
+        "p_ttest": p_t,
+        "hedges_gz": hedges_gz(d),
+        "rank_biserial": rank_biserial(d) if higher_is_better(col) else -rank_biserial(d),
+        "prob_improvement": prob_improvement(d, higher_is_better(col)),
+        "n_needed_80": seeds_for_power(dz, alpha) if n > 1 else np.nan,
+    }
+
+
+def _underpowered_text(row: pd.Series, alpha: float) -> str:
+    n, m, need = int(row["n_nonzero"]), int(row["family_size"]), int(row["min_n_for_significance"])
+    floor = 2 / 2**n if n else 1.0
+    return (
+        f"{row['arm_title']} vs baseline, {row['regime_title']}: only {n} non-zero paired difference(s). "
+        f"An exact two-sided Wilcoxon test cannot give p below 2/2^{n} = {floor:.3g}, above Holm's smallest "
+        f"threshold {alpha:g}/{m} = {alpha / m:.3g}, so this comparison cannot be significant whatever the "
+        f"data; at least {need} seeds are needed."
+    )
+
+
+def format_diff(value: float, metric: str) -> str:
+    """Signed difference for text: percentage points for fractions (``+1.4 pp``), raw units otherwise."""
+    if not np.isfinite(value):
+        return "n/a"
+    if metric in FRACTION_METRICS:
+        return f"{_signed(value * 100, 1)} pp"
+    return _signed(value, 3, general=True)
+
+
+def _signed(x: float, digits: int, general: bool = False) -> str:
+    s = f"{abs(x):.{digits}g}" if general else f"{abs(x):.{digits}f}"
+    if float(s) == 0:
+        return s
+    return ("+" if x > 0 else "\u2212") + s
+
+
+def _bound(x: float, percent_points: bool) -> str:
+    # Interval ends carry a sign only when negative (a typographic minus), as in "[−0.3, 3.1]".
+    s = f"{x:.1f}" if percent_points else f"{x:.3g}"
+    if not s.startswith("-"):
+        return s
+    return s[1:] if float(s) == 0 else "\u2212" + s[1:]
+
+
+def format_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"= {p:.2g}"
+
+
+def headline(row: pd.Series | dict[str, Any], alpha: float = 0.05) -> str:
+    """Plain sentence for one comparison row, e.g. ``"Corruption removal vs baseline, patience 10: +1.4 pp
+    AUC, 95 % CI [−0.3, 3.1], Holm p = 0.21, n = 8 seeds — not significant"``."""
+    r = dict(row)
+    metric = r["metric"]
+    scale, unit = (100.0, " pp") if metric in FRACTION_METRICS else (1.0, "")
+    n = int(r["n"])
+    head = f"{r['arm_title']} vs baseline, {r['regime_title']}: "
+    if n == 0:
+        return head + "no paired seeds (every pair excluded) \u2014 not tested"
+    diff = format_diff(r["mean_diff"], metric).removesuffix(" pp")
+    ci = (
+        f"{round((1 - alpha) * 100):g} % CI [{_bound(r['ci_low'] * scale, bool(unit))}, "
+        f"{_bound(r['ci_high'] * scale, bool(unit))}]"
+        if np.isfinite(r["ci_low"])
+        else "CI n/a"
+    )
+    dropped = r.get("dropped_seeds") or ""
+    n_text = f"n = {n} seed{'s' if n != 1 else ''}"
+    if dropped:
+        k = len(str(dropped).split(","))
+        n_text += f" ({k} excluded)"
+    verdict = "significant" if r["significant"] else "not significant"
+    if r["significant"]:
+        better = (r["mean_diff"] > 0) == higher_is_better(metric)
+        verdict += " (arm better)" if better else " (arm worse)"
+    if r.get("underpowered"):
+        verdict += f"; underpowered (needs \u2265 {int(r['min_n_for_significance'])} seeds)"
+    return f"{head}{diff}{unit} {metric_label(metric)}, {ci}, Holm p {format_p(r['p_holm'])}, {n_text} \u2014 {verdict}"
+
+
+# ----------------------------------------------------------------------------------------------- across arms
+
+
+def nemenyi_q(k: int, alpha: float = 0.05) -> float:
+    """Nemenyi's q_alpha for k arms: studentized range quantile (infinite df) / sqrt(2). k=4 -> 2.569."""
+    if k < 2:
+        return np.nan
+    return float(stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
+
+
+def friedman(df: pd.DataFrame, metric: str, regime: str, alpha: float = 0.05) -> dict[str, Any]:
+    """Friedman test over all arms in one regime, with mean ranks and the Nemenyi critical difference.
+
+    Complete blocks only: a seed with any excluded/missing cell is dropped (listwise; ``dropped_seeds``).
+    Rank 1 = best (highest metric; lowest for losses); ties get average ranks.
+
+    Returns a dict: ``regime, metric, arms`` (list), ``n`` (blocks), ``k``, ``statistic``, ``p``,
+    ``mean_ranks`` (dict arm -> mean rank), ``q_alpha``, ``cd`` = q_alpha*sqrt(k(k+1)/(6n)), ``cliques``
+    (lists of arms, in rank order, whose mean ranks lie within one CD: no difference detected),
+    ``dropped_seeds`` (list) and ``note`` (why a value is NaN, else ""). Statistic and p are NaN for k < 3
+    (use the paired comparison) or n < 2.
+    """
+    matrix, seeds, arms = paired_matrix(df, metric, regime)
+    col = metric_column(metric, df.columns)
+    complete = np.isfinite(matrix).all(axis=1)
+    x = matrix[complete]
+    n, k = x.shape
+    result: dict[str, Any] = {
+        "regime": regime,
+        "metric": col,
+        "arms": arms,
+        "n": int(n),
+        "k": int(k),
+        "statistic": np.nan,
+        "p": np.nan,
+        "mean_ranks": {},
+        "q_alpha": nemenyi_q(k, alpha),
+        "cd": np.nan,
+        "cliques": [],
+        "dropped_seeds": [int(s) for s in seeds[~complete]],
+        "note": "",
+    }
+    if n >= 1 and k >= 2:
+        signed = -x if higher_is_better(col) else x
+        ranks = stats.rankdata(signed, axis=1)
+        result["mean_ranks"] = {a: float(r) for a, r in zip(arms, ranks.mean(axis=0))}
+    if k < 3:
+        result["note"] = f"Friedman needs at least 3 arms (this regime has {k}); see the paired comparison"
+        return result
+    if n < 2:
+        result["note"] = f"Friedman needs at least 2 complete seeds (this regime has {n})"
+        return result
+    result["cd"] = float(result["q_alpha"] * math.sqrt(k * (k + 1) / (6 * n)))
+    result["cliques"] = _cliques(result["mean_ranks"], result["cd"])
+    if np.all(np.ptp(x, axis=1) == 0):
+        result["note"] = "all arms tie on every seed: no ranking to test"
+        return result
+    res = stats.friedmanchisquare(*x.T)
+    result["statistic"], result["p"] = float(res.statistic), float(res.pvalue)
+    return result
+
+
+def _cliques(mean_ranks: dict[str, float], cd: float) -> list[list[str]]:
+    """Maximal runs of rank-ordered arms whose mean-rank range is below ``cd`` (a CD diagram's bars)."""
+    items = sorted(mean_ranks.items(), key=lambda kv: kv[1])
+    runs = []
+    for i in range(len(items)):
+        j = i
+        while j + 1 < len(items) and items[j + 1][1] - items[i][1] < cd:
+            j += 1
+        if j > i:
+            runs.append((i, j))
+    maximal = [r for r in runs if not any(o != r and o[0] <= r[0] and r[1] <= o[1] for o in runs)]
+    return [[items[t][0] for t in range(i, j + 1)] for i, j in maximal]
+
+
+# ---------------------------------------------------------------------------------------- pretext metrics
+
+
+def pretext_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's Tables 2 (rotation) and 3 (missing patch, corruption removal) over seeds.
+
+    A trial's pretext metrics repeat on each of its regime rows, and trials of the same arm and seed share
+    one pretext model, so values are first reduced to one per arm x seed (status-ok trials only), then
+    aggregated across seeds. Long format, columns ``arm, arm_title, task, metric, n, mean, sd`` (n = seeds
+    with a finite value; sd ddof=1, NaN when n < 2). Returns ``(rotation_table, image_table)``; a table is
+    empty when no arm of its kind has a finite pretext value.
+    """
+    valid = df[df["status"] == "ok"]
+    per_seed = valid.drop_duplicates(["arm", "seed"])
+    return (
+        _pretext_table(
+            per_seed, ROTATION_TASKS, {"rotation": ROTATION_METRICS, "rotation4": ROTATION4_METRICS}
+        ),
+        _pretext_table(per_seed, IMAGE_TASKS, {t: IMAGE_METRICS for t in IMAGE_TASKS}),
+    )
+
+
+def _pretext_table(
+    per_seed: pd.DataFrame, tasks: Sequence[str], metrics: dict[str, Sequence[str]]
+) -> pd.DataFrame:
+    cols = ["arm", "arm_title", "task", "metric", "n", "mean", "sd"]
+    rows = []
+    for arm in arm_order(per_seed.loc[per_seed["task"].isin(tasks), "arm"]):
+        g = per_seed[per_seed["arm"] == arm]
+        task = str(g["task"].iloc[0])
+        for m in metrics[task]:
+            if m not in g.columns:
+                continue
+            x = g[m].to_numpy(dtype=float)
+            x = x[np.isfinite(x)]
+            if x.size == 0:
+                continue
+            rows.append(
+                {
+                    "arm": arm,
+                    "arm_title": arm_title(arm),
+                    "task": task,
+                    "metric": m,
+                    "n": x.size,
+                    "mean": x.mean(),
+                    "sd": x.std(ddof=1) if x.size > 1 else np.nan,
+                }
+            )
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------------------------------ learning curves
+
+
+def learning_curves(
+    history: pd.DataFrame,
+    metrics: Sequence[str] = ("val_loss", "val_auc"),
+    phase: str = "finetune",
+    exclude_trials: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Mean and SD over seeds of per-epoch curves, per arm. Long format.
+
+    ``history``: one row per trial x phase x epoch (``load_history``). Trials in ``exclude_trials`` (e.g.
+    diverged ones, whose curves hold inf/NaN) are left out. Returns columns ``arm, arm_title, metric,
+    epoch, n, mean, sd`` (n = seeds with a finite value at that epoch; sd NaN when n < 2).
+    """
+    cols = ["arm", "arm_title", "metric", "epoch", "n", "mean", "sd"]
+    h = history[(history["phase"] == phase) & ~history["trial_id"].isin(set(exclude_trials))]
+    frames = []
+    for m in metrics:
+        if m not in h.columns:
+            continue
+        x = h[["arm", "epoch", m]].copy()
+        x = x[np.isfinite(x[m].to_numpy(dtype=float))]
+        if x.empty:
+            continue
+        g = (
+            x.groupby(["arm", "epoch"])[m]
+            .agg(n="count", mean="mean", sd=lambda s: s.std(ddof=1))
+            .reset_index()
+        )
+        g["metric"] = m
+        frames.append(g)
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, ignore_index=True)
+    out["arm_title"] = out["arm"].map(arm_title)
+    order = {a: i for i, a in enumerate(arm_order(out["arm"]))}
+    out = out.sort_values(["metric", "arm", "epoch"], key=lambda s: s.map(order) if s.name == "arm" else s)
+    return out[cols].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------- sanity checks
+
+
+def consistency_warnings(df: pd.DataFrame) -> list[str]:
+    """Conditions that would confound the arm comparison (different data, image size or encoder between
+    trials). Returns plain sentences; empty when the table is consistent."""
+    out = []
+    for col, what in (
+        ("data_fingerprint", "data sets"),
+        ("image_size", "image sizes"),
+        ("encoder", "encoders"),
+    ):
+        values = df[col].dropna().unique() if col in df.columns else []
+        if len(values) > 1:
+            per_arm = (
+                df.dropna(subset=[col]).groupby("arm")[col].agg(lambda s: ", ".join(map(str, sorted(set(s)))))
+            )
+            detail = "; ".join(f"{arm_title(a)}: {v}" for a, v in per_arm.items())
+            out.append(
+                f"Trials ran on {len(values)} different {what} ({detail}); arms are only comparable on the same "
+                f"{col.replace('_', ' ')}: analyse each separately."
+            )
+    return out

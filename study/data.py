@@ -1,0 +1,890 @@
+"""Folder datasets: discovery, checks, decode + resize once into a cache, fingerprint, stratified splits.
+
+Layout: `ROOT/{train,test}/{benign,malignant}/*.{jpg,jpeg,png}`. Split and class folder names match in any
+capitalisation (`Train/`, `Benign/`); extensions are case-insensitive. Labels come only from the class folder
+name (0 = benign, 1 = malignant): a folder with any other name is a problem, never a guess.
+
+`check_dataset` lists everything wrong with a folder (problems make it unusable; warnings do not);
+`load_dataset` runs the same checks, decodes every image once and caches the arrays in an `.npz` keyed by the
+content fingerprint and image size. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "CLASSES",
+    "IMAGE_EXTENSIONS",
+    "NEAR_DUPLICATE_MAX_DISTANCE",
+    "SMALL_IMAGE_PX",
+    "SPLITS",
+    "CheckReport",
+    "DataError",
+    "DecodedData",
+    "Split",
+    "check_dataset",
+    "default_cache_dir",
+    "fingerprint",
+    "format_problems",
+    "label_subset",
+    "load_dataset",
+    "stratified_split",
+]
+
+SPLITS = ("train", "test")
+CLASSES = ("benign", "malignant")  # index = label
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Perceptual hash: imagehash.phash with hash_size=16 (256 bits). Measured on the 1,398-image ISIC sample:
+# re-encoded, recoloured or re-cropped copies of one photo lie at Hamming distance 2-34, the closest distinct
+# lesions (sharing a dermoscope's frame) at 42 and above; synthetic lesions at 52 and above. The default
+# 64-bit hash cannot separate these (a recoloured copy at 6, distinct synthetic lesions at 4). Pairs at
+# distance <= 38 of 256 bits are reported as near-duplicates.
+NEAR_DUPLICATE_HASH_SIZE = 16
+NEAR_DUPLICATE_MAX_DISTANCE = 38
+SMALL_IMAGE_PX = 32  # images with a side below this are upsampled a lot: warned about
+MIN_IMAGE_SIZE = 16
+# Bump when decoding or resizing changes, so stale caches are not reused.
+LOADER_VERSION = 1
+_MAX_EXAMPLES = 5  # example pairs shown per duplicate warning
+_FORMAT_MAX_WARNINGS = 50  # format() shows at most this many warning lines
+_RESAMPLING = Image.Resampling.LANCZOS
+_FORMATS_BY_EXT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used. `problems` holds one line per problem, each naming the file and the fix.
+
+    Pass the list of problem lines (the message is built from them), or one ready-made message string."""
+
+    def __init__(self, problems: list[str] | str, root: str | Path | None = None):
+        if isinstance(problems, str):
+            self.problems = [problems]
+            super().__init__(problems)
+            return
+        self.problems = list(problems)
+        where = f"dataset {root}" if root is not None else "dataset"
+        n = len(self.problems)
+        super().__init__(f"{where} is not usable ({n} problem(s)):\n{format_problems(self.problems)}")
+
+
+def format_problems(lines: list[str]) -> str:
+    """One line per problem (or warning), indented with a dash, for printing."""
+    return "\n".join(f"  - {line}" for line in lines)
+
+
+@dataclass
+class Split:
+    """One split. images: uint8 (N, S, S, 3) RGB; labels: int64 (N,), 0 = benign, 1 = malignant;
+    paths: N file paths relative to the dataset root (POSIX separators), in sorted order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class DecodedData:
+    """A decoded dataset. notes: one line per conversion performed (mode, bit depth, crop, upsampling);
+    warnings: every warning of the dataset check (conversions included)."""
+
+    train: Split
+    test: Split
+    fingerprint: str
+    root: str
+    image_size: int
+    notes: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    """Result of `check_dataset`.
+
+    ok: no problems. problems: make the dataset unusable, one line each naming the file and the fix.
+    warnings: usable but worth knowing (conversions, near-duplicates, ignored files in class folders).
+    counts: {split: {class: number of image files found}}. size_stats: original image sizes in pixels.
+    duplicates: {"exact": [[paths with identical bytes], ...], "near": [{"a", "b", "distance"}, ...],
+    "near_max_distance": int}. ignored: files not read that need no action (hidden files, notes at the root).
+    conversions: the subset of warnings describing conversions applied when decoding.
+    """
+
+    root: str
+    ok: bool
+    problems: list[str]
+    warnings: list[str]
+    counts: dict[str, dict[str, int]]
+    size_stats: dict[str, Any]
+    duplicates: dict[str, Any]
+    ignored: list[str] = field(default_factory=list)
+    conversions: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    def format(self) -> str:
+        status = "OK" if self.ok else f"NOT USABLE ({len(self.problems)} problem(s))"
+        lines = [f"Dataset check: {self.root} — {status}"]
+        if self.fingerprint:
+            lines.append(f"fingerprint: {self.fingerprint}")
+        lines.append(f"  {'split':<6} {'benign':>8} {'malignant':>10} {'total':>7}")
+        for split in SPLITS:
+            c = self.counts.get(split, {})
+            b, m = c.get("benign", 0), c.get("malignant", 0)
+            lines.append(f"  {split:<6} {b:>8} {m:>10} {b + m:>7}")
+        s = self.size_stats
+        if s.get("n_images"):
+            w, h = s["width"], s["height"]
+            lines.append(
+                f"image sizes (px): width {w['min']}/{w['median']:g}/{w['max']}, height "
+                f"{h['min']}/{h['median']:g}/{h['max']} (min/median/max of {s['n_images']} decodable "
+                f"images); modes {_counter_text(s['modes'])}; formats {_counter_text(s['formats'])}"
+            )
+        d = self.duplicates
+        lines.append(
+            f"duplicates: {len(d.get('exact', []))} group(s) of byte-identical files; "
+            f"{len(d.get('near', []))} near-duplicate pair(s) (phash Hamming distance <= "
+            f"{d.get('near_max_distance')} of {d.get('hash_bits')} bits)"
+        )
+        if self.problems:
+            lines.append(f"problems ({len(self.problems)}):")
+            lines.append(format_problems(self.problems))
+        if self.warnings:
+            lines.append(f"warnings ({len(self.warnings)}):")
+            lines.append(format_problems(self.warnings[:_FORMAT_MAX_WARNINGS]))
+            if len(self.warnings) > _FORMAT_MAX_WARNINGS:
+                lines.append(f"  ... and {len(self.warnings) - _FORMAT_MAX_WARNINGS} more (see to_dict())")
+        if self.ignored:
+            shown = ", ".join(self.ignored[:10]) + (" ..." if len(self.ignored) > 10 else "")
+            lines.append(f"ignored ({len(self.ignored)}, not data): {shown}")
+        return "\n".join(lines)
+
+
+def _counter_text(counter: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "none"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Discovery (cheap: directory listings only)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    rel: str  # relative to root, POSIX separators, on-disk names
+    split: str  # canonical split name
+    label: int
+
+
+@dataclass
+class _Listing:
+    entries: list[_Entry] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+def _list_dir(path: Path, rel: str, listing: _Listing) -> list[os.DirEntry] | None:
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except PermissionError:
+        listing.problems.append(f"{rel or '.'}/: cannot list folder (permission denied); fix with chmod a+rx")
+    except OSError as e:
+        listing.problems.append(f"{rel or '.'}/: cannot list folder ({type(e).__name__}: {e})")
+    return None
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """'dir', 'file', 'broken' (dangling or looping symlink) or 'other' (socket, fifo, ...)."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+    except OSError:
+        return "broken"
+    return "broken" if entry.is_symlink() else "other"
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _match_folders(
+    entries: list[os.DirEntry], allowed: tuple[str, ...], parent_rel: str, level: str, listing: _Listing
+) -> dict[str, str]:
+    """Map canonical names in `allowed` to the folder names found; report unknown or doubled folders."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for e in entries:
+        if e.name.startswith("."):
+            listing.ignored.append(_join(parent_rel, e.name))
+            continue
+        kind = _kind(e)
+        rel = _join(parent_rel, e.name)
+        if kind == "dir" and e.name.lower() in allowed:
+            found[e.name.lower()].append(e.name)
+        elif kind == "dir":
+            allowed_text = ", ".join(f"{a}/" for a in allowed)
+            hint = ""
+            if level == "class":
+                hint = (
+                    " (labels are never guessed: if it holds melanoma images rename it malignant/, "
+                    "otherwise benign/)"
+                )
+            listing.problems.append(
+                f"{rel}/: unexpected folder at the {level} level; allowed names are {allowed_text} "
+                f"(any capitalisation) — rename or move it{hint}"
+            )
+        elif kind == "broken":
+            listing.problems.append(f"{rel}: broken or looping symlink; remove it or point it at a real file")
+        elif kind == "file" and _is_image_name(e.name):
+            where = "the dataset root" if level == "split" else "a split folder"
+            listing.problems.append(
+                f"{rel}: image file directly in {where} has no class label; move it into a "
+                f"{'<split>/' if level == 'split' else ''}benign/ or malignant/ folder, or remove it"
+            )
+        elif kind == "file" and level == "split":
+            listing.ignored.append(rel)  # README, licence, synth.json: not data
+        else:
+            listing.warnings.append(f"{rel}: ignored (not an image and not in a class folder)")
+    out = {}
+    for canonical, names in found.items():
+        if len(names) > 1:
+            variants = _join(parent_rel, "{" + ",".join(names) + "}")
+            listing.problems.append(
+                f"{variants}/: {len(names)} folders for '{canonical}' differ only in capitalisation; "
+                "merge them"
+            )
+        out[canonical] = names[0]
+    return out
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _discover(root: Path) -> _Listing:
+    listing = _Listing()
+    if not root.exists():
+        listing.problems.append(
+            f"{root}: dataset folder does not exist; pass the folder that holds train/ and test/"
+        )
+        return listing
+    if not root.is_dir():
+        listing.problems.append(f"{root}: is not a folder; pass the folder that holds train/ and test/")
+        return listing
+    top = _list_dir(root, "", listing)
+    if top is None:
+        return listing
+    splits = _match_folders(top, SPLITS, "", "split", listing)
+    for split in SPLITS:
+        if split not in splits:
+            listing.problems.append(
+                f"{split}/: missing split folder; create {root}/{split}/benign/ and {root}/{split}/malignant/"
+            )
+            continue
+        split_rel = splits[split]
+        children = _list_dir(root / split_rel, split_rel, listing)
+        if children is None:
+            continue
+        classes = _match_folders(children, CLASSES, split_rel, "class", listing)
+        for label, cls in enumerate(CLASSES):
+            if cls not in classes:
+                listing.problems.append(f"{split_rel}/{cls}/: missing class folder; create it and add images")
+                continue
+            class_rel = f"{split_rel}/{classes[cls]}"
+            files = _list_dir(root / class_rel, class_rel, listing)
+            if files is None:
+                continue
+            n_images = 0
+            for e in files:
+                rel = f"{class_rel}/{e.name}"
+                if e.name.startswith("."):
+                    listing.ignored.append(rel)  # .DS_Store, AppleDouble ._x.jpg: never image data
+                    continue
+                kind = _kind(e)
+                if kind == "file" and _is_image_name(e.name):
+                    listing.entries.append(_Entry(rel, split, label))
+                    n_images += 1
+                elif kind == "file":
+                    listing.warnings.append(
+                        f"{rel}: ignored, extension is not one of {', '.join(IMAGE_EXTENSIONS)}; if it is an "
+                        "image convert it to PNG, otherwise move it out of the class folder"
+                    )
+                elif kind == "dir":
+                    # Not followed: nested folders (and symlink loops) are outside the layout.
+                    listing.problems.append(
+                        f"{rel}/: nested folder inside a class folder is not read; move its images up into "
+                        f"{class_rel}/ or remove it"
+                    )
+                elif kind == "broken":
+                    listing.problems.append(
+                        f"{rel}: broken or looping symlink; remove it or point it at a real file"
+                    )
+                else:
+                    listing.warnings.append(f"{rel}: ignored (not a regular file)")
+            if n_images == 0:
+                listing.problems.append(
+                    f"{class_rel}/: class folder holds no {'/'.join(IMAGE_EXTENSIONS)} images; add images"
+                )
+    listing.entries.sort(key=lambda e: e.rel)
+    return listing
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fingerprint
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex of the bytes); raises OSError when unreadable."""
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return path.stat().st_size, digest
+
+
+_UNREADABLE = "unreadable"
+
+
+def _fingerprint_of(records: list[tuple[str, int, str]]) -> str:
+    h = hashlib.sha256()
+    for rel, size, digest in sorted(records):
+        h.update(f"{rel}\t{size}\t{digest}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(root: str | Path) -> str:
+    """16-hex-digit sha256 over the sorted relative paths, sizes and sha256 of the bytes of every image file
+    the loader would read (other files do not count). Changes when any byte, name or file changes.
+    Raises DataError when the root folder does not exist."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError([f"{root}: dataset folder does not exist or is not a folder"], root)
+    return _fingerprint_entries(root, _discover(root).entries)
+
+
+def _fingerprint_entries(root: Path, entries: list[_Entry]) -> str:
+    records = []
+    for e in entries:
+        try:
+            records.append((e.rel, *_file_digest(root / e.rel)))
+        except OSError:
+            records.append((e.rel, -1, _UNREADABLE))
+    return _fingerprint_of(records)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One file: read, verify, decode, convert, hash, resize
+
+
+@dataclass
+class _FileResult:
+    entry: _Entry
+    nbytes: int = -1  # -1: unreadable
+    digest: str | None = None  # sha256 hex of the bytes; None when unreadable
+    problem: str | None = None
+    conversions: list[str] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    phash: np.ndarray | None = None  # uint64 (NEAR_DUPLICATE_HASH_SIZE**2 / 64,) packed bits
+    array: np.ndarray | None = None
+
+
+def _text_hint(data: bytes) -> str:
+    head = data[:48]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    if all(c.isprintable() or c.isspace() for c in text):
+        return f"; it starts with text {text[:32]!r}"
+    return ""
+
+
+def _to_rgb(im: Image.Image, rel: str, bits16: bool) -> tuple[Image.Image, list[str]]:
+    """Convert to 8-bit RGB. Returns (image, conversion notes); raises ValueError for modes not converted."""
+    mode = im.mode
+    if mode == "RGB":
+        if bits16:
+            return im, [f"{rel}: 16-bit RGB converted to 8-bit RGB (PIL keeps the high byte of each sample)"]
+        return im, []
+    if mode in ("1", "L"):
+        note = f"{rel}: grayscale (mode {mode}) converted to RGB by repeating the channel"
+        return im.convert("RGB"), [note]
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im).astype(np.int64)
+        if a.min() < 0 or a.max() > 65535:
+            raise ValueError(
+                f"32-bit integer pixel values outside 0..65535 (mode {mode}); export it as 8-bit RGB"
+            )
+        gray = np.rint(a / 257.0).astype(np.uint8)  # 65535 -> 255: full 16-bit range onto 8 bits
+        note = f"{rel}: 16-bit grayscale (mode {mode}) converted to 8-bit RGB (scaled 0..65535 -> 0..255)"
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=2)), [note]
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        if (alpha == 1.0).all():
+            how = "alpha channel fully opaque, dropped"
+        else:
+            how = f"composited on black ({float((alpha < 1.0).mean()):.0%} of pixels not fully opaque)"
+        rgb = Image.fromarray(np.rint(rgba[..., :3] * alpha).astype(np.uint8))
+        return rgb, [f"{rel}: mode {mode} with transparency converted to RGB: {how}"]
+    if mode in ("P", "CMYK", "YCbCr"):
+        what = {"P": "palette", "CMYK": "CMYK (no colour profile applied)", "YCbCr": "YCbCr"}[mode]
+        return im.convert("RGB"), [f"{rel}: {what} image converted to RGB"]
+    raise ValueError(f"unsupported colour mode {mode}; export it as 8-bit RGB JPEG or PNG")
+
+
+def _inspect_file(root: Path, entry: _Entry, image_size: int | None) -> _FileResult:
+    """Read, verify and decode one file; with image_size, also centre-crop to square and resize.
+
+    Never raises for bad files: the reason goes to `problem`."""
+    res = _FileResult(entry)
+    rel = entry.rel
+    try:
+        data = (root / rel).read_bytes()
+    except PermissionError:
+        res.problem = f"{rel}: cannot read (permission denied); fix with chmod a+r"
+        return res
+    except OSError as e:
+        res.problem = f"{rel}: cannot read ({type(e).__name__}: {e}); re-copy or remove it"
+        return res
+    res.nbytes = len(data)
+    res.digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        res.problem = f"{rel}: empty file (0 bytes); re-copy it or delete it"
+        return res
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; both are refused here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                probe.verify()  # structure and checksums (PNG CRCs) without decoding
+            im = Image.open(io.BytesIO(data))
+            res.width, res.height = im.size
+            res.mode, res.format = im.mode, im.format or "?"
+            bits16 = any(";16" in str(t.args) for t in getattr(im, "tile", []) or [])
+            n_frames = getattr(im, "n_frames", 1)
+            im.load()  # decodes all data: raises on truncation (LOAD_TRUNCATED_IMAGES stays False)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        res.problem = (
+            f"{rel}: image too large for PIL's decompression-bomb limit ({e}); downscale it (e.g. to at most "
+            "4096 px a side) before use"
+        )
+        return res
+    except UnidentifiedImageError:
+        res.problem = (
+            f"{rel}: not an image PIL can read{_text_hint(data)}; replace it with a JPEG/PNG or remove it"
+        )
+        return res
+    except Exception as e:  # noqa: BLE001 — any decoder failure is a per-file problem, not a crash
+        res.problem = f"{rel}: corrupt or truncated image ({type(e).__name__}: {e}); re-copy it or remove it"
+        return res
+
+    notes = res.conversions
+    ext = os.path.splitext(rel)[1].lower()
+    if res.format != _FORMATS_BY_EXT[ext]:
+        notes.append(f"{rel}: holds {res.format} data despite its {ext} extension; decoded as {res.format}")
+    if n_frames > 1:
+        notes.append(f"{rel}: has {n_frames} frames; only the first is used")
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception as e:  # noqa: BLE001 — a damaged EXIF block should not make the pixels unusable
+        orientation = 1
+        notes.append(f"{rel}: EXIF block unreadable ({type(e).__name__}); orientation not applied")
+    if orientation not in (1, None):
+        im = ImageOps.exif_transpose(im)
+        notes.append(f"{rel}: EXIF orientation {orientation} applied (image rotated/flipped upright)")
+    try:
+        rgb, conv = _to_rgb(im, rel, bits16)
+    except ValueError as e:
+        res.problem = f"{rel}: {e}"
+        return res
+    notes.extend(conv)
+    if min(rgb.size) < SMALL_IMAGE_PX:
+        notes.append(
+            f"{rel}: very small image ({res.width}x{res.height} < {SMALL_IMAGE_PX} px); upsampled when loaded"
+        )
+    bits = imagehash.phash(rgb, hash_size=NEAR_DUPLICATE_HASH_SIZE).hash.reshape(-1)
+    res.phash = np.packbits(bits).view(">u8").astype(np.uint64)
+    if image_size is not None:
+        # Centre crop to the largest square, then Lanczos: keeps the lesion's shape (asymmetry is a feature).
+        fitted = ImageOps.fit(rgb, (image_size, image_size), method=_RESAMPLING, centering=(0.5, 0.5))
+        res.array = np.asarray(fitted, dtype=np.uint8)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Duplicates
+
+
+def _hamming_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
+    """All pairs (i < j, distance) of hashes uint64 (N, words) within max_distance bits, chunked so
+    memory stays bounded for ~10k images."""
+    out = []
+    n, words = hashes.shape
+    chunk = max(1, 2**22 // max(n * words, 1))
+    for start in range(0, n, chunk):
+        block = hashes[start : start + chunk, None, :] ^ hashes[None, :, :]
+        dist = np.bitwise_count(block).sum(axis=2, dtype=np.int64)
+        ii, jj = np.nonzero(dist <= max_distance)
+        ii += start
+        keep = ii < jj
+        out.extend(zip(ii[keep].tolist(), jj[keep].tolist(), dist[ii[keep] - start, jj[keep]].tolist()))
+    return sorted(out)
+
+
+def _duplicate_findings(results: list[_FileResult]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(problems, warnings, duplicates dict) from exact (sha256) and near (phash) duplicates."""
+    problems: list[str] = []
+    warns: list[str] = []
+    by_digest: dict[str, list[_FileResult]] = defaultdict(list)
+    for r in results:
+        if r.digest is not None and r.nbytes > 0:
+            by_digest[r.digest].append(r)
+    exact_groups = []
+    for group in by_digest.values():
+        if len(group) < 2:
+            continue
+        exact_groups.append([r.entry.rel for r in group])
+        first = group[0].entry
+        for other in group[1:]:
+            o = other.entry
+            if o.split != first.split:
+                test, train = (o, first) if o.split == "test" else (first, o)
+                problems.append(
+                    f"{test.rel}: byte-identical to {train.rel} (train/test leakage); remove it from test or "
+                    "from train"
+                )
+            elif o.label != first.label:
+                problems.append(
+                    f"{o.rel}: byte-identical to {first.rel} but labelled {CLASSES[o.label]} vs "
+                    f"{CLASSES[first.label]} (conflicting labels); keep the copy with the right label, "
+                    "delete the other"
+                )
+            else:
+                warns.append(
+                    f"{o.rel}: byte-identical to {first.rel} (same label, counted twice); delete one copy"
+                )
+
+    hashed = [r for r in results if r.phash is not None]
+    words = NEAR_DUPLICATE_HASH_SIZE**2 // 64
+    hashes = np.array([r.phash for r in hashed], dtype=np.uint64).reshape(len(hashed), words)
+    near = []
+    leak_pairs, conflict_pairs, same_pairs = [], [], []
+    for i, j, d in _hamming_pairs(hashes, NEAR_DUPLICATE_MAX_DISTANCE):
+        a, b = hashed[i], hashed[j]
+        if a.digest == b.digest:
+            continue  # already reported as exact
+        near.append({"a": a.entry.rel, "b": b.entry.rel, "distance": d})
+        if a.entry.split != b.entry.split:
+            test, train = (a, b) if a.entry.split == "test" else (b, a)
+            leak_pairs.append((test.entry.rel, train.entry.rel, d))
+        elif a.entry.label != b.entry.label:
+            conflict_pairs.append((a.entry.rel, b.entry.rel, d))
+        else:
+            same_pairs.append((a.entry.rel, b.entry.rel, d))
+    bits = NEAR_DUPLICATE_HASH_SIZE**2
+    criterion = f"phash Hamming distance <= {NEAR_DUPLICATE_MAX_DISTANCE} of {bits} bits"
+    if leak_pairs:
+        n_test = len({p[0] for p in leak_pairs})
+        warns.append(
+            f"{n_test} test image(s) have a near-duplicate in train (possible leakage; {criterion}), "
+            f"e.g. {_pairs_text(leak_pairs)}; inspect them and remove one copy of true duplicates"
+        )
+    if conflict_pairs:
+        warns.append(
+            f"{len(conflict_pairs)} near-duplicate pair(s) within a split carry different labels (possible "
+            f"label noise; {criterion}), e.g. {_pairs_text(conflict_pairs)}; "
+            "inspect them"
+        )
+    if same_pairs:
+        warns.append(
+            f"{len(same_pairs)} near-duplicate pair(s) within a split with the same label (in train, a "
+            "validation split may hold one copy while training sees the other), e.g. "
+            f"{_pairs_text(same_pairs)}; inspect them"
+        )
+    dup = {
+        "exact": exact_groups,
+        "near": near,
+        "near_max_distance": NEAR_DUPLICATE_MAX_DISTANCE,
+        "hash_bits": NEAR_DUPLICATE_HASH_SIZE**2,
+    }
+    return problems, warns, dup
+
+
+def _pairs_text(pairs: list[tuple[str, str, int]]) -> str:
+    shown = "; ".join(f"{a} ~ {b} (d={d})" for a, b, d in pairs[:_MAX_EXAMPLES])
+    return shown + (f"; and {len(pairs) - _MAX_EXAMPLES} more" if len(pairs) > _MAX_EXAMPLES else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Check
+
+
+def _scan(root: Path, image_size: int | None) -> tuple[CheckReport, list[_FileResult]]:
+    listing = _discover(root)
+    results = [_inspect_file(root, e, image_size) for e in listing.entries]
+    problems = list(listing.problems) + [r.problem for r in results if r.problem]
+    conversions = [note for r in results if r.problem is None for note in r.conversions]
+    dup_problems, dup_warnings, duplicates = _duplicate_findings(results)
+    problems += dup_problems
+    decoded = [r for r in results if r.problem is None]
+    non_square = sum(r.width != r.height for r in decoded)
+    if non_square:
+        conversions.append(
+            f"{non_square} non-square image(s) are centre-cropped to their largest square before resizing"
+        )
+    warns = conversions + list(listing.warnings) + dup_warnings
+
+    counts = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+    for e in listing.entries:
+        counts[e.split][CLASSES[e.label]] += 1
+    size_stats: dict[str, Any] = {"n_images": len(decoded)}
+    if decoded:
+        w = np.array([r.width for r in decoded])
+        h = np.array([r.height for r in decoded])
+        size_stats.update(
+            width={"min": int(w.min()), "median": float(np.median(w)), "max": int(w.max())},
+            height={"min": int(h.min()), "median": float(np.median(h)), "max": int(h.max())},
+            modes=dict(Counter(r.mode for r in decoded)),
+            formats=dict(Counter(r.format for r in decoded)),
+            non_square=non_square,
+            small=sum(min(r.width, r.height) < SMALL_IMAGE_PX for r in decoded),
+        )
+    records = [(r.entry.rel, r.nbytes, r.digest or _UNREADABLE) for r in results]
+    report = CheckReport(
+        root=str(root),
+        ok=not problems,
+        problems=problems,
+        warnings=warns,
+        counts=counts,
+        size_stats=size_stats,
+        duplicates=duplicates,
+        ignored=sorted(listing.ignored),
+        conversions=conversions,
+        fingerprint=_fingerprint_of(records),
+    )
+    return report, results
+
+
+def check_dataset(root: str | Path) -> CheckReport:
+    """Check a dataset folder without loading it for training: reads and decodes every image once.
+
+    Problems (unusable): missing split/class folders, empty class folders, unexpected folder names (labels
+    are never guessed), images outside class folders, nested folders, broken symlinks, unreadable, empty,
+    non-image, truncated/corrupt and oversized (PIL decompression-bomb limit) files, unsupported colour modes,
+    byte-identical files across train/test (leakage) or across classes (conflicting labels).
+    Warnings (usable): conversions to 8-bit RGB (grayscale, palette, RGBA/LA composited on black, 16-bit
+    scaled, EXIF rotation, format/extension mismatch), very small images, non-square images (centre-cropped),
+    same-label exact duplicates, near-duplicates (phash, see NEAR_DUPLICATE_MAX_DISTANCE) across train/test,
+    across classes, or within a split and class, non-image files in class folders. Symlinked folders are
+    followed only at the fixed layout depth, so symlink loops cannot recurse.
+    """
+    report, _ = _scan(Path(root), None)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Load with cache
+
+
+def default_cache_dir() -> Path:
+    """$STUDY_CACHE_DIR, else ~/.cache/melanoma-ssl-study."""
+    env = os.environ.get("STUDY_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "melanoma-ssl-study"
+
+
+def _cache_path(cache_dir: Path, fp: str, image_size: int) -> Path:
+    return cache_dir / "decoded" / f"{fp}-{image_size}px-v{LOADER_VERSION}.npz"
+
+
+def _split_from(results: list[_FileResult], split: str, image_size: int) -> Split:
+    rs = [r for r in results if r.entry.split == split]
+    images = np.stack([r.array for r in rs]) if rs else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return Split(images, np.array([r.entry.label for r in rs], dtype=np.int64), [r.entry.rel for r in rs])
+
+
+def _save_cache(path: Path, data: DecodedData) -> None:
+    """Atomic: write a temp file in the same folder, then os.replace; racing writers write identical bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "notes": data.notes,
+        "warnings": data.warnings,
+        "fingerprint": data.fingerprint,
+        "image_size": data.image_size,
+        "loader_version": LOADER_VERSION,
+    }
+    arrays = {}
+    for name, split in (("train", data.train), ("test", data.test)):
+        arrays[f"{name}_images"] = split.images
+        arrays[f"{name}_labels"] = split.labels
+        arrays[f"{name}_paths"] = np.array(split.paths, dtype=str)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_cache(path: Path, root: Path, fp: str, image_size: int) -> DecodedData:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        splits = {}
+        for s in SPLITS:
+            images, labels, paths = z[f"{s}_images"], z[f"{s}_labels"], [str(p) for p in z[f"{s}_paths"]]
+            consistent = len(images) == len(labels) == len(paths)
+            if images.shape[1:] != (image_size, image_size, 3) or not consistent:
+                raise ValueError(f"inconsistent arrays for split {s}")
+            splits[s] = Split(images, labels.astype(np.int64), paths)
+    if meta.get("fingerprint") != fp or meta.get("image_size") != image_size:
+        raise ValueError("cache metadata does not match its file name")
+    return DecodedData(
+        splits["train"], splits["test"], fp, str(root), image_size, meta["notes"], meta["warnings"]
+    )
+
+
+def load_dataset(root: str | Path, image_size: int, cache_dir: str | Path | None = None) -> DecodedData:
+    """Decode every image once into uint8 (N, image_size, image_size, 3) RGB arrays, cached on disk.
+
+    Each image is converted to 8-bit RGB (see check_dataset), centre-cropped to its largest square (non-square
+    images lose the ends of their long side; nothing is stretched) and resized with PIL's Lanczos filter
+    (antialiased when shrinking). Images are ordered by sorted relative path within each split.
+    The arrays are cached in `cache_dir/decoded/<fingerprint>-<size>px-v<loader version>.npz` (default
+    cache_dir: $STUDY_CACHE_DIR or ~/.cache/melanoma-ssl-study); a later call with unchanged files loads the
+    cache without decoding. Raises DataError listing every problem when the dataset is unusable.
+    """
+    is_int = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
+    if not is_int or image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"load_dataset: image_size must be an integer >= {MIN_IMAGE_SIZE} pixels, got {image_size!r}"
+        )
+    image_size = int(image_size)
+    root = Path(root)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    listing = _discover(root)
+    cache_note: list[str] = []
+    # Structural problems are re-checked on every call (cheap listings); everything decoding finds is a
+    # function of the files' bytes, which the fingerprint in the cache key covers.
+    if not listing.problems:
+        fp = _fingerprint_entries(root, listing.entries)
+        path = _cache_path(cache_dir, fp, image_size)
+        if path.is_file():
+            try:
+                return _load_cache(path, root, fp, image_size)
+            except Exception as e:  # noqa: BLE001 — a damaged cache is rebuilt, and the rebuild is noted
+                cache_note.append(f"cache file {path} was unreadable ({type(e).__name__}: {e}); rebuilt it")
+    report, results = _scan(root, image_size)
+    if not report.ok:
+        raise DataError(report.problems, root)
+    data = DecodedData(
+        train=_split_from(results, "train", image_size),
+        test=_split_from(results, "test", image_size),
+        fingerprint=report.fingerprint,
+        root=str(root),
+        image_size=image_size,
+        notes=list(report.conversions),
+        warnings=report.warnings,
+    )
+    path = _cache_path(cache_dir, data.fingerprint, image_size)
+    try:
+        _save_cache(path, data)
+        # Notes about this call's cache handling are not properties of the data: added after saving.
+        data.notes[:0] = cache_note
+    except OSError as e:
+        data.notes.append(
+            f"could not write cache {path} ({type(e).__name__}: {e}); set STUDY_CACHE_DIR to a writable "
+            "folder"
+        )
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Splits
+
+_STREAM_VAL_SPLIT = 0x5EED_0001  # distinct generator streams, so a seed's val split and label subset differ
+_STREAM_LABEL_SUBSET = 0x5EED_0002
+
+
+def _check_labels(labels: np.ndarray, fn: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{fn}: labels must be a 1-D integer array, got dtype {labels.dtype} shape {labels.shape}"
+        )
+    return labels
+
+
+def _check_seed(seed: Any, fn: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{fn}: seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _round_half_up(x: float) -> int:
+    return int(np.floor(x + 0.5))
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train_idx, val_idx), each int64 sorted, disjoint, together covering 0..N-1.
+
+    Per class with n_c images, round(val_fraction * n_c) go to validation, at least 1 when n_c >= 2 and at
+    most n_c - 1 (each class keeps a training image). Deterministic for a seed; different seeds differ.
+    """
+    labels = _check_labels(labels, "stratified_split")
+    seed = _check_seed(seed, "stratified_split")
+    if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"stratified_split: val_fraction must be in (0, 1), got {val_fraction!r}")
+    rng = np.random.default_rng([seed, _STREAM_VAL_SPLIT])
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_val = _round_half_up(val_fraction * len(idx))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        else:
+            n_val = 0
+        val.append(rng.permutation(idx)[:n_val])
+    val_idx = np.sort(np.concatenate(val)).astype(np.int64) if val else np.zeros(0, np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels), dtype=np.int64), val_idx)
+    return train_idx, val_idx
+
+
+def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted int64 indices of a stratified `fraction` of the labelled set (label-efficiency studies).
+
+    Per class, max(1, round(fraction * n_c)) images are kept. For one seed the subsets nest: the subset at a
+    smaller fraction is contained in the one at a larger fraction. fraction = 1 returns every index.
+    """
+    labels = _check_labels(labels, "label_subset")
+    seed = _check_seed(seed, "label_subset")
+    if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_subset: fraction must be in (0, 1], got {fraction!r}")
+    rng = np.random.default_rng([seed, _STREAM_LABEL_SUBSET])
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx), max(1, _round_half_up(fraction * len(idx))))
+        keep.append(rng.permutation(idx)[:k])
+    return np.sort(np.concatenate(keep)).astype(np.int64) if keep else np.zeros(0, np.int64)

@@ -1,0 +1,249 @@
+"""Figures for the report. Draw only: every function takes precomputed numbers (from ``analysis``) and
+returns a matplotlib ``Figure``; nothing here computes a statistic.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot): no global figure registry to leak
+memory or depend on a GUI backend; ``save_figure`` renders with Agg.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from study.analysis import arm_title, base_task
+
+# One colour per pretext task, shared by every figure, so an arm is recognisable across the report.
+TASK_COLORS = {
+    "none": "#4d4d4d",
+    "rotation": "#1f77b4",
+    "rotation4": "#17becf",
+    "missing_patch": "#ff7f0e",
+    "corruption": "#2ca02c",
+}
+_EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#d62728", "#7f7f7f")
+
+
+def arm_color(arm: str) -> str:
+    """Colour of an arm: its task's colour; variants and unknown tasks get a stable extra colour."""
+    task = base_task(arm)
+    if task in TASK_COLORS and arm == (task if task != "none" else "baseline"):
+        return TASK_COLORS[task]
+    return _EXTRA_COLORS[sum(map(ord, arm)) % len(_EXTRA_COLORS)]
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG (parents created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def forest_plot(comparisons: pd.DataFrame, xlabel: str, scale: float = 100.0, alpha: float = 0.05) -> Figure:
+    """Paired differences (arm - baseline) with CIs, one row per comparison, grouped by regime.
+
+    ``comparisons``: rows of ``analysis.compare_to_baseline`` (uses ``regime_title, arm, arm_title,
+    mean_diff, ci_low, ci_high, p_holm, significant``). ``scale`` converts units for display (100: fractions
+    to percentage points). Filled markers: Holm p < alpha.
+    """
+    groups = list(dict.fromkeys(comparisons["regime_title"]))
+    n_rows = len(comparisons) + len(groups)
+    fig = Figure(figsize=(8.0, 0.9 + 0.38 * n_rows))
+    ax = fig.add_subplot()
+    y = 0.0
+    ticks, labels = [], []
+    for g in groups:
+        ticks.append(y)
+        labels.append(g)
+        y -= 1
+        for r in comparisons[comparisons["regime_title"] == g].itertuples(index=False):
+            c = arm_color(r.arm)
+            est = r.mean_diff * scale
+            if np.isfinite(r.ci_low):
+                ax.plot([r.ci_low * scale, r.ci_high * scale], [y, y], color=c, lw=2)
+            ax.plot([est], [y], "o", ms=7, color=c, mfc=c if r.significant else "white", mew=2)
+            ax.annotate(
+                f"Holm {_fmt_p(r.p_holm)}",
+                (1.01, y),
+                xycoords=("axes fraction", "data"),
+                va="center",
+                fontsize=8,
+                color="black" if r.significant else "#666666",
+            )
+            ticks.append(y)
+            labels.append(f"  {r.arm_title}")
+            y -= 1
+    ax.axvline(0, color="black", lw=0.8, ls="--")
+    ax.set_yticks(ticks, labels, fontsize=9)
+    for tick, label in zip(ax.get_yticklabels(), labels):
+        if not label.startswith("  "):
+            tick.set_fontweight("bold")
+    ax.set_ylim(y + 0.5, 0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_title(
+        f"Paired difference vs baseline (mean, {round((1 - alpha) * 100)} % BCa CI); filled: Holm p < {alpha:g}",
+        fontsize=10,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def paired_seeds_plot(
+    panels: Sequence[tuple[str, np.ndarray, Sequence[str], Sequence[float]]],
+    ylabel: str,
+    scale: float = 100.0,
+) -> Figure:
+    """Per-seed values joined across arms, one panel per regime.
+
+    ``panels``: ``(regime_title, matrix (n_seeds, n_arms), arms, means (n_arms,))``, baseline first; NaN
+    cells (excluded trials) are left as gaps. Grey lines join one seed's arms (the pairing); black bars are
+    the given arm means (``analysis.summarise``).
+    """
+    k = max(1, len(panels))
+    fig = Figure(figsize=(min(4.2 * k, 14), 4.2))
+    axes = fig.subplots(1, k, sharey=True, squeeze=False)[0]
+    for ax, (title, matrix, arms, means) in zip(axes, panels):
+        m = np.asarray(matrix, dtype=float) * scale
+        x = np.arange(len(arms))
+        for row in m:
+            ax.plot(x, row, color="#999999", lw=0.8, alpha=0.6, zorder=1)
+        for j, (arm, mean) in enumerate(zip(arms, means)):
+            ax.scatter(np.full(m.shape[0], j), m[:, j], s=14, color=arm_color(arm), zorder=2)
+            if np.isfinite(mean):
+                ax.plot([j - 0.25, j + 0.25], [mean * scale] * 2, color="black", lw=2.5, zorder=3)
+        ax.set_xticks(x, [arm_title(a) for a in arms], rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle("Per-seed results (lines join the arms of one seed; bars: means)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves_plot(curves: pd.DataFrame, panels: Sequence[tuple[str, str]]) -> Figure:
+    """Mean +- SD over seeds per epoch and arm. ``curves``: ``analysis.learning_curves`` output;
+    ``panels``: ``(metric, axis label)`` pairs, one subplot each (metrics absent from ``curves`` are skipped)."""
+    panels = [(m, lab) for m, lab in panels if (curves["metric"] == m).any()]
+    fig = Figure(figsize=(5.2 * max(1, len(panels)), 3.8))
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (metric, label) in zip(axes, panels):
+        sub = curves[curves["metric"] == metric]
+        for arm in dict.fromkeys(sub["arm"]):
+            g = sub[sub["arm"] == arm].sort_values("epoch")
+            c = arm_color(arm)
+            ax.plot(g["epoch"], g["mean"], color=c, label=arm_title(arm), lw=1.6)
+            sd = g["sd"].fillna(0).to_numpy(dtype=float)
+            ax.fill_between(g["epoch"], g["mean"] - sd, g["mean"] + sd, color=c, alpha=0.15, lw=0)
+        ax.set_xlabel("fine-tune epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Learning curves (mean \u00b1 SD over seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def mean_rank_plot(results: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure:
+    """Critical-difference diagram per regime (Demsar 2006 layout): mean ranks (1 = best, on the right) on
+    an axis, arm names on elbow lines (worse half to the left, better half to the right, so close ranks do
+    not collide), the Nemenyi CD as a scale bar, and thick bars joining arms within one CD of each other.
+
+    ``results``: ``(regime_title, analysis.friedman(...) dict)`` pairs.
+    """
+    n_panels = max(1, len(results))
+    rows = max([math.ceil(len(r.get("mean_ranks", {})) / 2) for _, r in results] + [1])
+    height = 1.2 + 0.32 * rows
+    fig = Figure(figsize=(8.0, height * n_panels + 0.3))
+    axes = fig.subplots(n_panels, 1, squeeze=False)[:, 0]
+    for ax, (title, res) in zip(axes, results):
+        ranks: Mapping[str, float] = res.get("mean_ranks", {})
+        k = max(int(res.get("k", 0)), 2)
+        step = 0.35
+        ax.set_xlim(k + 0.1, 0.9)
+        ax.set_ylim(-0.45 - step * rows, 0.9)
+        ax.axhline(0, color="black", lw=1)
+        for t in range(1, k + 1):
+            ax.plot([t, t], [0, 0.08], color="black", lw=1)
+            ax.text(t, 0.12, str(t), ha="center", va="bottom", fontsize=8)
+        ax.axis("off")
+        items = sorted(ranks.items(), key=lambda kv: kv[1], reverse=True)  # worst first
+        half = math.ceil(len(items) / 2)
+        for i, (arm, r) in enumerate(items):
+            left = i < half
+            row = i if left else len(items) - 1 - i
+            y = -0.35 - step * row
+            end = k + 0.1 if left else 0.9
+            c = arm_color(arm)
+            ax.plot([r, r, end], [0, y, y], color=c, lw=1)
+            ax.plot([r], [0], "o", color=c, ms=6)
+            ax.text(
+                end,
+                y,
+                f" {arm_title(arm)} ({r:.2f}) ",
+                ha="right" if left else "left",
+                va="center",
+                fontsize=8,
+                clip_on=False,
+            )
+        for depth, clique in enumerate(res.get("cliques", [])):
+            lo, hi = min(ranks[a] for a in clique), max(ranks[a] for a in clique)
+            yy = -0.1 - 0.07 * depth
+            ax.plot([lo - 0.03, hi + 0.03], [yy, yy], color="black", lw=3, solid_capstyle="round")
+        cd = res.get("cd", math.nan)
+        p = res.get("p", math.nan)
+        if np.isfinite(cd):
+            ax.plot([k, k - cd], [0.6, 0.6], color="firebrick", lw=2)
+            ax.text(
+                k - cd / 2, 0.64, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8, color="firebrick"
+            )
+        note = res.get("note") or ""
+        stat = f"Friedman {_fmt_p(p)}, n = {res.get('n', 0)} seeds" if np.isfinite(p) else note
+        ax.set_title(f"{title}: {stat}", fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def example_grid(
+    title: str, inputs: np.ndarray, targets: np.ndarray, outputs: np.ndarray, max_images: int = 4
+) -> Figure:
+    """Pretext examples: one row per test image, columns input / target / model output.
+
+    Arrays: uint8 ``(N, S, S, 3)`` RGB, as saved in ``examples/<task>_seed<seed>.npz``.
+    """
+    n = min(max_images, len(inputs), len(targets), len(outputs))
+    fig = Figure(figsize=(6.0, 2.0 * max(n, 1) + 0.4))
+    axes = fig.subplots(max(n, 1), 3, squeeze=False)
+    for i in range(n):
+        for j, (name, arr) in enumerate((("input", inputs), ("target", targets), ("output", outputs))):
+            ax = axes[i, j]
+            ax.imshow(arr[i], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = [
+    "arm_color",
+    "example_grid",
+    "forest_plot",
+    "learning_curves_plot",
+    "mean_rank_plot",
+    "paired_seeds_plot",
+    "save_figure",
+]

@@ -1,0 +1,48 @@
+"""Shared data fixtures: a tiny synthetic dataset written once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from study.synth import write_dataset
+
+# Small on purpose: 60 JPEGs of 32 px take well under a second to write and to decode.
+TINY = {"n_train": 40, "n_test": 20, "size": 32, "seed": 7}
+
+
+@pytest.fixture(scope="session")
+def _tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, int]]]:
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    counts = write_dataset(root, **TINY)
+    return root, counts
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(_tiny) -> Path:
+    """Read-only synthetic dataset ROOT/{train,test}/{benign,malignant}/*.jpg (40 train, 20 test, 32 px).
+
+    Do not modify it; use `tiny_dataset_copy` to plant files."""
+    return _tiny[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_counts(_tiny) -> dict[str, dict[str, int]]:
+    """Images per split and class in `tiny_dataset`: {"train": {"benign": n, "malignant": n}, "test": ...}."""
+    return _tiny[1]
+
+
+@pytest.fixture
+def tiny_dataset_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of `tiny_dataset` for one test."""
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_dataset, dst)
+    return dst
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    """An empty per-test cache folder (keeps tests away from ~/.cache)."""
+    return tmp_path / "cache"

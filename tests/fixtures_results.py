@@ -1,0 +1,187 @@
+"""Synthetic results tables and run dirs whose truth is known, for the analysis and report tests.
+
+Model of one metric value: ``base + regime_shift[regime] + seed_effect[seed] + effect[arm] + noise``, where the
+seed effect is shared by all arms of a seed (what pairing cancels) and the noise is independent per cell.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from study.analysis import CLASSIFICATION_METRICS, IMAGE_METRICS, ROTATION4_METRICS, ROTATION_METRICS
+
+ARMS_PAPER = ("baseline", "rotation", "missing_patch", "corruption")
+REGIMES = {"none": 0, "patience3": 3, "patience10": 10}
+
+
+def _task(arm: str) -> str:
+    return "none" if arm == "baseline" else arm.split("(", 1)[0]
+
+
+def make_results(
+    n_seeds: int = 20,
+    effects: Mapping[str, float] | None = None,
+    regimes: Mapping[str, int] | None = None,
+    noise_sd: float = 0.03,
+    seed_sd: float = 0.05,
+    base: float = 0.80,
+    rng_seed: int = 0,
+    status: Mapping[tuple[str, int], str] | None = None,
+    pretext_values: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
+    finetune_epochs: int = 30,
+) -> pd.DataFrame:
+    """A results.csv-shaped frame: one row per arm x seed x regime (each trial yields all regimes).
+
+    ``effects``: arm -> true shift of every classification metric vs baseline (fractions); default the
+    paper's four arms, no effect. ``status``: (arm, seed) -> "diverged"/"error" for the whole trial.
+    ``pretext_values``: arm -> seed -> {metric: value} overriding the random pretext metrics.
+    """
+    effects = dict(effects) if effects is not None else {a: 0.0 for a in ARMS_PAPER if a != "baseline"}
+    effects = {"baseline": 0.0, **effects}
+    regimes = dict(regimes) if regimes is not None else dict(REGIMES)
+    status = dict(status or {})
+    rng = np.random.default_rng(rng_seed)
+    seed_effect = rng.normal(0, seed_sd, n_seeds)
+    rows: list[dict[str, Any]] = []
+    for arm, effect in effects.items():
+        task = _task(arm)
+        for s in range(n_seeds):
+            st = status.get((arm, s), "ok")
+            pre = _pretext(task, rng)
+            if pretext_values and arm in pretext_values and s in pretext_values[arm]:
+                pre.update(pretext_values[arm][s])
+            for regime, patience in regimes.items():
+                shift = -0.02 * (patience == 3)
+                val = {
+                    m: float(np.clip(base + shift + seed_effect[s] + effect + rng.normal(0, noise_sd), 0, 1))
+                    for m in CLASSIFICATION_METRICS
+                }
+                if st != "ok":
+                    val = {m: np.nan for m in CLASSIFICATION_METRICS}
+                stop = (
+                    finetune_epochs if patience == 0 else int(rng.integers(patience + 1, finetune_epochs + 1))
+                )
+                rows.append(
+                    {
+                        "trial_id": f"{arm}_s{s}",
+                        "arm": arm,
+                        "task": task,
+                        "patch_size": 16 if task == "missing_patch" else np.nan,
+                        "swap_count": 20 if task == "corruption" else np.nan,
+                        "swap_patch_size": 4 if task == "corruption" else np.nan,
+                        "lr": 1e-3,
+                        "pretext_lr": 1e-3 if task != "none" else np.nan,
+                        "seed": s,
+                        "regime": regime,
+                        "patience": patience,
+                        "stop_epoch": stop if st == "ok" else np.nan,
+                        "best_epoch": max(1, stop - patience) if st == "ok" else np.nan,
+                        "status": st,
+                        "diverged_epoch": 7 if st == "diverged" else np.nan,
+                        "error": "RuntimeError: out of memory" if st == "error" else "",
+                        **val,
+                        "test_loss": np.nan if st != "ok" else float(rng.uniform(0.3, 0.6)),
+                        "val_loss": np.nan if st != "ok" else float(rng.uniform(0.3, 0.6)),
+                        **pre,
+                        "pretext_cached": s % 2 == 0,
+                        "encoder": "small",
+                        "image_size": 64,
+                        "data_fingerprint": "abc123",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _pretext(task: str, rng: np.random.Generator) -> dict[str, float]:
+    out = {m: np.nan for m in (*ROTATION_METRICS, *ROTATION4_METRICS, *IMAGE_METRICS)}
+    if task == "rotation":
+        out.update({m: float(rng.uniform(0.01, 0.1)) for m in ROTATION_METRICS})
+    elif task == "rotation4":
+        out.update(
+            {"pretext_accuracy": float(rng.uniform(0.5, 0.9)), "pretext_loss": float(rng.uniform(0.2, 1))}
+        )
+    elif task in ("missing_patch", "corruption"):
+        out.update({m: float(rng.uniform(0.1, 0.9)) for m in IMAGE_METRICS})
+    return out
+
+
+def make_history(results: pd.DataFrame, epochs: int = 12, rng_seed: int = 0) -> pd.DataFrame:
+    """history.csv-shaped frame: pretext and fine-tune epochs for every trial in ``results``."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for t in results.drop_duplicates("trial_id").itertuples(index=False):
+        phases = ["finetune"] if t.task == "none" else ["pretext", "finetune"]
+        for phase in phases:
+            for e in range(1, epochs + 1):
+                rows.append(
+                    {
+                        "trial_id": t.trial_id,
+                        "arm": t.arm,
+                        "seed": t.seed,
+                        "phase": phase,
+                        "epoch": e,
+                        "loss": 1 / e + rng.normal(0, 0.01),
+                        "val_loss": 1 / e + 0.1 + rng.normal(0, 0.02),
+                        "val_auc": (0.5 + 0.3 * (1 - 1 / e) + rng.normal(0, 0.01))
+                        if phase == "finetune"
+                        else np.nan,
+                        "test_auc": (0.5 + 0.3 * (1 - 1 / e)) if phase == "finetune" else np.nan,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def make_manifest(results: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "preset": "synthetic",
+        "config": {"seeds": sorted(int(s) for s in results["seed"].unique()), "finetune_epochs": 30},
+        "versions": {"python": "3.11", "numpy": np.__version__, "pandas": pd.__version__},
+        "data_fingerprint": "abc123",
+        "git_revision": None,
+        "data_check": {
+            "summary": "train 600 images, test 200 images\nclass balance 0.3 malignant",
+            "ok": True,
+            "warnings": ["2 near-duplicate pairs between train and test"],
+            "problems": [],
+            "near_duplicates": 2,
+        },
+        "started": "2025-01-01T00:00:00",
+        "finished": "2025-01-01T01:00:00",
+        "n_trials": int(results["trial_id"].nunique()),
+        "errors": [],
+    }
+
+
+def write_run_dir(
+    run_dir: Path,
+    results: pd.DataFrame,
+    history: pd.DataFrame | None = None,
+    manifest: dict[str, Any] | None = None,
+    example_tasks: Sequence[str] = (),
+    example_size: int = 16,
+) -> Path:
+    """Write results.csv (+ history.csv, manifest.json, examples/<task>_seed0.npz when given)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results.to_csv(run_dir / "results.csv", index=False)
+    if history is not None:
+        history.to_csv(run_dir / "history.csv", index=False)
+    if manifest is not None:
+        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    rng = np.random.default_rng(0)
+    if example_tasks:
+        (run_dir / "examples").mkdir(exist_ok=True)
+    for task in example_tasks:
+        shape = (3, example_size, example_size, 3)
+        targets = rng.integers(0, 256, shape, dtype=np.uint8)
+        inputs = targets.copy()
+        inputs[:, 4:8, 4:8] = 0
+        np.savez(
+            run_dir / "examples" / f"{task}_seed0.npz", inputs=inputs, targets=targets, outputs=targets // 2
+        )
+    return run_dir

@@ -1,0 +1,515 @@
+"""Folder datasets: loading, cache, fingerprint, splits, and check_dataset on planted bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from study import data
+from study.data import (
+    CheckReport,
+    DataError,
+    check_dataset,
+    fingerprint,
+    label_subset,
+    load_dataset,
+    stratified_split,
+)
+
+
+def _jpgs(root: Path, split: str, cls: str) -> list[Path]:
+    return sorted((root / split / cls).glob("*.jpg"))
+
+
+def _png16_rgb(arr: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (PIL cannot write one): arr uint16 (H, W, 3)."""
+    h, w, _ = arr.shape
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(tag + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def _lines_naming(lines: list[str], name: str) -> list[str]:
+    return [line for line in lines if name in line]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def test_load_synthetic_dataset(tiny_dataset: Path, tiny_counts: dict, cache_dir: Path) -> None:
+    d = load_dataset(tiny_dataset, 24, cache_dir=cache_dir)
+    assert d.image_size == 24 and d.root == str(tiny_dataset)
+    for split in ("train", "test"):
+        n = sum(tiny_counts[split].values())
+        s = getattr(d, split)
+        assert s.images.shape == (n, 24, 24, 3) and s.images.dtype == np.uint8
+        assert s.labels.dtype == np.int64 and s.labels.shape == (n,)
+        assert s.paths == sorted(s.paths) and len(s) == n
+        for path, label in zip(s.paths, s.labels):
+            assert path.split("/")[0] == split
+            assert path.split("/")[1] == ("benign", "malignant")[label]
+            assert (tiny_dataset / path).is_file()
+        assert s.labels.sum() == tiny_counts[split]["malignant"]
+    assert d.notes == [] and d.fingerprint == fingerprint(tiny_dataset)
+
+
+def test_loaded_pixels_match_the_files(tiny_dataset: Path, cache_dir: Path) -> None:
+    d = load_dataset(tiny_dataset, 32, cache_dir=cache_dir)  # native size: only the decode, no resampling
+    with Image.open(tiny_dataset / d.test.paths[3]) as im:
+        np.testing.assert_array_equal(d.test.images[3], np.asarray(im.convert("RGB")))
+
+
+def test_capitalised_folders_and_other_extensions(
+    tiny_dataset_copy: Path, tiny_counts: dict, cache_dir: Path
+) -> None:
+    root = tiny_dataset_copy
+    # one .png, one .JPEG and one .Jpg per split, then capitalised folder names
+    for split in ("train", "test"):
+        files = _jpgs(root, split, "benign")
+        with Image.open(files[0]) as im:
+            im.save(files[0].with_suffix(".png"))
+        files[0].unlink()
+        files[1].rename(files[1].with_suffix(".JPEG"))
+        files[2].rename(files[2].with_suffix(".Jpg"))
+    (root / "train").rename(root / "Train")
+    (root / "Train" / "benign").rename(root / "Train" / "Benign")
+    (root / "test").rename(root / "Test")
+    (root / "Test" / "malignant").rename(root / "Test" / "MALIGNANT")
+    report = check_dataset(root)
+    assert report.ok, report.format()
+    assert report.counts == tiny_counts
+    d = load_dataset(root, 16, cache_dir=cache_dir)
+    assert len(d.train) == sum(tiny_counts["train"].values())
+    assert len(d.test) == sum(tiny_counts["test"].values())
+    assert any(p.startswith("Train/Benign/") and p.endswith(".png") for p in d.train.paths)
+    assert all(label == 1 for p, label in zip(d.test.paths, d.test.labels) if "/MALIGNANT/" in p)
+
+
+def test_cache_hit_does_not_decode(tiny_dataset: Path, cache_dir: Path, monkeypatch) -> None:
+    first = load_dataset(tiny_dataset, 20, cache_dir=cache_dir)
+    cached = list((cache_dir / "decoded").glob("*.npz"))
+    assert len(cached) == 1 and first.fingerprint in cached[0].name and "20px" in cached[0].name
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although a cache exists")
+
+    monkeypatch.setattr(data, "_inspect_file", no_decoding)
+    second = load_dataset(tiny_dataset, 20, cache_dir=cache_dir)
+    for split in ("train", "test"):
+        a, b = getattr(first, split), getattr(second, split)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.paths == b.paths and b.labels.dtype == np.int64
+    assert second.fingerprint == first.fingerprint
+    with pytest.raises(AssertionError, match="decoded"):
+        load_dataset(tiny_dataset, 18, cache_dir=cache_dir)  # another size is another cache entry
+
+
+def test_cache_follows_env_var(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "envcache"))
+    load_dataset(tiny_dataset, 16)
+    assert len(list((tmp_path / "envcache" / "decoded").glob("*.npz"))) == 1
+
+
+def test_damaged_cache_is_rebuilt_and_noted(tiny_dataset: Path, cache_dir: Path) -> None:
+    first = load_dataset(tiny_dataset, 16, cache_dir=cache_dir)
+    (path,) = (cache_dir / "decoded").glob("*.npz")
+    path.write_bytes(path.read_bytes()[:100])
+    second = load_dataset(tiny_dataset, 16, cache_dir=cache_dir)
+    np.testing.assert_array_equal(first.train.images, second.train.images)
+    assert any("unreadable" in n and "rebuilt" in n for n in second.notes)
+    third = load_dataset(tiny_dataset, 16, cache_dir=cache_dir)  # the rewritten cache is good again
+    assert not any("rebuilt" in n for n in third.notes)
+
+
+def test_concurrent_loads_share_one_cache_file(tiny_dataset: Path, cache_dir: Path) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: load_dataset(tiny_dataset, 16, cache_dir=cache_dir), range(2))
+    np.testing.assert_array_equal(a.train.images, b.train.images)
+    assert [p.suffix for p in (cache_dir / "decoded").iterdir()] == [".npz"]  # no temp files left
+
+
+def test_load_rejects_bad_image_size(tiny_dataset: Path, cache_dir: Path) -> None:
+    for bad in (8, 32.0, True):
+        with pytest.raises(ValueError, match="image_size"):
+            load_dataset(tiny_dataset, bad, cache_dir=cache_dir)
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_changes_with_bytes_not_with_metadata(tiny_dataset_copy: Path, tmp_path: Path) -> None:
+    root = tiny_dataset_copy
+    fp = fingerprint(root)
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    target = _jpgs(root, "train", "benign")[0]
+    os.utime(target, (1_000_000, 1_000_000))  # timestamps are not data
+    (root / "README.md").write_text("notes")  # nor are files the loader does not read
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(root, moved)  # nor is the location
+    assert fingerprint(root) == fp == fingerprint(moved)
+
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit, same size
+    target.write_bytes(bytes(raw))
+    changed = fingerprint(root)
+    assert changed != fp
+    target.rename(target.with_name("renamed.jpg"))
+    assert fingerprint(root) not in (fp, changed)
+
+
+def test_data_error_lists_problems_or_takes_a_message() -> None:
+    err = DataError(["a.jpg: bad", "b.jpg: worse"], "/data")
+    assert err.problems == ["a.jpg: bad", "b.jpg: worse"]
+    lines = str(err).splitlines()
+    assert lines == ["dataset /data is not usable (2 problem(s)):", "  - a.jpg: bad", "  - b.jpg: worse"]
+    assert isinstance(err, ValueError)
+    msg = DataError("dataset x is not usable:\n  - one")
+    assert msg.problems == ["dataset x is not usable:\n  - one"] and str(msg) == msg.problems[0]
+
+
+def test_fingerprint_of_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        fingerprint(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+labels_strategy = st.lists(st.integers(0, 1), min_size=2, max_size=200).map(lambda x: np.array(x, np.int64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(labels=labels_strategy, frac=st.floats(0.05, 0.95), seed=st.integers(0, 2**32 - 1))
+def test_stratified_split_properties(labels: np.ndarray, frac: float, seed: int) -> None:
+    train, val = stratified_split(labels, frac, seed)
+    assert train.dtype == val.dtype == np.int64
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)
+    assert np.intersect1d(train, val).size == 0
+    np.testing.assert_array_equal(np.union1d(train, val), np.arange(len(labels)))
+    for c in (0, 1):
+        n_c = int((labels == c).sum())
+        n_val = int((labels[val] == c).sum())
+        if n_c >= 2:
+            expected = min(max(int(np.floor(frac * n_c + 0.5)), 1), n_c - 1)
+            assert n_val == expected
+        else:
+            assert n_val == 0
+    again = stratified_split(labels, frac, seed)
+    np.testing.assert_array_equal(again[1], val)
+
+
+def test_stratified_split_depends_on_seed() -> None:
+    labels = np.array([0] * 70 + [1] * 30)
+    vals = {tuple(stratified_split(labels, 0.2, s)[1]) for s in range(10)}
+    assert len(vals) == 10
+
+
+@pytest.mark.parametrize("frac", [0.0, 1.0, -0.1, 2])
+def test_stratified_split_rejects_bad_fraction(frac: float) -> None:
+    with pytest.raises(ValueError, match="val_fraction"):
+        stratified_split(np.array([0, 1, 0, 1]), frac, 0)
+
+
+def test_split_rejects_bad_labels_and_seed() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        stratified_split(np.array([0.0, 1.0]), 0.5, 0)
+    with pytest.raises(ValueError, match="seed"):
+        label_subset(np.array([0, 1]), 0.5, -3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(labels=labels_strategy, seed=st.integers(0, 2**32 - 1))
+def test_label_subset_stratified_and_nested(labels: np.ndarray, seed: int) -> None:
+    previous = np.zeros(0, np.int64)
+    for frac in (0.1, 0.25, 0.5, 1.0):
+        idx = label_subset(labels, frac, seed)
+        assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0)
+        for c in np.unique(labels):
+            n_c = int((labels == c).sum())
+            assert int((labels[idx] == c).sum()) == min(n_c, max(1, int(np.floor(frac * n_c + 0.5))))
+        assert np.isin(previous, idx).all()  # smaller label budgets are subsets of larger ones
+        previous = idx
+    np.testing.assert_array_equal(previous, np.arange(len(labels)))
+    np.testing.assert_array_equal(label_subset(labels, 0.5, seed), label_subset(labels, 0.5, seed))
+
+
+def test_label_subset_depends_on_seed_and_rejects_bad_fraction() -> None:
+    labels = np.array([0] * 60 + [1] * 40)
+    assert len({tuple(label_subset(labels, 0.3, s)) for s in range(8)}) == 8
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            label_subset(labels, bad, 0)
+
+
+# ---------------------------------------------------------------------------------------------- check
+
+
+def test_clean_dataset_is_ok(tiny_dataset: Path, tiny_counts: dict) -> None:
+    report = check_dataset(tiny_dataset)
+    assert report.ok and report.problems == [] and report.warnings == []
+    assert report.counts == tiny_counts
+    assert report.size_stats["width"] == {"min": 32, "median": 32.0, "max": 32}
+    assert report.ignored == ["synth.json"]
+    json.dumps(report.to_dict())
+    text = report.format()
+    assert "OK" in text and all(str(n) in text for n in tiny_counts["train"].values())
+
+
+@pytest.fixture
+def planted(tiny_dataset_copy: Path) -> tuple[Path, dict[str, str]]:
+    """A copy with one bad file or folder of each kind; returns (root, {kind: name that must be reported})."""
+    root = tiny_dataset_copy
+    tb, tm = root / "train" / "benign", root / "train" / "malignant"
+    good = _jpgs(root, "train", "benign")[0]
+    raw = good.read_bytes()
+    (tb / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
+    (tb / "empty.jpg").write_bytes(b"")
+    (tm / "notes.jpg").write_text("these are my notes, not a picture\n")
+    (root / "train" / "melanoma").mkdir()
+    shutil.copy(_jpgs(root, "train", "malignant")[0], root / "train" / "melanoma" / "m.jpg")
+    for f in _jpgs(root, "test", "malignant"):
+        f.unlink()  # an empty class folder
+    shutil.copy(good, root / "test" / "benign" / "leaked.jpg")
+    with Image.open(_jpgs(root, "train", "benign")[1]) as im:
+        buf = io.BytesIO()
+        im.resize((36, 36), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=80)
+    (root / "test" / "benign" / "nearcopy.jpg").write_bytes(buf.getvalue())
+    _plant_convertible(root)
+    problems = {
+        "truncated": "train/benign/truncated.jpg",
+        "zero-byte": "train/benign/empty.jpg",
+        "text": "train/malignant/notes.jpg",
+        "unexpected class": "train/melanoma/",
+        "empty class": "test/malignant/",
+        "leak": "test/benign/leaked.jpg",
+    }
+    return root, problems
+
+
+def _plant_convertible(root: Path) -> dict[str, str]:
+    """Usable but unusual files (warnings only); returns {kind: relative path}."""
+    tb, tm = root / "train" / "benign", root / "train" / "malignant"
+    rng = np.random.default_rng(0)
+    # Each image gets its own coarse random pattern, so they are not near-duplicates of each other.
+    pattern = lambda: np.kron(rng.uniform(size=(4, 4)), np.ones((8, 8)))  # noqa: E731  (32, 32) in [0, 1)
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, :16, 3] = 255  # left half opaque, right half fully transparent
+    Image.fromarray(rgba, "RGBA").save(tb / "rgba.png")
+    Image.fromarray((60 + 120 * pattern()).astype(np.uint8), "L").save(tm / "gray.jpg")
+    deep = (30000 + 35535 * pattern()).astype(np.uint16)
+    deep[0, 0] = 65535
+    Image.fromarray(deep).save(tb / "deep16.png")
+    half = (0x8000 * pattern()).astype(np.uint16)  # at most half of the 16-bit range
+    (tm / "deep48.png").write_bytes(_png16_rgb(np.repeat(half[..., None], 3, axis=2)))
+    Image.fromarray((255 * pattern()).astype(np.uint8)).convert("RGB").convert("P").save(tb / "palette.png")
+    blocks = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
+    Image.fromarray(np.kron(blocks, np.ones((5, 5, 1), np.uint8))).save(tm / "tiny.jpg")  # 20 x 20 px
+    return {
+        "rgba": "train/benign/rgba.png",
+        "gray": "train/malignant/gray.jpg",
+        "16-bit gray": "train/benign/deep16.png",
+        "16-bit rgb": "train/malignant/deep48.png",
+        "palette": "train/benign/palette.png",
+        "small": "train/malignant/tiny.jpg",
+    }
+
+
+def test_planted_problems_each_get_their_own_line(planted, tiny_counts: dict) -> None:
+    root, expected = planted
+    report = check_dataset(root)
+    assert not report.ok
+    for kind, name in expected.items():
+        hits = _lines_naming(report.problems, name)
+        assert len(hits) == 1, (kind, name, report.problems)
+    assert "truncated" in _lines_naming(report.problems, "truncated.jpg")[0]
+    assert "0 bytes" in _lines_naming(report.problems, "empty.jpg")[0]
+    text_line = _lines_naming(report.problems, "notes.jpg")[0]
+    assert "not an image" in text_line and "these are my notes" in text_line
+    melanoma = _lines_naming(report.problems, "train/melanoma/")[0]
+    assert "benign/" in melanoma and "malignant/" in melanoma  # names the allowed folders
+    leak = _lines_naming(report.problems, "leaked.jpg")[0]
+    assert "leakage" in leak and "train/benign/" in leak
+    # the near-duplicate is a warning naming both files, not a problem
+    near = _lines_naming(report.warnings, "test/benign/nearcopy.jpg")
+    near = _lines_naming(near, "near-duplicate in train")
+    assert len(near) == 1 and "train/benign/" in near[0]
+    assert not _lines_naming(report.problems, "nearcopy.jpg")
+    assert report.duplicates["exact"] and any(
+        "nearcopy.jpg" in (p["a"] + p["b"]) for p in report.duplicates["near"]
+    )
+    # files in the unexpected folder are not counted under any label
+    assert report.counts["test"]["malignant"] == 0
+    planted_in_train_malignant = 4  # notes.jpg, gray.jpg, deep48.png, tiny.jpg
+    expected = tiny_counts["train"]["malignant"] + planted_in_train_malignant
+    assert report.counts["train"]["malignant"] == expected
+
+    formatted = report.format()
+    assert "NOT USABLE" in formatted
+    assert all(p in formatted for p in report.problems)
+    json.dumps(report.to_dict())
+
+
+def test_planted_problems_make_load_raise_listing_them(planted, cache_dir: Path) -> None:
+    root, expected = planted
+    with pytest.raises(DataError) as info:
+        load_dataset(root, 16, cache_dir=cache_dir)
+    err = info.value
+    assert err.problems == check_dataset(root).problems
+    message = str(err)
+    for name in expected.values():
+        assert name in message
+    assert message.count("\n  - ") == len(err.problems)
+    assert not cache_dir.exists() or not list(cache_dir.rglob("*.npz"))
+
+
+def test_conversions_are_warnings_and_applied(tiny_dataset_copy: Path, cache_dir: Path) -> None:
+    root = tiny_dataset_copy
+    planted = _plant_convertible(root)
+    report = check_dataset(root)
+    assert report.ok, report.problems
+    for kind, rel in planted.items():
+        hits = _lines_naming(report.warnings, rel)
+        assert len(hits) == 1, (kind, report.warnings)
+        assert hits[0] in report.conversions
+    assert "composited on black" in _lines_naming(report.warnings, "rgba.png")[0]
+    assert "scaled 0..65535" in _lines_naming(report.warnings, "deep16.png")[0]
+    assert "upsampled" in _lines_naming(report.warnings, "tiny.jpg")[0]
+
+    d = load_dataset(root, 32, cache_dir=cache_dir)
+    assert sorted(d.notes) == sorted(report.conversions)
+    img = {p: im for p, im in zip(d.train.paths, d.train.images)}
+    rgba = img[planted["rgba"]].astype(int)
+    assert np.abs(rgba[:, :12] - 200).max() <= 2 and rgba[:, 20:].max() <= 2  # transparent -> black
+    deep16 = img[planted["16-bit gray"]].astype(int)
+    assert deep16.max() == 255 and deep16.min() >= 110  # scaled onto 8 bits, not clipped to white
+    with Image.open(root / planted["16-bit gray"]) as im:
+        expected = np.rint(np.asarray(im) / 257.0)
+    np.testing.assert_array_equal(deep16[..., 0], expected)
+    assert img[planted["16-bit rgb"]].max() <= 128 and img[planted["16-bit rgb"]].std() > 10
+    gray = img[planted["gray"]]
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    assert img[planted["small"]].shape == (32, 32, 3)
+
+
+def test_non_square_exif_and_mismatched_format(tiny_dataset_copy: Path, cache_dir: Path) -> None:
+    root = tiny_dataset_copy
+    wide = np.zeros((30, 60, 3), np.uint8)
+    wide[:, 15:45] = 255  # a white centre square between black side bands
+    Image.fromarray(wide).save(root / "train" / "benign" / "wide.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    tall = np.zeros((40, 40, 3), np.uint8)
+    tall[:, :5] = 255
+    Image.fromarray(tall).save(root / "train" / "benign" / "rotated.jpg", exif=exif, quality=95)
+    png_as_jpg = root / "train" / "malignant" / "really_png.jpg"
+    Image.fromarray(np.full((32, 32, 3), 50, np.uint8)).save(png_as_jpg, "PNG")
+    report = check_dataset(root)
+    assert report.ok
+    assert any("non-square" in w and "centre-cropped" in w for w in report.warnings)
+    assert "EXIF orientation 6" in _lines_naming(report.warnings, "rotated.jpg")[0]
+    assert "PNG data" in _lines_naming(report.warnings, "really_png.jpg")[0]
+    d = load_dataset(root, 30, cache_dir=cache_dir)
+    img = dict(zip(d.train.paths, d.train.images))
+    assert img["train/benign/wide.png"].min() >= 250  # centre crop: the black bands are gone, not squashed in
+    rotated = img["train/benign/rotated.jpg"].mean(axis=2)
+    assert rotated[:3].mean() > 200 and rotated[:, :3].mean() < 120  # the white band moved to the top
+
+
+def test_missing_test_split(tiny_dataset_copy: Path, cache_dir: Path) -> None:
+    shutil.rmtree(tiny_dataset_copy / "test")
+    report = check_dataset(tiny_dataset_copy)
+    assert not report.ok
+    (line,) = _lines_naming(report.problems, "test/")
+    assert "missing split" in line
+    with pytest.raises(DataError, match="missing split"):
+        load_dataset(tiny_dataset_copy, 16, cache_dir=cache_dir)
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    report = check_dataset(tmp_path / "nowhere")
+    assert not report.ok and "does not exist" in report.problems[0]
+
+
+def test_conflicting_labels_and_same_label_duplicates(tiny_dataset_copy: Path) -> None:
+    root = tiny_dataset_copy
+    src = _jpgs(root, "train", "benign")[0]
+    shutil.copy(src, root / "train" / "malignant" / "conflict.jpg")
+    shutil.copy(_jpgs(root, "train", "benign")[1], root / "train" / "benign" / "again.jpg")
+    report = check_dataset(root)
+    (conflict,) = _lines_naming(report.problems, "conflict.jpg")
+    assert "conflicting labels" in conflict and src.name in conflict
+    (again,) = _lines_naming(report.warnings, "again.jpg")
+    assert "byte-identical" in again and not _lines_naming(report.problems, "again.jpg")
+
+
+def test_stray_files_at_wrong_levels(tiny_dataset_copy: Path) -> None:
+    root = tiny_dataset_copy
+    (root / "README.md").write_text("about")
+    (root / ".DS_Store").write_bytes(b"\0")
+    shutil.copy(_jpgs(root, "train", "benign")[0], root / "train" / "unlabelled.jpg")
+    shutil.copy(_jpgs(root, "train", "benign")[0], root / "orphan.png")
+    (root / "train" / "benign" / "scan.tif").write_bytes(b"II*\0")
+    (root / "validation").mkdir()
+    report = check_dataset(root)
+    assert "README.md" in report.ignored and ".DS_Store" in report.ignored
+    assert "no class label" in _lines_naming(report.problems, "train/unlabelled.jpg")[0]
+    assert "no class label" in _lines_naming(report.problems, "orphan.png")[0]
+    assert "validation/" in "".join(report.problems)
+    (tif,) = _lines_naming(report.warnings, "scan.tif")
+    assert "ignored" in tif
+
+
+def test_symlink_loops_do_not_hang(tiny_dataset_copy: Path) -> None:
+    root = tiny_dataset_copy
+    (root / "train" / "benign" / "loop").symlink_to(root / "train")
+    (root / "train" / "benign" / "self.jpg").symlink_to(root / "train" / "benign" / "self.jpg")
+    report = check_dataset(root)
+    assert "nested folder" in _lines_naming(report.problems, "train/benign/loop/")[0]
+    assert "symlink" in _lines_naming(report.problems, "self.jpg")[0]
+
+
+def test_decompression_bomb_is_a_problem_not_a_crash(tiny_dataset_copy: Path, monkeypatch) -> None:
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tiny_dataset_copy / "train" / "benign" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 32x32 images pass, 64x64 exceeds twice the limit
+    report = check_dataset(tiny_dataset_copy)
+    (line,) = _lines_naming(report.problems, "huge.png")
+    assert "decompression-bomb" in line and "downscale" in line
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # between the limit and twice it: PIL only warns
+    (line,) = _lines_naming(check_dataset(tiny_dataset_copy).problems, "huge.png")
+    assert "decompression-bomb" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_unreadable_file(tiny_dataset_copy: Path) -> None:
+    target = _jpgs(tiny_dataset_copy, "train", "benign")[0]
+    target.chmod(0)
+    try:
+        (line,) = _lines_naming(check_dataset(tiny_dataset_copy).problems, target.name)
+        assert "permission denied" in line
+    finally:
+        target.chmod(0o644)
+
+
+def test_check_report_round_trips_as_json(planted) -> None:
+    root, _ = planted
+    d = check_dataset(root).to_dict()
+    assert CheckReport(**json.loads(json.dumps(d))).to_dict() == d
