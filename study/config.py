@@ -10,7 +10,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-TASK_NAMES = ("none", "rotation", "rotation4", "missing_patch", "corruption")
 ENCODERS = ("small", "resnet50")
 WEIGHTS = ("random", "imagenet")
 
@@ -113,12 +112,14 @@ def validate_trial(trial: TrialConfig) -> None:
     def bad(msg: str) -> None:
         raise ConfigError(msg)
 
-    if trial.task not in TASK_NAMES:
-        bad(f"task: unknown task {trial.task!r}; choose one of {', '.join(TASK_NAMES)}")
+    if trial.task != "none" and trial.task not in pretext.TASKS:
+        bad(f"task: unknown task {trial.task!r}; choose 'none' (baseline) or one of {', '.join(pretext.TASKS)}")
     if trial.encoder not in ENCODERS:
         bad(f"encoder: unknown encoder {trial.encoder!r}; choose one of {', '.join(ENCODERS)}")
     if trial.weights not in WEIGHTS:
         bad(f"weights: unknown init {trial.weights!r}; choose one of {', '.join(WEIGHTS)}")
+    if trial.weights_path is not None and trial.weights != "imagenet":
+        bad("weights_path: a weight file is only read with weights='imagenet'; set weights='imagenet' or drop it")
     if trial.weights == "imagenet" and trial.encoder != "resnet50":
         bad("weights: 'imagenet' exists only for encoder 'resnet50'; use weights='random' for the small encoder")
     if trial.image_size < ENCODER_STRIDE or trial.image_size % ENCODER_STRIDE:

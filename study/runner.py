@@ -27,7 +27,7 @@ import pandas as pd
 
 import study
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
-from study.search_spaces import ARM_TITLES, StudyPreset, arm_name, get_preset, optuna_space
+from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
 
 STUDY_FILE = "study.json"
 METRIC_KEYS = ("soft_accuracy", "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "loss")
@@ -136,6 +136,9 @@ def git_revision() -> str | None:
 
 
 def _init_ray(address: str | None, preset: StudyPreset) -> None:
+    # Save Tune's experiment state every second (default: >= 10 s) so that a driver killed right after a
+    # trial finished does not run that trial again on `study resume`. The state file is small.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     import ray
 
     if ray.is_initialized():

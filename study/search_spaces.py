@@ -16,25 +16,6 @@ from typing import Any, Callable
 
 from study.config import TrialConfig
 
-# Display names used in tables and reports.
-ARM_TITLES = {
-    "none": "No self-supervision",
-    "rotation": "Rotation prediction",
-    "rotation4": "4-way rotation",
-    "missing_patch": "Missing patch",
-    "corruption": "Corruption removal",
-}
-
-# Which TrialConfig fields each task uses; the rest are left out of its arm (conditional parameters).
-TASK_PARAMS = {
-    "none": (),
-    "rotation": (),
-    "rotation4": (),
-    "missing_patch": ("patch_size",),
-    "corruption": ("swap_count", "swap_patch_size"),
-}
-
-
 @dataclass(frozen=True)
 class SearchSettings:
     """Optuna search over task parameters and learning rates (`study search`)."""

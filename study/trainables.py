@@ -47,9 +47,9 @@ def dataset_root(trial: TrialConfig) -> Path:
 
 
 def cache_dir(trial: TrialConfig) -> Path:
-    if trial.cache_dir:
-        return Path(trial.cache_dir)
-    return Path(os.environ.get("STUDY_CACHE_DIR", Path.home() / ".cache" / "melanoma-ssl-study"))
+    from study.data import default_cache_dir
+
+    return Path(trial.cache_dir) if trial.cache_dir else default_cache_dir()
 
 
 def load_trial_data(trial: TrialConfig):

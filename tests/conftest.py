@@ -46,3 +46,30 @@ def tiny_dataset_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
 def cache_dir(tmp_path: Path) -> Path:
     """An empty per-test cache folder (keeps tests away from ~/.cache)."""
     return tmp_path / "cache"
+
+
+# --------------------------------------------------------------------------------- end-to-end study runs
+def run_cli(*args: str, env: dict[str, str], timeout: float = 900, **kw):
+    """Run the installed `study` command in a subprocess (a fresh driver, as a user would)."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("study")
+    return subprocess.run([str(exe), *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="session")
+def study_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for end-to-end runs: a private cache so tests never touch ~/.cache."""
+    return {"STUDY_CACHE_DIR": str(tmp_path_factory.mktemp("study-cache"))}
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, study_env: dict[str, str]) -> Path:
+    """The smoke study run once per session through the CLI, uninterrupted: the reference run directory."""
+    storage = tmp_path_factory.mktemp("runs")
+    proc = run_cli("run", "--preset", "smoke", "--storage", str(storage), "--name", "smoke", env=study_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return storage / "smoke"

@@ -8,7 +8,8 @@ import pytest
 
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
 from study.runner import apply_overrides, check_storage, validate_preset
-from study.search_spaces import PRESETS, TASK_PARAMS, arm_name, describe_presets, get_preset, optuna_space
+from study.pretext import get_task
+from study.search_spaces import PRESETS, arm_name, describe_presets, get_preset, optuna_space
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -64,7 +65,7 @@ def test_param_space_holds_conditional_parameters_only_where_they_apply():
     arms = space["arm"]["grid_search"]
     assert {a["task"] for a in arms} == {"none", "rotation", "missing_patch", "corruption"}
     for arm in arms:
-        assert set(arm) == {"task", *TASK_PARAMS[arm["task"]]}
+        assert set(arm) == {"task", *(get_task(arm["task"]).params if arm["task"] != "none" else ())}
     assert space["seed"]["grid_search"] == list(preset.seeds)
     # The fixed part carries no task parameter at all: a rotation trial never sees swap_count.
     assert not {"task", "patch_size", "swap_count", "swap_patch_size"} & set(space)

@@ -14,25 +14,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
+def ray_session():
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def smoke_run(ray_session, tmp_path_factory, monkeypatch_module):
-    cache = tmp_path_factory.mktemp("cache")
-    monkeypatch_module.setenv("STUDY_CACHE_DIR", str(cache))
-    return run_study("smoke", storage=tmp_path_factory.mktemp("runs"), name="smoke", write_report=True)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 def test_smoke_study_writes_every_arm_regime_and_seed(smoke_run):

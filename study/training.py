@@ -1,0 +1,529 @@
+"""The two training phases of a trial — `run_pretext` and `run_finetune` — and TensorFlow's set-up.
+
+Both phases know nothing about Ray: the trainable passes `on_epoch` callbacks and stores what they return.
+
+Reproducibility (see docs RAY.md, "TensorFlow inside trials"): `configure_tensorflow` fixes intra-op threads,
+inter-op = 1 and op determinism; each phase clears the Keras session and calls
+`keras.utils.set_random_seed(trial.seed)`, so the same seed gives bitwise-identical weights and metrics.
+All data randomness is derived per epoch, `np.random.default_rng([seed, stream, epoch])`, never drawn from a
+running generator, so a phase resumed at epoch k replays exactly. The stream ids are below.
+
+Splits: both phases use `study.data.stratified_split(train labels, val_fraction, seed)`, so for one
+seed every arm (and the pretext phase) sees the same validation images; the pretext phase trains on all
+training images (it uses no labels), the fine-tune phase on `label_fraction` of them.
+
+Divergence: a non-finite training or validation loss stops the phase without raising. The diverged epoch is
+not added to the history (its numbers are garbage) and `on_epoch` is not called for it. It is detected at
+the end of the epoch: the epoch's loss is a running mean, so one non-finite batch makes it non-finite.
+(Keras' `TerminateOnNaN` would stop mid-epoch, but a callback with batch hooks makes Keras fetch the logs
+after every batch, which cost ~40 % of a small model's epoch time here.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from study import metrics as study_metrics
+from study import models, pretext, regimes
+from study.config import TrialConfig, regime_name, resolved_task_params
+
+# Random streams: `default_rng([seed, STREAM, epoch])` per epoch, `default_rng([seed, STREAM])` when fixed.
+STREAM_PRETEXT_PAIRS = 11  # corrupted training inputs, fresh each epoch
+STREAM_PRETEXT_ORDER = 12  # order of the training pairs within an epoch
+STREAM_PRETEXT_VAL = 13  # validation pairs, generated once per trial
+STREAM_PRETEXT_TEST = 14  # test pairs: fixed per seed, identical for every arm/run with that seed and task
+STREAM_FINETUNE_ORDER = 21  # order of the fine-tune training images within an epoch
+
+# Prediction batch size: fixed (not the training batch size) so evaluation numbers do not depend on it.
+EVAL_BATCH_SIZE = 64
+PREDICT_CHUNK = 512  # images per predict call when outputs are converted chunk by chunk
+STATE_JSON = "state.json"
+
+EpochLogs = dict[str, Any]
+SaveState = Callable[[str | os.PathLike], None]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorFlow set-up
+def configure_tensorflow(threads: int, deterministic: bool = True) -> None:
+    """Intra-op threads = `threads`, inter-op = 1, op determinism on; GPU memory growth when GPUs exist.
+
+    Call it before TensorFlow runs anything in the process. Calling it again with the same values is a
+    no-op. TensorFlow cannot change its thread pools once started, so a different `threads` later raises
+    `RuntimeError` (rather than warning): results record `threads`, and weights differ between 1 and 2
+    threads, so silently running with other settings would mislabel them.
+    """
+    import tensorflow as tf
+
+    if not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads={threads!r}: TensorFlow intra-op threads must be an integer >= 1")
+    for gpu in tf.config.list_physical_devices("GPU"):
+        if not tf.config.experimental.get_memory_growth(gpu):
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # GPUs already initialised: the setting only matters for memory use
+                warnings.warn(f"could not enable memory growth on {gpu.name}: TensorFlow already started",
+                              stacklevel=2)
+    current = (tf.config.threading.get_intra_op_parallelism_threads(),
+               tf.config.threading.get_inter_op_parallelism_threads())
+    if current != (threads, 1):
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            # One inter-op thread: with TensorFlow's default pool, identical CPU runs differed (RAY.md).
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"TensorFlow already started in this process with intra-op threads={current[0]} and "
+                f"inter-op threads={current[1]} (0 = TensorFlow's default), and cannot switch to "
+                f"threads={threads}, inter-op=1. Call study.training.configure_tensorflow(threads) before "
+                "building any model, and keep TrialConfig.threads the same for all trials of a study "
+                "(a reused Ray worker keeps the first trial's threads)."
+            ) from exc
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        # TensorFlow has no public switch back; the framework-level function has existed since TF 2.9.
+        from tensorflow.python.framework import config as tf_framework_config
+
+        tf_framework_config.disable_op_determinism()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# results
+@dataclass
+class PretextResult:
+    """Outcome of a pretext phase.
+
+    `encoder_weights`: `encoder.get_weights()` after training (best validation epoch when
+    `pretext_patience` is set), `[]` when diverged. `metrics`: test-set metrics from `study.metrics`
+    (`rotation_metrics`, `rotation4_metrics` or `image_metrics`), `{}` when diverged. `history`: per epoch
+    `{"epoch" (1-based), "loss", "val_loss"}`. `examples`: for image tasks, uint8 `(4, S, S, 3)` arrays
+    `inputs` (corrupted), `targets` (originals), `outputs` (reconstructions); `{}` otherwise.
+    `stopped_epoch`: epoch at which early stopping ended the phase, else None.
+    """
+
+    task: str
+    encoder_weights: list[np.ndarray]
+    metrics: dict[str, float]
+    history: list[EpochLogs]
+    diverged: bool = False
+    diverged_epoch: int | None = None
+    examples: dict[str, np.ndarray] = field(default_factory=dict)
+    stopped_epoch: int | None = None
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write `encoder_weights.npz`, `examples.npz` and `pretext.json` into `directory` (created)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        np.savez(d / "encoder_weights.npz", **{f"w{i:04d}": w for i, w in enumerate(self.encoder_weights)})
+        np.savez(d / "examples.npz", **self.examples)
+        meta = {"task": self.task, "metrics": self.metrics, "history": self.history,
+                "diverged": self.diverged, "diverged_epoch": self.diverged_epoch,
+                "stopped_epoch": self.stopped_epoch, "n_weights": len(self.encoder_weights)}
+        (d / "pretext.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> PretextResult:
+        d = Path(directory)
+        if not (d / "pretext.json").is_file():
+            raise FileNotFoundError(f"{d} holds no saved pretext result (pretext.json missing)")
+        meta = json.loads((d / "pretext.json").read_text())
+        with np.load(d / "encoder_weights.npz") as z:
+            weights = [z[f"w{i:04d}"] for i in range(meta["n_weights"])]
+        with np.load(d / "examples.npz") as z:
+            examples = {k: z[k] for k in z.files}
+        return cls(task=meta["task"], encoder_weights=weights, metrics=meta["metrics"],
+                   history=meta["history"], diverged=meta["diverged"], diverged_epoch=meta["diverged_epoch"],
+                   examples=examples, stopped_epoch=meta["stopped_epoch"])
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of a fine-tune phase.
+
+    `history`: per completed epoch `{"epoch" (1-based), "loss", "val_loss", "val_<metric>"...,
+    "test_<metric>"...}` with the metrics of `study.metrics.classification_metrics`; `val_loss` is Keras'
+    binary cross-entropy on the validation images (what `EarlyStopping(monitor="val_loss")` would see).
+    `regimes`: per `regime_name(patience)`: `patience`, `stop_epoch`, `best_epoch`, `epoch_used`,
+    `diverged`, `val_loss` and `test_<metric>` at `epoch_used` (see `run_finetune`).
+    `model_weights`: full classifier weights after the last completed epoch.
+    `train_index` / `val_index`: rows of `data.train` used for training / validation.
+    `timings`: per epoch run by this call, `{"epoch", "fit_s", "eval_s"}` wall seconds of training and of
+    the validation + test evaluation (kept out of `history` so histories stay comparable bit for bit).
+    """
+
+    history: list[EpochLogs]
+    regimes: dict[str, dict[str, Any]]
+    diverged: bool
+    diverged_epoch: int | None
+    model_weights: list[np.ndarray]
+    train_index: np.ndarray
+    val_index: np.ndarray
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pretext phase
+def run_pretext(
+    trial: TrialConfig,
+    data: Any,
+    on_epoch: Callable[[int, EpochLogs], None] | None = None,
+) -> PretextResult:
+    """Train encoder + task head on `trial.task` from `data.train` images; evaluate on `data.test` images.
+
+    Pairs come from `pretext.get_task(trial.task).make_batch`, regenerated every epoch; validation pairs
+    (the `val_fraction` split) once per trial; test pairs from `default_rng([seed, STREAM_PRETEXT_TEST])`,
+    so every run with the same seed and task is scored on the same corruptions. Loss: MSE on angle/360
+    (`rotation`), sparse categorical cross-entropy (`rotation4`), MSE in preprocessed (BGR, mean-centred)
+    units (image tasks). Adam(`pretext_lr`), `pretext_epochs`, `pretext_batch_size`; with
+    `pretext_patience`, Keras' `EarlyStopping(val_loss, restore_best_weights=True)`.
+
+    `on_epoch(epoch, logs)` is called after each completed epoch (1-based) with the history entry.
+    """
+    configure_tensorflow(trial.threads)
+    if trial.task == "none":
+        raise ValueError("task='none' is the baseline arm and has no pretext phase; call run_finetune only")
+    task = pretext.get_task(trial.task)
+    params = resolved_task_params(trial)
+    task.validate(trial.image_size, **params)
+    _check_data(trial, data)
+    seed = trial.seed
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+
+    train_index, val_index = validation_split(trial, data)
+    x_train = data.train.images[train_index]
+    val_rng = np.random.default_rng([seed, STREAM_PRETEXT_VAL])
+    val_x, val_y = task.make_batch(data.train.images[val_index], val_rng, **params)
+    encoder = models.build_encoder(trial.encoder, trial.image_size, trial.encoder_widths, trial.weights,
+                                   trial.weights_path, mixed_precision=trial.mixed_precision)
+    model = models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
+    model.compile(optimizer=keras.optimizers.Adam(trial.pretext_lr), loss=_pretext_loss(task))
+
+    early = (keras.callbacks.EarlyStopping(monitor="val_loss", patience=trial.pretext_patience,
+                                           restore_best_weights=True)
+             if trial.pretext_patience else None)
+    callbacks = keras.callbacks.CallbackList([early] if early else [], model=model)
+    callbacks.on_train_begin()
+    history: list[EpochLogs] = []
+    for epoch in range(trial.pretext_epochs):
+        x, y = task.make_batch(x_train, np.random.default_rng([seed, STREAM_PRETEXT_PAIRS, epoch]), **params)
+        order = np.random.default_rng([seed, STREAM_PRETEXT_ORDER, epoch]).permutation(len(x))
+        fit = model.fit(x[order], _as_target(task.head, y[order]), batch_size=trial.pretext_batch_size,
+                        epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
+                        validation_data=(val_x, _as_target(task.head, val_y)),
+                        validation_batch_size=EVAL_BATCH_SIZE)
+        logs = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
+                "val_loss": float(fit.history["val_loss"][-1])}
+        if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
+            return PretextResult(trial.task, [], {}, history, diverged=True, diverged_epoch=epoch + 1)
+        history.append(logs)
+        callbacks.on_epoch_end(epoch, dict(logs))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, dict(logs))
+        if model.stop_training:
+            break
+    callbacks.on_train_end()  # EarlyStopping puts the best epoch's weights back here
+    stopped = early.stopped_epoch + 1 if early is not None and early.stopped_epoch > 0 else None
+
+    test_x, test_y = task.make_batch(data.test.images, np.random.default_rng([seed, STREAM_PRETEXT_TEST]),
+                                     **params)
+    # Image outputs are converted to uint8 chunk by chunk: float32 outputs for a whole test set at 224 px
+    # would take 0.6 MB per image.
+    pred = _predict_chunked(model, test_x, models.to_uint8 if task.head == "image" else None)
+    if pred is None:  # non-finite outputs: the weights went bad although the losses stayed finite
+        return PretextResult(trial.task, [], {}, history, diverged=True, diverged_epoch=len(history),
+                             stopped_epoch=stopped)
+    examples: dict[str, np.ndarray] = {}
+    if task.head == "angle":
+        scores = study_metrics.rotation_metrics(np.asarray(test_y, np.float64), pred[:, 0].astype(np.float64))
+    elif task.head == "rotation4":
+        scores = study_metrics.rotation4_metrics(np.asarray(test_y), pred.astype(np.float64))
+    else:
+        scores = study_metrics.image_metrics(np.asarray(test_y, np.uint8), pred)
+        n = min(4, len(pred))
+        examples = {"inputs": np.asarray(test_x[:n], np.uint8), "targets": np.asarray(test_y[:n], np.uint8),
+                    "outputs": pred[:n]}
+    return PretextResult(trial.task, encoder.get_weights(), {k: float(v) for k, v in scores.items()}, history,
+                         examples=examples, stopped_epoch=stopped)
+
+
+def _predict_chunked(model: keras.Model, x: np.ndarray,
+                     convert: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray | None:
+    """`model.predict(x)` in chunks of `PREDICT_CHUNK` images, each passed through `convert`; None if any
+    output is not finite."""
+    parts = []
+    for start in range(0, len(x), PREDICT_CHUNK):
+        out = np.asarray(model.predict(x[start:start + PREDICT_CHUNK], batch_size=EVAL_BATCH_SIZE, verbose=0),
+                         np.float32)
+        if not np.all(np.isfinite(out)):
+            return None
+        parts.append(convert(out) if convert is not None else out)
+    return np.concatenate(parts)
+
+
+def _pretext_loss(task: Any) -> Any:
+    if task.head == "image":
+        return models.preprocessed_mse  # targets are the uint8 originals, compared in preprocessed units
+    if task.loss not in ("mse", "sparse_categorical_crossentropy"):
+        raise ValueError(f"pretext task {task.name!r} has loss {task.loss!r}; training.py knows mse and "
+                         "sparse_categorical_crossentropy")
+    return task.loss
+
+
+def _as_target(head: str, y: np.ndarray) -> np.ndarray:
+    """Targets in the shape the head outputs: angle/360 as `(N, 1)` float32; others unchanged."""
+    return np.asarray(y, np.float32).reshape(-1, 1) if head == "angle" else y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fine-tune phase
+def run_finetune(
+    trial: TrialConfig,
+    data: Any,
+    encoder_weights: Sequence[np.ndarray] | None = None,
+    on_epoch: Callable[[int, EpochLogs, SaveState], None] | None = None,
+    resume_dir: str | os.PathLike | None = None,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> FinetuneResult:
+    """Fine-tune encoder + classification head for the full `trial.finetune_epochs`; replay early stopping.
+
+    Encoder: `encoder_weights` (from a pretext phase) or `trial.weights` (`random`/`imagenet`). Adam(`lr`),
+    binary cross-entropy, `batch_size`; training order per epoch from `default_rng([seed,
+    STREAM_FINETUNE_ORDER, epoch])`. After every epoch the history gets loss, validation loss and metrics
+    and TEST metrics (recorded, never used to choose an epoch), then `on_epoch(epoch, logs, save_state)` is
+    called; `save_state(dir)` writes weights, optimizer state and history so that
+    `run_finetune(..., resume_dir=dir)` continues with the next epoch and ends bitwise-identical to a run
+    without interruption (same threads required).
+
+    Regimes: for each `p` in `trial.patiences`, `regimes.replay_early_stopping` on the validation losses
+    gives the epoch Keras' `EarlyStopping(patience=p, start_from_epoch, restore_best_weights)` would stop
+    at and whose weights it would keep (`epoch_used`); the regime's result is that epoch's test metrics.
+    After a divergence at epoch d, a regime whose rule fires on or before epoch d-1 is valid (it would have
+    stopped before diverging, `diverged=False`); the others get `diverged=True`, `stop_epoch=d` and NaN
+    metrics.
+
+    `callbacks`: Keras callbacks driven across the whole loop (`on_train_begin` once, `on_epoch_end` with
+    the epoch's logs, `on_train_end`); if one sets `model.stop_training` the loop ends there. Meant for
+    tests (a real `EarlyStopping`) and tools; their state is not saved by `save_state`.
+    """
+    configure_tensorflow(trial.threads)
+    _check_data(trial, data)
+    seed = trial.seed
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+
+    train_index, val_index = validation_split(trial, data)
+    if trial.label_fraction < 1.0:
+        from study.data import label_subset
+
+        train_index = train_index[label_subset(data.train.labels[train_index], trial.label_fraction, seed)]
+    x_train, y_train = data.train.images[train_index], _binary(data.train.labels[train_index])
+    x_val, y_val = data.train.images[val_index], data.train.labels[val_index]
+    x_test, y_test = data.test.images, data.test.labels
+    # One predict call per epoch for validation and test: each call has a fixed cost (~40 ms here).
+    x_eval = np.concatenate([x_val, x_test])
+
+    # On resume or with pretext weights the initial encoder weights are overwritten: skip the ImageNet file.
+    overwritten = encoder_weights is not None or resume_dir is not None
+    encoder = models.build_encoder(trial.encoder, trial.image_size, trial.encoder_widths,
+                                   "random" if overwritten else trial.weights,
+                                   None if overwritten else trial.weights_path,
+                                   mixed_precision=trial.mixed_precision)
+    if encoder_weights is not None:
+        models.set_encoder_weights(encoder, encoder_weights)
+    model = models.build_model("classification", encoder, mixed_precision=trial.mixed_precision)
+    model.compile(optimizer=keras.optimizers.Adam(trial.lr), loss="binary_crossentropy")
+    bce = keras.losses.BinaryCrossentropy()
+
+    history: list[EpochLogs] = []
+    if resume_dir is not None:
+        history = _load_state(model, Path(resume_dir), trial, data)
+
+    def save_state(directory: str | os.PathLike) -> None:
+        _save_state(model, Path(directory), trial, data, history)
+
+    driven = keras.callbacks.CallbackList(list(callbacks), model=model)
+    driven.on_train_begin()
+    diverged_epoch: int | None = None
+    timings: list[dict[str, float]] = []
+    for epoch in range(len(history), trial.finetune_epochs):
+        started = time.perf_counter()
+        order = np.random.default_rng([seed, STREAM_FINETUNE_ORDER, epoch]).permutation(len(x_train))
+        fit = model.fit(x_train[order], y_train[order], batch_size=trial.batch_size, epochs=epoch + 1,
+                        initial_epoch=epoch, shuffle=False, verbose=0)
+        fitted = time.perf_counter()
+        loss = float(fit.history["loss"][-1])
+        p_eval = _predict_proba(model, x_eval)
+        p_val, p_test = p_eval[: len(x_val)], p_eval[len(x_val):]
+        timings.append({"epoch": epoch + 1, "fit_s": fitted - started,
+                        "eval_s": time.perf_counter() - fitted})
+        if not (math.isfinite(loss) and np.all(np.isfinite(p_val)) and np.all(np.isfinite(p_test))):
+            diverged_epoch = epoch + 1
+            break
+        logs: EpochLogs = {"epoch": epoch + 1, "loss": loss}
+        logs.update(_prefixed("val_", study_metrics.classification_metrics(y_val, p_val)))
+        # Keras' own loss on the validation set: the number a fit(validation_data=...) run would monitor.
+        logs["val_loss"] = float(bce(_binary(y_val), p_val[:, None]))
+        logs.update(_prefixed("test_", study_metrics.classification_metrics(y_test, p_test)))
+        if not math.isfinite(logs["val_loss"]):
+            diverged_epoch = epoch + 1
+            break
+        history.append(logs)
+        model.stop_training = False
+        driven.on_epoch_end(epoch, dict(logs))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, dict(logs), save_state)
+        if model.stop_training:
+            break
+    driven.on_train_end()
+    return FinetuneResult(history=history, regimes=replay_regimes(trial, history, diverged_epoch),
+                          diverged=diverged_epoch is not None, diverged_epoch=diverged_epoch,
+                          model_weights=model.get_weights(), train_index=train_index, val_index=val_index,
+                          timings=timings)
+
+
+def replay_regimes(
+    trial: TrialConfig, history: list[EpochLogs], diverged_epoch: int | None
+) -> dict[str, dict[str, Any]]:
+    """Per `regime_name(p)`: where early stopping with patience `p` stops and the test metrics it keeps.
+
+    `history`: the completed epochs (1-based `epoch`, `val_loss`, `test_<metric>`). Keys per regime:
+    `patience`, `stop_epoch`, `best_epoch`, `epoch_used`, `diverged`, `val_loss`, `test_<metric>`.
+    After a divergence the rule is replayed with a NaN validation loss for the diverged epoch (NaN never
+    improves): a regime is valid when it stops within the completed epochs — Keras would have ended training
+    there, before the diverged epoch ran; otherwise it is diverged, with NaN metrics.
+    """
+    val_losses = [float(h["val_loss"]) for h in history]
+    if diverged_epoch is not None:
+        val_losses.append(math.nan)
+    test_keys = ([k for k in history[0] if k.startswith("test_")] if history else
+                 [f"test_{k}" for k in study_metrics.classification_metrics([0, 1], [0.25, 0.75])])
+    out: dict[str, dict] = {}
+    for p in trial.patiences:
+        entry: dict[str, Any] = {"patience": p, "stop_epoch": None, "best_epoch": None, "epoch_used": None,
+                                 "diverged": False, "val_loss": math.nan}
+        if val_losses:  # empty only when a callback stopped the loop before any epoch
+            r = regimes.replay_early_stopping(val_losses, p, start_from_epoch=trial.start_from_epoch,
+                                              restore_best_weights=trial.restore_best_weights)
+            if diverged_epoch is not None and not r["stopped_early"]:
+                entry.update(stop_epoch=diverged_epoch, best_epoch=r["best_epoch"], diverged=True)
+                entry.update({k: math.nan for k in test_keys})
+            else:
+                used = history[r["epoch_used"] - 1]
+                entry.update(stop_epoch=r["stop_epoch"], best_epoch=r["best_epoch"],
+                             epoch_used=r["epoch_used"], val_loss=used["val_loss"])
+                entry.update({k: used[k] for k in test_keys})
+        out[regime_name(p)] = entry
+    return out
+
+
+def _prefixed(prefix: str, scores: dict[str, Any]) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in scores.items()}
+
+
+def _predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """P(malignant) `(N,)` float64 from the sigmoid head."""
+    return np.asarray(model.predict(x, batch_size=EVAL_BATCH_SIZE, verbose=0), np.float64).reshape(-1)
+
+
+def _binary(labels: np.ndarray) -> np.ndarray:
+    """Labels 0/1 `(N,)` -> float32 `(N, 1)`, the shape of the sigmoid output."""
+    return np.asarray(labels, np.float32).reshape(-1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# resumable state
+# Fields that must match between a saved state and the run resuming from it.
+_RESUME_FIELDS = ("task", "seed", "encoder", "encoder_widths", "weights", "image_size", "val_fraction",
+                  "label_fraction", "finetune_epochs", "lr", "batch_size", "threads", "mixed_precision")
+
+
+def _save_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any, history: list[EpochLogs]) -> None:
+    """Write `weights.npz`, `optimizer.npz` and `state.json` (last, so a present json means complete)."""
+    d.mkdir(parents=True, exist_ok=True)
+    _atomic_savez(d / "weights.npz", model.get_weights())
+    _atomic_savez(d / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
+    state = {"epoch": len(history), "history": history, "fingerprint": _fingerprint(data),
+             "config": {k: trial.to_dict()[k] for k in _RESUME_FIELDS}}
+    tmp = d / (STATE_JSON + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, d / STATE_JSON)
+
+
+def _load_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any) -> list[EpochLogs]:
+    """Restore weights and optimizer state from `d`; returns the history saved with them."""
+    if not (d / STATE_JSON).is_file():
+        raise FileNotFoundError(f"resume_dir={str(d)!r} holds no fine-tune state ({STATE_JSON} missing)")
+    state = json.loads((d / STATE_JSON).read_text())
+    now = {k: trial.to_dict()[k] for k in _RESUME_FIELDS}
+    changed = sorted(k for k in _RESUME_FIELDS if state["config"].get(k) != now[k])
+    if changed:
+        saved = {k: state["config"].get(k) for k in changed}
+        raise ValueError(f"resume_dir={str(d)!r} was saved with different {changed} ({saved} vs "
+                         f"{ {k: now[k] for k in changed} }); resume with the trial config that wrote it")
+    if state["fingerprint"] != _fingerprint(data):
+        raise ValueError(f"resume_dir={str(d)!r} was saved for dataset {state['fingerprint']!r}, "
+                         f"not {_fingerprint(data)!r}; resume on the same data")
+    with np.load(d / "weights.npz") as z:
+        model.set_weights([z[f"a{i:04d}"] for i in range(len(z.files))])
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)  # creates the slot variables so they can be assigned
+    with np.load(d / "optimizer.npz") as z:
+        saved = [z[f"a{i:04d}"] for i in range(len(z.files))]
+    if len(saved) != len(optimizer.variables):
+        raise ValueError(f"resume_dir={str(d)!r}: optimizer state has {len(saved)} variables, the model's "
+                         f"optimizer {len(optimizer.variables)}; it was saved by another model")
+    for var, value in zip(optimizer.variables, saved):
+        var.assign(value)
+    return list(state["history"])
+
+
+def _atomic_savez(path: Path, arrays: list[np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    os.close(fd)
+    np.savez(tmp, **{f"a{i:04d}": a for i, a in enumerate(arrays)})
+    os.replace(tmp, path)
+
+
+def _fingerprint(data: Any) -> str | None:
+    return getattr(data, "fingerprint", None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shared helpers
+def validation_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/validation rows of `data.train` for this seed (the same in every arm)."""
+    from study.data import stratified_split
+
+    train_index, val_index = stratified_split(data.train.labels, trial.val_fraction, trial.seed)
+    return np.asarray(train_index), np.asarray(val_index)
+
+
+def _check_data(trial: TrialConfig, data: Any) -> None:
+    """Clear errors for data that does not fit the trial (size, dtype, empty splits)."""
+    for name in ("train", "test"):
+        split = getattr(data, name)
+        images = split.images
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (trial.image_size,) * 2 + (3,):
+            raise ValueError(
+                f"data.{name}.images must be uint8 (N, {trial.image_size}, {trial.image_size}, 3) for "
+                f"image_size={trial.image_size}; got {images.dtype} {images.shape}. Decode the dataset at "
+                "the trial's image_size (or set image_size to the data's)."
+            )
+        if len(images) == 0 or len(split.labels) != len(images):
+            raise ValueError(f"data.{name} has {len(images)} images and {len(split.labels)} labels; need the "
+                             "same non-zero number")

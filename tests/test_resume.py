@@ -1,0 +1,85 @@
+"""Interrupted studies: a driver killed with SIGKILL, then `study resume` finishes the study (slow, real)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+KEY = ["arm", "seed", "regime"]
+METRICS = ["stop_epoch", "test_auc", "test_soft_accuracy", "test_accuracy", "val_loss"]
+
+
+def _last_result(trial_dir: Path) -> dict:
+    lines = (trial_dir / "result.json").read_text().strip().splitlines() if (trial_dir / "result.json").exists() \
+        else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def finished_trials(run_dir: Path) -> list[Path]:
+    return [d for d in run_dir.glob("two_stage_trial_*") if _last_result(d).get("phase") == "done"]
+
+
+def kill_driver_when(run_dir: Path, proc: subprocess.Popen, ready, timeout: float = 600) -> None:
+    """SIGKILL the driver's whole process group (driver, Ray and its workers) once `ready()` holds."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, "the study finished before it could be interrupted"
+        assert time.time() < deadline, "the study never reached the moment to interrupt"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def test_driver_killed_between_trials_resumes_without_rerunning_finished_trials(tmp_path, study_env, smoke_run):
+    storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "killed"
+    exe = Path(sys.executable).with_name("study")
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen([str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", "killed",
+                             "--no-report"], env={**os.environ, **study_env}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+    def two_trials_done() -> bool:
+        if len(finished_trials(run_dir)) < 2:
+            return False
+        time.sleep(2.5)  # let Tune save its experiment state (every second, see runner._init_ray)
+        return True
+
+    kill_driver_when(run_dir, proc, two_trials_done)
+    done_before = {d.name: (d / "result.json").stat().st_mtime_ns for d in finished_trials(run_dir)}
+    assert 2 <= len(done_before) < 8
+    assert not (run_dir / "results.csv").exists()
+
+    resumed = run_cli("resume", str(run_dir), env=study_env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    # Trials that had finished were not run again: their result files are untouched.
+    for name, mtime in done_before.items():
+        assert (run_dir / name / "result.json").stat().st_mtime_ns == mtime, name
+    results = pd.read_csv(run_dir / "results.csv")
+    reference = pd.read_csv(smoke_run / "results.csv")
+    assert len(results) == len(reference) and (results["status"] == "ok").all()
+    # Same seeds, same results as the uninterrupted run (deterministic training, 1 thread per trial).
+    merged = reference.merge(results, on=KEY, suffixes=("_ref", "_resumed"))
+    assert len(merged) == len(reference)
+    for m in METRICS:
+        np.testing.assert_array_equal(merged[f"{m}_ref"], merged[f"{m}_resumed"], err_msg=m)
+    assert (run_dir / "report.html").exists()
+
+
+def test_resume_rejects_a_folder_that_is_not_a_run(tmp_path, study_env):
+    proc = run_cli("resume", str(tmp_path), env=study_env, timeout=120)
+    assert proc.returncode == 2
+    assert "not a study run directory" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,269 @@
+"""Pretext and fine-tune phases of `study.training` on tiny synthetic data (32 px, a 4..16-channel encoder).
+
+Everything runs on 1 TensorFlow thread so results are bitwise reproducible (docs RAY.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from study import models, pretext, training  # noqa: E402
+from study.config import TrialConfig, regime_name  # noqa: E402
+from study.data import DecodedData, Split  # noqa: E402
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tensorflow_threads():
+    training.configure_tensorflow(1)
+
+
+def _split(rng: np.random.Generator, n: int, name: str) -> Split:
+    labels = np.arange(n, dtype=np.int64) % 2
+    # Malignant images are darker on average: a weak signal a tiny CNN can pick up within a few epochs.
+    base = rng.normal(150, 40, (n, SIZE, SIZE, 3)) - 50 * labels[:, None, None, None]
+    images = np.clip(np.rint(base), 0, 255).astype(np.uint8)
+    return Split(images=images, labels=labels, paths=[f"{name}/{i}.png" for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def data() -> DecodedData:
+    rng = np.random.default_rng(7)
+    return DecodedData(train=_split(rng, 40, "train"), test=_split(rng, 16, "test"),
+                       fingerprint="synthetic-test", root="<memory>", image_size=SIZE, notes=[])
+
+
+BASE = TrialConfig(encoder="small", encoder_widths=(4, 8, 8, 16), image_size=SIZE, seed=0, threads=1,
+                   finetune_epochs=6, lr=1e-2, batch_size=8, patiences=(0, 1, 2),
+                   pretext_epochs=2, pretext_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """One uninterrupted 6-epoch run; its model weights after every epoch are kept via `save_state`."""
+    snapshots = []
+
+    def on_epoch(epoch, logs, save_state):
+        d = tmp_path_factory.mktemp(f"epoch{epoch}")
+        save_state(d)
+        with np.load(d / "weights.npz") as z:
+            snapshots.append([z[k] for k in sorted(z.files)])
+
+    result = training.run_finetune(BASE, data, on_epoch=on_epoch)
+    return result, snapshots
+
+
+def _assert_weights_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+# ----------------------------------------------------------------------------------------------- fine-tune
+def test_finetune_history_and_regimes(straight, data):
+    result, snapshots = straight
+    assert not result.diverged and result.diverged_epoch is None
+    assert [h["epoch"] for h in result.history] == list(range(1, 7))
+    assert len(snapshots) == 6
+    for key in ("loss", "val_loss", "val_auc", "test_auc", "test_soft_accuracy", "test_loss", "test_f1"):
+        assert math.isfinite(result.history[0][key])
+    assert set(result.regimes) == {regime_name(p) for p in BASE.patiences}
+    none = result.regimes["none"]
+    assert none["stop_epoch"] == none["epoch_used"] == 6 and not none["diverged"]
+    for regime in result.regimes.values():
+        used = result.history[regime["epoch_used"] - 1]
+        assert regime["test_auc"] == used["test_auc"] and regime["val_loss"] == used["val_loss"]
+    # the validation rows are disjoint from the training rows and together cover the training split
+    assert not set(result.train_index) & set(result.val_index)
+    assert len(result.train_index) + len(result.val_index) == len(data.train.labels)
+    # training moved the weights; the last snapshot is the final model
+    assert not np.array_equal(snapshots[0][0], snapshots[-1][0])
+    _assert_weights_equal(snapshots[-1], result.model_weights)
+
+
+def test_same_seed_is_bitwise_identical_and_a_resumed_run_replays_it_exactly(straight, data, tmp_path):
+    result, snapshots = straight
+
+    class Interrupted(Exception):
+        pass
+
+    seen = []
+
+    def stop_after_two(epoch, logs, save_state):
+        seen.append((epoch, logs))
+        if epoch == 2:
+            save_state(tmp_path / "state")  # a folder that does not exist yet
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        training.run_finetune(BASE, data, on_epoch=stop_after_two)
+    # a second run with the same seed: the same numbers and bitwise the same weights
+    assert [logs for _, logs in seen] == result.history[:2]
+    with np.load(tmp_path / "state" / "weights.npz") as z:
+        _assert_weights_equal([z[k] for k in sorted(z.files)], snapshots[1])
+
+    resumed_epochs = []
+    resumed = training.run_finetune(BASE, data, resume_dir=tmp_path / "state",
+                                    on_epoch=lambda e, logs, s: resumed_epochs.append(e))
+    assert [e for e, _ in seen] == [1, 2] and resumed_epochs == [3, 4, 5, 6]
+    assert resumed.history == result.history
+    assert resumed.regimes == result.regimes
+    _assert_weights_equal(resumed.model_weights, result.model_weights)
+
+    with pytest.raises(ValueError, match=r"different \['lr'\]"):
+        training.run_finetune(BASE.replace(lr=0.5), data, resume_dir=tmp_path / "state")
+    with pytest.raises(FileNotFoundError, match="no fine-tune state"):
+        training.run_finetune(BASE, data, resume_dir=tmp_path / "nothing")
+
+
+def test_other_seed_gives_another_split_and_label_fraction_a_stratified_subset(straight, data):
+    result, _ = straight
+    other = training.run_finetune(BASE.replace(seed=1, label_fraction=0.5, finetune_epochs=1), data)
+    assert not np.array_equal(other.val_index, result.val_index)
+    assert other.history[0]["val_loss"] != result.history[0]["val_loss"]
+    full_train, _ = training.validation_split(BASE.replace(seed=1), data)
+    assert set(other.train_index) < set(full_train)
+    assert len(other.train_index) == len(full_train) // 2
+    assert set(data.train.labels[other.train_index]) == {0, 1}
+
+
+@pytest.mark.parametrize(("restore_best_weights", "patience"), [(False, 1), (True, 2)])
+def test_replayed_regimes_equal_real_keras_early_stopping(straight, data, restore_best_weights, patience):
+    result, snapshots = straight
+    trial = BASE.replace(restore_best_weights=restore_best_weights)
+    regime = training.replay_regimes(trial, result.history, None)[regime_name(patience)]
+    assert regime["stop_epoch"] < trial.finetune_epochs, "no early stop: the comparison would be vacuous"
+    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                          restore_best_weights=restore_best_weights)
+    real = training.run_finetune(trial, data, callbacks=[early])
+    assert len(real.history) == regime["stop_epoch"] == early.stopped_epoch + 1
+    assert real.history == result.history[: regime["stop_epoch"]]
+    if restore_best_weights:
+        assert regime["epoch_used"] == regime["best_epoch"] == early.best_epoch + 1
+    # the weights Keras ends with are those of the regime's epoch_used, bit for bit ...
+    _assert_weights_equal(real.model_weights, snapshots[regime["epoch_used"] - 1])
+    # ... so the regime's test metrics are that model's test metrics
+    assert regime["test_auc"] == result.history[regime["epoch_used"] - 1]["test_auc"]
+
+
+def test_absurd_learning_rate_diverges_without_raising(data):
+    called = []
+    result = training.run_finetune(BASE.replace(lr=1e12, finetune_epochs=3), data,
+                                   on_epoch=lambda e, logs, s: called.append(e))
+    assert result.diverged
+    assert len(result.history) == result.diverged_epoch - 1 and called == [h["epoch"] for h in result.history]
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    none = result.regimes["none"]  # no early stopping: it would have trained into the divergence
+    assert none["diverged"] and none["stop_epoch"] == result.diverged_epoch and math.isnan(none["test_auc"])
+
+
+def test_regimes_that_stop_before_the_divergence_stay_valid():
+    trial = BASE.replace(patiences=(0, 2, 3))
+    history = [{"epoch": e, "val_loss": v, "test_auc": a}
+               for e, (v, a) in enumerate([(1.0, 0.6), (0.9, 0.7), (1.1, 0.65), (1.2, 0.62)], start=1)]
+    regimes = training.replay_regimes(trial, history, diverged_epoch=5)
+    assert regimes["patience2"] == {"patience": 2, "stop_epoch": 4, "best_epoch": 2, "epoch_used": 4,
+                                    "diverged": False, "val_loss": 1.2, "test_auc": 0.62}
+    for name in ("none", "patience3"):  # would still be training when epoch 5 diverged
+        assert regimes[name]["diverged"] and regimes[name]["stop_epoch"] == 5
+        assert math.isnan(regimes[name]["test_auc"]) and regimes[name]["epoch_used"] is None
+    with_restore = training.replay_regimes(trial.replace(restore_best_weights=True), history, None)
+    assert with_restore["patience2"]["epoch_used"] == 2 and with_restore["patience2"]["test_auc"] == 0.7
+    nothing = training.replay_regimes(trial, [], diverged_epoch=1)  # diverged in the first epoch
+    assert all(r["diverged"] and math.isnan(r["test_auc"]) for r in nothing.values())
+
+
+def test_data_of_another_size_is_rejected(data):
+    with pytest.raises(ValueError, match=r"image_size=64"):
+        training.run_finetune(BASE.replace(image_size=64), data)
+
+
+# ----------------------------------------------------------------------------------------------- pretext
+_PRETEXT: dict[str, tuple] = {}
+
+
+def _pretext(task, data):
+    """(result, on_epoch calls) of a 2-epoch pretext run, computed once per task for this module."""
+    if task not in _PRETEXT:
+        logged = []
+        result = training.run_pretext(BASE.replace(task=task), data,
+                                      on_epoch=lambda e, logs: logged.append((e, logs)))
+        _PRETEXT[task] = result, logged
+    return _PRETEXT[task]
+
+
+# corruption shares missing_patch's head, loss and metrics path (its batches are tested in test_pretext.py)
+@pytest.mark.parametrize("task", ["rotation", "rotation4", "missing_patch"])
+def test_pretext_phase_per_task(task, data, tmp_path):
+    trial = BASE.replace(task=task)
+    result, logged = _pretext(task, data)
+    assert not result.diverged
+    assert [h["epoch"] for h in result.history] == [1, 2] and [e for e, _ in logged] == [1, 2]
+    assert all(math.isfinite(h["loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
+    expected = {"rotation": {"mse", "aad", "aad_deg", "aad_circ", "aad_circ_deg", "sd_deg", "sd_circ_deg"},
+                "rotation4": {"accuracy", "loss"},
+                "missing_patch": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"}}
+    assert set(result.metrics) == expected[task]
+    assert all(math.isfinite(v) for v in result.metrics.values())
+    fresh = models.build_encoder("small", SIZE, trial.encoder_widths)
+    assert [w.shape for w in result.encoder_weights] == [w.shape for w in fresh.get_weights()]
+    if pretext.get_task(task).head == "image":
+        assert {k: v.shape for k, v in result.examples.items()} == {k: (4, SIZE, SIZE, 3)
+                                                                    for k in ("inputs", "targets", "outputs")}
+        assert all(v.dtype == np.uint8 for v in result.examples.values())
+        np.testing.assert_array_equal(result.examples["targets"], data.test.images[:4])
+        assert not np.array_equal(result.examples["inputs"], result.examples["targets"])
+    else:
+        assert result.examples == {}
+    result.save(tmp_path / "p")
+    loaded = training.PretextResult.load(tmp_path / "p")
+    assert loaded.metrics == result.metrics and loaded.history == result.history
+    _assert_weights_equal(loaded.encoder_weights, result.encoder_weights)
+    assert loaded.examples.keys() == result.examples.keys()
+
+
+def test_pretext_is_deterministic_and_its_weights_seed_the_finetune(straight, data):
+    a, _ = _pretext("rotation4", data)
+    b = training.run_pretext(BASE.replace(task="rotation4"), data)
+    assert a.metrics == b.metrics and a.history == b.history
+    _assert_weights_equal(a.encoder_weights, b.encoder_weights)
+    tuned = training.run_finetune(BASE.replace(task="rotation4", finetune_epochs=1), data,
+                                  encoder_weights=a.encoder_weights)
+    baseline_first_epoch = straight[0].history[0]  # same seed, split, order and head init; random encoder
+    assert tuned.history[0]["val_loss"] != baseline_first_epoch["val_loss"]
+
+
+def test_pretext_divergence_is_reported_not_raised(data, monkeypatch):
+    def nan_targets(images, rng, **params):
+        return images.copy(), np.full(len(images), np.nan, np.float32)
+
+    task = pretext.PretextTask("nan_angle", "NaN targets (test)", "angle", "mse", (), nan_targets,
+                               pretext.params_validator("nan_angle", ()))
+    monkeypatch.setitem(pretext.TASKS, "nan_angle", task)
+    result = training.run_pretext(BASE.replace(task="nan_angle"), data)
+    assert result.diverged and result.diverged_epoch == 1
+    assert result.metrics == {} and result.encoder_weights == [] and result.history == []
+
+
+def test_pretext_rejects_the_baseline_arm(data):
+    with pytest.raises(ValueError, match="baseline arm"):
+        training.run_pretext(BASE, data)
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+def test_configure_tensorflow_is_idempotent_and_refuses_other_threads():
+    import tensorflow as tf
+
+    training.configure_tensorflow(1)  # same values: fine
+    assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+    assert tf.config.threading.get_inter_op_parallelism_threads() == 1
+    with pytest.raises(RuntimeError, match=r"cannot switch to threads=2"):
+        training.configure_tensorflow(2)
+    with pytest.raises(ValueError, match="threads"):
+        training.configure_tensorflow(0)
