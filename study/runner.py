@@ -303,14 +303,24 @@ def finish_run(run_dir: Path, grid: Any, preset: StudyPreset, *, write_report: b
         "errors": errors,
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    if write_report:
-        try:
-            from study.report import write_report as _write_report
-        except ImportError:  # the report module arrives with the analysis issue
-            print(results.groupby(["regime", "arm"])["test_auc"].agg(["count", "mean", "std"]).to_string())
-        else:
-            md, html = _write_report(run_dir)
-            print(f"Report: {html}")
+    if preset.search is not None:
+        write_search_summary(run_dir, results)
+    elif write_report:
+        from study.report import write_report as _write_report
+
+        md, html = _write_report(run_dir)
+        print(f"Report: {html}")
+
+
+def write_search_summary(run_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
+    """`search.csv`: one row per searched configuration, best validation AUC first (test AUC shown, not used)."""
+    cols = ["trial_id", "task", "patch_size", "swap_count", "swap_patch_size", "lr", "pretext_lr", "status",
+            "search_score", "stop_epoch", "test_auc"]
+    table = results[[c for c in cols if c in results]].sort_values("search_score", ascending=False)
+    table.to_csv(run_dir / "search.csv", index=False)
+    print("Best configurations by validation AUC (confirm the winner with a seeded `study run`):")
+    print(table.head(5).to_string(index=False))
+    return table
 
 
 def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
@@ -354,6 +364,7 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         pretext = {k: v for k, v in metrics.items() if k.startswith("pretext_")}
         common = {"data_fingerprint": metrics.get("data_fingerprint"), "pid": metrics.get("pid"),
                   "finetune_epochs_run": metrics.get("finetune_epochs_run"),
+                  "search_score": metrics.get("search_score"),
                   "diverged_epoch": metrics.get("diverged_epoch"),
                   "diverged_phase": metrics.get("diverged_phase"), **pretext}
         if result.error is not None or not done:
@@ -387,7 +398,7 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         results = results.sort_values(["regime", "arm", "seed"], kind="stable").reset_index(drop=True)
         # Identity and outcome first, pretext metrics next, provenance last.
         pretext_cols = sorted(c for c in results if c.startswith("pretext_"))
-        tail = [c for c in ("finetune_epochs_run", "encoder", "image_size", "data_fingerprint", "pid")
+        tail = [c for c in ("search_score", "finetune_epochs_run", "encoder", "image_size", "data_fingerprint", "pid")
                 if c in results]
         head = [c for c in results if c not in pretext_cols and c not in tail]
         results = results[head + pretext_cols + tail]

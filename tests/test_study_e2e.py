@@ -70,3 +70,19 @@ def test_pretext_is_trained_once_when_trials_share_it(ray_session, tmp_path, mon
     # Both fine-tunes started from the same pretext: identical pretext metrics.
     assert rot["pretext_aad_deg"].nunique() == 1
     assert len(list((run_dir / "pretext_cache").iterdir())) >= 1
+
+
+def test_search_runs_optuna_on_validation_auc(ray_session, tmp_path, monkeypatch):
+    """`study search`: Optuna suggests conditional task parameters; trials are ranked by validation AUC."""
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
+    smoke, search = get_preset("smoke"), get_preset("search")
+    preset = search.replace(base=smoke.base.replace(patiences=(1,)))
+    run_dir = run_study(preset, storage=tmp_path / "runs", name="search", samples=3)
+    table = pd.read_csv(run_dir / "search.csv")
+    assert len(table) == 3 and table["search_score"].is_monotonic_decreasing
+    assert table["search_score"].between(0, 1).all()
+    assert set(table["task"]) <= set(search.search.tasks)
+    # Conditional parameters: only the task that uses a parameter gets one.
+    rotation = table[table["task"] == "rotation"]
+    assert rotation["patch_size"].isna().all() and rotation["swap_count"].isna().all()
+    assert not (run_dir / "report.html").exists()
