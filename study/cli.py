@@ -132,9 +132,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_dir = Path(args.run_dir)
         if not (run_dir / "results.csv").exists():
-            from study.config import ConfigError
+            # A run whose driver stopped before writing its tables: read them from Ray Tune's ResultGrid.
+            from study import runner
 
-            raise ConfigError(f"{run_dir}: no results.csv; pass a finished run directory (or `study resume` it)")
+            runner.collect_from_experiment(run_dir)
         md, html = write_report(run_dir, metric=args.metric)
         print(f"Report: {md}\n        {html}")
         return 0

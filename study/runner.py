@@ -282,6 +282,22 @@ def resume_study(run_dir: str | Path, *, address: str | None = None, write_repor
 
 
 # ------------------------------------------------------------------------------------------------ collecting
+def collect_from_experiment(run_dir: str | Path) -> Path:
+    """Rebuild results.csv, history.csv and manifest.json of a run from Tune's own records (`ResultGrid`).
+
+    For a run whose driver died before writing them; finished trials are read, nothing is run.
+    """
+    from ray import tune
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    preset, _ = load_study(run_dir)
+    if not tune.Tuner.can_restore(str(run_dir)):
+        raise ConfigError(f"{run_dir}: no Ray Tune experiment state to read; was the study started?")
+    grid = tune.Tuner.restore(str(run_dir), trainable=_trainable(preset)).get_results()
+    finish_run(run_dir, grid, preset, write_report=False)
+    return run_dir
+
+
 def finish_run(run_dir: Path, grid: Any, preset: StudyPreset, *, write_report: bool = True) -> None:
     """Write results.csv, history.csv, examples/ and manifest.json from a ResultGrid, then the report."""
     results, history, errors = collect_results(grid, preset)
