@@ -101,6 +101,19 @@ Block = Heading | Para | Bullets | Box | Table | Image | Pre
 # ----------------------------------------------------------------------------------------------- formatting
 
 
+def _seeds(x: Any) -> str:
+    """A seed count for the power analysis: an integer, or "> 10000" beyond any practical study."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return NA
+    if v == math.inf:
+        return "\u221e"
+    if not math.isfinite(v):
+        return NA
+    return "> 10000" if v > 10000 else f"{math.ceil(v)}"
+
+
 def _num(x: Any, digits: int = 3) -> str:
     try:
         v = float(x)
@@ -344,7 +357,7 @@ def _comparison_display(comp: pd.DataFrame, alpha: float) -> pd.DataFrame:
                 "g_z": _num(r.hedges_gz, 2),
                 "r_rb": _num(r.rank_biserial, 2),
                 "P(improve)": _num(r.prob_improvement, 2),
-                "seeds for 80 % power": _num(r.n_needed_80, 4),
+                "seeds for 80 % power": _seeds(r.n_needed_80),
                 "verdict": ("significant" if r.significant else "not significant")
                 + (" (underpowered)" if r.underpowered else ""),
             }
@@ -757,7 +770,7 @@ def _task_rank(task: str) -> tuple[int, str]:
 
 def _power_sentence(comp: pd.DataFrame) -> str:
     parts = [
-        f"{r.arm_title}, {r.regime_title}: {_num(r.n_needed_80, 4)}"
+        f"{r.arm_title}, {r.regime_title}: {_seeds(r.n_needed_80)}"
         for r in comp.itertuples(index=False)
         if not r.significant
     ]

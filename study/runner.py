@@ -359,7 +359,7 @@ def _varied_params(preset: StudyPreset) -> set[str]:
     varied = set()
     for key in {k for a in preset.arms for k in a} - {"task"}:
         for task in {a["task"] for a in preset.arms}:
-            if len({a.get(key) for a in preset.arms if a["task"] == task}) > 1:
+            if len({json.dumps(a.get(key)) for a in preset.arms if a["task"] == task}) > 1:
                 varied.add(key)
     return varied
 
