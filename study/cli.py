@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Repeated-seed studies of self-supervised pre-training for melanoma classification.",
         epilog=dedent("""\
             examples:
-              study run                                  # the demo study on synthetic lesions (~8 min, 2 CPUs)
+              study run                                  # the demo study on synthetic lesions (~5 min, 2 CPUs)
               study run --preset smoke                   # tiny end-to-end check
               study run --data ../shared/data/isic9_binary --seeds 8
               study resume runs/demo-20260101-120000     # continue an interrupted run
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="examples:\n  study search --samples 20\n  study search --data /data/isic\n")
     _add_run_options(search, "search")
     search.add_argument("--samples", type=int, metavar="N", help="number of Optuna trials")
+    search.add_argument("--asha", action="store_true", help="stop weak trials early with ASHA (on validation AUC)")
 
     sub.add_parser("presets", help="list presets with launch commands and runtimes", formatter_class=_formatter,
                    epilog="example:\n  study presets\n")
@@ -105,6 +106,7 @@ def _run(args: argparse.Namespace, search: bool = False) -> int:
                      gpus_per_trial=args.gpus_per_trial)
     if search:
         overrides["samples"] = args.samples
+        overrides["asha"] = args.asha or None
     run_dir = runner.run_study(args.preset, storage=args.storage, name=args.name, address=args.address,
                                write_report=not args.no_report, **overrides)
     print(f"Results: {run_dir / 'results.csv'}\nCurves:  tensorboard --logdir {run_dir}")

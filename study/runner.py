@@ -13,6 +13,7 @@ Run directory (= Tune's experiment directory, `STORAGE/NAME`):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -40,7 +41,7 @@ class RunError(RuntimeError):
 # ---------------------------------------------------------------------------------------------- preparation
 def apply_overrides(preset: StudyPreset, *, data: str | None = None, seeds: int | None = None,
                     cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-                    samples: int | None = None) -> StudyPreset:
+                    samples: int | None = None, asha: bool | None = None) -> StudyPreset:
     """The preset with command-line overrides applied (validated later by `validate_preset`)."""
     if seeds is not None:
         if seeds < 1:
@@ -65,7 +66,12 @@ def apply_overrides(preset: StudyPreset, *, data: str | None = None, seeds: int 
             raise ConfigError(f"--samples applies to search presets only; {preset.name!r} is a fixed grid")
         if samples < 1:
             raise ConfigError(f"--samples: must be >= 1 (got {samples})")
-        preset = preset.replace(search=__import__("dataclasses").replace(preset.search, num_samples=samples))
+        preset = preset.replace(search=dataclasses.replace(preset.search, num_samples=samples))
+    if asha:
+        if preset.search is None:
+            raise ConfigError(f"--asha applies to search presets only; {preset.name!r} repeats seeds for paired "
+                              "tests, and a trial stopped early is a censored sample")
+        preset = preset.replace(search=dataclasses.replace(preset.search, asha=True))
     return preset
 
 
@@ -78,6 +84,9 @@ def validate_preset(preset: StudyPreset) -> None:
                           "(layout DIR/{train,test}/{benign,malignant}/*.jpg)")
     if preset.base.data_path is not None and not Path(preset.base.data_path).is_dir():
         raise ConfigError(f"--data: {preset.base.data_path} is not a directory")
+    if preset.needs_gpu and preset.gpus_per_trial < 1:
+        raise ConfigError(f"--gpus-per-trial: the {preset.name!r} preset needs a GPU per trial (ResNet50 at "
+                          f"{preset.base.image_size} px would take weeks on CPUs); run it on a GPU cluster")
     if preset.search is None and not preset.arms:
         raise ConfigError(f"preset {preset.name!r} has no arms to compare")
     configs = preset.trial_configs() if preset.search is None else [preset.base.replace(task=t)
@@ -349,7 +358,8 @@ def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
             "patch_size": params.get("patch_size"), "swap_count": params.get("swap_count"),
             "swap_patch_size": params.get("swap_patch_size"), "lr": trial.lr,
             "pretext_lr": trial.pretext_lr if trial.task != "none" else math.nan, "seed": trial.seed,
-            "encoder": trial.encoder, "image_size": trial.image_size, "patiences": trial.patiences}
+            "encoder": trial.encoder, "image_size": trial.image_size, "threads": trial.threads,
+            "mixed_precision": trial.mixed_precision, "patiences": trial.patiences}
 
 
 def _varied_params(preset: StudyPreset) -> set[str]:
@@ -381,9 +391,16 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         common = {"data_fingerprint": metrics.get("data_fingerprint"), "pid": metrics.get("pid"),
                   "finetune_epochs_run": metrics.get("finetune_epochs_run"),
                   "search_score": metrics.get("search_score"),
+                  # True when the trial was restarted (retry or resume) from one of its checkpoints.
+                  "restored": metrics.get("restored"),
                   "diverged_epoch": metrics.get("diverged_epoch"),
                   "diverged_phase": metrics.get("diverged_phase"), **pretext}
-        if result.error is not None or not done:
+        if result.error is None and not done and preset.search is not None:
+            # Stopped early by the scheduler (ASHA): a censored search trial, scored on its last validation AUC.
+            for p in patiences:
+                rows.append({**base, "regime": regime_name(p), "patience": p, "status": "stopped",
+                             "error": None, **common})
+        elif result.error is not None or not done:
             message = _one_line(result.error) if result.error is not None else "trial did not finish"
             errors.append({"trial_id": trial_id, "arm": fields["arm"], "seed": fields["seed"], "error": message})
             for p in patiences:
@@ -414,12 +431,15 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         results = results.sort_values(["regime", "arm", "seed"], kind="stable").reset_index(drop=True)
         # Identity and outcome first, pretext metrics next, provenance last.
         pretext_cols = sorted(c for c in results if c.startswith("pretext_"))
-        tail = [c for c in ("search_score", "finetune_epochs_run", "encoder", "image_size", "data_fingerprint", "pid")
+        tail = [c for c in ("search_score", "finetune_epochs_run", "encoder", "image_size", "threads",
+                            "mixed_precision", "data_fingerprint", "pid", "restored")
                 if c in results]
         head = [c for c in results if c not in pretext_cols and c not in tail]
         results = results[head + pretext_cols + tail]
     history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(
         columns=["trial_id", "arm", "seed", "phase", "epoch"])
+    # A trial restarted from a checkpoint reports the epochs after that checkpoint again: keep the last.
+    history = history.drop_duplicates(["trial_id", "phase", "epoch"], keep="last").reset_index(drop=True)
     keep = [c for c in history.columns if c in ("trial_id", "arm", "seed", "phase", "epoch", "loss", "val_loss",
                                                    "val_auc", "pid") or c.startswith(("test_", "val_"))]
     return results, history[keep], errors

@@ -71,6 +71,7 @@ def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
         "encoder": trial.encoder,
         "encoder_widths": list(trial.encoder_widths),
         "weights": trial.weights,
+        "weights_path": trial.weights_path,
         "image_size": trial.image_size,
         "epochs": trial.pretext_epochs,
         "lr": trial.pretext_lr,
@@ -86,29 +87,32 @@ def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cached_pretext(trial: TrialConfig, data: Any, on_epoch=None) -> tuple[Any, bool, str]:
+def cached_pretext(trial: TrialConfig, data: Any, on_epoch=None, *, train=None, load=None) -> tuple[Any, bool, str]:
     """(PretextResult, reused?, key): load the pretext phase from the shared cache or train and store it.
 
     A file lock per key makes concurrent trials that need the same pretext train it once: the second waits
     and then loads. Entries are written to a temporary folder and renamed, so a crash never leaves a
-    half-written entry that looks complete.
+    half-written entry that looks complete. `train` / `load` default to `training.run_pretext` /
+    `training.PretextResult.load` (replaceable so the locking can be tested without TensorFlow).
     """
     from filelock import FileLock
 
-    from study.training import PretextResult, run_pretext
+    if train is None or load is None:
+        from study.training import PretextResult, run_pretext
 
+        train, load = train or run_pretext, load or PretextResult.load
     key = pretext_key(trial, data.fingerprint)
     if not trial.share_pretext:
-        return run_pretext(trial, data, on_epoch=on_epoch), False, key
+        return train(trial, data, on_epoch=on_epoch), False, key
     root = Path(trial.pretext_cache_dir) if trial.pretext_cache_dir else cache_dir(trial) / "pretext"
     root.mkdir(parents=True, exist_ok=True)
     entry = root / key
     if entry.is_dir():
-        return PretextResult.load(entry), True, key
+        return load(entry), True, key
     with FileLock(str(root / f"{key}.lock")):
         if entry.is_dir():
-            return PretextResult.load(entry), True, key
-        result = run_pretext(trial, data, on_epoch=on_epoch)
+            return load(entry), True, key
+        result = train(trial, data, on_epoch=on_epoch)
         tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
         result.save(tmp)
         (tmp / "key.json").write_text(json.dumps({"key": key, "task": trial.task, "seed": trial.seed}))
@@ -148,7 +152,8 @@ def two_stage_trial(config: dict[str, Any]) -> None:
 
     Reports per epoch (`phase` = "pretext" or "finetune") and a last result with `phase` = "done" holding
     `regimes` (per early-stopping regime: stop epoch and test metrics), pretext metrics and the status.
-    Resumes from `tune.get_checkpoint()`: after the pretext phase, or from the last fine-tune epoch saved.
+    Resumes from `tune.get_checkpoint()`: after the pretext phase, or from the last fine-tune epoch saved;
+    `restored` in every result says whether this attempt started from a checkpoint.
     """
     trial = trial_config_from(config)
     from study import training
@@ -156,8 +161,17 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     training.configure_tensorflow(trial.threads)
     data = load_trial_data(trial)
     state, restored = _restore_checkpoint()
-    common = {"pid": os.getpid(), "data_fingerprint": data.fingerprint, "restored": restored is not None}
+    try:
+        _run_phases(trial, data, state, restored)
+    finally:
+        if restored is not None:
+            shutil.rmtree(restored, ignore_errors=True)
 
+
+def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: Path | None) -> None:
+    from study import training
+
+    common = {"pid": os.getpid(), "data_fingerprint": data.fingerprint, "restored": restored is not None}
     pretext_info: dict[str, Any] = state.get("pretext", {})
     encoder_weights = None
     if trial.task != "none" and state.get("phase") != "finetune":
@@ -167,6 +181,7 @@ def two_stage_trial(config: dict[str, Any]) -> None:
             def on_pretext_epoch(epoch: int, logs: dict[str, Any]) -> None:
                 tune.report({"phase": "pretext", "epoch": epoch, "finetune_epoch": 0, "search_score": 0.0,
                              **common, **logs})
+                _maybe_inject_fault("pretext", epoch)
 
             result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch)
             pretext_info = _pretext_fields(result, reused, key)
@@ -192,6 +207,7 @@ def two_stage_trial(config: dict[str, Any]) -> None:
                                write_files=lambda d: save_state(d / "finetune"))
         else:
             tune.report(metrics)
+        _maybe_inject_fault("finetune", epoch)
 
     callbacks = []
     if trial.early_stop_training:
@@ -213,9 +229,28 @@ def two_stage_trial(config: dict[str, Any]) -> None:
         "diverged_phase": "finetune" if result.diverged else None,
         "diverged_epoch": result.diverged_epoch,
         "finetune_epochs_run": len(result.history),
+        "finetune_epochs_resumed": int(state.get("epoch", 0)) if state.get("phase") == "finetune" else 0,
         "regimes": result.regimes,
         **common,
         **pretext_info,
     })
-    if restored is not None:
-        shutil.rmtree(restored, ignore_errors=True)
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection test hook (`STUDY_INJECT_FAULT`)."""
+
+
+def _maybe_inject_fault(phase: str, epoch: int) -> None:
+    """Test hook: `STUDY_INJECT_FAULT="finetune:2"` fails each trial once, right after that epoch's report.
+
+    Lets tests prove that a failed trial is retried (`FailureConfig`) from its last checkpoint. A marker file
+    in the trial directory makes the fault fire once per trial. Unset in normal use.
+    """
+    spec = os.environ.get("STUDY_INJECT_FAULT")
+    if not spec or spec != f"{phase}:{epoch}":
+        return
+    marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
+    if marker.exists():
+        return
+    marker.write_text(spec)
+    raise InjectedFault(f"injected fault after {phase} epoch {epoch} (STUDY_INJECT_FAULT)")

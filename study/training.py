@@ -10,7 +10,7 @@ running generator, so a phase resumed at epoch k replays exactly. The stream ids
 
 Splits: both phases use `study.data.stratified_split(train labels, val_fraction, seed)`, so for one
 seed every arm (and the pretext phase) sees the same validation images; the pretext phase trains on all
-training images (it uses no labels), the fine-tune phase on `label_fraction` of them.
+non-validation training images (it uses no labels), the fine-tune phase on `label_fraction` of them.
 
 Divergence: a non-finite training or validation loss stops the phase without raising. The diverged epoch is
 not added to the history (its numbers are garbage) and `on_epoch` is not called for it. It is detected at

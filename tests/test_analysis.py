@@ -74,7 +74,7 @@ def test_null_false_positive_rates_of_headline_test():
     ~0.048, so the expected rate is ~4.8 %, binomial SE ~0.4 % over 3,000 tests). The headline rule (Holm
     over the 3 comparisons of a study) controls the *family-wise* rate at <= 5 %; it is below the nominal
     level because Holm is conservative and the comparisons share a baseline, so only an upper bound (7 %,
-    simulation slack) and a floor showing the test is not inert are checked.
+    simulation slack) and the issue's 3 % floor (the test is not inert) are checked.
     """
     rng = np.random.default_rng(2024)
     n_studies, n_seeds, n_arms = 1000, 20, 4
@@ -88,7 +88,7 @@ def test_null_false_positive_rates_of_headline_test():
     assert 0.03 <= per_comparison <= 0.07, per_comparison
     p_holm = A.holm(p.reshape(n_studies, 3))
     family_wise = np.mean((p_holm < 0.05).any(axis=1))
-    assert 0.01 <= family_wise <= 0.07, family_wise
+    assert 0.03 <= family_wise <= 0.07, family_wise
     assert family_wise <= np.mean((p.reshape(n_studies, 3) < 0.05).any(axis=1))
 
 

@@ -323,3 +323,16 @@ def test_swap_pairs_disjoint_and_inside(size, side_frac, seed):
     assert pairs.min() >= 0 and pairs.max() <= size - side
     ra, ca, rb, cb = np.moveaxis(pairs, -1, 0)
     assert np.all((np.abs(ra - rb) >= side) | (np.abs(ca - cb) >= side))
+
+
+def test_rotation_by_zero_is_the_identity_and_by_90_matches_rot90():
+    from study.pretext import rotate_images
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(rotate_images(x, np.zeros(3)), x)
+    np.testing.assert_array_equal(rotate_images(x, np.full(3, 360.0)), x)
+    # Counter-clockwise quarter turn, as np.rot90 on the (row, col) axes.
+    np.testing.assert_array_equal(rotate_images(x, np.full(3, 90.0)), np.rot90(x, 1, axes=(1, 2)))
+    with pytest.raises(ValueError, match="one angle per image"):
+        rotate_images(x, np.zeros(2))

@@ -83,3 +83,31 @@ def test_resume_rejects_a_folder_that_is_not_a_run(tmp_path, study_env):
     proc = run_cli("resume", str(tmp_path), env=study_env, timeout=120)
     assert proc.returncode == 2
     assert "not a study run directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_failed_trials_are_retried_from_their_last_checkpoint(tmp_path, study_env, smoke_run):
+    """Every trial fails once right after fine-tune epoch 2 (its checkpoint is saved); Tune's FailureConfig
+    retries it from that checkpoint: epochs 1-2 are not trained again and the results equal the clean run."""
+    env = {**study_env, "STUDY_INJECT_FAULT": "finetune:2"}
+    proc = run_cli("run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "faulty", "--no-report",
+                   env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "faulty"
+    assert len(list(run_dir.glob("*/.fault-injected"))) == 8
+    results = pd.read_csv(run_dir / "results.csv")
+    assert (results["status"] == "ok").all()
+    assert results["restored"].all()  # the retry is visible in the results
+    reference = pd.read_csv(smoke_run / "results.csv")
+    merged = reference.merge(results, on=KEY, suffixes=("_ref", "_retried"))
+    assert len(merged) == len(reference)
+    for m in METRICS:
+        np.testing.assert_array_equal(merged[f"{m}_ref"], merged[f"{m}_retried"], err_msg=m)
+    # The retried attempt resumed after epoch 2: epoch 1 was reported once, by the failed attempt only.
+    for trial_dir in run_dir.glob("two_stage_trial_*"):
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        finetune_epochs = [r["epoch"] for r in rows if r.get("phase") == "finetune"]
+        assert finetune_epochs.count(1) == 1, finetune_epochs
+        done = [r for r in rows if r.get("phase") == "done"][-1]
+        assert done["restored"] and done["finetune_epochs_resumed"] == 2
+    history = pd.read_csv(run_dir / "history.csv")
+    assert not history.duplicated(["trial_id", "phase", "epoch"]).any()

@@ -78,10 +78,11 @@ def test_search_runs_optuna_on_validation_auc(ray_session, tmp_path, monkeypatch
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
     smoke, search = get_preset("smoke"), get_preset("search")
     preset = search.replace(base=smoke.base.replace(patiences=(1,)))
-    run_dir = run_study(preset, storage=tmp_path / "runs", name="search", samples=3)
+    run_dir = run_study(preset, storage=tmp_path / "runs", name="search", samples=3, asha=True)
     table = pd.read_csv(run_dir / "search.csv")
     assert len(table) == 3 and table["search_score"].is_monotonic_decreasing
     assert table["search_score"].between(0, 1).all()
+    assert set(table["status"]) <= {"ok", "stopped"}  # ASHA may stop weak trials early
     assert set(table["task"]) <= set(search.search.tasks)
     # Conditional parameters: only the task that uses a parameter gets one.
     rotation = table[table["task"] == "rotation"]
@@ -104,3 +105,16 @@ def test_report_rebuilds_tables_from_the_ray_results_folder(smoke_run, tmp_path,
     pd.testing.assert_frame_equal(rebuilt.sort_values(key).reset_index(drop=True)[key + ["test_auc", "stop_epoch"]],
                                   original.sort_values(key).reset_index(drop=True)[key + ["test_auc", "stop_epoch"]])
     assert (copy / "report.html").exists()
+
+
+def test_smoke_report_html_is_self_contained_with_embedded_figures(smoke_run):
+    import base64
+
+    from test_report import parse
+
+    page = parse(smoke_run / "report.html")
+    assert not page.external
+    figures = [src for src in page.images if src.startswith("data:image/png;base64,")]
+    assert len(figures) >= 4 and len(figures) == len(page.images)
+    assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in figures)
+    assert "Corruption removal vs baseline" in page.full_text and "Table 1" in page.full_text

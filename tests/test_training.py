@@ -198,8 +198,7 @@ def _pretext(task, data):
     return _PRETEXT[task]
 
 
-# corruption shares missing_patch's head, loss and metrics path (its batches are tested in test_pretext.py)
-@pytest.mark.parametrize("task", ["rotation", "rotation4", "missing_patch"])
+@pytest.mark.parametrize("task", ["rotation", "rotation4", "missing_patch", "corruption"])
 def test_pretext_phase_per_task(task, data, tmp_path):
     trial = BASE.replace(task=task)
     result, logged = _pretext(task, data)
@@ -208,7 +207,8 @@ def test_pretext_phase_per_task(task, data, tmp_path):
     assert all(math.isfinite(h["loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
     expected = {"rotation": {"mse", "aad", "aad_deg", "aad_circ", "aad_circ_deg", "sd_deg", "sd_circ_deg"},
                 "rotation4": {"accuracy", "loss"},
-                "missing_patch": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"}}
+                "missing_patch": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"},
+                "corruption": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"}}
     assert set(result.metrics) == expected[task]
     assert all(math.isfinite(v) for v in result.metrics.values())
     fresh = models.build_encoder("small", SIZE, trial.encoder_widths)
