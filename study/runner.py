@@ -148,6 +148,7 @@ def _init_ray(address: str | None, preset: StudyPreset) -> None:
     # Save Tune's experiment state every second (default: >= 10 s) so that a driver killed right after a
     # trial finished does not run that trial again on `study resume`. The state file is small.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
     if ray.is_initialized():

@@ -99,8 +99,8 @@ def demo() -> StudyPreset:
     """Embedded default study on synthetic lesions: 4 arms x 3 regimes x 8 seeds, small encoder at 32 px.
 
     Launch: `study run` (same as `study run --preset demo`).
-    Expected runtime: about 5 minutes on 2 CPU cores (measured 4 min 55 s), no GPU, no data download (the lesions are generated
-    into the cache directory on first use). 8 seeds is the smallest n at which a Holm-corrected exact
+    Expected runtime: about 5 minutes on 2 CPU cores (measured 4 min 55 s), no GPU, no data download (the
+    lesions are generated into the cache directory on first use). 8 seeds is the smallest n at which a Holm-corrected exact
     Wilcoxon over three comparisons can reach p < 0.05.
     """
     size = 32
@@ -128,30 +128,17 @@ def demo() -> StudyPreset:
 
 
 def smoke() -> StudyPreset:
-    """The demo's code path shrunk for tests: 4 arms x 2 seeds, tiny data, 1-2 epochs.
+    """The demo's code path shrunk for tests: 4 arms x 2 seeds, tiny data, 1 pretext and 3 fine-tune epochs.
 
     Launch: `study run --preset smoke`.
-    Expected runtime: well under a minute of training; about 1-2 minutes with Ray start-up on 2 CPU cores.
+    Expected runtime: well under a minute of training; about 1 minute with Ray start-up on 2 CPU cores.
     """
-    size = 32
-    return StudyPreset(
+    base = demo()
+    return base.replace(
         name="smoke",
-        base=TrialConfig(
-            image_size=size,
-            synth_n_train=80,
-            synth_n_test=40,
-            encoder="small",
-            encoder_widths=(4, 8, 8, 16),
-            pretext_epochs=1,
-            finetune_epochs=3,
-            batch_size=16,
-            pretext_batch_size=16,
-            patiences=(0, 1, 2),
-            threads=1,
-        ),
-        arms=_four_arms(size),
+        base=base.base.replace(synth_n_train=80, synth_n_test=40, encoder_widths=(4, 8, 8, 16), pretext_epochs=1,
+                               finetune_epochs=3, batch_size=16, pretext_batch_size=16, patiences=(0, 1, 2)),
         seeds=(0, 1),
-        cpus_per_trial=1,
         runtime_note="<1 min of training",
     )
 

@@ -156,6 +156,9 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     `restored` in every result says whether this attempt started from a checkpoint.
     """
     trial = trial_config_from(config)
+    # TensorFlow 2.21's C++ logging prints spurious errors every epoch (tf.data attribute notices); Python
+    # exceptions still carry real errors. Set TF_CPP_MIN_LOG_LEVEL yourself to see them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from study import training
 
     training.configure_tensorflow(trial.threads)
@@ -181,7 +184,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             def on_pretext_epoch(epoch: int, logs: dict[str, Any]) -> None:
                 tune.report({"phase": "pretext", "epoch": epoch, "finetune_epoch": 0, "search_score": 0.0,
                              **common, **logs})
-                _maybe_inject_fault("pretext", epoch)
+                _maybe_inject_fault("pretext", epoch, trial.task)
 
             result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch)
             pretext_info = _pretext_fields(result, reused, key)
@@ -207,7 +210,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
                                write_files=lambda d: save_state(d / "finetune"))
         else:
             tune.report(metrics)
-        _maybe_inject_fault("finetune", epoch)
+        _maybe_inject_fault("finetune", epoch, trial.task)
 
     callbacks = []
     if trial.early_stop_training:
@@ -237,20 +240,25 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
 
 
 class InjectedFault(RuntimeError):
-    """Raised by the fault-injection test hook (`STUDY_INJECT_FAULT`)."""
+    """Raised by the fault-injection test hook (`STUDY_INJECT_FAULT`, see `_maybe_inject_fault`)."""
 
 
-def _maybe_inject_fault(phase: str, epoch: int) -> None:
-    """Test hook: `STUDY_INJECT_FAULT="finetune:2"` fails each trial once, right after that epoch's report.
+def _maybe_inject_fault(phase: str, epoch: int, task: str) -> None:
+    """Test hook: `STUDY_INJECT_FAULT="PHASE:EPOCH[:TASK[:always]]"` fails a trial right after that epoch.
 
-    Lets tests prove that a failed trial is retried (`FailureConfig`) from its last checkpoint. A marker file
-    in the trial directory makes the fault fire once per trial. Unset in normal use.
+    `finetune:2` fails every trial once after fine-tune epoch 2 (a marker file in the trial directory makes
+    it fire once), so tests can prove a retry resumes from the last checkpoint; `pretext:1:rotation:always`
+    fails the rotation trials on every attempt (a retry repeats the unfinished pretext phase), so tests can
+    prove a persistently failing trial is recorded as errored while the study completes. Unset in normal use.
     """
     spec = os.environ.get("STUDY_INJECT_FAULT")
-    if not spec or spec != f"{phase}:{epoch}":
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[:2] != [phase, str(epoch)] or (len(parts) > 2 and parts[2] not in ("*", task)):
         return
     marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
-    if marker.exists():
+    if marker.exists() and parts[3:] != ["always"]:
         return
     marker.write_text(spec)
-    raise InjectedFault(f"injected fault after {phase} epoch {epoch} (STUDY_INJECT_FAULT)")
+    raise InjectedFault(f"injected fault after {phase} epoch {epoch} (STUDY_INJECT_FAULT={spec})")

@@ -111,3 +111,20 @@ def test_failed_trials_are_retried_from_their_last_checkpoint(tmp_path, study_en
         assert done["restored"] and done["finetune_epochs_resumed"] == 2
     history = pd.read_csv(run_dir / "history.csv")
     assert not history.duplicated(["trial_id", "phase", "epoch"]).any()
+
+
+def test_a_trial_that_keeps_failing_is_recorded_and_the_study_completes(tmp_path, study_env):
+    """Rotation trials fail on every attempt: they end as errors with their message (after the retries of
+    FailureConfig), every other trial finishes, and the report lists the failures and excludes them."""
+    env = {**study_env, "STUDY_INJECT_FAULT": "pretext:1:rotation:always"}
+    proc = run_cli("run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "broken", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "broken"
+    results = pd.read_csv(run_dir / "results.csv")
+    failed = results[results["arm"] == "rotation"]
+    assert (failed["status"] == "error").all() and failed["error"].str.contains("injected fault").all()
+    assert (results[results["arm"] != "rotation"]["status"] == "ok").all()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {(e["arm"], e["seed"]) for e in manifest["errors"]} == {("rotation", 0), ("rotation", 1)}
+    report = (run_dir / "report.md").read_text()
+    assert "injected fault" in report and "Rotation prediction" in report
