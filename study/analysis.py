@@ -1210,13 +1210,13 @@ def pretext_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's Tables 2 (rotation) and 3 (missing patch, corruption removal) over seeds.
 
     A trial's pretext metrics repeat on each of its regime rows, and trials of the same arm and seed share
-    one pretext model, so values are first reduced to one per arm x seed (status-ok trials only), then
-    aggregated across seeds. Long format, columns ``arm, arm_title, task, metric, n, mean, sd`` (n = seeds
+    one pretext model, so values are first reduced to one per arm x seed, then aggregated across seeds. A
+    pretext phase that finished counts even when the trial's fine-tune later diverged or failed (its metrics
+    describe the pretext model); a diverged pretext has no finite metrics and drops out. Long format, columns ``arm, arm_title, task, metric, n, mean, sd`` (n = seeds
     with a finite value; sd ddof=1, NaN when n < 2). Returns ``(rotation_table, image_table)``; a table is
     empty when no arm of its kind has a finite pretext value.
     """
-    valid = df[df["status"] == "ok"]
-    per_seed = valid.drop_duplicates(["arm", "seed"])
+    per_seed = df.drop_duplicates(["arm", "seed"])
     return (
         _pretext_table(
             per_seed, ROTATION_TASKS, {"rotation": ROTATION_METRICS, "rotation4": ROTATION4_METRICS}
