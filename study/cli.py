@@ -173,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"study: data error: {exc}", file=sys.stderr)
         return EXIT_BAD_DATA
-    except KeyboardInterrupt:
-        print("\nstudy: interrupted. Finished trials are kept; continue with `study resume RUN_DIR` "
-              "(the run directory printed above).", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None) or "RUN_DIR (the run directory printed above)"
+        print(f"\nstudy: interrupted; finished trials and checkpoints are kept. Continue with:\n"
+              f"  study resume {run_dir}", file=sys.stderr)
         return 130
 
 

@@ -34,8 +34,21 @@ STUDY_FILE = "study.json"
 METRIC_KEYS = ("soft_accuracy", "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "loss")
 
 
-class RunError(RuntimeError):
-    """A study that cannot start or resume; the message says what to change."""
+class StudyInterrupted(KeyboardInterrupt):
+    """The study was stopped (Ctrl-C) before every trial finished; `run_dir` can be resumed."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+def _raise_if_interrupted(run_dir: Path, grid: Any, preset: StudyPreset) -> None:
+    """Tune answers Ctrl-C by saving its state and returning early; unfinished trials then have no error and
+    no final result. Stop there instead of writing a results table full of unfinished trials."""
+    if preset.search is not None and preset.search.asha:
+        return  # ASHA stops trials on purpose: their last result is their outcome
+    if any(r.error is None and (r.metrics or {}).get("phase") != "done" for r in grid):
+        raise StudyInterrupted(run_dir)
 
 
 # ---------------------------------------------------------------------------------------------- preparation
@@ -237,6 +250,7 @@ def run_study(preset: StudyPreset | str = "demo", *, storage: str | Path | None 
     tuner = tune.Tuner(_trainable(preset), param_space=preset.param_space() if preset.search is None
                        else _search_constants(preset), tune_config=tune_config, run_config=run_config)
     grid = tuner.fit()
+    _raise_if_interrupted(run_dir, grid, preset)
     finish_run(run_dir, grid, preset, write_report=write_report)
     return run_dir
 
@@ -287,6 +301,7 @@ def resume_study(run_dir: str | Path, *, address: str | None = None, write_repor
     tuner = tune.Tuner.restore(str(run_dir), trainable=_trainable(preset), resume_unfinished=True,
                                resume_errored=True)
     grid = tuner.fit()
+    _raise_if_interrupted(run_dir, grid, preset)
     finish_run(run_dir, grid, preset, write_report=write_report)
     return run_dir
 

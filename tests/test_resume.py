@@ -128,3 +128,30 @@ def test_a_trial_that_keeps_failing_is_recorded_and_the_study_completes(tmp_path
     assert {(e["arm"], e["seed"]) for e in manifest["errors"]} == {("rotation", 0), ("rotation", 1)}
     report = (run_dir / "report.md").read_text()
     assert "injected fault" in report and "Rotation prediction" in report
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, study_env, smoke_run):
+    """SIGINT to the terminal's process group (what Ctrl-C does) mid-study: exit 130, no traceback, no
+    half-filled results table, the resume command printed; `study resume` then completes the study."""
+    storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "ctrlc"
+    exe = Path(sys.executable).with_name("study")
+    proc = subprocess.Popen([str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", "ctrlc",
+                             "--no-report"], env={**os.environ, **study_env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while len(finished_trials(run_dir)) < 1:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert f"study resume {run_dir}" in err and "Traceback" not in err
+    assert not (run_dir / "results.csv").exists()
+
+    resumed = run_cli("resume", str(run_dir), env=study_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = pd.read_csv(run_dir / "results.csv")
+    reference = pd.read_csv(smoke_run / "results.csv")
+    merged = reference.merge(results, on=KEY, suffixes=("_ref", "_resumed"))
+    assert len(merged) == len(reference) and (results["status"] == "ok").all()
+    np.testing.assert_array_equal(merged["test_auc_ref"], merged["test_auc_resumed"])
