@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from collections import namedtuple
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
 from study.runner import apply_overrides, check_storage, validate_preset
@@ -142,3 +147,32 @@ def test_optuna_space_suggests_task_parameters_only_for_their_task():
         validate_trial(TrialConfig.from_dict({**preset.base.to_dict(), **params}))
     assert "swap_count" not in seen.get("rotation", set()) and "patch_size" not in seen.get("rotation", set())
     assert "patch_size" in seen["missing_patch"] and "swap_count" in seen["corruption"]
+
+
+def test_a_nearly_full_disk_is_rejected_at_start(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    with pytest.raises(ConfigError, match="free"):
+        check_storage(tmp_path / "runs")
+
+
+@settings(max_examples=150, deadline=None)
+@given(task=st.sampled_from(["none", "rotation", "rotation4", "missing_patch", "corruption", "jigsaw"]),
+       image_size=st.integers(-8, 300), patch_size=st.one_of(st.none(), st.integers(-5, 300)),
+       swap_count=st.one_of(st.none(), st.integers(-5, 200)), swap_patch_size=st.one_of(st.none(), st.integers(-5, 200)),
+       lr=st.floats(-1, 1, allow_nan=False), patience=st.integers(-3, 12), seed=st.integers(-2, 5))
+def test_any_config_is_either_rejected_in_one_line_or_runs_its_pretext(task, image_size, patch_size, swap_count,
+                                                                       swap_patch_size, lr, patience, seed):
+    """Property: a config is rejected with one line naming the field, or its pretext transform runs."""
+    trial = TrialConfig(task=task, image_size=image_size, patch_size=patch_size, swap_count=swap_count,
+                        swap_patch_size=swap_patch_size, lr=lr, patiences=(0, patience), seed=seed)
+    try:
+        validate_trial(trial)
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and ":" in str(exc)
+        return
+    assert image_size % 32 == 0 and lr > 0 and patience >= 0 and seed >= 0
+    if task != "none":
+        images = np.zeros((2, image_size, image_size, 3), np.uint8)
+        inputs, _ = get_task(task).make_batch(images, np.random.default_rng(0), **resolved_task_params(trial))
+        assert inputs.shape == images.shape
