@@ -43,13 +43,21 @@ def synthetic_data(image_size: int, n_train: int, seed: int = 0):
     rng = np.random.default_rng(seed)
 
     def split(n: int, name: str) -> Split:
-        return Split(images=rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
-                     labels=np.arange(n, dtype=np.int64) % 2, paths=[f"{name}/{i}" for i in range(n)])
+        return Split(
+            images=rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
+            labels=np.arange(n, dtype=np.int64) % 2,
+            paths=[f"{name}/{i}" for i in range(n)],
+        )
 
     n_total = int(round(n_train / 0.8))
-    return DecodedData(train=split(n_total, "train"), test=split(max(8, n_train // 4), "test"),
-                       fingerprint=f"bench-{image_size}-{n_total}", root="<memory>", image_size=image_size,
-                       notes=[])
+    return DecodedData(
+        train=split(n_total, "train"),
+        test=split(max(8, n_train // 4), "test"),
+        fingerprint=f"bench-{image_size}-{n_total}",
+        root="<memory>",
+        image_size=image_size,
+        notes=[],
+    )
 
 
 def measure(trial, data) -> dict[str, list[float]]:
@@ -70,10 +78,12 @@ def measure(trial, data) -> dict[str, list[float]]:
             rows = np.setdiff1d(np.arange(len(data.train.labels)), val_rows)
             arrays["x"], arrays["y"] = data.train.images[rows], data.train.labels[rows].astype(np.float32)
             for p in precisions:
-                encoder = models.build_encoder(trial.encoder, trial.image_size, trial.encoder_widths,
-                                               mixed_precision=p != "float32")
-                model = models.build_model("classification", encoder, mixed_precision=p != "float32",
-                                           name=f"plain_{p}")
+                encoder = models.build_encoder(
+                    trial.encoder, trial.image_size, trial.encoder_widths, mixed_precision=p != "float32"
+                )
+                model = models.build_model(
+                    "classification", encoder, mixed_precision=p != "float32", name=f"plain_{p}"
+                )
                 model.compile(optimizer=keras.optimizers.Adam(trial.lr), loss="binary_crossentropy")
                 plain[p] = model
         for p, model in plain.items():
@@ -103,20 +113,29 @@ def paired_speedup(ours: list[float], plain: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed epochs per model after 1 warm-up (default: 7, 5, 3 by case)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="TensorFlow intra-op threads")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed epochs per model after 1 warm-up (default: 7, 5, 3 by case)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="TensorFlow intra-op threads"
+    )
     args = parser.parse_args()
 
     from study import training
     from study.config import TrialConfig
 
     training.configure_tensorflow(args.threads)
-    print(f"fine-tune phase, training images/s (min / median / max over the timed epochs after "
-          f"1 warm-up), threads={args.threads}, batch={BATCH_SIZE}")
-    print(f"{'case':<13} {'our precision':<15} {'n':>4} {'ep':>2}  {'ours train':>22}  {'ours epoch':>22}  "
-          f"{'plain float32':>22}  {'plain mixed_bfloat16':>22}")
+    print(
+        f"fine-tune phase, training images/s (min / median / max over the timed epochs after "
+        f"1 warm-up), threads={args.threads}, batch={BATCH_SIZE}"
+    )
+    print(
+        f"{'case':<13} {'our precision':<15} {'n':>4} {'ep':>2}  {'ours train':>22}  {'ours epoch':>22}  "
+        f"{'plain float32':>22}  {'plain mixed_bfloat16':>22}"
+    )
     fmt = "{:6.1f} /{:6.1f} /{:6.1f}".format
     speedups: dict[str, float] = {}
     for encoder, size, n_train, repeats in CASES:
@@ -124,19 +143,32 @@ def main() -> None:
         data = synthetic_data(size, n_train)
         case = f"{encoder}_{size}"
         for mixed in (False, True):
-            trial = TrialConfig(encoder=encoder, image_size=size, batch_size=BATCH_SIZE, lr=1e-4,
-                                finetune_epochs=repeats + 1, patiences=(0,), threads=args.threads,
-                                mixed_precision=mixed, seed=0)
+            trial = TrialConfig(
+                encoder=encoder,
+                image_size=size,
+                batch_size=BATCH_SIZE,
+                lr=1e-4,
+                finetune_epochs=repeats + 1,
+                patiences=(0,),
+                threads=args.threads,
+                mixed_precision=mixed,
+                seed=0,
+            )
             s = measure(trial, data)
             n = len(training.validation_split(trial, data)[0])
-            cols = [fmt(*rates(n, s[k])) if k in s else "-" for k in
-                    ("ours_fit", "ours_epoch", "plain_float32", "plain_mixed_bfloat16")]
-            print(f"{encoder + '@' + str(size):<13} {'mixed_bfloat16' if mixed else 'float32':<15} {n:>4} "
-                  f"{repeats:>2}  "
-                  + "  ".join(f"{c:>22}" for c in cols), flush=True)
+            cols = [
+                fmt(*rates(n, s[k])) if k in s else "-"
+                for k in ("ours_fit", "ours_epoch", "plain_float32", "plain_mixed_bfloat16")
+            ]
+            print(
+                f"{encoder + '@' + str(size):<13} {'mixed_bfloat16' if mixed else 'float32':<15} {n:>4} "
+                f"{repeats:>2}  " + "  ".join(f"{c:>22}" for c in cols),
+                flush=True,
+            )
             if mixed:
-                speedups[f"{case}_bf16_vs_plain_bf16"] = paired_speedup(s["ours_fit"],
-                                                                        s["plain_mixed_bfloat16"])
+                speedups[f"{case}_bf16_vs_plain_bf16"] = paired_speedup(
+                    s["ours_fit"], s["plain_mixed_bfloat16"]
+                )
                 speedups[f"{case}_bf16_vs_plain_fp32"] = paired_speedup(s["ours_fit"], s["plain_float32"])
             else:
                 speedups[f"{case}_fp32_vs_plain_fp32"] = paired_speedup(s["ours_fit"], s["plain_float32"])

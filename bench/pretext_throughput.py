@@ -56,7 +56,7 @@ def naive_missing_patch(
     corners = rng.integers(0, size - patch_size + 1, size=(len(images), 2))
     out = images.copy()
     for img, (r, c) in zip(out, corners):
-        img[r:r + patch_size, c:c + patch_size] = 0
+        img[r : r + patch_size, c : c + patch_size] = 0
     return out, images.copy()
 
 
@@ -68,9 +68,9 @@ def naive_corruption(
     out = images.copy()
     for i, img in enumerate(out):
         for ra, ca, rb, cb in pairs[:, i]:
-            patch = img[ra:ra + q, ca:ca + q].copy()
-            img[ra:ra + q, ca:ca + q] = img[rb:rb + q, cb:cb + q]
-            img[rb:rb + q, cb:cb + q] = patch
+            patch = img[ra : ra + q, ca : ca + q].copy()
+            img[ra : ra + q, ca : ca + q] = img[rb : rb + q, cb : cb + q]
+            img[rb : rb + q, cb : cb + q] = patch
     return out, images.copy()
 
 

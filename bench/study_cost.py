@@ -30,13 +30,20 @@ def epochs_executed(results: pd.DataFrame) -> tuple[int, int]:
 
 def naive_preset(preset):
     """One trial per (arm, regime, seed), each training its own pretext and stopping early for real."""
-    arms = tuple({**arm, "patiences": [p], "early_stop_training": p > 0}
-                 for arm in preset.arms for p in preset.base.patiences)
-    return preset.replace(name=f"{preset.name}-naive", arms=arms, base=preset.base.replace(share_pretext=False))
+    arms = tuple(
+        {**arm, "patiences": [p], "early_stop_training": p > 0}
+        for arm in preset.arms
+        for p in preset.base.patiences
+    )
+    return preset.replace(
+        name=f"{preset.name}-naive", arms=arms, base=preset.base.replace(share_pretext=False)
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="smoke")
     parser.add_argument("--seeds", type=int, default=None)
     args = parser.parse_args()
@@ -60,12 +67,22 @@ def main() -> None:
         results = pd.read_csv(run_dir / "results.csv")
         assert (results["status"] == "ok").all(), results[results["status"] != "ok"]
         pre, fine = epochs_executed(results)
-        rows.append({"study": label, "trials": results["trial_id"].nunique(), "pretext_epochs": pre,
-                     "finetune_epochs": fine, "epochs": pre + fine, "wall_s": round(wall, 1)})
+        rows.append(
+            {
+                "study": label,
+                "trials": results["trial_id"].nunique(),
+                "pretext_epochs": pre,
+                "finetune_epochs": fine,
+                "epochs": pre + fine,
+                "wall_s": round(wall, 1),
+            }
+        )
     ray.shutdown()
     table = pd.DataFrame(rows).set_index("study")
-    print(f"preset={preset.name} seeds={len(preset.seeds)} arms={len(preset.arms)} "
-          f"regimes={list(preset.base.patiences)} cpus={os.cpu_count()}")
+    print(
+        f"preset={preset.name} seeds={len(preset.seeds)} arms={len(preset.arms)} "
+        f"regimes={list(preset.base.patiences)} cpus={os.cpu_count()}"
+    )
     print(table.to_string())
     ratio = table.loc["ours", "epochs"] / table.loc["naive", "epochs"]
     print(f"wall_time_ratio={table.loc['ours', 'wall_s'] / table.loc['naive', 'wall_s']:.2f}")

@@ -17,22 +17,36 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
-    p.add_argument("--preset", default=default_preset, help=f"study preset (default: {default_preset}; "
-                   "see `study presets`)")
-    p.add_argument("--data", metavar="DIR", help="dataset folder DIR/{train,test}/{benign,malignant}/*.jpg "
-                   "(default: synthetic lesions generated into the cache)")
+    p.add_argument(
+        "--preset",
+        default=default_preset,
+        help=f"study preset (default: {default_preset}; see `study presets`)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="dataset folder DIR/{train,test}/{benign,malignant}/*.jpg "
+        "(default: synthetic lesions generated into the cache)",
+    )
     p.add_argument("--seeds", type=int, metavar="N", help="number of paired seeds (repetitions)")
     p.add_argument("--name", help="run name (default: PRESET-YYYYmmdd-HHMMSS)")
-    p.add_argument("--storage", metavar="PATH", default="runs", help="where run directories go (default: ./runs)")
-    p.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs per trial (also TensorFlow threads)")
+    p.add_argument(
+        "--storage", metavar="PATH", default="runs", help="where run directories go (default: ./runs)"
+    )
+    p.add_argument(
+        "--cpus-per-trial", type=float, metavar="C", help="CPUs per trial (also TensorFlow threads)"
+    )
     p.add_argument("--gpus-per-trial", type=float, metavar="G", help="GPUs per trial (whole numbers)")
-    p.add_argument("--address", metavar="ADDR", help="join a running Ray cluster ('auto'); default: embedded Ray")
+    p.add_argument(
+        "--address", metavar="ADDR", help="join a running Ray cluster ('auto'); default: embedded Ray"
+    )
     p.add_argument("--no-report", action="store_true", help="skip writing report.md/report.html at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="study", formatter_class=_formatter,
+        prog="study",
+        formatter_class=_formatter,
         description="Repeated-seed studies of self-supervised pre-training for melanoma classification.",
         epilog=dedent("""\
             examples:
@@ -44,57 +58,91 @@ def build_parser() -> argparse.ArgumentParser:
               study search --samples 20                  # Optuna search on validation AUC
               study data synth /tmp/lesions --n-train 400 --n-test 100 --size 64 --seed 0
               study data check ../shared/data/isic9_binary
-            """))
+            """),
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a study and write results + report", formatter_class=_formatter,
-                         epilog=dedent("""\
+    run = sub.add_parser(
+        "run",
+        help="run a study and write results + report",
+        formatter_class=_formatter,
+        epilog=dedent("""\
                              examples:
                                study run
                                study run --preset smoke --name smoke1
                                study run --data /data/isic --seeds 10 --storage /mnt/nfs/runs
                                study run --preset paper --data /data/isic --address auto
-                             """))
+                             """),
+    )
     _add_run_options(run, "demo")
 
-    resume = sub.add_parser("resume", help="continue an interrupted study", formatter_class=_formatter,
-                            epilog="example:\n  study resume runs/demo-20260101-120000\n")
+    resume = sub.add_parser(
+        "resume",
+        help="continue an interrupted study",
+        formatter_class=_formatter,
+        epilog="example:\n  study resume runs/demo-20260101-120000\n",
+    )
     resume.add_argument("run_dir", metavar="RUN_DIR")
     resume.add_argument("--address", metavar="ADDR")
     resume.add_argument("--no-report", action="store_true")
 
-    search = sub.add_parser("search", help="Optuna search over task parameters and learning rates",
-                            formatter_class=_formatter,
-                            epilog="examples:\n  study search --samples 20\n  study search --data /data/isic\n")
+    search = sub.add_parser(
+        "search",
+        help="Optuna search over task parameters and learning rates",
+        formatter_class=_formatter,
+        epilog="examples:\n  study search --samples 20\n  study search --data /data/isic\n",
+    )
     _add_run_options(search, "search")
     search.add_argument("--samples", type=int, metavar="N", help="number of Optuna trials")
-    search.add_argument("--asha", action="store_true", help="stop weak trials early with ASHA (on validation AUC)")
+    search.add_argument(
+        "--asha", action="store_true", help="stop weak trials early with ASHA (on validation AUC)"
+    )
 
-    sub.add_parser("presets", help="list presets with launch commands and runtimes", formatter_class=_formatter,
-                   epilog="example:\n  study presets\n")
+    sub.add_parser(
+        "presets",
+        help="list presets with launch commands and runtimes",
+        formatter_class=_formatter,
+        epilog="example:\n  study presets\n",
+    )
 
-    report = sub.add_parser("report", help="write report.md and report.html for a run",
-                            formatter_class=_formatter,
-                            epilog="example:\n  study report runs/demo-20260101-120000 --metric test_auc\n")
+    report = sub.add_parser(
+        "report",
+        help="write report.md and report.html for a run",
+        formatter_class=_formatter,
+        epilog="example:\n  study report runs/demo-20260101-120000 --metric test_auc\n",
+    )
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--metric", default="test_auc", help="headline metric (default: test_auc)")
 
-    data = sub.add_parser("data", help="dataset tools: synth, check", formatter_class=_formatter,
-                          epilog="examples:\n  study data synth /tmp/lesions --n-train 400 --n-test 100\n"
-                                 "  study data check /tmp/lesions\n")
+    data = sub.add_parser(
+        "data",
+        help="dataset tools: synth, check",
+        formatter_class=_formatter,
+        epilog="examples:\n  study data synth /tmp/lesions --n-train 400 --n-test 100\n"
+        "  study data check /tmp/lesions\n",
+    )
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    synth = dsub.add_parser("synth", help="write a synthetic dermoscopy-like dataset", formatter_class=_formatter,
-                            epilog="example:\n  study data synth /tmp/lesions --n-train 400 --n-test 100 "
-                                   "--size 64 --seed 0\n")
+    synth = dsub.add_parser(
+        "synth",
+        help="write a synthetic dermoscopy-like dataset",
+        formatter_class=_formatter,
+        epilog="example:\n  study data synth /tmp/lesions --n-train 400 --n-test 100 --size 64 --seed 0\n",
+    )
     synth.add_argument("out", metavar="OUT")
     synth.add_argument("--n-train", type=int, default=400)
     synth.add_argument("--n-test", type=int, default=100)
     synth.add_argument("--size", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--malignant-fraction", type=float, default=0.35)
-    synth.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset in OUT")
-    check = dsub.add_parser("check", help="check a dataset folder for problems and train/test leakage",
-                            formatter_class=_formatter, epilog="example:\n  study data check /data/isic\n")
+    synth.add_argument(
+        "--overwrite", action="store_true", help="replace an existing synthetic dataset in OUT"
+    )
+    check = dsub.add_parser(
+        "check",
+        help="check a dataset folder for problems and train/test leakage",
+        formatter_class=_formatter,
+        epilog="example:\n  study data check /data/isic\n",
+    )
     check.add_argument("dir", metavar="DIR")
     return parser
 
@@ -102,13 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, search: bool = False) -> int:
     from study import runner
 
-    overrides = dict(data=args.data, seeds=args.seeds, cpus_per_trial=args.cpus_per_trial,
-                     gpus_per_trial=args.gpus_per_trial)
+    overrides = dict(
+        data=args.data,
+        seeds=args.seeds,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+    )
     if search:
         overrides["samples"] = args.samples
         overrides["asha"] = args.asha or None
-    run_dir = runner.run_study(args.preset, storage=args.storage, name=args.name, address=args.address,
-                               write_report=not args.no_report, **overrides)
+    run_dir = runner.run_study(
+        args.preset,
+        storage=args.storage,
+        name=args.name,
+        address=args.address,
+        write_report=not args.no_report,
+        **overrides,
+    )
     print(f"Results: {run_dir / 'results.csv'}\nCurves:  tensorboard --logdir {run_dir}")
     return 0
 
@@ -145,8 +203,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.data_command == "synth":
             from study.synth import write_dataset
 
-            counts = write_dataset(args.out, args.n_train, args.n_test, args.size, args.seed,
-                                   malignant_fraction=args.malignant_fraction, overwrite=args.overwrite)
+            counts = write_dataset(
+                args.out,
+                args.n_train,
+                args.n_test,
+                args.size,
+                args.seed,
+                malignant_fraction=args.malignant_fraction,
+                overwrite=args.overwrite,
+            )
             print(f"Wrote {args.out}: {counts}")
             return 0
         from study.data import check_dataset
@@ -175,8 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_DATA
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None) or "RUN_DIR (the run directory printed above)"
-        print(f"\nstudy: interrupted; finished trials and checkpoints are kept. Continue with:\n"
-              f"  study resume {run_dir}", file=sys.stderr)
+        print(
+            f"\nstudy: interrupted; finished trials and checkpoints are kept. Continue with:\n"
+            f"  study resume {run_dir}",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -7,7 +7,7 @@ JSON value. Validation happens on the driver, before any trial starts (`validate
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ENCODERS = ("small", "resnet50")
@@ -113,26 +113,42 @@ def validate_trial(trial: TrialConfig) -> None:
         raise ConfigError(msg)
 
     if trial.task != "none" and trial.task not in pretext.TASKS:
-        bad(f"task: unknown task {trial.task!r}; choose 'none' (baseline) or one of {', '.join(pretext.TASKS)}")
+        bad(
+            f"task: unknown task {trial.task!r}; choose 'none' (baseline) or one of {', '.join(pretext.TASKS)}"
+        )
     if trial.encoder not in ENCODERS:
         bad(f"encoder: unknown encoder {trial.encoder!r}; choose one of {', '.join(ENCODERS)}")
     if trial.weights not in WEIGHTS:
         bad(f"weights: unknown init {trial.weights!r}; choose one of {', '.join(WEIGHTS)}")
     if trial.weights_path is not None and trial.weights != "imagenet":
-        bad("weights_path: a weight file is only read with weights='imagenet'; set weights='imagenet' or drop it")
+        bad(
+            "weights_path: a weight file is only read with weights='imagenet'; set weights='imagenet' or drop it"
+        )
     if trial.weights == "imagenet" and trial.encoder != "resnet50":
-        bad("weights: 'imagenet' exists only for encoder 'resnet50'; use weights='random' for the small encoder")
+        bad(
+            "weights: 'imagenet' exists only for encoder 'resnet50'; use weights='random' for the small encoder"
+        )
     if trial.image_size < ENCODER_STRIDE or trial.image_size % ENCODER_STRIDE:
-        bad(f"image_size: {trial.image_size} px cannot go through the {trial.encoder} encoder (stride "
-            f"{ENCODER_STRIDE}); use a multiple of {ENCODER_STRIDE} such as 32, 64 or 224")
+        bad(
+            f"image_size: {trial.image_size} px cannot go through the {trial.encoder} encoder (stride "
+            f"{ENCODER_STRIDE}); use a multiple of {ENCODER_STRIDE} such as 32, 64 or 224"
+        )
     if not isinstance(trial.seed, int) or trial.seed < 0:
         bad(f"seed: {trial.seed!r} is not a non-negative integer")
     for name in ("lr", "pretext_lr"):
         value = getattr(trial, name)
         if not value > 0:
             bad(f"{name}: learning rate must be > 0 (got {value})")
-    for name in ("finetune_epochs", "pretext_epochs", "batch_size", "pretext_batch_size", "threads",
-                 "synth_n_train", "synth_n_test", "checkpoint_every"):
+    for name in (
+        "finetune_epochs",
+        "pretext_epochs",
+        "batch_size",
+        "pretext_batch_size",
+        "threads",
+        "synth_n_train",
+        "synth_n_test",
+        "checkpoint_every",
+    ):
         value = getattr(trial, name)
         if not isinstance(value, int) or value < 1:
             bad(f"{name}: must be an integer >= 1 (got {value!r})")
@@ -142,8 +158,10 @@ def validate_trial(trial: TrialConfig) -> None:
         if p < 0:
             bad(f"patiences: patience must be >= 0 (got {p}; 0 means no early stopping)")
     if trial.early_stop_training and (len(trial.patiences) != 1 or trial.patiences[0] == 0):
-        bad(f"early_stop_training: needs exactly one patience > 0 (got patiences={list(trial.patiences)}); "
-            "replaying several regimes needs the full run")
+        bad(
+            f"early_stop_training: needs exactly one patience > 0 (got patiences={list(trial.patiences)}); "
+            "replaying several regimes needs the full run"
+        )
     if trial.pretext_patience is not None and trial.pretext_patience < 1:
         bad(f"pretext_patience: must be >= 1 or unset (got {trial.pretext_patience})")
     if trial.start_from_epoch < 0:
@@ -171,5 +189,7 @@ def resolved_task_params(trial: TrialConfig) -> dict[str, Any]:
         return {}
     task = pretext.get_task(trial.task)
     defaults = pretext.default_params(trial.task, trial.image_size)
-    return {name: (getattr(trial, name) if getattr(trial, name) is not None else defaults[name])
-            for name in task.params}
+    return {
+        name: (getattr(trial, name) if getattr(trial, name) is not None else defaults[name])
+        for name in task.params
+    }

@@ -436,11 +436,47 @@ def corruption_batch(images: np.ndarray, rng: np.random.Generator | int, **param
     return inputs, x.copy()
 
 
-register(PretextTask("rotation", "Rotation prediction (angle regression)", "angle", "mse", (),
-                     rotation_batch, _validate_rotation))
-register(PretextTask("rotation4", "Rotation classification (0/90/180/270 degrees)", "rotation4",
-                     "sparse_categorical_crossentropy", (), rotation4_batch, _validate_rotation4))
-register(PretextTask("missing_patch", "Missing patch (inpainting)", "image", "mse", ("patch_size",),
-                     missing_patch_batch, _validate_missing_patch))
-register(PretextTask("corruption", "Corruption removal (patch swaps)", "image", "mse",
-                     ("swap_count", "swap_patch_size"), corruption_batch, _validate_corruption))
+register(
+    PretextTask(
+        "rotation",
+        "Rotation prediction (angle regression)",
+        "angle",
+        "mse",
+        (),
+        rotation_batch,
+        _validate_rotation,
+    )
+)
+register(
+    PretextTask(
+        "rotation4",
+        "Rotation classification (0/90/180/270 degrees)",
+        "rotation4",
+        "sparse_categorical_crossentropy",
+        (),
+        rotation4_batch,
+        _validate_rotation4,
+    )
+)
+register(
+    PretextTask(
+        "missing_patch",
+        "Missing patch (inpainting)",
+        "image",
+        "mse",
+        ("patch_size",),
+        missing_patch_batch,
+        _validate_missing_patch,
+    )
+)
+register(
+    PretextTask(
+        "corruption",
+        "Corruption removal (patch swaps)",
+        "image",
+        "mse",
+        ("swap_count", "swap_patch_size"),
+        corruption_batch,
+        _validate_corruption,
+    )
+)

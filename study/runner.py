@@ -31,7 +31,16 @@ from study.config import ConfigError, TrialConfig, regime_name, resolved_task_pa
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
 
 STUDY_FILE = "study.json"
-METRIC_KEYS = ("soft_accuracy", "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "loss")
+METRIC_KEYS = (
+    "soft_accuracy",
+    "accuracy",
+    "balanced_accuracy",
+    "auc",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "loss",
+)
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -52,9 +61,16 @@ def _raise_if_interrupted(run_dir: Path, grid: Any, preset: StudyPreset) -> None
 
 
 # ---------------------------------------------------------------------------------------------- preparation
-def apply_overrides(preset: StudyPreset, *, data: str | None = None, seeds: int | None = None,
-                    cpus_per_trial: float | None = None, gpus_per_trial: float | None = None,
-                    samples: int | None = None, asha: bool | None = None) -> StudyPreset:
+def apply_overrides(
+    preset: StudyPreset,
+    *,
+    data: str | None = None,
+    seeds: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    samples: int | None = None,
+    asha: bool | None = None,
+) -> StudyPreset:
     """The preset with command-line overrides applied (validated later by `validate_preset`)."""
     if seeds is not None:
         if seeds < 1:
@@ -72,7 +88,9 @@ def apply_overrides(preset: StudyPreset, *, data: str | None = None, seeds: int 
             raise ConfigError(f"--gpus-per-trial: must be >= 0 (got {gpus_per_trial})")
         if 0 < gpus_per_trial < 1:
             # TensorFlow cannot share a GPU between processes reliably (ray issue #10677).
-            raise ConfigError("--gpus-per-trial: fractional GPUs fail with TensorFlow; use 0 or a whole number")
+            raise ConfigError(
+                "--gpus-per-trial: fractional GPUs fail with TensorFlow; use 0 or a whole number"
+            )
         preset = preset.replace(gpus_per_trial=gpus_per_trial)
     if samples is not None:
         if preset.search is None:
@@ -82,8 +100,10 @@ def apply_overrides(preset: StudyPreset, *, data: str | None = None, seeds: int 
         preset = preset.replace(search=dataclasses.replace(preset.search, num_samples=samples))
     if asha:
         if preset.search is None:
-            raise ConfigError(f"--asha applies to search presets only; {preset.name!r} repeats seeds for paired "
-                              "tests, and a trial stopped early is a censored sample")
+            raise ConfigError(
+                f"--asha applies to search presets only; {preset.name!r} repeats seeds for paired "
+                "tests, and a trial stopped early is a censored sample"
+            )
         preset = preset.replace(search=dataclasses.replace(preset.search, asha=True))
     return preset
 
@@ -93,17 +113,24 @@ def validate_preset(preset: StudyPreset) -> None:
     if not preset.seeds:
         raise ConfigError("seeds: need at least 1 seed")
     if preset.needs_data and preset.base.data_path is None:
-        raise ConfigError(f"--data: the {preset.name!r} preset needs a real dataset folder "
-                          "(layout DIR/{train,test}/{benign,malignant}/*.jpg)")
+        raise ConfigError(
+            f"--data: the {preset.name!r} preset needs a real dataset folder "
+            "(layout DIR/{train,test}/{benign,malignant}/*.jpg)"
+        )
     if preset.base.data_path is not None and not Path(preset.base.data_path).is_dir():
         raise ConfigError(f"--data: {preset.base.data_path} is not a directory")
     if preset.needs_gpu and preset.gpus_per_trial < 1:
-        raise ConfigError(f"--gpus-per-trial: the {preset.name!r} preset needs a GPU per trial (ResNet50 at "
-                          f"{preset.base.image_size} px would take weeks on CPUs); run it on a GPU cluster")
+        raise ConfigError(
+            f"--gpus-per-trial: the {preset.name!r} preset needs a GPU per trial (ResNet50 at "
+            f"{preset.base.image_size} px would take weeks on CPUs); run it on a GPU cluster"
+        )
     if preset.search is None and not preset.arms:
         raise ConfigError(f"preset {preset.name!r} has no arms to compare")
-    configs = preset.trial_configs() if preset.search is None else [preset.base.replace(task=t)
-                                                                        for t in preset.search.tasks]
+    configs = (
+        preset.trial_configs()
+        if preset.search is None
+        else [preset.base.replace(task=t) for t in preset.search.tasks]
+    )
     for trial in configs:
         validate_trial(trial)
     if preset.search is None and not any(a["task"] == "none" for a in preset.arms):
@@ -118,8 +145,9 @@ def check_storage(storage: Path) -> None:
         probe.write_bytes(b"x" * 1024)
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"--storage: cannot write to {storage} ({exc.strerror or exc}); "
-                          "choose a writable folder") from exc
+        raise ConfigError(
+            f"--storage: cannot write to {storage} ({exc.strerror or exc}); choose a writable folder"
+        ) from exc
     free = shutil.disk_usage(storage).free
     if free < 200 * 2**20:
         raise ConfigError(f"--storage: only {free / 2**20:.0f} MiB free at {storage}; free space or move it")
@@ -133,15 +161,28 @@ def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
     root = dataset_root(preset.base)
     report = check_dataset(root)
     if not report.ok:
-        raise DataError(f"dataset {root} is not usable:\n" + "\n".join(f"  - {p}" for p in report.problems)
-                        + f"\nRun `study data check {root}` for the full report.")
+        raise DataError(
+            f"dataset {root} is not usable:\n"
+            + "\n".join(f"  - {p}" for p in report.problems)
+            + f"\nRun `study data check {root}` for the full report."
+        )
     return root, report
 
 
 def versions() -> dict[str, str]:
     out = {"melanoma-ssl-study": study.__version__}
-    for dist in ("ray", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "scipy", "statsmodels",
-                 "scikit-image", "optuna"):
+    for dist in (
+        "ray",
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "numpy",
+        "pandas",
+        "scipy",
+        "statsmodels",
+        "scikit-image",
+        "optuna",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -151,8 +192,17 @@ def versions() -> dict[str, str]:
 
 def git_revision() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent, check=True).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+                check=True,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -173,8 +223,10 @@ def _init_ray(address: str | None, preset: StudyPreset) -> None:
     gpus = ray.cluster_resources().get("GPU", 0)
     if preset.gpus_per_trial > 0 and gpus < preset.gpus_per_trial:
         ray.shutdown()
-        raise ConfigError(f"--gpus-per-trial {preset.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs; "
-                          "use --gpus-per-trial 0 here or run on a GPU cluster (--address auto)")
+        raise ConfigError(
+            f"--gpus-per-trial {preset.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs; "
+            "use --gpus-per-trial 0 here or run on a GPU cluster (--address auto)"
+        )
 
 
 def _trainable(preset: StudyPreset):
@@ -201,22 +253,43 @@ def _tuner_configs(preset: StudyPreset, run_dir: Path):
     from ray.tune.search.optuna import OptunaSearch
 
     settings = preset.search
-    searcher = OptunaSearch(space=optuna_space(settings, preset.base.image_size), metric="search_score",
-                            mode="max", seed=settings.searcher_seed)
+    searcher = OptunaSearch(
+        space=optuna_space(settings, preset.base.image_size),
+        metric="search_score",
+        mode="max",
+        seed=settings.searcher_seed,
+    )
     scheduler = None
     if settings.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="finetune_epoch", metric="search_score", mode="max",
-                                  max_t=preset.base.finetune_epochs, grace_period=max(1, preset.base.finetune_epochs // 4))
-    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
-                                  reuse_actors=True, max_concurrent_trials=preset.max_concurrent_trials)
+        scheduler = ASHAScheduler(
+            time_attr="finetune_epoch",
+            metric="search_score",
+            mode="max",
+            max_t=preset.base.finetune_epochs,
+            grace_period=max(1, preset.base.finetune_epochs // 4),
+        )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=settings.num_samples,
+        reuse_actors=True,
+        max_concurrent_trials=preset.max_concurrent_trials,
+    )
     return tune_config, run_config
 
 
 # --------------------------------------------------------------------------------------------------- running
-def run_study(preset: StudyPreset | str = "demo", *, storage: str | Path | None = None, name: str | None = None,
-              address: str | None = None, write_report: bool = True, **overrides: Any) -> Path:
+def run_study(
+    preset: StudyPreset | str = "demo",
+    *,
+    storage: str | Path | None = None,
+    name: str | None = None,
+    address: str | None = None,
+    write_report: bool = True,
+    **overrides: Any,
+) -> Path:
     """Validate, run the study on Ray Tune and write results.csv, history.csv, manifest.json and the report.
 
     Returns the run directory. Raises ConfigError / DataError before any trial starts when the study cannot run.
@@ -229,8 +302,10 @@ def run_study(preset: StudyPreset | str = "demo", *, storage: str | Path | None 
     run_dir = storage / name
     check_storage(storage)
     if (run_dir / STUDY_FILE).exists():
-        raise ConfigError(f"--name: {run_dir} already holds a study; resume it with `study resume {run_dir}` "
-                          "or choose another --name")
+        raise ConfigError(
+            f"--name: {run_dir} already holds a study; resume it with `study resume {run_dir}` "
+            "or choose another --name"
+        )
     preset = preset.replace(base=preset.base.replace(pretext_cache_dir=str(run_dir / "pretext_cache")))
     validate_preset(preset)
     root, check = prepare_data(preset)
@@ -238,17 +313,30 @@ def run_study(preset: StudyPreset | str = "demo", *, storage: str | Path | None 
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {run_dir}", flush=True)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat()
-    (run_dir / STUDY_FILE).write_text(json.dumps({
-        "preset": preset.to_dict(), "started": started, "data_root": str(root),
-        "data_check": check.to_dict(), "data_check_summary": check.format(),
-    }, indent=2, default=str))
+    (run_dir / STUDY_FILE).write_text(
+        json.dumps(
+            {
+                "preset": preset.to_dict(),
+                "started": started,
+                "data_root": str(root),
+                "data_check": check.to_dict(),
+                "data_check_summary": check.format(),
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
     _init_ray(address, preset)
     from ray import tune
 
     tune_config, run_config = _tuner_configs(preset, run_dir)
-    tuner = tune.Tuner(_trainable(preset), param_space=preset.param_space() if preset.search is None
-                       else _search_constants(preset), tune_config=tune_config, run_config=run_config)
+    tuner = tune.Tuner(
+        _trainable(preset),
+        param_space=preset.param_space() if preset.search is None else _search_constants(preset),
+        tune_config=tune_config,
+        run_config=run_config,
+    )
     grid = tuner.fit()
     _raise_if_interrupted(run_dir, grid, preset)
     finish_run(run_dir, grid, preset, write_report=write_report)
@@ -266,8 +354,10 @@ def load_study(run_dir: Path) -> tuple[StudyPreset, dict[str, Any]]:
     """The preset a run directory was started with."""
     path = Path(run_dir) / STUDY_FILE
     if not path.exists():
-        raise ConfigError(f"{run_dir} is not a study run directory (no {STUDY_FILE}); "
-                          "pass the folder `study run` printed, e.g. runs/demo-20260101-120000")
+        raise ConfigError(
+            f"{run_dir} is not a study run directory (no {STUDY_FILE}); "
+            "pass the folder `study run` printed, e.g. runs/demo-20260101-120000"
+        )
     saved = json.loads(path.read_text())
     return preset_from_dict(saved["preset"]), saved
 
@@ -281,8 +371,14 @@ def preset_from_dict(d: dict[str, Any]) -> StudyPreset:
     d["seeds"] = tuple(d["seeds"])
     if d.get("search") is not None:
         s = dict(d["search"])
-        for k in ("tasks", "lr_range", "pretext_lr_range", "patch_fraction_range", "swap_count_range",
-                  "swap_fraction_range"):
+        for k in (
+            "tasks",
+            "lr_range",
+            "pretext_lr_range",
+            "patch_fraction_range",
+            "swap_count_range",
+            "swap_fraction_range",
+        ):
             s[k] = tuple(s[k])
         d["search"] = SearchSettings(**s)
     return StudyPreset(**d)
@@ -295,11 +391,14 @@ def resume_study(run_dir: str | Path, *, address: str | None = None, write_repor
     run_dir = Path(run_dir).expanduser().resolve()
     preset, _ = load_study(run_dir)
     if not tune.Tuner.can_restore(str(run_dir)):
-        raise ConfigError(f"{run_dir}: no Ray Tune experiment state to restore (the study stopped before its "
-                          "first trial started); start it again with `study run`")
+        raise ConfigError(
+            f"{run_dir}: no Ray Tune experiment state to restore (the study stopped before its "
+            "first trial started); start it again with `study run`"
+        )
     _init_ray(address, preset)
-    tuner = tune.Tuner.restore(str(run_dir), trainable=_trainable(preset), resume_unfinished=True,
-                               resume_errored=True)
+    tuner = tune.Tuner.restore(
+        str(run_dir), trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
+    )
     grid = tuner.fit()
     _raise_if_interrupted(run_dir, grid, preset)
     finish_run(run_dir, grid, preset, write_report=write_report)
@@ -355,8 +454,19 @@ def finish_run(run_dir: Path, grid: Any, preset: StudyPreset, *, write_report: b
 
 def write_search_summary(run_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
     """`search.csv`: one row per searched configuration, best validation AUC first (test AUC shown, not used)."""
-    cols = ["trial_id", "task", "patch_size", "swap_count", "swap_patch_size", "lr", "pretext_lr", "status",
-            "search_score", "stop_epoch", "test_auc"]
+    cols = [
+        "trial_id",
+        "task",
+        "patch_size",
+        "swap_count",
+        "swap_patch_size",
+        "lr",
+        "pretext_lr",
+        "status",
+        "search_score",
+        "stop_epoch",
+        "test_auc",
+    ]
     table = results[[c for c in cols if c in results]].sort_values("search_score", ascending=False)
     table.to_csv(run_dir / "search.csv", index=False)
     print("Best configurations by validation AUC (confirm the winner with a seeded `study run`):")
@@ -369,13 +479,26 @@ def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
 
     trial = trial_config_from(config)
     params = resolved_task_params(trial)
-    shown = {"task": trial.task, **params, **{k: v for k, v in (config.get("arm") or {}).items() if k in varied}}
-    return {"arm": arm_name(shown, varied), "task": trial.task,
-            "patch_size": params.get("patch_size"), "swap_count": params.get("swap_count"),
-            "swap_patch_size": params.get("swap_patch_size"), "lr": trial.lr,
-            "pretext_lr": trial.pretext_lr if trial.task != "none" else math.nan, "seed": trial.seed,
-            "encoder": trial.encoder, "image_size": trial.image_size, "threads": trial.threads,
-            "mixed_precision": trial.mixed_precision, "patiences": trial.patiences}
+    shown = {
+        "task": trial.task,
+        **params,
+        **{k: v for k, v in (config.get("arm") or {}).items() if k in varied},
+    }
+    return {
+        "arm": arm_name(shown, varied),
+        "task": trial.task,
+        "patch_size": params.get("patch_size"),
+        "swap_count": params.get("swap_count"),
+        "swap_patch_size": params.get("swap_patch_size"),
+        "lr": trial.lr,
+        "pretext_lr": trial.pretext_lr if trial.task != "none" else math.nan,
+        "seed": trial.seed,
+        "encoder": trial.encoder,
+        "image_size": trial.image_size,
+        "threads": trial.threads,
+        "mixed_precision": trial.mixed_precision,
+        "patiences": trial.patiences,
+    }
 
 
 def _varied_params(preset: StudyPreset) -> set[str]:
@@ -404,24 +527,46 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         base = {"trial_id": trial_id, **fields}
         done = metrics.get("phase") == "done"
         pretext = {k: v for k, v in metrics.items() if k.startswith("pretext_")}
-        common = {"data_fingerprint": metrics.get("data_fingerprint"), "pid": metrics.get("pid"),
-                  "finetune_epochs_run": metrics.get("finetune_epochs_run"),
-                  "search_score": metrics.get("search_score"),
-                  # True when the trial was restarted (retry or resume) from one of its checkpoints.
-                  "restored": metrics.get("restored"),
-                  "diverged_epoch": metrics.get("diverged_epoch"),
-                  "diverged_phase": metrics.get("diverged_phase"), **pretext}
+        common = {
+            "data_fingerprint": metrics.get("data_fingerprint"),
+            "pid": metrics.get("pid"),
+            "finetune_epochs_run": metrics.get("finetune_epochs_run"),
+            "search_score": metrics.get("search_score"),
+            # True when the trial was restarted (retry or resume) from one of its checkpoints.
+            "restored": metrics.get("restored"),
+            "diverged_epoch": metrics.get("diverged_epoch"),
+            "diverged_phase": metrics.get("diverged_phase"),
+            **pretext,
+        }
         if result.error is None and not done and preset.search is not None:
             # Stopped early by the scheduler (ASHA): a censored search trial, scored on its last validation AUC.
             for p in patiences:
-                rows.append({**base, "regime": regime_name(p), "patience": p, "status": "stopped",
-                             "error": None, **common})
+                rows.append(
+                    {
+                        **base,
+                        "regime": regime_name(p),
+                        "patience": p,
+                        "status": "stopped",
+                        "error": None,
+                        **common,
+                    }
+                )
         elif result.error is not None or not done:
             message = _one_line(result.error) if result.error is not None else "trial did not finish"
-            errors.append({"trial_id": trial_id, "arm": fields["arm"], "seed": fields["seed"], "error": message})
+            errors.append(
+                {"trial_id": trial_id, "arm": fields["arm"], "seed": fields["seed"], "error": message}
+            )
             for p in patiences:
-                rows.append({**base, "regime": regime_name(p), "patience": p, "status": "error",
-                             "error": message, **common})
+                rows.append(
+                    {
+                        **base,
+                        "regime": regime_name(p),
+                        "patience": p,
+                        "status": "error",
+                        "error": message,
+                        **common,
+                    }
+                )
         else:
             regimes = metrics.get("regimes") or {}
             for p in patiences:
@@ -430,12 +575,16 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
                 # A regime that would have stopped before the divergence is a valid result (see run_finetune).
                 diverged = bool(reg.pop("diverged", False)) or not reg
                 status = "diverged" if diverged else "ok"
-                rows.append({**base, "regime": name, "patience": p, "status": status, "error": None,
-                             **reg, **common})
+                rows.append(
+                    {**base, "regime": name, "patience": p, "status": status, "error": None, **reg, **common}
+                )
         df = result.metrics_dataframe
         if df is not None and len(df):
-            h = df[df.get("phase", pd.Series(dtype=object)).isin(["pretext", "finetune"])].copy() \
-                if "phase" in df else df.iloc[0:0]
+            h = (
+                df[df.get("phase", pd.Series(dtype=object)).isin(["pretext", "finetune"])].copy()
+                if "phase" in df
+                else df.iloc[0:0]
+            )
             if len(h):
                 h = h.drop(columns=[c for c in ("trial_id", "arm", "seed") if c in h])
                 h.insert(0, "trial_id", trial_id)
@@ -447,17 +596,36 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         results = results.sort_values(["regime", "arm", "seed"], kind="stable").reset_index(drop=True)
         # Identity and outcome first, pretext metrics next, provenance last.
         pretext_cols = sorted(c for c in results if c.startswith("pretext_"))
-        tail = [c for c in ("search_score", "finetune_epochs_run", "encoder", "image_size", "threads",
-                            "mixed_precision", "data_fingerprint", "pid", "restored")
-                if c in results]
+        tail = [
+            c
+            for c in (
+                "search_score",
+                "finetune_epochs_run",
+                "encoder",
+                "image_size",
+                "threads",
+                "mixed_precision",
+                "data_fingerprint",
+                "pid",
+                "restored",
+            )
+            if c in results
+        ]
         head = [c for c in results if c not in pretext_cols and c not in tail]
         results = results[head + pretext_cols + tail]
-    history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(
-        columns=["trial_id", "arm", "seed", "phase", "epoch"])
+    history = (
+        pd.concat(hist, ignore_index=True)
+        if hist
+        else pd.DataFrame(columns=["trial_id", "arm", "seed", "phase", "epoch"])
+    )
     # A trial restarted from a checkpoint reports the epochs after that checkpoint again: keep the last.
     history = history.drop_duplicates(["trial_id", "phase", "epoch"], keep="last").reset_index(drop=True)
-    keep = [c for c in history.columns if c in ("trial_id", "arm", "seed", "phase", "epoch", "loss", "val_loss",
-                                                   "val_auc", "pid") or c.startswith(("test_", "val_"))]
+    keep = [
+        c
+        for c in history.columns
+        if c in ("trial_id", "arm", "seed", "phase", "epoch", "loss", "val_loss", "val_auc", "pid")
+        or c.startswith(("test_", "val_"))
+    ]
     return results, history[keep], errors
 
 

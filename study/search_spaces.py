@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from study.config import TrialConfig
+
 
 @dataclass(frozen=True)
 class SearchSettings:
@@ -136,8 +137,16 @@ def smoke() -> StudyPreset:
     base = demo()
     return base.replace(
         name="smoke",
-        base=base.base.replace(synth_n_train=80, synth_n_test=40, encoder_widths=(4, 8, 8, 16), pretext_epochs=1,
-                               finetune_epochs=3, batch_size=16, pretext_batch_size=16, patiences=(0, 1, 2)),
+        base=base.base.replace(
+            synth_n_train=80,
+            synth_n_test=40,
+            encoder_widths=(4, 8, 8, 16),
+            pretext_epochs=1,
+            finetune_epochs=3,
+            batch_size=16,
+            pretext_batch_size=16,
+            patiences=(0, 1, 2),
+        ),
         seeds=(0, 1),
         runtime_note="<1 min of training",
     )
@@ -201,14 +210,21 @@ def search() -> StudyPreset:
     )
 
 
-PRESETS: dict[str, Callable[[], StudyPreset]] = {"demo": demo, "smoke": smoke, "paper": paper, "search": search}
+PRESETS: dict[str, Callable[[], StudyPreset]] = {
+    "demo": demo,
+    "smoke": smoke,
+    "paper": paper,
+    "search": search,
+}
 
 
 def get_preset(name: str) -> StudyPreset:
     if name not in PRESETS:
         from study.config import ConfigError
 
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (see `study presets`)")
+        raise ConfigError(
+            f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (see `study presets`)"
+        )
     return PRESETS[name]()
 
 

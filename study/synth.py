@@ -413,4 +413,3 @@ def synthetic_dataset(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-

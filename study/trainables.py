@@ -42,8 +42,11 @@ def dataset_root(trial: TrialConfig) -> Path:
         return Path(trial.data_path)
     from study import synth
 
-    return Path(synth.synthetic_dataset(cache_dir(trial), trial.synth_n_train, trial.synth_n_test,
-                                        trial.image_size, trial.synth_seed))
+    return Path(
+        synth.synthetic_dataset(
+            cache_dir(trial), trial.synth_n_train, trial.synth_n_test, trial.image_size, trial.synth_seed
+        )
+    )
 
 
 def cache_dir(trial: TrialConfig) -> Path:
@@ -87,7 +90,9 @@ def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cached_pretext(trial: TrialConfig, data: Any, on_epoch=None, *, train=None, load=None) -> tuple[Any, bool, str]:
+def cached_pretext(
+    trial: TrialConfig, data: Any, on_epoch=None, *, train=None, load=None
+) -> tuple[Any, bool, str]:
     """(PretextResult, reused?, key): load the pretext phase from the shared cache or train and store it.
 
     A file lock per key makes concurrent trials that need the same pretext train it once: the second waits
@@ -142,8 +147,12 @@ def _restore_checkpoint() -> tuple[dict[str, Any], Path | None]:
 
 def _pretext_fields(result: Any, reused: bool, key: str) -> dict[str, Any]:
     fields = {f"pretext_{k}": v for k, v in result.metrics.items()}
-    fields.update(pretext_cached=reused, pretext_key=key, pretext_diverged=bool(result.diverged),
-                  pretext_epochs_run=0 if reused else len(result.history))
+    fields.update(
+        pretext_cached=reused,
+        pretext_key=key,
+        pretext_diverged=bool(result.diverged),
+        pretext_epochs_run=0 if reused else len(result.history),
+    )
     return fields
 
 
@@ -181,21 +190,41 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
         if state.get("phase") == "pretext_done":
             result = training.PretextResult.load(restored / "pretext")
         else:
+
             def on_pretext_epoch(epoch: int, logs: dict[str, Any]) -> None:
-                tune.report({"phase": "pretext", "epoch": epoch, "finetune_epoch": 0, "search_score": 0.0,
-                             **common, **logs})
+                tune.report(
+                    {
+                        "phase": "pretext",
+                        "epoch": epoch,
+                        "finetune_epoch": 0,
+                        "search_score": 0.0,
+                        **common,
+                        **logs,
+                    }
+                )
                 _maybe_inject_fault("pretext", epoch, trial.task)
 
             result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch)
             pretext_info = _pretext_fields(result, reused, key)
-            _report_with_state({"phase": "pretext_done", "finetune_epoch": 0, "search_score": 0.0, **common,
-                                **pretext_info},
-                               {"phase": "pretext_done", "pretext": pretext_info},
-                               write_files=lambda d: result.save(d / "pretext"))
+            _report_with_state(
+                {"phase": "pretext_done", "finetune_epoch": 0, "search_score": 0.0, **common, **pretext_info},
+                {"phase": "pretext_done", "pretext": pretext_info},
+                write_files=lambda d: result.save(d / "pretext"),
+            )
         if result.diverged:
-            tune.report({"phase": "done", "status": "diverged", "diverged_phase": "pretext", "search_score": 0.0,
-                         "finetune_epoch": 0,
-                         "diverged_epoch": result.diverged_epoch, "regimes": {}, **common, **pretext_info})
+            tune.report(
+                {
+                    "phase": "done",
+                    "status": "diverged",
+                    "diverged_phase": "pretext",
+                    "search_score": 0.0,
+                    "finetune_epoch": 0,
+                    "diverged_epoch": result.diverged_epoch,
+                    "regimes": {},
+                    **common,
+                    **pretext_info,
+                }
+            )
             return
         encoder_weights = result.encoder_weights
 
@@ -203,11 +232,20 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
 
     def on_finetune_epoch(epoch: int, logs: dict[str, Any], save_state) -> None:
         # `finetune_epoch` / `search_score` serve ASHA and Optuna (validation AUC only, never a test metric).
-        metrics = {"phase": "finetune", "epoch": epoch, "finetune_epoch": epoch,
-                   "search_score": logs.get("val_auc", float("nan")), **common, **logs}
+        metrics = {
+            "phase": "finetune",
+            "epoch": epoch,
+            "finetune_epoch": epoch,
+            "search_score": logs.get("val_auc", float("nan")),
+            **common,
+            **logs,
+        }
         if epoch % trial.checkpoint_every == 0 or epoch == trial.finetune_epochs:
-            _report_with_state(metrics, {"phase": "finetune", "epoch": epoch, "pretext": pretext_info},
-                               write_files=lambda d: save_state(d / "finetune"))
+            _report_with_state(
+                metrics,
+                {"phase": "finetune", "epoch": epoch, "pretext": pretext_info},
+                write_files=lambda d: save_state(d / "finetune"),
+            )
         else:
             tune.report(metrics)
         _maybe_inject_fault("finetune", epoch, trial.task)
@@ -216,27 +254,38 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
     if trial.early_stop_training:
         import keras
 
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=trial.patiences[0],
-                                                       start_from_epoch=trial.start_from_epoch))
-    result = training.run_finetune(trial, data, encoder_weights=encoder_weights, on_epoch=on_finetune_epoch,
-                                   resume_dir=resume_dir, callbacks=callbacks)
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=trial.patiences[0], start_from_epoch=trial.start_from_epoch
+            )
+        )
+    result = training.run_finetune(
+        trial,
+        data,
+        encoder_weights=encoder_weights,
+        on_epoch=on_finetune_epoch,
+        resume_dir=resume_dir,
+        callbacks=callbacks,
+    )
     first = result.regimes.get(regime_name(trial.patiences[0]), {})
     used = first.get("epoch_used")
     score = result.history[used - 1].get("val_auc", float("nan")) if used else float("nan")
-    tune.report({
-        # A diverged or unscorable trial scores 0 so that Optuna ranks it last instead of failing it.
-        "search_score": score if score == score else 0.0,
-        "finetune_epoch": len(result.history),
-        "phase": "done",
-        "status": "diverged" if result.diverged else "ok",
-        "diverged_phase": "finetune" if result.diverged else None,
-        "diverged_epoch": result.diverged_epoch,
-        "finetune_epochs_run": len(result.history),
-        "finetune_epochs_resumed": int(state.get("epoch", 0)) if state.get("phase") == "finetune" else 0,
-        "regimes": result.regimes,
-        **common,
-        **pretext_info,
-    })
+    tune.report(
+        {
+            # A diverged or unscorable trial scores 0 so that Optuna ranks it last instead of failing it.
+            "search_score": score if score == score else 0.0,
+            "finetune_epoch": len(result.history),
+            "phase": "done",
+            "status": "diverged" if result.diverged else "ok",
+            "diverged_phase": "finetune" if result.diverged else None,
+            "diverged_epoch": result.diverged_epoch,
+            "finetune_epochs_run": len(result.history),
+            "finetune_epochs_resumed": int(state.get("epoch", 0)) if state.get("phase") == "finetune" else 0,
+            "regimes": result.regimes,
+            **common,
+            **pretext_info,
+        }
+    )
 
 
 class InjectedFault(RuntimeError):

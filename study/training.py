@@ -74,10 +74,13 @@ def configure_tensorflow(threads: int, deterministic: bool = True) -> None:
             try:
                 tf.config.experimental.set_memory_growth(gpu, True)
             except RuntimeError:  # GPUs already initialised: the setting only matters for memory use
-                warnings.warn(f"could not enable memory growth on {gpu.name}: TensorFlow already started",
-                              stacklevel=2)
-    current = (tf.config.threading.get_intra_op_parallelism_threads(),
-               tf.config.threading.get_inter_op_parallelism_threads())
+                warnings.warn(
+                    f"could not enable memory growth on {gpu.name}: TensorFlow already started", stacklevel=2
+                )
+    current = (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
     if current != (threads, 1):
         try:
             tf.config.threading.set_intra_op_parallelism_threads(int(threads))
@@ -129,9 +132,15 @@ class PretextResult:
         d.mkdir(parents=True, exist_ok=True)
         np.savez(d / "encoder_weights.npz", **{f"w{i:04d}": w for i, w in enumerate(self.encoder_weights)})
         np.savez(d / "examples.npz", **self.examples)
-        meta = {"task": self.task, "metrics": self.metrics, "history": self.history,
-                "diverged": self.diverged, "diverged_epoch": self.diverged_epoch,
-                "stopped_epoch": self.stopped_epoch, "n_weights": len(self.encoder_weights)}
+        meta = {
+            "task": self.task,
+            "metrics": self.metrics,
+            "history": self.history,
+            "diverged": self.diverged,
+            "diverged_epoch": self.diverged_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "n_weights": len(self.encoder_weights),
+        }
         (d / "pretext.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
@@ -144,9 +153,16 @@ class PretextResult:
             weights = [z[f"w{i:04d}"] for i in range(meta["n_weights"])]
         with np.load(d / "examples.npz") as z:
             examples = {k: z[k] for k in z.files}
-        return cls(task=meta["task"], encoder_weights=weights, metrics=meta["metrics"],
-                   history=meta["history"], diverged=meta["diverged"], diverged_epoch=meta["diverged_epoch"],
-                   examples=examples, stopped_epoch=meta["stopped_epoch"])
+        return cls(
+            task=meta["task"],
+            encoder_weights=weights,
+            metrics=meta["metrics"],
+            history=meta["history"],
+            diverged=meta["diverged"],
+            diverged_epoch=meta["diverged_epoch"],
+            examples=examples,
+            stopped_epoch=meta["stopped_epoch"],
+        )
 
 
 @dataclass
@@ -207,26 +223,46 @@ def run_pretext(
     x_train = data.train.images[train_index]
     val_rng = np.random.default_rng([seed, STREAM_PRETEXT_VAL])
     val_x, val_y = task.make_batch(data.train.images[val_index], val_rng, **params)
-    encoder = models.build_encoder(trial.encoder, trial.image_size, trial.encoder_widths, trial.weights,
-                                   trial.weights_path, mixed_precision=trial.mixed_precision)
+    encoder = models.build_encoder(
+        trial.encoder,
+        trial.image_size,
+        trial.encoder_widths,
+        trial.weights,
+        trial.weights_path,
+        mixed_precision=trial.mixed_precision,
+    )
     model = models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
     model.compile(optimizer=keras.optimizers.Adam(trial.pretext_lr), loss=_pretext_loss(task))
 
-    early = (keras.callbacks.EarlyStopping(monitor="val_loss", patience=trial.pretext_patience,
-                                           restore_best_weights=True)
-             if trial.pretext_patience else None)
+    early = (
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=trial.pretext_patience, restore_best_weights=True
+        )
+        if trial.pretext_patience
+        else None
+    )
     callbacks = keras.callbacks.CallbackList([early] if early else [], model=model)
     callbacks.on_train_begin()
     history: list[EpochLogs] = []
     for epoch in range(trial.pretext_epochs):
         x, y = task.make_batch(x_train, np.random.default_rng([seed, STREAM_PRETEXT_PAIRS, epoch]), **params)
         order = np.random.default_rng([seed, STREAM_PRETEXT_ORDER, epoch]).permutation(len(x))
-        fit = model.fit(x[order], _as_target(task.head, y[order]), batch_size=trial.pretext_batch_size,
-                        epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0,
-                        validation_data=(val_x, _as_target(task.head, val_y)),
-                        validation_batch_size=EVAL_BATCH_SIZE)
-        logs = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
-                "val_loss": float(fit.history["val_loss"][-1])}
+        fit = model.fit(
+            x[order],
+            _as_target(task.head, y[order]),
+            batch_size=trial.pretext_batch_size,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+            validation_data=(val_x, _as_target(task.head, val_y)),
+            validation_batch_size=EVAL_BATCH_SIZE,
+        )
+        logs = {
+            "epoch": epoch + 1,
+            "loss": float(fit.history["loss"][-1]),
+            "val_loss": float(fit.history["val_loss"][-1]),
+        }
         if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
             return PretextResult(trial.task, [], {}, history, diverged=True, diverged_epoch=epoch + 1)
         history.append(logs)
@@ -238,14 +274,16 @@ def run_pretext(
     callbacks.on_train_end()  # EarlyStopping puts the best epoch's weights back here
     stopped = early.stopped_epoch + 1 if early is not None and early.stopped_epoch > 0 else None
 
-    test_x, test_y = task.make_batch(data.test.images, np.random.default_rng([seed, STREAM_PRETEXT_TEST]),
-                                     **params)
+    test_x, test_y = task.make_batch(
+        data.test.images, np.random.default_rng([seed, STREAM_PRETEXT_TEST]), **params
+    )
     # Image outputs are converted to uint8 chunk by chunk: float32 outputs for a whole test set at 224 px
     # would take 0.6 MB per image.
     pred = _predict_chunked(model, test_x, models.to_uint8 if task.head == "image" else None)
     if pred is None:  # non-finite outputs: the weights went bad although the losses stayed finite
-        return PretextResult(trial.task, [], {}, history, diverged=True, diverged_epoch=len(history),
-                             stopped_epoch=stopped)
+        return PretextResult(
+            trial.task, [], {}, history, diverged=True, diverged_epoch=len(history), stopped_epoch=stopped
+        )
     examples: dict[str, np.ndarray] = {}
     if task.head == "angle":
         scores = study_metrics.rotation_metrics(np.asarray(test_y, np.float64), pred[:, 0].astype(np.float64))
@@ -254,20 +292,31 @@ def run_pretext(
     else:
         scores = study_metrics.image_metrics(np.asarray(test_y, np.uint8), pred)
         n = min(4, len(pred))
-        examples = {"inputs": np.asarray(test_x[:n], np.uint8), "targets": np.asarray(test_y[:n], np.uint8),
-                    "outputs": pred[:n]}
-    return PretextResult(trial.task, encoder.get_weights(), {k: float(v) for k, v in scores.items()}, history,
-                         examples=examples, stopped_epoch=stopped)
+        examples = {
+            "inputs": np.asarray(test_x[:n], np.uint8),
+            "targets": np.asarray(test_y[:n], np.uint8),
+            "outputs": pred[:n],
+        }
+    return PretextResult(
+        trial.task,
+        encoder.get_weights(),
+        {k: float(v) for k, v in scores.items()},
+        history,
+        examples=examples,
+        stopped_epoch=stopped,
+    )
 
 
-def _predict_chunked(model: keras.Model, x: np.ndarray,
-                     convert: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray | None:
+def _predict_chunked(
+    model: keras.Model, x: np.ndarray, convert: Callable[[np.ndarray], np.ndarray] | None
+) -> np.ndarray | None:
     """`model.predict(x)` in chunks of `PREDICT_CHUNK` images, each passed through `convert`; None if any
     output is not finite."""
     parts = []
     for start in range(0, len(x), PREDICT_CHUNK):
-        out = np.asarray(model.predict(x[start:start + PREDICT_CHUNK], batch_size=EVAL_BATCH_SIZE, verbose=0),
-                         np.float32)
+        out = np.asarray(
+            model.predict(x[start : start + PREDICT_CHUNK], batch_size=EVAL_BATCH_SIZE, verbose=0), np.float32
+        )
         if not np.all(np.isfinite(out)):
             return None
         parts.append(convert(out) if convert is not None else out)
@@ -278,8 +327,10 @@ def _pretext_loss(task: Any) -> Any:
     if task.head == "image":
         return models.preprocessed_mse  # targets are the uint8 originals, compared in preprocessed units
     if task.loss not in ("mse", "sparse_categorical_crossentropy"):
-        raise ValueError(f"pretext task {task.name!r} has loss {task.loss!r}; training.py knows mse and "
-                         "sparse_categorical_crossentropy")
+        raise ValueError(
+            f"pretext task {task.name!r} has loss {task.loss!r}; training.py knows mse and "
+            "sparse_categorical_crossentropy"
+        )
     return task.loss
 
 
@@ -339,10 +390,14 @@ def run_finetune(
 
     # On resume or with pretext weights the initial encoder weights are overwritten: skip the ImageNet file.
     overwritten = encoder_weights is not None or resume_dir is not None
-    encoder = models.build_encoder(trial.encoder, trial.image_size, trial.encoder_widths,
-                                   "random" if overwritten else trial.weights,
-                                   None if overwritten else trial.weights_path,
-                                   mixed_precision=trial.mixed_precision)
+    encoder = models.build_encoder(
+        trial.encoder,
+        trial.image_size,
+        trial.encoder_widths,
+        "random" if overwritten else trial.weights,
+        None if overwritten else trial.weights_path,
+        mixed_precision=trial.mixed_precision,
+    )
     if encoder_weights is not None:
         models.set_encoder_weights(encoder, encoder_weights)
     model = models.build_model("classification", encoder, mixed_precision=trial.mixed_precision)
@@ -363,14 +418,22 @@ def run_finetune(
     for epoch in range(len(history), trial.finetune_epochs):
         started = time.perf_counter()
         order = np.random.default_rng([seed, STREAM_FINETUNE_ORDER, epoch]).permutation(len(x_train))
-        fit = model.fit(x_train[order], y_train[order], batch_size=trial.batch_size, epochs=epoch + 1,
-                        initial_epoch=epoch, shuffle=False, verbose=0)
+        fit = model.fit(
+            x_train[order],
+            y_train[order],
+            batch_size=trial.batch_size,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+        )
         fitted = time.perf_counter()
         loss = float(fit.history["loss"][-1])
         p_eval = _predict_proba(model, x_eval)
-        p_val, p_test = p_eval[: len(x_val)], p_eval[len(x_val):]
-        timings.append({"epoch": epoch + 1, "fit_s": fitted - started,
-                        "eval_s": time.perf_counter() - fitted})
+        p_val, p_test = p_eval[: len(x_val)], p_eval[len(x_val) :]
+        timings.append(
+            {"epoch": epoch + 1, "fit_s": fitted - started, "eval_s": time.perf_counter() - fitted}
+        )
         if not (math.isfinite(loss) and np.all(np.isfinite(p_val)) and np.all(np.isfinite(p_test))):
             diverged_epoch = epoch + 1
             break
@@ -390,10 +453,16 @@ def run_finetune(
         if model.stop_training:
             break
     driven.on_train_end()
-    return FinetuneResult(history=history, regimes=replay_regimes(trial, history, diverged_epoch),
-                          diverged=diverged_epoch is not None, diverged_epoch=diverged_epoch,
-                          model_weights=model.get_weights(), train_index=train_index, val_index=val_index,
-                          timings=timings)
+    return FinetuneResult(
+        history=history,
+        regimes=replay_regimes(trial, history, diverged_epoch),
+        diverged=diverged_epoch is not None,
+        diverged_epoch=diverged_epoch,
+        model_weights=model.get_weights(),
+        train_index=train_index,
+        val_index=val_index,
+        timings=timings,
+    )
 
 
 def replay_regimes(
@@ -410,22 +479,39 @@ def replay_regimes(
     val_losses = [float(h["val_loss"]) for h in history]
     if diverged_epoch is not None:
         val_losses.append(math.nan)
-    test_keys = ([k for k in history[0] if k.startswith("test_")] if history else
-                 [f"test_{k}" for k in study_metrics.classification_metrics([0, 1], [0.25, 0.75])])
+    test_keys = (
+        [k for k in history[0] if k.startswith("test_")]
+        if history
+        else [f"test_{k}" for k in study_metrics.classification_metrics([0, 1], [0.25, 0.75])]
+    )
     out: dict[str, dict] = {}
     for p in trial.patiences:
-        entry: dict[str, Any] = {"patience": p, "stop_epoch": None, "best_epoch": None, "epoch_used": None,
-                                 "diverged": False, "val_loss": math.nan}
+        entry: dict[str, Any] = {
+            "patience": p,
+            "stop_epoch": None,
+            "best_epoch": None,
+            "epoch_used": None,
+            "diverged": False,
+            "val_loss": math.nan,
+        }
         if val_losses:  # empty only when a callback stopped the loop before any epoch
-            r = regimes.replay_early_stopping(val_losses, p, start_from_epoch=trial.start_from_epoch,
-                                              restore_best_weights=trial.restore_best_weights)
+            r = regimes.replay_early_stopping(
+                val_losses,
+                p,
+                start_from_epoch=trial.start_from_epoch,
+                restore_best_weights=trial.restore_best_weights,
+            )
             if diverged_epoch is not None and not r["stopped_early"]:
                 entry.update(stop_epoch=diverged_epoch, best_epoch=r["best_epoch"], diverged=True)
                 entry.update({k: math.nan for k in test_keys})
             else:
                 used = history[r["epoch_used"] - 1]
-                entry.update(stop_epoch=r["stop_epoch"], best_epoch=r["best_epoch"],
-                             epoch_used=r["epoch_used"], val_loss=used["val_loss"])
+                entry.update(
+                    stop_epoch=r["stop_epoch"],
+                    best_epoch=r["best_epoch"],
+                    epoch_used=r["epoch_used"],
+                    val_loss=used["val_loss"],
+                )
                 entry.update({k: used[k] for k in test_keys})
         out[regime_name(p)] = entry
     return out
@@ -448,8 +534,21 @@ def _binary(labels: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # resumable state
 # Fields that must match between a saved state and the run resuming from it.
-_RESUME_FIELDS = ("task", "seed", "encoder", "encoder_widths", "weights", "image_size", "val_fraction",
-                  "label_fraction", "finetune_epochs", "lr", "batch_size", "threads", "mixed_precision")
+_RESUME_FIELDS = (
+    "task",
+    "seed",
+    "encoder",
+    "encoder_widths",
+    "weights",
+    "image_size",
+    "val_fraction",
+    "label_fraction",
+    "finetune_epochs",
+    "lr",
+    "batch_size",
+    "threads",
+    "mixed_precision",
+)
 
 
 def _save_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any, history: list[EpochLogs]) -> None:
@@ -457,8 +556,12 @@ def _save_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any, hist
     d.mkdir(parents=True, exist_ok=True)
     _atomic_savez(d / "weights.npz", model.get_weights())
     _atomic_savez(d / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
-    state = {"epoch": len(history), "history": history, "fingerprint": _fingerprint(data),
-             "config": {k: trial.to_dict()[k] for k in _RESUME_FIELDS}}
+    state = {
+        "epoch": len(history),
+        "history": history,
+        "fingerprint": _fingerprint(data),
+        "config": {k: trial.to_dict()[k] for k in _RESUME_FIELDS},
+    }
     tmp = d / (STATE_JSON + ".tmp")
     tmp.write_text(json.dumps(state))
     os.replace(tmp, d / STATE_JSON)
@@ -473,11 +576,15 @@ def _load_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any) -> l
     changed = sorted(k for k in _RESUME_FIELDS if state["config"].get(k) != now[k])
     if changed:
         saved = {k: state["config"].get(k) for k in changed}
-        raise ValueError(f"resume_dir={str(d)!r} was saved with different {changed} ({saved} vs "
-                         f"{ {k: now[k] for k in changed} }); resume with the trial config that wrote it")
+        raise ValueError(
+            f"resume_dir={str(d)!r} was saved with different {changed} ({saved} vs "
+            f"{ {k: now[k] for k in changed} }); resume with the trial config that wrote it"
+        )
     if state["fingerprint"] != _fingerprint(data):
-        raise ValueError(f"resume_dir={str(d)!r} was saved for dataset {state['fingerprint']!r}, "
-                         f"not {_fingerprint(data)!r}; resume on the same data")
+        raise ValueError(
+            f"resume_dir={str(d)!r} was saved for dataset {state['fingerprint']!r}, "
+            f"not {_fingerprint(data)!r}; resume on the same data"
+        )
     with np.load(d / "weights.npz") as z:
         model.set_weights([z[f"a{i:04d}"] for i in range(len(z.files))])
     optimizer = model.optimizer
@@ -485,8 +592,10 @@ def _load_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any) -> l
     with np.load(d / "optimizer.npz") as z:
         saved = [z[f"a{i:04d}"] for i in range(len(z.files))]
     if len(saved) != len(optimizer.variables):
-        raise ValueError(f"resume_dir={str(d)!r}: optimizer state has {len(saved)} variables, the model's "
-                         f"optimizer {len(optimizer.variables)}; it was saved by another model")
+        raise ValueError(
+            f"resume_dir={str(d)!r}: optimizer state has {len(saved)} variables, the model's "
+            f"optimizer {len(optimizer.variables)}; it was saved by another model"
+        )
     for var, value in zip(optimizer.variables, saved):
         var.assign(value)
     return list(state["history"])
@@ -525,5 +634,7 @@ def _check_data(trial: TrialConfig, data: Any) -> None:
                 "the trial's image_size (or set image_size to the data's)."
             )
         if len(images) == 0 or len(split.labels) != len(images):
-            raise ValueError(f"data.{name} has {len(images)} images and {len(split.labels)} labels; need the "
-                             "same non-zero number")
+            raise ValueError(
+                f"data.{name} has {len(images)} images and {len(split.labels)} labels; need the "
+                "same non-zero number"
+            )

@@ -56,8 +56,9 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 900, **kw):
     import sys
 
     exe = Path(sys.executable).with_name("study")
-    return subprocess.run([str(exe), *args], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        [str(exe), *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 @pytest.fixture(scope="session")

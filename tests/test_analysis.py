@@ -443,8 +443,17 @@ def test_pretext_tables_keep_pretexts_whose_finetune_later_diverged():
     rows = []
     for seed, status, ssim in [(0, "diverged", 0.5), (1, "ok", 0.7), (2, "ok", float("nan"))]:
         for regime in ("none", "patience3"):
-            rows.append({"arm": "corruption", "task": "corruption", "seed": seed, "regime": regime,
-                         "status": status, "pretext_ssim_mean": ssim, "pretext_mse_mean": 100.0 + seed})
+            rows.append(
+                {
+                    "arm": "corruption",
+                    "task": "corruption",
+                    "seed": seed,
+                    "regime": regime,
+                    "status": status,
+                    "pretext_ssim_mean": ssim,
+                    "pretext_mse_mean": 100.0 + seed,
+                }
+            )
     _, image = A.pretext_tables(pd.DataFrame(rows))
     ssim = image[image["metric"] == "pretext_ssim_mean"].iloc[0]
     assert ssim["n"] == 2 and ssim["mean"] == pytest.approx(0.6)  # seed 2's pretext diverged: no value

@@ -8,13 +8,21 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from study.cli import build_parser, main
 
-COMMANDS = [["run"], ["resume"], ["search"], ["presets"], ["report"], ["data"], ["data", "synth"],
-            ["data", "check"]]
+COMMANDS = [
+    ["run"],
+    ["resume"],
+    ["search"],
+    ["presets"],
+    ["report"],
+    ["data"],
+    ["data", "synth"],
+    ["data", "check"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -36,8 +44,10 @@ def test_presets_lists_launch_commands_and_runtimes(capsys):
 
 def test_data_synth_then_check_is_clean(tmp_path, capsys):
     out = tmp_path / "lesions"
-    assert main(["data", "synth", str(out), "--n-train", "30", "--n-test", "10", "--size", "32",
-                 "--seed", "3"]) == 0
+    assert (
+        main(["data", "synth", str(out), "--n-train", "30", "--n-test", "10", "--size", "32", "--seed", "3"])
+        == 0
+    )
     assert len(list(out.glob("train/*/*.jpg"))) == 30 and len(list(out.glob("test/*/*.jpg"))) == 10
     capsys.readouterr()
     assert main(["data", "check", str(out)]) == 0
@@ -79,23 +89,45 @@ def test_bad_configs_exit_2_with_one_line_and_no_traceback(tmp_path, study_env):
 
 
 def test_gpu_preset_on_a_machine_without_gpus_is_rejected_before_any_trial(tiny_dataset, tmp_path, study_env):
-    proc = run_cli("run", "--preset", "paper", "--data", str(tiny_dataset), "--storage", str(tmp_path),
-                   "--name", "gpu", env=study_env, timeout=300)
+    proc = run_cli(
+        "run",
+        "--preset",
+        "paper",
+        "--data",
+        str(tiny_dataset),
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "gpu",
+        env=study_env,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
     assert not list((tmp_path / "gpu").glob("two_stage_trial_*"))
 
 
 def test_unusable_data_exits_1_before_any_trial(tiny_dataset_copy, tmp_path, study_env):
     (tiny_dataset_copy / "train" / "benign" / "empty.jpg").write_bytes(b"")
-    proc = run_cli("run", "--preset", "smoke", "--data", str(tiny_dataset_copy), "--storage", str(tmp_path),
-                   env=study_env, timeout=300)
+    proc = run_cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--data",
+        str(tiny_dataset_copy),
+        "--storage",
+        str(tmp_path),
+        env=study_env,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "empty.jpg" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_driver_modules_do_not_import_tensorflow():
-    code = ("import sys, study.cli, study.runner, study.trainables, study.search_spaces, study.analysis, "
-            "study.report, study.data, study.synth, study.pretext, study.metrics; "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    code = (
+        "import sys, study.cli, study.runner, study.trainables, study.search_spaces, study.analysis, "
+        "study.report, study.data, study.synth, study.pretext, study.metrics; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

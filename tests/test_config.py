@@ -12,30 +12,33 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
-from study.runner import apply_overrides, check_storage, validate_preset
 from study.pretext import get_task
+from study.runner import apply_overrides, check_storage, validate_preset
 from study.search_spaces import PRESETS, arm_name, describe_presets, get_preset, optuna_space
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"task": "jigsaw"}, "task"),
-    ({"encoder": "vgg"}, "encoder"),
-    ({"image_size": 48}, "image_size"),
-    ({"image_size": 16}, "image_size"),
-    ({"lr": 0.0}, "lr"),
-    ({"pretext_lr": -1e-3}, "pretext_lr"),
-    ({"patiences": (0, -1)}, "patiences"),
-    ({"patiences": ()}, "patiences"),
-    ({"finetune_epochs": 0}, "finetune_epochs"),
-    ({"seed": -3}, "seed"),
-    ({"val_fraction": 1.0}, "val_fraction"),
-    ({"label_fraction": 0.0}, "label_fraction"),
-    ({"weights": "imagenet", "encoder": "small"}, "weights"),
-    ({"task": "missing_patch", "patch_size": 65, "image_size": 64}, "missing_patch"),
-    ({"task": "corruption", "swap_patch_size": 80, "image_size": 64}, "corruption"),
-    ({"task": "corruption", "swap_count": 0}, "corruption"),
-    ({"task": "corruption", "swap_count": -5}, "corruption"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"task": "jigsaw"}, "task"),
+        ({"encoder": "vgg"}, "encoder"),
+        ({"image_size": 48}, "image_size"),
+        ({"image_size": 16}, "image_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"pretext_lr": -1e-3}, "pretext_lr"),
+        ({"patiences": (0, -1)}, "patiences"),
+        ({"patiences": ()}, "patiences"),
+        ({"finetune_epochs": 0}, "finetune_epochs"),
+        ({"seed": -3}, "seed"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"label_fraction": 0.0}, "label_fraction"),
+        ({"weights": "imagenet", "encoder": "small"}, "weights"),
+        ({"task": "missing_patch", "patch_size": 65, "image_size": 64}, "missing_patch"),
+        ({"task": "corruption", "swap_patch_size": 80, "image_size": 64}, "corruption"),
+        ({"task": "corruption", "swap_count": 0}, "corruption"),
+        ({"task": "corruption", "swap_count": -5}, "corruption"),
+    ],
+)
 def test_bad_trial_configs_are_rejected_with_the_field_named(changes, field):
     with pytest.raises(ConfigError) as info:
         validate_trial(TrialConfig(**changes))
@@ -81,7 +84,13 @@ def test_paper_preset_matches_the_paper():
     p = get_preset("paper")
     b = p.base
     assert (b.encoder, b.image_size, b.lr, b.pretext_lr, b.finetune_epochs, b.pretext_epochs) == (
-        "resnet50", 224, 0.01, 0.01, 100, 100)
+        "resnet50",
+        224,
+        0.01,
+        0.01,
+        100,
+        100,
+    )
     assert b.val_fraction == 0.2 and tuple(b.patiences) == (0, 3, 10)
     arms = {a["task"]: a for a in p.arms}
     assert arms["missing_patch"]["patch_size"] == 75
@@ -120,8 +129,10 @@ def test_unwritable_storage_is_rejected(tmp_path):
 def test_arm_names_and_regimes():
     assert arm_name({"task": "none"}) == "baseline"
     assert arm_name({"task": "corruption", "swap_count": 50, "swap_patch_size": 4}) == "corruption"
-    assert arm_name({"task": "corruption", "swap_count": 50, "swap_patch_size": 4}, {"swap_count"}) == \
-        "corruption(swap_count=50)"
+    assert (
+        arm_name({"task": "corruption", "swap_count": 50, "swap_patch_size": 4}, {"swap_count"})
+        == "corruption(swap_count=50)"
+    )
     assert [regime_name(p) for p in (0, 3, 10)] == ["none", "patience3", "patience10"]
 
 
@@ -157,15 +168,30 @@ def test_a_nearly_full_disk_is_rejected_at_start(tmp_path, monkeypatch):
 
 
 @settings(max_examples=150, deadline=None)
-@given(task=st.sampled_from(["none", "rotation", "rotation4", "missing_patch", "corruption", "jigsaw"]),
-       image_size=st.integers(-8, 300), patch_size=st.one_of(st.none(), st.integers(-5, 300)),
-       swap_count=st.one_of(st.none(), st.integers(-5, 200)), swap_patch_size=st.one_of(st.none(), st.integers(-5, 200)),
-       lr=st.floats(-1, 1, allow_nan=False), patience=st.integers(-3, 12), seed=st.integers(-2, 5))
-def test_any_config_is_either_rejected_in_one_line_or_runs_its_pretext(task, image_size, patch_size, swap_count,
-                                                                       swap_patch_size, lr, patience, seed):
+@given(
+    task=st.sampled_from(["none", "rotation", "rotation4", "missing_patch", "corruption", "jigsaw"]),
+    image_size=st.integers(-8, 300),
+    patch_size=st.one_of(st.none(), st.integers(-5, 300)),
+    swap_count=st.one_of(st.none(), st.integers(-5, 200)),
+    swap_patch_size=st.one_of(st.none(), st.integers(-5, 200)),
+    lr=st.floats(-1, 1, allow_nan=False),
+    patience=st.integers(-3, 12),
+    seed=st.integers(-2, 5),
+)
+def test_any_config_is_either_rejected_in_one_line_or_runs_its_pretext(
+    task, image_size, patch_size, swap_count, swap_patch_size, lr, patience, seed
+):
     """Property: a config is rejected with one line naming the field, or its pretext transform runs."""
-    trial = TrialConfig(task=task, image_size=image_size, patch_size=patch_size, swap_count=swap_count,
-                        swap_patch_size=swap_patch_size, lr=lr, patiences=(0, patience), seed=seed)
+    trial = TrialConfig(
+        task=task,
+        image_size=image_size,
+        patch_size=patch_size,
+        swap_count=swap_count,
+        swap_patch_size=swap_patch_size,
+        lr=lr,
+        patiences=(0, patience),
+        seed=seed,
+    )
     try:
         validate_trial(trial)
     except ConfigError as exc:

@@ -14,8 +14,16 @@ from scipy.stats import mannwhitneyu
 from study.metrics import classification_metrics, image_metrics, rotation4_metrics, rotation_metrics
 
 CLASSIFICATION_KEYS = {
-    "soft_accuracy", "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1", "loss"
+    "soft_accuracy",
+    "accuracy",
+    "balanced_accuracy",
+    "auc",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "loss",
 }
+
 
 @st.composite
 def labels_and_probs(draw, min_size=2, max_size=40):

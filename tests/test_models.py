@@ -78,8 +78,10 @@ def test_resnet50_heads_shapes_at_64px(resnet64, head):
     assert resnet64.output.shape[1:] == (2, 2, 2048)
     model = models.build_model(head, resnet64)
     out = model(np.zeros((1, 64, 64, 3), np.uint8))
-    assert tuple(out.shape) == {"angle": (1, 1), "rotation4": (1, 4), "image": (1, 64, 64, 3),
-                                "classification": (1, 1)}[head]
+    assert (
+        tuple(out.shape)
+        == {"angle": (1, 1), "rotation4": (1, 4), "image": (1, 64, 64, 3), "classification": (1, 1)}[head]
+    )
     if head == "image":
         assert models.decoder_filters(resnet64) == (256, 128, 64, 32, 16)  # the paper's decoder
 

@@ -286,9 +286,9 @@ def test_one_swap_exchanges_two_disjoint_squares():
         # the block that landed at one square is the other square, unchanged
         rows, cols = np.nonzero(moved)
         r0, c0 = rows[0], cols[0]
-        block = pixel_ids(out)[r0:r0 + side, c0:c0 + side]
+        block = pixel_ids(out)[r0 : r0 + side, c0 : c0 + side]
         src_r, src_c = np.argwhere(ids == block[0, 0])[0]
-        assert np.array_equal(block, ids[src_r:src_r + side, src_c:src_c + side])
+        assert np.array_equal(block, ids[src_r : src_r + side, src_c : src_c + side])
 
 
 def _all_disjoint_pairs(size: int, side: int) -> list[tuple[int, int, int, int]]:

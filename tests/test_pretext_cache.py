@@ -67,9 +67,15 @@ def test_cache_key_changes_with_what_determines_the_pretext_only():
     base = TrialConfig(task="corruption", seed=1)
     key = pretext_key(base, "fp")
     assert pretext_key(base.replace(lr=0.5, finetune_epochs=3, patiences=(0,)), "fp") == key  # fine-tune only
-    for changed in (base.replace(seed=2), base.replace(swap_count=7), base.replace(pretext_lr=0.1),
-                    base.replace(pretext_epochs=9), base.replace(image_size=32), base.replace(encoder="resnet50"),
-                    base.replace(threads=2)):
+    for changed in (
+        base.replace(seed=2),
+        base.replace(swap_count=7),
+        base.replace(pretext_lr=0.1),
+        base.replace(pretext_epochs=9),
+        base.replace(image_size=32),
+        base.replace(encoder="resnet50"),
+        base.replace(threads=2),
+    ):
         assert pretext_key(changed, "fp") != key
     assert pretext_key(base, "other data") != key
     # Unset parameters resolve to the paper defaults: the explicit default value gives the same key.
@@ -79,7 +85,9 @@ def test_cache_key_changes_with_what_determines_the_pretext_only():
 
 
 def test_unshared_pretext_trains_every_time(tmp_path):
-    trial = TrialConfig(task="rotation", seed=0, pretext_cache_dir=str(tmp_path / "cache"), share_pretext=False)
+    trial = TrialConfig(
+        task="rotation", seed=0, pretext_cache_dir=str(tmp_path / "cache"), share_pretext=False
+    )
     for _ in range(2):
         _, reused, _ = cached_pretext(trial, FakeData(), train=slow_train, load=FakeResult.load)
         assert not reused

@@ -176,8 +176,16 @@ def keras_runs():
         model.set_weights(initial_weights)
         for var, value in zip(model.optimizer.variables, initial_optimizer):
             var.assign(value)
-        history = model.fit(x, y, validation_data=(xv, yv), epochs=8, batch_size=16, shuffle=False,
-                            verbose=0, callbacks=callbacks)
+        history = model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=8,
+            batch_size=16,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
         return history.history["val_loss"], model.get_weights()
 
     recorder = RecordWeights()

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -23,8 +22,11 @@ METRICS = ["stop_epoch", "test_auc", "test_soft_accuracy", "test_accuracy", "val
 
 
 def _last_result(trial_dir: Path) -> dict:
-    lines = (trial_dir / "result.json").read_text().strip().splitlines() if (trial_dir / "result.json").exists() \
+    lines = (
+        (trial_dir / "result.json").read_text().strip().splitlines()
+        if (trial_dir / "result.json").exists()
         else []
+    )
     return json.loads(lines[-1]) if lines else {}
 
 
@@ -43,13 +45,19 @@ def kill_driver_when(run_dir: Path, proc: subprocess.Popen, ready, timeout: floa
     proc.wait(timeout=60)
 
 
-def test_driver_killed_between_trials_resumes_without_rerunning_finished_trials(tmp_path, study_env, smoke_run):
+def test_driver_killed_between_trials_resumes_without_rerunning_finished_trials(
+    tmp_path, study_env, smoke_run
+):
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "killed"
     exe = Path(sys.executable).with_name("study")
     log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen([str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", "killed",
-                             "--no-report"], env={**os.environ, **study_env}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", "killed", "--no-report"],
+        env={**os.environ, **study_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
     def two_trials_done() -> bool:
         if len(finished_trials(run_dir)) < 2:
@@ -89,8 +97,9 @@ def test_failed_trials_are_retried_from_their_last_checkpoint(tmp_path, study_en
     """Every trial fails once right after fine-tune epoch 2 (its checkpoint is saved); Tune's FailureConfig
     retries it from that checkpoint: epochs 1-2 are not trained again and the results equal the clean run."""
     env = {**study_env, "STUDY_INJECT_FAULT": "finetune:2"}
-    proc = run_cli("run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "faulty", "--no-report",
-                   env=env)
+    proc = run_cli(
+        "run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "faulty", "--no-report", env=env
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "faulty"
     assert len(list(run_dir.glob("*/.fault-injected"))) == 8
@@ -135,9 +144,14 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, study_env, smoke_
     half-filled results table, the resume command printed; `study resume` then completes the study."""
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "ctrlc"
     exe = Path(sys.executable).with_name("study")
-    proc = subprocess.Popen([str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", "ctrlc",
-                             "--no-report"], env={**os.environ, **study_env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", "ctrlc", "--no-report"],
+        env={**os.environ, **study_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while len(finished_trials(run_dir)) < 1:
         assert proc.poll() is None and time.time() < deadline

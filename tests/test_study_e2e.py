@@ -60,8 +60,11 @@ def test_pretext_is_trained_once_when_trials_share_it(ray_session, tmp_path, mon
     """Two arms differing only in fine-tune lr need the same rotation pretext: it is trained once."""
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
     smoke = get_preset("smoke")
-    preset = smoke.replace(arms=({"task": "none"}, {"task": "rotation", "lr": 1e-3}, {"task": "rotation", "lr": 3e-3}),
-                           seeds=(0,), base=smoke.base.replace(pretext_epochs=2))
+    preset = smoke.replace(
+        arms=({"task": "none"}, {"task": "rotation", "lr": 1e-3}, {"task": "rotation", "lr": 3e-3}),
+        seeds=(0,),
+        base=smoke.base.replace(pretext_epochs=2),
+    )
     run_dir = run_study(preset, storage=tmp_path / "runs", name="shared", write_report=False)
     results = pd.read_csv(run_dir / "results.csv")
     rot = results[(results["task"] == "rotation") & (results["regime"] == "none")]
@@ -102,8 +105,10 @@ def test_report_rebuilds_tables_from_the_ray_results_folder(smoke_run, tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     rebuilt, original = pd.read_csv(copy / "results.csv"), pd.read_csv(smoke_run / "results.csv")
     key = ["arm", "seed", "regime"]
-    pd.testing.assert_frame_equal(rebuilt.sort_values(key).reset_index(drop=True)[key + ["test_auc", "stop_epoch"]],
-                                  original.sort_values(key).reset_index(drop=True)[key + ["test_auc", "stop_epoch"]])
+    pd.testing.assert_frame_equal(
+        rebuilt.sort_values(key).reset_index(drop=True)[key + ["test_auc", "stop_epoch"]],
+        original.sort_values(key).reset_index(drop=True)[key + ["test_auc", "stop_epoch"]],
+    )
     assert (copy / "report.html").exists()
 
 

@@ -35,13 +35,29 @@ def _split(rng: np.random.Generator, n: int, name: str) -> Split:
 @pytest.fixture(scope="module")
 def data() -> DecodedData:
     rng = np.random.default_rng(7)
-    return DecodedData(train=_split(rng, 40, "train"), test=_split(rng, 16, "test"),
-                       fingerprint="synthetic-test", root="<memory>", image_size=SIZE, notes=[])
+    return DecodedData(
+        train=_split(rng, 40, "train"),
+        test=_split(rng, 16, "test"),
+        fingerprint="synthetic-test",
+        root="<memory>",
+        image_size=SIZE,
+        notes=[],
+    )
 
 
-BASE = TrialConfig(encoder="small", encoder_widths=(4, 8, 8, 16), image_size=SIZE, seed=0, threads=1,
-                   finetune_epochs=6, lr=1e-2, batch_size=8, patiences=(0, 1, 2),
-                   pretext_epochs=2, pretext_batch_size=16)
+BASE = TrialConfig(
+    encoder="small",
+    encoder_widths=(4, 8, 8, 16),
+    image_size=SIZE,
+    seed=0,
+    threads=1,
+    finetune_epochs=6,
+    lr=1e-2,
+    batch_size=8,
+    patiences=(0, 1, 2),
+    pretext_epochs=2,
+    pretext_batch_size=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +125,9 @@ def test_same_seed_is_bitwise_identical_and_a_resumed_run_replays_it_exactly(str
         _assert_weights_equal([z[k] for k in sorted(z.files)], snapshots[1])
 
     resumed_epochs = []
-    resumed = training.run_finetune(BASE, data, resume_dir=tmp_path / "state",
-                                    on_epoch=lambda e, logs, s: resumed_epochs.append(e))
+    resumed = training.run_finetune(
+        BASE, data, resume_dir=tmp_path / "state", on_epoch=lambda e, logs, s: resumed_epochs.append(e)
+    )
     assert [e for e, _ in seen] == [1, 2] and resumed_epochs == [3, 4, 5, 6]
     assert resumed.history == result.history
     assert resumed.regimes == result.regimes
@@ -139,8 +156,9 @@ def test_replayed_regimes_equal_real_keras_early_stopping(straight, data, restor
     trial = BASE.replace(restore_best_weights=restore_best_weights)
     regime = training.replay_regimes(trial, result.history, None)[regime_name(patience)]
     assert regime["stop_epoch"] < trial.finetune_epochs, "no early stop: the comparison would be vacuous"
-    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                          restore_best_weights=restore_best_weights)
+    early = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, restore_best_weights=restore_best_weights
+    )
     real = training.run_finetune(trial, data, callbacks=[early])
     assert len(real.history) == regime["stop_epoch"] == early.stopped_epoch + 1
     assert real.history == result.history[: regime["stop_epoch"]]
@@ -154,8 +172,9 @@ def test_replayed_regimes_equal_real_keras_early_stopping(straight, data, restor
 
 def test_absurd_learning_rate_diverges_without_raising(data):
     called = []
-    result = training.run_finetune(BASE.replace(lr=1e12, finetune_epochs=3), data,
-                                   on_epoch=lambda e, logs, s: called.append(e))
+    result = training.run_finetune(
+        BASE.replace(lr=1e12, finetune_epochs=3), data, on_epoch=lambda e, logs, s: called.append(e)
+    )
     assert result.diverged
     assert len(result.history) == result.diverged_epoch - 1 and called == [h["epoch"] for h in result.history]
     assert all(math.isfinite(h["loss"]) for h in result.history)
@@ -165,11 +184,20 @@ def test_absurd_learning_rate_diverges_without_raising(data):
 
 def test_regimes_that_stop_before_the_divergence_stay_valid():
     trial = BASE.replace(patiences=(0, 2, 3))
-    history = [{"epoch": e, "val_loss": v, "test_auc": a}
-               for e, (v, a) in enumerate([(1.0, 0.6), (0.9, 0.7), (1.1, 0.65), (1.2, 0.62)], start=1)]
+    history = [
+        {"epoch": e, "val_loss": v, "test_auc": a}
+        for e, (v, a) in enumerate([(1.0, 0.6), (0.9, 0.7), (1.1, 0.65), (1.2, 0.62)], start=1)
+    ]
     regimes = training.replay_regimes(trial, history, diverged_epoch=5)
-    assert regimes["patience2"] == {"patience": 2, "stop_epoch": 4, "best_epoch": 2, "epoch_used": 4,
-                                    "diverged": False, "val_loss": 1.2, "test_auc": 0.62}
+    assert regimes["patience2"] == {
+        "patience": 2,
+        "stop_epoch": 4,
+        "best_epoch": 2,
+        "epoch_used": 4,
+        "diverged": False,
+        "val_loss": 1.2,
+        "test_auc": 0.62,
+    }
     for name in ("none", "patience3"):  # would still be training when epoch 5 diverged
         assert regimes[name]["diverged"] and regimes[name]["stop_epoch"] == 5
         assert math.isnan(regimes[name]["test_auc"]) and regimes[name]["epoch_used"] is None
@@ -192,8 +220,9 @@ def _pretext(task, data):
     """(result, on_epoch calls) of a 2-epoch pretext run, computed once per task for this module."""
     if task not in _PRETEXT:
         logged = []
-        result = training.run_pretext(BASE.replace(task=task), data,
-                                      on_epoch=lambda e, logs: logged.append((e, logs)))
+        result = training.run_pretext(
+            BASE.replace(task=task), data, on_epoch=lambda e, logs: logged.append((e, logs))
+        )
         _PRETEXT[task] = result, logged
     return _PRETEXT[task]
 
@@ -205,17 +234,20 @@ def test_pretext_phase_per_task(task, data, tmp_path):
     assert not result.diverged
     assert [h["epoch"] for h in result.history] == [1, 2] and [e for e, _ in logged] == [1, 2]
     assert all(math.isfinite(h["loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
-    expected = {"rotation": {"mse", "aad", "aad_deg", "aad_circ", "aad_circ_deg", "sd_deg", "sd_circ_deg"},
-                "rotation4": {"accuracy", "loss"},
-                "missing_patch": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"},
-                "corruption": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"}}
+    expected = {
+        "rotation": {"mse", "aad", "aad_deg", "aad_circ", "aad_circ_deg", "sd_deg", "sd_circ_deg"},
+        "rotation4": {"accuracy", "loss"},
+        "missing_patch": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"},
+        "corruption": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"},
+    }
     assert set(result.metrics) == expected[task]
     assert all(math.isfinite(v) for v in result.metrics.values())
     fresh = models.build_encoder("small", SIZE, trial.encoder_widths)
     assert [w.shape for w in result.encoder_weights] == [w.shape for w in fresh.get_weights()]
     if pretext.get_task(task).head == "image":
-        assert {k: v.shape for k, v in result.examples.items()} == {k: (4, SIZE, SIZE, 3)
-                                                                    for k in ("inputs", "targets", "outputs")}
+        assert {k: v.shape for k, v in result.examples.items()} == {
+            k: (4, SIZE, SIZE, 3) for k in ("inputs", "targets", "outputs")
+        }
         assert all(v.dtype == np.uint8 for v in result.examples.values())
         np.testing.assert_array_equal(result.examples["targets"], data.test.images[:4])
         assert not np.array_equal(result.examples["inputs"], result.examples["targets"])
@@ -233,8 +265,9 @@ def test_pretext_is_deterministic_and_its_weights_seed_the_finetune(straight, da
     b = training.run_pretext(BASE.replace(task="rotation4"), data)
     assert a.metrics == b.metrics and a.history == b.history
     _assert_weights_equal(a.encoder_weights, b.encoder_weights)
-    tuned = training.run_finetune(BASE.replace(task="rotation4", finetune_epochs=1), data,
-                                  encoder_weights=a.encoder_weights)
+    tuned = training.run_finetune(
+        BASE.replace(task="rotation4", finetune_epochs=1), data, encoder_weights=a.encoder_weights
+    )
     baseline_first_epoch = straight[0].history[0]  # same seed, split, order and head init; random encoder
     assert tuned.history[0]["val_loss"] != baseline_first_epoch["val_loss"]
 
@@ -243,8 +276,15 @@ def test_pretext_divergence_is_reported_not_raised(data, monkeypatch):
     def nan_targets(images, rng, **params):
         return images.copy(), np.full(len(images), np.nan, np.float32)
 
-    task = pretext.PretextTask("nan_angle", "NaN targets (test)", "angle", "mse", (), nan_targets,
-                               pretext.params_validator("nan_angle", ()))
+    task = pretext.PretextTask(
+        "nan_angle",
+        "NaN targets (test)",
+        "angle",
+        "mse",
+        (),
+        nan_targets,
+        pretext.params_validator("nan_angle", ()),
+    )
     monkeypatch.setitem(pretext.TASKS, "nan_angle", task)
     result = training.run_pretext(BASE.replace(task="nan_angle"), data)
     assert result.diverged and result.diverged_epoch == 1
