@@ -31,16 +31,6 @@ from study.config import ConfigError, TrialConfig, regime_name, resolved_task_pa
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
 
 STUDY_FILE = "study.json"
-METRIC_KEYS = (
-    "soft_accuracy",
-    "accuracy",
-    "balanced_accuracy",
-    "auc",
-    "sensitivity",
-    "specificity",
-    "f1",
-    "loss",
-)
 
 
 class StudyInterrupted(KeyboardInterrupt):
