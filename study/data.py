@@ -798,6 +798,31 @@ def load_dataset(root: str | Path, image_size: int, cache_dir: str | Path | None
     report, results = _scan(root, image_size)
     if not report.ok:
         raise DataError(report.problems, root)
+    return _store_decoded(report, results, root, image_size, cache_dir, cache_note)
+
+
+def check_and_cache(root: str | Path, image_size: int, cache_dir: str | Path | None = None) -> CheckReport:
+    """`check_dataset` and, when the data is usable, `load_dataset`'s decoded cache, from one decoding pass.
+
+    The study driver calls this once, so that trials on this machine load arrays instead of decoding.
+    """
+    root = Path(root)
+    report, results = _scan(root, int(image_size))
+    if report.ok:
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        _store_decoded(report, results, root, int(image_size), cache, [])
+    return report
+
+
+def _store_decoded(
+    report: CheckReport,
+    results: list[_FileResult],
+    root: Path,
+    image_size: int,
+    cache_dir: Path,
+    cache_note: list[str],
+) -> DecodedData:
+    """The DecodedData of a clean scan, written to the cache (a failed write is noted, not raised)."""
     data = DecodedData(
         train=_split_from(results, "train", image_size),
         test=_split_from(results, "test", image_size),

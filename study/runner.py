@@ -144,12 +144,15 @@ def check_storage(storage: Path) -> None:
 
 
 def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
-    """(dataset root, CheckReport): generates synthetic lesions if needed and checks the data on the driver."""
-    from study.data import DataError, check_dataset
-    from study.trainables import dataset_root
+    """(dataset root, CheckReport): generates synthetic lesions if needed and checks the data on the driver.
+
+    The same decoding pass fills the decoded-array cache, so trials on this machine never decode images.
+    """
+    from study.data import DataError, check_and_cache
+    from study.trainables import cache_dir, dataset_root
 
     root = dataset_root(preset.base)
-    report = check_dataset(root)
+    report = check_and_cache(root, preset.base.image_size, cache_dir(preset.base))
     if not report.ok:
         raise DataError(
             f"dataset {root} is not usable:\n"
@@ -569,18 +572,10 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
                     {**base, "regime": name, "patience": p, "status": status, "error": None, **reg, **common}
                 )
         df = result.metrics_dataframe
-        if df is not None and len(df):
-            h = (
-                df[df.get("phase", pd.Series(dtype=object)).isin(["pretext", "finetune"])].copy()
-                if "phase" in df
-                else df.iloc[0:0]
-            )
-            if len(h):
-                h = h.drop(columns=[c for c in ("trial_id", "arm", "seed") if c in h])
-                h.insert(0, "trial_id", trial_id)
-                h.insert(1, "arm", fields["arm"])
-                h.insert(2, "seed", fields["seed"])
-                hist.append(h)
+        if df is not None and "phase" in df:
+            h = df[df["phase"].isin(["pretext", "finetune"])]
+            h = h.drop(columns=[c for c in ("trial_id", "arm", "seed") if c in h])
+            hist.append(h.assign(trial_id=trial_id, arm=fields["arm"], seed=fields["seed"]))
     results = pd.DataFrame(rows)
     if len(results):
         results = results.sort_values(["regime", "arm", "seed"], kind="stable").reset_index(drop=True)
@@ -610,12 +605,8 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
     )
     # A trial restarted from a checkpoint reports the epochs after that checkpoint again: keep the last.
     history = history.drop_duplicates(["trial_id", "phase", "epoch"], keep="last").reset_index(drop=True)
-    keep = [
-        c
-        for c in history.columns
-        if c in ("trial_id", "arm", "seed", "phase", "epoch", "loss", "val_loss", "val_auc", "pid")
-        or c.startswith(("test_", "val_"))
-    ]
+    ident = ["trial_id", "arm", "seed", "phase", "epoch"]
+    keep = ident + [c for c in history.columns if c in ("loss", "pid") or c.startswith(("test_", "val_"))]
     return results, history[keep], errors
 
 

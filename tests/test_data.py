@@ -123,6 +123,20 @@ def test_cache_hit_does_not_decode(tiny_dataset: Path, cache_dir: Path, monkeypa
         load_dataset(tiny_dataset, 18, cache_dir=cache_dir)  # another size is another cache entry
 
 
+def test_check_and_cache_fills_the_cache_in_the_same_pass(
+    tiny_dataset: Path, cache_dir: Path, monkeypatch
+) -> None:
+    report = data.check_and_cache(tiny_dataset, 20, cache_dir=cache_dir)
+    assert report.ok and report.to_dict() == check_dataset(tiny_dataset).to_dict()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the driver's check filled the cache")
+
+    monkeypatch.setattr(data, "_inspect_file", no_decoding)
+    loaded = load_dataset(tiny_dataset, 20, cache_dir=cache_dir)
+    assert loaded.fingerprint == report.fingerprint and loaded.train.images.shape[1:] == (20, 20, 3)
+
+
 def test_cache_follows_env_var(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "envcache"))
     load_dataset(tiny_dataset, 16)
