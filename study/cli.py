@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from textwrap import dedent
 
 EXIT_BAD_CONFIG = 2
@@ -31,7 +30,10 @@ def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--seeds", type=int, metavar="N", help="number of paired seeds (repetitions)")
     p.add_argument("--name", help="run name (default: PRESET-YYYYmmdd-HHMMSS)")
     p.add_argument(
-        "--storage", metavar="PATH", default="runs", help="where run directories go (default: ./runs)"
+        "--storage",
+        metavar="PATH|URI",
+        default="runs",
+        help="where run directories go: a folder (NFS on a cluster) or s3://bucket/prefix (default: ./runs)",
     )
     p.add_argument(
         "--cpus-per-trial", type=float, metavar="C", help="CPUs per trial (also TensorFlow threads)"
@@ -167,7 +169,9 @@ def _run(args: argparse.Namespace, search: bool = False) -> int:
         write_report=not args.no_report,
         **overrides,
     )
-    print(f"Results: {run_dir / 'results.csv'}\nCurves:  tensorboard --logdir {run_dir}")
+    print(f"Results: {run_dir / 'results.csv'}")
+    if any(run_dir.glob("two_stage_trial_*")):  # trial logs are local (not with object storage)
+        print(f"Curves:  tensorboard --logdir {run_dir}")
     return 0
 
 
@@ -188,16 +192,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(describe_presets())
         return 0
     if args.command == "report":
+        from study import runner
         from study.report import write_report
 
-        run_dir = Path(args.run_dir)
+        run_uri, run_dir = runner.open_run(args.run_dir)
         if not (run_dir / "results.csv").exists():
             # A run whose driver stopped before writing its tables: read them from Ray Tune's ResultGrid.
-            from study import runner
-
-            runner.collect_from_experiment(run_dir)
+            runner.collect_from_experiment(run_uri)
         md, html = write_report(run_dir, metric=args.metric)
         print(f"Report: {md}\n        {html}")
+        runner.publish(run_dir, run_uri)
         return 0
     if args.command == "data":
         if args.data_command == "synth":

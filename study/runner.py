@@ -2,13 +2,16 @@
 
 The driver never imports TensorFlow: trials do (inside `study.trainables.two_stage_trial`).
 
-Run directory (= Tune's experiment directory, `STORAGE/NAME`):
+Run directory (= Tune's experiment directory, `STORAGE/NAME`; STORAGE is a folder or an `s3://` URI):
     study.json       the preset as run (for `study resume`)
     results.csv      one row per trial x early-stopping regime (the analysis contract)
     history.csv      one row per reported epoch of each trial
     manifest.json    config, versions, data fingerprint and check, git revision, errors
     examples/        pretext inputs/targets/outputs of image tasks, for the report
     pretext_cache/   pretext weights shared between trials
+
+With an object-store STORAGE the driver writes its files into a local copy (`runs/NAME` under the working
+directory) and uploads them to the run URI; `study resume` / `study report` accept the URI.
 """
 
 from __future__ import annotations
@@ -27,21 +30,26 @@ from typing import Any
 import pandas as pd
 
 import study
+from study import storage as store
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
 
 STUDY_FILE = "study.json"
+# The driver's own files of a run (the rest of a run directory is Ray Tune's): fetched for resume/report.
+DRIVER_FILES = [STUDY_FILE, "results.csv", "history.csv", "manifest.json", "examples"]
+# Experiment-state upload period for remote storage (Tune's default is 300 s): what a killed driver can lose.
+REMOTE_SYNC_PERIOD_S = 5
 
 
 class StudyInterrupted(KeyboardInterrupt):
     """The study was stopped (Ctrl-C) before every trial finished; `run_dir` can be resumed."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: str | Path) -> None:
         super().__init__(str(run_dir))
         self.run_dir = run_dir
 
 
-def _raise_if_interrupted(run_dir: Path, grid: Any, preset: StudyPreset) -> None:
+def _raise_if_interrupted(run_dir: str | Path, grid: Any, preset: StudyPreset) -> None:
     """Tune answers Ctrl-C by saving its state and returning early; unfinished trials then have no error and
     no final result. Stop there instead of writing a results table full of unfinished trials."""
     if preset.search is not None and preset.search.asha:
@@ -127,20 +135,30 @@ def validate_preset(preset: StudyPreset) -> None:
         raise ConfigError("arms: the study needs the baseline arm (task 'none') to compare against")
 
 
-def check_storage(storage: Path) -> None:
-    """Fail at start, not mid-study, when results cannot be written (unwritable path or a full disk)."""
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"x" * 1024)
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"--storage: cannot write to {storage} ({exc.strerror or exc}); choose a writable folder"
-        ) from exc
-    free = shutil.disk_usage(storage).free
-    if free < 200 * 2**20:
-        raise ConfigError(f"--storage: only {free / 2**20:.0f} MiB free at {storage}; free space or move it")
+def check_storage(storage: str | Path) -> None:
+    """Fail at start, not mid-study, when results cannot be written (unwritable path or bucket, full disk)."""
+    store.check_writable(store.normalize(storage))
+
+
+def local_copy(run_uri: str) -> Path:
+    """Where the driver writes a run's tables and report: the run itself, or `runs/NAME` for a URI."""
+    return Path("runs").resolve() / store.basename(run_uri) if store.is_uri(run_uri) else Path(run_uri)
+
+
+def open_run(run_dir: str | Path) -> tuple[str, Path]:
+    """(run URI, local copy) of an existing run; for a URI the driver's files are downloaded first."""
+    run_uri = store.normalize(run_dir)
+    local = local_copy(run_uri)
+    if store.is_uri(run_uri):
+        store.download(run_uri, local, DRIVER_FILES)
+    return run_uri, local
+
+
+def publish(local: Path, run_uri: str) -> None:
+    """Upload the driver's files of a run (tables, manifest, report) to its URI; nothing to do for folders."""
+    if store.is_uri(run_uri):
+        store.upload(local, run_uri)
+        print(f"Uploaded results and report to {run_uri}", flush=True)
 
 
 def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
@@ -230,14 +248,16 @@ def _trainable(preset: StudyPreset):
     return tune.with_resources(two_stage_trial, {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial})
 
 
-def _tuner_configs(preset: StudyPreset, run_dir: Path):
+def _tuner_configs(preset: StudyPreset, run_uri: str):
     from ray import tune
 
+    remote = store.is_uri(run_uri)
     run_config = tune.RunConfig(
-        name=run_dir.name,
-        storage_path=str(run_dir.parent),
+        name=store.basename(run_uri),
+        storage_path=run_uri.rsplit("/", 1)[0] if remote else str(Path(run_uri).parent),
         failure_config=tune.FailureConfig(max_failures=preset.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        sync_config=tune.SyncConfig(sync_period=REMOTE_SYNC_PERIOD_S) if remote else None,
         verbose=1,
     )
     if preset.search is None:
@@ -290,27 +310,31 @@ def run_study(
     if isinstance(preset, str):
         preset = get_preset(preset)
     preset = apply_overrides(preset, **overrides)
-    storage = Path(storage or "runs").expanduser().resolve()
+    storage_uri = store.normalize(storage or "runs")
     name = name or f"{preset.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir = storage / name
-    check_storage(storage)
-    if (run_dir / STUDY_FILE).exists():
+    run_uri = store.join(storage_uri, name)
+    local = local_copy(run_uri)
+    check_storage(storage_uri)
+    if store.exists(store.join(run_uri, STUDY_FILE)) or (local / STUDY_FILE).exists():
         raise ConfigError(
-            f"--name: {run_dir} already holds a study; resume it with `study resume {run_dir}` "
+            f"--name: {run_uri} already holds a study; resume it with `study resume {run_uri}` "
             "or choose another --name"
         )
-    preset = preset.replace(base=preset.base.replace(pretext_cache_dir=str(run_dir / "pretext_cache")))
+    preset = preset.replace(base=preset.base.replace(pretext_cache_dir=store.join(run_uri, "pretext_cache")))
     validate_preset(preset)
     root, check = prepare_data(preset)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"Run directory: {run_dir}", flush=True)
+    local.mkdir(parents=True, exist_ok=True)
+    print(f"Run directory: {run_uri}", flush=True)
+    if store.is_uri(run_uri):
+        print(f"Local copy of tables and report: {local}", flush=True)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat()
-    (run_dir / STUDY_FILE).write_text(
+    (local / STUDY_FILE).write_text(
         json.dumps(
             {
                 "preset": preset.to_dict(),
                 "started": started,
+                "run_uri": run_uri,
                 "data_root": str(root),
                 "data_check": check.to_dict(),
                 "data_check_summary": check.format(),
@@ -319,11 +343,12 @@ def run_study(
             default=str,
         )
     )
+    publish(local, run_uri)
 
     _init_ray(address, preset)
     from ray import tune
 
-    tune_config, run_config = _tuner_configs(preset, run_dir)
+    tune_config, run_config = _tuner_configs(preset, run_uri)
     tuner = tune.Tuner(
         _trainable(preset),
         param_space=preset.param_space() if preset.search is None else _search_constants(preset),
@@ -331,9 +356,9 @@ def run_study(
         run_config=run_config,
     )
     grid = tuner.fit()
-    _raise_if_interrupted(run_dir, grid, preset)
-    finish_run(run_dir, grid, preset, write_report=write_report)
-    return run_dir
+    _raise_if_interrupted(run_uri, grid, preset)
+    finish_run(local, grid, preset, write_report=write_report, run_uri=run_uri)
+    return local
 
 
 def _search_constants(preset: StudyPreset) -> dict[str, Any]:
@@ -343,13 +368,13 @@ def _search_constants(preset: StudyPreset) -> dict[str, Any]:
     return fixed
 
 
-def load_study(run_dir: Path) -> tuple[StudyPreset, dict[str, Any]]:
-    """The preset a run directory was started with."""
+def load_study(run_dir: Path, run_uri: str | None = None) -> tuple[StudyPreset, dict[str, Any]]:
+    """The preset a run directory (its local copy `run_dir`, fetched from `run_uri`) was started with."""
     path = Path(run_dir) / STUDY_FILE
     if not path.exists():
         raise ConfigError(
-            f"{run_dir} is not a study run directory (no {STUDY_FILE}); "
-            "pass the folder `study run` printed, e.g. runs/demo-20260101-120000"
+            f"{run_uri or run_dir} is not a study run directory (no {STUDY_FILE}); "
+            "pass the folder or URI `study run` printed, e.g. runs/demo-20260101-120000"
         )
     saved = json.loads(path.read_text())
     return preset_from_dict(saved["preset"]), saved
@@ -378,45 +403,52 @@ def preset_from_dict(d: dict[str, Any]) -> StudyPreset:
 
 
 def resume_study(run_dir: str | Path, *, address: str | None = None, write_report: bool = True) -> Path:
-    """Continue an interrupted study with `Tuner.restore`; finished trials are not run again."""
+    """Continue an interrupted study with `Tuner.restore`; finished trials are not run again.
+
+    `run_dir` is the run folder or URI that `study run` printed. Returns the local copy with the results.
+    """
     from ray import tune
 
-    run_dir = Path(run_dir).expanduser().resolve()
-    preset, _ = load_study(run_dir)
-    if not tune.Tuner.can_restore(str(run_dir)):
+    run_uri, local = open_run(run_dir)
+    preset, _ = load_study(local, run_uri)
+    if not tune.Tuner.can_restore(run_uri):
         raise ConfigError(
-            f"{run_dir}: no Ray Tune experiment state to restore (the study stopped before its "
+            f"{run_uri}: no Ray Tune experiment state to restore (the study stopped before its "
             "first trial started); start it again with `study run`"
         )
     _init_ray(address, preset)
     tuner = tune.Tuner.restore(
-        str(run_dir), trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
+        run_uri, trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
     )
     grid = tuner.fit()
-    _raise_if_interrupted(run_dir, grid, preset)
-    finish_run(run_dir, grid, preset, write_report=write_report)
-    return run_dir
+    _raise_if_interrupted(run_uri, grid, preset)
+    finish_run(local, grid, preset, write_report=write_report, run_uri=run_uri)
+    return local
 
 
 # ------------------------------------------------------------------------------------------------ collecting
 def collect_from_experiment(run_dir: str | Path) -> Path:
     """Rebuild results.csv, history.csv and manifest.json of a run from Tune's own records (`ResultGrid`).
 
-    For a run whose driver died before writing them; finished trials are read, nothing is run.
+    For a run whose driver died before writing them; finished trials are read, nothing is run. Returns the
+    local copy holding the tables.
     """
     from ray import tune
 
-    run_dir = Path(run_dir).expanduser().resolve()
-    preset, _ = load_study(run_dir)
-    if not tune.Tuner.can_restore(str(run_dir)):
-        raise ConfigError(f"{run_dir}: no Ray Tune experiment state to read; was the study started?")
-    grid = tune.Tuner.restore(str(run_dir), trainable=_trainable(preset)).get_results()
-    finish_run(run_dir, grid, preset, write_report=False)
-    return run_dir
+    run_uri, local = open_run(run_dir)
+    preset, _ = load_study(local, run_uri)
+    if not tune.Tuner.can_restore(run_uri):
+        raise ConfigError(f"{run_uri}: no Ray Tune experiment state to read; was the study started?")
+    grid = tune.Tuner.restore(run_uri, trainable=_trainable(preset)).get_results()
+    finish_run(local, grid, preset, write_report=False, run_uri=run_uri)
+    return local
 
 
-def finish_run(run_dir: Path, grid: Any, preset: StudyPreset, *, write_report: bool = True) -> None:
-    """Write results.csv, history.csv, examples/ and manifest.json from a ResultGrid, then the report."""
+def finish_run(
+    run_dir: Path, grid: Any, preset: StudyPreset, *, write_report: bool = True, run_uri: str | None = None
+) -> None:
+    """Write results.csv, history.csv, examples/ and manifest.json from a ResultGrid into the local copy
+    `run_dir`, then the report; upload them when the run lives at a URI."""
     results, history, errors = collect_results(grid, preset)
     results.to_csv(run_dir / "results.csv", index=False)
     history.to_csv(run_dir / "history.csv", index=False)
@@ -426,6 +458,7 @@ def finish_run(run_dir: Path, grid: Any, preset: StudyPreset, *, write_report: b
         "preset": preset.name,
         "config": preset.to_dict(),
         "versions": versions(),
+        "run_uri": run_uri or str(run_dir),
         "data_root": saved.get("data_root"),
         "data_fingerprint": next(iter(results["data_fingerprint"].dropna()), None) if len(results) else None,
         "git_revision": git_revision(),
@@ -443,6 +476,8 @@ def finish_run(run_dir: Path, grid: Any, preset: StudyPreset, *, write_report: b
 
         md, html = _write_report(run_dir)
         print(f"Report: {html}")
+    if run_uri is not None:
+        publish(run_dir, run_uri)
 
 
 def write_search_summary(run_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
@@ -617,12 +652,17 @@ def _one_line(error: BaseException) -> str:
 
 
 def _copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset) -> None:
-    cache = Path(preset.base.pretext_cache_dir or "")
-    if not len(results) or "pretext_key" not in results or not cache.is_dir():
+    cache = preset.base.pretext_cache_dir
+    if not len(results) or "pretext_key" not in results or not cache:
         return
     out = run_dir / "examples"
     for (task, seed, key), _ in results.groupby(["task", "seed", "pretext_key"], dropna=True):
-        src = cache / str(key) / "examples.npz"
-        if src.exists():
+        src = store.join(cache, str(key), "examples.npz")
+        if store.exists(src):
             out.mkdir(exist_ok=True)
-            shutil.copyfile(src, out / f"{task}_seed{seed}.npz")
+            if store.is_uri(src):
+                store.download(store.join(cache, str(key)), out / ".tmp", ["examples.npz"])
+                os.replace(out / ".tmp" / "examples.npz", out / f"{task}_seed{seed}.npz")
+                (out / ".tmp").rmdir()
+            else:
+                shutil.copyfile(src, out / f"{task}_seed{seed}.npz")

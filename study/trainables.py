@@ -20,6 +20,7 @@ from typing import Any
 from ray import tune
 
 import study
+from study import storage as store
 from study.config import TrialConfig, regime_name, resolved_task_params
 
 # Decoded datasets of this worker process, keyed by where they come from. With `reuse_actors=True` a worker
@@ -27,6 +28,8 @@ from study.config import TrialConfig, regime_name, resolved_task_params
 _DATA: dict[tuple, Any] = {}
 
 STATE_FILE = "trial_state.json"
+# Marker object of a complete pretext-cache entry on object storage (see `_cached_pretext_remote`).
+REMOTE_COMPLETE = "COMPLETE"
 
 
 def trial_config_from(config: dict[str, Any]) -> TrialConfig:
@@ -97,7 +100,8 @@ def cached_pretext(
 
     A file lock per key makes concurrent trials that need the same pretext train it once: the second waits
     and then loads. Entries are written to a temporary folder and renamed, so a crash never leaves a
-    half-written entry that looks complete. `train` / `load` default to `training.run_pretext` /
+    half-written entry that looks complete. A `pretext_cache_dir` URI (`s3://...`) keeps the cache on object
+    storage, shared by a cluster's nodes (`_cached_pretext_remote`). `train` / `load` default to `training.run_pretext` /
     `training.PretextResult.load` (replaceable so the locking can be tested without TensorFlow).
     """
     from filelock import FileLock
@@ -109,7 +113,10 @@ def cached_pretext(
     key = pretext_key(trial, data.fingerprint)
     if not trial.share_pretext:
         return train(trial, data, on_epoch=on_epoch), False, key
-    root = Path(trial.pretext_cache_dir) if trial.pretext_cache_dir else cache_dir(trial) / "pretext"
+    root = trial.pretext_cache_dir or str(cache_dir(trial) / "pretext")
+    if store.is_uri(root):
+        return _cached_pretext_remote(trial, data, on_epoch, train, load, key, store.join(root, key))
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     entry = root / key
     if entry.is_dir():
@@ -118,10 +125,44 @@ def cached_pretext(
         if entry.is_dir():
             return load(entry), True, key
         result = train(trial, data, on_epoch=on_epoch)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
-        result.save(tmp)
-        (tmp / "key.json").write_text(json.dumps({"key": key, "task": trial.task, "seed": trial.seed}))
+        tmp = _save_entry(result, root, key, trial)
         os.replace(tmp, entry)
+        return result, False, key
+
+
+def _save_entry(result: Any, root: Path, key: str, trial: TrialConfig) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
+    result.save(tmp)
+    (tmp / "key.json").write_text(json.dumps({"key": key, "task": trial.task, "seed": trial.seed}))
+    return tmp
+
+
+def _cached_pretext_remote(trial, data, on_epoch, train, load, key: str, entry: str) -> tuple[Any, bool, str]:
+    """The cache on object storage (`s3://...`): shared by every node of a cluster.
+
+    Object stores have neither locks nor atomic folder renames, so an entry counts as complete once its
+    marker object exists, uploaded after everything else. A node-local file lock makes trials on one node
+    train a key once; two nodes that miss at the same moment both train it, to the same weights (training is
+    deterministic per key), and the later upload rewrites identical files.
+    """
+    from filelock import FileLock
+
+    local_root = cache_dir(trial) / "pretext-remote" / hashlib.sha256(entry.encode()).hexdigest()[:12]
+    local_root.mkdir(parents=True, exist_ok=True)
+    local_entry = local_root / key
+    marker = store.join(entry, REMOTE_COMPLETE)
+    with FileLock(str(local_root / f"{key}.lock")):
+        if local_entry.is_dir() or store.exists(marker):
+            if not local_entry.is_dir():
+                tmp = Path(tempfile.mkdtemp(prefix=f"{key}.dl-", dir=local_root))
+                store.download(entry, tmp)
+                os.replace(tmp, local_entry)
+            return load(local_entry), True, key
+        result = train(trial, data, on_epoch=on_epoch)
+        tmp = _save_entry(result, local_root, key, trial)
+        store.upload(tmp, entry)
+        store.write_text(marker, json.dumps({"key": key}))
+        os.replace(tmp, local_entry)
         return result, False, key
 
 
