@@ -120,7 +120,7 @@ def validate_preset(preset: StudyPreset) -> None:
     if preset.needs_gpu and preset.gpus_per_trial < 1:
         raise ConfigError(
             f"--gpus-per-trial: the {preset.name!r} preset needs a GPU per trial (ResNet50 at "
-            f"{preset.base.image_size} px would take weeks on CPUs); run it on a GPU cluster"
+            f"{preset.base.image_size} px would take months on CPUs); run it on a GPU cluster"
         )
     if preset.search is None and not preset.arms:
         raise ConfigError(f"preset {preset.name!r} has no arms to compare")
@@ -232,7 +232,14 @@ def _init_ray(address: str | None, preset: StudyPreset) -> None:
     else:
         ray.init(include_dashboard=False, log_to_driver=True)
     gpus = ray.cluster_resources().get("GPU", 0)
-    if preset.gpus_per_trial > 0 and gpus < preset.gpus_per_trial:
+    if preset.gpus_per_trial > 0 and gpus < preset.gpus_per_trial and address:
+        # A cluster launched with `ray up` adds GPU workers when trials ask for them (autoscaling).
+        print(
+            f"The Ray cluster has {gpus:g} GPUs now; trials wait until the autoscaler adds GPU workers "
+            "(check with `ray status`).",
+            flush=True,
+        )
+    elif preset.gpus_per_trial > 0 and gpus < preset.gpus_per_trial:
         ray.shutdown()
         raise ConfigError(
             f"--gpus-per-trial {preset.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs; "
@@ -558,7 +565,10 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         common = {
             "data_fingerprint": metrics.get("data_fingerprint"),
             "pid": metrics.get("pid"),
+            "node_id": metrics.get("node_id"),
             "finetune_epochs_run": metrics.get("finetune_epochs_run"),
+            # Fine-tune epochs this trial did not redo because it resumed from a checkpoint.
+            "finetune_epochs_resumed": metrics.get("finetune_epochs_resumed"),
             "search_score": metrics.get("search_score"),
             # True when the trial was restarted (retry or resume) from one of its checkpoints.
             "restored": metrics.get("restored"),
@@ -621,12 +631,14 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
             for c in (
                 "search_score",
                 "finetune_epochs_run",
+                "finetune_epochs_resumed",
                 "encoder",
                 "image_size",
                 "threads",
                 "mixed_precision",
                 "data_fingerprint",
                 "pid",
+                "node_id",
                 "restored",
             )
             if c in results
@@ -641,7 +653,9 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
     # A trial restarted from a checkpoint reports the epochs after that checkpoint again: keep the last.
     history = history.drop_duplicates(["trial_id", "phase", "epoch"], keep="last").reset_index(drop=True)
     ident = ["trial_id", "arm", "seed", "phase", "epoch"]
-    keep = ident + [c for c in history.columns if c in ("loss", "pid") or c.startswith(("test_", "val_"))]
+    keep = ident + [
+        c for c in history.columns if c in ("loss", "pid", "node_id") or c.startswith(("test_", "val_"))
+    ]
     return results, history[keep], errors
 
 

@@ -159,7 +159,8 @@ def paper() -> StudyPreset:
     4 arms x 10 seeds = 40 trials (30 pretext phases + 40 fine-tunes).
     Launch: `study run --preset paper --data /data/melanoma --storage /shared/runs --address auto`
     (on a GPU cluster; see README "Run on a cluster").
-    Expected runtime: about 1 GPU-hour per trial on one modern GPU; with 8 GPUs about 6 hours.
+    Expected runtime (estimate, BENCHMARKS.md): 1-2 GPU-hours per trial on one A10G-class GPU, about 67
+    GPU-hours in all: 9-10 hours on 8 GPU workers.
     Needs a real dataset (`--data`) and GPUs (`--gpus-per-trial 1` is the default).
     """
     size = 224
@@ -185,7 +186,7 @@ def paper() -> StudyPreset:
         gpus_per_trial=1,
         needs_gpu=True,
         needs_data=True,
-        runtime_note="~1 GPU-hour per trial; GPU cluster and --data required",
+        runtime_note="~1-2 GPU-hours per trial (~10 h on 8 GPUs); GPU cluster and --data required",
     )
 
 

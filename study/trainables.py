@@ -222,9 +222,17 @@ def two_stage_trial(config: dict[str, Any]) -> None:
 
 
 def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: Path | None) -> None:
+    import ray
+
     from study import training
 
-    common = {"pid": os.getpid(), "data_fingerprint": data.fingerprint, "restored": restored is not None}
+    # Provenance: which worker process and which cluster node ran this attempt.
+    common = {
+        "pid": os.getpid(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "data_fingerprint": data.fingerprint,
+        "restored": restored is not None,
+    }
     pretext_info: dict[str, Any] = state.get("pretext", {})
     encoder_weights = None
     if trial.task != "none" and state.get("phase") != "finetune":

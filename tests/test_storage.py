@@ -85,14 +85,22 @@ def test_upload_and_download_round_trip_through_the_server(s3_env, tmp_path):
 
 def test_a_missing_bucket_is_rejected_at_start_with_the_fix(s3_env):
     store.check_writable(f"s3://{BUCKET}/ok")  # the real bucket is writable
-    with pytest.raises(ConfigError, match="--storage: cannot write to s3://no-such-bucket/runs.*AWS_ENDPOINT"):
+    with pytest.raises(
+        ConfigError, match="--storage: cannot write to s3://no-such-bucket/runs.*AWS_ENDPOINT"
+    ):
         store.check_writable("s3://no-such-bucket/runs")
 
 
 def test_cli_rejects_an_unwritable_bucket_before_any_trial(s3_env, tmp_path, study_env):
     proc = run_cli(
-        "run", "--preset", "smoke", "--storage", "s3://no-such-bucket/runs", env={**study_env, **s3_env},
-        cwd=tmp_path, timeout=120,
+        "run",
+        "--preset",
+        "smoke",
+        "--storage",
+        "s3://no-such-bucket/runs",
+        env={**study_env, **s3_env},
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert "cannot write to s3://no-such-bucket/runs" in proc.stderr and "Traceback" not in proc.stderr
