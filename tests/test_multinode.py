@@ -61,7 +61,8 @@ def test_smoke_study_runs_across_nodes_shares_pretexts_and_equals_single_node(cl
     smoke = get_preset("smoke")
     default_lr = smoke.base.lr
     # One more rotation arm with another fine-tune lr: it needs the same pretext as the rotation arm.
-    preset = smoke.replace(arms=(*smoke.arms, {"task": "rotation", "lr": default_lr * 3}))
+    # One seed keeps it short (5 trials on two 1-CPU nodes).
+    preset = smoke.replace(arms=(*smoke.arms, {"task": "rotation", "lr": default_lr * 3}), seeds=(0,))
     c, _ = cluster
     run_dir = run_study(preset, storage=tmp_path / "shared", name="multi", address=c.address)
     results = pd.read_csv(run_dir / "results.csv")
@@ -71,10 +72,11 @@ def test_smoke_study_runs_across_nodes_shares_pretexts_and_equals_single_node(cl
     assert results["node_id"].nunique() == 2 and head not in set(results["node_id"])
     # Each rotation pretext was trained once per seed through the shared storage; the other arm loaded it.
     rot = results[(results["task"] == "rotation") & (results["regime"] == "none")]
-    assert sorted(rot.groupby("seed")["pretext_cached"].sum()) == [1, 1]
-    assert len([p for p in (run_dir / "pretext_cache").iterdir() if p.is_dir()]) == 3 * len(smoke.seeds)
-    # Same seeds, same results as the single-node run.
-    _same_results(results[results["lr"] == default_lr], pd.read_csv(smoke_run / "results.csv"))
+    assert len(rot) == 2 and rot["pretext_cached"].sum() == 1
+    assert len([p for p in (run_dir / "pretext_cache").iterdir() if p.is_dir()]) == 3
+    # Same seed, same results as the single-node run.
+    reference = pd.read_csv(smoke_run / "results.csv")
+    _same_results(results[results["lr"] == default_lr], reference[reference["seed"] == 0])
 
 
 def _trial_in_finetune(run_dir: Path) -> dict | None:

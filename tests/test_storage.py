@@ -178,6 +178,13 @@ def test_smoke_study_on_s3_storage_equals_the_local_run(s3_env, tmp_path, study_
     manifest = json.loads((work / "runs" / "s3smoke" / "manifest.json").read_text())
     assert manifest["run_uri"] == f"{uri}/s3smoke" and manifest["errors"] == []
 
+    # `study resume URI` restores the experiment from the bucket (nothing left to run) and re-writes the tables.
+    res = run_cli("resume", f"{uri}/s3smoke", "--no-report", env=env, cwd=work, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    resumed = pd.read_csv(work / "runs" / "s3smoke" / "results.csv")
+    pd.testing.assert_frame_equal(resumed[cols], local[cols])
+    assert (resumed["pid"] == local["pid"]).all()  # no trial ran again
+
     # Another checkout (no local copy) rebuilds the report from the bucket and uploads it.
     other = tmp_path / "laptop"
     other.mkdir()
