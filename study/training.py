@@ -244,19 +244,19 @@ def run_pretext(
     callbacks = keras.callbacks.CallbackList([early] if early else [], model=model)
     callbacks.on_train_begin()
     history: list[EpochLogs] = []
+    # Converted to tensors once (numpy validation data would be converted again every epoch).
+    val_batches = _batched((val_x, _as_target(task.head, val_y)), EVAL_BATCH_SIZE)
     for epoch in range(trial.pretext_epochs):
         x, y = task.make_batch(x_train, np.random.default_rng([seed, STREAM_PRETEXT_PAIRS, epoch]), **params)
         order = np.random.default_rng([seed, STREAM_PRETEXT_ORDER, epoch]).permutation(len(x))
+        batches = _IndexedBatches(x, _as_target(task.head, y), trial.pretext_batch_size)
         fit = model.fit(
-            x[order],
-            _as_target(task.head, y[order]),
-            batch_size=trial.pretext_batch_size,
+            batches.in_order(order),
             epochs=epoch + 1,
             initial_epoch=epoch,
             shuffle=False,
             verbose=0,
-            validation_data=(val_x, _as_target(task.head, val_y)),
-            validation_batch_size=EVAL_BATCH_SIZE,
+            validation_data=val_batches,
         )
         logs = {
             "epoch": epoch + 1,
@@ -387,6 +387,9 @@ def run_finetune(
     x_test, y_test = data.test.images, data.test.labels
     # One predict call per epoch for validation and test: each call has a fixed cost (~40 ms here).
     x_eval = np.concatenate([x_val, x_test])
+    # The arrays become tensors once per phase: numpy inputs would be converted again by every fit/predict.
+    batches = _IndexedBatches(x_train, y_train, trial.batch_size)
+    eval_batches = _batched(x_eval, EVAL_BATCH_SIZE)
 
     # On resume or with pretext weights the initial encoder weights are overwritten: skip the ImageNet file.
     overwritten = encoder_weights is not None or resume_dir is not None
@@ -419,17 +422,11 @@ def run_finetune(
         started = time.perf_counter()
         order = np.random.default_rng([seed, STREAM_FINETUNE_ORDER, epoch]).permutation(len(x_train))
         fit = model.fit(
-            x_train[order],
-            y_train[order],
-            batch_size=trial.batch_size,
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            shuffle=False,
-            verbose=0,
+            batches.in_order(order), epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0
         )
         fitted = time.perf_counter()
         loss = float(fit.history["loss"][-1])
-        p_eval = _predict_proba(model, x_eval)
+        p_eval = _predict_proba(model, eval_batches)
         p_val, p_test = p_eval[: len(x_val)], p_eval[len(x_val) :]
         timings.append(
             {"epoch": epoch + 1, "fit_s": fitted - started, "eval_s": time.perf_counter() - fitted}
@@ -521,9 +518,45 @@ def _prefixed(prefix: str, scores: dict[str, Any]) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in scores.items()}
 
 
-def _predict_proba(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """P(malignant) `(N,)` float64 from the sigmoid head."""
-    return np.asarray(model.predict(x, batch_size=EVAL_BATCH_SIZE, verbose=0), np.float64).reshape(-1)
+def _predict_proba(model: keras.Model, x: Any) -> np.ndarray:
+    """P(malignant) `(N,)` float64 from the sigmoid head; `x` images or a batched `tf.data.Dataset`."""
+    kw = {} if _is_dataset(x) else {"batch_size": EVAL_BATCH_SIZE}
+    return np.asarray(model.predict(x, verbose=0, **kw), np.float64).reshape(-1)
+
+
+def _is_dataset(x: Any) -> bool:
+    import tensorflow as tf
+
+    return isinstance(x, tf.data.Dataset)
+
+
+def _batched(x: Any, batch_size: int):
+    """Array `x` (or a tuple of arrays) as a `tf.data.Dataset` of batches, converted to tensors once and
+    reusable for every fit/predict."""
+    import tensorflow as tf
+
+    tensors = tuple(tf.constant(a) for a in x) if isinstance(x, tuple) else tf.constant(x)
+    return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
+
+
+class _IndexedBatches:
+    """Training batches in a given order, gathered from tensors converted once per phase.
+
+    Same batches as `model.fit(x[order], y[order], batch_size, shuffle=False)`, bit for bit, without
+    converting (and copying) the arrays again every epoch.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
+        import tensorflow as tf
+
+        self._x, self._y, self._batch_size = tf.constant(x), tf.constant(y), batch_size
+
+    def in_order(self, order: np.ndarray):
+        import tensorflow as tf
+
+        x, y = self._x, self._y
+        index = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(self._batch_size)
+        return index.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(1)
 
 
 def _binary(labels: np.ndarray) -> np.ndarray:
