@@ -40,6 +40,12 @@ def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     )
     p.add_argument("--gpus-per-trial", type=float, metavar="G", help="GPUs per trial (whole numbers)")
     p.add_argument(
+        "--mixed-precision",
+        choices=["on", "off"],
+        help="bfloat16 compute (Keras mixed_bfloat16): ~1.3-1.5x faster for ResNet50 on CPUs with AVX-512 BF16 "
+        "and on Ampere+ GPUs (default: the preset's; on in `paper`)",
+    )
+    p.add_argument(
         "--address", metavar="ADDR", help="join a running Ray cluster ('auto'); default: embedded Ray"
     )
     p.add_argument("--no-report", action="store_true", help="skip writing report.md/report.html at the end")
@@ -157,6 +163,7 @@ def _run(args: argparse.Namespace, search: bool = False) -> int:
         seeds=args.seeds,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        mixed_precision=None if args.mixed_precision is None else args.mixed_precision == "on",
     )
     if search:
         overrides["samples"] = args.samples

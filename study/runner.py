@@ -68,6 +68,7 @@ def apply_overrides(
     gpus_per_trial: float | None = None,
     samples: int | None = None,
     asha: bool | None = None,
+    mixed_precision: bool | None = None,
 ) -> StudyPreset:
     """The preset with command-line overrides applied (validated later by `validate_preset`)."""
     if seeds is not None:
@@ -90,6 +91,8 @@ def apply_overrides(
                 "--gpus-per-trial: fractional GPUs fail with TensorFlow; use 0 or a whole number"
             )
         preset = preset.replace(gpus_per_trial=gpus_per_trial)
+    if mixed_precision is not None:
+        preset = preset.replace(base=preset.base.replace(mixed_precision=mixed_precision))
     if samples is not None:
         if preset.search is None:
             raise ConfigError(f"--samples applies to search presets only; {preset.name!r} is a fixed grid")

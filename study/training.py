@@ -21,6 +21,7 @@ after every batch, which cost ~40 % of a small model's epoch time here.)
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -82,6 +83,10 @@ def configure_tensorflow(threads: int, deterministic: bool = True) -> None:
         tf.config.threading.get_inter_op_parallelism_threads(),
     )
     if current != (threads, 1):
+        # First configuration in this process: TensorFlow and Keras are imported and nothing is built yet.
+        # Move the imported modules' millions of objects out of the garbage collector's view, so that the
+        # full collection `clear_session` runs at the start of every phase takes ~0.06 s instead of ~0.35 s.
+        gc.freeze()
         try:
             tf.config.threading.set_intra_op_parallelism_threads(int(threads))
             # One inter-op thread: with TensorFlow's default pool, identical CPU runs differed (RAY.md).
@@ -216,8 +221,7 @@ def run_pretext(
     task.validate(trial.image_size, **params)
     _check_data(trial, data)
     seed = trial.seed
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
+    _fresh_keras_state(seed)
 
     train_index, val_index = validation_split(trial, data)
     x_train = data.train.images[train_index]
@@ -307,6 +311,13 @@ def run_pretext(
     )
 
 
+def _fresh_keras_state(seed: int) -> None:
+    """Forget earlier models (names, graphs, memory) and reseed every generator: a reused worker process
+    starts each phase as a fresh one would."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+
+
 def _predict_chunked(
     model: keras.Model, x: np.ndarray, convert: Callable[[np.ndarray], np.ndarray] | None
 ) -> np.ndarray | None:
@@ -374,8 +385,7 @@ def run_finetune(
     configure_tensorflow(trial.threads)
     _check_data(trial, data)
     seed = trial.seed
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
+    _fresh_keras_state(seed)
 
     train_index, val_index = validation_split(trial, data)
     if trial.label_fraction < 1.0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections import namedtuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +118,18 @@ def test_overrides_are_validated():
     with pytest.raises(ConfigError, match="--samples"):
         apply_overrides(demo, samples=5)
     assert apply_overrides(demo, cpus_per_trial=2).base.threads == 2
+    assert apply_overrides(demo, mixed_precision=True).base.mixed_precision is True
+    assert apply_overrides(get_preset("paper"), mixed_precision=False).base.mixed_precision is False
+
+
+def test_cli_mixed_precision_switch_reaches_the_trials(monkeypatch):
+    from study import cli, runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_study", lambda preset, **kw: seen.update(kw) or Path("x"))
+    assert cli.main(["run", "--preset", "smoke", "--mixed-precision", "on"]) == 0
+    assert seen["mixed_precision"] is True
+    assert cli.main(["run", "--preset", "smoke"]) == 0 and seen["mixed_precision"] is None
 
 
 def test_unwritable_storage_is_rejected(tmp_path):
