@@ -566,23 +566,27 @@ def _duplicate_findings(results: list[_FileResult]) -> tuple[list[str], list[str
             continue
         exact_groups.append([r.entry.rel for r in group])
         first = group[0].entry
-        for other in group[1:]:
+        split_first: dict[str, Any] = {}  # labels are compared within a split, leakage across splits
+        for other in group:
             o = other.entry
+            ref = split_first.setdefault(o.split, o)
             if o.split != first.split:
                 test, train = (o, first) if o.split == "test" else (first, o)
                 problems.append(
                     f"{test.rel}: byte-identical to {train.rel} (train/test leakage); remove it from test or "
                     "from train"
                 )
-            elif o.label != first.label:
+            if ref is o:
+                continue
+            if o.label != ref.label:
                 problems.append(
-                    f"{o.rel}: byte-identical to {first.rel} but labelled {CLASSES[o.label]} vs "
-                    f"{CLASSES[first.label]} (conflicting labels); keep the copy with the right label, "
+                    f"{o.rel}: byte-identical to {ref.rel} but labelled {CLASSES[o.label]} vs "
+                    f"{CLASSES[ref.label]} (conflicting labels); keep the copy with the right label, "
                     "delete the other"
                 )
             else:
                 warns.append(
-                    f"{o.rel}: byte-identical to {first.rel} (same label, counted twice); delete one copy"
+                    f"{o.rel}: byte-identical to {ref.rel} (same label, counted twice); delete one copy"
                 )
 
     hashed = [r for r in results if r.phash is not None]

@@ -233,7 +233,8 @@ def _init_ray(address: str | None, preset: StudyPreset) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # "local": always a new embedded Ray, never a cluster someone started on this machine (`ray start`).
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
     gpus = ray.cluster_resources().get("GPU", 0)
     if preset.gpus_per_trial > 0 and gpus < preset.gpus_per_trial and address:
         # A cluster launched with `ray up` adds GPU workers when trials ask for them (autoscaling).
@@ -247,6 +248,75 @@ def _init_ray(address: str | None, preset: StudyPreset) -> None:
         raise ConfigError(
             f"--gpus-per-trial {preset.gpus_per_trial:g}: the Ray cluster has {gpus:g} GPUs; "
             "use --gpus-per-trial 0 here or run on a GPU cluster (--address auto)"
+        )
+
+
+# Ray Tune's experiment state in a run directory. Tune rewrites these files in place about once a second; a
+# driver killed in the middle leaves them cut short, and Tune would then silently start a new experiment.
+STATE_PATTERNS = ("experiment_state-*.json", "basic-variant-state-*.json")
+STATE_BACKUP = ".state-backup"
+
+
+def _state_intact(path: Path) -> bool:
+    import pickle
+
+    try:
+        raw = path.read_bytes()
+        if path.name.startswith("experiment_state-"):
+            json.loads(raw)
+        else:  # the search algorithm's state: a pickle despite its name
+            pickle.loads(raw)
+        return bool(raw)
+    except Exception:  # noqa: BLE001 - any failure to read or parse means "not intact"
+        return False
+
+
+def _state_files(run_dir: Path) -> list[Path]:
+    return sorted(p for pattern in STATE_PATTERNS for p in run_dir.glob(pattern))
+
+
+def _state_backup_callback(run_dir: Path):
+    """A Tune callback that keeps an intact copy of the experiment state, refreshed as trials finish."""
+    from ray import tune
+
+    class StateBackup(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            backup_state(run_dir)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            backup_state(run_dir)
+
+    return StateBackup()
+
+
+def backup_state(run_dir: Path) -> None:
+    """Copy each intact state file of `run_dir` into `run_dir/.state-backup` (atomically, by rename)."""
+    files = _state_files(run_dir)
+    if not files or not all(_state_intact(f) for f in files):
+        return
+    backup = run_dir / STATE_BACKUP
+    backup.mkdir(exist_ok=True)
+    for f in files:
+        tmp = backup / f"{f.name}.tmp"
+        shutil.copyfile(f, tmp)
+        if _state_intact(tmp):
+            os.replace(tmp, backup / f.name)
+
+
+def repair_state(run_dir: Path) -> None:
+    """Before `Tuner.restore`: put back the backup of a state file the driver's death cut short, or stop."""
+    for f in _state_files(run_dir):
+        if _state_intact(f):
+            continue
+        saved = run_dir / STATE_BACKUP / f.name
+        if not _state_intact(saved):
+            raise ConfigError(
+                f"{run_dir}: Ray Tune's state file {f.name} was cut short (the driver was killed while saving "
+                "it) and has no intact backup; start the study again with `study run` (pretexts are cached)"
+            )
+        shutil.copyfile(saved, f)
+        print(
+            f"Restored {f.name} from its backup: trials that finished after the backup run again.", flush=True
         )
 
 
@@ -268,6 +338,7 @@ def _tuner_configs(preset: StudyPreset, run_uri: str):
         failure_config=tune.FailureConfig(max_failures=preset.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         sync_config=tune.SyncConfig(sync_period=REMOTE_SYNC_PERIOD_S) if remote else None,
+        callbacks=None if remote else [_state_backup_callback(Path(run_uri))],
         verbose=1,
     )
     if preset.search is None:
@@ -333,6 +404,14 @@ def run_study(
     preset = preset.replace(base=preset.base.replace(pretext_cache_dir=store.join(run_uri, "pretext_cache")))
     validate_preset(preset)
     root, check = prepare_data(preset)
+    if check.warnings:
+        from study.data import format_problems
+
+        shown = 20
+        print(f"Data warnings for {root} ({len(check.warnings)}; the study runs):", flush=True)
+        print(format_problems(check.warnings[:shown]), flush=True)
+        if len(check.warnings) > shown:
+            print(f"  ... and {len(check.warnings) - shown} more: `study data check {root}`", flush=True)
 
     local.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {run_uri}", flush=True)
@@ -421,6 +500,8 @@ def resume_study(run_dir: str | Path, *, address: str | None = None, write_repor
 
     run_uri, local = open_run(run_dir)
     preset, _ = load_study(local, run_uri)
+    if not store.is_uri(run_uri):
+        repair_state(local)
     if not tune.Tuner.can_restore(run_uri):
         raise ConfigError(
             f"{run_uri}: no Ray Tune experiment state to restore (the study stopped before its "
@@ -447,6 +528,8 @@ def collect_from_experiment(run_dir: str | Path) -> Path:
 
     run_uri, local = open_run(run_dir)
     preset, _ = load_study(local, run_uri)
+    if not store.is_uri(run_uri):
+        repair_state(local)
     if not tune.Tuner.can_restore(run_uri):
         raise ConfigError(f"{run_uri}: no Ray Tune experiment state to read; was the study started?")
     grid = tune.Tuner.restore(run_uri, trainable=_trainable(preset)).get_results()
@@ -460,6 +543,13 @@ def finish_run(
     """Write results.csv, history.csv, examples/ and manifest.json from a ResultGrid into the local copy
     `run_dir`, then the report; upload them when the run lives at a URI."""
     results, history, errors = collect_results(grid, preset)
+    if preset.search is None:
+        expected, got = len(preset.trial_configs()), int(results["trial_id"].nunique()) if len(results) else 0
+        if got != expected:
+            raise ConfigError(
+                f"{run_uri or run_dir}: Ray Tune returned {got} trials but the study has {expected}; no results "
+                "written (its experiment state is damaged); start the study again with `study run`"
+            )
     results.to_csv(run_dir / "results.csv", index=False)
     history.to_csv(run_dir / "history.csv", index=False)
     _copy_examples(run_dir, results, preset)

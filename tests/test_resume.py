@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,69 +24,263 @@ METRICS = ["stop_epoch", "test_auc", "test_soft_accuracy", "test_accuracy", "val
 
 
 def _last_result(trial_dir: Path) -> dict:
-    lines = (
-        (trial_dir / "result.json").read_text().strip().splitlines()
-        if (trial_dir / "result.json").exists()
-        else []
-    )
-    return json.loads(lines[-1]) if lines else {}
+    """The last complete line of a trial's result.json ({} if none yet; a line being written is skipped)."""
+    try:
+        lines = (trial_dir / "result.json").read_text().strip().splitlines()
+    except FileNotFoundError:
+        return {}
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return {}
 
 
 def finished_trials(run_dir: Path) -> list[Path]:
     return [d for d in run_dir.glob("two_stage_trial_*") if _last_result(d).get("phase") == "done"]
 
 
-def kill_driver_when(run_dir: Path, proc: subprocess.Popen, ready, timeout: float = 600) -> None:
-    """SIGKILL the driver's whole process group (driver, Ray and its workers) once `ready()` holds."""
+def last_phases(run_dir: Path) -> dict[str, str]:
+    """{trial folder name: `phase` of its last reported result} for the trials that reported anything."""
+    phases = {d.name: _last_result(d).get("phase") for d in run_dir.glob("two_stage_trial_*")}
+    return {name: phase for name, phase in phases.items() if phase}
+
+
+def _wait_stopped(pid: int, timeout: float = 5) -> None:
+    """Wait until every thread of `pid` is stopped (SIGSTOP is delivered asynchronously)."""
     deadline = time.time() + timeout
-    while not ready():
-        assert proc.poll() is None, "the study finished before it could be interrupted"
-        assert time.time() < deadline, "the study never reached the moment to interrupt"
-        time.sleep(0.2)
+    while time.time() < deadline:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue
+        if all(state in "tTZX" for state in states):
+            return
+        time.sleep(0.005)
+
+
+def kill_driver_when(
+    run_dir: Path, proc: subprocess.Popen, ready, timeout: float = 600, poll: float = 0.1, consistent=None
+) -> None:
+    """SIGKILL the driver's whole process group (driver, Ray and its workers) once `ready()` holds.
+
+    With `consistent`, the group is first frozen (SIGSTOP) and killed only if `ready()` still holds and
+    `consistent()` does too (else it continues, SIGCONT, and polling goes on): so the kill never lands while
+    the driver is half-way through copying its state into the run directory. Fails with `ready.describe()`
+    (what was looked for and what was seen) when the study ends or the timeout passes first."""
+    deadline = time.time() + timeout
+    while True:
+        if ready():
+            if consistent is None:
+                break
+            os.killpg(proc.pid, signal.SIGSTOP)
+            _wait_stopped(proc.pid)
+            if ready() and consistent():
+                break
+            os.killpg(proc.pid, signal.SIGCONT)
+        what = getattr(ready, "describe", lambda: "")()
+        assert proc.poll() is None, f"the study finished before it could be interrupted: {what}"
+        assert time.time() < deadline, f"the study never reached the moment to interrupt: {what}"
+        time.sleep(poll)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
 
 
-def test_driver_killed_between_trials_resumes_without_rerunning_finished_trials(
-    tmp_path, study_env, smoke_run
-):
-    storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "killed"
-    exe = Path(sys.executable).with_name("study")
-    log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen(
-        [str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", "killed", "--no-report"],
-        env={**os.environ, **study_env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+def run_dir_is_consistent(run_dir: Path) -> bool:
+    """No file of the run directory is half-copied by Tune's experiment-state sync (it rewrites the run
+    directory's copies, truncating each first, about once a second): the experiment state parses, the
+    searcher's state is a complete pickle, and every trial's result.json and progress.csv is empty or ends
+    with a complete line."""
+    try:
+        for f in run_dir.glob("experiment_state-*.json"):
+            json.loads(f.read_text())
+        for f in run_dir.glob("basic-variant-state-*.json"):  # a pickle despite the name
+            assert f.read_bytes().endswith(b".")  # pickle's STOP opcode: written to the end
+        for f in run_dir.glob("two_stage_trial_*/result.json"):
+            text = f.read_text()
+            assert not text or text.endswith("\n")
+            [json.loads(line) for line in text.splitlines()]
+        for f in run_dir.glob("two_stage_trial_*/progress.csv"):
+            text = f.read_text()
+            assert not text or text.endswith("\n")
+    except (ValueError, AssertionError, OSError):
+        return False
+    return True
 
-    def two_trials_done() -> bool:
-        if len(finished_trials(run_dir)) < 2:
+
+# Tune saves its experiment state (which trials finished, their latest checkpoints) at most once a second
+# (runner._init_ray). A trial that finished less than this before the kill may not be recorded as finished yet.
+SETTLE_S = 2.5
+# Each run gets its own Ray instance: without this, `ray.init()` joins any cluster started with `ray start` on
+# the machine (another test session's, say) and the run's fate and timing would be that cluster's.
+OWN_RAY = {"RAY_ADDRESS": "local"}
+
+
+def driver_staging_dir(log: Path) -> Path | None:
+    """Tune's driver-side copy of the run directory, from Ray's log line (None until it is printed).
+
+    The driver appends each result to the result.json there as it arrives; the run directory gets a copy of
+    those files at each experiment-state sync (about once a second), which can miss a sub-second phase."""
+    m = re.search(r"tensorboard --logdir (\S+/driver_artifacts)", log.read_text(errors="replace"))
+    return Path(m.group(1)) if m else None
+
+
+class KillMoment:
+    """`ready()` for `kill_driver_when`, as the driver sees the study: `min_done` trials finished, none in the
+    last SETTLE_S seconds, and, for a phase moment, some trial's last reported result has `phase == moment`
+    (a pretext or fine-tune epoch was reported and that phase is not over)."""
+
+    def __init__(self, run_dir: Path, log: Path, moment: str, min_done: int):
+        self.run_dir, self.log, self.moment, self.min_done = run_dir, log, moment, min_done
+        self.staging: Path | None = None
+        self.seen: set[tuple[str, str]] = set()  # (trial, phase) pairs observed while polling
+        self.phase_polls = self.blocked_polls = 0  # polls at which the phase held; of these, too early
+        self.killed_in: list[str] = []  # the trials in the moment's phase at the kill
+        self.unsynced = 0  # times the moment held but the run directory was mid-sync or behind
+
+    def view(self) -> Path:
+        """Where the driver's result.json files are: its staging folder once known, else the run directory."""
+        if self.staging is None:
+            self.staging = driver_staging_dir(self.log)
+        return self.staging or self.run_dir
+
+    def __call__(self) -> bool:
+        last = {d.name: _last_result(d) for d in self.view().glob("two_stage_trial_*")}
+        phases = {name: r["phase"] for name, r in last.items() if r.get("phase")}
+        self.seen.update(phases.items())
+        in_phase = [name for name, phase in phases.items() if phase == self.moment]
+        if self.moment != "between-trials":
+            if not in_phase:
+                return False
+            self.phase_polls += 1
+        done = [r for r in last.values() if r.get("phase") == "done"]
+        # `timestamp`: when the trial reported its final result (whole seconds).
+        settled = len(done) >= self.min_done and all(time.time() - r["timestamp"] >= SETTLE_S for r in done)
+        if not settled:
+            self.blocked_polls += bool(in_phase)
             return False
-        time.sleep(2.5)  # let Tune save its experiment state (every second, see runner._init_ray)
+        self.killed_in = in_phase
         return True
 
-    kill_driver_when(run_dir, proc, two_trials_done)
+    def synced(self) -> bool:
+        """The run directory holds a complete copy of some state of the driver (see run_dir_is_consistent),
+        and every trial the driver saw finish is finished there too (Tune had saved it)."""
+        driver_done = {n for n, phase in last_phases(self.view()).items() if phase == "done"}
+        ok = run_dir_is_consistent(self.run_dir) and driver_done <= {
+            d.name for d in finished_trials(self.run_dir)
+        }
+        self.unsynced += not ok
+        return ok
+
+    def describe(self) -> str:
+        phases = sorted({phase for _, phase in self.seen})
+        return (
+            f"waited for {self.moment!r} with >= {self.min_done} trial(s) finished, none in the last "
+            f"{SETTLE_S} s (read in {self.staging or self.run_dir}); phases seen while polling: {phases} in "
+            f"{len({t for t, _ in self.seen})} trials; {self.moment!r} was seen at {self.phase_polls} poll(s), "
+            f"{self.blocked_polls} of them too soon after a trial finished (or before enough had); at "
+            f"{self.unsynced} other(s) the run directory was mid-sync or behind the driver."
+        )
+
+
+def start_smoke_study(storage: Path, name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`study run --preset smoke` as a user would start it, in its own process group (so it can be killed)."""
+    exe = Path(sys.executable).with_name("study")
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", name, "--no-report"],
+            env={**os.environ, **env, **OWN_RAY},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def assert_same_results(run_dir: Path, reference_dir: Path) -> pd.DataFrame:
+    """results.csv of `run_dir` equals the uninterrupted reference run's on every arm x seed x regime: same
+    seeds, same results (deterministic training, 1 thread per trial)."""
+    results = pd.read_csv(run_dir / "results.csv")
+    reference = pd.read_csv(reference_dir / "results.csv")
+    assert len(results) == len(reference) and (results["status"] == "ok").all(), results[KEY + ["status"]]
+    merged = reference.merge(results, on=KEY, suffixes=("_ref", "_run"))
+    assert len(merged) == len(reference)
+    for m in METRICS:
+        np.testing.assert_array_equal(merged[f"{m}_ref"], merged[f"{m}_run"], err_msg=m)
+    return results
+
+
+@pytest.mark.parametrize(
+    "moment, min_done",
+    [("between-trials", 2), ("pretext", 1), ("finetune", 1)],
+    ids=["between-trials", "during-pretext", "during-finetune"],
+)
+def test_driver_killed_resumes_without_rerunning_finished_trials(
+    moment, min_done, tmp_path, study_env, smoke_run
+):
+    """SIGKILL of the driver's process group (driver, Ray, workers) between trials, or while a trial is in
+    its pretext phase (a pretext epoch reported, the phase not finished), or in its fine-tune phase; then
+    `study resume` completes the study, finished trials are not run again, and the results equal those of
+    the uninterrupted run."""
+    storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "killed"
+    log = tmp_path / "run.log"
+    proc = start_smoke_study(storage, "killed", study_env, log)
+    ready = KillMoment(run_dir, log, moment, min_done)
+    try:
+        kill_driver_when(run_dir, proc, ready, poll=0.05, consistent=lambda: ready.synced())
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nlog tail:\n{log.read_text(errors='replace')[-2000:]}") from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if ready.staging is not None:  # the driver's record at its death: the kill hit the moment
+        at_kill = last_phases(ready.staging)
+        for name in ready.killed_in:
+            assert at_kill[name] == moment, f"{name} had gone on to {at_kill[name]!r} before the kill"
+        driver_done = {name for name, phase in at_kill.items() if phase == "done"}
     done_before = {d.name: (d / "result.json").stat().st_mtime_ns for d in finished_trials(run_dir)}
-    assert 2 <= len(done_before) < 8
+    assert min_done <= len(done_before) < 8
+    if ready.staging is not None:  # every trial the driver saw finish had reached the run directory
+        assert set(done_before) >= driver_done
+    assert not set(ready.killed_in) & set(done_before)
     assert not (run_dir / "results.csv").exists()
 
-    resumed = run_cli("resume", str(run_dir), env=study_env)
+    resumed = run_cli("resume", str(run_dir), env={**study_env, **OWN_RAY})
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     # Trials that had finished were not run again: their result files are untouched.
     for name, mtime in done_before.items():
         assert (run_dir / name / "result.json").stat().st_mtime_ns == mtime, name
-    results = pd.read_csv(run_dir / "results.csv")
-    reference = pd.read_csv(smoke_run / "results.csv")
-    assert len(results) == len(reference) and (results["status"] == "ok").all()
-    # Same seeds, same results as the uninterrupted run (deterministic training, 1 thread per trial).
-    merged = reference.merge(results, on=KEY, suffixes=("_ref", "_resumed"))
-    assert len(merged) == len(reference)
-    for m in METRICS:
-        np.testing.assert_array_equal(merged[f"{m}_ref"], merged[f"{m}_resumed"], err_msg=m)
+    # The trials interrupted mid-phase were run to the end.
+    for name in ready.killed_in:
+        assert _last_result(run_dir / name)["phase"] == "done", name
+    assert_same_results(run_dir, smoke_run)
     assert (run_dir / "report.html").exists()
+
+
+def test_resume_after_a_kill_that_cut_the_experiment_state_fails_loudly_or_recovers(
+    tmp_path, study_env, smoke_run
+):
+    """What a SIGKILL during Tune's state sync leaves (seen in test_driver_killed_...): the run directory's
+    experiment state truncated to 0 bytes. Resuming must either recover the study (here every trial had
+    finished, so nothing runs and the results are the study's) or stop with a one-line error; never write
+    another study's results."""
+    run_dir = tmp_path / "cut"
+    shutil.copytree(smoke_run, run_dir)
+    (run_dir / "results.csv").unlink()
+    states = list(run_dir.glob("experiment_state-*.json"))
+    assert states
+    for f in states:
+        f.write_bytes(b"")
+    proc = run_cli("resume", str(run_dir), env={**study_env, **OWN_RAY}, timeout=600)
+    assert "Traceback" not in proc.stderr and "Failed to restore" not in proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        assert_same_results(run_dir, smoke_run)
+    else:
+        assert proc.returncode in (1, 2) and "study: " in proc.stderr, proc.stderr[-2000:]
+        assert not (run_dir / "results.csv").exists()
 
 
 def test_resume_rejects_a_folder_that_is_not_a_run(tmp_path, study_env):
@@ -103,14 +299,8 @@ def test_failed_trials_are_retried_from_their_last_checkpoint(tmp_path, study_en
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "faulty"
     assert len(list(run_dir.glob("*/.fault-injected"))) == 8
-    results = pd.read_csv(run_dir / "results.csv")
-    assert (results["status"] == "ok").all()
+    results = assert_same_results(run_dir, smoke_run)
     assert results["restored"].all()  # the retry is visible in the results
-    reference = pd.read_csv(smoke_run / "results.csv")
-    merged = reference.merge(results, on=KEY, suffixes=("_ref", "_retried"))
-    assert len(merged) == len(reference)
-    for m in METRICS:
-        np.testing.assert_array_equal(merged[f"{m}_ref"], merged[f"{m}_retried"], err_msg=m)
     # The retried attempt resumed after epoch 2: epoch 1 was reported once, by the failed attempt only.
     for trial_dir in run_dir.glob("two_stage_trial_*"):
         rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]

@@ -1,0 +1,252 @@
+"""Pretext input pipeline: share of a pretext epoch spent waiting for inputs, per task, side by side.
+
+Run from the repository root (about 2 minutes on 2 CPU cores; `--quick` about 40 s):
+
+    .venv/bin/python bench/input_pipeline.py                 # demo preset settings, 7 timed epochs per task
+    .venv/bin/python bench/input_pipeline.py --quick         # 2 timed epochs, 100 synthetic images
+    .venv/bin/python bench/input_pipeline.py --encoder resnet50 --size 224 --n-train 80 --batch 16 --repeats 3
+
+Defaults are the demo preset's pretext phase (study.search_spaces.demo): small encoder with widths
+8/16/32/64 at 32 px, the demo's synthetic lesions (500 training images -> 400 after the validation split),
+pretext batch 32, 1 TensorFlow thread (demo trials run with threads=1). For every task in
+`study.pretext.TASKS`:
+
+A. The project's own phase, `training.run_pretext`, for 1 + R epochs, with timers around each
+   `task.make_batch` call (the task returned by `study.pretext.get_task` is wrapped), each `model.fit`
+   call, and the epoch boundaries (`on_epoch`). The loop is synchronous: everything in an epoch outside
+   `model.fit` — making the epoch's pretext pairs, the permutation copy `x[order]`, target reshaping,
+   callbacks — is time the model waits for inputs (`outside`). Epoch 1 (tracing) is dropped.
+B. Inside `fit`: one epoch of a fresh model of the same task fed three ways, interleaved R times:
+   the project's feed (`training._IndexedBatches`, built per epoch as run_pretext does: the epoch's arrays
+   become tensors once, batches are gathered in the epoch's order), plain numpy arrays (Keras' array
+   adapter, rebuilt every call: what training.py passed before), and the same batches as a `tf.data`
+   dataset cached in memory and prefetched (warmed by one pass: the ideal feed). `feed` = median(project -
+   cached), the project's feeding cost inside fit (noise can make it negative).
+C. Per batch: `make_batch` of one batch vs one training step on a batch (cached epoch / batches).
+
+Per task: wait share = (outside + max(0, feed)) / epoch wall time, medians over the timed epochs.
+The last line is `input_wait_share=<max over tasks>` (target of issue 8: <= 0.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+
+import benchutil
+
+@contextlib.contextmanager
+def timers():
+    """Wrap `study.pretext.get_task` (timed `make_batch`) and `keras.Model.fit`; yield the event log.
+
+    Events: ("make_batch", t0, t1, n_images) and ("fit", t0, t1, 0). Restores the originals on exit.
+    """
+    import keras
+
+    from study import pretext
+
+    events: list[tuple[str, float, float, int]] = []
+    original_get_task, original_fit = pretext.get_task, keras.Model.fit
+
+    def get_task(name):
+        task = original_get_task(name)
+
+        def make_batch(images, rng, **params):
+            t0 = time.perf_counter()
+            out = task.make_batch(images, rng, **params)
+            events.append(("make_batch", t0, time.perf_counter(), len(images)))
+            return out
+
+        return dataclasses.replace(task, make_batch=make_batch)
+
+    def fit(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = original_fit(self, *args, **kwargs)
+        events.append(("fit", t0, time.perf_counter(), 0))
+        return out
+
+    pretext.get_task, keras.Model.fit = get_task, fit
+    try:
+        yield events
+    finally:
+        pretext.get_task, keras.Model.fit = original_get_task, original_fit
+
+
+def measure_phase(trial, data) -> dict[str, list[float]]:
+    """Part A: per timed epoch (2..), seconds of `epoch`, `fit`, `make_batch`, `outside` (= epoch - fit)."""
+    from study import training
+
+    ends: list[float] = []
+    with timers() as events:
+        start = time.perf_counter()
+        result = training.run_pretext(trial, data, on_epoch=lambda e, logs: ends.append(time.perf_counter()))
+    if result.diverged:
+        raise RuntimeError(f"{trial.task}: pretext diverged at epoch {result.diverged_epoch}")
+    bounds = [start, *ends]
+    out: dict[str, list[float]] = {"epoch": [], "fit": [], "make_batch": [], "outside": []}
+    for e in range(2, len(bounds)):  # epoch e runs from bounds[e-1] to bounds[e]; epoch 1 traces
+        lo, hi = bounds[e - 1], bounds[e]
+        inside = [ev for ev in events if lo <= ev[1] and ev[2] <= hi]
+        fit = sum(t1 - t0 for kind, t0, t1, _ in inside if kind == "fit")
+        make = sum(t1 - t0 for kind, t0, t1, _ in inside if kind == "make_batch")
+        out["epoch"].append(hi - lo)
+        out["fit"].append(fit)
+        out["make_batch"].append(make)
+        out["outside"].append(hi - lo - fit)
+    return out
+
+
+def measure_fit_feeding(trial, data, repeats: int) -> dict[str, list[float]]:
+    """Part B and C: seconds of one epoch from numpy arrays vs from a cached, prefetched tf.data copy of the
+    same batches (interleaved), and of `make_batch` on one batch."""
+    import keras
+    import tensorflow as tf
+
+    from study import models, pretext, training
+    from study.config import resolved_task_params
+
+    task = pretext.get_task(trial.task)
+    params = resolved_task_params(trial)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(trial.seed)
+    train_index, _ = training.validation_split(trial, data)
+    images = data.train.images[train_index]
+    x, y = task.make_batch(images, np.random.default_rng([trial.seed, 1]), **params)
+    order = np.random.default_rng([trial.seed, 2]).permutation(len(x))
+    x, y = x[order], training._as_target(task.head, y[order])
+    encoder = models.build_encoder(
+        trial.encoder, trial.image_size, trial.encoder_widths, mixed_precision=trial.mixed_precision
+    )
+    model = models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
+    model.compile(optimizer=keras.optimizers.Adam(trial.pretext_lr), loss=training._pretext_loss(task))
+    batch = trial.pretext_batch_size
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().prefetch(tf.data.AUTOTUNE)
+    for _ in ds:  # fill the cache
+        pass
+
+    def numpy_epoch():
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+
+    def cached_epoch():
+        model.fit(ds, epochs=1, shuffle=False, verbose=0)
+
+    def project_epoch():  # run_pretext's feed, built per epoch (x, y are in the epoch's order already)
+        feed = training._IndexedBatches(x, y, batch).in_order(np.arange(len(x)))
+        model.fit(feed, epochs=1, shuffle=False, verbose=0)
+
+    numpy_epoch(), cached_epoch(), project_epoch()  # warm-up: tracing
+    out: dict[str, list[float]] = {"numpy": [], "cached": [], "project": [], "batch_make": []}
+    for r in range(repeats):
+        order = (("numpy", numpy_epoch), ("cached", cached_epoch), ("project", project_epoch))
+        for name, fn in order if r % 2 == 0 else order[::-1]:  # alternate the order against drift
+            t0 = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t0)
+        one = images[:batch]
+        calls = max(1, int(math.ceil(0.05 / max(_time(lambda: task.make_batch(one, 0, **params)), 1e-6))))
+        t0 = time.perf_counter()
+        for c in range(calls):
+            task.make_batch(one, np.random.default_rng([trial.seed, 3, r, c]), **params)
+        out["batch_make"].append((time.perf_counter() - t0) / calls)
+    out["batches"] = [math.ceil(len(x) / batch)]
+    return out
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed epochs per task in A and B (>= 2)")
+    parser.add_argument("--quick", action="store_true", help="tiny: 2 timed epochs, 100 synthetic images")
+    parser.add_argument("--threads", type=int, default=None, help="TensorFlow threads (default: the demo's)")
+    parser.add_argument("--encoder", default=None, help="encoder (default: the demo's small encoder)")
+    parser.add_argument("--size", type=int, default=None, help="image size in px (default: the demo's 32)")
+    parser.add_argument("--n-train", type=int, default=None, help="synthetic training images (default 500)")
+    parser.add_argument("--batch", type=int, default=None, help="pretext batch size (default: the demo's 32)")
+    parser.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 models")
+    parser.add_argument("--tasks", nargs="+", default=None, help="pretext tasks (default: all)")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 2
+        args.n_train = args.n_train or 100
+    if args.repeats < 2:
+        parser.error("--repeats must be at least 2")
+    benchutil.use_temp_cache("input-pipeline-")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    from study import pretext, training
+    from study.search_spaces import demo
+    from study.trainables import load_trial_data
+
+    base = demo().base
+    changes = {"pretext_epochs": args.repeats + 1, "mixed_precision": args.mixed_precision}
+    if args.encoder:
+        changes["encoder"] = args.encoder
+    if args.size:
+        changes["image_size"] = args.size
+    if args.n_train:
+        changes["synth_n_train"] = args.n_train
+        changes["synth_n_test"] = max(20, args.n_train // 5)
+    if args.batch:
+        changes["pretext_batch_size"] = args.batch
+    if args.threads:
+        changes["threads"] = args.threads
+    base = base.replace(**changes)
+    training.configure_tensorflow(base.threads)
+    data = load_trial_data(base)
+    n_train = len(training.validation_split(base, data)[0])
+    print(
+        f"pretext input wait: encoder={base.encoder} widths={list(base.encoder_widths)} "
+        f"{base.image_size} px, {n_train} training images, batch {base.pretext_batch_size}, "
+        f"threads={base.threads}, mixed_precision={base.mixed_precision}; seconds, "
+        f"min / median / max over {args.repeats} timed epochs"
+    )
+    shares = {}
+    for name in args.tasks or list(pretext.TASKS):
+        trial = base.replace(task=name)
+        a = measure_phase(trial, data)
+        b = measure_fit_feeding(trial, data, args.repeats)
+        epoch, outside = benchutil.median(a["epoch"]), benchutil.median(a["outside"])
+        feed = [p - c for p, c in zip(b["project"], b["cached"])]
+        step = benchutil.median(b["cached"]) / b["batches"][0]
+        shares[name] = (outside + max(0.0, benchutil.median(feed))) / epoch
+        rows = (
+            ("A run_pretext epoch", a["epoch"]),
+            ("  model.fit (train + validation)", a["fit"]),
+            ("  make_batch (epoch's pairs)", a["make_batch"]),
+            ("  outside fit = input wait", a["outside"]),
+            ("B fit, project feed", b["project"]),
+            ("  fit from cached tf.data (ideal)", b["cached"]),
+            ("  feed = project - cached", feed),
+            ("  fit from numpy arrays (before)", b["numpy"]),
+            ("  numpy - cached", [n - c for n, c in zip(b["numpy"], b["cached"])]),
+        )
+        print(f"{name}")
+        for label, values in rows:
+            print(f"  {label:<34} {benchutil.fmt_mmm(values, '7.3f')} s")
+        print(
+            f"  C make_batch / training step, per batch of {base.pretext_batch_size}: "
+            f"{benchutil.median(b['batch_make']) / step:.3f}"
+        )
+        print(
+            f"  wait share = (outside {outside:.3f} + feed {max(0.0, benchutil.median(feed)):.3f}) / "
+            f"epoch {epoch:.3f} = {shares[name]:.3f}   (outside fit alone: {outside / epoch:.3f})",
+            flush=True,
+        )
+    for name, share in shares.items():
+        print(f"input_wait_share_{name}={share:.3f}")
+    print(f"input_wait_share={max(shares.values()):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Ray Tune's experiment state cut short by a killed driver: restored from the backup, or a one-line error."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from study.config import ConfigError
+from study.runner import STATE_BACKUP, backup_state, repair_state
+
+
+def _plant_state(run_dir, n_trials: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trials": n_trials}))
+    (run_dir / "basic-variant-state-2026-01-01_00-00-00.json").write_bytes(pickle.dumps({"n": n_trials}))
+
+
+def test_a_cut_state_file_is_restored_from_the_last_intact_backup(tmp_path, capsys):
+    run = tmp_path / "run"
+    _plant_state(run, 3)
+    backup_state(run)
+    state = run / "experiment_state-2026-01-01_00-00-00.json"
+    state.write_bytes(b'{"tri')  # the driver died while Tune rewrote it
+    backup_state(run)  # a cut file never replaces the good backup
+    repair_state(run)
+    assert json.loads(state.read_text()) == {"trials": 3}
+    assert "from its backup" in capsys.readouterr().out
+
+
+def test_a_cut_state_file_without_backup_stops_with_one_line(tmp_path):
+    run = tmp_path / "run"
+    _plant_state(run, 3)
+    (run / "basic-variant-state-2026-01-01_00-00-00.json").write_bytes(b"")
+    with pytest.raises(ConfigError, match="cut short.*no intact backup.*study run"):
+        repair_state(run)
+    assert not (run / STATE_BACKUP).exists()
+
+
+def test_intact_state_is_left_alone(tmp_path):
+    run = tmp_path / "run"
+    _plant_state(run, 2)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    repair_state(run)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
