@@ -264,9 +264,8 @@ def test_resume_after_a_kill_that_cut_the_experiment_state_fails_loudly_or_recov
     tmp_path, study_env, smoke_run
 ):
     """What a SIGKILL during Tune's state sync leaves (seen in test_driver_killed_...): the run directory's
-    experiment state truncated to 0 bytes. Resuming must either recover the study (here every trial had
-    finished, so nothing runs and the results are the study's) or stop with a one-line error; never write
-    another study's results."""
+    experiment state truncated to 0 bytes. Resuming puts back the backup the runner keeps and completes the
+    study with its own results; it never restarts a different study."""
     run_dir = tmp_path / "cut"
     shutil.copytree(smoke_run, run_dir)
     (run_dir / "results.csv").unlink()
@@ -275,12 +274,13 @@ def test_resume_after_a_kill_that_cut_the_experiment_state_fails_loudly_or_recov
     for f in states:
         f.write_bytes(b"")
     proc = run_cli("resume", str(run_dir), env={**study_env, **OWN_RAY}, timeout=600)
-    assert "Traceback" not in proc.stderr and "Failed to restore" not in proc.stdout + proc.stderr
-    if proc.returncode == 0:
-        assert_same_results(run_dir, smoke_run)
-    else:
-        assert proc.returncode in (1, 2) and "study: " in proc.stderr, proc.stderr[-2000:]
-        assert not (run_dir / "results.csv").exists()
+    # The backup may predate a trial's last checkpoint: Tune then logs (and survives) an error while it
+    # registers that checkpoint again. What matters: Tune restored the study instead of starting a new one.
+    assert "Failed to restore" not in proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "from its backup" in proc.stdout  # the last intact copy (.state-backup) was put back
+    assert_same_results(run_dir, smoke_run)
+    # Without a backup it stops with one line instead (tests/test_state_backup.py).
 
 
 def test_resume_rejects_a_folder_that_is_not_a_run(tmp_path, study_env):
