@@ -42,14 +42,9 @@ project's path for ResNet50 @ 224 px: median(plain fp32 / ours bf16) during the 
 median(plain fp32 / ours fp32) during the fp32 run (both paired with the same plain fp32 model). `nan` when
 no ResNet50 @ 224 case ran (e.g. --quick).
 
-Accuracy check for mixed precision (not run here; needs two studies): the smoke preset with
-`mixed_precision` off and on, same seeds, then compare per (arm, seed, regime) the test metrics in
-results.csv. `study run` has no flag for TrialConfig fields, so from Python:
-    .venv/bin/python -c "from study.runner import run_study; from study.search_spaces import get_preset; \
-p = get_preset('smoke'); run_study(p, name='smoke-fp32'); \
-run_study(p.replace(base=p.base.replace(mixed_precision=True)), name='smoke-bf16')"
-(A `--mixed-precision` option in study/cli.py, passed through runner.apply_overrides, would make this
-`study run --preset smoke --mixed-precision`.)
+Accuracy check for mixed precision (not run here; needs two studies): the smoke preset with bfloat16 off and
+on, same seeds, then compare per (arm, seed, regime) the test metrics in results.csv:
+    study run --preset smoke --name smoke-fp32 && study run --preset smoke --mixed-precision on --name smoke-bf16
 """
 
 from __future__ import annotations

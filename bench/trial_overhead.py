@@ -79,6 +79,17 @@ PARTS = (
 
 
 # ------------------------------------------------------------------------------------------ worker side
+def _n_images(x) -> int:
+    """Images in an array or in a batched tf.data dataset (what training.py passes to fit/predict)."""
+    if hasattr(x, "__len__") and not hasattr(x, "element_spec"):
+        return len(x)
+    total = 0
+    for batch in x:
+        first = batch[0] if isinstance(batch, tuple) else batch
+        total += int(first.shape[0])
+    return total
+
+
 def instrumented(probe_dir: str):
     """A Ray Tune function trainable running `two_stage_trial(config)` with timers; each trial writes its
     record to `probe_dir/<trial id>.json`. Defined in the script, so Ray pickles it by value to the
@@ -224,7 +235,7 @@ class _Probe:
                         "wall": wall,
                         "train": epoch - hooks.test_s,
                         "val": hooks.test_s,
-                        "n_val": len(val[0]) if val is not None else 0,
+                        "n_val": _n_images(val[0] if isinstance(val, tuple) else val) if val is not None else 0,
                     }
                 )
 
@@ -237,7 +248,7 @@ class _Probe:
             finally:
                 wall = probe._end()
                 loop = hooks.t.get("predict_end", 0.0) - hooks.t.get("predict_begin", 0.0)
-                probe.predicts.append({"model": id(model), "wall": wall, "loop": loop, "n": len(x)})
+                probe.predicts.append({"model": id(model), "wall": wall, "loop": loop, "n": _n_images(x)})
 
         def get_task(name):
             task = orig[(pretext, "get_task")](name)
