@@ -298,6 +298,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
         else:
             tune.report(metrics)
         _maybe_inject_fault("finetune", epoch, trial.task)
+        _maybe_pause("finetune", epoch, common["node_id"])
 
     callbacks = []
     if trial.early_stop_training:
@@ -360,3 +361,25 @@ def _maybe_inject_fault(phase: str, epoch: int, task: str) -> None:
         return
     marker.write_text(spec)
     raise InjectedFault(f"injected fault after {phase} epoch {epoch} (STUDY_INJECT_FAULT={spec})")
+
+
+def _maybe_pause(phase: str, epoch: int, node_id: str) -> None:
+    """Test hook: `STUDY_TEST_PAUSE="PHASE:EPOCH:DIR"` makes the first trial that completes (and checkpoints)
+    that epoch write `DIR/paused.json` (its trial id and node) and sleep, so that a test can remove its node at
+    a known moment. Off while DIR does not exist; unset in normal use."""
+    spec = os.environ.get("STUDY_TEST_PAUSE")
+    if not spec:
+        return
+    want_phase, want_epoch, folder = spec.split(":", 2)
+    if (want_phase, want_epoch) != (phase, str(epoch)):
+        return
+    try:
+        fd = os.open(Path(folder) / "paused.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except (FileExistsError, FileNotFoundError):
+        return  # another trial paused already, or the test did not create DIR (pausing is off)
+    trial_id = tune.get_context().get_trial_id()
+    with os.fdopen(fd, "w") as f:
+        json.dump({"trial_id": trial_id, "node_id": node_id, "epoch": epoch}, f)
+    import time
+
+    time.sleep(120)

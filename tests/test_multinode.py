@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,13 +22,15 @@ COLS = ["task", "seed", "regime", "stop_epoch", "test_auc", "test_accuracy", "va
 
 
 @pytest.fixture
-def cluster(study_env, monkeypatch):
+def cluster(study_env, monkeypatch, tmp_path):
     """Head (0 CPUs) + 2 worker nodes of 1 CPU; node death is detected within ~2 s instead of ~15 s."""
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
     for k, v in study_env.items():  # nodes are started from this process: they inherit the environment
         monkeypatch.setenv(k, v)
+    # Trials pause at fine-tune epoch 2 once a test creates this folder (trainables._maybe_pause).
+    monkeypatch.setenv("STUDY_TEST_PAUSE", f"finetune:2:{tmp_path / 'pause'}")
     c = Cluster(
         initialize_head=True,
         head_node_args={
@@ -79,36 +80,31 @@ def test_smoke_study_runs_across_nodes_shares_pretexts_and_equals_single_node(cl
     _same_results(results[results["lr"] == default_lr], reference[reference["seed"] == 0])
 
 
-def _trial_in_finetune(run_dir: Path) -> dict | None:
-    """The last result of a trial that has saved a fine-tune checkpoint and is still training, if any."""
-    for result_file in run_dir.glob("two_stage_trial_*/result.json"):
-        lines = result_file.read_text().strip().splitlines()
-        last = json.loads(lines[-1]) if lines else {}
-        if last.get("phase") == "finetune" and last.get("epoch", 0) >= 1:
-            return last
-    return None
-
-
 def test_a_worker_node_removed_mid_trial_is_rescheduled_from_its_checkpoint(cluster, tmp_path, smoke_run):
     """Kill the node under a fine-tuning trial: Tune retries it (FailureConfig) on the surviving node from its
     last checkpoint, and the study completes with every trial and the single-node results."""
     c, workers = cluster
     run_dir = tmp_path / "shared" / "lost-node"
     smoke = get_preset("smoke")
-    # One seed (4 trials); more fine-tune epochs widen the window in which a trial is mid-fine-tune.
-    preset = smoke.replace(seeds=(0,), base=smoke.base.replace(finetune_epochs=8))
+    # One seed (4 trials); 4 fine-tune epochs, so the paused trial has epochs left after its checkpoint.
+    preset = smoke.replace(seeds=(0,), base=smoke.base.replace(finetune_epochs=4))
     removed: dict = {}
+    pause_dir = tmp_path / "pause"
+    pause_dir.mkdir()  # turns the pause on (see the cluster fixture)
 
     def remove_node_under_a_trial() -> None:
+        # The first trial to checkpoint fine-tune epoch 2 writes paused.json and waits (trainables._maybe_pause).
+        marker = pause_dir / "paused.json"
         deadline = time.time() + 300
         while time.time() < deadline and not removed:
-            last = _trial_in_finetune(run_dir)
-            if last is not None:
-                node = next(w for w in workers if w.node_id == last["node_id"])
+            if marker.exists() and marker.stat().st_size:
+                time.sleep(1.0)  # let the write finish and the driver register the epoch-2 checkpoint
+                paused = json.loads(marker.read_text())
+                node = next(w for w in workers if w.node_id == paused["node_id"])
                 c.remove_node(node, allow_graceful=False)
-                removed.update(trial_id=last["trial_id"], epoch=last["epoch"], node_id=last["node_id"])
+                removed.update(paused)
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     killer = threading.Thread(target=remove_node_under_a_trial, daemon=True)
     killer.start()
@@ -118,6 +114,13 @@ def test_a_worker_node_removed_mid_trial_is_rescheduled_from_its_checkpoint(clus
 
     results = pd.read_csv(run_dir / "results.csv")
     assert len(results) == 4 * 3 and (results["status"] == "ok").all()
+    # Tune records the lost attempt of every trial that ran on the removed node.
+    interrupted = {
+        "_".join(d.name.split("_")[3:5])
+        for d in run_dir.glob("two_stage_trial_*")
+        if (d / "error.txt").exists()
+    }
+    assert removed["trial_id"] in interrupted, (removed, interrupted)
     hit = results[results["trial_id"] == removed["trial_id"]]
     assert hit["restored"].all(), "the interrupted trial was not restarted from a checkpoint"
     assert removed["node_id"] not in set(hit["node_id"])  # it finished on the surviving node
