@@ -44,3 +44,13 @@ def test_intact_state_is_left_alone(tmp_path):
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     repair_state(run)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_fit_that_returns_fewer_trials_than_planned_writes_no_results(tmp_path):
+    """A damaged experiment state makes Tune run another (smaller) experiment: never report it as the study."""
+    from study.runner import finish_run
+    from study.search_spaces import get_preset
+
+    with pytest.raises(ConfigError, match="returned 0 trials but the study has 8"):
+        finish_run(tmp_path, [], get_preset("smoke"), write_report=False)
+    assert not (tmp_path / "results.csv").exists()
