@@ -50,9 +50,7 @@ def emit_result(payload: dict) -> None:
     print(RESULT_PREFIX + json.dumps(payload), flush=True)
 
 
-def run_child(
-    argv: Sequence[str], env: dict[str, str] | None = None, timeout: float | None = None
-) -> dict:
+def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
     """Run `python <argv>` in a fresh interpreter and return the dict it passed to `emit_result`.
 
     The child's stderr is kept for the error message; a child that exits non-zero or prints no result
@@ -73,7 +71,7 @@ def run_child(
 
 def synthetic_data(image_size: int, n_train: int, n_test: int | None = None, seed: int = 0):
     """A random-pixel `study.data.DecodedData` whose training part (after the 0.2 validation split) has
-    `n_train` images (the same construction as bench/phase_throughput.py); labels alternate 0/1."""
+    `n_train` images; labels alternate 0/1."""
     import numpy as np
 
     from study.data import DecodedData, Split

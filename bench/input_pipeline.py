@@ -41,6 +41,7 @@ import numpy as np
 
 import benchutil
 
+
 @contextlib.contextmanager
 def timers():
     """Wrap `study.pretext.get_task` (timed `make_batch`) and `keras.Model.fit`; yield the event log.

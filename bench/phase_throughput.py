@@ -28,36 +28,13 @@ import os
 import statistics
 import time
 
+import benchutil
 import numpy as np
 
 # (encoder, px, training images, timed epochs): more epochs where they are cheap, since single epochs on a
 # shared 2-core machine swing by up to 2x.
 CASES = (("small", 64, 256, 7), ("resnet50", 64, 128, 5), ("resnet50", 224, 64, 3))
 BATCH_SIZE = 32
-
-
-def synthetic_data(image_size: int, n_train: int, seed: int = 0):
-    """A DecodedData whose training part (after the 0.2 validation split) has `n_train` images."""
-    from study.data import DecodedData, Split
-
-    rng = np.random.default_rng(seed)
-
-    def split(n: int, name: str) -> Split:
-        return Split(
-            images=rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8),
-            labels=np.arange(n, dtype=np.int64) % 2,
-            paths=[f"{name}/{i}" for i in range(n)],
-        )
-
-    n_total = int(round(n_train / 0.8))
-    return DecodedData(
-        train=split(n_total, "train"),
-        test=split(max(8, n_train // 4), "test"),
-        fingerprint=f"bench-{image_size}-{n_total}",
-        root="<memory>",
-        image_size=image_size,
-        notes=[],
-    )
 
 
 def measure(trial, data) -> dict[str, list[float]]:
@@ -140,7 +117,7 @@ def main() -> None:
     speedups: dict[str, float] = {}
     for encoder, size, n_train, repeats in CASES:
         repeats = args.repeats or repeats
-        data = synthetic_data(size, n_train)
+        data = benchutil.synthetic_data(size, n_train)
         case = f"{encoder}_{size}"
         for mixed in (False, True):
             trial = TrialConfig(

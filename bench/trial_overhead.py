@@ -235,7 +235,9 @@ class _Probe:
                         "wall": wall,
                         "train": epoch - hooks.test_s,
                         "val": hooks.test_s,
-                        "n_val": _n_images(val[0] if isinstance(val, tuple) else val) if val is not None else 0,
+                        "n_val": _n_images(val[0] if isinstance(val, tuple) else val)
+                        if val is not None
+                        else 0,
                     }
                 )
 
