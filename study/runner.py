@@ -774,9 +774,4 @@ def _copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset) ->
         src = store.join(cache, str(key), "examples.npz")
         if store.exists(src):
             out.mkdir(exist_ok=True)
-            if store.is_uri(src):
-                store.download(store.join(cache, str(key)), out / ".tmp", ["examples.npz"])
-                os.replace(out / ".tmp" / "examples.npz", out / f"{task}_seed{seed}.npz")
-                (out / ".tmp").rmdir()
-            else:
-                shutil.copyfile(src, out / f"{task}_seed{seed}.npz")
+            store.download_file(src, out / f"{task}_seed{seed}.npz")

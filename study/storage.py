@@ -78,6 +78,13 @@ def read_text(location: str) -> str:
         return f.read().decode()
 
 
+def download_file(location: str, dest: str | Path) -> None:
+    """Copy one file at `location` (URI or local path) to the local path `dest`."""
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out)
+
+
 def write_text(location: str, text: str) -> None:
     fs, path = filesystem(location)
     if not is_uri(location):

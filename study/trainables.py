@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +381,4 @@ def _maybe_pause(phase: str, epoch: int, node_id: str) -> None:
     trial_id = tune.get_context().get_trial_id()
     with os.fdopen(fd, "w") as f:
         json.dump({"trial_id": trial_id, "node_id": node_id, "epoch": epoch}, f)
-    import time
-
     time.sleep(120)
