@@ -5,6 +5,8 @@ Both phases know nothing about Ray: the trainable passes `on_epoch` callbacks an
 Reproducibility (see docs RAY.md, "TensorFlow inside trials"): `configure_tensorflow` fixes intra-op threads,
 inter-op = 1 and op determinism; each phase clears the Keras session and calls
 `keras.utils.set_random_seed(trial.seed)`, so the same seed gives bitwise-identical weights and metrics.
+Models come through `study.model_cache`: a reused worker trains a remembered, already traced model of the
+same architecture, set to exactly the state a new one would start in (same results, no re-tracing).
 All data randomness is derived per epoch, `np.random.default_rng([seed, stream, epoch])`, never drawn from a
 running generator, so a phase resumed at epoch k replays exactly. The stream ids are below.
 
@@ -37,7 +39,7 @@ import keras
 import numpy as np
 
 from study import metrics as study_metrics
-from study import models, pretext, regimes
+from study import model_cache, models, pretext, regimes
 from study.config import TrialConfig, regime_name, resolved_task_params
 
 # Random streams: `default_rng([seed, STREAM, epoch])` per epoch, `default_rng([seed, STREAM])` when fixed.
@@ -235,8 +237,14 @@ def run_pretext(
         trial.weights_path,
         mixed_precision=trial.mixed_precision,
     )
-    model = models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
-    model.compile(optimizer=keras.optimizers.Adam(trial.pretext_lr), loss=_pretext_loss(task))
+    loss = _pretext_loss(task)
+    model = model_cache.compiled(
+        _model_key(trial, task.head, loss),
+        models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision),
+        lambda: keras.optimizers.Adam(trial.pretext_lr),
+        loss,
+    )
+    encoder = models.encoder_of(model)  # the remembered model's, when the cache returned one
 
     early = (
         keras.callbacks.EarlyStopping(
@@ -311,9 +319,17 @@ def run_pretext(
     )
 
 
+def _model_key(trial: TrialConfig, head: str, loss: Any) -> tuple:
+    """What a compiled model's traced functions depend on, apart from input shapes (`study.model_cache`)."""
+    widths = tuple(trial.encoder_widths) if trial.encoder == "small" else None
+    loss_name = loss if isinstance(loss, str) else f"{loss.__module__}.{loss.__qualname__}"
+    return (trial.encoder, widths, trial.image_size, trial.mixed_precision, head, loss_name, "Adam")
+
+
 def _fresh_keras_state(seed: int) -> None:
     """Forget earlier models (names, graphs, memory) and reseed every generator: a reused worker process
-    starts each phase as a fresh one would."""
+    starts each phase as a fresh one would. (Compiled models of `study.model_cache` are kept on purpose;
+    each phase still builds its model from this seed and the remembered one takes its values.)"""
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
 
@@ -413,8 +429,12 @@ def run_finetune(
     )
     if encoder_weights is not None:
         models.set_encoder_weights(encoder, encoder_weights)
-    model = models.build_model("classification", encoder, mixed_precision=trial.mixed_precision)
-    model.compile(optimizer=keras.optimizers.Adam(trial.lr), loss="binary_crossentropy")
+    model = model_cache.compiled(
+        _model_key(trial, "classification", "binary_crossentropy"),
+        models.build_model("classification", encoder, mixed_precision=trial.mixed_precision),
+        lambda: keras.optimizers.Adam(trial.lr),
+        "binary_crossentropy",
+    )
     bce = keras.losses.BinaryCrossentropy()
 
     history: list[EpochLogs] = []

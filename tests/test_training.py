@@ -307,3 +307,60 @@ def test_configure_tensorflow_is_idempotent_and_refuses_other_threads():
         training.configure_tensorflow(2)
     with pytest.raises(ValueError, match="threads"):
         training.configure_tensorflow(0)
+
+
+# --------------------------------------------------------------------------------------- model cache
+def test_a_remembered_compiled_model_gives_the_results_of_a_new_one(data, monkeypatch):
+    """Seed 0, then another task/seed/lr of the same architectures, then seed 0 again in this process: the
+    third run trains the remembered models (no new compile, hence no re-tracing) and matches the first bit
+    for bit, as does a run with the cache off."""
+    from study import model_cache
+
+    def trial_pair(trial):
+        pre = training.run_pretext(trial, data)
+        fine = training.run_finetune(trial.replace(finetune_epochs=3), data, encoder_weights=pre.encoder_weights)
+        return pre, fine
+
+    monkeypatch.setenv("STUDY_MODEL_CACHE", "4")
+    model_cache.clear()
+    rotation = BASE.replace(task="rotation", pretext_patience=1)
+    first = trial_pair(rotation)
+    assert model_cache.stats == {"hits": 0, "misses": 2}
+    trial_pair(rotation.replace(seed=3, lr=0.05, pretext_lr=0.01))  # moves every variable elsewhere
+    again = trial_pair(rotation)
+    assert model_cache.stats == {"hits": 4, "misses": 2}
+    monkeypatch.setenv("STUDY_MODEL_CACHE", "0")
+    model_cache.clear()
+    uncached = trial_pair(rotation)
+    assert model_cache.stats == {"hits": 0, "misses": 2}
+    for other in (again, uncached):
+        assert other[0].history == first[0].history and other[0].metrics == first[0].metrics
+        _assert_weights_equal(other[0].encoder_weights, first[0].encoder_weights)
+        assert other[1].history == first[1].history and other[1].regimes == first[1].regimes
+        _assert_weights_equal(other[1].model_weights, first[1].model_weights)
+
+
+def test_a_remembered_model_resumes_from_saved_state_exactly(straight, data, tmp_path, monkeypatch):
+    """Resume (weights and optimizer state loaded into a remembered model that trained another seed) ends
+    where the uninterrupted run ends."""
+    from study import model_cache
+
+    monkeypatch.setenv("STUDY_MODEL_CACHE", "4")
+    result, _ = straight
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_three(epoch, logs, save_state):
+        if epoch == 3:
+            save_state(tmp_path / "state")
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        training.run_finetune(BASE, data, on_epoch=stop_after_three)
+    training.run_finetune(BASE.replace(seed=5, finetune_epochs=2), data)
+    hits = model_cache.stats["hits"]
+    resumed = training.run_finetune(BASE, data, resume_dir=tmp_path / "state")
+    assert model_cache.stats["hits"] == hits + 1
+    assert resumed.history == result.history
+    _assert_weights_equal(resumed.model_weights, result.model_weights)

@@ -1,0 +1,105 @@
+"""`study.model_cache`: which remembered model a phase gets, and in what state (tiny Keras models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from study import model_cache, training  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache(monkeypatch):
+    training.configure_tensorflow(1)
+    monkeypatch.delenv("STUDY_MODEL_CACHE", raising=False)
+    model_cache.clear()
+    yield
+    model_cache.clear()
+
+
+def _model(width: int = 4, seed: int = 0, dropout: bool = True) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(width, activation="relu")(inputs)
+    if dropout:
+        x = keras.layers.Dropout(0.5)(x)
+    return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+def _train(model: keras.Model) -> None:
+    x = np.linspace(-1, 1, 48, dtype=np.float32).reshape(16, 3)
+    model.fit(x, x.sum(axis=1, keepdims=True), batch_size=8, epochs=2, shuffle=False, verbose=0)
+
+
+def _values(variables) -> list[np.ndarray]:
+    return [np.asarray(v) for v in variables]
+
+
+def test_first_use_compiles_the_fresh_model_and_later_uses_take_its_state():
+    first = model_cache.compiled("k", _model(seed=0), lambda: keras.optimizers.Adam(0.1), "mse")
+    _train(first)
+    trained = _values(first.variables)
+    fresh = _model(seed=1)
+    wanted = _values(fresh.variables)
+    got = model_cache.compiled("k", fresh, lambda: keras.optimizers.Adam(0.02), "mse")
+    assert got is first and model_cache.stats == {"hits": 1, "misses": 1}
+    # every variable, the dropout seed state included, now holds the fresh model's value
+    assert len(got.variables) == 5
+    for a, b in zip(_values(got.variables), wanted):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(trained, wanted))
+    opt = got.optimizer
+    assert int(opt.iterations.numpy()) == 0
+    assert float(opt.learning_rate.numpy()) == pytest.approx(0.02)
+    assert all(not np.any(np.asarray(v)) for v in opt.variables[2:])  # moments reset to zero
+
+
+def test_remembered_model_trains_like_a_new_one_bit_for_bit():
+    reference = _model(seed=1)
+    reference.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    _train(reference)
+    _train(model_cache.compiled("k", _model(seed=0), lambda: keras.optimizers.Adam(0.1), "mse"))
+    reused = model_cache.compiled("k", _model(seed=1), lambda: keras.optimizers.Adam(0.05), "mse")
+    _train(reused)
+    assert model_cache.stats["hits"] == 1
+    for a, b in zip(_values(reused.variables), _values(reference.variables)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_other_key_layout_or_optimizer_settings_get_a_new_model():
+    a = model_cache.compiled("k", _model(), lambda: keras.optimizers.Adam(0.1), "mse")
+    # same key, other architecture: never assigned into the wrong model
+    b = model_cache.compiled("k", _model(width=6), lambda: keras.optimizers.Adam(0.1), "mse")
+    assert b is not a and [tuple(v.shape) for v in b.variables][0] == (3, 6)
+    # same architecture, an optimizer setting that is a constant of the traced graph
+    c = model_cache.compiled("k", _model(width=6), lambda: keras.optimizers.Adam(0.1, beta_1=0.5), "mse")
+    assert c is not b and c.optimizer.beta_1 == 0.5
+    assert model_cache.stats == {"hits": 0, "misses": 3}
+
+
+def test_least_recently_used_model_is_dropped_and_zero_turns_the_cache_off(monkeypatch):
+    monkeypatch.setenv("STUDY_MODEL_CACHE", "2")
+    adam = lambda: keras.optimizers.Adam(0.1)  # noqa: E731
+    a = model_cache.compiled("a", _model(), adam, "mse")
+    model_cache.compiled("b", _model(), adam, "mse")
+    assert model_cache.compiled("a", _model(), adam, "mse") is a  # "a" is now the most recent
+    model_cache.compiled("c", _model(), adam, "mse")  # drops "b"
+    assert model_cache.compiled("a", _model(), adam, "mse") is a
+    assert model_cache.stats == {"hits": 2, "misses": 3}
+    model_cache.compiled("b", _model(), adam, "mse")
+    assert model_cache.stats["misses"] == 4
+
+    monkeypatch.setenv("STUDY_MODEL_CACHE", "0")
+    model_cache.clear()
+    x = model_cache.compiled("a", _model(), adam, "mse")
+    assert model_cache.compiled("a", _model(), adam, "mse") is not x
+    assert model_cache.stats == {"hits": 0, "misses": 2}
+
+
+@pytest.mark.parametrize("bad", ["-1", "four", "1.5"])
+def test_a_bad_cache_size_names_the_variable(monkeypatch, bad):
+    monkeypatch.setenv("STUDY_MODEL_CACHE", bad)
+    with pytest.raises(ValueError, match="STUDY_MODEL_CACHE"):
+        model_cache.compiled("k", _model(), lambda: keras.optimizers.Adam(0.1), "mse")
