@@ -37,9 +37,8 @@ import math
 import os
 import time
 
-import numpy as np
-
 import benchutil
+import numpy as np
 
 
 @contextlib.contextmanager

@@ -1,18 +1,20 @@
-"""Trial overhead: share of a trial's wall time not spent in training/evaluation steps, Ray Tune with
-`reuse_actors=True` (the project's setting) vs False (a fresh worker process per trial), side by side.
+"""Trial overhead: share of a trial's wall time not spent in training/evaluation steps, side by side for
+three settings: `reuse+models` (the project's default: `reuse_actors=True` and each worker keeps its
+compiled models, `study.model_cache`), `reuse` (`reuse_actors=True`, `STUDY_MODEL_CACHE=0`: every phase
+compiles and traces a new model) and `fresh` (`reuse_actors=False`: a new worker process per trial).
 
 Run from the repository root:
 
-    .venv/bin/python bench/trial_overhead.py                        # demo, 2 seeds x 2 settings x 3, ~10 min
-    .venv/bin/python bench/trial_overhead.py --seeds 8 --repeats 1  # the whole demo grid, ~12 min
+    .venv/bin/python bench/trial_overhead.py                        # demo, 2 seeds x 3 settings x 3, ~12 min
+    .venv/bin/python bench/trial_overhead.py --seeds 8 --repeats 1  # the whole demo grid, ~15 min
     .venv/bin/python bench/trial_overhead.py --quick                # smoke preset, 1 seed, 1 repeat, ~1 min
 
-Default: the demo preset with 2 seeds (8 trials) per study, reuse_actors True and False, 3 studies each.
+Default: the demo preset with 2 seeds (8 trials) per study, 3 studies per setting (order rotated per repeat).
 
 Each study is the preset's grid (study.search_spaces, `--seeds` of them) run by a Tuner built like
 `study.runner.run_study` builds it (`runner._tuner_configs`: same RunConfig, FailureConfig, CheckpointConfig;
 `tune.with_resources` with the preset's CPUs; the same `TUNE_GLOBAL_CHECKPOINT_S=1`; data prepared on the
-driver by `runner.prepare_data`; a fresh pretext cache per study), with only `reuse_actors` switched. The
+driver by `runner.prepare_data`; a fresh pretext cache per study), with only the setting switched. The
 trainable is `study.trainables.two_stage_trial`, called unchanged by a wrapper that installs timers in the
 worker (patched attributes, restored after the trial):
 
@@ -42,9 +44,11 @@ start-up counts as steps; the pretext result written into a checkpoint counts as
 The demo study has 32 trials but only 2 run at a time, so with reuse_actors=True only 2 trials pay for a fresh
 process. With fewer seeds that share is larger; `projected` rescales the start-up parts (start-up, TF
 import, data load) to the preset's full grid: (sum of core overhead * N/n + F fresh start-ups + (N-F) reused
-ones) / (the same for wall time), N = full grid, F = fresh processes. `slot_time` is the study-level view:
-1 - steps / (slots x Tuner.fit wall), which also counts Ray Tune's start and slots left idle. Last line:
-`trial_overhead_share=<projected share with reuse_actors=True>`, median over repeats (target <= 0.15).
+ones) / (the same for wall time), N = full grid, F = fresh processes. With `reuse+models` tracing is also a
+per-process cost (once per architecture a worker meets), so its measured total is carried over unscaled.
+`slot_time` is the study-level view: 1 - steps / (slots x Tuner.fit wall), which also counts Ray Tune's
+start and slots left idle. Last line: `trial_overhead_share=<projected share of reuse+models>`, median over
+repeats (target <= 0.15).
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ from pathlib import Path
 import benchutil
 
 STARTUP_PARTS = ("start_up", "tf_import", "data_load")
+# name -> (TuneConfig.reuse_actors, STUDY_MODEL_CACHE in the workers); the first is the project's default
+SETTINGS = {
+    "reuse+models": (True, "4"),
+    "reuse": (True, "0"),
+    "fresh": (False, "0"),
+}
 PARTS = (
     "start_up",
     "tf_import",
@@ -90,12 +100,13 @@ def _n_images(x) -> int:
     return total
 
 
-def instrumented(probe_dir: str):
+def instrumented(probe_dir: str, model_cache: str):
     """A Ray Tune function trainable running `two_stage_trial(config)` with timers; each trial writes its
     record to `probe_dir/<trial id>.json`. Defined in the script, so Ray pickles it by value to the
-    workers."""
+    workers. `model_cache`: the worker's `STUDY_MODEL_CACHE` (set before the trial, read per phase)."""
 
     def two_stage_trial_timed(config):
+        os.environ["STUDY_MODEL_CACHE"] = model_cache
         return _instrumented_trial(config, probe_dir)
 
     return two_stage_trial_timed
@@ -350,8 +361,10 @@ def _steps_and_tracing(fits: list[dict], predicts: list[dict]) -> tuple[float, f
 
 
 # ------------------------------------------------------------------------------------------ driver side
-def run_one(preset, reuse: bool, storage: Path, name: str) -> tuple[list[dict], float, int]:
-    """Run the grid once; (per-trial records with driver times, Tuner.fit wall seconds, slots)."""
+def run_one(preset, setting: str, storage: Path, name: str) -> tuple[list[dict], float, int]:
+    """Run the grid once with one of `SETTINGS`; (per-trial records with driver times, Tuner.fit wall
+    seconds, slots)."""
+    reuse, model_cache = SETTINGS[setting]
     from ray import tune
 
     from study import runner
@@ -383,7 +396,8 @@ def run_one(preset, reuse: bool, storage: Path, name: str) -> tuple[list[dict], 
     tune_config = dataclasses.replace(tune_config, reuse_actors=reuse)
     run_config = dataclasses.replace(run_config, callbacks=[Times()], verbose=0)
     trainable = tune.with_resources(
-        instrumented(str(probe_dir)), {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial}
+        instrumented(str(probe_dir), model_cache),
+        {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial},
     )
     tuner = tune.Tuner(
         trainable,
@@ -452,8 +466,14 @@ def breakdown(rec: dict) -> dict[str, float]:
     return {**parts, "wall": wall, "steps": rec["steps"], "overhead": wall - rec["steps"]}
 
 
-def shares(records: list[dict], full_trials: int) -> dict[str, float]:
-    """Measured and projected overhead shares of one study."""
+def shares(records: list[dict], full_trials: int, fixed_tracing: bool) -> dict[str, float]:
+    """Measured and projected overhead shares of one study.
+
+    Projection to `full_trials`: per-trial costs scale with the number of trials; start-up parts are paid
+    once per fresh process (as many as measured, one per slot, when workers are reused); with
+    `fixed_tracing` (reused workers keeping compiled models) tracing is paid once per process and
+    architecture, so its measured total is kept as it is.
+    """
     rows = [(r, breakdown(r)) for r in records]
     wall = sum(b["wall"] for _, b in rows)
     over = sum(b["overhead"] for _, b in rows)
@@ -465,11 +485,15 @@ def shares(records: list[dict], full_trials: int) -> dict[str, float]:
     # fresh processes: as many as measured when every trial is fresh, else the same count (one per slot)
     f_full = full_trials if not reused else f
     reused_mean = statistics.mean(reused) if reused else 0.0
-    start_full = f_full * statistics.mean(fresh) + (full_trials - f_full) * reused_mean
-    core_over, core_wall = over - sum(start), wall - sum(start)
+    fixed_full = f_full * statistics.mean(fresh) + (full_trials - f_full) * reused_mean
+    fixed = sum(start)
+    if fixed_tracing:
+        tracing = sum(b["tracing"] for _, b in rows)
+        fixed, fixed_full = fixed + tracing, fixed_full + tracing
+    core_over, core_wall = over - fixed, wall - fixed
     return {
         "measured": over / wall,
-        "projected": (core_over * scale + start_full) / (core_wall * scale + start_full),
+        "projected": (core_over * scale + fixed_full) / (core_wall * scale + fixed_full),
         "trials": n,
         "fresh": f,
     }
@@ -504,67 +528,73 @@ def main() -> None:
         f"(full grid {full_trials}) cpus={os.cpu_count()} repeats={args.repeats}",
         flush=True,
     )
-    per_setting: dict[bool, list[dict]] = {True: [], False: []}
-    share_runs: dict[bool, list[dict]] = {True: [], False: []}
-    walls: dict[bool, list[float]] = {True: [], False: []}
+    names = list(SETTINGS)
+    per_setting: dict[str, list[dict]] = {k: [] for k in names}
+    share_runs: dict[str, list[dict]] = {k: [] for k in names}
+    walls: dict[str, list[float]] = {k: [] for k in names}
     for r in range(args.repeats):
-        for reuse in (True, False) if r % 2 == 0 else (False, True):
-            records, wall, slots = run_one(preset, reuse, tmp / "runs", f"r{r}-reuse{int(reuse)}")
-            per_setting[reuse] += records
-            s = shares(records, full_trials)
+        # rotate the order so that no setting always runs first (machine state drifts)
+        for setting in names[r % len(names) :] + names[: r % len(names)]:
+            records, wall, slots = run_one(preset, setting, tmp / "runs", f"r{r}-{setting}")
+            per_setting[setting] += records
+            reuse, cache = SETTINGS[setting]
+            s = shares(records, full_trials, fixed_tracing=reuse and cache != "0")
             # the study as a whole: slot time (slots x study wall) not spent in steps, incl. idle slots
             s["slot_time"] = 1 - sum(breakdown(rec)["steps"] for rec in records) / (slots * wall)
-            share_runs[reuse].append(s)
-            walls[reuse].append(wall)
+            share_runs[setting].append(s)
+            walls[setting].append(wall)
             print(
-                f"repeat {r + 1} reuse_actors={reuse!s:<5}: study wall {wall:6.1f} s, {s['trials']} trials "
+                f"repeat {r + 1} {setting:<13}: study wall {wall:6.1f} s, {s['trials']} trials "
                 f"({s['fresh']} in a fresh process), overhead share measured {s['measured']:.3f}, "
                 f"projected to {full_trials} trials {s['projected']:.3f}, of slot time {s['slot_time']:.3f}",
                 flush=True,
             )
     ray.shutdown()
 
-    print("\nper trial, seconds, min / median / max over all trials of the setting")
-    print(f"{'part':<16} {'reuse_actors=True':>26} {'reuse_actors=False':>26}")
-    rows = {reuse: [breakdown(r) for r in recs] for reuse, recs in per_setting.items()}
+    print(
+        "\nsettings: reuse+models = reuse_actors=True and compiled models kept (the default); reuse = "
+        "reuse_actors=True, STUDY_MODEL_CACHE=0; fresh = reuse_actors=False"
+    )
+    print("per trial, seconds, min / median / max over all trials of the setting")
+    print(f"{'part':<16}" + "".join(f"{k:>26}" for k in names))
+    rows = {k: [breakdown(r) for r in recs] for k, recs in per_setting.items()}
     for part in ("wall", "steps", "overhead", *PARTS):
-        cells = [benchutil.fmt_mmm([b[part] for b in rows[reuse]], "6.2f") for reuse in (True, False)]
-        print(f"{part:<16} {cells[0]:>26} {cells[1]:>26}")
+        cells = [benchutil.fmt_mmm([b[part] for b in rows[k]], "6.2f") for k in names]
+        print(f"{part:<16}" + "".join(f"{c:>26}" for c in cells))
     print("share of total trial wall time")
     for part in ("overhead", *PARTS):
-        cells = [
-            sum(b[part] for b in rows[reuse]) / sum(b["wall"] for b in rows[reuse]) for reuse in (True, False)
-        ]
-        print(f"{part:<16} {cells[0]:>26.3f} {cells[1]:>26.3f}")
-    for reuse in (True, False):
-        fresh = [b for r, b in zip(per_setting[reuse], rows[reuse]) if r["first_in_process"]]
-        later = [b for r, b in zip(per_setting[reuse], rows[reuse]) if not r["first_in_process"]]
+        cells = [sum(b[part] for b in rows[k]) / sum(b["wall"] for b in rows[k]) for k in names]
+        print(f"{part:<16}" + "".join(f"{c:>26.3f}" for c in cells))
+    for k in names:
+        fresh = [b for r, b in zip(per_setting[k], rows[k]) if r["first_in_process"]]
+        later = [b for r, b in zip(per_setting[k], rows[k]) if not r["first_in_process"]]
         for label, group in (("fresh process", fresh), ("reused process", later)):
             if group:
                 print(
-                    f"reuse_actors={reuse!s:<5} {label:<15}: {len(group):>3} trials, median wall "
+                    f"{k:<13} {label:<15}: {len(group):>3} trials, median wall "
                     f"{statistics.median(b['wall'] for b in group):6.2f} s, overhead "
                     f"{statistics.median(b['overhead'] for b in group):6.2f} s"
                 )
     summary = {}
-    for reuse in (True, False):
+    for k in names:
         for kind in ("measured", "projected", "slot_time"):
-            values = [s[kind] for s in share_runs[reuse]]
-            summary[(reuse, kind)] = benchutil.median(values)
+            values = [s[kind] for s in share_runs[k]]
+            summary[(k, kind)] = benchutil.median(values)
             print(
-                f"reuse_actors={reuse!s:<5} overhead share {kind:<9} (min / median / max over studies): "
+                f"{k:<13} overhead share {kind:<9} (min / median / max over studies): "
                 f"{benchutil.fmt_mmm(values, '.3f')}"
             )
-        print(f"reuse_actors={reuse!s:<5} study wall s: {benchutil.fmt_mmm(walls[reuse], '.1f')}")
+        print(f"{k:<13} study wall s: {benchutil.fmt_mmm(walls[k], '.1f')}")
     single = sum(r["single_call_functions"] for recs in per_setting.values() for r in recs)
     if single:
         print(
             f"note: {single} model functions ran only once (1-epoch phases, e.g. the smoke preset's "
             "pretext); their tracing is counted as steps, so the overhead above is an underestimate"
         )
-    print(f"trial_overhead_share_fresh_workers={summary[(False, 'projected')]:.3f}")
-    print(f"trial_overhead_share_measured={summary[(True, 'measured')]:.3f}")
-    print(f"trial_overhead_share={summary[(True, 'projected')]:.2f}")
+    print(f"trial_overhead_share_fresh_workers={summary[('fresh', 'projected')]:.3f}")
+    print(f"trial_overhead_share_reuse_without_model_cache={summary[('reuse', 'projected')]:.3f}")
+    print(f"trial_overhead_share_measured={summary[('reuse+models', 'measured')]:.3f}")
+    print(f"trial_overhead_share={summary[('reuse+models', 'projected')]:.2f}")
 
 
 if __name__ == "__main__":

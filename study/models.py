@@ -310,7 +310,9 @@ def encoder_of(model: keras.Model) -> keras.Model:
     """The encoder nested in a model from `build_model` (its only layer that is itself a `keras.Model`)."""
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if len(nested) != 1:
-        raise ValueError(f"model {model.name!r} has {len(nested)} nested models; build_model nests one encoder")
+        raise ValueError(
+            f"model {model.name!r} has {len(nested)} nested models; build_model nests one encoder"
+        )
     return nested[0]
 
 

@@ -318,7 +318,9 @@ def test_a_remembered_compiled_model_gives_the_results_of_a_new_one(data, monkey
 
     def trial_pair(trial):
         pre = training.run_pretext(trial, data)
-        fine = training.run_finetune(trial.replace(finetune_epochs=3), data, encoder_weights=pre.encoder_weights)
+        fine = training.run_finetune(
+            trial.replace(finetune_epochs=3), data, encoder_weights=pre.encoder_weights
+        )
         return pre, fine
 
     monkeypatch.setenv("STUDY_MODEL_CACHE", "4")
