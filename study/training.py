@@ -258,10 +258,14 @@ def run_pretext(
     history: list[EpochLogs] = []
     # Converted to tensors once (numpy validation data would be converted again every epoch).
     val_batches = _batched((val_x, _as_target(task.head, val_y)), EVAL_BATCH_SIZE)
+    batches = None
     for epoch in range(trial.pretext_epochs):
         x, y = task.make_batch(x_train, np.random.default_rng([seed, STREAM_PRETEXT_PAIRS, epoch]), **params)
         order = np.random.default_rng([seed, STREAM_PRETEXT_ORDER, epoch]).permutation(len(x))
-        batches = _IndexedBatches(x, _as_target(task.head, y), trial.pretext_batch_size)
+        if batches is None:
+            batches = _IndexedBatches(x, _as_target(task.head, y), trial.pretext_batch_size)
+        else:
+            batches.set_data(x, _as_target(task.head, y))
         fit = model.fit(
             batches.in_order(order),
             epochs=epoch + 1,
@@ -570,23 +574,39 @@ def _batched(x: Any, batch_size: int):
 
 
 class _IndexedBatches:
-    """Training batches in a given order, gathered from tensors converted once per phase.
+    """Training batches in a given order, gathered from arrays held once per phase.
 
-    Same batches as `model.fit(x[order], y[order], batch_size, shuffle=False)`, bit for bit, without
-    converting (and copying) the arrays again every epoch.
+    Same batches as `model.fit(x[order], y[order], batch_size, shuffle=False)`, bit for bit. The arrays and
+    the order live in CPU variables read by one `tf.data` pipeline built here: a new epoch assigns them
+    (`in_order`, `set_data`) instead of converting the arrays and building (and tracing) a new pipeline
+    every epoch, which cost ~11 ms per epoch of the demo's ~0.1 s fine-tune epochs.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
         import tensorflow as tf
 
-        self._x, self._y, self._batch_size = tf.constant(x), tf.constant(y), batch_size
+        n = len(x)
+        with tf.device("/CPU:0"):  # input data stay in host memory, also on GPU machines
+            self._x = tf.Variable(x, trainable=False)
+            self._y = tf.Variable(y, trainable=False)
+            self._order = tf.Variable(np.arange(n, dtype=np.int64), trainable=False)
+
+        def batch(b):
+            index = self._order[b * batch_size : (b + 1) * batch_size]
+            return tf.gather(self._x, index), tf.gather(self._y, index)
+
+        steps = -(-n // batch_size)
+        self._dataset = tf.data.Dataset.range(steps).map(batch).prefetch(1)
+
+    def set_data(self, x: np.ndarray, y: np.ndarray) -> None:
+        """New arrays of the same shapes and dtypes (the next epoch's pretext pairs)."""
+        self._x.assign(x)
+        self._y.assign(y)
 
     def in_order(self, order: np.ndarray):
-        import tensorflow as tf
-
-        x, y = self._x, self._y
-        index = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(self._batch_size)
-        return index.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(1)
+        """The dataset, yielding `(x[order], y[order])` in batches (valid until the next call)."""
+        self._order.assign(np.asarray(order, np.int64))
+        return self._dataset
 
 
 def _binary(labels: np.ndarray) -> np.ndarray:
