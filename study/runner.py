@@ -669,6 +669,8 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
             "finetune_epochs_run": metrics.get("finetune_epochs_run"),
             # Fine-tune epochs this trial did not redo because it resumed from a checkpoint.
             "finetune_epochs_resumed": metrics.get("finetune_epochs_resumed"),
+            # Tune's wall seconds in the trainable (all attempts): what the trial cost.
+            "trial_seconds": metrics.get("time_total_s"),
             "search_score": metrics.get("search_score"),
             # True when the trial was restarted (retry or resume) from one of its checkpoints.
             "restored": metrics.get("restored"),
@@ -732,6 +734,7 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
                 "search_score",
                 "finetune_epochs_run",
                 "finetune_epochs_resumed",
+                "trial_seconds",
                 "encoder",
                 "image_size",
                 "threads",
