@@ -13,12 +13,13 @@ pretext batch 32, 1 TensorFlow thread (demo trials run with threads=1). For ever
 
 A. The project's own phase, `training.run_pretext`, for 1 + R epochs, with timers around each
    `task.make_batch` call (the task returned by `study.pretext.get_task` is wrapped), each `model.fit`
-   call, and the epoch boundaries (`on_epoch`). The loop is synchronous: everything in an epoch outside
-   `model.fit` — making the epoch's pretext pairs, the permutation copy `x[order]`, target reshaping,
-   callbacks — is time the model waits for inputs (`outside`). Epoch 1 (tracing) is dropped.
+   call, and the epoch boundaries (`on_epoch`). `run_pretext` makes each epoch's pairs one epoch ahead in
+   a background thread; everything in an epoch outside `model.fit` — waiting for those pairs, copying them
+   into the input variables, the permutation, callbacks — is time the model waits for inputs (`outside`).
+   `make_batch` is reported for scale (it runs mostly in the background). Epoch 1 (tracing) is dropped.
 B. Inside `fit`: one epoch of a fresh model of the same task fed three ways, interleaved R times:
-   the project's feed (`training._IndexedBatches`, built per epoch as run_pretext does: the epoch's arrays
-   become tensors once, batches are gathered in the epoch's order), plain numpy arrays (Keras' array
+   the project's feed (`training._IndexedBatches` as run_pretext uses it: one pipeline per phase, each
+   epoch's arrays assigned to its variables and batches gathered in the epoch's order), plain numpy arrays (Keras' array
    adapter, rebuilt every call: what training.py passed before), and the same batches as a `tf.data`
    dataset cached in memory and prefetched (warmed by one pass: the ideal feed). `feed` = median(project -
    cached), the project's feeding cost inside fit (noise can make it negative).
@@ -26,6 +27,9 @@ C. Per batch: `make_batch` of one batch vs one training step on a batch (cached 
 
 Per task: wait share = (outside + max(0, feed)) / epoch wall time, medians over the timed epochs.
 The last line is `input_wait_share=<max over tasks>` (target of issue 8: <= 0.05).
+
+`--one-core` pins the process to one core (`os.sched_setaffinity`): the background thread then competes
+with training, as in the demo, where two trials keep both cores busy. Without it the thread has a core.
 """
 
 from __future__ import annotations
@@ -136,9 +140,11 @@ def measure_fit_feeding(trial, data, repeats: int) -> dict[str, list[float]]:
     def cached_epoch():
         model.fit(ds, epochs=1, shuffle=False, verbose=0)
 
-    def project_epoch():  # run_pretext's feed, built per epoch (x, y are in the epoch's order already)
-        feed = training._IndexedBatches(x, y, batch).in_order(np.arange(len(x)))
-        model.fit(feed, epochs=1, shuffle=False, verbose=0)
+    feed = training._IndexedBatches(x, y, batch)
+
+    def project_epoch():  # run_pretext's feed (x, y are in the epoch's order already)
+        feed.set_data(x, y)  # a new epoch's pairs are assigned to the pipeline's variables
+        model.fit(feed.in_order(np.arange(len(x))), epochs=1, shuffle=False, verbose=0)
 
     numpy_epoch(), cached_epoch(), project_epoch()  # warm-up: tracing
     out: dict[str, list[float]] = {"numpy": [], "cached": [], "project": [], "batch_make": []}
@@ -175,7 +181,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="pretext batch size (default: the demo's 32)")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_bfloat16 models")
     parser.add_argument("--tasks", nargs="+", default=None, help="pretext tasks (default: all)")
+    parser.add_argument("--one-core", action="store_true", help="pin the process to one core")
     args = parser.parse_args()
+    if args.one_core:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     if args.quick:
         args.repeats = 2
         args.n_train = args.n_train or 100
@@ -208,7 +217,8 @@ def main() -> None:
     print(
         f"pretext input wait: encoder={base.encoder} widths={list(base.encoder_widths)} "
         f"{base.image_size} px, {n_train} training images, batch {base.pretext_batch_size}, "
-        f"threads={base.threads}, mixed_precision={base.mixed_precision}; seconds, "
+        f"threads={base.threads}, mixed_precision={base.mixed_precision}, "
+        f"cores={len(os.sched_getaffinity(0))}; seconds, "
         f"min / median / max over {args.repeats} timed epochs"
     )
     shares = {}

@@ -31,6 +31,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,72 +228,92 @@ def run_pretext(
 
     train_index, val_index = validation_split(trial, data)
     x_train = data.train.images[train_index]
-    val_rng = np.random.default_rng([seed, STREAM_PRETEXT_VAL])
-    val_x, val_y = task.make_batch(data.train.images[val_index], val_rng, **params)
-    encoder = models.build_encoder(
-        trial.encoder,
-        trial.image_size,
-        trial.encoder_widths,
-        trial.weights,
-        trial.weights_path,
-        mixed_precision=trial.mixed_precision,
-    )
-    loss = _pretext_loss(task)
-    model = model_cache.compiled(
-        _model_key(trial, task.head, loss),
-        models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision),
-        lambda: keras.optimizers.Adam(trial.pretext_lr),
-        loss,
-    )
-    encoder = models.encoder_of(model)  # the remembered model's, when the cache returned one
+    epochs = trial.pretext_epochs
 
-    early = (
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=trial.pretext_patience, restore_best_weights=True
-        )
-        if trial.pretext_patience
-        else None
-    )
-    callbacks = keras.callbacks.CallbackList([early] if early else [], model=model)
-    callbacks.on_train_begin()
-    history: list[EpochLogs] = []
-    # Converted to tensors once (numpy validation data would be converted again every epoch).
-    val_batches = _batched((val_x, _as_target(task.head, val_y)), EVAL_BATCH_SIZE)
-    batches = None
-    for epoch in range(trial.pretext_epochs):
-        x, y = task.make_batch(x_train, np.random.default_rng([seed, STREAM_PRETEXT_PAIRS, epoch]), **params)
-        order = np.random.default_rng([seed, STREAM_PRETEXT_ORDER, epoch]).permutation(len(x))
-        if batches is None:
-            batches = _IndexedBatches(x, _as_target(task.head, y), trial.pretext_batch_size)
-        else:
-            batches.set_data(x, _as_target(task.head, y))
-        fit = model.fit(
-            batches.in_order(order),
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            shuffle=False,
-            verbose=0,
-            validation_data=val_batches,
-        )
-        logs = {
-            "epoch": epoch + 1,
-            "loss": float(fit.history["loss"][-1]),
-            "val_loss": float(fit.history["val_loss"][-1]),
-        }
-        if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
-            return PretextResult(trial.task, [], {}, history, diverged=True, diverged_epoch=epoch + 1)
-        history.append(logs)
-        callbacks.on_epoch_end(epoch, dict(logs))
-        if on_epoch is not None:
-            on_epoch(epoch + 1, dict(logs))
-        if model.stop_training:
-            break
-    callbacks.on_train_end()  # EarlyStopping puts the best epoch's weights back here
-    stopped = early.stopped_epoch + 1 if early is not None and early.stopped_epoch > 0 else None
+    def inputs(i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch `i`'s training pairs (targets in the head's shape); `i == epochs`: the test pairs."""
+        if i == epochs:
+            return task.make_batch(
+                data.test.images, np.random.default_rng([seed, STREAM_PRETEXT_TEST]), **params
+            )
+        x, y = task.make_batch(x_train, np.random.default_rng([seed, STREAM_PRETEXT_PAIRS, i]), **params)
+        return x, _as_target(task.head, y)
 
-    test_x, test_y = task.make_batch(
-        data.test.images, np.random.default_rng([seed, STREAM_PRETEXT_TEST]), **params
-    )
+    # Pairs are made one epoch ahead in a background thread, while the model builds, traces and trains
+    # (TensorFlow releases the GIL), so a GPU does not wait for the CPU's corruptions. Each epoch's pairs
+    # come from their own generator, so they are the same arrays as made in line.
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="pretext-inputs")
+    try:
+        upcoming, upcoming_index = ahead.submit(inputs, 0), 0
+        val_rng = np.random.default_rng([seed, STREAM_PRETEXT_VAL])
+        val_x, val_y = task.make_batch(data.train.images[val_index], val_rng, **params)
+        encoder = models.build_encoder(
+            trial.encoder,
+            trial.image_size,
+            trial.encoder_widths,
+            trial.weights,
+            trial.weights_path,
+            mixed_precision=trial.mixed_precision,
+        )
+        loss = _pretext_loss(task)
+        model = model_cache.compiled(
+            _model_key(trial, task.head, loss),
+            models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision),
+            lambda: keras.optimizers.Adam(trial.pretext_lr),
+            loss,
+        )
+        encoder = models.encoder_of(model)  # the remembered model's, when the cache returned one
+
+        early = (
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=trial.pretext_patience, restore_best_weights=True
+            )
+            if trial.pretext_patience
+            else None
+        )
+        callbacks = keras.callbacks.CallbackList([early] if early else [], model=model)
+        callbacks.on_train_begin()
+        history: list[EpochLogs] = []
+        # Converted to tensors once (numpy validation data would be converted again every epoch).
+        val_batches = _batched((val_x, _as_target(task.head, val_y)), EVAL_BATCH_SIZE)
+        batches = None
+        for epoch in range(epochs):
+            x, y = upcoming.result()
+            upcoming, upcoming_index = ahead.submit(inputs, epoch + 1), epoch + 1
+            order = np.random.default_rng([seed, STREAM_PRETEXT_ORDER, epoch]).permutation(len(x))
+            if batches is None:
+                batches = _IndexedBatches(x, y, trial.pretext_batch_size)
+            else:
+                batches.set_data(x, y)
+            del x, y  # copied into the batches' variables
+            fit = model.fit(
+                batches.in_order(order),
+                epochs=epoch + 1,
+                initial_epoch=epoch,
+                shuffle=False,
+                verbose=0,
+                validation_data=val_batches,
+            )
+            logs = {
+                "epoch": epoch + 1,
+                "loss": float(fit.history["loss"][-1]),
+                "val_loss": float(fit.history["val_loss"][-1]),
+            }
+            if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
+                return PretextResult(trial.task, [], {}, history, diverged=True, diverged_epoch=epoch + 1)
+            history.append(logs)
+            callbacks.on_epoch_end(epoch, dict(logs))
+            if on_epoch is not None:
+                on_epoch(epoch + 1, dict(logs))
+            if model.stop_training:
+                break
+        callbacks.on_train_end()  # EarlyStopping puts the best epoch's weights back here
+        stopped = early.stopped_epoch + 1 if early is not None and early.stopped_epoch > 0 else None
+        # after an early stop the job ahead made an epoch that will not run
+        test_x, test_y = upcoming.result() if upcoming_index == epochs else inputs(epochs)
+    finally:
+        ahead.shutdown(wait=False, cancel_futures=True)
+
     # Image outputs are converted to uint8 chunk by chunk: float32 outputs for a whole test set at 224 px
     # would take 0.6 MB per image.
     pred = _predict_chunked(model, test_x, models.to_uint8 if task.head == "image" else None)

@@ -272,6 +272,33 @@ def test_pretext_is_deterministic_and_its_weights_seed_the_finetune(straight, da
     assert tuned.history[0]["val_loss"] != baseline_first_epoch["val_loss"]
 
 
+def test_pretext_pairs_made_ahead_are_the_pairs_made_in_line(data, monkeypatch):
+    """Pairs are made one epoch ahead in a thread; after an early stop the pending epoch is dropped and the
+    test pairs are still the seed's (the scored inputs equal a direct `make_batch`)."""
+    from study.config import resolved_task_params
+
+    class StopAfterFirstEpoch(keras.callbacks.EarlyStopping):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            self.model.stop_training = True
+
+    trial = BASE.replace(task="missing_patch", pretext_epochs=3, pretext_patience=2)
+    full = training.run_pretext(trial.replace(pretext_patience=0), data)
+    monkeypatch.setattr(training.keras.callbacks, "EarlyStopping", StopAfterFirstEpoch)
+    stopped = training.run_pretext(trial, data)
+    assert len(full.history) == 3 and len(stopped.history) == 1
+    assert stopped.history[0] == full.history[0]
+    task = pretext.get_task("missing_patch")
+    test_x, test_y = task.make_batch(
+        data.test.images,
+        np.random.default_rng([trial.seed, training.STREAM_PRETEXT_TEST]),
+        **resolved_task_params(trial),
+    )
+    for result in (full, stopped):
+        np.testing.assert_array_equal(result.examples["inputs"], test_x[:4])
+        np.testing.assert_array_equal(result.examples["targets"], test_y[:4])
+
+
 def test_pretext_divergence_is_reported_not_raised(data, monkeypatch):
     def nan_targets(images, rng, **params):
         return images.copy(), np.full(len(images), np.nan, np.float32)
