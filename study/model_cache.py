@@ -15,7 +15,14 @@ bitwise identical with and without the cache (tests/test_model_cache.py, tests/t
 functions read variables, never captured values, so the new values are what they compute with.
 
 `STUDY_MODEL_CACHE` sets how many models a process keeps (default 4, least recently used dropped first;
-0 turns the cache off). The key must name everything that changes the traced graph apart from input
+0 turns the cache off).
+
+Memory: TensorFlow (2.21) keeps an eager kernel for every Keras variable ever created, holding ~3x the
+variable's bytes, until its kernel cache is cleared; Keras' `clear_session` and `tf.random.set_seed` clear it,
+but that also drops the instantiated functions of remembered models (~0.8 s to rebuild per model, per
+phase). So phases no longer call them; instead `trim_kernel_cache()` clears the cache once the values created
+since the last clear (fresh weights and optimizer slots) pass `CLEAR_KERNELS_AFTER`: for the demo's small
+encoder about every 20 phases, for ResNet50 every phase (where seconds do not matter). The key must name everything that changes the traced graph apart from input
 shapes (TensorFlow re-traces by itself for new shapes): architecture, loss, optimizer type, precision.
 """
 
@@ -27,8 +34,12 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import keras
+import numpy as np
 
 DEFAULT_SIZE = 4
+#: Values (float32 weights and optimizer slots) created before a phase clears TensorFlow's kernel cache.
+CLEAR_KERNELS_AFTER = 5_000_000
+_created_values = 0
 _MODELS: OrderedDict[Hashable, keras.Model] = OrderedDict()
 # Counters for tests and benchmarks: how often a phase got a remembered model or compiled a new one.
 stats = {"hits": 0, "misses": 0}
@@ -44,6 +55,19 @@ def size() -> int:
     if n < 0:
         raise ValueError(f"STUDY_MODEL_CACHE={raw!r}: use a whole number of models >= 0 (0 turns reuse off)")
     return n
+
+
+def trim_kernel_cache() -> bool:
+    """Clear TensorFlow's eager kernel cache when enough variables were created since the last clear (see
+    the module docstring). Returns whether it cleared. Call between phases, never during training."""
+    global _created_values
+    if _created_values < CLEAR_KERNELS_AFTER:
+        return False
+    from tensorflow.python.eager import context  # what keras.backend.clear_session calls
+
+    context.context().clear_kernel_cache()
+    _created_values = 0
+    return True
 
 
 def clear() -> None:
@@ -65,6 +89,10 @@ def compiled(
     match `fresh`'s (same count, shapes and dtypes) is dropped and `fresh` used: a wrong key never trains
     the wrong architecture.
     """
+    global _created_values
+    # the fresh model's variables, and the slots of a new optimizer (Adam: two per trainable variable)
+    _created_values += sum(int(np.prod(v.shape)) for v in fresh.variables)
+    _created_values += 2 * sum(int(np.prod(v.shape)) for v in fresh.trainable_variables)
     capacity = size()
     kept = _MODELS.pop(key, None)
     optimizer = make_optimizer()

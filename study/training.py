@@ -362,11 +362,13 @@ def _fresh_keras_state(seed: int) -> None:
     As `keras.utils.set_random_seed` and `keras.backend.clear_session`, minus the two calls that clear
     TensorFlow's caches of instantiated functions (`tf.random.set_seed` and the session's kernel-cache
     reset), which cost a remembered model (`study.model_cache`) ~0.8 s of re-instantiation per phase. Neither
-    is needed for reproducibility: Keras draws every initial weight and dropout mask from stateless ops seeded
+    is needed for reproducibility (and `model_cache.trim_kernel_cache` bounds the memory TensorFlow would
+    otherwise keep): Keras draws every initial weight and dropout mask from stateless ops seeded
     by its `SeedGenerator`s, whose seeds come from Python's `random`; TensorFlow's global seed (which op
     determinism requires to be set) is set once per process by `configure_tensorflow`.
     """
     gc.collect()
+    model_cache.trim_kernel_cache()
     random.seed(seed)
     np.random.seed(seed)
     # Keras' global SeedGenerator (unseeded `keras.random` calls) is recreated from `random` on next use.

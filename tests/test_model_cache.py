@@ -103,3 +103,19 @@ def test_a_bad_cache_size_names_the_variable(monkeypatch, bad):
     monkeypatch.setenv("STUDY_MODEL_CACHE", bad)
     with pytest.raises(ValueError, match="STUDY_MODEL_CACHE"):
         model_cache.compiled("k", _model(), lambda: keras.optimizers.Adam(0.1), "mse")
+
+
+def test_kernel_cache_is_cleared_once_enough_values_were_created(monkeypatch):
+    from tensorflow.python.eager import context
+
+    cleared = []
+    monkeypatch.setattr(context.Context, "clear_kernel_cache", lambda self: cleared.append(True))
+    monkeypatch.setattr(model_cache, "_created_values", 0)
+    monkeypatch.setattr(model_cache, "CLEAR_KERNELS_AFTER", 100)
+    adam = lambda: keras.optimizers.Adam(0.1)  # noqa: E731
+    model_cache.compiled("k", _model(width=4), adam, "mse")  # 3*4+4 + 4+1 weights, x3 with Adam's slots
+    assert model_cache._created_values == 3 * 21 + 2  # + the dropout seed state (2 values, not trained)
+    assert not model_cache.trim_kernel_cache() and not cleared
+    model_cache.compiled("k", _model(width=4), adam, "mse")
+    assert model_cache.trim_kernel_cache() and cleared == [True]
+    assert model_cache._created_values == 0

@@ -358,11 +358,17 @@ def test_a_remembered_compiled_model_gives_the_results_of_a_new_one(data, monkey
     trial_pair(rotation.replace(seed=3, lr=0.05, pretext_lr=0.01))  # moves every variable elsewhere
     again = trial_pair(rotation)
     assert model_cache.stats == {"hits": 4, "misses": 2}
+    # TensorFlow's kernel cache cleared before every phase (as happens every ~20 phases of the demo and
+    # every phase of ResNet50): the remembered models' functions are re-instantiated, with the same results
+    monkeypatch.setattr(model_cache, "CLEAR_KERNELS_AFTER", 1)
+    cleared = trial_pair(rotation)
+    assert model_cache.stats == {"hits": 6, "misses": 2}
+    monkeypatch.setattr(model_cache, "CLEAR_KERNELS_AFTER", 10**12)
     monkeypatch.setenv("STUDY_MODEL_CACHE", "0")
     model_cache.clear()
     uncached = trial_pair(rotation)
     assert model_cache.stats == {"hits": 0, "misses": 2}
-    for other in (again, uncached):
+    for other in (again, cleared, uncached):
         assert other[0].history == first[0].history and other[0].metrics == first[0].metrics
         _assert_weights_equal(other[0].encoder_weights, first[0].encoder_weights)
         assert other[1].history == first[1].history and other[1].regimes == first[1].regimes
