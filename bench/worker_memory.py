@@ -95,14 +95,18 @@ def main() -> None:
                 f"(every 4th: {json.dumps([round(x) for x in rss[::4]])})",
                 flush=True,
             )
-    print(f"\n{'setting':<10} {'RSS after trial 1':>24} {f'RSS after trial {args.trials}':>24} {'MiB/trial':>22}")
+    print(
+        f"\n{'setting':<10} {'RSS after trial 1':>24} {f'RSS after trial {args.trials}':>24} {'MiB/trial':>22}"
+    )
     for name, rows in runs.items():
         print(
             f"{name:<10} {benchutil.fmt_mmm([x['first'] for x in rows], '.0f'):>24} "
             f"{benchutil.fmt_mmm([x['last'] for x in rows], '.0f'):>24} "
             f"{benchutil.fmt_mmm([x['slope'] for x in rows], '.2f'):>22}"
         )
-    print(f"worker_rss_growth_mib_per_trial_cache_off={benchutil.median([x['slope'] for x in runs['cache off']]):.2f}")
+    print(
+        f"worker_rss_growth_mib_per_trial_cache_off={benchutil.median([x['slope'] for x in runs['cache off']]):.2f}"
+    )
     print(f"worker_rss_growth_mib_per_trial={benchutil.median([x['slope'] for x in runs['cache on']]):.2f}")
 
 

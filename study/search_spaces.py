@@ -100,7 +100,7 @@ def demo() -> StudyPreset:
     """Embedded default study on synthetic lesions: 4 arms x 3 regimes x 8 seeds, small encoder at 32 px.
 
     Launch: `study run` (same as `study run --preset demo`).
-    Expected runtime: about 5 minutes on 2 CPU cores (measured 4 min 55 s), no GPU, no data download (the
+    Expected runtime: about 2-3 minutes on 2 CPU cores (measured 2 min 13 s), no GPU, no data download (the
     lesions are generated into the cache directory on first use). 8 seeds is the smallest n at which a Holm-corrected exact
     Wilcoxon over three comparisons can reach p < 0.05.
     """
@@ -124,7 +124,7 @@ def demo() -> StudyPreset:
         arms=_four_arms(size),
         seeds=tuple(range(8)),
         cpus_per_trial=1,
-        runtime_note="~5 min on 2 CPU cores",
+        runtime_note="~2-3 min on 2 CPU cores",
     )
 
 
