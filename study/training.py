@@ -3,8 +3,8 @@
 Both phases know nothing about Ray: the trainable passes `on_epoch` callbacks and stores what they return.
 
 Reproducibility (see docs RAY.md, "TensorFlow inside trials"): `configure_tensorflow` fixes intra-op threads,
-inter-op = 1 and op determinism; each phase clears the Keras session and calls
-`keras.utils.set_random_seed(trial.seed)`, so the same seed gives bitwise-identical weights and metrics.
+inter-op = 1 and op determinism; each phase reseeds Python, NumPy and Keras from `trial.seed`
+(`_fresh_keras_state`), so the same seed gives bitwise-identical weights and metrics.
 Models come through `study.model_cache`: a reused worker trains a remembered, already traced model of the
 same architecture, set to exactly the state a new one would start in (same results, no re-tracing).
 All data randomness is derived per epoch, `np.random.default_rng([seed, stream, epoch])`, never drawn from a
