@@ -26,8 +26,9 @@ binary_crossentropy[, jit_compile=True])` and `model.fit(x, y, epochs=1)` with K
 same training images. Within a process the models are interleaved epoch by epoch (after each of our epochs,
 `on_epoch` trains every plain model for one epoch; the plain models live across both of our runs), so they
 share the machine's load. Every model's first epoch (tracing) is dropped, and so is the plain round after the
-first epoch of each of our runs: `run_finetune`'s `clear_session()` / `set_random_seed()` make Keras retrace
-the plain models' train functions too (measured: ~1 s for the small encoder). "x vs plain fp32" is the median
+first epoch of each of our runs (until 2026-11-30 `run_finetune` started with `clear_session()` /
+`set_random_seed()`, which made the plain models re-instantiate their train functions too: ~1 s for the small
+encoder; phases no longer clear TensorFlow's caches, and the round is still dropped). "x vs plain fp32" is the median
 over interleaving rounds of (plain fp32 seconds / variant seconds) in the same round, same process.
 Comparisons across processes (determinism, oneDNN off) use medians and are less trustworthy on a shared
 machine.
