@@ -21,10 +21,11 @@ worker (patched attributes, restored after the trial):
 - `keras.Model.fit` / `predict` get an extra callback with epoch / test / predict begin-end hooks only (no
   batch hooks, so Keras keeps its asynchronous dispatch): per call, the training-step time of the epoch,
   the validation time inside fit, the predict loop time, and the call's set-up outside them;
-- `trainables.load_trial_data`, `models.build_encoder` / `build_model`, `keras.backend.clear_session`
-  (each phase resets the session; with a garbage collection), `make_batch` of the task that
-  `pretext.get_task` returns when called on the trial's thread (validation pairs; training pairs are made
-  ahead in run_pretext's background thread, and the trial's waits for them are timed instead), `trainables._report_with_state` (checkpoint files), `ray.tune.report`
+- `trainables.load_trial_data`, `models.build_encoder` / `build_model`, `training._fresh_keras_state`
+  (each phase's reset: a garbage collection, reseeding, the occasional kernel-cache trim), `make_batch` of
+  the task that `pretext.get_task` returns when called on the trial's thread (validation pairs; training
+  pairs are made ahead in run_pretext's background thread, and the trial's waits for them are timed
+  instead), `trainables._report_with_state` (checkpoint files), `ray.tune.report`
   (every report, including checkpoint persistence and the wait for the driver), `PretextResult.save/load`
   (pretext cache); TensorFlow's import is timed by importing it in the wrapper first.
 
@@ -202,7 +203,7 @@ class _Probe:
             (trainables, "_report_with_state"): trainables._report_with_state,
             (models, "build_encoder"): models.build_encoder,
             (models, "build_model"): models.build_model,
-            (keras.backend, "clear_session"): keras.backend.clear_session,
+            (training, "_fresh_keras_state"): training._fresh_keras_state,
             (pretext, "get_task"): pretext.get_task,
             (ray.tune, "report"): ray.tune.report,
             (training.PretextResult, "save"): training.PretextResult.save,
@@ -315,7 +316,7 @@ class _Probe:
             (trainables, "_report_with_state"): self.timed("ckpt_files", trainables._report_with_state),
             (models, "build_encoder"): self.timed("model_build", models.build_encoder),
             (models, "build_model"): self.timed("model_build", models.build_model),
-            (keras.backend, "clear_session"): self.timed("session_reset", keras.backend.clear_session),
+            (training, "_fresh_keras_state"): self.timed("session_reset", training._fresh_keras_state),
             (pretext, "get_task"): get_task,
             (ray.tune, "report"): report,
             (training.PretextResult, "save"): save,
