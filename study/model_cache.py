@@ -14,6 +14,10 @@ the cache, and the remembered model starts in exactly the state `fresh` would ha
 bitwise identical with and without the cache (tests/test_model_cache.py, tests/test_reuse.py). Its traced
 functions read variables, never captured values, so the new values are what they compute with.
 
+One trial at a time uses a process's models: Ray Tune reuses a worker for the next trial only after the
+previous trial's thread has ended (`FunctionTrainable.reset_config` refuses otherwise and Tune starts a new
+worker), and the pretext input thread of `training.run_pretext` touches no model.
+
 `STUDY_MODEL_CACHE` sets how many models a process keeps (default 4, least recently used dropped first;
 0 turns the cache off).
 
