@@ -2,7 +2,8 @@
 
 With `TuneConfig(reuse_actors=True)` one process runs many trials, and most of them build a model of an
 architecture it has trained before. Tracing a new model's train, test and predict functions costs seconds
-(~7.7 s per demo trial, more than its training steps), so a phase asks `compiled(key, fresh, ...)` for its model:
+(~7.7 s per demo trial, more than its training steps), so a phase asks `compiled(key, fresh, ...)` for its
+model:
 
 - the first time a key is seen, `fresh` is compiled and remembered;
 - afterwards the remembered model is returned, after every one of its variables (weights, BatchNorm
@@ -19,15 +20,16 @@ previous trial's thread has ended (`FunctionTrainable.reset_config` refuses othe
 worker), and the pretext input thread of `training.run_pretext` touches no model.
 
 `STUDY_MODEL_CACHE` sets how many models a process keeps (default 4, least recently used dropped first;
-0 turns the cache off).
+0 turns the cache off). The key must name everything that changes the traced graph apart from input shapes
+(TensorFlow re-traces by itself for new shapes) and the optimizer (checked here: same type, same settings
+but the learning rate): architecture, loss, precision.
 
 Memory: TensorFlow (2.21) keeps an eager kernel for every Keras variable ever created, holding ~3x the
 variable's bytes, until its kernel cache is cleared; Keras' `clear_session` and `tf.random.set_seed` clear it,
 but that also drops the instantiated functions of remembered models (~0.8 s to rebuild per model, per
 phase). So phases no longer call them; instead `trim_kernel_cache()` clears the cache once the values created
 since the last clear (fresh weights and optimizer slots) pass `CLEAR_KERNELS_AFTER`: for the demo's small
-encoder about every 20 phases, for ResNet50 every phase (where seconds do not matter). The key must name everything that changes the traced graph apart from input
-shapes (TensorFlow re-traces by itself for new shapes): architecture, loss, optimizer type, precision.
+encoder about every 15 phases, for ResNet50 every phase (where seconds do not matter).
 """
 
 from __future__ import annotations

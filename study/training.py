@@ -349,10 +349,11 @@ def run_pretext(
 
 
 def _model_key(trial: TrialConfig, head: str, loss: Any) -> tuple:
-    """What a compiled model's traced functions depend on, apart from input shapes (`study.model_cache`)."""
+    """What a compiled model's traced functions depend on, apart from input shapes and the optimizer (both
+    checked by `study.model_cache` itself)."""
     widths = tuple(trial.encoder_widths) if trial.encoder == "small" else None
     loss_name = loss if isinstance(loss, str) else f"{loss.__module__}.{loss.__qualname__}"
-    return (trial.encoder, widths, trial.image_size, trial.mixed_precision, head, loss_name, "Adam")
+    return (trial.encoder, widths, trial.image_size, trial.mixed_precision, head, loss_name)
 
 
 def _fresh_keras_state(seed: int) -> None:
