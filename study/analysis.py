@@ -409,7 +409,12 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
 
 
 def load_history(path: str | Path) -> pd.DataFrame:
-    """Read ``history.csv`` (or a run dir containing it): one row per trial x phase x epoch (1-based)."""
+    """Read ``history.csv`` (or a run dir containing it): one row per trial x phase x epoch (1-based).
+
+    Metric columns (``loss``, ``val_*``, ``test_*``) must be numeric (float; ``ResultsTableError`` naming
+    the column otherwise). Other columns are provenance (``pid``, ``node_id``: Ray's hex node id, ...): typed
+    float when every value is a number, else kept as text, so they never stop the curves from loading.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / "history.csv"
@@ -425,8 +430,17 @@ def load_history(path: str | Path) -> pd.DataFrame:
     h["seed"] = _integer(h, "seed")
     h["epoch"] = _integer(h, "epoch")
     for col in h.columns:
-        if col not in ("trial_id", "arm", "phase", "seed", "epoch"):
+        if col in ("trial_id", "arm", "phase", "seed", "epoch"):
+            continue
+        if col == "loss" or col.startswith(("val_", "test_")):
             h[col] = _numeric(h, col).astype(float)
+            continue
+        # A hex id such as "12e4" would parse as a number: ids stay text whatever they look like.
+        converted = pd.to_numeric(h[col], errors="coerce")
+        numeric = (
+            col not in ("node_id", "data_fingerprint") and converted.notna().sum() == h[col].notna().sum()
+        )
+        h[col] = converted.astype(float) if numeric else _clean_str(h[col])
     return h
 
 
@@ -1212,16 +1226,27 @@ def pretext_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     A trial's pretext metrics repeat on each of its regime rows, and trials of the same arm and seed share
     one pretext model, so values are first reduced to one per arm x seed, then aggregated across seeds. A
     pretext phase that finished counts even when the trial's fine-tune later diverged or failed (its metrics
-    describe the pretext model); a diverged pretext has no finite metrics and drops out. Long format, columns ``arm, arm_title, task, metric, n, mean, sd`` (n = seeds
-    with a finite value; sd ddof=1, NaN when n < 2). Returns ``(rotation_table, image_table)``; a table is
+    describe the pretext model); a diverged pretext has no finite metrics and drops out. Long format,
+    columns ``arm, arm_title, task, metric, n, mean, sd`` (n = seeds with a finite value; sd ddof=1, NaN when
+    n < 2); image tasks also list ``pretext_region_mse`` (inside the corrupted region) and, for the missing
+    patch, ``pretext_composite_mse/ssim`` (model output pasted into the hole) when the table has them. Returns ``(rotation_table, image_table)``; a table is
     empty when no arm of its kind has a finite pretext value.
     """
     per_seed = df.drop_duplicates(["arm", "seed"])
+    image = {
+        "missing_patch": (
+            *IMAGE_METRICS,
+            "pretext_region_mse",
+            "pretext_composite_mse",
+            "pretext_composite_ssim",
+        ),
+        "corruption": (*IMAGE_METRICS, "pretext_region_mse"),
+    }
     return (
         _pretext_table(
             per_seed, ROTATION_TASKS, {"rotation": ROTATION_METRICS, "rotation4": ROTATION4_METRICS}
         ),
-        _pretext_table(per_seed, IMAGE_TASKS, {t: IMAGE_METRICS for t in IMAGE_TASKS}),
+        _pretext_table(per_seed, IMAGE_TASKS, image),
     )
 
 
@@ -1254,6 +1279,315 @@ def _pretext_table(
     return pd.DataFrame(rows, columns=cols)
 
 
+# ----------------------------------------------------------- pretext references and the linear probe
+# results.csv columns read here (all constant within a trial, missing for the baseline and for older runs):
+#   pretext_headline                 the metric deciding whether a task's pretext learned (text)
+#   pretext_<metric>                 the model's value on the pretext test pairs
+#   pretext_ref_<name>_<metric>      a learning-free reference's value (name in REFERENCE_TITLES)
+#   pretext_ref_<metric>             the best reference on that metric; pretext_ref_name: best on the headline
+#   pretext_learned                  the model beats the best reference on the headline metric (bool)
+#   pretext_biharmonic_subset_region_mse, pretext_ref_biharmonic_region_mse, pretext_biharmonic_n,
+#   pretext_beats_classical          missing patch vs a classical inpainter on a subsample of test images
+#   probe_auc, probe_c               linear probe on the frozen encoder: test AUC (fraction), inverse regularisation
+
+REFERENCE_TITLES = {
+    "constant": "a constant prediction",
+    "chance": "chance",
+    "majority": "the majority class",
+    "identity": "the corrupted input (identity)",
+    "meanfill": "a mean-colour fill",
+    "biharmonic": "a biharmonic inpainter",
+}
+# The headline metric per task, for tables written before the runner recorded pretext_headline.
+PRETEXT_HEADLINES = {
+    "rotation": "aad_circ_deg",
+    "rotation4": "accuracy",
+    "missing_patch": "region_mse",
+    "corruption": "mse_mean",
+}
+# (model metric, reference metric) set side by side per task. Composites keep the visible pixels, as the
+# identity and mean-fill references do, so they are compared on the same whole-image metrics.
+PRETEXT_REFERENCE_PAIRS = {
+    "rotation": (("aad_circ_deg", "aad_circ_deg"), ("mse", "mse")),
+    "rotation4": (("accuracy", "accuracy"),),
+    "missing_patch": (
+        ("region_mse", "region_mse"),
+        ("mse_mean", "mse_mean"),
+        ("ssim_mean", "ssim_mean"),
+        ("composite_mse", "mse_mean"),
+        ("composite_ssim", "ssim_mean"),
+    ),
+    "corruption": (("mse_mean", "mse_mean"), ("region_mse", "region_mse"), ("ssim_mean", "ssim_mean")),
+}
+PRETEXT_HIGHER_IS_BETTER = frozenset({"accuracy", "ssim_mean", "composite_ssim"})
+# Model metric name of the classical-inpainter comparison (its own row, on the inpainter's subsample).
+BIHARMONIC_METRIC = "biharmonic_subset_region_mse"
+PRETEXT_REFERENCE_COLUMNS = [
+    "arm",
+    "arm_title",
+    "task",
+    "metric",
+    "reference_metric",
+    "headline",
+    "higher_is_better",
+    "n",
+    "model_mean",
+    "model_sd",
+    "reference",
+    "ref_mean",
+    "ref_sd",
+    "ratio_mean",
+    "n_better",
+    "n_judged",
+    "images",
+]
+
+
+def pretext_reference_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Each pretext arm's model metrics beside the best learning-free reference, over seeds. Long format.
+
+    ``df``: the results table (one row per trial x regime; reduced to one row per arm x seed, counting a
+    pretext whose fine-tune later failed, as ``pretext_tables`` does). One row per arm x compared metric
+    (``PRETEXT_REFERENCE_PAIRS``, the task's headline metric first, then the biharmonic comparison for the
+    missing patch), only where both model and reference values exist. Columns: ``metric`` /
+    ``reference_metric`` without the ``pretext_`` prefix; ``headline`` (bool); ``n`` seeds with both values;
+    ``model_mean, model_sd, ref_mean, ref_sd`` over those seeds (metric units: degrees, squared error on the
+    0-255 scale, SSIM, fraction; sd ddof=1, NaN when n < 2); ``reference`` the best reference's name(s) over
+    seeds ("identity/meanfill" when it varies); ``ratio_mean`` the mean over seeds of model / reference;
+    ``n_better`` of ``n_judged`` seeds on which the model beats the reference: for the headline metric the
+    runner's ``pretext_learned`` (which leaves out diverged pretexts) when present, for the biharmonic row
+    ``pretext_beats_classical``, else the values compared; ``images`` the biharmonic subsample size (median
+    over seeds), else NaN. Empty when the table has no reference columns (runs before they were recorded).
+    """
+    per_seed = df.drop_duplicates(["arm", "seed"])
+    rows = []
+    for arm in arm_order(per_seed.loc[per_seed["task"].isin(PRETEXT_REFERENCE_PAIRS), "arm"]):
+        g = per_seed[per_seed["arm"] == arm]
+        task = str(g["task"].iloc[0])
+        head = _pretext_headline(g, task)
+        for model_metric, ref_metric in sorted(PRETEXT_REFERENCE_PAIRS[task], key=lambda pr: pr[0] != head):
+            higher = ref_metric in PRETEXT_HIGHER_IS_BETTER
+            ref, names = _best_reference(g, ref_metric, higher)
+            is_head = model_metric == head
+            if is_head and "pretext_ref_name" in g:
+                names = [n if isinstance(n, str) and n else m for n, m in zip(g["pretext_ref_name"], names)]
+            row = _reference_row(
+                _float_column(g, f"pretext_{model_metric}"),
+                ref,
+                names,
+                higher,
+                g["pretext_learned"] if is_head and "pretext_learned" in g else None,
+            )
+            if row:
+                rows.append(_row_ident(arm, task, model_metric, ref_metric, is_head, higher) | row)
+        if task == "missing_patch":
+            row = _reference_row(
+                _float_column(g, f"pretext_{BIHARMONIC_METRIC}"),
+                _float_column(g, "pretext_ref_biharmonic_region_mse"),
+                ["biharmonic"] * len(g),
+                False,
+                g["pretext_beats_classical"] if "pretext_beats_classical" in g else None,
+            )
+            if row:
+                images = _float_column(g, "pretext_biharmonic_n")
+                row["images"] = (
+                    float(np.median(images[np.isfinite(images)])) if np.isfinite(images).any() else np.nan
+                )
+                rows.append(_row_ident(arm, task, BIHARMONIC_METRIC, "region_mse", False, False) | row)
+    return pd.DataFrame(rows, columns=PRETEXT_REFERENCE_COLUMNS)
+
+
+def _row_ident(arm: str, task: str, metric: str, ref_metric: str, head: bool, higher: bool) -> dict[str, Any]:
+    return {
+        "arm": arm,
+        "arm_title": arm_title(arm),
+        "task": task,
+        "metric": metric,
+        "reference_metric": ref_metric,
+        "headline": head,
+        "higher_is_better": higher,
+    }
+
+
+def _pretext_headline(g: pd.DataFrame, task: str) -> str:
+    values = (
+        g["pretext_headline"].dropna().astype(str) if "pretext_headline" in g else pd.Series([], dtype=str)
+    )
+    return str(values.mode().iloc[0]) if len(values) else PRETEXT_HEADLINES[task]
+
+
+def _float_column(g: pd.DataFrame, col: str) -> np.ndarray:
+    """``g[col]`` as float (n,); NaN where absent or not a number."""
+    if col not in g:
+        return np.full(len(g), np.nan)
+    return pd.to_numeric(g[col], errors="coerce").to_numpy(dtype=float)
+
+
+def _best_reference(g: pd.DataFrame, metric: str, higher_better: bool) -> tuple[np.ndarray, list[str | None]]:
+    """Per seed, the best learning-free reference on ``metric``: ``(values (n,), names (n,))``.
+
+    ``pretext_ref_<metric>`` when recorded, else the best of the ``pretext_ref_<name>_<metric>`` columns;
+    a seed's name is the reference matching that value (None when no per-reference column does)."""
+    per_ref = {name: _float_column(g, f"pretext_ref_{name}_{metric}") for name in REFERENCE_TITLES}
+    per_ref = {k: v for k, v in per_ref.items() if np.isfinite(v).any()}
+    if f"pretext_ref_{metric}" in g:
+        best = _float_column(g, f"pretext_ref_{metric}")
+    elif per_ref:
+        stack = np.vstack(list(per_ref.values()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN seeds stay NaN
+            best = np.nanmax(stack, axis=0) if higher_better else np.nanmin(stack, axis=0)
+    else:
+        best = np.full(len(g), np.nan)
+    names: list[str | None] = []
+    for i, b in enumerate(best):
+        match = [k for k, v in per_ref.items() if np.isfinite(b) and np.isclose(v[i], b, rtol=1e-9, atol=0)]
+        names.append(match[0] if match else None)
+    return best, names
+
+
+def _reference_row(
+    model: np.ndarray,
+    ref: np.ndarray,
+    names: Sequence[str | None],
+    higher_better: bool,
+    verdict: pd.Series | None,
+) -> dict[str, Any]:
+    """Model vs reference over the seeds with both values (all arrays (n_seeds,)); {} when there are none.
+
+    ``verdict``: the runner's per-seed "model beats the reference" (bool-like), counted instead of the
+    values when given."""
+    both = np.isfinite(model) & np.isfinite(ref)
+    if not both.any():
+        return {}
+    m, r = model[both], ref[both]
+    if verdict is not None:
+        judged = _boolean(verdict).dropna()
+        n_better, n_judged = int(judged.sum()), int(judged.size)
+    else:
+        n_better, n_judged = int(np.sum(m > r if higher_better else m < r)), int(m.size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = m / r
+    ratio = ratio[np.isfinite(ratio)]
+    used = [n for n, keep in zip(names, both) if keep and n]
+    return {
+        "n": int(m.size),
+        "model_mean": m.mean(),
+        "model_sd": m.std(ddof=1) if m.size > 1 else np.nan,
+        "reference": "/".join(dict.fromkeys(used)) or "best reference",
+        "ref_mean": r.mean(),
+        "ref_sd": r.std(ddof=1) if r.size > 1 else np.nan,
+        "ratio_mean": ratio.mean() if ratio.size else np.nan,
+        "n_better": n_better,
+        "n_judged": n_judged,
+        "images": np.nan,
+    }
+
+
+def pretext_learned(reference_table: pd.DataFrame) -> pd.DataFrame:
+    """Whether each arm's pretext learned: its headline rows of ``pretext_reference_table``.
+
+    Columns ``arm, arm_title, task, metric, reference, n_learned, n_judged, learned_seeds`` ("k/n") and
+    ``majority_failed`` (the pretext did not beat its reference on more than half of the judged seeds).
+    """
+    cols = ["arm", "arm_title", "task", "metric", "reference", "n_learned", "n_judged"]
+    t = reference_table[reference_table["headline"].astype(bool) & (reference_table["n_judged"] > 0)]
+    out = t.rename(columns={"n_better": "n_learned"})[cols].reset_index(drop=True)
+    out["n_learned"] = out["n_learned"].astype(int)
+    out["n_judged"] = out["n_judged"].astype(int)
+    out["learned_seeds"] = [f"{k}/{n}" for k, n in zip(out["n_learned"], out["n_judged"])]
+    out["majority_failed"] = (out["n_judged"] - out["n_learned"]) > out["n_judged"] / 2
+    return out
+
+
+def probe_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Linear-probe test AUC per arm over seeds (one value per trial, whatever its fine-tune did).
+
+    Columns ``arm, arm_title, n, mean, sd, c_median`` (AUC as a fraction; sd ddof=1; ``c_median`` the median
+    chosen inverse regularisation ``probe_c``). Empty when the table has no finite ``probe_auc``.
+    """
+    cols = ["arm", "arm_title", "n", "mean", "sd", "c_median"]
+    per_trial = _probe_rows(df)
+    rows = []
+    for arm in arm_order(per_trial["arm"]):
+        x = per_trial.loc[per_trial["arm"] == arm, "probe_auc"].to_numpy(dtype=float)
+        c = _float_column(per_trial[per_trial["arm"] == arm], "probe_c")
+        rows.append(
+            {
+                "arm": arm,
+                "arm_title": arm_title(arm),
+                "n": x.size,
+                "mean": x.mean(),
+                "sd": x.std(ddof=1) if x.size > 1 else np.nan,
+                "c_median": float(np.median(c[np.isfinite(c)])) if np.isfinite(c).any() else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _probe_rows(df: pd.DataFrame) -> pd.DataFrame:
+    # probe_auc repeats on every regime row of a trial: one row per arm x seed carries it.
+    if "probe_auc" not in df:
+        return df.iloc[0:0].assign(probe_auc=pd.Series(dtype=float))
+    x = df.assign(probe_auc=pd.to_numeric(df["probe_auc"], errors="coerce").astype(float))
+    return x[np.isfinite(x["probe_auc"].to_numpy())].drop_duplicates(["arm", "seed"])
+
+
+def probe_comparisons(df: pd.DataFrame) -> pd.DataFrame:
+    """Each SSL arm's probe AUC vs the baseline's, paired by seed (seeds missing either value dropped).
+
+    One row per SSL arm: ``arm, arm_title, n, mean_baseline, mean_arm, mean_diff, sd_diff`` (fractions;
+    diff = arm - baseline), ``p_wilcoxon`` (two-sided, ``signed_rank_pvalues``), ``wilcoxon_method``,
+    ``p_holm`` (Holm across the SSL arms), ``prob_improvement``. ``PairingError`` without one baseline arm.
+    """
+    cols = [
+        "arm",
+        "arm_title",
+        "n",
+        "mean_baseline",
+        "mean_arm",
+        "mean_diff",
+        "sd_diff",
+        "p_wilcoxon",
+        "wilcoxon_method",
+        "p_holm",
+        "prob_improvement",
+    ]
+    per_trial = _probe_rows(df)
+    if per_trial.empty:
+        return pd.DataFrame(columns=cols)
+    base = baseline_arm(df)
+    wide = per_trial.pivot(index="seed", columns="arm", values="probe_auc")
+    rows = []
+    for arm in [a for a in arm_order(df["arm"]) if a != base]:
+        if base not in wide or arm not in wide:
+            continue
+        pair = wide[[base, arm]].dropna()
+        b, a = pair[base].to_numpy(dtype=float), pair[arm].to_numpy(dtype=float)
+        d = a - b
+        p, _, method = signed_rank_pvalues(d[None, :]) if d.size else ([np.nan], None, ["n/a"])
+        rows.append(
+            {
+                "arm": arm,
+                "arm_title": arm_title(arm),
+                "n": d.size,
+                "mean_baseline": b.mean() if d.size else np.nan,
+                "mean_arm": a.mean() if d.size else np.nan,
+                "mean_diff": d.mean() if d.size else np.nan,
+                "sd_diff": d.std(ddof=1) if d.size > 1 else np.nan,
+                "p_wilcoxon": float(p[0]),
+                "wilcoxon_method": str(method[0]),
+                "prob_improvement": prob_improvement(d),
+            }
+        )
+    out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_holm"])
+    out["p_holm"] = holm(out["p_wilcoxon"].to_numpy(dtype=float)) if len(out) else []
+    return out[cols]
+
+
+# ------------------------------------------------------- end of pretext references and the linear probe
+
+
 # ------------------------------------------------------------------------------------------ learning curves
 
 
@@ -1275,8 +1609,9 @@ def learning_curves(
     for m in metrics:
         if m not in h.columns:
             continue
-        x = h[["arm", "epoch", m]].copy()
-        x = x[np.isfinite(x[m].to_numpy(dtype=float))]
+        # Coerced, not cast: a frame that did not come through load_history may hold text in any column.
+        x = h[["arm", "epoch"]].assign(**{m: pd.to_numeric(h[m], errors="coerce").astype(float)})
+        x = x[np.isfinite(x[m].to_numpy())]
         if x.empty:
             continue
         g = (

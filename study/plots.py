@@ -56,7 +56,7 @@ def forest_plot(comparisons: pd.DataFrame, xlabel: str, scale: float = 100.0, al
 
     ``comparisons``: rows of ``analysis.compare_to_baseline`` (uses ``regime_title, arm, arm_title,
     mean_diff, ci_low, ci_high, p_holm, significant``). ``scale`` converts units for display (100: fractions
-    to percentage points). Filled markers: Holm p < alpha.
+    to percentage points; 1 for metrics in their own units, such as epochs). Filled markers: Holm p < alpha.
     """
     groups = list(dict.fromkeys(comparisons["regime_title"]))
     n_rows = len(comparisons) + len(groups)
@@ -238,6 +238,28 @@ def example_grid(
     return fig
 
 
+def rotation_example_grid(
+    title: str, inputs: np.ndarray, true_deg: np.ndarray, pred_deg: np.ndarray, max_images: int = 4
+) -> Figure:
+    """Rotation pretext examples: one rotated test input per panel, titled with the true and predicted angle.
+
+    ``inputs``: uint8 ``(N, S, S, 3)`` RGB (the rotated images the model saw); ``true_deg``, ``pred_deg``:
+    ``(N,)`` angles in degrees, as saved in ``examples/<task>_seed<seed>.npz``.
+    """
+    n = min(max_images, len(inputs), len(true_deg), len(pred_deg))
+    fig = Figure(figsize=(2.0 * max(n, 1), 2.5))
+    axes = fig.subplots(1, max(n, 1), squeeze=False)[0]
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i < n:
+            ax.imshow(inputs[i], interpolation="nearest")
+            ax.set_title(f"true {true_deg[i]:.0f}\u00b0\npredicted {pred_deg[i]:.0f}\u00b0", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 __all__ = [
     "arm_color",
     "example_grid",
@@ -245,5 +267,6 @@ __all__ = [
     "learning_curves_plot",
     "mean_rank_plot",
     "paired_seeds_plot",
+    "rotation_example_grid",
     "save_figure",
 ]

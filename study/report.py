@@ -1,12 +1,17 @@
 """Assemble a run's report: ``report.md``, a self-contained ``report.html``, CSV tables and PNG figures.
 
-``write_report(run_dir)`` reads ``results.csv`` (required) and, when present, ``history.csv``,
-``manifest.json`` and ``examples/*.npz``; statistics come from ``analysis`` and figures from ``plots``.
-Anything optional that is missing or empty is rendered as "n/a" with the reason, never as a crash.
+``write_report(run_dir)`` runs in three steps:
 
-The document is built once as a list of blocks (headings, paragraphs, tables, figures, boxes) and rendered
-twice, to Markdown (figures linked from ``figures/``) and to HTML (figures embedded as base64 PNG data URIs,
-inline CSS, no scripts), so the two files always say the same thing.
+1. ``analyse_run`` reads ``results.csv`` (required) and, when present, ``history.csv``, ``manifest.json`` and
+   ``examples/*.npz``, and computes every statistic once (``analysis``) into one ``RunAnalysis``;
+2. ``write_tables`` saves its tables as CSV;
+3. one small function per report section turns it into blocks (headings, paragraphs, tables, figures
+   drawn by ``plots``, boxes), which are rendered twice, to Markdown (figures linked from ``figures/``) and
+   to HTML (figures embedded as base64 PNG data URIs, inline CSS, no scripts), so the two files always say
+   the same thing.
+
+Anything optional that is missing or empty is rendered as "n/a" with the reason, never as a crash; a
+sentence about a test appears only when that test ran.
 """
 
 from __future__ import annotations
@@ -46,7 +51,24 @@ PRETEXT_LABELS = {
     "pretext_mse_sd": "MSE (SD over images)",
     "pretext_ssim_mean": "SSIM (mean over images)",
     "pretext_ssim_sd": "SSIM (SD over images)",
+    "pretext_region_mse": "MSE inside the corrupted region",
+    "pretext_composite_mse": "MSE, composite (model fills the hole only)",
+    "pretext_composite_ssim": "SSIM, composite",
 }
+# Rows of the model-vs-reference tables: analysis.pretext_reference_table's metric names.
+REFERENCE_METRIC_LABELS = {
+    "aad_circ_deg": "circular AAD (\u00b0)",
+    "mse": "MSE (angle/360)",
+    "accuracy": "4-way accuracy",
+    "mse_mean": "MSE, whole image",
+    "ssim_mean": "SSIM, whole image",
+    "composite_mse": "MSE, composite (model fills the hole only)",
+    "composite_ssim": "SSIM, composite",
+    A.BIHARMONIC_METRIC: "MSE inside the hole, biharmonic subsample",
+}
+REGION_LABELS = {"missing_patch": "MSE inside the hole", "corruption": "MSE on the swapped pixels"}
+# Short names of analysis.REFERENCE_TITLES for table cells (the captions say what each one is).
+REFERENCE_SHORT = {"majority": "majority class", "meanfill": "mean fill"}
 NA = "n/a"
 
 
@@ -92,7 +114,10 @@ class Image:
 
 @dataclass
 class Pre:
+    """Preformatted text; with a ``summary`` it is folded away (HTML ``<details>``) behind that line."""
+
     text: str
+    summary: str = ""
 
 
 Block = Heading | Para | Bullets | Box | Table | Image | Pre
@@ -192,7 +217,13 @@ def render_markdown(blocks: Sequence[Block], run_dir: Path) -> str:
         elif isinstance(b, Image):
             out.append(f"![{b.caption}]({b.path.relative_to(run_dir).as_posix()})\n\n*{b.caption}*")
         elif isinstance(b, Pre):
-            out.append("```\n" + b.text + "\n```")
+            fence = "```\n" + b.text + "\n```"
+            # GitHub and most Markdown viewers fold <details>; a blank line lets the fence render inside it.
+            out.append(
+                f"<details><summary>{html.escape(b.summary, quote=False)}</summary>\n\n{fence}\n\n</details>"
+                if b.summary
+                else fence
+            )
     return "\n\n".join(out) + "\n"
 
 
@@ -207,6 +238,7 @@ caption{caption-side:bottom;font-style:italic;font-size:.9em;text-align:left;pad
 .note{border-left:6px solid #4a7ab5;background:#eef4fb;padding:.6em 1em;margin:1em 0}
 figure{margin:1em 0}figure img{max-width:100%}figcaption{font-style:italic;font-size:.9em}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
+summary{cursor:pointer}
 """
 
 
@@ -215,6 +247,7 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
     ]
     for b in blocks:
@@ -235,7 +268,11 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
                 for row in b.frame.itertuples(index=False)
             )
             cap = f"<caption>{e(b.caption)}</caption>" if b.caption else ""
-            out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            # Wide tables scroll inside their own box, so a narrow screen can reach the last columns.
+            out.append(
+                f'<div class="table-scroll" style="overflow-x:auto"><table>{cap}<thead><tr>{head}</tr></thead>'
+                f"<tbody>{rows}</tbody></table></div>"
+            )
         elif isinstance(b, Image):
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
             out.append(
@@ -243,7 +280,8 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
                 f"<figcaption>{e(b.caption)}</figcaption></figure>"
             )
         elif isinstance(b, Pre):
-            out.append(f"<pre>{e(b.text)}</pre>")
+            pre = f"<pre>{e(b.text)}</pre>"
+            out.append(f"<details><summary>{e(b.summary)}</summary>{pre}</details>" if b.summary else pre)
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -276,9 +314,27 @@ def _read_history(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
     return h, ""
 
 
-def _read_examples(run_dir: Path) -> tuple[dict[str, tuple[int, dict[str, np.ndarray]]], list[str]]:
-    """One example file per task (lowest seed): ``{task: (seed, arrays)}``, plus notes on unreadable files."""
-    found: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
+IMAGE_EXAMPLE_KEYS = ("inputs", "targets", "outputs")
+ANGLE_EXAMPLE_KEYS = ("inputs", "angle_true_deg", "angle_pred_deg")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One seed's pretext examples. ``kind`` "image": uint8 ``(N, S, S, 3)`` ``inputs, targets, outputs``;
+    "angle": uint8 ``(N, S, S, 3)`` rotated ``inputs`` with ``(N,)`` ``angle_true_deg, angle_pred_deg``."""
+
+    seed: int
+    kind: Literal["image", "angle"]
+    arrays: dict[str, np.ndarray]
+
+
+def _read_examples(run_dir: Path) -> tuple[dict[str, Example], list[str]]:
+    """The lowest seed's examples per task, plus notes on files that cannot be shown.
+
+    The runner copies every pretext's ``examples.npz``: an empty one (a diverged pretext) or a rotation file
+    without recorded angles has nothing to show and is passed over without a note, since neither is a fault.
+    """
+    found: dict[str, Example] = {}
     notes = []
     folder = run_dir / "examples"
     if not folder.is_dir():
@@ -288,16 +344,39 @@ def _read_examples(run_dir: Path) -> tuple[dict[str, tuple[int, dict[str, np.nda
         try:
             seed = int(seed_text)
             with np.load(path) as z:
-                arrays = {k: np.asarray(z[k]) for k in ("inputs", "targets", "outputs")}
-        except (ValueError, KeyError, OSError) as e:
+                arrays = {k: np.asarray(z[k]) for k in z.files}
+        except (ValueError, OSError) as e:
             notes.append(f"{path.name}: not a valid example file ({e})")
             continue
-        if any(a.ndim != 4 or a.shape[-1] != 3 for a in arrays.values()):
-            notes.append(f"{path.name}: arrays must be uint8 (N, S, S, 3)")
-            continue
-        if task not in found or seed < found[task][0]:
-            found[task] = (seed, arrays)
+        example, problem = _example(task, seed, arrays)
+        if problem:
+            notes.append(f"{path.name}: {problem}")
+        elif example is not None and (task not in found or seed < found[task].seed):
+            found[task] = example
     return found, notes
+
+
+def _example(task: str, seed: int, arrays: dict[str, np.ndarray]) -> tuple[Example | None, str]:
+    """``(example or None, problem or "")`` for one file's arrays."""
+    if not arrays:
+        return None, ""
+    if task in A.ROTATION_TASKS:
+        if not all(k in arrays for k in ANGLE_EXAMPLE_KEYS):
+            return None, ""
+        x, t, p = (arrays[k] for k in ANGLE_EXAMPLE_KEYS)
+        if not _is_image(x) or t.ndim != 1 or p.ndim != 1:
+            return None, "inputs must be uint8 (N, S, S, 3) and angles (N,)"
+        return Example(seed, "angle", arrays), ""
+    missing = [k for k in IMAGE_EXAMPLE_KEYS if k not in arrays]
+    if missing:
+        return None, f"lacks array(s) {missing}"
+    if not all(_is_image(arrays[k]) for k in IMAGE_EXAMPLE_KEYS):
+        return None, "arrays must be uint8 (N, S, S, 3)"
+    return Example(seed, "image", {k: arrays[k] for k in IMAGE_EXAMPLE_KEYS}), ""
+
+
+def _is_image(x: np.ndarray) -> bool:
+    return x.ndim == 4 and x.shape[-1] == 3
 
 
 # ------------------------------------------------------------------------------------------- table builders
@@ -430,14 +509,111 @@ def _pretext_display(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna(NA)
 
 
+def _reference_display(refs: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.pretext_reference_table`` rows as text: model vs best learning-free reference per metric."""
+    rows = []
+    for r in refs.itertuples(index=False):
+        label = (
+            REGION_LABELS.get(r.task, r.metric)
+            if r.metric == "region_mse"
+            else REFERENCE_METRIC_LABELS.get(r.metric, r.metric)
+        )
+        if r.metric == A.BIHARMONIC_METRIC and np.isfinite(r.images):
+            label += f" ({r.images:.0f} images)"
+        judged = f"{r.n_better} of {r.n_judged} seeds"
+        rows.append(
+            {
+                "Self-supervision method": r.arm_title,
+                "Metric": label + (" (headline)" if r.headline else ""),
+                "n seeds": r.n,
+                "Model": _spread(r.model_mean, r.model_sd),
+                "Best reference": f"{_reference_names(r.reference)}: {_spread(r.ref_mean, r.ref_sd)}",
+                "Model / reference": _num(r.ratio_mean, 3),
+                "Model better": ("learned on " if r.headline else "better on ") + judged,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _reference_names(names: str) -> str:
+    """``"identity/meanfill"`` -> ``"identity/mean fill"``."""
+    return "/".join(REFERENCE_SHORT.get(n, n) for n in names.split("/"))
+
+
+def _spread(mean: float, sd: float) -> str:
+    return f"{_num(mean, 4)} \u00b1 {_num(sd, 3)}" if np.isfinite(sd) else _num(mean, 4)
+
+
+def _probe_display(probe: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Arm": probe["arm_title"],
+            "n seeds": probe["n"],
+            "probe AUC (%)": [_mean_sd(m, s, "test_auc") for m, s in zip(probe["mean"], probe["sd"])],
+            "C (median)": [_num(c, 3) for c in probe["c_median"]],
+        }
+    )
+
+
+def _probe_comparison_display(comp: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Arm": comp["arm_title"],
+            "n pairs": comp["n"],
+            "Baseline (%)": [_value(v, "test_auc") for v in comp["mean_baseline"]],
+            "Arm (%)": [_value(v, "test_auc") for v in comp["mean_arm"]],
+            "\u0394 (pp)": [_diff(100 * d, "test_auc", signed=True) for d in comp["mean_diff"]],
+            "p Wilcoxon": [_p(p) for p in comp["p_wilcoxon"]],
+            "Holm p": [_p(p) for p in comp["p_holm"]],
+            "P(improve)": [_num(v, 2) for v in comp["prob_improvement"]],
+        }
+    )
+
+
 def _kv_table(items: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({"key": list(items), "value": [str(v) for v in items.values()]})
 
 
-# ---------------------------------------------------------------------------------------------- the report
+# ------------------------------------------------------------------------------------- computing the report
 
 
-def write_report(
+@dataclass
+class RunAnalysis:
+    """Everything the report states about one run, computed once by ``analyse_run``; the section functions
+    only format it. Frames are ``analysis`` outputs (their docstrings give the columns)."""
+
+    run_dir: Path
+    metric: str  # results-table column of the primary metric, e.g. "test_auc"
+    alpha: float
+    family: Literal["table", "regime"]
+    n_resamples: int
+    seed: int
+    df: pd.DataFrame  # load_run: every trial x regime, excluded trials included
+    excluded: pd.DataFrame  # split_valid's excluded rows, with reasons
+    summary: pd.DataFrame  # summarise
+    pairing: A.Pairing | None  # None when the table is not paired by seed (pairing_error says why)
+    pairing_error: str
+    comparisons: pd.DataFrame  # compare_to_baseline, plus pretext_learned_seeds ("k/n" or NaN)
+    friedmans: list[dict[str, Any]]  # friedman, one per regime
+    rotation_table: pd.DataFrame  # pretext_tables
+    image_table: pd.DataFrame
+    pretext_refs: pd.DataFrame  # pretext_reference_table
+    learned: pd.DataFrame  # pretext_learned
+    probe: pd.DataFrame  # probe_table
+    probe_comparisons: pd.DataFrame  # probe_comparisons (empty without pairing)
+    curves: pd.DataFrame | None  # learning_curves; None when unusable (history_why says why)
+    history_why: str
+    examples: dict[str, Example]
+    example_notes: list[str]
+    manifest: dict[str, Any] | None
+    manifest_why: str
+
+    @property
+    def label(self) -> str:
+        return A.metric_label(self.metric)
+
+
+def analyse_run(
     run_dir: str | Path,
     metric: str = "test_auc",
     *,
@@ -446,31 +622,15 @@ def write_report(
     seed: int = 0,
     family: Literal["table", "regime"] = "regime",
     strict: bool = False,
-) -> tuple[Path, Path]:
-    """Write ``report.md``, ``report.html``, ``summary.csv``, ``comparisons.csv`` (and ``friedman.csv``,
-    ``pretext_rotation.csv``, ``pretext_image.csv``, ``excluded.csv``) and ``figures/*.png`` into ``run_dir``.
-
-    ``metric``: the primary metric for the inferential comparisons (other metrics are descriptive only, so
-    the multiple-comparison family stays the one stated). A table that is not paired by seed is reported as
-    a warning with descriptive tables only, unless ``strict`` (then ``PairingError`` is raised).
-    Returns ``(md_path, html_path)``.
-    """
+) -> RunAnalysis:
+    """Read a run dir and compute every table of its report (writes nothing). See ``write_report``."""
     run_dir = Path(run_dir)
     df = A.load_run(run_dir)
     metric = A.metric_column(metric, df.columns)
-    label = A.metric_label(metric)
-    fig_dir = run_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    for old in fig_dir.glob("*.png"):  # figures of an earlier report must not linger
-        old.unlink()
-
     manifest, manifest_why = _read_manifest(run_dir)
     history, history_why = _read_history(run_dir)
     examples, example_notes = _read_examples(run_dir)
     _, excluded = A.split_valid(df)
-    summary = A.summarise(df)
-    summary.to_csv(run_dir / "summary.csv", index=False)
-    excluded.to_csv(run_dir / "excluded.csv", index=False)
 
     pairing: A.Pairing | None = None
     pairing_error = ""
@@ -485,8 +645,53 @@ def write_report(
         if pairing is not None
         else pd.DataFrame(columns=A.COMPARISON_COLUMNS)
     )
-    comp.to_csv(run_dir / "comparisons.csv", index=False)
-    friedmans = [A.friedman(df, metric, r, alpha) for r in pairing.regimes] if pairing is not None else []
+    refs = A.pretext_reference_table(df)
+    learned = A.pretext_learned(refs)
+    comp = comp.assign(
+        pretext_learned_seeds=comp["arm"].map(dict(zip(learned["arm"], learned["learned_seeds"])))
+    )
+    rot, img = A.pretext_tables(df)
+
+    curves = None
+    if history is not None:
+        curves = A.learning_curves(history, exclude_trials=excluded["trial_id"].unique())
+        if curves.empty:
+            curves, history_why = None, "history.csv has no finite fine-tune validation loss/AUC values"
+    return RunAnalysis(
+        run_dir=run_dir,
+        metric=metric,
+        alpha=alpha,
+        family=family,
+        n_resamples=n_resamples,
+        seed=seed,
+        df=df,
+        excluded=excluded,
+        summary=A.summarise(df),
+        pairing=pairing,
+        pairing_error=pairing_error,
+        comparisons=comp,
+        friedmans=[A.friedman(df, metric, r, alpha) for r in pairing.regimes] if pairing is not None else [],
+        rotation_table=rot,
+        image_table=img,
+        pretext_refs=refs,
+        learned=learned,
+        probe=A.probe_table(df),
+        probe_comparisons=A.probe_comparisons(df) if pairing is not None else pd.DataFrame(),
+        curves=curves,
+        history_why=history_why,
+        examples=examples,
+        example_notes=example_notes,
+        manifest=manifest,
+        manifest_why=manifest_why,
+    )
+
+
+def write_tables(a: RunAnalysis) -> None:
+    """The analysis' tables as CSV in the run dir (full precision; the report rounds)."""
+    d = a.run_dir
+    a.summary.to_csv(d / "summary.csv", index=False)
+    a.excluded.to_csv(d / "excluded.csv", index=False)
+    a.comparisons.to_csv(d / "comparisons.csv", index=False)
     pd.DataFrame(
         [
             {
@@ -495,72 +700,180 @@ def write_report(
                 "cliques": json.dumps(f["cliques"]),
                 "dropped_seeds": json.dumps(f["dropped_seeds"]),
             }
-            for f in friedmans
+            for f in a.friedmans
         ]
-    ).to_csv(run_dir / "friedman.csv", index=False)
-    rot_table, img_table = A.pretext_tables(df)
-    rot_table.to_csv(run_dir / "pretext_rotation.csv", index=False)
-    img_table.to_csv(run_dir / "pretext_image.csv", index=False)
-
-    arms = A.arm_order(df["arm"])
-    regimes = A.regime_order(df["regime"])
-    seeds = sorted(df["seed"].unique())
-    n_trials = df["trial_id"].nunique()
-    preset = (manifest or {}).get("preset")
-    title = "Self-supervised pre-training for melanoma classification: study report"
-    blocks: list[Block] = [Heading(1, title)]
-    blocks.append(
-        Para(
-            f"Run: {run_dir.name}" + (f" (preset {preset})" if preset else "") + f". {n_trials} trials: "
-            f"{len(arms)} arm(s) ({', '.join(A.arm_title(a) for a in arms)}) \u00d7 {len(seeds)} seed(s) "
-            f"({', '.join(map(str, seeds))}); early-stopping regimes: {', '.join(A.regime_title(r) for r in regimes)}."
+    ).to_csv(d / "friedman.csv", index=False)
+    a.rotation_table.to_csv(d / "pretext_rotation.csv", index=False)
+    a.image_table.to_csv(d / "pretext_image.csv", index=False)
+    a.pretext_refs.to_csv(d / "pretext_reference.csv", index=False)
+    probe = a.probe
+    if len(a.probe_comparisons):
+        cols = ["arm", "mean_diff", "sd_diff", "p_wilcoxon", "wilcoxon_method", "p_holm", "prob_improvement"]
+        probe = probe.merge(
+            a.probe_comparisons[cols].rename(columns={"mean_diff": "mean_diff_vs_baseline"}),
+            on="arm",
+            how="left",
         )
-    )
+    probe.to_csv(d / "probe.csv", index=False)
 
-    # -- method
-    m = len(comp)
-    n_ssl = comp["arm"].nunique()
-    family_text = (
-        f"all m = {m} comparisons in this report ({n_ssl} self-supervised arm(s) \u00d7 "
-        f"{comp['regime'].nunique()} regime(s))"
-        if family == "table"
-        else f"the m = {n_ssl} comparison(s) within each regime (each regime is one row of the paper's "
-        "Table 1, a question of its own)"
+
+def write_report(
+    run_dir: str | Path,
+    metric: str = "test_auc",
+    *,
+    alpha: float = 0.05,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    family: Literal["table", "regime"] = "regime",
+    strict: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html``, ``summary.csv``, ``comparisons.csv`` (and ``friedman.csv``,
+    ``pretext_rotation.csv``, ``pretext_image.csv``, ``pretext_reference.csv``, ``probe.csv``,
+    ``excluded.csv``) and ``figures/*.png`` into ``run_dir``.
+
+    ``metric``: the primary metric for the inferential comparisons (other metrics are descriptive only, so
+    the multiple-comparison family stays the one stated). A table that is not paired by seed is reported as
+    a warning with descriptive tables only, unless ``strict`` (then ``PairingError`` is raised).
+    Returns ``(md_path, html_path)``.
+    """
+    a = analyse_run(
+        run_dir, metric, alpha=alpha, n_resamples=n_resamples, seed=seed, family=family, strict=strict
     )
-    blocks += [
-        Heading(2, "Method"),
+    write_tables(a)
+    fig_dir = a.run_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    for old in fig_dir.glob("*.png"):  # figures of an earlier report must not linger
+        old.unlink()
+    blocks = report_blocks(a, fig_dir)
+    md_path, html_path = a.run_dir / "report.md", a.run_dir / "report.html"
+    md_path.write_text(render_markdown(blocks, a.run_dir), encoding="utf-8")
+    html_path.write_text(render_html(blocks, TITLE), encoding="utf-8")
+    return md_path, html_path
+
+
+TITLE = "Self-supervised pre-training for melanoma classification: study report"
+
+
+def report_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    """The whole document, section by section; figures are drawn into ``fig_dir``."""
+    return [
+        *_title_blocks(a),
+        *_method_blocks(a),
+        *_headline_blocks(a, fig_dir),
+        *_table1_blocks(a),
+        *_comparison_blocks(a, fig_dir),
+        *_friedman_blocks(a, fig_dir),
+        *_metrics_blocks(a),
+        *_stop_epoch_blocks(a),
+        *_curve_blocks(a, fig_dir),
+        *_pretext_blocks(a, fig_dir),
+        *_probe_blocks(a),
+        *_excluded_blocks(a),
+        *_data_blocks(a.manifest, a.manifest_why),
+        *_manifest_blocks(a.manifest, a.manifest_why),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def _title_blocks(a: RunAnalysis) -> list[Block]:
+    df = a.df
+    arms, regimes = A.arm_order(df["arm"]), A.regime_order(df["regime"])
+    seeds = sorted(df["seed"].unique())
+    preset = (a.manifest or {}).get("preset")
+    return [
+        Heading(1, TITLE),
         Para(
-            "Each seed fixes the data split, the validation split and the fine-tune order for every arm, so each "
-            "self-supervised arm is compared with the no-self-supervision baseline through per-seed paired "
-            f"differences (arm \u2212 baseline) of test {label}, separately in each early-stopping regime; the "
-            "stopping epoch is chosen on validation loss, never on a test metric. Headline test: two-sided "
-            "Wilcoxon signed-rank test on the paired differences (exact null distribution without ties, an "
-            "exhaustive sign-flip permutation test with ties and n \u2264 13, the normal approximation "
-            f"otherwise; zero differences dropped), Holm-corrected across {family_text} at \u03b1 = {alpha:g}. "
-            f"Interval: {round((1 - alpha) * 100)} % BCa bootstrap CI of the mean paired difference "
-            f"({n_resamples} resamples, seed {seed}; percentile where BCa is undefined, marked *; not adjusted "
-            "for multiplicity, so an interval can exclude 0 while the Holm p is above \u03b1). Also reported: "
-            "paired t-test, Hedges' g_z, matched-pairs rank-biserial correlation r_rb, the share of seeds on "
-            "which the arm beats the baseline (ties count half), and the seeds a paired t-test would need for "
-            "80 % power at the observed effect (a planning figure). Seeds whose trial diverged or failed are "
-            "dropped pairwise and listed under Excluded trials. Other metrics are descriptive only."
+            f"Run: {a.run_dir.name}" + (f" (preset {preset})" if preset else "") + f". "
+            f"{df['trial_id'].nunique()} trials: {len(arms)} arm(s) ({', '.join(A.arm_title(x) for x in arms)}) "
+            f"\u00d7 {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); early-stopping regimes: "
+            f"{', '.join(A.regime_title(r) for r in regimes)}."
         ),
     ]
 
-    # -- headlines
-    blocks.append(Heading(2, "Headline results"))
-    if pairing_error:
+
+def _method_blocks(a: RunAnalysis) -> list[Block]:
+    """What was done, one paragraph per kind of test, each only when that test ran."""
+    comp, alpha = a.comparisons, a.alpha
+    design = (
+        "Each seed fixes the data split, the validation split and the fine-tune order for every arm; the "
+        "stopping epoch of each early-stopping regime is chosen on validation loss, never on a test metric."
+    )
+    paras = []
+    if comp.empty:
+        why = "the table is not paired by seed" if a.pairing_error else "only the baseline arm was run"
+        paras.append(f"{design} No paired comparison was computed ({why}): every table below is descriptive.")
+    else:
+        m, n_ssl = len(comp), comp["arm"].nunique()
+        family_text = (
+            f"all m = {m} comparisons in this report ({n_ssl} self-supervised arm(s) \u00d7 "
+            f"{comp['regime'].nunique()} regime(s))"
+            if a.family == "table"
+            else f"the m = {n_ssl} comparison(s) within each regime (each regime is one row of the paper's "
+            "Table 1, a question of its own)"
+        )
+        paras.append(
+            f"{design} Each self-supervised arm is compared with the no-self-supervision baseline through "
+            f"per-seed paired differences (arm \u2212 baseline) of test {a.label}, separately in each regime. "
+            "Headline test: two-sided Wilcoxon signed-rank test on the paired differences (exact null "
+            "distribution without ties, an exhaustive sign-flip permutation test with ties and n \u2264 13, the "
+            f"normal approximation otherwise; zero differences dropped), Holm-corrected across {family_text} "
+            f"at \u03b1 = {alpha:g}. Interval: {round((1 - alpha) * 100)} % BCa bootstrap CI of the mean paired "
+            f"difference ({a.n_resamples} resamples, seed {a.seed}; percentile where BCa is undefined, marked *; "
+            "not adjusted for multiplicity, so an interval can exclude 0 while the Holm p is above \u03b1). Also "
+            "reported: paired t-test, Hedges' g_z, matched-pairs rank-biserial correlation r_rb, the share of "
+            "seeds on which the arm beats the baseline (ties count half), and the seeds a paired t-test would "
+            f"need for 80 % power at \u03b1 = {alpha:g} and the observed effect (a planning figure). Seeds whose "
+            "trial diverged or failed are dropped pairwise and listed under Excluded trials. Other metrics are "
+            "descriptive only."
+        )
+    if any(np.isfinite(f["p"]) for f in a.friedmans):
+        paras.append(
+            "Across all arms: a Friedman test per regime on the seeds complete for every arm, with mean ranks "
+            f"and the Nemenyi critical difference at \u03b1 = {alpha:g} (descriptive)."
+        )
+    if not a.pretext_refs.empty:
+        used = {n for r in a.pretext_refs["reference"] for n in r.split("/")}
+        titles = ", ".join(title for n, title in A.REFERENCE_TITLES.items() if n in used)
+        paras.append(
+            "Each pretext metric is set beside the best learning-free reference on the same test pairs"
+            + (f" ({titles})" if titles else "")
+            + "; a pretext counts as learned on a seed when the model beats that reference on its task's "
+            "headline metric."
+        )
+    if not a.probe.empty:
+        text = (
+            "Linear probe: a logistic regression on the frozen, globally pooled encoder features (after the "
+            "pretext phase; the randomly initialised encoder for the baseline), one per trial, scored by test AUC"
+        )
+        if len(a.probe_comparisons):
+            k = len(a.probe_comparisons)
+            text += (
+                "; each self-supervised arm is compared with the baseline by a two-sided Wilcoxon signed-rank "
+                f"test on the per-seed paired differences, Holm-corrected across the {k} self-supervised arm(s) "
+                f"at \u03b1 = {alpha:g}"
+            )
+        paras.append(text + ".")
+    return [Heading(2, "Method"), *(Para(p) for p in paras)]
+
+
+def _headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    comp, alpha = a.comparisons, a.alpha
+    blocks: list[Block] = [Heading(2, "Headline results")]
+    if a.pairing_error:
         blocks.append(
             Box(
                 "warning",
                 "the results table is not paired by seed; no comparison was computed",
-                [pairing_error],
+                [a.pairing_error],
             )
         )
     elif comp.empty:
         blocks.append(Para(f"{NA}: only the baseline arm was run, so there is nothing to compare with it."))
     else:
-        blocks.append(Bullets(list(comp["headline"])))
+        failed = _failed_pretexts(a.learned)
+        blocks.append(Bullets([r.headline + _learned_suffix(failed.get(r.arm)) for r in comp.itertuples()]))
         under = comp[comp["underpowered"]]
         if len(under):
             need = int(under["min_n_for_significance"].max())
@@ -572,203 +885,57 @@ def write_report(
                     list(dict.fromkeys(under["warning"])),
                 )
             )
-        blocks.append(Para(_power_sentence(comp)))
-        if family != "table" and comp["regime"].nunique() > 1:
-            strict_sig = comp[comp["p_holm_table"] < alpha]
-            blocks.append(
-                Para(
-                    f"Robustness: with Holm across all {m} comparisons of the table instead of per regime, "
-                    f"{len(strict_sig)} of {int(comp['significant'].sum())} significant comparison(s) remain "
-                    "significant"
-                    + (
-                        ": " + "; ".join(f"{r.arm_title}, {r.regime_title}" for r in strict_sig.itertuples())
-                        if len(strict_sig)
-                        else ""
-                    )
-                    + f" (p_holm_table in comparisons.csv; that family needs at least "
-                    f"{A.min_n_for_significance(alpha, m)} seeds)."
-                )
-            )
-    for w in A.consistency_warnings(df):
+        blocks.append(Para(_power_sentence(comp, alpha)))
+        if a.family != "table" and comp["regime"].nunique() > 1 and comp["significant"].any():
+            blocks.append(Para(_robustness_sentence(comp, alpha)))
+    not_learned = [_not_learned_sentence(r) for r in a.learned.itertuples() if r.majority_failed]
+    if not_learned:
+        blocks.append(Box("warning", "pretext tasks that did not learn", not_learned))
+    for w in A.consistency_warnings(a.df):
         blocks.append(Box("warning", "the arms are not comparable as run", [w]))
-
     if not comp.empty:
+        fraction = a.metric in A.FRACTION_METRICS
         fig = plots.forest_plot(
-            comp, f"\u0394 {label}" + (" (pp)" if metric in A.FRACTION_METRICS else ""), alpha=alpha
+            comp,
+            f"\u0394 {a.label}" + (" (pp)" if fraction else ""),
+            scale=100.0 if fraction else 1.0,
+            alpha=alpha,
         )
-        blocks.append(
-            Image(
-                plots.save_figure(fig, fig_dir / "forest.png"), f"Paired differences in {label} vs baseline"
-            )
-        )
+        path = plots.save_figure(fig, fig_dir / "forest.png")
+        blocks.append(Image(path, f"Paired differences in {a.label} vs baseline"))
+    return blocks
 
-    # -- Table 1
-    blocks.append(Heading(2, f"Table 1: test {label} per arm and regime"))
-    blocks.append(
-        Table(
-            _paper_layout(summary, metric),
-            f"Mean \u00b1 SD over seeds, {_unit(metric) or 'raw units'}; status-ok trials.",
-        )
+
+def _failed_pretexts(learned: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """``{arm: (seeds not learned, seeds judged)}`` for arms whose pretext failed on most seeds."""
+    return {
+        r.arm: (int(r.n_judged - r.n_learned), int(r.n_judged))
+        for r in learned.itertuples()
+        if r.majority_failed
+    }
+
+
+def _learned_suffix(failed: tuple[int, int] | None) -> str:
+    if failed is None:
+        return ""
+    return f" \u2014 pretext did not beat its reference on {failed[0]} of {failed[1]} seeds"
+
+
+def _not_learned_sentence(r: Any) -> str:
+    """``r``: a row of ``analysis.pretext_learned``."""
+    ref = A.REFERENCE_TITLES.get(r.reference, "its best learning-free reference")
+    what = (
+        "a task that learned nothing"
+        if r.n_learned == 0
+        else f"a task that learned on only {r.n_learned} of {r.n_judged} seeds"
     )
-    if metric != "test_soft_accuracy":
-        blocks.append(Heading(3, "Table 1 (soft accuracy, the paper's \u201caccuracy\u201d)"))
-        blocks.append(Table(_paper_layout(summary, "test_soft_accuracy"), "Mean \u00b1 SD over seeds, %."))
-    blocks.append(
-        Table(
-            _paper_reference(), "The paper's Table 1 (soft accuracy, %, a single run per cell) for reference."
-        )
+    return (
+        f"{r.arm_title} did not beat {ref} on {r.n_judged - r.n_learned} of {r.n_judged} seeds: its fine-tune "
+        f"comparison tests the pretext weights of {what}."
     )
 
-    # -- full comparison table
-    blocks.append(Heading(2, "All comparisons with the baseline"))
-    if comp.empty:
-        blocks.append(
-            Para(
-                f"{NA}: "
-                + (
-                    "the table is not paired (see above)."
-                    if pairing_error
-                    else "no arm besides the baseline."
-                )
-            )
-        )
-    else:
-        blocks.append(
-            Table(
-                _comparison_display(comp, alpha),
-                "Means in % for fractions; \u0394 and CI in percentage points; Holm p is the headline. "
-                "Full precision in comparisons.csv.",
-            )
-        )
-    if pairing is not None:
-        panels = []
-        means = summary[summary["metric"] == metric].set_index(["regime", "arm"])["mean"]
-        for regime in pairing.regimes:
-            mat, _, arm_cols = A.paired_matrix(df, metric, regime)
-            panels.append(
-                (A.regime_title(regime), mat, arm_cols, [means.get((regime, a), np.nan) for a in arm_cols])
-            )
-        scale = 100.0 if metric in A.FRACTION_METRICS else 1.0
-        fig = plots.paired_seeds_plot(panels, f"test {label}" + (" (%)" if scale == 100 else ""), scale=scale)
-        blocks.append(Image(plots.save_figure(fig, fig_dir / "paired_seeds.png"), f"Per-seed test {label}"))
 
-    # -- Friedman
-    blocks.append(Heading(2, "All arms together: Friedman test and mean ranks"))
-    if not friedmans:
-        blocks.append(Para(f"{NA}: the table is not paired by seed."))
-    else:
-        blocks.append(
-            Para(
-                "Friedman test over all arms per regime (complete seeds only), with the Nemenyi critical "
-                "difference CD = q\u03b1\u221a(k(k+1)/(6N)). Descriptive: Nemenyi depends on which arms are in "
-                "the pool, so the pairwise Holm-corrected Wilcoxon tests above are the headline."
-            )
-        )
-        blocks.append(Table(_friedman_table(friedmans)))
-        if any(f["k"] >= 3 and f["n"] >= 2 for f in friedmans):
-            fig = plots.mean_rank_plot([(A.regime_title(f["regime"]), f) for f in friedmans])
-            blocks.append(
-                Image(
-                    plots.save_figure(fig, fig_dir / "mean_ranks.png"),
-                    "Mean ranks and critical difference per regime",
-                )
-            )
-
-    # -- all metrics, stop epochs, curves
-    blocks.append(Heading(2, "All classification metrics"))
-    blocks.append(
-        Table(
-            _all_metrics_table(summary),
-            "Mean \u00b1 SD over seeds, %; descriptive (summary.csv has median and IQR).",
-        )
-    )
-    blocks.append(Heading(2, "Stop epochs"))
-    blocks.append(
-        Table(
-            _stop_epoch_table(summary),
-            "Fine-tune epoch at which each regime stopped: mean \u00b1 SD; median [Q1, Q3]. An early stop at the "
-            "first epochs with chance-level validation accuracy points to unsettled BatchNorm statistics.",
-        )
-    )
-    blocks.append(Heading(2, "Learning curves"))
-    curves = (
-        A.learning_curves(history, exclude_trials=excluded["trial_id"].unique())
-        if history is not None
-        else None
-    )
-    if curves is None:
-        blocks.append(Para(f"{NA}: {history_why}."))
-    elif curves.empty:
-        blocks.append(Para(f"{NA}: history.csv has no finite fine-tune validation loss/AUC values."))
-    else:
-        fig = plots.learning_curves_plot(
-            curves, [("val_loss", "validation loss"), ("val_auc", "validation AUC")]
-        )
-        blocks.append(
-            Image(
-                plots.save_figure(fig, fig_dir / "learning_curves.png"),
-                "Validation loss and AUC per fine-tune epoch",
-            )
-        )
-
-    # -- pretext
-    blocks.append(Heading(2, "Pretext tasks (paper Tables 2 and 3)"))
-    blocks.append(Heading(3, "Table 2: rotation prediction"))
-    if rot_table.empty:
-        blocks.append(Para(f"{NA}: no rotation arm with finite pretext metrics in this run."))
-    else:
-        blocks.append(
-            Table(
-                _pretext_display(rot_table),
-                "Mean \u00b1 SD across seeds of each test-set metric. Scaled values are angle/360; circular "
-                "differences take the shorter way round the circle (the paper's are not circular).",
-            )
-        )
-    blocks.append(Heading(3, "Table 3: missing patch and corruption removal"))
-    if img_table.empty:
-        blocks.append(Para(f"{NA}: no image pretext arm with finite pretext metrics in this run."))
-    else:
-        blocks.append(
-            Table(
-                _pretext_display(img_table),
-                "Mean \u00b1 SD across seeds; each seed's value is the mean (or SD) over test images of MSE and "
-                "SSIM on de-processed images.",
-            )
-        )
-    blocks.append(Heading(3, "Pretext examples"))
-    if not examples:
-        blocks.append(
-            Para(f"{NA}: no examples/<task>_seed<seed>.npz files in the run dir (image tasks only).")
-        )
-    for task, (ex_seed, arrays) in sorted(examples.items(), key=lambda kv: _task_rank(kv[0])):
-        fig = plots.example_grid(
-            f"{A.arm_title(task)} (seed {ex_seed})", arrays["inputs"], arrays["targets"], arrays["outputs"]
-        )
-        blocks.append(
-            Image(
-                plots.save_figure(fig, fig_dir / f"examples_{task}.png"),
-                f"{A.arm_title(task)}: input, target, output",
-            )
-        )
-    if example_notes:
-        blocks.append(Box("note", "example files skipped", example_notes))
-
-    # -- excluded
-    blocks += _excluded_blocks(df, excluded, pairing, manifest)
-    blocks += _data_blocks(manifest, manifest_why)
-    blocks += _manifest_blocks(manifest, manifest_why)
-
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
-    md_path.write_text(render_markdown(blocks, run_dir), encoding="utf-8")
-    html_path.write_text(render_html(blocks, title), encoding="utf-8")
-    return md_path, html_path
-
-
-def _task_rank(task: str) -> tuple[int, str]:
-    return (A.TASK_ORDER.index(task) if task in A.TASK_ORDER else len(A.TASK_ORDER), task)
-
-
-def _power_sentence(comp: pd.DataFrame) -> str:
+def _power_sentence(comp: pd.DataFrame, alpha: float) -> str:
     parts = [
         f"{r.arm_title}, {r.regime_title}: {_seeds(r.n_needed_80)}"
         for r in comp.itertuples(index=False)
@@ -777,14 +944,240 @@ def _power_sentence(comp: pd.DataFrame) -> str:
     if not parts:
         return "Every comparison is significant after Holm correction."
     return (
-        "Seeds a paired t-test would need for 80 % power at \u03b1 = 0.05, given each non-significant "
+        f"Seeds a paired t-test would need for 80 % power at \u03b1 = {alpha:g}, given each non-significant "
         "comparison's observed effect (\u221e: no observed difference): " + "; ".join(parts) + "."
     )
 
 
-def _excluded_blocks(
-    df: pd.DataFrame, excluded: pd.DataFrame, pairing: A.Pairing | None, manifest: dict[str, Any] | None
-) -> list[Block]:
+def _robustness_sentence(comp: pd.DataFrame, alpha: float) -> str:
+    m = len(comp)
+    strict_sig = comp[comp["p_holm_table"] < alpha]
+    listed = "; ".join(f"{r.arm_title}, {r.regime_title}" for r in strict_sig.itertuples())
+    return (
+        f"Robustness: with Holm across all {m} comparisons of the table instead of per regime, "
+        f"{len(strict_sig)} of {int(comp['significant'].sum())} significant comparison(s) remain significant"
+        + (f": {listed}" if listed else "")
+        + f" (p_holm_table in comparisons.csv; that family needs at least {A.min_n_for_significance(alpha, m)} "
+        "seeds)."
+    )
+
+
+def _table1_blocks(a: RunAnalysis) -> list[Block]:
+    metric, summary = a.metric, a.summary
+    blocks: list[Block] = [
+        Heading(2, f"Table 1: test {a.label} per arm and regime"),
+        Table(
+            _paper_layout(summary, metric),
+            f"Mean \u00b1 SD over seeds, {_unit(metric) or 'raw units'}; status-ok trials.",
+        ),
+    ]
+    if metric != "test_soft_accuracy":
+        blocks.append(Heading(3, "Table 1 (soft accuracy, the paper's \u201caccuracy\u201d)"))
+        blocks.append(Table(_paper_layout(summary, "test_soft_accuracy"), "Mean \u00b1 SD over seeds, %."))
+    blocks.append(
+        Table(
+            _paper_reference(), "The paper's Table 1 (soft accuracy, %, a single run per cell) for reference."
+        )
+    )
+    return blocks
+
+
+def _comparison_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "All comparisons with the baseline")]
+    if a.comparisons.empty:
+        why = "the table is not paired (see above)." if a.pairing_error else "no arm besides the baseline."
+        blocks.append(Para(f"{NA}: {why}"))
+    else:
+        blocks.append(
+            Table(
+                _comparison_display(a.comparisons, a.alpha),
+                "Means in % for fractions; \u0394 and CI in percentage points; Holm p is the headline. "
+                "Full precision in comparisons.csv.",
+            )
+        )
+    if a.pairing is not None:
+        panels = []
+        means = a.summary[a.summary["metric"] == a.metric].set_index(["regime", "arm"])["mean"]
+        for regime in a.pairing.regimes:
+            mat, _, arm_cols = A.paired_matrix(a.df, a.metric, regime)
+            panels.append(
+                (A.regime_title(regime), mat, arm_cols, [means.get((regime, x), np.nan) for x in arm_cols])
+            )
+        scale = 100.0 if a.metric in A.FRACTION_METRICS else 1.0
+        fig = plots.paired_seeds_plot(
+            panels, f"test {a.label}" + (" (%)" if scale == 100 else ""), scale=scale
+        )
+        blocks.append(Image(plots.save_figure(fig, fig_dir / "paired_seeds.png"), f"Per-seed test {a.label}"))
+    return blocks
+
+
+def _friedman_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "All arms together: Friedman test and mean ranks")]
+    if not a.friedmans:
+        return blocks + [Para(f"{NA}: the table is not paired by seed.")]
+    blocks.append(
+        Para(
+            "Friedman test over all arms per regime (complete seeds only), with the Nemenyi critical "
+            f"difference CD = q\u03b1\u221a(k(k+1)/(6N)) at \u03b1 = {a.alpha:g}. Descriptive: Nemenyi depends "
+            "on which arms are in the pool, so the pairwise Holm-corrected Wilcoxon tests above are the headline."
+        )
+    )
+    blocks.append(Table(_friedman_table(a.friedmans)))
+    if any(f["k"] >= 3 and f["n"] >= 2 for f in a.friedmans):
+        fig = plots.mean_rank_plot([(A.regime_title(f["regime"]), f) for f in a.friedmans])
+        path = plots.save_figure(fig, fig_dir / "mean_ranks.png")
+        blocks.append(Image(path, "Mean ranks and critical difference per regime"))
+    return blocks
+
+
+def _metrics_blocks(a: RunAnalysis) -> list[Block]:
+    return [
+        Heading(2, "All classification metrics"),
+        Table(
+            _all_metrics_table(a.summary),
+            "Mean \u00b1 SD over seeds, %; descriptive (summary.csv has median and IQR).",
+        ),
+    ]
+
+
+def _stop_epoch_blocks(a: RunAnalysis) -> list[Block]:
+    return [
+        Heading(2, "Stop epochs"),
+        Table(
+            _stop_epoch_table(a.summary),
+            "Fine-tune epoch at which each regime stopped: mean \u00b1 SD; median [Q1, Q3]. An early stop at the "
+            "first epochs with chance-level validation accuracy points to unsettled BatchNorm statistics.",
+        ),
+    ]
+
+
+def _curve_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Learning curves")]
+    if a.curves is None:
+        return blocks + [Para(f"{NA}: {a.history_why}.")]
+    fig = plots.learning_curves_plot(
+        a.curves, [("val_loss", "validation loss"), ("val_auc", "validation AUC")]
+    )
+    path = plots.save_figure(fig, fig_dir / "learning_curves.png")
+    return blocks + [Image(path, "Validation loss and AUC per fine-tune epoch")]
+
+
+def _pretext_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    refs = a.pretext_refs
+    blocks: list[Block] = [Heading(2, "Pretext tasks (paper Tables 2 and 3)")]
+    blocks.append(Heading(3, "Table 2: rotation prediction"))
+    if a.rotation_table.empty:
+        blocks.append(Para(f"{NA}: no rotation arm with finite pretext metrics in this run."))
+    else:
+        blocks.append(
+            Table(
+                _pretext_display(a.rotation_table),
+                "Mean \u00b1 SD across seeds of each test-set metric. Scaled values are angle/360; circular "
+                "differences take the shorter way round the circle (the paper's are not circular).",
+            )
+        )
+        blocks += _reference_blocks(refs[refs["task"].isin(A.ROTATION_TASKS)], "rotation")
+    blocks.append(Heading(3, "Table 3: missing patch and corruption removal"))
+    if a.image_table.empty:
+        blocks.append(Para(f"{NA}: no image pretext arm with finite pretext metrics in this run."))
+    else:
+        blocks.append(
+            Table(
+                _pretext_display(a.image_table),
+                "Mean \u00b1 SD across seeds; each seed's value is the mean (or SD) over test images of MSE (0\u2013255 "
+                "scale) and SSIM on de-processed images.",
+            )
+        )
+        blocks += _reference_blocks(refs[refs["task"].isin(A.IMAGE_TASKS)], "image")
+    return blocks + _example_blocks(a, fig_dir)
+
+
+def _reference_blocks(refs: pd.DataFrame, kind: str) -> list[Block]:
+    if refs.empty:
+        return [
+            Para(
+                f"This run recorded no learning-free reference for its {kind} pretext metrics (pretext_ref_* "
+                "columns), so they cannot be judged against what a model that learned nothing would score."
+            )
+        ]
+    caption = (
+        "Model vs the best learning-free reference on the same test pairs, mean \u00b1 SD over seeds; model / "
+        "reference is the mean over seeds of the per-seed ratio; \u201clearned\u201d: the model beats the "
+        "reference on the task's headline metric."
+    )
+    if kind == "image":
+        caption += (
+            " Identity: the corrupted input itself; mean fill: the hole filled with the mean colour; the "
+            "composite keeps the visible pixels and takes only the hole from the model; the biharmonic "
+            "inpainter runs on a subsample of test images, compared with the model on the same images."
+        )
+    return [Table(_reference_display(refs), caption)]
+
+
+def _example_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading(3, "Pretext examples")]
+    if not a.examples:
+        blocks.append(
+            Para(
+                f"{NA}: no examples/<task>_seed<seed>.npz files with examples in the run dir (image tasks only)."
+            )
+        )
+    for task, ex in sorted(a.examples.items(), key=lambda kv: _task_rank(kv[0])):
+        title = f"{A.arm_title(task)} (seed {ex.seed})"
+        if ex.kind == "angle":
+            x = ex.arrays
+            fig = plots.rotation_example_grid(title, x["inputs"], x["angle_true_deg"], x["angle_pred_deg"])
+            caption = f"{A.arm_title(task)}: rotated inputs with true and predicted angle"
+        else:
+            x = ex.arrays
+            fig = plots.example_grid(title, x["inputs"], x["targets"], x["outputs"])
+            caption = f"{A.arm_title(task)}: input, target, output"
+        blocks.append(Image(plots.save_figure(fig, fig_dir / f"examples_{task}.png"), caption))
+    if a.example_notes:
+        blocks.append(Box("note", "example files that could not be shown", a.example_notes))
+    return blocks
+
+
+def _probe_blocks(a: RunAnalysis) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Linear probe (frozen encoder)")]
+    if a.probe.empty:
+        why = (
+            "results.csv has no probe_auc column (the run predates the linear probe)"
+            if "probe_auc" not in a.df
+            else "no trial has a finite probe_auc"
+        )
+        return blocks + [Para(f"{NA}: {why}.")]
+    blocks.append(
+        Para(
+            "Test AUC of a logistic regression on frozen, globally pooled encoder features: what the encoder "
+            "learned by itself, before any fine-tuning (the baseline's encoder is randomly initialised). "
+            "C: the inverse regularisation chosen per trial."
+        )
+    )
+    blocks.append(Table(_probe_display(a.probe), "Mean \u00b1 SD over seeds, %; one probe per trial."))
+    comp = a.probe_comparisons
+    if len(comp):
+        blocks.append(
+            Table(
+                _probe_comparison_display(comp),
+                "Paired by seed (arm \u2212 baseline, percentage points); two-sided Wilcoxon signed-rank test, "
+                f"Holm-corrected across the {len(comp)} self-supervised arm(s), \u03b1 = {a.alpha:g}. Full "
+                "precision in probe.csv.",
+            )
+        )
+    elif a.pairing_error:
+        blocks.append(
+            Para("No paired probe comparison: the table is not paired by seed (see Headline results).")
+        )
+    return blocks
+
+
+def _task_rank(task: str) -> tuple[int, str]:
+    return (A.TASK_ORDER.index(task) if task in A.TASK_ORDER else len(A.TASK_ORDER), task)
+
+
+def _excluded_blocks(a: RunAnalysis) -> list[Block]:
+    df, excluded, pairing = a.df, a.excluded, a.pairing
     blocks: list[Block] = [Heading(2, "Excluded trials")]
     n_trials = df["trial_id"].nunique()
     ex = excluded.drop_duplicates("trial_id")
@@ -802,7 +1195,7 @@ def _excluded_blocks(
         blocks.append(Table(s.rename(columns={"n_trials": "trials"})))
     if pairing is not None and len(pairing.dropped):
         blocks.append(Box("note", "seeds dropped from the paired comparisons", pairing.notes()))
-    errors = (manifest or {}).get("errors") or []
+    errors = (a.manifest or {}).get("errors") or []
     if errors:
         rows = [
             {k: str(e.get(k, "")) for k in ("trial_id", "arm", "seed", "error")}
@@ -858,8 +1251,9 @@ def _manifest_blocks(manifest: dict[str, Any] | None, why: str) -> list[Block]:
         blocks.append(Heading(3, "Versions"))
         blocks.append(Table(_kv_table(versions)))
     if "config" in manifest:
+        text = json.dumps(manifest["config"], indent=2, sort_keys=True, default=str)
         blocks.append(Heading(3, "Config"))
-        blocks.append(Pre(json.dumps(manifest["config"], indent=2, sort_keys=True, default=str)))
+        blocks.append(Pre(text, summary=f"The run's config (JSON, {len(text.splitlines())} lines)"))
     if len(blocks) == 1:
         blocks.append(Para(f"{NA}: manifest.json holds none of the expected keys."))
     return blocks

@@ -7,7 +7,7 @@ seed effect is shared by all arms of a seed (what pairing cancels) and the noise
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,19 @@ def make_results(
     status: Mapping[tuple[str, int], str] | None = None,
     pretext_values: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
     finetune_epochs: int = 30,
+    references: bool = False,
+    not_learned: Mapping[str, Collection[int]] | None = None,
+    probe: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """A results.csv-shaped frame: one row per arm x seed x regime (each trial yields all regimes).
 
     ``effects``: arm -> true shift of every classification metric vs baseline (fractions); default the
     paper's four arms, no effect. ``status``: (arm, seed) -> "diverged"/"error" for the whole trial.
     ``pretext_values``: arm -> seed -> {metric: value} overriding the random pretext metrics.
+    ``references``: add the learning-free reference columns (``pretext_ref_*``, ``pretext_learned``, ...; see
+    ``_references``); the pretext of arm a beats its reference on every seed except ``not_learned[a]``.
+    ``probe``: arm -> true shift of the linear-probe AUC vs the baseline's (arms not listed: no shift); adds
+    ``probe_auc`` (one value per trial, repeated on its regime rows) and ``probe_c``.
     """
     effects = dict(effects) if effects is not None else {a: 0.0 for a in ARMS_PAPER if a != "baseline"}
     effects = {"baseline": 0.0, **effects}
@@ -54,6 +61,11 @@ def make_results(
         for s in range(n_seeds):
             st = status.get((arm, s), "ok")
             pre = _pretext(task, rng)
+            if references and task != "none":
+                pre.update(_references(task, s not in (not_learned or {}).get(arm, ()), rng))
+            if probe is not None:
+                auc = 0.65 + seed_effect[s] + probe.get(arm, 0.0) + rng.normal(0, noise_sd)
+                pre.update({"probe_auc": float(np.clip(auc, 0, 1)), "probe_c": 0.1 * (1 + s % 3)})
             if pretext_values and arm in pretext_values and s in pretext_values[arm]:
                 pre.update(pretext_values[arm][s])
             for regime, patience in regimes.items():
@@ -109,6 +121,79 @@ def _pretext(task: str, rng: np.random.Generator) -> dict[str, float]:
     elif task in ("missing_patch", "corruption"):
         out.update({m: float(rng.uniform(0.1, 0.9)) for m in IMAGE_METRICS})
     return out
+
+
+def _references(task: str, learned: bool, rng: np.random.Generator) -> dict[str, Any]:
+    """One trial's model and reference pretext columns, as the runner writes them: the model beats the best
+    reference on the headline metric iff ``learned`` (by a clear margin, so the verdict is unambiguous)."""
+
+    def u(lo: float, hi: float) -> float:
+        return float(rng.uniform(lo, hi))
+
+    if task == "rotation":
+        ref = u(89, 91)
+        return {
+            "pretext_headline": "aad_circ_deg",
+            "pretext_aad_circ_deg": ref * (0.7 if learned else 1.03),
+            "pretext_ref_constant_aad_circ_deg": ref,
+            "pretext_ref_aad_circ_deg": ref,
+            "pretext_mse": u(0.08, 0.1),
+            "pretext_ref_constant_mse": 0.083,
+            "pretext_ref_mse": 0.083,
+            "pretext_ref_name": "constant",
+            "pretext_learned": learned,
+        }
+    if task == "rotation4":
+        return {
+            "pretext_headline": "accuracy",
+            "pretext_accuracy": 0.6 if learned else 0.24,
+            "pretext_ref_chance_accuracy": 0.25,
+            "pretext_ref_majority_accuracy": 0.27,
+            "pretext_ref_accuracy": 0.27,
+            "pretext_ref_name": "majority",
+            "pretext_learned": learned,
+        }
+    if task == "missing_patch":
+        meanfill, identity = u(1500, 1600), u(20000, 23000)
+        return {
+            "pretext_headline": "region_mse",
+            "pretext_region_mse": meanfill * (0.6 if learned else 1.2),
+            "pretext_mse_mean": u(900, 1000),
+            "pretext_ssim_mean": u(0.5, 0.6),
+            "pretext_composite_mse": u(20, 30),
+            "pretext_composite_ssim": u(0.9, 0.95),
+            "pretext_ref_identity_region_mse": identity,
+            "pretext_ref_identity_mse_mean": identity / 40,
+            "pretext_ref_identity_ssim_mean": 0.8,
+            "pretext_ref_meanfill_region_mse": meanfill,
+            "pretext_ref_meanfill_mse_mean": meanfill / 40,
+            "pretext_ref_meanfill_ssim_mean": 0.85,
+            "pretext_ref_region_mse": meanfill,
+            "pretext_ref_mse_mean": meanfill / 40,
+            "pretext_ref_ssim_mean": 0.85,
+            "pretext_ref_biharmonic_region_mse": 700.0,
+            "pretext_biharmonic_subset_region_mse": 900.0,
+            "pretext_biharmonic_n": 16,
+            "pretext_biharmonic_seconds": 1.5,
+            "pretext_ref_name": "meanfill",
+            "pretext_learned": learned,
+            "pretext_beats_classical": False,
+        }
+    identity = u(1700, 1900)
+    return {
+        "pretext_headline": "mse_mean",
+        "pretext_mse_mean": identity * (0.5 if learned else 1.1),
+        "pretext_region_mse": u(3000, 4000),
+        "pretext_ssim_mean": u(0.6, 0.7),
+        "pretext_ref_identity_mse_mean": identity,
+        "pretext_ref_identity_region_mse": 9000.0,
+        "pretext_ref_identity_ssim_mean": 0.75,
+        "pretext_ref_mse_mean": identity,
+        "pretext_ref_region_mse": 9000.0,
+        "pretext_ref_ssim_mean": 0.75,
+        "pretext_ref_name": "identity",
+        "pretext_learned": learned,
+    }
 
 
 def make_history(results: pd.DataFrame, epochs: int = 12, rng_seed: int = 0) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -220,3 +222,225 @@ def test_manifest_with_odd_values_and_bad_examples(tmp_path):
     assert "test set has one class" in text and "Data check passed: NO" in text
     assert "not a valid example file" in text
     json.loads((run / "manifest.json").read_text())  # untouched
+
+
+# ------------------------------------------------------------------ pretext references, probe, robustness
+
+
+def section(md: str, title: str) -> str:
+    """The Markdown text of the ``## title`` section (up to the next ``## ``)."""
+    start = md.index(f"## {title}\n")
+    end = md.find("\n## ", start + 3)
+    return md[start : end if end >= 0 else len(md)]
+
+
+def table_with(p: ReportParser, header: str) -> list[list[str]]:
+    return next(t for t in p.tables if t and header in t[0])
+
+
+@pytest.fixture(scope="module")
+def ref_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """8 seeds; rotation's pretext never beats its constant reference, missing patch fails on 3 of 8 seeds
+    (a minority), corruption always learns; probe AUC +8 pp for corruption, no shift otherwise."""
+    results = make_results(
+        n_seeds=8,
+        effects={"rotation": 0.0, "missing_patch": 0.01, "corruption": 0.06},
+        noise_sd=0.01,
+        references=True,
+        not_learned={"rotation": range(8), "missing_patch": (0, 1, 2)},
+        probe={"corruption": 0.08},
+    )
+    run = write_run_dir(
+        tmp_path_factory.mktemp("refrun"),
+        results,
+        history=make_history(results, epochs=4),
+        manifest=make_manifest(results),
+        example_tasks=("missing_patch", "corruption"),
+    )
+    write_report(run, n_resamples=N_RESAMPLES)
+    return run, results
+
+
+def test_pretext_tables_show_model_vs_reference(ref_run):
+    run, results = ref_run
+    p = parse(run / "report.html")
+    tables = [t for t in p.tables if t and "Best reference" in t[0]]
+    assert len(tables) == 2  # Table 2 (rotation) and Table 3 (image tasks)
+    head = tables[0][0]
+    rows = {
+        (r[head.index("Self-supervision method")], r[head.index("Metric")]): r for t in tables for r in t[1:]
+    }
+    col = {name: head.index(name) for name in head}
+    rot = rows[("Rotation prediction", "circular AAD (\u00b0) (headline)")]
+    assert rot[col["Model better"]] == "learned on 0 of 8 seeds"
+    assert rot[col["Model / reference"]] == "1.03" and rot[col["Best reference"]].startswith("constant: ")
+    per_seed = results[(results["arm"] == "rotation") & (results["regime"] == "none")]
+    assert rot[col["Model"]].startswith(f"{per_seed['pretext_aad_circ_deg'].mean():.4g} \u00b1 ")
+    mp = rows[("Missing patch", "MSE inside the hole (headline)")]
+    assert mp[col["Model better"]] == "learned on 5 of 8 seeds"
+    assert mp[col["Best reference"]].startswith("mean fill: ")
+    # Missing patch also has whole-image, SSIM, composite and classical-inpainter rows.
+    mp_metrics = [m for (arm, m) in rows if arm == "Missing patch"]
+    assert mp_metrics[0].endswith("(headline)") and len(mp_metrics) == 6
+    assert "SSIM, composite" in mp_metrics and "MSE, composite (model fills the hole only)" in mp_metrics
+    bih = rows[("Missing patch", "MSE inside the hole, biharmonic subsample (16 images)")]
+    assert bih[col["Model better"]] == "better on 0 of 8 seeds" and bih[col["Model / reference"]] == "1.29"
+    corr = rows[("Corruption removal", "MSE, whole image (headline)")]
+    assert corr[col["Model better"]] == "learned on 8 of 8 seeds" and corr[col["Model / reference"]] == "0.5"
+    assert ("Corruption removal", "MSE on the swapped pixels") in rows
+    csv = pd.read_csv(run / "pretext_reference.csv")
+    head_rows = csv[csv["headline"]].set_index("arm")
+    assert head_rows.loc["rotation", "n_better"] == 0 and head_rows.loc["corruption", "n_better"] == 8
+    assert head_rows.loc["missing_patch", "reference"] == "meanfill"
+
+
+def test_headlines_of_a_pretext_that_did_not_learn_say_so(ref_run):
+    run, _ = ref_run
+    md = (run / "report.md").read_text()
+    comp = pd.read_csv(run / "comparisons.csv")
+    suffix = " \u2014 pretext did not beat its reference on 8 of 8 seeds"
+    for r in comp.itertuples():
+        rendered = f"- {r.headline}{suffix}" in md
+        assert rendered == (r.arm == "rotation"), r.headline  # missing patch failed on a minority only
+    learned = comp.drop_duplicates("arm").set_index("arm")["pretext_learned_seeds"]
+    assert learned.to_dict() == {"rotation": "0/8", "missing_patch": "5/8", "corruption": "8/8"}
+    headline = section(md, "Headline results")
+    assert (
+        "Rotation prediction did not beat a constant prediction on 8 of 8 seeds: its fine-tune comparison tests "
+        "the pretext weights of a task that learned nothing" in headline
+    )
+    assert "Missing patch did not beat" not in md
+
+
+def test_probe_section_pairs_arms_with_the_baseline(ref_run):
+    run, results = ref_run
+    from scipy import stats
+
+    md = (run / "report.md").read_text()
+    probe_md = section(md, "Linear probe (frozen encoder)")
+    assert "n/a" not in probe_md
+    probe = pd.read_csv(run / "probe.csv").set_index("arm")
+    per_trial = results[results["regime"] == "none"].pivot(index="seed", columns="arm", values="probe_auc")
+    d = per_trial["corruption"] - per_trial["baseline"]
+    assert probe.loc["corruption", "mean_diff_vs_baseline"] == pytest.approx(d.mean())
+    assert probe.loc["corruption", "p_wilcoxon"] == pytest.approx(stats.wilcoxon(d, method="exact").pvalue)
+    assert probe.loc["baseline", "mean"] == pytest.approx(per_trial["baseline"].mean())
+    assert np.isnan(probe.loc["baseline", "p_holm"])
+    p_holm = A.holm(probe.loc[["rotation", "missing_patch", "corruption"], "p_wilcoxon"].to_numpy())
+    np.testing.assert_allclose(probe.loc[["rotation", "missing_patch", "corruption"], "p_holm"], p_holm)
+    # +8 pp on every seed: the exact Wilcoxon floor 2/2^8, significant after Holm over 3 arms.
+    assert probe.loc["corruption", "p_holm"] < 0.05
+    p = parse(run / "report.html")
+    comp = table_with(p, "n pairs")
+    assert [r[0] for r in comp[1:]] == ["Rotation prediction", "Missing patch", "Corruption removal"]
+    assert comp[3][comp[0].index("\u0394 (pp)")] == f"+{100 * d.mean():.2f}"
+    assert "Linear probe:" in section(md, "Method")
+
+
+def test_report_without_reference_or_probe_columns_makes_no_claim(full_run):
+    run, md_path, _, _ = full_run
+    md = md_path.read_text()
+    assert "learned on" not in md and "did not beat" not in md
+    assert md.count("recorded no learning-free reference") == 2  # Tables 2 and 3
+    assert "probe_auc" in section(md, "Linear probe (frozen encoder)")
+    assert "Linear probe:" not in section(md, "Method") and "learned on a seed" not in section(md, "Method")
+    assert "Friedman test per regime" in section(md, "Method")
+    comp = pd.read_csv(run / "comparisons.csv")
+    assert comp["pretext_learned_seeds"].isna().all()
+
+
+def test_method_describes_only_the_tests_that_ran(tmp_path):
+    run = write_run_dir(tmp_path / "run", make_results(n_seeds=3, effects={}))
+    write_report(run, n_resamples=N_RESAMPLES)
+    method = section((run / "report.md").read_text(), "Method")
+    assert "No paired comparison was computed (only the baseline arm was run)" in method
+    assert "Wilcoxon" not in method and "Friedman" not in method and "probe" not in method
+
+
+def test_alpha_reaches_every_sentence(tmp_path):
+    run = write_run_dir(tmp_path / "run", make_results(n_seeds=6, noise_sd=0.02), manifest={"preset": "x"})
+    write_report(run, alpha=0.1, n_resamples=N_RESAMPLES)
+    md = (run / "report.md").read_text()
+    assert "Seeds a paired t-test would need for 80 % power at \u03b1 = 0.1," in md
+    assert "\u03b1 = 0.05" not in md and "0.05" not in section(md, "Method")
+    assert "90 % BCa bootstrap CI" in md
+
+
+def test_history_with_hex_node_id_still_gives_learning_curves(tmp_path):
+    results = make_results(n_seeds=3)
+    history = make_history(results, epochs=4)
+    history["node_id"] = "6730d524694aa9a184911a8dc64cfaafaa41e65ed0bdfb753d893a70"
+    history.loc[::2, "node_id"] = "12e4"  # a hex id that also parses as a number
+    history["pid"] = 3286
+    run = write_run_dir(tmp_path / "run", results, history=history)
+    loaded = A.load_history(run)
+    assert loaded["node_id"].tolist()[:2] == ["12e4", history["node_id"].iloc[1]]
+    assert loaded["pid"].dtype == float and loaded["val_auc"].dtype == float
+    write_report(run, n_resamples=N_RESAMPLES)
+    md = (run / "report.md").read_text()
+    assert "must be numeric" not in md and "n/a" not in section(md, "Learning curves")
+    assert (run / "figures" / "learning_curves.png").is_file()
+
+
+def test_history_with_a_bad_metric_value_is_still_an_error(tmp_path):
+    history = make_history(make_results(n_seeds=2), epochs=2).astype({"val_loss": object})
+    history.loc[0, "val_loss"] = "abc"
+    history.to_csv(tmp_path / "history.csv", index=False)
+    with pytest.raises(A.ResultsTableError, match="'val_loss' must be numeric"):
+        A.load_history(tmp_path)
+
+
+def test_rotation_examples_show_angles_and_never_a_note(tmp_path):
+    results = make_results(n_seeds=2)
+    run = write_run_dir(tmp_path / "run", results, example_tasks=("corruption",))
+    np.savez(run / "examples" / "rotation_seed0.npz")  # what the runner writes for a task without examples
+    np.savez(run / "examples" / "missing_patch_seed0.npz")  # a diverged pretext's empty file
+    write_report(run, n_resamples=N_RESAMPLES)
+    md = (run / "report.md").read_text()
+    assert "Note:" not in md and "could not be shown" not in md
+    assert not (run / "figures" / "examples_rotation.png").exists()
+    # With recorded angles, the rotated inputs are shown, titled with true and predicted angle.
+    x = np.zeros((3, 16, 16, 3), np.uint8)
+    np.savez(
+        run / "examples" / "rotation_seed1.npz",
+        inputs=x,
+        angle_true_deg=np.array([10.0, 200.0, 90.0]),
+        angle_pred_deg=np.array([80.0, 190.0, 95.0]),
+    )
+    write_report(run, n_resamples=N_RESAMPLES)
+    md = (run / "report.md").read_text()
+    assert "Note:" not in md
+    assert "figures/examples_rotation.png" in md and (run / "figures" / "examples_rotation.png").is_file()
+    assert "Rotation prediction: rotated inputs with true and predicted angle" in md
+
+
+def test_html_scrolls_tables_and_folds_the_config(full_run):
+    _, md_path, html_path, _ = full_run
+    page = html_path.read_text()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert (
+        page.count("<table>") == page.count('<div class="table-scroll" style="overflow-x:auto"><table>') > 5
+    )
+    details = html.unescape(page.split("<details>", 1)[1].split("</details>", 1)[0])
+    assert details.startswith("<summary>The run's config (JSON, 13 lines)</summary><pre>{")
+    assert '"finetune_epochs": 30' in details
+    md_titles = [line[3:] for line in md_path.read_text().splitlines() if line.startswith("## ")]
+    html_titles = [html.unescape(t) for t in re.findall(r"<h2>(.*?)</h2>", page)]
+    assert md_titles == html_titles and "Linear probe (frozen encoder)" in md_titles
+
+
+def test_forest_plot_keeps_raw_units_for_non_fraction_metrics(tmp_path, monkeypatch):
+    from study import plots
+
+    scales = []
+    real = plots.forest_plot
+
+    def spy(comp, xlabel, scale=100.0, alpha=0.05):
+        scales.append(scale)
+        return real(comp, xlabel, scale=scale, alpha=alpha)
+
+    monkeypatch.setattr(plots, "forest_plot", spy)
+    run = write_run_dir(tmp_path / "run", make_results(n_seeds=4))
+    write_report(run, metric="stop_epoch", n_resamples=N_RESAMPLES)
+    write_report(run, metric="auc", n_resamples=N_RESAMPLES)
+    assert scales == [1.0, 100.0]
