@@ -306,8 +306,8 @@ def test_headlines_of_a_pretext_that_did_not_learn_say_so(ref_run):
     assert learned.to_dict() == {"rotation": "0/8", "missing_patch": "5/8", "corruption": "8/8"}
     headline = section(md, "Headline results")
     assert (
-        "Rotation prediction did not beat a constant prediction on 8 of 8 seeds: its fine-tune comparison tests "
-        "the pretext weights of a task that learned nothing" in headline
+        "Rotation prediction did not beat a constant prediction on 8 of 8 seeds: its fine-tune comparison "
+        "tests the pretext weights of a task that learned nothing" in headline
     )
     assert "Missing patch did not beat" not in md
 
@@ -444,3 +444,33 @@ def test_forest_plot_keeps_raw_units_for_non_fraction_metrics(tmp_path, monkeypa
     write_report(run, metric="stop_epoch", n_resamples=N_RESAMPLES)
     write_report(run, metric="auc", n_resamples=N_RESAMPLES)
     assert scales == [1.0, 100.0]
+
+
+def test_reference_table_finds_the_best_reference_without_the_runners_summary_columns():
+    """Only per-reference columns: the best one per seed is derived (lower MSE, higher SSIM), and the verdict
+    is read from the values."""
+    raw = make_results(n_seeds=4, references=True, not_learned={"missing_patch": (0,)})
+    summary_cols = [
+        c
+        for c in raw
+        if c
+        in ("pretext_ref_region_mse", "pretext_ref_mse_mean", "pretext_ref_ssim_mean", "pretext_ref_name")
+        or c in ("pretext_learned", "pretext_headline")
+    ]
+    refs = A.pretext_reference_table(A.tidy_results(raw.drop(columns=summary_cols)))
+    mp = refs[refs["arm"] == "missing_patch"].set_index("metric")
+    assert mp.index[0] == "region_mse" and mp.loc["region_mse", "headline"]  # the task's default headline
+    assert mp.loc["region_mse", "reference"] == "meanfill"  # 1,500 beats the identity's 20,000
+    assert mp.loc["ssim_mean", "reference"] == "meanfill"  # 0.85 beats 0.8: higher is better
+    assert (mp.loc["region_mse", "n_better"], mp.loc["region_mse", "n_judged"]) == (3, 4)
+    per_seed = raw[(raw["arm"] == "missing_patch") & (raw["regime"] == "none")]
+    assert mp.loc["region_mse", "ref_mean"] == pytest.approx(
+        per_seed["pretext_ref_meanfill_region_mse"].mean()
+    )
+    ratio = per_seed["pretext_region_mse"] / per_seed["pretext_ref_meanfill_region_mse"]
+    assert mp.loc["region_mse", "ratio_mean"] == pytest.approx(ratio.mean())
+    learned = A.pretext_learned(refs).set_index("arm")
+    assert (
+        learned.loc["missing_patch", "learned_seeds"] == "3/4"
+        and not learned.loc["missing_patch", "majority_failed"]
+    )
