@@ -44,6 +44,9 @@ class TrialConfig:
     # model
     encoder: str = "small"
     encoder_widths: tuple[int, ...] = (16, 32, 64, 128)
+    # Small encoder only: total downsampling (8, 16 or 32) and BatchNorm momentum (see models.build_encoder).
+    encoder_stride: int = 32
+    bn_momentum: float = 0.99
     weights: str = "random"
     weights_path: str | None = None
     # pretext phase
@@ -98,10 +101,6 @@ def regime_name(patience: int) -> str:
     return "none" if patience == 0 else f"patience{patience}"
 
 
-# Both encoders downsample by 32 and the image decoders upsample by 2**5, so sizes must be multiples of 32.
-ENCODER_STRIDE = 32
-
-
 def validate_trial(trial: TrialConfig) -> None:
     """Raise `ConfigError` with one line saying what to change when `trial` cannot run.
 
@@ -128,11 +127,21 @@ def validate_trial(trial: TrialConfig) -> None:
         bad(
             "weights: 'imagenet' exists only for encoder 'resnet50'; use weights='random' for the small encoder"
         )
-    if trial.image_size < ENCODER_STRIDE or trial.image_size % ENCODER_STRIDE:
+    if trial.encoder == "resnet50" and trial.encoder_stride != 32:
+        bad(
+            f"encoder_stride: ResNet50's output stride is fixed at 32 (got {trial.encoder_stride}); "
+            "set encoder_stride=32 or use encoder='small'"
+        )
+    if trial.encoder_stride not in (8, 16, 32):
+        bad(f"encoder_stride: must be 8, 16 or 32 (got {trial.encoder_stride!r})")
+    stride = trial.encoder_stride
+    if trial.image_size < max(32, stride) or trial.image_size % stride:
         bad(
             f"image_size: {trial.image_size} px cannot go through the {trial.encoder} encoder (stride "
-            f"{ENCODER_STRIDE}); use a multiple of {ENCODER_STRIDE} such as 32, 64 or 224"
+            f"{stride}); use a multiple of {stride} that is at least 32, such as 32, 64 or 224"
         )
+    if not 0 <= trial.bn_momentum < 1:
+        bad(f"bn_momentum: must be in [0, 1) (got {trial.bn_momentum}; Keras' default is 0.99)")
     if not isinstance(trial.seed, int) or trial.seed < 0:
         bad(f"seed: {trial.seed!r} is not a non-negative integer")
     for name in ("lr", "pretext_lr"):

@@ -210,3 +210,68 @@ def _float_vector(values: Any, name: str, n: int | None = None) -> np.ndarray:
     if not np.all(np.isfinite(v)):
         raise ValueError(f"{name} must be finite; got NaN or inf (did training diverge?)")
     return v
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pretext references: what a learning-free predictor scores on the same test pairs (docs SSL.md). A metric
+# alone cannot say whether a pretext learned anything; beside its reference it can.
+
+
+def region_mse(originals: Any, images: Any, mask: Any) -> np.ndarray:
+    """Per-image MSE inside `mask` on the 0-255 scale: `(N,)` float64.
+
+    `originals`: uint8 `(N, S, S, 3)`; `images`: same shape, uint8 or float 0-255; `mask`: bool `(N, S, S)`,
+    at least one True pixel per image (the hole, or the swapped pixels). Mean over masked pixels and channels.
+    """
+    orig = np.asarray(originals, np.float64)
+    img = np.asarray(images, np.float64)
+    m = np.asarray(mask, bool)
+    if img.shape != orig.shape or m.shape != orig.shape[:3]:
+        raise ValueError(f"region_mse: images {img.shape} and mask {m.shape} must match originals {orig.shape}")
+    counts = m.sum(axis=(1, 2))
+    if np.any(counts == 0):
+        raise ValueError("region_mse: every image needs at least one pixel in the mask")
+    sq = ((orig - img) ** 2).mean(axis=-1)
+    return (sq * m).sum(axis=(1, 2)) / counts
+
+
+def composite(inputs: Any, outputs: Any, mask: Any) -> np.ndarray:
+    """The inpainting composite: `outputs` inside `mask`, the visible `inputs` elsewhere; uint8 `(N, S, S, 3)`."""
+    m = np.asarray(mask, bool)[..., None]
+    return np.where(m, np.asarray(outputs), np.asarray(inputs)).astype(np.uint8)
+
+
+def mean_fill(inputs: Any, mask: Any) -> np.ndarray:
+    """Each image's hole (`mask` True) filled with the mean colour of its pixels outside the hole; uint8."""
+    x = np.asarray(inputs)
+    m = np.asarray(mask, bool)
+    outside = (~m)[..., None]
+    mean = (x * outside).sum(axis=(1, 2)) / np.maximum(outside.sum(axis=(1, 2)), 1)  # (N, 3)
+    fill = np.broadcast_to(np.rint(mean)[:, None, None, :], x.shape)
+    return np.where(m[..., None], fill, x).astype(np.uint8)
+
+
+def biharmonic_fill(inputs: Any, mask: Any) -> np.ndarray:
+    """Each image's hole filled by `skimage.restoration.inpaint_biharmonic` (a classical, learning-free
+    inpainter; slow: ~0.1-1 s per image at 32-224 px, so callers bound the number of images); uint8."""
+    from skimage.restoration import inpaint_biharmonic
+
+    x = np.asarray(inputs)
+    m = np.asarray(mask, bool)
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        filled = inpaint_biharmonic(x[i].astype(np.float64) / 255.0, m[i], channel_axis=-1)
+        out[i] = np.rint(np.clip(filled, 0, 1) * 255)
+    return out
+
+
+def best_constant_rotation(target01: Any) -> dict[str, float]:
+    """The best constant predictions of `rotation_metrics` on these targets (angle/360 in [0, 1)):
+    `{"mse": ..., "aad": ..., "aad_circ": ...}` = the mean (MSE), the median (AAD) and the circular
+    median searched on a 3600-point grid (circular AAD). Scored on the test targets themselves, the
+    reference is optimistic, so a model that beats it beats every constant."""
+    target = _float_vector(target01, "target01")
+    grid = np.arange(3600) / 3600.0
+    d = np.abs(grid[:, None] - target[None, :])
+    circ = np.minimum(d, 1.0 - d).mean(axis=1)
+    return {"mse": float(target.mean()), "aad": float(np.median(target)), "aad_circ": float(grid[circ.argmin()])}

@@ -35,8 +35,18 @@ from keras import layers, ops
 
 ENCODER_NAMES = ("small", "resnet50")
 HEADS = ("angle", "rotation4", "image", "classification")
-#: Total downsampling of both encoders (ResNet50's, and the small encoder's by construction).
+#: Total downsampling of ResNet50, and the small encoder's default.
 ENCODER_STRIDE = 32
+#: Output strides the small encoder can be built with (its stage strides, see `_SMALL_STAGE_STRIDES`).
+SMALL_OUTPUT_STRIDES = (8, 16, 32)
+# Stem conv (2) and max-pool (2) give 4; the stages give the rest. A smaller stride keeps spatial layout in
+# the bottleneck (32 px at stride 32 is a 1x1 map, from which no decoder can rebuild an image).
+_SMALL_STAGE_STRIDES = {8: (1, 2, 1, 1), 16: (1, 2, 2, 1), 32: (1, 2, 2, 2)}
+#: Keras' BatchNormalization default; short pretext phases need less (see `build_encoder`).
+DEFAULT_BN_MOMENTUM = 0.99
+#: The image decoder's last conv works in units of IMAGE_SCALE preprocessed units (about [-1, 1]); a fixed
+#: Rescaling layer brings it back, so Adam's ~lr-sized steps need not grow a conv to outputs of +-128.
+IMAGE_SCALE = 127.5
 RESNET50_DECODER_FILTERS = (256, 128, 64, 32, 16)
 IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_NOTOP_URL = (
@@ -98,13 +108,15 @@ class ImagePreprocess(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="study")
 def preprocessed_mse(y_true, y_pred):
-    """MSE between `preprocess(y_true)` and `y_pred`: the image tasks' loss, in preprocessed units.
+    """MSE between `preprocess(y_true)` and `y_pred` in units of `IMAGE_SCALE` (values about 0.01-1): the
+    image tasks' loss. Multiply by `IMAGE_SCALE**2` for preprocessed units (= squared error on 0..255).
 
     `y_true`: original RGB images 0..255 `(N, S, S, 3)`; `y_pred`: the decoder's preprocessed-space output.
-    Same value as MSE against preprocessed targets, without keeping a float32 copy of the targets.
+    Compared without keeping a float32 copy of the targets.
     """
     target = keras.applications.resnet50.preprocess_input(ops.cast(y_true, "float32"))
-    return ops.mean(ops.square(target - ops.cast(y_pred, "float32")), axis=(1, 2, 3))
+    diff = (target - ops.cast(y_pred, "float32")) / IMAGE_SCALE
+    return ops.mean(ops.square(diff), axis=(1, 2, 3))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,22 +138,31 @@ def dtype_policy(mixed_precision: bool) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------------------
 # encoders
-def encoder_stride(name: str) -> int:
-    """Downsampling factor from input to encoder output (32 for both encoders)."""
+def encoder_stride(name: str, output_stride: int | None = None) -> int:
+    """Downsampling factor from input to encoder output: 32 for ResNet50; `output_stride` (8, 16 or 32,
+    default 32) for the small encoder. `ValueError` for a stride the encoder cannot be built with."""
     _check_encoder_name(name)
-    return ENCODER_STRIDE
+    if output_stride is None:
+        return ENCODER_STRIDE
+    allowed = (ENCODER_STRIDE,) if name == "resnet50" else SMALL_OUTPUT_STRIDES
+    if output_stride not in allowed:
+        raise ValueError(
+            f"encoder_stride={output_stride!r} is not available for encoder {name!r}; use one of {allowed}"
+            + (" (ResNet50's stride is fixed at 32, as in the paper)" if name == "resnet50" else "")
+        )
+    return int(output_stride)
 
 
-def check_image_size(name: str, image_size: int) -> None:
-    """Raise `ValueError` unless `image_size` is a multiple of the stride (32) and at least 32 px."""
-    _check_encoder_name(name)
-    stride = encoder_stride(name)
-    if not isinstance(image_size, (int, np.integer)) or image_size < stride or image_size % stride:
+def check_image_size(name: str, image_size: int, output_stride: int | None = None) -> None:
+    """Raise `ValueError` unless `image_size` is a multiple of the encoder's stride and at least 32 px."""
+    stride = encoder_stride(name, output_stride)
+    least = max(stride, 32)
+    if not isinstance(image_size, (int, np.integer)) or image_size < least or image_size % stride:
         is_int = isinstance(image_size, (int, np.integer))
-        near = max(stride, int(image_size) // stride * stride) if is_int else 64
+        near = max(least, int(image_size) // stride * stride) if is_int else 64
         raise ValueError(
             f"image_size={image_size!r} does not fit encoder {name!r}: it must be a multiple of the encoder "
-            f"stride {stride} and at least {stride} px (the image decoder upsamples by exactly {stride}); "
+            f"stride {stride} and at least {least} px (the image decoder upsamples by exactly {stride}); "
             f"use e.g. image_size={near}"
         )
 
@@ -180,17 +201,25 @@ def build_encoder(
     weights_path: str | None = None,
     *,
     mixed_precision: bool = False,
+    output_stride: int | None = None,
+    bn_momentum: float = DEFAULT_BN_MOMENTUM,
 ) -> keras.Model:
-    """Encoder `keras.Model`: preprocessed float32 `(N, S, S, 3)` -> features `(N, S/32, S/32, C)`.
+    """Encoder `keras.Model`: preprocessed float32 `(N, S, S, 3)` -> features `(N, S/k, S/k, C)`, k the stride.
 
-    - `resnet50`: `keras.applications.ResNet50(include_top=False)`, C = 2048; `widths` is ignored.
+    - `resnet50`: `keras.applications.ResNet50(include_top=False)`, C = 2048, k = 32; `widths`,
+      `output_stride` and `bn_momentum` are not used (Keras builds it with its own BatchNorm settings).
     - `small`: stem conv (stride 2) + max-pool (stride 2) + 4 stages of one basic residual block each
-      (BatchNorm, ReLU; strides 1, 2, 2, 2), stage widths `widths`, C = `widths[-1]`; total stride 32.
+      (BatchNorm, ReLU), stage widths `widths`, C = `widths[-1]`; stage strides `_SMALL_STAGE_STRIDES`
+      give `output_stride` k = 8, 16 or 32 (default 32). `bn_momentum`: every BatchNorm's moving-average
+      momentum (Keras' 0.99 leaves the moving statistics far from the batch statistics after the ~50 steps of
+      a short pretext phase, so eval-mode outputs are wrong while the training loss looks fine).
 
     `weights`: `"random"` or `"imagenet"` (resnet50 only, read from `weights_path` or Keras' cache, see
     `imagenet_weights_file`). Pretext weights are set afterwards with `encoder.set_weights`.
     """
-    check_image_size(name, image_size)
+    check_image_size(name, image_size, output_stride)
+    if not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum={bn_momentum!r} must be in [0, 1) (Keras' default is 0.99)")
     if weights not in ("random", "imagenet"):
         raise ValueError(f"weights={weights!r} is not known; use 'random' or 'imagenet'")
     if weights == "imagenet" and name != "resnet50":
@@ -209,31 +238,37 @@ def build_encoder(
             return keras.applications.ResNet50(
                 include_top=False, weights=file, input_shape=(image_size, image_size, 3)
             )
-        return _small_encoder(image_size, _check_widths(widths))
+        stride = encoder_stride(name, output_stride)
+        return _small_encoder(image_size, _check_widths(widths), _SMALL_STAGE_STRIDES[stride], bn_momentum)
 
 
-def _small_encoder(image_size: int, widths: tuple[int, int, int, int]) -> keras.Model:
+def _small_encoder(
+    image_size: int, widths: tuple[int, int, int, int], strides: tuple[int, ...], momentum: float
+) -> keras.Model:
+    def bn(name: str):
+        return layers.BatchNormalization(momentum=momentum, name=name)
+
     inputs = keras.Input((image_size, image_size, 3), name="preprocessed")
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = bn("stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-    for stage, (width, stride) in enumerate(zip(widths, (1, 2, 2, 2)), start=1):
-        x = _basic_block(x, width, stride, f"stage{stage}")
+    for stage, (width, stride) in enumerate(zip(widths, strides), start=1):
+        x = _basic_block(x, width, stride, f"stage{stage}", bn)
     return keras.Model(inputs, x, name="small_encoder")
 
 
-def _basic_block(x, width: int, stride: int, name: str):
+def _basic_block(x, width: int, stride: int, name: str, bn):
     """ResNet basic block (two 3x3 convs); a 1x1 projection shortcut where shape changes."""
     shortcut = x
     y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = bn(f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = bn(f"{name}_bn2")(y)
     if stride != 1 or x.shape[-1] != width:
         shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = bn(f"{name}_proj_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
@@ -263,17 +298,24 @@ def _keras_models_dir() -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # heads and full models
-def decoder_filters(encoder: keras.Model) -> tuple[int, ...]:
-    """Conv widths of the 5 upsampling stages of the `image` head.
+def output_stride_of(encoder: keras.Model) -> int:
+    """Input side / feature-map side of a built encoder (32 for ResNet50, 8-32 for the small encoder)."""
+    return int(encoder.input.shape[1]) // int(encoder.output.shape[1])
 
-    ResNet50: the paper's 256, 128, 64, 32, 16. Small encoder (output C channels): C, C/2, C/4, C/8, C/16
-    (at least 4), e.g. 128, 64, 32, 16, 8 for widths (16, 32, 64, 128) — the paper's sizes would give the
-    decoder more weights than the whole small encoder.
+
+def decoder_filters(encoder: keras.Model) -> tuple[int, ...]:
+    """Conv widths of the upsampling stages of the `image` head: one stage per factor 2 of the stride.
+
+    ResNet50: the paper's 256, 128, 64, 32, 16. Small encoder (output C channels): C, C/2, C/4, ... (at
+    least 4), e.g. 128, 64, 32, 16, 8 for widths (16, 32, 64, 128) at stride 32, or 64, 32, 16 for widths
+    (8, 16, 32, 64) at stride 8 — the paper's sizes would give the decoder more weights than the whole small
+    encoder.
     """
     channels = int(encoder.output.shape[-1])
+    stages = int(round(math.log2(output_stride_of(encoder))))
     if channels >= 2048:
-        return RESNET50_DECODER_FILTERS
-    return tuple(max(4, channels >> i) for i in range(5))
+        return RESNET50_DECODER_FILTERS[:stages]
+    return tuple(max(4, channels >> i) for i in range(stages))
 
 
 def build_model(
@@ -317,12 +359,14 @@ def encoder_of(model: keras.Model) -> keras.Model:
 
 
 def _image_decoder(features, encoder: keras.Model):
-    stages = int(round(math.log2(ENCODER_STRIDE)))
+    # Only encoder features reach the decoder (no skip connections from the input, as in the paper), so
+    # the decoder cannot bypass the encoder.
     x = features
-    for i, filters in enumerate(decoder_filters(encoder)[:stages], start=1):
+    for i, filters in enumerate(decoder_filters(encoder), start=1):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"decoder_conv{i}")(x)
         x = layers.UpSampling2D(2, name=f"decoder_up{i}")(x)
-    return layers.Conv2D(3, 3, padding="same", dtype="float32", name="reconstruction")(x)
+    x = layers.Conv2D(3, 3, padding="same", dtype="float32", name="reconstruction_unit")(x)
+    return layers.Rescaling(IMAGE_SCALE, dtype="float32", name="reconstruction")(x)
 
 
 def set_encoder_weights(encoder: keras.Model, weights: Sequence[np.ndarray]) -> None:

@@ -59,6 +59,10 @@ PAPER_SWAP_COUNT = 100
 
 Batch = tuple[np.ndarray, np.ndarray]
 
+# Per head: the headline metric of `study.references.verdict` and the references computed for it.
+DEFAULT_HEADLINE = {"angle": "aad_circ_deg", "rotation4": "accuracy", "image": "mse_mean"}
+DEFAULT_REFERENCES = {"angle": ("constant",), "rotation4": ("chance", "majority"), "image": ("identity",)}
+
 _PIXEL = np.dtype((np.void, 3))  # one RGB pixel as a single 3-byte element
 
 
@@ -80,8 +84,19 @@ class PretextTask:
     params: tuple[str, ...]
     make_batch: Callable[..., Batch]
     validate: Callable[..., dict[str, int]]
+    # Image tasks: `region(images, rng, **params) -> bool (N, S, S)`, the pixels `make_batch` with the same rng
+    # state corrupts (scored separately: a model can copy the visible pixels and learn nothing of the rest).
+    region: Callable[..., np.ndarray] | None = None
+    # The metric that decides whether the pretext learned, and the learning-free references it is scored
+    # against (`study.references`); None: the head's defaults (`DEFAULT_HEADLINE`, `DEFAULT_REFERENCES`).
+    headline: str | None = None
+    references: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.headline is None:
+            object.__setattr__(self, "headline", DEFAULT_HEADLINE.get(self.head))
+        if self.references is None:
+            object.__setattr__(self, "references", DEFAULT_REFERENCES.get(self.head, ()))
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise ValueError(f"task name must be a Python identifier such as 'jigsaw'; got {self.name!r}")
         if self.head not in HEADS:
@@ -94,6 +109,8 @@ class PretextTask:
             )
         if not callable(self.make_batch) or not callable(self.validate):
             raise ValueError(f"task {self.name!r}: make_batch and validate must be callables")
+        if self.region is not None and not callable(self.region):
+            raise ValueError(f"task {self.name!r}: region must be a callable or None")
 
 
 TASKS: dict[str, PretextTask] = {}
@@ -436,6 +453,32 @@ def corruption_batch(images: np.ndarray, rng: np.random.Generator | int, **param
     return inputs, x.copy()
 
 
+def missing_patch_region(images: np.ndarray, rng: np.random.Generator | int, **params: Any) -> np.ndarray:
+    """The hole `missing_patch_batch` cuts with the same `rng` state: bool `(N, S, S)`, True inside it."""
+    x = check_images(images)
+    side = _validate_missing_patch(x.shape[1], **params)["patch_size"]
+    corners = as_generator(rng).integers(0, x.shape[1] - side + 1, size=(x.shape[0], 2))
+    mask = np.zeros(x.shape[:3], bool)
+    for i, (r, c) in enumerate(corners):
+        mask[i, r : r + side, c : c + side] = True
+    return mask
+
+
+def corruption_region(images: np.ndarray, rng: np.random.Generator | int, **params: Any) -> np.ndarray:
+    """The pixels `corruption_batch` with the same `rng` state moves: bool `(N, S, S)`, True where a pixel
+    ends up holding another position's content (a pixel swapped away and back again counts as unmoved).
+
+    Replays the swaps on an image whose pixels encode their own position (3 bytes: up to 2**24 pixels).
+    """
+    x = check_images(images)
+    n, s = x.shape[:2]
+    position = np.arange(s * s, dtype=np.uint32).reshape(1, s, s)
+    coded = np.stack([(position >> shift) & 0xFF for shift in (16, 8, 0)], axis=-1).astype(np.uint8)
+    moved, _ = corruption_batch(np.repeat(coded, n, axis=0), rng, **params)
+    decoded = (moved[..., 0].astype(np.uint32) << 16) | (moved[..., 1].astype(np.uint32) << 8) | moved[..., 2]
+    return decoded != position
+
+
 register(
     PretextTask(
         "rotation",
@@ -467,6 +510,10 @@ register(
         ("patch_size",),
         missing_patch_batch,
         _validate_missing_patch,
+        region=missing_patch_region,
+        # Outside the hole the input is already the target: only the hole says what was learned.
+        headline="region_mse",
+        references=("identity", "meanfill", "biharmonic"),
     )
 )
 register(
@@ -478,5 +525,6 @@ register(
         ("swap_count", "swap_patch_size"),
         corruption_batch,
         _validate_corruption,
+        region=corruption_region,
     )
 )

@@ -676,6 +676,8 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
             "restored": metrics.get("restored"),
             "diverged_epoch": metrics.get("diverged_epoch"),
             "diverged_phase": metrics.get("diverged_phase"),
+            # Linear probe of the encoder the fine-tune started from (study.probe).
+            **{k: metrics.get(k) for k in ("probe_auc", "probe_val_auc", "probe_c", "probe_s")},
             **pretext,
         }
         if result.error is None and not done and preset.search is not None:

@@ -70,13 +70,21 @@ def load_trial_data(trial: TrialConfig):
     return _DATA[key]
 
 
+# Bump when what a pretext phase computes or stores changes (its metrics, references, examples), so that
+# cache entries written by older code are not read as current ones.
+PRETEXT_CACHE_FORMAT = 2
+
+
 def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
     """Hash of everything that determines a pretext phase's weights and metrics."""
     ident = {
+        "format": PRETEXT_CACHE_FORMAT,
         "task": trial.task,
         "params": resolved_task_params(trial),
         "encoder": trial.encoder,
         "encoder_widths": list(trial.encoder_widths),
+        "encoder_stride": trial.encoder_stride,
+        "bn_momentum": trial.bn_momentum,
         "weights": trial.weights,
         "weights_path": trial.weights_path,
         "image_size": trial.image_size,
@@ -333,6 +341,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             "finetune_epochs_run": len(result.history),
             "finetune_epochs_resumed": int(state.get("epoch", 0)) if state.get("phase") == "finetune" else 0,
             "regimes": result.regimes,
+            **result.probe,
             **common,
             **pretext_info,
         }

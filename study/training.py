@@ -31,6 +31,7 @@ import random
 import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ import keras
 import numpy as np
 
 from study import metrics as study_metrics
-from study import model_cache, models, pretext, regimes
+from study import model_cache, models, pretext, references, regimes
 from study.config import TrialConfig, regime_name, resolved_task_params
 
 # Random streams: `default_rng([seed, STREAM, epoch])` per epoch, `default_rng([seed, STREAM])` when fixed.
@@ -190,6 +191,8 @@ class FinetuneResult:
     `train_index` / `val_index`: rows of `data.train` used for training / validation.
     `timings`: per epoch run by this call, `{"epoch", "fit_s", "eval_s"}` wall seconds of training and of
     the validation + test evaluation (kept out of `history` so histories stay comparable bit for bit).
+    `probe`: the linear probe of the encoder the fine-tune started from (`study.probe.linear_probe`:
+    `probe_auc`, `probe_val_auc`, `probe_c`, and `probe_s`, its wall seconds).
     """
 
     history: list[EpochLogs]
@@ -200,6 +203,7 @@ class FinetuneResult:
     train_index: np.ndarray
     val_index: np.ndarray
     timings: list[dict[str, float]] = field(default_factory=list)
+    probe: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,14 +255,7 @@ def run_pretext(
         upcoming, upcoming_index = ahead.submit(inputs, 0), 0
         val_rng = np.random.default_rng([seed, STREAM_PRETEXT_VAL])
         val_x, val_y = task.make_batch(data.train.images[val_index], val_rng, **params)
-        encoder = models.build_encoder(
-            trial.encoder,
-            trial.image_size,
-            trial.encoder_widths,
-            trial.weights,
-            trial.weights_path,
-            mixed_precision=trial.mixed_precision,
-        )
+        encoder = _build_encoder(trial, trial.weights, trial.weights_path)
         loss = _pretext_loss(task)
         model = model_cache.compiled(
             _model_key(trial, task.head, loss),
@@ -325,35 +322,56 @@ def run_pretext(
         return PretextResult(
             trial.task, [], {}, history, diverged=True, diverged_epoch=len(history), stopped_epoch=stopped
         )
-    examples: dict[str, np.ndarray] = {}
-    if task.head == "angle":
-        scores = study_metrics.rotation_metrics(np.asarray(test_y, np.float64), pred[:, 0].astype(np.float64))
-    elif task.head == "rotation4":
-        scores = study_metrics.rotation4_metrics(np.asarray(test_y), pred.astype(np.float64))
-    else:
-        scores = study_metrics.image_metrics(np.asarray(test_y, np.uint8), pred)
-        n = min(4, len(pred))
+    n = min(4, len(pred))
+    if task.head == "image":
+        region = task.region(data.test.images, np.random.default_rng([seed, STREAM_PRETEXT_TEST]), **params)
+        scores = references.pretext_scores(task, np.asarray(test_y, np.uint8), pred, test_x, region)
         examples = {
             "inputs": np.asarray(test_x[:n], np.uint8),
             "targets": np.asarray(test_y[:n], np.uint8),
             "outputs": pred[:n],
         }
+    else:
+        out = pred[:, 0] if task.head == "angle" else pred
+        scores = references.pretext_scores(task, np.asarray(test_y), out)
+        examples = {"inputs": np.asarray(test_x[:n], np.uint8)}
+        if task.head == "angle":
+            examples["angle_true_deg"] = np.asarray(test_y[:n], np.float64) * 360.0
+            examples["angle_pred_deg"] = np.mod(np.asarray(out[:n], np.float64), 1.0) * 360.0
+        else:  # rotation4: classes are quarter turns
+            examples["angle_true_deg"] = np.asarray(test_y[:n], np.float64) * 90.0
+            examples["angle_pred_deg"] = np.argmax(out[:n], axis=1).astype(np.float64) * 90.0
     return PretextResult(
         trial.task,
         encoder.get_weights(),
-        {k: float(v) for k, v in scores.items()},
+        {k: v if isinstance(v, (bool, str)) else float(v) for k, v in scores.items()},
         history,
         examples=examples,
         stopped_epoch=stopped,
     )
 
 
+def _build_encoder(trial: TrialConfig, weights: str, weights_path: str | None) -> keras.Model:
+    """The trial's encoder (`models.build_encoder` with the trial's architecture settings)."""
+    small = trial.encoder == "small"
+    return models.build_encoder(
+        trial.encoder,
+        trial.image_size,
+        trial.encoder_widths,
+        weights,
+        weights_path,
+        mixed_precision=trial.mixed_precision,
+        output_stride=trial.encoder_stride if small else None,
+        bn_momentum=trial.bn_momentum if small else models.DEFAULT_BN_MOMENTUM,
+    )
+
+
 def _model_key(trial: TrialConfig, head: str, loss: Any) -> tuple:
     """What a compiled model's traced functions depend on, apart from input shapes and the optimizer (both
-    checked by `study.model_cache` itself)."""
-    widths = tuple(trial.encoder_widths) if trial.encoder == "small" else None
+    checked by `study.model_cache` itself). BatchNorm's momentum is a constant of the traced train step."""
+    arch = (tuple(trial.encoder_widths), trial.encoder_stride, trial.bn_momentum) if trial.encoder == "small" else None
     loss_name = loss if isinstance(loss, str) else f"{loss.__module__}.{loss.__qualname__}"
-    return (trial.encoder, widths, trial.image_size, trial.mixed_precision, head, loss_name)
+    return (trial.encoder, arch, trial.image_size, trial.mixed_precision, head, loss_name)
 
 
 def _fresh_keras_state(seed: int) -> None:
@@ -464,13 +482,8 @@ def run_finetune(
 
     # On resume or with pretext weights the initial encoder weights are overwritten: skip the ImageNet file.
     overwritten = encoder_weights is not None or resume_dir is not None
-    encoder = models.build_encoder(
-        trial.encoder,
-        trial.image_size,
-        trial.encoder_widths,
-        "random" if overwritten else trial.weights,
-        None if overwritten else trial.weights_path,
-        mixed_precision=trial.mixed_precision,
+    encoder = _build_encoder(
+        trial, "random" if overwritten else trial.weights, None if overwritten else trial.weights_path
     )
     if encoder_weights is not None:
         models.set_encoder_weights(encoder, encoder_weights)
@@ -484,10 +497,15 @@ def run_finetune(
 
     history: list[EpochLogs] = []
     if resume_dir is not None:
-        history = _load_state(model, Path(resume_dir), trial, data)
+        history, probe_scores = _load_state(model, Path(resume_dir), trial, data)
+    else:
+        # Before any fine-tune step: the encoder as the pretext phase left it (or as initialised).
+        probe_scores = _probe_encoder(
+            model, (x_train, y_train), (x_val, y_val), (x_test, y_test), eval_batches
+        )
 
     def save_state(directory: str | os.PathLike) -> None:
-        _save_state(model, Path(directory), trial, data, history)
+        _save_state(model, Path(directory), trial, data, history, probe_scores)
 
     driven = keras.callbacks.CallbackList(list(callbacks), model=model)
     driven.on_train_begin()
@@ -534,7 +552,36 @@ def run_finetune(
         train_index=train_index,
         val_index=val_index,
         timings=timings,
+        probe=probe_scores,
     )
+
+
+# Feature extractors (input -> pooled encoder features) of the remembered models, built once per model, so
+# a kept model's probe is not re-traced every trial.
+_FEATURE_MODELS: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref.WeakKeyDictionary()
+
+
+def _probe_encoder(model: keras.Model, train, val, test, eval_batches) -> dict[str, float]:
+    """Linear probe (`study.probe`) on the classifier's pooled encoder features, before fine-tuning.
+
+    `train`, `val`, `test`: `(images, labels)`; `eval_batches` holds the validation then the test images.
+    """
+    from study.probe import linear_probe
+
+    started = time.perf_counter()
+    features = _FEATURE_MODELS.get(model)
+    if features is None:
+        features = keras.Model(model.input, model.get_layer("gap").output, name="pooled_features")
+        _FEATURE_MODELS[model] = features
+    f_train = np.asarray(features.predict(_batched(train[0], EVAL_BATCH_SIZE), verbose=0), np.float64)
+    f_eval = np.asarray(features.predict(eval_batches, verbose=0), np.float64)
+    n_val = len(val[0])
+    scores = linear_probe(
+        (f_train, np.asarray(train[1]).reshape(-1)),
+        (f_eval[:n_val], val[1]),
+        (f_eval[n_val:], test[1]),
+    )
+    return {**scores, "probe_s": time.perf_counter() - started}
 
 
 def replay_regimes(
@@ -663,6 +710,8 @@ _RESUME_FIELDS = (
     "seed",
     "encoder",
     "encoder_widths",
+    "encoder_stride",
+    "bn_momentum",
     "weights",
     "image_size",
     "val_fraction",
@@ -675,7 +724,14 @@ _RESUME_FIELDS = (
 )
 
 
-def _save_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any, history: list[EpochLogs]) -> None:
+def _save_state(
+    model: keras.Model,
+    d: Path,
+    trial: TrialConfig,
+    data: Any,
+    history: list[EpochLogs],
+    probe_scores: dict[str, float],
+) -> None:
     """Write `weights.npz`, `optimizer.npz` and `state.json` (last, so a present json means complete)."""
     d.mkdir(parents=True, exist_ok=True)
     _atomic_savez(d / "weights.npz", model.get_weights())
@@ -683,6 +739,7 @@ def _save_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any, hist
     state = {
         "epoch": len(history),
         "history": history,
+        "probe": probe_scores,
         "fingerprint": _fingerprint(data),
         "config": {k: trial.to_dict()[k] for k in _RESUME_FIELDS},
     }
@@ -691,8 +748,10 @@ def _save_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any, hist
     os.replace(tmp, d / STATE_JSON)
 
 
-def _load_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any) -> list[EpochLogs]:
-    """Restore weights and optimizer state from `d`; returns the history saved with them."""
+def _load_state(
+    model: keras.Model, d: Path, trial: TrialConfig, data: Any
+) -> tuple[list[EpochLogs], dict[str, float]]:
+    """Restore weights and optimizer state from `d`; returns the history and probe saved with them."""
     if not (d / STATE_JSON).is_file():
         raise FileNotFoundError(f"resume_dir={str(d)!r} holds no fine-tune state ({STATE_JSON} missing)")
     state = json.loads((d / STATE_JSON).read_text())
@@ -722,7 +781,7 @@ def _load_state(model: keras.Model, d: Path, trial: TrialConfig, data: Any) -> l
         )
     for var, value in zip(optimizer.variables, saved):
         var.assign(value)
-    return list(state["history"])
+    return list(state["history"]), dict(state.get("probe") or {})
 
 
 def _atomic_savez(path: Path, arrays: list[np.ndarray]) -> None:

@@ -94,6 +94,39 @@ def test_small_decoder_mirrors_widths():
     assert convs == [64, 32, 16, 8, 4]
 
 
+@pytest.mark.parametrize("stride, filters", [(8, (16, 8, 4)), (16, (16, 8, 4, 4)), (32, (16, 8, 4, 4, 4))])
+def test_small_encoder_output_stride_keeps_a_spatial_map_and_decoder_matches(stride, filters):
+    encoder = models.build_encoder("small", 32, (4, 8, 8, 16), output_stride=stride)
+    assert encoder.output.shape[1:] == (32 // stride, 32 // stride, 16)
+    assert models.output_stride_of(encoder) == stride
+    assert models.decoder_filters(encoder) == filters
+    model = models.build_model("image", encoder)
+    out = np.asarray(model(np.zeros((1, 32, 32, 3), np.uint8)))
+    assert out.shape == (1, 32, 32, 3)
+    # no layer of the decoder sees the input: the only path from input to output is the encoder
+    assert not any("skip" in layer.name for layer in model.layers)
+
+
+def test_encoder_stride_and_bn_momentum_are_checked_and_applied():
+    with pytest.raises(ValueError, match="encoder_stride=4 is not available"):
+        models.build_encoder("small", 32, output_stride=4)
+    with pytest.raises(ValueError, match="fixed at 32"):
+        models.build_encoder("resnet50", 64, output_stride=8)
+    with pytest.raises(ValueError, match="bn_momentum"):
+        models.build_encoder("small", 32, bn_momentum=1.0)
+    encoder = models.build_encoder("small", 32, (4, 8, 8, 16), bn_momentum=0.9)
+    bns = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.momentum == 0.9 for layer in bns)
+
+
+def test_image_loss_is_in_unit_scale():
+    # An all-black prediction of a white target: (255 - 0)^2 on the 0..255 scale, (255/127.5)^2 = 4 in units.
+    target = np.full((1, 2, 2, 3), 255, np.uint8)
+    pred = models.preprocess(np.zeros((1, 2, 2, 3), np.float32))
+    loss = float(np.asarray(models.preprocessed_mse(target, pred))[0])
+    assert loss == pytest.approx((255 / models.IMAGE_SCALE) ** 2, rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["small", "resnet50"])
 @pytest.mark.parametrize("size", [16, 48, 100])
 def test_bad_image_size_is_rejected_with_the_fix(name, size):

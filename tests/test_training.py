@@ -12,7 +12,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from study import models, pretext, training  # noqa: E402
+from study import models, pretext, references, training  # noqa: E402
 from study.config import TrialConfig, regime_name  # noqa: E402
 from study.data import DecodedData, Split  # noqa: E402
 
@@ -101,6 +101,13 @@ def test_finetune_history_and_regimes(straight, data):
     # training moved the weights; the last snapshot is the final model
     assert not np.array_equal(snapshots[0][0], snapshots[-1][0])
     _assert_weights_equal(snapshots[-1], result.model_weights)
+    # the linear probe of the encoder it started from (random here), before any fine-tune step
+    assert 0 <= result.probe["probe_auc"] <= 1 and result.probe["probe_c"] > 0
+    assert result.probe["probe_s"] >= 0
+
+
+def _probe_without_time(probe):
+    return {k: v for k, v in probe.items() if k != "probe_s"}
 
 
 def test_same_seed_is_bitwise_identical_and_a_resumed_run_replays_it_exactly(straight, data, tmp_path):
@@ -132,6 +139,8 @@ def test_same_seed_is_bitwise_identical_and_a_resumed_run_replays_it_exactly(str
     assert resumed.history == result.history
     assert resumed.regimes == result.regimes
     _assert_weights_equal(resumed.model_weights, result.model_weights)
+    # the probe of the starting encoder is carried in the saved state, not recomputed from resumed weights
+    assert _probe_without_time(resumed.probe) == _probe_without_time(result.probe)
 
     with pytest.raises(ValueError, match=r"different \['lr'\]"):
         training.run_finetune(BASE.replace(lr=0.5), data, resume_dir=tmp_path / "state")
@@ -237,11 +246,23 @@ def test_pretext_phase_per_task(task, data, tmp_path):
     expected = {
         "rotation": {"mse", "aad", "aad_deg", "aad_circ", "aad_circ_deg", "sd_deg", "sd_circ_deg"},
         "rotation4": {"accuracy", "loss"},
-        "missing_patch": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"},
-        "corruption": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd"},
+        "missing_patch": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd", "region_mse", "composite_mse"},
+        "corruption": {"mse_mean", "mse_sd", "ssim_mean", "ssim_sd", "region_mse"},
     }
-    assert set(result.metrics) == expected[task]
-    assert all(math.isfinite(v) for v in result.metrics.values())
+    m = result.metrics
+    assert expected[task] <= set(m)
+    # Beside every headline: its learning-free reference on the same test pairs, and a computed verdict.
+    headline = {"rotation": "aad_circ_deg", "rotation4": "accuracy"}.get(task, pretext.get_task(task).headline)
+    assert m["headline"] == headline and f"ref_{headline}" in m and isinstance(m["learned"], bool)
+    assert m["ref_name"] in {"constant", "majority", "chance", "identity", "meanfill"}
+    assert m["ratio"] == pytest.approx(m[headline] / m[f"ref_{headline}"])
+    numbers = {k: v for k, v in m.items() if not isinstance(v, (bool, str))}
+    assert all(math.isfinite(v) for k, v in numbers.items() if k != "learned_p")
+    if task == "missing_patch":
+        # the black hole is the identity's error inside the hole; mean fill is far better than black
+        assert m["ref_meanfill_region_mse"] < m["ref_identity_region_mse"]
+        assert m["biharmonic_n"] == min(references.BIHARMONIC_MAX_IMAGES, len(data.test.images))
+        assert "ref_biharmonic_region_mse" in m
     fresh = models.build_encoder("small", SIZE, trial.encoder_widths)
     assert [w.shape for w in result.encoder_weights] == [w.shape for w in fresh.get_weights()]
     if pretext.get_task(task).head == "image":
@@ -251,8 +272,10 @@ def test_pretext_phase_per_task(task, data, tmp_path):
         assert all(v.dtype == np.uint8 for v in result.examples.values())
         np.testing.assert_array_equal(result.examples["targets"], data.test.images[:4])
         assert not np.array_equal(result.examples["inputs"], result.examples["targets"])
-    else:
-        assert result.examples == {}
+    else:  # rotated inputs with their true and predicted angles
+        assert set(result.examples) == {"inputs", "angle_true_deg", "angle_pred_deg"}
+        assert result.examples["inputs"].shape == (4, SIZE, SIZE, 3)
+        assert result.examples["angle_true_deg"].shape == (4,)
     result.save(tmp_path / "p")
     loaded = training.PretextResult.load(tmp_path / "p")
     assert loaded.metrics == result.metrics and loaded.history == result.history
