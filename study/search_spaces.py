@@ -120,7 +120,7 @@ def demo() -> StudyPreset:
             bn_momentum=0.9,
             pretext_epochs=4,
             pretext_lr=1e-3,
-            finetune_epochs=24,
+            finetune_epochs=16,
             lr=1e-3,
             batch_size=32,
             patiences=(0, 3, 10),
