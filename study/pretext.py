@@ -33,7 +33,10 @@ Adding a task is one definition plus its test. Colorization (predict the colours
 >>> inputs.shape, targets.dtype
 ((2, 8, 8, 3), dtype('uint8'))
 
-and in `tests/test_pretext.py` a property that could fail, e.g. that the three channels of every input are
+An image task should also pass `region=` (a function returning the bool `(N, S, S)` mask of the pixels its
+transform changes, drawn from the same rng state), so that the report scores the corrupted region on its own;
+`headline` and `references` (see `study.references`) default by head. Then add, in `tests/test_pretext.py`, a
+property that could fail, e.g. that the three channels of every input are
 equal while the targets equal the images. The head and loss come from the fixed sets `HEADS` / `LOSSES`,
 so the models and the trainable need no change.
 """
