@@ -5,22 +5,29 @@ The design follows ``docs/STATS.md`` (shared docs):
 * Seed ``s`` gives every arm the same data split, validation split and fine-tune order, so each SSL arm is
   compared with the baseline through per-seed *paired differences* ``d_s = arm_s - baseline_s``, within each
   early-stopping regime (``none``, ``patience3``, ...).
+* Differences are cleaned of floating-point noise before any rank, tie, zero or spread check
+  (``snap_ties``: values within ``TIE_RTOL`` of each other are one value), so 0.86 - 0.84 and
+  0.815 - 0.795 are a tie, as they are in exact arithmetic.
 * Headline test: the two-sided Wilcoxon signed-rank test on the paired differences, Holm-corrected
   (``p_holm``). Exact null distribution when there are no ties or zero differences (n <= 50); an exhaustive
   sign-flip permutation test when there are ties or zeros and n <= 13; the normal approximation otherwise.
   Zero differences are dropped (``zero_method="wilcox"``: a zero carries no sign), so the effective n of the
-  test is the number of non-zero differences.
-* Holm family (default ``family="regime"``): the SSL-arm-vs-baseline comparisons within one early-stopping
-  regime (m = number of SSL arms, 3 in the paper). Each regime is a pre-specified row of the paper's
-  Table 1 and answers its own question ("does pre-training help when training this way?"); within a row the
-  arms compete for the same claim, which is the multiplicity Holm must control. This matches the study's
-  seed budget (the demo's 8 seeds clear the n >= 7 floor for m = 3). ``family="table"`` corrects across
-  every comparison in the table (m = arms x regimes) instead; its adjusted p (``p_holm_table``) is always
-  reported beside the headline as a stricter robustness check. Holm is valid under any dependence.
-* CI: BCa bootstrap of the mean paired difference (``scipy.stats.bootstrap(paired=True, method="BCa")``),
-  seeded; percentile bootstrap when BCa is undefined (e.g. all differences equal), flagged in ``ci_method``.
-* Secondary: paired t-test, Hedges' g_z, matched-pairs rank-biserial correlation, probability of improvement,
-  and a paired-t power analysis (seeds needed for 80 % power at the observed effect size).
+  test is the number of non-zero differences; a comparison whose differences are all zero has p = 1 and
+  still counts in its Holm family.
+* Holm family (``family``, default ``"study"``): every comparison in the table (m = SSL arms x regimes), so
+  the probability that a study with no true effect lists any significant comparison (the study-wise
+  false-positive rate) is at most alpha. ``family="regime"`` corrects within each early-stopping regime
+  only (m = SSL arms); its study-wise rate is ~12 % at n = 8 with 3 regimes (``study.simulate``,
+  STATISTICS.md). Both adjusted p are reported (``p_holm_study``, ``p_holm_regime``). Holm is valid under
+  any dependence. The study family needs more seeds (an exact test reaches 0.05/9 only from n = 9).
+* Intervals, both (1 - alpha), neither adjusted for multiplicity: the Hodges-Lehmann location with its
+  exact signed-rank CI (Walsh averages; the interval of the headline test: it excludes 0 exactly when the
+  uncorrected exact Wilcoxon p <= alpha, without ties or zeros), and the t-interval of the mean difference.
+  The BCa bootstrap of the mean covered ~90 % at n = 8 in the project's simulation and is not reported.
+* Secondary: paired t-test, Hedges' g_z, matched-pairs rank-biserial correlation, probability of
+  improvement, all signed so that positive = arm better (also for lower-is-better metrics). Power of the
+  headline procedure itself (Holm-corrected Wilcoxon at the family size) is simulated in
+  ``study.simulate``, not here.
 * Across arms: Friedman test with Nemenyi critical difference (``friedman``); descriptive only, since the
   Nemenyi test depends on which arms are in the pool (Benavoli et al. 2016).
 
@@ -37,9 +44,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -650,13 +657,8 @@ def paired_matrix(
     unknown = [a for a in arms if a not in pairing.arms]
     if unknown:
         raise AnalysisError(f"arm(s) {unknown} not in the table; arms: {list(pairing.arms)}")
-    col = pairing.metric
-    sub = df[df["regime"] == regime]
-    usable = sub[sub["status"] == "ok"]
-    wide = usable.pivot(index="seed", columns="arm", values=col)
-    seeds = np.asarray(pairing.seeds[regime], dtype=np.int64)
-    wide = wide.reindex(index=seeds, columns=arms)
-    return wide.to_numpy(dtype=float, na_value=np.nan), seeds, arms
+    matrix, seeds, all_arms = _paired_matrix(df, pairing, regime)
+    return matrix[:, [all_arms.index(a) for a in arms]], seeds, arms
 
 
 # -------------------------------------------------------------------------------------- descriptive tables
@@ -701,12 +703,58 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.
 # ------------------------------------------------------------------------- statistics on paired differences
 
 
-def hedges_gz(d: np.ndarray) -> float:
-    """Paired standardised mean difference of ``d`` (n,): ``mean/SD * J``, ``J = 1 - 3/(4(n-1)-1)``.
+# Two differences closer than this (in the metric's units, scaled by the operands' magnitude) are the same
+# value: 0.86 - 0.84 and 0.815 - 0.795 differ by 1.1e-16 in floating point but are one tie. Any metric a
+# study records has a resolution far coarser (AUC on n_pos x n_neg test images: 1/(n_pos n_neg)).
+TIE_RTOL = 1e-9
 
-    NaN for n < 3 (J = 0 at n = 2); +-inf when all differences are equal and non-zero; NaN when all are 0.
+
+def tie_tolerance(*values: np.ndarray) -> float:
+    """Tie/zero tolerance for differences of ``values`` (arrays of any shape): ``TIE_RTOL * max(1, max|x|)``
+    (floating-point error of ``a - b`` grows with ``|a|, |b|``, not with the difference)."""
+    finite = [np.abs(v[np.isfinite(v)]).max() for v in map(np.asarray, values) if np.isfinite(v).any()]
+    return TIE_RTOL * max([1.0, *finite])
+
+
+def snap_ties(d: np.ndarray, tol: float | None = None) -> np.ndarray:
+    """``d`` ``(..., n)`` with floating-point noise removed along the last axis: ``|d| <= tol`` becomes 0 and
+    absolute values within ``tol`` of each other (chained) take their group's smallest value, sign kept.
+
+    Ranks, ties, zero and zero-SD checks on the result are those of the exact differences. NaN stays NaN.
+    ``tol`` defaults to ``tie_tolerance(d)``.
     """
     d = np.asarray(d, dtype=float)
+    if d.size == 0:
+        return d.copy()
+    tol = tie_tolerance(d) if tol is None else float(tol)
+    x = np.atleast_2d(d).reshape(-1, d.shape[-1])
+    a = np.abs(x)
+    a = np.where(a <= tol, 0.0, a)
+    order = np.argsort(a, axis=1)  # NaN last
+    s = np.take_along_axis(a, order, axis=1)
+    with np.errstate(invalid="ignore"):
+        new = np.concatenate([np.ones((len(s), 1), bool), ~(np.diff(s, axis=1) <= tol)], axis=1)
+    start = np.maximum.accumulate(np.where(new, np.arange(s.shape[1]), 0), axis=1)
+    out = np.empty_like(a)
+    np.put_along_axis(out, order, np.take_along_axis(s, start, axis=1), axis=1)
+    return (np.sign(x) * out + 0.0).reshape(d.shape)  # + 0.0: no -0.0
+
+
+def _finite(d: np.ndarray) -> np.ndarray:
+    d = np.asarray(d, dtype=float)
+    return d[np.isfinite(d)]
+
+
+def hedges_gz(d: np.ndarray, higher_better: bool = True) -> float:
+    """Paired standardised mean difference of ``d`` (n,): ``mean/SD * J``, ``J = 1 - 3/(4(n-1)-1)``.
+
+    Sign convention (as ``rank_biserial`` and ``prob_improvement``): positive = the arm is better, so for
+    a lower-is-better metric (``higher_better=False``) the sign of the mean is flipped. Differences are
+    first snapped (``snap_ties``): NaN for n < 3 (J = 0 at n = 2) or all differences 0; +-inf when all
+    are equal and non-zero (no spread, not a huge effect).
+    """
+    d = snap_ties(_finite(d))
+    d = d if higher_better else -d
     n = d.size
     if n < 3:
         return np.nan
@@ -717,13 +765,15 @@ def hedges_gz(d: np.ndarray) -> float:
     return float(mean / sd * (1 - 3 / (4 * (n - 1) - 1)))
 
 
-def rank_biserial(d: np.ndarray) -> float:
+def rank_biserial(d: np.ndarray, higher_better: bool = True) -> float:
     """Matched-pairs rank-biserial correlation of ``d`` (n,): ``(R+ - R-) / (R+ + R-)`` in [-1, 1].
 
-    Ranks of |d| over the non-zero differences (zeros dropped, as in the Wilcoxon test here; ties get
-    average ranks). +1: every non-zero difference is positive. NaN when all differences are zero.
+    Ranks of |d| over the non-zero differences after ``snap_ties`` (zeros dropped, as in the Wilcoxon test;
+    ties get average ranks). +1: every non-zero difference favours the arm (positive, or negative when
+    ``higher_better=False``). NaN when all differences are zero.
     """
-    d = np.asarray(d, dtype=float)
+    d = snap_ties(_finite(d))
+    d = d if higher_better else -d
     d = d[d != 0]
     if d.size == 0:
         return np.nan
@@ -733,8 +783,9 @@ def rank_biserial(d: np.ndarray) -> float:
 
 
 def prob_improvement(d: np.ndarray, higher_better: bool = True) -> float:
-    """Share of seeds on which the arm beats the baseline, ties counting half. ``d`` (n,) = arm - baseline."""
-    d = np.asarray(d, dtype=float)
+    """Share of seeds on which the arm beats the baseline, ties (``snap_ties`` zeros) counting half.
+    ``d`` (n,) = arm - baseline."""
+    d = snap_ties(_finite(d))
     if d.size == 0:
         return np.nan
     wins = (d > 0) if higher_better else (d < 0)
@@ -745,7 +796,7 @@ def min_n_for_significance(alpha: float = 0.05, m: int = 1) -> int:
     """Smallest n at which an exact two-sided Wilcoxon test can reach ``alpha/m`` (Holm's smallest threshold).
 
     The smallest attainable two-sided p with n non-zero differences is ``2/2**n`` (all signs equal).
-    ``m=3, alpha=0.05 -> 7``; ``m=1 -> 6``.
+    ``m=3, alpha=0.05 -> 7``; ``m=9 -> 9``; ``m=1 -> 6``.
     """
     if not 0 < alpha < 1 or m < 1:
         raise AnalysisError(f"need 0 < alpha < 1 and m >= 1; got alpha={alpha}, m={m}")
@@ -756,12 +807,11 @@ def min_n_for_significance(alpha: float = 0.05, m: int = 1) -> int:
 
 
 def seeds_for_power(effect_size: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest number of paired seeds for which a two-sided paired t-test has ``power`` at ``alpha``.
+    """Smallest number of paired seeds for which a two-sided, *uncorrected paired t-test* has ``power``.
 
-    ``effect_size`` is Cohen's d_z (mean difference / SD of differences) of the observed data; this is a
-    planning figure (how many seeds would detect a difference of this size), not evidence about the arms.
-    ``inf`` when the effect is 0 (or so small that more than 1e8 seeds would be needed); NaN when d_z is
-    undefined or infinite (all differences equal and non-zero: the t-test has no variance to work with).
+    Not the headline procedure (a Holm-corrected Wilcoxon needs more seeds): the report plans with
+    ``study.simulate.seeds_for_headline_power``. Kept as the textbook reference figure. ``inf`` when the
+    effect is 0 (or > 1e8 seeds would be needed); NaN when d_z is undefined or infinite.
     """
     if not np.isfinite(effect_size):
         return np.nan
@@ -773,12 +823,10 @@ def seeds_for_power(effect_size: float, alpha: float = 0.05, power: float = 0.8)
     def enough(n: int) -> bool:
         pw = tp.power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided")
         if np.isnan(pw):
-            # The noncentral t's tail overflows only for enormous noncentrality, where power is ~1
-            # (at n = 2, nc = 30: P(miss) < 1e-6).
+            # The noncentral t's tail overflows only for enormous noncentrality, where power is ~1.
             return bool(es * math.sqrt(n) > 30)
         return bool(pw >= power)
 
-    # Power grows with n: double to bracket, then bisect on integers (solve_power fails for huge effects).
     lo, hi = 1, 2
     while not enough(hi):
         lo, hi = hi, hi * 2
@@ -790,23 +838,60 @@ def seeds_for_power(effect_size: float, alpha: float = 0.05, power: float = 0.8)
     return float(hi)
 
 
-def signed_rank_pvalues(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@lru_cache(maxsize=256)
+def _signed_rank_cdf(n: int) -> np.ndarray:
+    """P(W+ <= w) for w = 0..n(n+1)/2 under the untied null with n non-zero differences, read-only.
+
+    A dynamic program over the ranks (W+ is the sum of the ranks 1..n each present with probability 1/2);
+    scipy keeps its exact distribution private, and tests/test_analysis.py checks p-values agree with
+    ``scipy.stats.wilcoxon(method="exact")``.
+    """
+    pmf = np.zeros(n * (n + 1) // 2 + 1)
+    pmf[0] = 1.0
+    for k in range(1, n + 1):
+        shifted = np.zeros_like(pmf)
+        shifted[k:] = pmf[:-k]
+        pmf = (pmf + shifted) / 2
+    cdf = np.cumsum(pmf)
+    cdf.flags.writeable = False
+    return cdf
+
+
+def signed_rank_exact_p(w_plus: np.ndarray, n: int) -> np.ndarray:
+    """Two-sided exact p ``min(1, 2 min(P(W+ <= w), P(W+ >= w)))`` for integer ``w_plus`` (any shape), n
+    untied non-zero differences (scipy's definition)."""
+    cdf = _signed_rank_cdf(n)
+    w = np.asarray(w_plus, dtype=np.int64)
+    lower = cdf[w]
+    upper = 1.0 - np.where(w > 0, cdf[np.maximum(w - 1, 0)], 0.0)
+    return np.minimum(1.0, 2 * np.minimum(lower, upper))
+
+
+def signed_rank_pvalues(
+    diffs: np.ndarray, tol: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two-sided Wilcoxon signed-rank p-values for each row of ``diffs`` ``(n_tests, n_pairs)``.
 
-    NaN cells are dropped pairs; zero differences are dropped (``zero_method="wilcox"``). Per row: exact
-    null distribution when there are no ties and n_eff <= 50; an exhaustive sign-flip permutation test when
-    there are ties and n_eff <= 13 (exact given the ties); the normal approximation with tie correction
-    otherwise. Rows that share a shape and need the exact test are tested in one vectorised call, so a
-    (studies x seeds) simulation runs in seconds.
+    Differences are first snapped (``snap_ties`` with ``tol``, default ``tie_tolerance(diffs)``), so ties
+    and zeros are those of the exact values. NaN cells are dropped pairs; zeros are dropped
+    (``zero_method="wilcox"``). Per row: exact null distribution without ties and n_eff <= 50; an
+    exhaustive sign-flip permutation test with ties and n_eff <= 13 (exact given the ties); the normal
+    approximation with tie correction otherwise. Rows that share a shape and need the exact test are tested
+    in one vectorised call, so a (studies x seeds) simulation runs in seconds.
 
-    Returns ``(p (n_tests,), n_eff (n_tests,), method (n_tests,) str)``; p is NaN when n_eff == 0.
+    Returns ``(p (n_tests,), n_eff (n_tests,), method (n_tests,) str)``: p = 1 when every difference is
+    zero (no evidence either way; the comparison still counts in its Holm family), NaN when a row has no
+    finite difference.
     """
-    diffs = np.atleast_2d(np.asarray(diffs, dtype=float))
+    diffs = snap_ties(np.atleast_2d(np.asarray(diffs, dtype=float)), tol)
     n_tests = diffs.shape[0]
     p = np.full(n_tests, np.nan)
-    methods = np.full(n_tests, "n/a", dtype=object)
+    methods = np.full(n_tests, "n/a (no pairs)", dtype=object)
     nonzero = np.isfinite(diffs) & (diffs != 0)
     n_eff = nonzero.sum(axis=1)
+    all_zero = (n_eff == 0) & np.isfinite(diffs).any(axis=1)
+    p[all_zero] = 1.0
+    methods[all_zero] = "all differences zero (p = 1)"
     absd = np.abs(np.where(nonzero, diffs, np.nan))
     s = np.sort(absd, axis=1)
     has_ties = np.any(s[:, 1:] == s[:, :-1], axis=1)
@@ -815,29 +900,45 @@ def signed_rank_pvalues(diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     if fast.any():
         p[fast] = stats.wilcoxon(diffs[fast], zero_method=ZERO_METHOD, method="exact", axis=1).pvalue
         methods[fast] = "exact"
-    for i in np.flatnonzero(~fast & (n_eff > 0)):
+    rest = np.flatnonzero(~fast & (n_eff > 0))
+    flips = rest[has_ties[rest] & (n_eff[rest] <= PERMUTATION_MAX_N)]
+    for k in np.unique(n_eff[flips]):
+        rows = flips[n_eff[flips] == k]
+        d = np.stack([diffs[i, nonzero[i]] for i in rows])
+        p[rows] = _sign_flip_p(d)
+        methods[rows] = "permutation (exact, ties)"
+    for i in np.setdiff1d(rest, flips):
         d = diffs[i, nonzero[i]]
-        if not has_ties[i] and d.size <= EXACT_MAX_N:
-            method: Any = "exact"
-            label = "exact"
-        elif d.size <= PERMUTATION_MAX_N:
-            method = stats.PermutationMethod(n_resamples=2**d.size)
-            label = "permutation (exact, ties)"
-        else:
-            method = "asymptotic"
-            label = "normal approximation"
-        p[i] = stats.wilcoxon(d, zero_method=ZERO_METHOD, method=method).pvalue
-        methods[i] = label
+        exact = not has_ties[i] and d.size <= EXACT_MAX_N
+        p[i] = stats.wilcoxon(d, zero_method=ZERO_METHOD, method="exact" if exact else "asymptotic").pvalue
+        methods[i] = "exact" if exact else "normal approximation"
     return p, n_eff, methods
+
+
+@lru_cache(maxsize=16)
+def _sign_patterns(n: int) -> np.ndarray:
+    return ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(float)  # (2**n, n)
+
+
+def _sign_flip_p(d: np.ndarray) -> np.ndarray:
+    """Two-sided p of the exhaustive sign-flip test of W+ (mid-ranks of |d|) for rows of non-zero ``d``
+    ``(rows, n)``: what ``scipy.stats.wilcoxon(d, method=PermutationMethod(n_resamples=2**n))`` returns
+    (tests check it), computed for all rows at once (scipy takes ~50 ms per row)."""
+    r = stats.rankdata(np.abs(d), axis=1)
+    observed = np.where(d > 0, r, 0.0).sum(axis=1)
+    null = r @ _sign_patterns(d.shape[1]).T  # (rows, 2**n); mid-ranks are halves: sums are exact
+    less = (null <= observed[:, None]).mean(axis=1)
+    greater = (null >= observed[:, None]).mean(axis=1)
+    return np.minimum(1.0, 2 * np.minimum(less, greater))
 
 
 def holm(pvalues: np.ndarray) -> np.ndarray:
     """Holm-adjusted p-values along the last axis of ``pvalues`` ``(..., m)``; NaN entries are not tested.
 
-    A 1-D family (the report's path) goes through ``statsmodels.stats.multitest.multipletests(method="holm")``
-    (its default method is not Holm). Batches of families (``ndim >= 2``, e.g. a (studies, m) simulation) use
-    the same step-down rule vectorised in numpy, because ``multipletests`` runs ``gc.collect()`` on every
-    call (~50 ms): 1,000 calls would take a minute. tests/test_analysis.py checks both paths agree.
+    A 1-D family goes through ``statsmodels.stats.multitest.multipletests(method="holm")`` (its default
+    method is not Holm). Batches of families (``ndim >= 2``, e.g. a (studies, m) simulation, or the report's
+    regimes padded with NaN) use the same step-down rule vectorised in numpy, because ``multipletests``
+    runs ``gc.collect()`` on every call (~50 ms). tests/test_analysis.py checks both paths agree.
     """
     p = np.atleast_1d(np.asarray(pvalues, dtype=float))
     if p.ndim == 1:
@@ -863,12 +964,68 @@ def _holm_vectorised(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def hodges_lehmann_ci(d: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float, float, str]:
+    """Hodges-Lehmann location of ``d`` (n,) with its exact signed-rank confidence interval.
+
+    The estimate is the median of the n(n+1)/2 Walsh averages (d_i + d_j)/2, i <= j; the interval is
+    ``[W_(k), W_(M+1-k)]`` of the sorted Walsh averages, k the largest integer with P(W+ <= k-1) <=
+    (1 - confidence)/2 under the exact untied null (``_signed_rank_cdf``). It is the set of shifts the
+    two-sided signed-rank test does not reject, so without ties or zeros it excludes 0 exactly when the
+    uncorrected exact Wilcoxon p is <= 1 - confidence. Zeros and ties (after ``snap_ties``) are kept in the
+    Walsh averages; with ties the achieved level is approximate (labelled). Assumes differences symmetric
+    about their centre (then centre = median = mean).
+
+    Returns ``(estimate, low, high, achieved_confidence, method)``; bounds NaN (with the reason in
+    ``method``) when n is too small for any finite interval at ``confidence`` (n < 6 at 95 %).
+    """
+    d = snap_ties(_finite(d))
+    n = d.size
+    if n == 0:
+        return np.nan, np.nan, np.nan, np.nan, "n/a (no pairs)"
+    i, j = np.triu_indices(n)
+    walsh = np.sort((d[i] + d[j]) / 2)
+    est = float(np.median(walsh))
+    cdf = _signed_rank_cdf(n)
+    k = int(np.searchsorted(cdf, (1 - confidence) / 2 * (1 + 1e-12), side="right"))  # P(W+ <= k-1) <= a/2
+    if k == 0:
+        return (
+            est,
+            np.nan,
+            np.nan,
+            np.nan,
+            f"n/a (n = {n} too small for a {100 * confidence:g} % signed-rank CI)",
+        )
+    m = walsh.size
+    achieved = 1 - 2 * float(cdf[k - 1])
+    has_ties = np.any(np.diff(np.sort(np.abs(d[d != 0]))) == 0) or np.any(d == 0)
+    method = "exact signed-rank (Walsh averages)" + ("; ties or zeros: level approximate" if has_ties else "")
+    return est, float(walsh[k - 1]), float(walsh[m - k]), achieved, method
+
+
+def mean_t_ci(d: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(p_ttest, low, high)``: the one-sample t-test of ``d`` (n,) (= ``scipy.stats.ttest_rel`` of the
+    pairs; tests check it) and the t-interval of the mean, ``mean +- t_{n-1}(1 - a/2) SD/sqrt(n)``, on
+    ``snap_ties(d)``. All NaN for n < 2; the interval is the point itself (p NaN) without spread."""
+    d = snap_ties(_finite(d))
+    n = d.size
+    if n < 2:
+        return np.nan, np.nan, np.nan
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0:
+        return np.nan, mean, mean
+    se = sd / math.sqrt(n)
+    p = float(2 * stats.t.sf(abs(mean / se), n - 1))
+    half = float(stats.t.ppf(1 - (1 - confidence) / 2, n - 1)) * se
+    return p, mean - half, mean + half
+
+
 def bootstrap_mean_diff_ci(
     arm: np.ndarray, base: np.ndarray, confidence: float, n_resamples: int, rng: np.random.Generator
 ) -> tuple[float, float, str]:
-    """CI of ``mean(arm - base)`` over paired seeds (both (n,)): BCa, or percentile when BCa is undefined.
+    """BCa bootstrap CI of ``mean(arm - base)`` over paired seeds (both (n,)); percentile when BCa is
+    undefined. Not reported: it covers ~90 % at n = 8 (STATISTICS.md); kept for the simulation bench.
 
-    Returns ``(low, high, method)``; method is ``"BCa"``, ``"percentile (BCa undefined: ...)"`` or
+    Returns ``(low, high, method)``; method ``"BCa"``, ``"percentile (...)"``, ``"degenerate (...)"`` or
     ``"n/a (n < 2)"``.
     """
     n = arm.size
@@ -895,10 +1052,10 @@ def bootstrap_mean_diff_ci(
             )
         return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
-    d = arm - base
+    d = snap_ties(arm - base, tie_tolerance(arm, base))
     if np.all(d == d[0]):
-        # Every resample has the same mean: BCa's acceleration is 0/0. The interval is the point itself.
-        return float(d[0]), float(d[0]), "percentile (BCa undefined: all differences equal)"
+        # Every resample has the same mean (up to float noise): no interval to estimate.
+        return float(d[0]), float(d[0]), "degenerate (all differences equal)"
     low, high = run("BCa")
     if np.isfinite(low) and np.isfinite(high):
         return low, high, "BCa"
@@ -906,9 +1063,17 @@ def bootstrap_mean_diff_ci(
     return low, high, "percentile (BCa undefined for these data)"
 
 
-def _comparison_rng(seed: int, regime: str, arm: str) -> np.random.Generator:
-    # Derive the stream from the comparison's identity, so its CI does not change when arms are added.
-    return np.random.default_rng([seed, zlib.crc32(regime.encode()), zlib.crc32(arm.encode())])
+FAMILIES = ("study", "regime")
+
+
+def _family(family: str) -> str:
+    # "table" was this setting's earlier name for the study-wide family.
+    f = "study" if family == "table" else family
+    if f not in FAMILIES:
+        raise AnalysisError(
+            f"family must be 'study' (Holm over every comparison) or 'regime'; got {family!r}"
+        )
+    return f
 
 
 COMPARISON_COLUMNS = [
@@ -924,20 +1089,24 @@ COMPARISON_COLUMNS = [
     "mean_arm",
     "mean_diff",
     "sd_diff",
-    "ci_low",
-    "ci_high",
-    "ci_method",
+    "mean_ci_low",
+    "mean_ci_high",
+    "hl_estimate",
+    "hl_ci_low",
+    "hl_ci_high",
+    "hl_ci_level",
+    "hl_ci_method",
     "p_wilcoxon",
     "wilcoxon_method",
     "p_ttest",
     "p_holm",
-    "p_holm_table",
+    "p_holm_regime",
+    "p_holm_study",
     "holm_family",
     "family_size",
     "hedges_gz",
     "rank_biserial",
     "prob_improvement",
-    "n_needed_80",
     "min_n_for_significance",
     "underpowered",
     "warning",
@@ -950,99 +1119,107 @@ def compare_to_baseline(
     df: pd.DataFrame,
     metric: str = "test_auc",
     alpha: float = 0.05,
-    n_resamples: int = 9999,
+    n_resamples: int | None = None,
     seed: int = 0,
-    family: Literal["table", "regime"] = "regime",
+    family: Literal["study", "regime", "table"] = "study",
 ) -> pd.DataFrame:
     """Each SSL arm vs the baseline within each regime, paired by seed. One row per (regime, arm).
 
     ``df``: the full tidy table (``load_run``); excluded seeds are dropped pairwise (``dropped_seeds``).
-    Differences are ``arm - baseline`` in the metric's units (fractions for classification metrics).
+    Differences are ``arm - baseline`` in the metric's units (fractions for classification metrics), with
+    floating-point noise removed (``snap_ties``) before any rank, tie, zero or spread check.
 
-    Columns (``COMPARISON_COLUMNS``): ``n`` paired seeds used; ``n_nonzero`` non-zero differences (the
-    Wilcoxon test's n); means and ``mean_diff``/``sd_diff``; ``ci_low, ci_high`` the (1 - alpha) bootstrap
-    CI of the mean difference and ``ci_method``; ``p_wilcoxon`` (two-sided, see ``signed_rank_pvalues``),
-    ``p_ttest`` (``ttest_rel``), ``p_holm`` = Holm-adjusted ``p_wilcoxon`` over ``holm_family`` (the regime
-    name, or ``"table"``: all comparisons in the table) of ``family_size`` comparisons (see the module
-    docstring for why the regime is the default family); ``p_holm_table`` = Holm over the whole table
-    whatever ``family`` is (the stricter robustness check); ``hedges_gz``,
-    ``rank_biserial`` (positive = arm higher), ``prob_improvement`` (share of seeds where the arm is
-    better, ties half); ``n_needed_80`` seeds for 80 % paired-t power at ``alpha`` and the observed d_z;
-    ``min_n_for_significance`` (exact Wilcoxon floor vs ``alpha/family_size``), ``underpowered`` when
-    ``n_nonzero`` is below it, with ``warning`` text; ``significant`` = ``p_holm < alpha``; ``headline``.
+    ``family``: the Holm family of the headline p. ``"study"`` (default): every comparison in the table
+    (m = SSL arms x regimes), so the chance that a study with no true effect lists any significant result
+    stays <= alpha; ``"regime"``: the SSL arms within one regime (m = SSL arms), which lets the study-wise
+    rate grow with the regimes (~12 % with 3; ``study.simulate.null_rejection_rates``). ``"table"`` is an
+    alias of ``"study"``. Both adjusted p are always reported (``p_holm_study``, ``p_holm_regime``).
 
-    The headline p-value is ``p_holm`` (Holm-corrected Wilcoxon), as recommended in docs/STATS.md.
+    Columns (``COMPARISON_COLUMNS``): ``n`` paired seeds; ``n_nonzero`` non-zero differences (the Wilcoxon
+    test's n); means, ``mean_diff``/``sd_diff`` and ``mean_ci_low/high`` the (1 - alpha) t-interval of the
+    mean; ``hl_estimate`` Hodges-Lehmann location with ``hl_ci_low/high`` its exact signed-rank interval
+    (the interval of the headline test; ``hl_ci_level`` its achieved confidence, ``hl_ci_method``); neither
+    interval is adjusted for multiplicity. ``p_wilcoxon`` (two-sided, ``signed_rank_pvalues``; 1 when every
+    difference is 0), ``p_ttest``; ``p_holm`` the headline over ``holm_family`` ("study" or the regime) of
+    ``family_size`` comparisons (a comparison with no pairs counts in m but gets no p); effect sizes with
+    one sign convention, positive = arm better (also for lower-is-better metrics): ``hedges_gz``,
+    ``rank_biserial``, ``prob_improvement`` (ties half); ``min_n_for_significance`` (exact Wilcoxon floor
+    vs alpha/family_size), ``underpowered`` when ``n_nonzero`` is below it, with ``warning``;
+    ``significant`` = ``p_holm < alpha``; ``headline``. ``n_resamples`` is ignored (the bootstrap interval
+    is no longer reported) and kept for callers; ``seed`` likewise (nothing here is random).
     """
-    if family not in ("table", "regime"):
-        raise AnalysisError(f"family must be 'table' or 'regime', got {family!r}")
+    del n_resamples, seed
+    family = _family(family)
     if not 0 < alpha < 1:
         raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
     pairing = check_pairing(df, metric)
     col = pairing.metric
     rows: list[dict[str, Any]] = []
     for regime in pairing.regimes:
-        matrix, seeds, arm_cols = paired_matrix(df, col, regime)
+        matrix, seeds, arm_cols = _paired_matrix(df, pairing, regime)
         base = matrix[:, 0]
         for j, arm in enumerate(arm_cols[1:], start=1):
             a = matrix[:, j]
             keep = np.isfinite(a) & np.isfinite(base)
-            rows.append(
-                _compare_one(regime, arm, col, a[keep], base[keep], seeds[~keep], alpha, n_resamples, seed)
-            )
-    cols = COMPARISON_COLUMNS
+            rows.append(_compare_one(regime, arm, col, a[keep], base[keep], seeds[~keep], alpha))
     if not rows:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
     out = pd.DataFrame(rows)
+    # Holm counts every planned comparison: one without pairs (NaN p) enters as p = 1, then shows NaN.
     p = out["p_wilcoxon"].to_numpy(dtype=float)
-    out["p_holm_table"] = holm(p)
-    if family == "table":
-        out["holm_family"] = "table"
+    tested = np.isfinite(p)
+    p_in = np.where(tested, p, 1.0)
+    # 2-D calls take holm's vectorised path (multipletests runs gc.collect(): ~50 ms a call).
+    out["p_holm_study"] = np.where(tested, holm(p_in[None, :])[0], np.nan)
+    groups = out.groupby("regime", sort=False).indices
+    padded = np.full((len(groups), max(map(len, groups.values()))), np.nan)
+    for g, idx in enumerate(groups.values()):
+        padded[g, : len(idx)] = p_in[idx]
+    adj = holm(padded)
+    p_regime = np.empty(len(out))
+    for g, idx in enumerate(groups.values()):
+        p_regime[idx] = adj[g, : len(idx)]
+    out["p_holm_regime"] = np.where(tested, p_regime, np.nan)
+    if family == "study":
+        out["holm_family"] = "study"
         out["family_size"] = len(out)
-        out["p_holm"] = out["p_holm_table"]
+        out["p_holm"] = out["p_holm_study"]
     else:
         out["holm_family"] = out["regime"]
         out["family_size"] = out.groupby("regime")["arm"].transform("size")
-        out["p_holm"] = np.nan
-        for regime, idx in out.groupby("regime").groups.items():
-            out.loc[idx, "p_holm"] = holm(p[out.index.get_indexer(idx)])
+        out["p_holm"] = out["p_holm_regime"]
     out["min_n_for_significance"] = [min_n_for_significance(alpha, int(m)) for m in out["family_size"]]
     out["underpowered"] = out["n_nonzero"] < out["min_n_for_significance"]
     out["significant"] = out["p_holm"] < alpha
-    out["warning"] = [_underpowered_text(r, alpha) if r["underpowered"] else "" for _, r in out.iterrows()]
-    out["headline"] = [headline(r, alpha) for _, r in out.iterrows()]
-    return out[cols]
+    records = out.to_dict("records")
+    out["warning"] = [_underpowered_text(r, alpha) if r["underpowered"] else "" for r in records]
+    out["headline"] = [headline(r, alpha) for r in records]
+    return out[COMPARISON_COLUMNS]
+
+
+def _paired_matrix(
+    df: pd.DataFrame, pairing: Pairing, regime: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``paired_matrix`` for an already checked pairing (one check per table, not one per regime)."""
+    arms = list(pairing.arms)
+    sub = df[(df["regime"] == regime) & (df["status"] == "ok")]
+    wide = sub.pivot(index="seed", columns="arm", values=pairing.metric)
+    seeds = np.asarray(pairing.seeds[regime], dtype=np.int64)
+    wide = wide.reindex(index=seeds, columns=arms)
+    return wide.to_numpy(dtype=float, na_value=np.nan), seeds, arms
 
 
 def _compare_one(
-    regime: str,
-    arm: str,
-    col: str,
-    a: np.ndarray,
-    b: np.ndarray,
-    dropped: np.ndarray,
-    alpha: float,
-    n_resamples: int,
-    seed: int,
+    regime: str, arm: str, col: str, a: np.ndarray, b: np.ndarray, dropped: np.ndarray, alpha: float
 ) -> dict[str, Any]:
-    d = a - b
+    higher = higher_is_better(col)
+    d = snap_ties(a - b, tie_tolerance(a, b))
     n = d.size
     p_w, n_eff, method = (
-        signed_rank_pvalues(d[None, :]) if n else (np.array([np.nan]), np.array([0]), np.array(["n/a"]))
+        signed_rank_pvalues(d[None, :], tol=0.0) if n else ([np.nan], [0], ["n/a (no pairs)"])
     )
-    if n >= 2 and np.std(d) > 0:
-        p_t = float(stats.ttest_rel(a, b).pvalue)
-    else:
-        p_t = np.nan  # t is undefined without variation in the differences
-    low, high, ci_method = bootstrap_mean_diff_ci(
-        a, b, 1 - alpha, n_resamples, _comparison_rng(seed, regime, arm)
-    )
-    sd = float(d.std(ddof=1)) if n > 1 else np.nan
-    if n < 2:
-        dz = np.nan
-    elif sd > 0:
-        dz = d.mean() / sd
-    else:  # identical differences: zero effect, or a shift with no spread (t undefined)
-        dz = 0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean())
+    p_t, t_low, t_high = mean_t_ci(d, 1 - alpha)
+    hl, hl_low, hl_high, hl_level, hl_method = hodges_lehmann_ci(d, 1 - alpha)
     return {
         "regime": regime,
         "regime_title": regime_title(regime),
@@ -1055,28 +1232,39 @@ def _compare_one(
         "mean_baseline": b.mean() if n else np.nan,
         "mean_arm": a.mean() if n else np.nan,
         "mean_diff": d.mean() if n else np.nan,
-        "sd_diff": sd,
-        "ci_low": low,
-        "ci_high": high,
-        "ci_method": ci_method,
+        "sd_diff": float(d.std(ddof=1)) if n > 1 else np.nan,
+        "mean_ci_low": t_low,
+        "mean_ci_high": t_high,
+        "hl_estimate": hl,
+        "hl_ci_low": hl_low,
+        "hl_ci_high": hl_high,
+        "hl_ci_level": hl_level,
+        "hl_ci_method": hl_method,
         "p_wilcoxon": float(p_w[0]),
         "wilcoxon_method": str(method[0]),
         "p_ttest": p_t,
-        "hedges_gz": hedges_gz(d),
-        "rank_biserial": rank_biserial(d) if higher_is_better(col) else -rank_biserial(d),
-        "prob_improvement": prob_improvement(d, higher_is_better(col)),
-        "n_needed_80": seeds_for_power(dz, alpha) if n > 1 else np.nan,
+        "hedges_gz": hedges_gz(d, higher),
+        "rank_biserial": rank_biserial(d, higher),
+        "prob_improvement": prob_improvement(d, higher),
     }
 
 
-def _underpowered_text(row: pd.Series, alpha: float) -> str:
-    n, m, need = int(row["n_nonzero"]), int(row["family_size"]), int(row["min_n_for_significance"])
-    floor = 2 / 2**n if n else 1.0
+def _underpowered_text(row: dict[str, Any], alpha: float) -> str:
+    k, n = int(row["n_nonzero"]), int(row["n"])
+    m, need = int(row["family_size"]), int(row["min_n_for_significance"])
+    floor = 2 / 2**k if k else 1.0
+    ran = f"{n} paired seed{'s' if n != 1 else ''}"
+    if k == 0:
+        have = f"{ran}, every difference zero: no evidence either way (p = 1)"
+    elif k < n:
+        have = f"{ran}, only {k} non-zero difference{'s' if k != 1 else ''}"
+    else:
+        have = ran
     return (
-        f"{row['arm_title']} vs baseline, {row['regime_title']}: only {n} non-zero paired difference(s). "
-        f"An exact two-sided Wilcoxon test cannot give p below 2/2^{n} = {floor:.3g}, above Holm's smallest "
+        f"{row['arm_title']} vs baseline, {row['regime_title']}: {have}. An exact two-sided Wilcoxon test "
+        f"on {k} non-zero difference(s) cannot give p below 2/2^{k} = {floor:.3g}, above Holm's smallest "
         f"threshold {alpha:g}/{m} = {alpha / m:.3g}, so this comparison cannot be significant whatever the "
-        f"data; at least {need} seeds are needed."
+        f"data; at least {need} non-zero paired differences are needed."
     )
 
 
@@ -1111,8 +1299,9 @@ def format_p(p: float) -> str:
 
 
 def headline(row: pd.Series | dict[str, Any], alpha: float = 0.05) -> str:
-    """Plain sentence for one comparison row, e.g. ``"Corruption removal vs baseline, patience 10: +1.4 pp
-    AUC, 95 % CI [−0.3, 3.1], Holm p = 0.21, n = 8 seeds — not significant"``."""
+    """Plain sentence for one comparison row, e.g. ``"Corruption removal vs baseline, patience 10: +1.3 pp
+    AUC (Hodges–Lehmann; mean +1.4 pp), 95 % signed-rank CI [−0.3, 3.1], Holm p = 0.21, n = 8 seeds — not
+    significant"``. The interval is the one of the headline test (``hodges_lehmann_ci``)."""
     r = dict(row)
     metric = r["metric"]
     scale, unit = (100.0, " pp") if metric in FRACTION_METRICS else (1.0, "")
@@ -1120,25 +1309,33 @@ def headline(row: pd.Series | dict[str, Any], alpha: float = 0.05) -> str:
     head = f"{r['arm_title']} vs baseline, {r['regime_title']}: "
     if n == 0:
         return head + "no paired seeds (every pair excluded) \u2014 not tested"
-    diff = format_diff(r["mean_diff"], metric).removesuffix(" pp")
+    est = format_diff(r["hl_estimate"], metric).removesuffix(" pp")
+    mean = format_diff(r["mean_diff"], metric)
     ci = (
-        f"{round((1 - alpha) * 100):g} % CI [{_bound(r['ci_low'] * scale, bool(unit))}, "
-        f"{_bound(r['ci_high'] * scale, bool(unit))}]"
-        if np.isfinite(r["ci_low"])
-        else "CI n/a"
+        f"{round((1 - alpha) * 100):g} % signed-rank CI [{_bound(r['hl_ci_low'] * scale, bool(unit))}, "
+        f"{_bound(r['hl_ci_high'] * scale, bool(unit))}]"
+        if np.isfinite(r["hl_ci_low"])
+        else f"signed-rank CI n/a (n = {n})"
     )
     dropped = r.get("dropped_seeds") or ""
     n_text = f"n = {n} seed{'s' if n != 1 else ''}"
     if dropped:
-        k = len(str(dropped).split(","))
-        n_text += f" ({k} excluded)"
+        n_text += f" ({len(str(dropped).split(','))} excluded)"
     verdict = "significant" if r["significant"] else "not significant"
     if r["significant"]:
         better = (r["mean_diff"] > 0) == higher_is_better(metric)
         verdict += " (arm better)" if better else " (arm worse)"
     if r.get("underpowered"):
-        verdict += f"; underpowered (needs \u2265 {int(r['min_n_for_significance'])} seeds)"
-    return f"{head}{diff}{unit} {metric_label(metric)}, {ci}, Holm p {format_p(r['p_holm'])}, {n_text} \u2014 {verdict}"
+        k = int(r.get("n_nonzero", n))
+        verdict += (
+            "; every difference zero"
+            if k == 0
+            else f"; underpowered ({k} non-zero differences, \u2265 {int(r['min_n_for_significance'])} needed)"
+        )
+    return (
+        f"{head}{est}{unit} {metric_label(metric)} (Hodges\u2013Lehmann; mean {mean}), {ci}, "
+        f"Holm p {format_p(r['p_holm'])}, {n_text} \u2014 {verdict}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- across arms

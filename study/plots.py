@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from study.analysis import arm_title, base_task
+from study.analysis import FRACTION_METRICS, arm_title, base_task
 
 # One colour per pretext task, shared by every figure, so an arm is recognisable across the report.
 TASK_COLORS = {
@@ -51,16 +51,24 @@ def _fmt_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
-def forest_plot(comparisons: pd.DataFrame, xlabel: str, scale: float = 100.0, alpha: float = 0.05) -> Figure:
-    """Paired differences (arm - baseline) with CIs, one row per comparison, grouped by regime.
+def forest_plot(
+    comparisons: pd.DataFrame, xlabel: str, scale: float | None = None, alpha: float = 0.05
+) -> Figure:
+    """Paired differences (arm - baseline), one row per comparison, grouped by regime: the Hodges-Lehmann
+    estimate (dot) with its exact signed-rank CI (bar; the interval of the headline test) and the mean
+    (cross). The title names both and the interval's level.
 
-    ``comparisons``: rows of ``analysis.compare_to_baseline`` (uses ``regime_title, arm, arm_title,
-    mean_diff, ci_low, ci_high, p_holm, significant``). ``scale`` converts units for display (100: fractions
-    to percentage points; 1 for metrics in their own units, such as epochs). Filled markers: Holm p < alpha.
+    ``comparisons``: rows of ``analysis.compare_to_baseline`` (uses ``regime_title, arm, arm_title, metric,
+    hl_estimate, hl_ci_low, hl_ci_high, mean_diff, p_holm, significant``). ``scale`` converts units for
+    display; default from the metric: 100 for fractions (percentage points), 1 for metrics in their own
+    units (epochs, losses). Filled markers: Holm p < alpha.
     """
+    if scale is None:
+        fraction = len(comparisons) and comparisons["metric"].iloc[0] in FRACTION_METRICS
+        scale = 100.0 if fraction else 1.0
     groups = list(dict.fromkeys(comparisons["regime_title"]))
     n_rows = len(comparisons) + len(groups)
-    fig = Figure(figsize=(8.0, 0.9 + 0.38 * n_rows))
+    fig = Figure(figsize=(8.0, 1.1 + 0.38 * n_rows))
     ax = fig.add_subplot()
     y = 0.0
     ticks, labels = [], []
@@ -70,10 +78,12 @@ def forest_plot(comparisons: pd.DataFrame, xlabel: str, scale: float = 100.0, al
         y -= 1
         for r in comparisons[comparisons["regime_title"] == g].itertuples(index=False):
             c = arm_color(r.arm)
-            est = r.mean_diff * scale
-            if np.isfinite(r.ci_low):
-                ax.plot([r.ci_low * scale, r.ci_high * scale], [y, y], color=c, lw=2)
-            ax.plot([est], [y], "o", ms=7, color=c, mfc=c if r.significant else "white", mew=2)
+            if np.isfinite(r.hl_ci_low):
+                ax.plot([r.hl_ci_low * scale, r.hl_ci_high * scale], [y, y], color=c, lw=2)
+            ax.plot(
+                [r.hl_estimate * scale], [y], "o", ms=7, color=c, mfc=c if r.significant else "white", mew=2
+            )
+            ax.plot([r.mean_diff * scale], [y], "x", ms=6, color="#333333", mew=1.2)
             ax.annotate(
                 f"Holm {_fmt_p(r.p_holm)}",
                 (1.01, y),
@@ -93,8 +103,10 @@ def forest_plot(comparisons: pd.DataFrame, xlabel: str, scale: float = 100.0, al
     ax.set_ylim(y + 0.5, 0.5)
     ax.set_xlabel(xlabel)
     ax.set_title(
-        f"Paired difference vs baseline (mean, {round((1 - alpha) * 100)} % BCa CI); filled: Holm p < {alpha:g}",
-        fontsize=10,
+        f"Paired difference vs baseline: Hodges\u2013Lehmann estimate (dot) with its {round((1 - alpha) * 100)} % "
+        f"exact signed-rank CI (bar),\nmean (\u00d7); intervals not adjusted for multiplicity; "
+        f"filled: Holm p < {alpha:g}",
+        fontsize=9,
     )
     ax.grid(axis="x", alpha=0.3)
     return fig

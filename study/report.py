@@ -30,6 +30,7 @@ import pandas as pd
 
 from study import analysis as A
 from study import plots
+from study import simulate as S
 
 # The paper's Table 1 (soft accuracy, %, one run per cell), for comparison with the repeated-seed results.
 PAPER_TABLE1 = {
@@ -127,16 +128,26 @@ Block = Heading | Para | Bullets | Box | Table | Image | Pre
 
 
 def _seeds(x: Any) -> str:
-    """A seed count for the power analysis: an integer, or "> 10000" beyond any practical study."""
+    """A seed count for power planning: an integer, or "> SEEDS_MAX" (inf: beyond the simulated range)."""
     try:
         v = float(x)
     except (TypeError, ValueError):
         return NA
     if v == math.inf:
-        return "\u221e"
+        return f"> {S.SEEDS_MAX}"
     if not math.isfinite(v):
         return NA
-    return "> 10000" if v > 10000 else f"{math.ceil(v)}"
+    return f"{math.ceil(v)}"
+
+
+def _seed_range(lo: Any, hi: Any) -> str:
+    """``"14\u201335"``, ``"9 to > 40"``, or one number when both ends agree."""
+    a, b = _seeds(lo), _seeds(hi)
+    if a == NA:
+        return NA
+    if a == b:
+        return a
+    return f"{a} to {b}" if b.startswith(">") else f"{a}\u2013{b}"
 
 
 def _num(x: Any, digits: int = 3) -> str:
@@ -144,8 +155,10 @@ def _num(x: Any, digits: int = 3) -> str:
         v = float(x)
     except (TypeError, ValueError):
         return NA
+    if math.isinf(v):
+        return "\u221e" if v > 0 else "\u2212\u221e"
     if not math.isfinite(v):
-        return "\u221e" if v == math.inf else NA
+        return NA
     text = f"{v:.{digits}g}"
     return "\u2212" + text[1:] if text.startswith("-") else text
 
@@ -417,9 +430,16 @@ def _paper_reference() -> pd.DataFrame:
 def _comparison_display(comp: pd.DataFrame, alpha: float) -> pd.DataFrame:
     metric = comp["metric"].iloc[0]
     scale, unit = (100, " (pp)") if metric in A.FRACTION_METRICS else (1, "")
-    conf = f"{round((1 - alpha) * 100)} % CI"
+    level = round((1 - alpha) * 100)
+    family = "study" if (comp["holm_family"] == "study").all() else "regime"
     rows = []
     for r in comp.itertuples(index=False):
+
+        def interval(low: float, high: float) -> str:
+            return (
+                f"[{_diff(low * scale, metric)}, {_diff(high * scale, metric)}]" if np.isfinite(low) else NA
+            )
+
         rows.append(
             {
                 "Regime": r.regime_title,
@@ -427,16 +447,19 @@ def _comparison_display(comp: pd.DataFrame, alpha: float) -> pd.DataFrame:
                 "n": r.n,
                 "Baseline": _value(r.mean_baseline, metric),
                 "Arm mean": _value(r.mean_arm, metric),
-                f"\u0394{unit}": _diff(r.mean_diff * scale, metric, signed=True),
-                conf: f"[{_diff(r.ci_low * scale, metric)}, {_diff(r.ci_high * scale, metric)}]"
-                + ("" if r.ci_method == "BCa" else " *"),
+                f"HL \u0394{unit}": _diff(r.hl_estimate * scale, metric, signed=True),
+                f"{level} % signed-rank CI (HL)": interval(r.hl_ci_low, r.hl_ci_high),
+                f"mean \u0394{unit}": _diff(r.mean_diff * scale, metric, signed=True),
+                f"{level} % t-CI (mean)": interval(r.mean_ci_low, r.mean_ci_high),
                 "p Wilcoxon": _p(r.p_wilcoxon),
                 "p t-test": _p(r.p_ttest),
-                "Holm p": _p(r.p_holm),
+                f"Holm p ({family})": _p(r.p_holm),
                 "g_z": _num(r.hedges_gz, 2),
                 "r_rb": _num(r.rank_biserial, 2),
                 "P(improve)": _num(r.prob_improvement, 2),
-                "seeds for 80 % power": _seeds(r.n_needed_80),
+                "seeds for 80 % power (range)": _seed_range(
+                    getattr(r, "seeds_80_min", np.nan), getattr(r, "seeds_80_max", np.nan)
+                ),
                 "verdict": ("significant" if r.significant else "not significant")
                 + (" (underpowered)" if r.underpowered else ""),
             }
@@ -586,7 +609,7 @@ class RunAnalysis:
     run_dir: Path
     metric: str  # results-table column of the primary metric, e.g. "test_auc"
     alpha: float
-    family: Literal["table", "regime"]
+    family: Literal["study", "regime"]
     n_resamples: int
     seed: int
     df: pd.DataFrame  # load_run: every trial x regime, excluded trials included
@@ -594,7 +617,8 @@ class RunAnalysis:
     summary: pd.DataFrame  # summarise
     pairing: A.Pairing | None  # None when the table is not paired by seed (pairing_error says why)
     pairing_error: str
-    comparisons: pd.DataFrame  # compare_to_baseline, plus pretext_learned_seeds ("k/n" or NaN)
+    comparisons: pd.DataFrame  # compare_to_baseline + simulate.power_planning + pretext_learned_seeds
+    null_rates: dict[str, float]  # simulate.null_rejection_rates for this design ({} without comparisons)
     friedmans: list[dict[str, Any]]  # friedman, one per regime
     rotation_table: pd.DataFrame  # pretext_tables
     image_table: pd.DataFrame
@@ -621,7 +645,7 @@ def analyse_run(
     alpha: float = 0.05,
     n_resamples: int = 9999,
     seed: int = 0,
-    family: Literal["table", "regime"] = "regime",
+    family: Literal["study", "regime", "table"] = "study",
     strict: bool = False,
 ) -> RunAnalysis:
     """Read a run dir and compute every table of its report (writes nothing). See ``write_report``."""
@@ -646,6 +670,12 @@ def analyse_run(
         if pairing is not None
         else pd.DataFrame(columns=A.COMPARISON_COLUMNS)
     )
+    null_rates: dict[str, float] = {}
+    if len(comp):
+        comp = pd.concat([comp, S.power_planning(comp, alpha)], axis=1)
+        null_rates = S.null_rejection_rates(
+            int(comp["n"].median()), comp["arm"].nunique(), comp["regime"].nunique(), alpha
+        )
     refs = A.pretext_reference_table(df)
     learned = A.pretext_learned(refs)
     comp = comp.assign(
@@ -662,7 +692,7 @@ def analyse_run(
         run_dir=run_dir,
         metric=metric,
         alpha=alpha,
-        family=family,
+        family=A._family(family),
         n_resamples=n_resamples,
         seed=seed,
         df=df,
@@ -671,6 +701,7 @@ def analyse_run(
         pairing=pairing,
         pairing_error=pairing_error,
         comparisons=comp,
+        null_rates=null_rates,
         friedmans=[A.friedman(df, metric, r, alpha) for r in pairing.regimes] if pairing is not None else [],
         rotation_table=rot,
         image_table=img,
@@ -725,7 +756,7 @@ def write_report(
     alpha: float = 0.05,
     n_resamples: int = 9999,
     seed: int = 0,
-    family: Literal["table", "regime"] = "regime",
+    family: Literal["study", "regime", "table"] = "study",
     strict: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html``, ``summary.csv``, ``comparisons.csv`` (and ``friedman.csv``,
@@ -733,7 +764,10 @@ def write_report(
     ``excluded.csv``) and ``figures/*.png`` into ``run_dir``.
 
     ``metric``: the primary metric for the inferential comparisons (other metrics are descriptive only, so
-    the multiple-comparison family stays the one stated). A table that is not paired by seed is reported as
+    the multiple-comparison family stays the one stated). ``family``: the Holm family of the headline p,
+    ``"study"`` (default: every comparison, study-wise false-positive rate <= alpha) or ``"regime"``
+    (``analysis.compare_to_baseline``); the report states the study-wise rate either implies.
+    ``n_resamples`` and ``seed`` are accepted for callers and unused (no bootstrap interval is reported). A table that is not paired by seed is reported as
     a warning with descriptive tables only, unless ``strict`` (then ``PairingError`` is raised).
     Returns ``(md_path, html_path)``.
     """
@@ -810,29 +844,59 @@ def _comparison_method(a: RunAnalysis) -> str:
     if comp.empty:
         why = "the table is not paired by seed" if a.pairing_error else "only the baseline arm was run"
         return f"{design} No paired comparison was computed ({why}): every table below is descriptive."
-    m, n_ssl = len(comp), comp["arm"].nunique()
-    family = (
-        f"all m = {m} comparisons in this report ({n_ssl} self-supervised arm(s) \u00d7 "
-        f"{comp['regime'].nunique()} regime(s))"
-        if a.family == "table"
-        else f"the m = {n_ssl} comparison(s) within each regime (each regime is one row of the paper's "
-        "Table 1, a question of its own)"
-    )
+    m, n_ssl, n_reg = len(comp), comp["arm"].nunique(), comp["regime"].nunique()
+    level = round((1 - alpha) * 100)
+    if a.family == "study":
+        family = (
+            f"all m = {m} comparisons of the study ({n_ssl} self-supervised arm(s) \u00d7 {n_reg} regime(s))"
+        )
+    else:
+        family = f"the m = {n_ssl} comparison(s) within each regime (each regime is one row of the paper's Table 1)"
     return (
         f"{design} Each self-supervised arm is compared with the no-self-supervision baseline through "
-        f"per-seed paired differences (arm \u2212 baseline) of test {a.label}, separately in each regime. "
-        "Headline test: two-sided Wilcoxon signed-rank test on the paired differences (exact null "
-        "distribution without ties, an exhaustive sign-flip permutation test with ties and n \u2264 13, "
-        "the normal approximation otherwise; zero differences dropped), Holm-corrected across "
-        f"{family} at \u03b1 = {alpha:g}. Interval: {round((1 - alpha) * 100)} % BCa bootstrap CI of the "
-        f"mean paired difference ({a.n_resamples} resamples, seed {a.seed}; percentile where BCa is "
-        "undefined, marked *; not adjusted for multiplicity, so an interval can exclude 0 while the Holm p "
-        "is above \u03b1). Also reported: paired t-test, Hedges' g_z, matched-pairs rank-biserial "
-        "correlation r_rb, the share of seeds on which the arm beats the baseline (ties count half), and "
-        f"the seeds a paired t-test would need for 80 % power at \u03b1 = {alpha:g} and the observed effect "
-        "(a planning figure). Seeds whose trial diverged or failed are dropped pairwise and listed under "
-        "Excluded trials. Other metrics are descriptive only."
+        f"per-seed paired differences (arm \u2212 baseline) of test {a.label}, separately in each regime; "
+        "differences equal up to floating-point error (relative 1e-9) count as ties or zeros. Headline test: "
+        "two-sided Wilcoxon signed-rank test on the paired differences (exact null distribution without "
+        "ties, an exhaustive sign-flip permutation test with ties and n \u2264 13, the normal approximation "
+        "otherwise; zero differences dropped, a comparison whose differences are all zero has p = 1), "
+        f"Holm-corrected across {family} at \u03b1 = {alpha:g}. {_studywise_text(a)} Intervals "
+        f"({level} %, not adjusted for multiplicity): the Hodges\u2013Lehmann estimate of the paired "
+        "difference with its exact signed-rank confidence interval (Walsh averages), the interval that "
+        f"belongs to the headline test (without ties or zeros it excludes 0 exactly when the uncorrected "
+        f"Wilcoxon p \u2264 {alpha:g}; achieved level in comparisons.csv, hl_ci_level), and the t-interval of "
+        "the mean difference. Also reported: paired t-test, Hedges' g_z, matched-pairs rank-biserial "
+        "correlation r_rb and the share of seeds on which the arm beats the baseline (ties count half), all "
+        "positive when the arm is better (also for lower-is-better metrics), and a planning range of seeds "
+        "for 80 % power of the headline procedure itself (simulated). Seeds whose trial diverged or failed "
+        "are dropped pairwise and listed under Excluded trials. Other metrics are descriptive only."
     )
+
+
+def _studywise_text(a: RunAnalysis) -> str:
+    """The study-wise false-positive rate of the chosen family (and of the other), from the simulation."""
+    r, comp = a.null_rates, a.comparisons
+    if not r:
+        return ""
+    n, k, n_reg = int(comp["n"].median()), comp["arm"].nunique(), comp["regime"].nunique()
+    chosen, other = (
+        ("studywise_study", "studywise_regime")
+        if a.family == "study"
+        else (
+            "studywise_regime",
+            "studywise_study",
+        )
+    )
+    other_name = "per regime" if a.family == "study" else "across the whole study"
+    text = (
+        "Study-wise false-positive rate (the chance that a study with no true effect lists at least one "
+        f"significant comparison), simulated for this design ({n} seeds, {k} arm(s) \u00d7 {n_reg} regime(s), "
+        f"{r['n_sim']} null studies, normal differences, regimes independent): {_rate(r[chosen])} with this "
+        f"family, {_rate(r[other])} with Holm {other_name}."
+    )
+    need = int(comp["min_n_for_significance"].max())
+    if a.family == "study" and n < need:
+        text += f" With {n} seeds no comparison can be significant in this family (it needs at least {need})."
+    return text
 
 
 def _friedman_method(a: RunAnalysis) -> str:
@@ -902,13 +966,13 @@ def _headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
                 Box(
                     "warning",
                     f"too few seeds: {len(under)} of {len(comp)} comparison(s) cannot reach significance "
-                    f"whatever the data; at least {need} seeds (non-zero paired differences) are needed",
+                    f"whatever the data; at least {need} non-zero paired differences are needed",
                     list(dict.fromkeys(under["warning"])),
                 )
             )
         blocks.append(Para(_power_sentence(comp, alpha)))
-        if a.family != "table" and comp["regime"].nunique() > 1 and comp["significant"].any():
-            blocks.append(Para(_robustness_sentence(comp, alpha)))
+        if comp["regime"].nunique() > 1:
+            blocks.append(Para(_robustness_sentence(a)))
     not_learned = [_not_learned_sentence(r) for r in a.learned.itertuples() if r.majority_failed]
     if not_learned:
         blocks.append(Box("warning", "pretext tasks that did not learn", not_learned))
@@ -923,7 +987,14 @@ def _headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
             alpha=alpha,
         )
         path = plots.save_figure(fig, fig_dir / "forest.png")
-        blocks.append(Image(path, f"Paired differences in {a.label} vs baseline"))
+        level = round((1 - alpha) * 100)
+        blocks.append(
+            Image(
+                path,
+                f"Paired differences in {a.label} vs baseline: Hodges\u2013Lehmann estimate with its {level} % "
+                "exact signed-rank CI (not adjusted for multiplicity), mean as \u00d7",
+            )
+        )
     return blocks
 
 
@@ -956,30 +1027,71 @@ def _not_learned_sentence(r: Any) -> str:
     )
 
 
+PLANNING_EFFECTS = (0.8, 1.0, 1.5, 2.0)
+
+
 def _power_sentence(comp: pd.DataFrame, alpha: float) -> str:
+    m = int(comp["family_size"].max())
+    reference = " / ".join(_seeds(S.seeds_for_headline_power(e, m, alpha)) for e in PLANNING_EFFECTS)
+    procedure = (
+        f"the headline procedure (two-sided exact Wilcoxon, Holm over m = {m}, \u03b1 = {alpha:g}; "
+        f"simulated, {S.N_SIM} studies per seed count)"
+    )
+    tail = (
+        f" For reference, at a true d_z of {' / '.join(f'{e:g}' for e in PLANNING_EFFECTS)} it needs "
+        f"{reference} seeds."
+    )
     parts = [
-        f"{r.arm_title}, {r.regime_title}: {_seeds(r.n_needed_80)}"
+        f"{r.arm_title}, {r.regime_title}: {_seed_range(r.seeds_80_min, r.seeds_80_max)}"
         for r in comp.itertuples(index=False)
-        if not r.significant
+        if not r.significant and "seeds_80_min" in comp
     ]
     if not parts:
-        return "Every comparison is significant after Holm correction."
+        return f"Every comparison is significant after Holm correction.{tail}"
     return (
-        f"Seeds a paired t-test would need for 80 % power at \u03b1 = {alpha:g}, given each non-significant "
-        "comparison's observed effect (\u221e: no observed difference): " + "; ".join(parts) + "."
+        f"Power planning: seeds {procedure} would need for 80 % power, if the true effect lay anywhere in "
+        "each non-significant comparison's 80 % CI of d_z (a range, not a point: an effect observed on few "
+        "seeds is noisy; a low end at or below the seeds run means only that such an effect is plausible): "
+        + "; ".join(parts)
+        + "."
+        + tail
     )
 
 
-def _robustness_sentence(comp: pd.DataFrame, alpha: float) -> str:
-    m = len(comp)
-    strict_sig = comp[comp["p_holm_table"] < alpha]
-    listed = "; ".join(f"{r.arm_title}, {r.regime_title}" for r in strict_sig.itertuples())
+def _rate(x: float | None) -> str:
+    return NA if x is None or not np.isfinite(x) else f"{100 * x:.1f} %"
+
+
+def _robustness_sentence(a: RunAnalysis) -> str:
+    comp, alpha, rates = a.comparisons, a.alpha, a.null_rates
+    m, k = len(comp), comp["arm"].nunique()
+    n = int(comp["n_nonzero"].max())
+    if a.family == "study":
+        alt = comp[comp["p_holm_regime"] < alpha]
+        listed = "; ".join(f"{r.arm_title}, {r.regime_title}" for r in alt.itertuples())
+        return (
+            f"Robustness: with Holm per regime instead (over the {k} arm(s) of each regime; study-wise "
+            f"false-positive rate {_rate(rates.get('studywise_regime'))} for this design), "
+            + (f"{len(alt)} comparison(s) would be significant: {listed}" if len(alt) else "none would be")
+            + " (p_holm_regime in comparisons.csv)."
+        )
+    sig = comp[comp["significant"]]
+    need = A.min_n_for_significance(alpha, m)
+    floor = f"; that family needs at least {need} non-zero paired differences"
+    if n < need:
+        floor += f", more than this run's {n}, so it cannot reject here"
+    if sig.empty:
+        return (
+            f"Robustness: no comparison is significant with Holm per regime, so none is with Holm across all "
+            f"{m} comparisons of the study either (p_holm_study in comparisons.csv{floor})."
+        )
+    strict = sig[sig["p_holm_study"] < alpha]
+    listed = "; ".join(f"{r.arm_title}, {r.regime_title}" for r in strict.itertuples())
     return (
-        f"Robustness: with Holm across all {m} comparisons of the table instead of per regime, "
-        f"{len(strict_sig)} of {int(comp['significant'].sum())} significant comparison(s) remain significant"
+        f"Robustness: with Holm across all {m} comparisons of the study instead of per regime, "
+        f"{len(strict)} of {len(sig)} significant comparison(s) remain significant"
         + (f": {listed}" if listed else "")
-        + " (p_holm_table in comparisons.csv; that family needs at least "
-        f"{A.min_n_for_significance(alpha, m)} seeds)."
+        + f" (p_holm_study in comparisons.csv{floor})."
     )
 
 
@@ -1012,8 +1124,12 @@ def _comparison_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         blocks.append(
             Table(
                 _comparison_display(a.comparisons, a.alpha),
-                "Means in % for fractions; \u0394 and CI in percentage points; Holm p is the headline. "
-                "Full precision in comparisons.csv.",
+                "Means in % for fractions; differences and intervals in percentage points. HL: "
+                "Hodges\u2013Lehmann estimate with its exact signed-rank CI (Walsh averages), the interval of "
+                "the headline test; t-CI: t-interval of the mean difference; neither adjusted for "
+                "multiplicity. Holm p is the headline. g_z, r_rb, P(improve): positive = arm better. Seeds for "
+                "80 % power: the headline procedure simulated across the 80 % CI of the effect (a planning "
+                "range). Full precision in comparisons.csv.",
             )
         )
     if a.pairing is not None:

@@ -73,7 +73,7 @@ def parse(path: Path) -> ReportParser:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, pd.DataFrame]:
     results = make_results(
-        n_seeds=8,
+        n_seeds=10,
         effects={"rotation": 0.0, "missing_patch": 0.01, "corruption": 0.06},
         noise_sd=0.01,
         status={("rotation", 2): "diverged", ("missing_patch", 5): "error"},
@@ -125,13 +125,16 @@ def test_csvs_match_the_analysis(full_run):
     np.testing.assert_allclose(comp["p_holm"], expected["p_holm"])
     summary = pd.read_csv(run / "summary.csv")
     assert {"regime", "arm", "metric", "n", "mean", "sd", "median", "q1", "q3"} <= set(summary.columns)
-    # Corruption's +6 pp with 1 pp noise beats the baseline on all 8 seeds, so its exact Wilcoxon p is the
-    # floor 2/2^8 = 0.0078: significant after Holm over the 3 arms of a regime (0.0078 < 0.05/3), but not
-    # over all 9 comparisons of the table (needs p < 0.05/9), which is reported as the robustness check.
+    # Corruption's +6 pp with 1 pp noise beats the baseline on all 10 seeds, so its exact Wilcoxon p is the
+    # floor 2/2^10 = 0.00098: significant after Holm over all 9 comparisons of the study (the default
+    # family; < 0.05/9) and per regime.
     corr = comp[comp["arm"] == "corruption"]
-    np.testing.assert_allclose(corr["p_wilcoxon"], 2 / 2**8)
+    np.testing.assert_allclose(corr["p_wilcoxon"], 2 / 2**10)
     assert corr["significant"].all() and not corr["underpowered"].any()
-    assert (corr["p_holm_table"] > 0.05).all()
+    assert (corr["holm_family"] == "study").all() and (corr["p_holm_regime"] < 0.05).all()
+    # The planning range and both intervals are in the CSV.
+    for col in ("hl_estimate", "hl_ci_low", "hl_ci_high", "mean_ci_low", "mean_ci_high", "seeds_80_min"):
+        assert col in comp
 
 
 def test_headlines_tables_and_sections_present(full_run):
@@ -146,7 +149,7 @@ def test_headlines_tables_and_sections_present(full_run):
     # Table 1 in paper layout: regimes as rows, arm titles as columns.
     table1 = next(t for t in p.tables if t and t[0][:2] == ["Regime", "No self-supervision"])
     assert [row[0] for row in table1[1:]] == ["no early stopping", "patience 3", "patience 10"]
-    assert any("Holm p" in h for h in headers)  # the full comparison table
+    assert any("Holm p (study)" in h for h in headers)  # the full comparison table
     assert any("Nemenyi CD" in h for h in headers)  # Friedman summary
     assert any("SSIM (mean over images)" in h for h in headers)  # Table 3
     assert any("MSE (angle/360)" in h for h in headers)  # Table 2
@@ -158,11 +161,11 @@ def test_headlines_tables_and_sections_present(full_run):
         "Learning curves",
     ):
         assert section in text
-    assert "2 of 32 trials excluded (1 diverged, 1 errored)" in text
+    assert "2 of 40 trials excluded (1 diverged, 1 errored)" in text
     assert "diverged at epoch 7" in text and "RuntimeError: out of memory" in text
     assert "2 near-duplicate pairs" in text and "abc123" in text
     assert "significant (arm better)" in text
-    assert "Robustness: with Holm across all 9 comparisons" in text and "at least 9 seeds" in text
+    assert "Robustness: with Holm per regime instead (over the 3 arm(s) of each regime; study-wise" in text
     assert p.warning_boxes >= 1 and "possible train/test leakage" in text
 
 
@@ -361,9 +364,9 @@ def test_alpha_reaches_every_sentence(tmp_path):
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=6, noise_sd=0.02), manifest={"preset": "x"})
     write_report(run, alpha=0.1, n_resamples=N_RESAMPLES)
     md = (run / "report.md").read_text()
-    assert "Seeds a paired t-test would need for 80 % power at \u03b1 = 0.1," in md
+    assert "Holm over m = 9, \u03b1 = 0.1; simulated" in md
     assert "\u03b1 = 0.05" not in md and "0.05" not in section(md, "Method")
-    assert "90 % BCa bootstrap CI" in md
+    assert "90 % signed-rank CI" in md and "Intervals (90 %" in md and "BCa" not in md
 
 
 def test_history_with_hex_node_id_still_gives_learning_curves(tmp_path):
@@ -422,7 +425,7 @@ def test_html_scrolls_tables_and_folds_the_config(full_run):
         page.count("<table>") == page.count('<div class="table-scroll" style="overflow-x:auto"><table>') > 5
     )
     details = html.unescape(page.split("<details>", 1)[1].split("</details>", 1)[0])
-    assert details.startswith("<summary>The run's config (JSON, 13 lines)</summary><pre>{")
+    assert details.startswith("<summary>The run's config (JSON, 15 lines)</summary><pre>{")
     assert '"finetune_epochs": 30' in details
     md_titles = [line[3:] for line in md_path.read_text().splitlines() if line.startswith("## ")]
     html_titles = [html.unescape(t) for t in re.findall(r"<h2>(.*?)</h2>", page)]
@@ -474,3 +477,50 @@ def test_reference_table_finds_the_best_reference_without_the_runners_summary_co
         learned.loc["missing_patch", "learned_seeds"] == "3/4"
         and not learned.loc["missing_patch", "majority_failed"]
     )
+
+
+# ----------------------------------------------------------------------------------------------- issue 14
+
+
+def test_method_names_interval_kinds_family_and_its_studywise_rate(tmp_path):
+    """Items 2 and 4: the Method paragraph says which intervals are shown, which family Holm uses and the
+    study-wise false-positive rate it implies (from the simulation); with the per-regime family the
+    robustness paragraph says when the study-wide check cannot reject, and never "0 of 0" (item 8)."""
+    from study import simulate as S
+
+    run = write_run_dir(tmp_path / "run", make_results(n_seeds=8, noise_sd=0.02))
+    write_report(run)
+    md = (run / "report.md").read_text()
+    method = section(md, "Method")
+    rates = S.null_rejection_rates(8, 3, 3)
+    assert "Hodges\u2013Lehmann estimate" in method and "exact signed-rank confidence interval" in method
+    assert "t-interval of the mean difference" in method and "BCa" not in md
+    assert "Holm-corrected across all m = 9 comparisons of the study" in method
+    assert f"{100 * rates['studywise_study']:.1f} % with this family" in method
+    assert f"{100 * rates['studywise_regime']:.1f} % with Holm per regime" in method
+    assert "With 8 seeds no comparison can be significant in this family (it needs at least 9)" in method
+    write_report(run, family="regime")
+    md = (run / "report.md").read_text()
+    assert f"{100 * rates['studywise_regime']:.1f} % with this family" in section(md, "Method")
+    head = section(md, "Headline results")
+    assert "0 of 0" not in head
+    assert "more than this run's 8, so it cannot reject here" in head
+    # Item 3: the planning range is the headline procedure's, not a paired t-test's.
+    assert "Power planning: seeds the headline procedure (two-sided exact Wilcoxon, Holm over m = 3" in head
+    assert "paired t-test would need" not in md
+    p = parse(run / "report.html")
+    comp_table = table_with(p, "seeds for 80 % power (range)")
+    assert "95 % signed-rank CI (HL)" in comp_table[0] and "95 % t-CI (mean)" in comp_table[0]
+
+
+def test_forest_plot_default_scale_follows_the_metric():
+    """Item 7: without an explicit scale, a non-fraction metric (stop epoch) is drawn in its own units."""
+    from study import plots
+
+    df = A.tidy_results(make_results(n_seeds=8))
+    comp = A.compare_to_baseline(df, metric="stop_epoch")
+    fig = plots.forest_plot(comp, "stop epoch")
+    crosses = [ln for ln in fig.axes[0].lines if ln.get_marker() == "x"]
+    np.testing.assert_allclose([ln.get_xdata()[0] for ln in crosses], comp["mean_diff"])
+    title = fig.axes[0].get_title()
+    assert "Hodges\u2013Lehmann" in title and "95 % exact signed-rank CI" in title
