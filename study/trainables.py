@@ -72,7 +72,7 @@ def load_trial_data(trial: TrialConfig):
 
 # Bump when what a pretext phase computes or stores changes (its metrics, references, examples), so that
 # cache entries written by older code are not read as current ones.
-PRETEXT_CACHE_FORMAT = 2
+PRETEXT_CACHE_FORMAT = 3
 
 
 def pretext_key(trial: TrialConfig, fingerprint: str) -> str:

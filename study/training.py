@@ -333,7 +333,7 @@ def run_pretext(
         }
     else:
         out = pred[:, 0] if task.head == "angle" else pred
-        scores = references.pretext_scores(task, np.asarray(test_y), out, fit_targets=np.asarray(val_y))
+        scores = references.pretext_scores(task, np.asarray(test_y), out)
         examples = {"inputs": np.asarray(test_x[:n], np.uint8)}
         if task.head == "angle":
             examples["angle_true_deg"] = np.asarray(test_y[:n], np.float64) * 360.0

@@ -183,17 +183,18 @@ def test_a_hair_better_than_the_constant_is_not_learned():
     assert clear["learned"] and clear["learned_p"] < 1e-6
 
 
-def test_the_constant_is_fitted_on_other_pairs_not_on_the_test_targets():
-    """Chosen on the test angles themselves, the best constant of 200 uniform angles beats 90 degrees by
-    selection alone; fitted on the validation pairs it scores what a constant really scores."""
+def test_a_model_that_collapsed_to_any_constant_is_never_learned():
+    """The reference is the best constant on the test targets, so no constant prediction beats it, however
+    the paired test's power over 200 strongly correlated per-image errors."""
     rng = np.random.default_rng(3)
-    test, val = rng.random(200), rng.random(100)
     task = pretext.get_task("rotation")
-    on_test = references.pretext_scores(task, test, rng.random(200))
-    fitted = references.pretext_scores(task, test, rng.random(200), fit_targets=val)
-    assert on_test["ref_constant_aad_circ_deg"] <= fitted["ref_constant_aad_circ_deg"]
-    assert abs(fitted["ref_constant_aad_circ_deg"] - 90) < 8
-    labels = np.array([0, 1, 2, 3] * 10)
-    probs = np.full((40, 4), 0.25)
-    r4 = references.pretext_scores(pretext.get_task("rotation4"), labels, probs, fit_targets=np.full(9, 2))
-    assert r4["ref_majority_accuracy"] == 0.25  # class 2, the validation majority, is a quarter of the test
+    for _ in range(50):
+        target = rng.random(200)
+        c = rng.random()
+        s = references.pretext_scores(task, target, np.full(200, c) + rng.normal(0, 1e-3, 200))
+        assert not s["learned"]
+        assert s["ref_constant_aad_circ_deg"] < 90  # in-sample optimum: optimistic, hence conservative
+    labels = rng.integers(0, 4, 80)
+    for k in range(4):
+        probs = np.tile(np.eye(4)[k] * 0.9 + 0.025, (80, 1))
+        assert not references.pretext_scores(pretext.get_task("rotation4"), labels, probs)["learned"]
