@@ -227,7 +227,9 @@ def region_mse(originals: Any, images: Any, mask: Any) -> np.ndarray:
     img = np.asarray(images, np.float64)
     m = np.asarray(mask, bool)
     if img.shape != orig.shape or m.shape != orig.shape[:3]:
-        raise ValueError(f"region_mse: images {img.shape} and mask {m.shape} must match originals {orig.shape}")
+        raise ValueError(
+            f"region_mse: images {img.shape} and mask {m.shape} must match originals {orig.shape}"
+        )
     counts = m.sum(axis=(1, 2))
     if np.any(counts == 0):
         raise ValueError("region_mse: every image needs at least one pixel in the mask")
@@ -236,7 +238,7 @@ def region_mse(originals: Any, images: Any, mask: Any) -> np.ndarray:
 
 
 def composite(inputs: Any, outputs: Any, mask: Any) -> np.ndarray:
-    """The inpainting composite: `outputs` inside `mask`, the visible `inputs` elsewhere; uint8 `(N, S, S, 3)`."""
+    """The inpainting composite: `outputs` inside `mask`, the visible `inputs` elsewhere; uint8 (N, S, S, 3)."""
     m = np.asarray(mask, bool)[..., None]
     return np.where(m, np.asarray(outputs), np.asarray(inputs)).astype(np.uint8)
 
@@ -274,4 +276,8 @@ def best_constant_rotation(target01: Any) -> dict[str, float]:
     grid = np.arange(3600) / 3600.0
     d = np.abs(grid[:, None] - target[None, :])
     circ = np.minimum(d, 1.0 - d).mean(axis=1)
-    return {"mse": float(target.mean()), "aad": float(np.median(target)), "aad_circ": float(grid[circ.argmin()])}
+    return {
+        "mse": float(target.mean()),
+        "aad": float(np.median(target)),
+        "aad_circ": float(grid[circ.argmin()]),
+    }

@@ -204,7 +204,7 @@ def build_encoder(
     output_stride: int | None = None,
     bn_momentum: float = DEFAULT_BN_MOMENTUM,
 ) -> keras.Model:
-    """Encoder `keras.Model`: preprocessed float32 `(N, S, S, 3)` -> features `(N, S/k, S/k, C)`, k the stride.
+    """Encoder `keras.Model`: preprocessed float32 `(N, S, S, 3)` -> features `(N, S/k, S/k, C)` (stride k).
 
     - `resnet50`: `keras.applications.ResNet50(include_top=False)`, C = 2048, k = 32; `widths`,
       `output_stride` and `bn_momentum` are not used (Keras builds it with its own BatchNorm settings).

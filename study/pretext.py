@@ -87,8 +87,8 @@ class PretextTask:
     params: tuple[str, ...]
     make_batch: Callable[..., Batch]
     validate: Callable[..., dict[str, int]]
-    # Image tasks: `region(images, rng, **params) -> bool (N, S, S)`, the pixels `make_batch` with the same rng
-    # state corrupts (scored separately: a model can copy the visible pixels and learn nothing of the rest).
+    # Image tasks: `region(images, rng, **params) -> bool (N, S, S)`, the pixels `make_batch` with the same
+    # rng state corrupts (scored on their own: a model can copy the visible pixels and learn nothing else).
     region: Callable[..., np.ndarray] | None = None
     # The metric that decides whether the pretext learned, and the learning-free references it is scored
     # against (`study.references`); None: the head's defaults (`DEFAULT_HEADLINE`, `DEFAULT_REFERENCES`).

@@ -5,36 +5,36 @@ until a constant guess scores 90 degrees, or the corrupted input itself scores 1
 `pretext_scores` computes the model's metrics and, on the very same test pairs (same corruptions), the
 references that use no learning (docs SSL.md):
 
-| reference   | for                 | what it predicts                                                      |
-|-------------|---------------------|-----------------------------------------------------------------------|
-| `constant`  | rotation (angle)    | the best constant angle on these test targets (mean, median, circular median) |
-| `chance`    | rotation4           | a uniform guess: accuracy 0.25                                        |
-| `majority`  | rotation4           | always the most frequent class of these test targets                  |
-| `identity`  | image tasks         | the corrupted input itself (hole left black; swapped patches left)   |
-| `meanfill`  | missing patch       | the hole filled with the image's mean colour outside the hole        |
-| `biharmonic`| missing patch       | `skimage.restoration.inpaint_biharmonic`, a classical inpainter (on a bounded subsample) |
+| reference   | for           | what it predicts                                                          |
+|-------------|---------------|---------------------------------------------------------------------------|
+| `constant`  | rotation      | the best constant angle on these test targets (mean / median / circular)  |
+| `chance`    | rotation4     | a uniform guess: accuracy 0.25                                            |
+| `majority`  | rotation4     | always the most frequent class of these test targets                      |
+| `identity`  | image tasks   | the corrupted input itself (hole left black; swapped patches left)        |
+| `meanfill`  | missing patch | the hole filled with the image's mean colour outside the hole             |
+| `biharmonic`| missing patch | `skimage.restoration.inpaint_biharmonic` (classical; a bounded subsample) |
 
 The verdict, `learned`, is decided by one headline metric per task (`PretextTask.headline`): rotation by the
-circular AAD in degrees, rotation4 by accuracy, missing patch by the MSE inside the hole (`region_mse`; outside
-it the input already is the answer), corruption removal by the whole-image MSE (the paper's metric; the swaps
+circular AAD in degrees, rotation4 by accuracy, missing patch by the MSE inside the hole (`region_mse`;
+outside it the input already is the answer), corruption removal by the whole-image MSE (the paper's metric; the swaps
 move ~90 % of the pixels at the paper's settings). `learned` is True when the model is better than the best
 *trivial* reference (`TRIVIAL`) on that metric, and significantly so over the test images: a one-sided paired
 Wilcoxon signed-rank test of the per-image errors (model vs reference; for rotation4, per-image correctness)
-at `LEARNED_ALPHA` (`learned_p`). A mean that beats the reference by a hair (e.g. 89.7 vs 90.0 degrees) is test
-noise, not learning. The classical inpainter is a stronger bar, reported
+at `LEARNED_ALPHA` (`learned_p`). A mean that beats the reference by a hair (e.g. 89.7 vs 90.0 degrees) is
+test noise, not learning. The classical inpainter is a stronger bar, reported
 beside it (`beats_classical`), not part of the verdict: beating it is a finding, not a precondition for having
 learned something. The constant and the majority class are the best ones on the test targets themselves: no
 constant predictor can beat them, so a model that collapsed to a constant (the usual failure) is never called
 learned. Chosen in-sample they are optimistic: the best constant of 200 uniform angles scores about 86
-degrees, not the 90 a constant fitted elsewhere scores (fitted on the validation pairs instead, a near-constant
-model beat it "significantly" on one demo seed, only because its constant sat nearer the test sample's
-circular median).
+degrees, not the 90 a constant fitted elsewhere scores (fitted on the validation pairs instead, a
+near-constant model beat it "significantly" on one demo seed, only because its constant sat nearer the test
+sample's circular median).
 
 Keys of the returned dict (all floats unless noted; they become `pretext_<key>` columns of results.csv):
 model metrics (`mse_mean`, `ssim_mean`, ..., `region_mse`, `composite_mse`, `composite_ssim`); per reference
-`ref_<name>_<metric>`; best trivial reference per metric `ref_<metric>`; `ref_name` (str, best on the headline);
-`headline` (str); `ratio` (model / best reference on the headline); `learned_p`; `learned` (bool); for missing patch
-`ref_biharmonic_region_mse`, `biharmonic_subset_region_mse` (the model on the same images),
+`ref_<name>_<metric>`; best trivial reference per metric `ref_<metric>`; `ref_name` (str, best on the
+headline); `headline` (str); `ratio` (model / best reference on the headline); `learned_p`; `learned` (bool);
+for missing patch `ref_biharmonic_region_mse`, `biharmonic_subset_region_mse` (the model on the same images),
 `biharmonic_n`, `biharmonic_seconds`, `beats_classical` (bool).
 """
 
@@ -87,7 +87,9 @@ def pretext_scores(
         scores, per_image = _rotation4_scores(labels, np.asarray(predictions, np.float64), labels)
     else:
         if inputs is None or region is None:
-            raise ValueError(f"task {task.name!r}: image tasks need the test inputs and their corrupted region")
+            raise ValueError(
+                f"task {task.name!r}: image tasks need the test inputs and their corrupted region"
+            )
         scores, per_image = _image_scores(task, targets, predictions, inputs, region, biharmonic_max)
     return {**scores, **verdict(scores, task.headline, per_image)}
 

@@ -123,10 +123,12 @@ class PretextResult:
     """Outcome of a pretext phase.
 
     `encoder_weights`: `encoder.get_weights()` after training (best validation epoch when
-    `pretext_patience` is set), `[]` when diverged. `metrics`: test-set metrics from `study.metrics`
-    (`rotation_metrics`, `rotation4_metrics` or `image_metrics`), `{}` when diverged. `history`: per epoch
+    `pretext_patience` is set), `[]` when diverged. `metrics`: test-set metrics beside their learning-free
+    references and the `learned` verdict (`study.references.pretext_scores`; floats, plus the str `headline`
+    and `ref_name` and the bools `learned`, `beats_classical`), `{}` when diverged. `history`: per epoch
     `{"epoch" (1-based), "loss", "val_loss"}`. `examples`: for image tasks, uint8 `(4, S, S, 3)` arrays
-    `inputs` (corrupted), `targets` (originals), `outputs` (reconstructions); `{}` otherwise.
+    `inputs` (corrupted), `targets` (originals), `outputs` (reconstructions); for the rotation tasks
+    `inputs` (rotated) and float `(4,)` `angle_true_deg`, `angle_pred_deg`.
     `stopped_epoch`: epoch at which early stopping ended the phase, else None.
     """
 
@@ -369,7 +371,8 @@ def _build_encoder(trial: TrialConfig, weights: str, weights_path: str | None) -
 def _model_key(trial: TrialConfig, head: str, loss: Any) -> tuple:
     """What a compiled model's traced functions depend on, apart from input shapes and the optimizer (both
     checked by `study.model_cache` itself). BatchNorm's momentum is a constant of the traced train step."""
-    arch = (tuple(trial.encoder_widths), trial.encoder_stride, trial.bn_momentum) if trial.encoder == "small" else None
+    small = trial.encoder == "small"
+    arch = (tuple(trial.encoder_widths), trial.encoder_stride, trial.bn_momentum) if small else None
     loss_name = loss if isinstance(loss, str) else f"{loss.__module__}.{loss.__qualname__}"
     return (trial.encoder, arch, trial.image_size, trial.mixed_precision, head, loss_name)
 
