@@ -238,7 +238,7 @@ def region_mse(originals: Any, images: Any, mask: Any) -> np.ndarray:
 
 
 def composite(inputs: Any, outputs: Any, mask: Any) -> np.ndarray:
-    """The inpainting composite: `outputs` inside `mask`, the visible `inputs` elsewhere; uint8 (N, S, S, 3)."""
+    """Inpainting composite: `outputs` inside `mask`, the visible `inputs` elsewhere; uint8 (N, S, S, 3)."""
     m = np.asarray(mask, bool)[..., None]
     return np.where(m, np.asarray(outputs), np.asarray(inputs)).astype(np.uint8)
 

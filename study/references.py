@@ -16,19 +16,18 @@ references that use no learning (docs SSL.md):
 
 The verdict, `learned`, is decided by one headline metric per task (`PretextTask.headline`): rotation by the
 circular AAD in degrees, rotation4 by accuracy, missing patch by the MSE inside the hole (`region_mse`;
-outside it the input already is the answer), corruption removal by the whole-image MSE (the paper's metric; the swaps
-move ~90 % of the pixels at the paper's settings). `learned` is True when the model is better than the best
-*trivial* reference (`TRIVIAL`) on that metric, and significantly so over the test images: a one-sided paired
-Wilcoxon signed-rank test of the per-image errors (model vs reference; for rotation4, per-image correctness)
-at `LEARNED_ALPHA` (`learned_p`). A mean that beats the reference by a hair (e.g. 89.7 vs 90.0 degrees) is
-test noise, not learning. The classical inpainter is a stronger bar, reported
-beside it (`beats_classical`), not part of the verdict: beating it is a finding, not a precondition for having
-learned something. The constant and the majority class are the best ones on the test targets themselves: no
-constant predictor can beat them, so a model that collapsed to a constant (the usual failure) is never called
-learned. Chosen in-sample they are optimistic: the best constant of 200 uniform angles scores about 86
-degrees, not the 90 a constant fitted elsewhere scores (fitted on the validation pairs instead, a
-near-constant model beat it "significantly" on one demo seed, only because its constant sat nearer the test
-sample's circular median).
+outside it the input already is the answer), corruption removal by the whole-image MSE (the paper's metric;
+the swaps move ~90 % of the pixels at the paper's settings). `learned` is True when the model is better than
+the best *trivial* reference (`TRIVIAL`) on that metric, and significantly so over the test images: a
+one-sided paired Wilcoxon signed-rank test of the per-image errors (model vs reference; for rotation4, per-image
+correctness) at `LEARNED_ALPHA` (`learned_p`). A mean that beats the reference by a hair (e.g. 89.7 vs 90.0
+degrees) is test noise, not learning. The classical inpainter is a stronger bar, reported beside it
+(`beats_classical`), not part of the verdict: beating it is a finding, not a precondition for having learned
+something. The constant and the majority class are the best ones on the test targets themselves: no constant
+predictor can beat them, so a model that collapsed to a constant (the usual failure) is never called learned.
+Chosen in-sample they are optimistic: the best constant of 200 uniform angles scores about 86 degrees, not the
+90 a constant fitted elsewhere scores (fitted on the validation pairs instead, a near-constant model beat it
+"significantly" on one demo seed, only because its constant sat nearer the test sample's circular median).
 
 Keys of the returned dict (all floats unless noted; they become `pretext_<key>` columns of results.csv):
 model metrics (`mse_mean`, `ssim_mean`, ..., `region_mse`, `composite_mse`, `composite_ssim`); per reference
