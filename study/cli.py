@@ -18,8 +18,22 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument(
         "--preset",
-        default=default_preset,
-        help=f"study preset (default: {default_preset}; see `study presets`)",
+        help=f"study preset (default: the study file's, else {default_preset}; see `study presets`)",
+    )
+    p.set_defaults(default_preset=default_preset)
+    p.add_argument(
+        "--config",
+        metavar="STUDY.toml",
+        help="a study file (TOML): preset, seeds, data, [trial] settings, [[arms]]; "
+        "`study presets --show demo` prints one to start from",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting after the preset and the study file, e.g. --set trial.finetune_epochs=5 "
+        "--set seeds=3 (repeatable; dotted keys reach tables)",
     )
     p.add_argument(
         "--data",
@@ -61,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
               study run                                  # the demo study on synthetic lesions (~2-3 min, 2 CPUs)
               study run --preset smoke                   # tiny end-to-end check
               study run --data ../shared/data/isic9_binary --seeds 8
+              study run --config my-study.toml --set trial.finetune_epochs=5
+              study presets --show demo > my-study.toml  # a preset as a study file to edit
               study resume runs/demo-20260101-120000     # continue an interrupted run
               study report runs/demo-20260101-120000     # re-write report.md / report.html
               study search --samples 20                  # Optuna search on validation AUC
@@ -106,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--asha", action="store_true", help="stop weak trials early with ASHA (on validation AUC)"
     )
 
-    sub.add_parser(
+    presets = sub.add_parser(
         "presets",
         help="list presets with launch commands and runtimes",
         formatter_class=_formatter,
-        epilog="example:\n  study presets\n",
+        epilog="examples:\n  study presets\n  study presets --show demo > my-study.toml\n",
     )
+    presets.add_argument("--show", metavar="NAME", help="print preset NAME as a study file to copy and edit")
 
     report = sub.add_parser(
         "report",
@@ -156,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, search: bool = False) -> int:
-    from study import runner
+    from study import runner, studyfile
+
+    name = args.preset or (None if args.config else args.default_preset)
+    preset = studyfile.resolve(name, args.config, args.set)
 
     overrides = dict(
         data=args.data,
@@ -169,7 +189,7 @@ def _run(args: argparse.Namespace, search: bool = False) -> int:
         overrides["samples"] = args.samples
         overrides["asha"] = args.asha or None
     run_dir = runner.run_study(
-        args.preset,
+        preset,
         storage=args.storage,
         name=args.name,
         address=args.address,
@@ -194,9 +214,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"Results: {run_dir / 'results.csv'}")
         return 0
     if args.command == "presets":
-        from study.search_spaces import describe_presets
+        from study.search_spaces import describe_presets, get_preset
 
-        print(describe_presets())
+        if args.show:
+            from study.studyfile import to_toml
+
+            print(to_toml(get_preset(args.show), shipped=args.show), end="")
+        else:
+            print(describe_presets())
         return 0
     if args.command == "report":
         from study import runner

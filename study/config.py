@@ -181,6 +181,14 @@ def validate_trial(trial: TrialConfig) -> None:
         bad(f"label_fraction: must be in (0, 1] (got {trial.label_fraction})")
     if any(w < 1 for w in trial.encoder_widths) or len(trial.encoder_widths) != 4:
         bad(f"encoder_widths: need 4 positive stage widths (got {list(trial.encoder_widths)})")
+    # A task parameter the task does not use would be silently dropped: most likely a mix-up.
+    used = () if trial.task == "none" else pretext.get_task(trial.task).params
+    ignored = [k for k in pretext.PARAM_NAMES if k not in used and getattr(trial, k) is not None]
+    if ignored:
+        bad(
+            f"{ignored[0]}: task {trial.task!r} does not use parameter(s) {ignored}; "
+            f"it takes {list(used) or 'no parameters'}"
+        )
     if trial.task != "none":
         task = pretext.get_task(trial.task)
         params = resolved_task_params(trial)

@@ -1,0 +1,300 @@
+"""Study files and `--set` overrides: a whole study declared in TOML, without editing code.
+
+Resolution order (one way, one place): a shipped preset (the file's `preset = "NAME"`, or `--preset`), then
+the file's keys, then each `--set key=value` (dotted keys reach tables: `trial.finetune_epochs=5`), then the
+dedicated flags (`--seeds`, `--data`, ...; applied by `runner.apply_overrides`). The result is one immutable
+`StudyPreset`, validated by `runner.validate_preset` before Ray starts; the runner records it in `study.json`
+and `study resume` uses that record, never the file again.
+
+Format (`study presets --show demo` prints every shipped preset in it):
+
+    preset = "demo"                 # optional: start from a shipped preset; what follows overrides it
+    name = "my-study"               # run names start with it (default: the file's name)
+    seeds = 8                       # a count (0..N-1) or a list of seeds
+    data = "../shared/data/isic9_binary"   # a dataset folder (same as [trial] data_path)
+    cpus_per_trial = 1              # also gpus_per_trial, max_concurrent_trials, max_failures
+    [trial]                         # any TrialConfig field (`study.config.TrialConfig`)
+    image_size = 64
+    finetune_epochs = 30
+    [[arms]]                        # the arms compared: a task and that task's parameters
+    task = "none"
+    [[arms]]
+    task = "corruption"
+    swap_count = 50
+
+Unknown keys, wrong types and values the study cannot run with are `ConfigError`s naming the key, the file and
+line where it can be found, and the accepted values; a task parameter on an arm whose task does not use it is
+an error (not silently dropped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from study.config import ConfigError, TrialConfig, validate_trial
+from study.search_spaces import SearchSettings, StudyPreset, get_preset
+
+# Top-level keys that map one-to-one onto StudyPreset fields.
+STUDY_KEYS = ("name", "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "max_failures")
+ARM_KEYS = ("task", "patch_size", "swap_count", "swap_patch_size")
+# Flags of a preset that describe it rather than configure it: kept from the preset, never written.
+_DESCRIPTIVE = ("needs_gpu", "needs_data", "runtime_note")
+
+
+class _Source:
+    """Where a value came from, for error messages: a file (with its text, to find lines) or `--set`."""
+
+    def __init__(self, label: str, text: str = "") -> None:
+        self.label, self.text = label, text
+
+    def where(self, key: str) -> str:
+        leaf = re.escape(key.rsplit(".", 1)[-1])
+        for number, line in enumerate(self.text.splitlines(), start=1):
+            if re.match(rf"\s*(\"?){leaf}\1\s*=", line):
+                return f"{self.label}:{number}: {key}"
+        return f"{self.label}: {key}"
+
+
+def load_file(path: str | Path) -> tuple[dict[str, Any], _Source]:
+    """The parsed TOML of a study file, or `ConfigError` naming the file (and line) and the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: {p} is not a file; give a study file such as examples/demo.toml")
+    text = p.read_text(encoding="utf-8")
+    try:
+        return tomllib.loads(text), _Source(str(p), text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+
+
+def parse_set(expr: str) -> tuple[list[str], Any]:
+    """`"trial.finetune_epochs=5"` -> (["trial", "finetune_epochs"], 5). The value is read as a TOML value
+    (numbers, booleans, quoted strings, [lists]); anything else is taken as a bare string."""
+    key, sep, raw = expr.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(
+            f"--set {expr!r}: expected KEY=VALUE with a dotted key, e.g. --set trial.finetune_epochs=5"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def resolve(
+    preset: str | None = None, config: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()
+) -> StudyPreset:
+    """The study from a preset name and/or a study file, with `--set` overrides applied in order.
+
+    `preset`: a shipped preset's name (None: the file's `preset`, else "demo" when no file is given).
+    Validation of the whole study (arms, images sizes, task parameters) is `runner.validate_preset`'s.
+    """
+    study: dict[str, Any] = {}
+    source = _Source("--set")
+    if config is not None:
+        study, source = load_file(config)
+        named = study.get("preset")
+        if preset is not None and named is not None and named != preset:
+            raise ConfigError(
+                f"{source.where('preset')}: the file starts from preset {named!r} but --preset says "
+                f"{preset!r}; give the preset in one place"
+            )
+        preset = preset or named
+    base = get_preset(preset) if preset is not None else (None if config is not None else get_preset("demo"))
+    if base is None:  # a file that names no preset: every setting not given takes the TrialConfig default
+        base = StudyPreset(name=Path(config).stem, base=TrialConfig(), arms=(), seeds=())
+    elif config is not None:
+        base = base.replace(name=Path(config).stem)
+    result = apply_dict(base, study, source)
+    for expr in sets:
+        path, value = parse_set(expr)
+        nested: dict[str, Any] = value
+        for part in reversed(path):
+            nested = {part: nested}
+        result = apply_dict(result, nested, _Source("--set"))
+    _check_arms(result, source)
+    return result
+
+
+def _check_arms(preset: StudyPreset, source: _Source) -> None:
+    """The trial settings, then each arm on them, validated; errors name the setting or arm and the file."""
+    try:
+        validate_trial(preset.base.replace(task="none", seed=0))
+    except ConfigError as exc:
+        field, _, rest = str(exc).partition(": ")
+        if field.isidentifier() and source.text:
+            raise ConfigError(f"{source.where('trial.' + field)}: {rest}") from None
+        raise
+    for i, arm in enumerate(preset.arms, start=1):
+        try:
+            validate_trial(preset.base.replace(**arm, seed=0))
+        except ConfigError as exc:
+            where = source.label if source.text else "the study"
+            raise ConfigError(f"{where}: arm {i} (task {arm.get('task')!r}): {exc}") from None
+
+
+def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> StudyPreset:
+    """`preset` with the keys of one study-file dict applied (see the module docstring for the keys)."""
+    known = {"preset", "seeds", "data", "trial", "arms", "search", "label_fractions", *STUDY_KEYS}
+    for key in d:
+        if key not in known:
+            raise ConfigError(
+                f"{source.where(key)}: unknown key; known top-level keys: {', '.join(sorted(known))} "
+                "(trial settings go under [trial])"
+            )
+    changes: dict[str, Any] = {}
+    base = preset.base
+    if "trial" in d:
+        base = _apply_trial(base, _table(d["trial"], "trial", source), source)
+    if "data" in d:
+        base = base.replace(data_path=str(Path(_typed(d["data"], "str", "data", source)).expanduser()))
+    if "label_fractions" in d:
+        raise ConfigError(
+            f"{source.where('label_fractions')}: a grid of label fractions is not available yet; "
+            "set one fraction with [trial] label_fraction = F"
+        )
+    for key in STUDY_KEYS:
+        if key in d:
+            ann = next(f.type for f in dataclasses.fields(StudyPreset) if f.name == key)
+            changes[key] = _typed(d[key], ann, key, source)
+    if "seeds" in d:
+        changes["seeds"] = _seeds(d["seeds"], source)
+    if "arms" in d:
+        changes["arms"] = _arms(d["arms"], source)
+    if "search" in d:
+        table = _table(d["search"], "search", source)
+        current = preset.search or SearchSettings()
+        changes["search"] = _apply_dataclass(current, table, "search", source)
+    return preset.replace(base=base, **changes)
+
+
+def _apply_trial(base: TrialConfig, table: dict[str, Any], source: _Source) -> TrialConfig:
+    for key in ARM_KEYS:
+        if key in table:
+            raise ConfigError(
+                f"{source.where('trial.' + key)}: {key} belongs to an arm "
+                f"([[arms]] task = ..., {key} = ...), since each arm has its own task"
+            )
+    if "seed" in table:
+        raise ConfigError(f"{source.where('trial.seed')}: seeds are a study setting: use top-level seeds = N")
+    return _apply_dataclass(base, table, "trial", source)
+
+
+def _apply_dataclass(obj: Any, table: dict[str, Any], prefix: str, source: _Source) -> Any:
+    fields = {f.name: f.type for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{source.where(prefix + '.' + key)}: unknown {prefix} setting; "
+                f"known: {', '.join(sorted(fields))}"
+            )
+        changes[key] = _typed(value, fields[key], f"{prefix}.{key}", source)
+    return dataclasses.replace(obj, **changes)
+
+
+def _seeds(value: Any, source: _Source) -> tuple[int, ...]:
+    at = source.where("seeds")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(value):
+        if value < 1:
+            raise ConfigError(f"{at}: need at least 1 seed (got {value}); paired tests need >= 7")
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(is_int(v) for v in value):
+        if len(set(value)) != len(value) or min(value) < 0:
+            raise ConfigError(f"{at}: seeds must be distinct non-negative integers (got {value})")
+        return tuple(value)
+    raise ConfigError(f"{at}: give a count (seeds = 8) or a list (seeds = [0, 1, 2]); got {value!r}")
+
+
+def _arms(value: Any, source: _Source) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(a, dict) for a in value):
+        raise ConfigError(f'{source.where("arms")}: give the arms as [[arms]] tables, each with task = "..."')
+    arms = []
+    for i, arm in enumerate(value, start=1):
+        unknown = sorted(set(arm) - set(ARM_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{source.where(unknown[0])}: arm {i} has unknown key(s) {unknown}; an arm holds "
+                f"{', '.join(ARM_KEYS)} (other settings go under [trial])"
+            )
+        if "task" not in arm:
+            raise ConfigError(f'{source.label}: arm {i} has no task; add task = "none" or a pretext task')
+        typed = {"task": _typed(arm["task"], "str", "task", source)}
+        typed.update({k: _typed(v, "int", k, source) for k, v in arm.items() if k != "task"})
+        arms.append(typed)
+    return tuple(arms)
+
+
+def _table(value: Any, key: str, source: _Source) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source.where(key)}: must be a table ([{key}] with key = value lines)")
+    return value
+
+
+def _typed(value: Any, annotation: str, key: str, source: _Source) -> Any:
+    """`value` converted to the field type named by `annotation` (a dataclass annotation string)."""
+    ann = annotation.replace(" | None", "").replace("None | ", "").strip()
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if ann == "int" and is_int:
+        return value
+    if ann == "float" and (is_int or isinstance(value, float)):
+        return float(value)
+    if ann == "bool" and isinstance(value, bool):
+        return value
+    if ann == "str" and isinstance(value, str):
+        return value
+    m = re.fullmatch(r"tuple\[(\w+), \.\.\.\]|tuple\[(\w+), (\w+)\]", ann)
+    if m and isinstance(value, list):
+        inner = [m.group(1)] * len(value) if m.group(1) else [m.group(2), m.group(3)]
+        if len(inner) == len(value):
+            return tuple(_typed(v, t, key, source) for v, t in zip(value, inner))
+    wanted = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a quoted string"}
+    raise ConfigError(
+        f"{source.where(key)}: expected {wanted.get(ann, ann.replace('tuple', 'a list'))}, got {value!r}"
+    )
+
+
+# ------------------------------------------------------------------------------------------- writing
+def to_toml(preset: StudyPreset, shipped: str | None = None) -> str:
+    """`preset` as a study file with every value spelled out, such that `resolve(config=that file)` gives
+    back the same study. `shipped`: the shipped preset it starts from (`preset = ...` line), which keeps the
+    preset's own checks (`needs_gpu`, `needs_data`). None values are left out (TOML has no null)."""
+    lines = [f"# study {preset.name!r}: copy, edit, then `study run --config FILE`"]
+    if shipped is not None:
+        lines.append(f"preset = {_value(shipped)}")
+    lines.append(f"name = {_value(preset.name)}")
+    lines.append(f"seeds = {_value(list(preset.seeds))}")
+    for key in STUDY_KEYS[1:]:
+        value = getattr(preset, key)
+        if value is not None:
+            lines.append(f"{key} = {_value(value)}")
+    lines += ["", "[trial]"]
+    for key, value in preset.base.to_dict().items():
+        if value is not None and key not in ("task", "seed", *ARM_KEYS[1:]):
+            lines.append(f"{key} = {_value(value)}")
+    if preset.search is not None:
+        lines += ["", "[search]"]
+        lines += [f"{k} = {_value(v)}" for k, v in dataclasses.asdict(preset.search).items()]
+    for arm in preset.arms:
+        lines += ["", "[[arms]]"] + [f"{k} = {_value(v)}" for k, v in arm.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return repr(v)
