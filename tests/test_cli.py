@@ -133,4 +133,6 @@ def test_driver_modules_do_not_import_tensorflow():
 
 def test_parser_defaults_run_the_demo():
     args = build_parser().parse_args(["run"])
-    assert args.preset == "demo" and args.storage == "runs" and args.address is None
+    # no --preset and no --config: the demo (a study file's own preset wins when --config is given)
+    assert args.preset is None and args.config is None and args.default_preset == "demo"
+    assert args.storage == "runs" and args.address is None and args.set == []
