@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Repeated-seed studies of self-supervised pre-training for melanoma classification.",
         epilog=dedent("""\
             examples:
-              study run                                  # the demo study on synthetic lesions (~2-3 min, 2 CPUs)
+              study run                                  # the demo study on synthetic lesions (~4-5 min, 2 CPUs)
               study run --preset smoke                   # tiny end-to-end check
               study run --data ../shared/data/isic9_binary --seeds 8
               study run --config my-study.toml --set trial.finetune_epochs=5
