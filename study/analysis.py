@@ -56,6 +56,9 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
+from study import pretext as _pretext
+from study import references as _references
+
 BASELINE = "baseline"
 STATUSES = ("ok", "diverged", "error")
 TASK_ORDER = ("none", "rotation", "rotation4", "missing_patch", "corruption")
@@ -1497,15 +1500,11 @@ REFERENCE_TITLES = {
     "meanfill": "a mean-colour fill",
     "biharmonic": "a biharmonic inpainter",
 }
-# "Did the pretext learn" is judged against these; the classical inpainter is a stronger bar, shown beside.
-TRIVIAL_REFERENCES = ("constant", "chance", "majority", "identity", "meanfill")
-# The headline metric per task, for tables written before the runner recorded pretext_headline.
-PRETEXT_HEADLINES = {
-    "rotation": "aad_circ_deg",
-    "rotation4": "accuracy",
-    "missing_patch": "region_mse",
-    "corruption": "mse_mean",
-}
+# "Did the pretext learn" is judged against these (one list, the verdict's own); the classical inpainter is a
+# stronger bar, shown beside.
+TRIVIAL_REFERENCES = _references.TRIVIAL
+# The headline metric per task (the registry's), for tables written before the runner recorded pretext_headline.
+PRETEXT_HEADLINES = {name: task.headline for name, task in _pretext.TASKS.items()}
 # (model metric, reference metric) set side by side per task. Composites keep the visible pixels, as the
 # identity and mean-fill references do, so they are compared on the same whole-image metrics.
 PRETEXT_REFERENCE_PAIRS = {
