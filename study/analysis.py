@@ -1122,8 +1122,6 @@ def compare_to_baseline(
     df: pd.DataFrame,
     metric: str = "test_auc",
     alpha: float = 0.05,
-    n_resamples: int | None = None,
-    seed: int = 0,
     family: Literal["study", "regime", "table"] = "study",
 ) -> pd.DataFrame:
     """Each SSL arm vs the baseline within each regime, paired by seed. One row per (regime, arm).
@@ -1148,10 +1146,8 @@ def compare_to_baseline(
     one sign convention, positive = arm better (also for lower-is-better metrics): ``hedges_gz``,
     ``rank_biserial``, ``prob_improvement`` (ties half); ``min_n_for_significance`` (exact Wilcoxon floor
     vs alpha/family_size), ``underpowered`` when ``n_nonzero`` is below it, with ``warning``;
-    ``significant`` = ``p_holm < alpha``; ``headline``. ``n_resamples`` is ignored (the bootstrap interval
-    is no longer reported) and kept for callers; ``seed`` likewise (nothing here is random).
+    ``significant`` = ``p_holm < alpha``; ``headline``. Nothing here is random (no bootstrap).
     """
-    del n_resamples, seed
     family = _family(family)
     if not 0 < alpha < 1:
         raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")

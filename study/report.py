@@ -610,8 +610,6 @@ class RunAnalysis:
     metric: str  # results-table column of the primary metric, e.g. "test_auc"
     alpha: float
     family: Literal["study", "regime"]
-    n_resamples: int
-    seed: int
     df: pd.DataFrame  # load_run: every trial x regime, excluded trials included
     excluded: pd.DataFrame  # split_valid's excluded rows, with reasons
     summary: pd.DataFrame  # summarise
@@ -643,8 +641,6 @@ def analyse_run(
     metric: str = "test_auc",
     *,
     alpha: float = 0.05,
-    n_resamples: int = 9999,
-    seed: int = 0,
     family: Literal["study", "regime", "table"] = "study",
     strict: bool = False,
 ) -> RunAnalysis:
@@ -666,7 +662,7 @@ def analyse_run(
             raise
         pairing_error = str(e)
     comp = (
-        A.compare_to_baseline(df, metric, alpha=alpha, n_resamples=n_resamples, seed=seed, family=family)
+        A.compare_to_baseline(df, metric, alpha=alpha, family=family)
         if pairing is not None
         else pd.DataFrame(columns=A.COMPARISON_COLUMNS)
     )
@@ -693,8 +689,6 @@ def analyse_run(
         metric=metric,
         alpha=alpha,
         family=A._family(family),
-        n_resamples=n_resamples,
-        seed=seed,
         df=df,
         excluded=excluded,
         summary=A.summarise(df),
@@ -754,8 +748,6 @@ def write_report(
     metric: str = "test_auc",
     *,
     alpha: float = 0.05,
-    n_resamples: int = 9999,
-    seed: int = 0,
     family: Literal["study", "regime", "table"] = "study",
     strict: bool = False,
 ) -> tuple[Path, Path]:
@@ -767,13 +759,10 @@ def write_report(
     the multiple-comparison family stays the one stated). ``family``: the Holm family of the headline p,
     ``"study"`` (default: every comparison, study-wise false-positive rate <= alpha) or ``"regime"``
     (``analysis.compare_to_baseline``); the report states the study-wise rate either implies.
-    ``n_resamples`` and ``seed`` are accepted for callers and unused (no bootstrap interval is reported). A table that is not paired by seed is reported as
-    a warning with descriptive tables only, unless ``strict`` (then ``PairingError`` is raised).
+    A table that is not paired by seed is reported as a warning with descriptive tables only, unless ``strict`` (then ``PairingError`` is raised).
     Returns ``(md_path, html_path)``.
     """
-    a = analyse_run(
-        run_dir, metric, alpha=alpha, n_resamples=n_resamples, seed=seed, family=family, strict=strict
-    )
+    a = analyse_run(run_dir, metric, alpha=alpha, family=family, strict=strict)
     write_tables(a)
     fig_dir = a.run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)

@@ -41,8 +41,6 @@ from study.search_spaces import SearchSettings, StudyPreset, get_preset
 # Top-level keys that map one-to-one onto StudyPreset fields.
 STUDY_KEYS = ("name", "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "max_failures")
 ARM_KEYS = ("task", "patch_size", "swap_count", "swap_patch_size")
-# Flags of a preset that describe it rather than configure it: kept from the preset, never written.
-_DESCRIPTIVE = ("needs_gpu", "needs_data", "runtime_note")
 
 
 class _Source:
@@ -63,7 +61,7 @@ def load_file(path: str | Path) -> tuple[dict[str, Any], _Source]:
     """The parsed TOML of a study file, or `ConfigError` naming the file (and line) and the problem."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config: {p} is not a file; give a study file such as examples/demo.toml")
+        raise ConfigError(f"--config: {p} is not a file; give a study file such as examples/corruption-sweep.toml")
     text = p.read_text(encoding="utf-8")
     try:
         return tomllib.loads(text), _Source(str(p), text)

@@ -105,7 +105,7 @@ def test_diverged_trials_are_excluded_counted_and_dropped_pairwise():
     assert set(excluded["reason"]) == {"diverged at epoch 7", "error: RuntimeError: out of memory"}
     summary = A.exclusion_summary(excluded)
     assert summary.set_index("arm")["n_trials"].to_dict() == {"baseline": 1, "rotation": 1}
-    comp = A.compare_to_baseline(df, n_resamples=999).set_index(["regime", "arm"])
+    comp = A.compare_to_baseline(df).set_index(["regime", "arm"])
     assert (
         comp.loc[("none", "rotation"), "n"] == 8 and comp.loc[("none", "rotation"), "dropped_seeds"] == "3, 5"
     )
@@ -166,7 +166,7 @@ def test_min_n_known_values_and_bad_input():
 
 
 def test_one_seed_and_baseline_only_do_not_crash():
-    comp = A.compare_to_baseline(tidy(n_seeds=1), n_resamples=99)
+    comp = A.compare_to_baseline(tidy(n_seeds=1))
     assert (comp["n"] == 1).all() and comp["p_wilcoxon"].notna().all()
     assert comp[["hl_ci_low", "mean_ci_low", "p_ttest", "hedges_gz"]].isna().all().all()
     assert comp["underpowered"].all()
@@ -241,7 +241,8 @@ def test_degenerate_differences_fall_back_and_say_so():
 
 def test_comparison_is_reproducible():
     df = tidy(n_seeds=8, effects={"rotation": 0.02})
-    pd.testing.assert_frame_equal(A.compare_to_baseline(df, seed=3), A.compare_to_baseline(df, seed=4))
+    # nothing in the comparison is random: two calls give the same frame
+    pd.testing.assert_frame_equal(A.compare_to_baseline(df), A.compare_to_baseline(df))
 
 
 # ----------------------------------------------------------------------------------------------- Friedman
@@ -406,7 +407,7 @@ def test_runner_extras_and_a_parameterised_baseline_name_are_accepted(tmp_path):
     df = A.load_run(tmp_path)
     assert df["pretext_key"].iloc[0] == "k0000"
     assert A.arm_title("baseline(lr=0.001)") == "No self-supervision (lr=0.001)"
-    comp = A.compare_to_baseline(df, n_resamples=99)
+    comp = A.compare_to_baseline(df)
     assert list(comp["arm"].unique()) == ["rotation(lr=0.001)"]
 
 

@@ -18,7 +18,6 @@ from study import analysis as A
 from study.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-N_RESAMPLES = 499  # keeps each report under a second or two; the statistics are tested in test_analysis
 
 
 class ReportParser(HTMLParser):
@@ -85,7 +84,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
         manifest=make_manifest(results),
         example_tasks=("missing_patch", "corruption"),
     )
-    md, html_path = write_report(run, n_resamples=N_RESAMPLES)
+    md, html_path = write_report(run)
     return run, md, html_path, results
 
 
@@ -121,7 +120,7 @@ def test_csvs_match_the_analysis(full_run):
     run, _, _, results = full_run
     comp = pd.read_csv(run / "comparisons.csv")
     assert len(comp) == 9 and set(comp["arm"]) == {"rotation", "missing_patch", "corruption"}
-    expected = A.compare_to_baseline(A.tidy_results(results), n_resamples=N_RESAMPLES)
+    expected = A.compare_to_baseline(A.tidy_results(results))
     np.testing.assert_allclose(comp["p_holm"], expected["p_holm"])
     summary = pd.read_csv(run / "summary.csv")
     assert {"regime", "arm", "metric", "n", "mean", "sd", "median", "q1", "q3"} <= set(summary.columns)
@@ -177,7 +176,7 @@ def test_minimal_run_renders_na_instead_of_crashing(tmp_path):
     ]:
         results[c] = np.nan
     run = write_run_dir(tmp_path / "run", results)
-    md, html_path = write_report(run, n_resamples=N_RESAMPLES)
+    md, html_path = write_report(run)
     text = parse(html_path).full_text
     assert "only the baseline arm was run" in text
     assert "history.csv not found" in text and "manifest.json not found" in text
@@ -189,7 +188,7 @@ def test_minimal_run_renders_na_instead_of_crashing(tmp_path):
 
 def test_one_seed_with_arms_is_underpowered_not_crashing(tmp_path):
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=1), manifest={"preset": "tiny"})
-    _, html_path = write_report(run, n_resamples=N_RESAMPLES)
+    _, html_path = write_report(run)
     p = parse(html_path)
     assert p.warning_boxes >= 1 and "n = 1 seed" in p.full_text
     assert all(src.startswith("data:image/png;base64,") for src in p.images)
@@ -200,7 +199,7 @@ def test_unpaired_table_is_reported_not_raised(tmp_path):
     results = make_results(n_seeds=4)
     results = results[~((results["arm"] == "rotation") & (results["seed"] == 3))]
     run = write_run_dir(tmp_path / "run", results)
-    _, html_path = write_report(run, n_resamples=N_RESAMPLES)
+    _, html_path = write_report(run)
     text = parse(html_path).full_text
     assert "not paired by seed" in text and "rotation" in text and "seed(s) 3" in text
     with pytest.raises(A.PairingError):
@@ -220,7 +219,7 @@ def test_manifest_with_odd_values_and_bad_examples(tmp_path):
     run = write_run_dir(tmp_path / "run", results, manifest=manifest)
     (run / "examples").mkdir()
     (run / "examples" / "corruption_seed0.npz").write_bytes(b"not an npz")
-    _, html_path = write_report(run, metric="auc", n_resamples=N_RESAMPLES)
+    _, html_path = write_report(run, metric="auc")
     text = parse(html_path).full_text
     assert "test set has one class" in text and "Data check passed: NO" in text
     assert "not a valid example file" in text
@@ -260,7 +259,7 @@ def ref_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
         manifest=make_manifest(results),
         example_tasks=("missing_patch", "corruption"),
     )
-    write_report(run, n_resamples=N_RESAMPLES)
+    write_report(run)
     return run, results
 
 
@@ -354,7 +353,7 @@ def test_report_without_reference_or_probe_columns_makes_no_claim(full_run):
 
 def test_method_describes_only_the_tests_that_ran(tmp_path):
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=3, effects={}))
-    write_report(run, n_resamples=N_RESAMPLES)
+    write_report(run)
     method = section((run / "report.md").read_text(), "Method")
     assert "No paired comparison was computed (only the baseline arm was run)" in method
     assert "Wilcoxon" not in method and "Friedman" not in method and "probe" not in method
@@ -362,7 +361,7 @@ def test_method_describes_only_the_tests_that_ran(tmp_path):
 
 def test_alpha_reaches_every_sentence(tmp_path):
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=6, noise_sd=0.02), manifest={"preset": "x"})
-    write_report(run, alpha=0.1, n_resamples=N_RESAMPLES)
+    write_report(run, alpha=0.1)
     md = (run / "report.md").read_text()
     assert "Holm over m = 9, \u03b1 = 0.1; simulated" in md
     assert "\u03b1 = 0.05" not in md and "0.05" not in section(md, "Method")
@@ -379,7 +378,7 @@ def test_history_with_hex_node_id_still_gives_learning_curves(tmp_path):
     loaded = A.load_history(run)
     assert loaded["node_id"].tolist()[:2] == ["12e4", history["node_id"].iloc[1]]
     assert loaded["pid"].dtype == float and loaded["val_auc"].dtype == float
-    write_report(run, n_resamples=N_RESAMPLES)
+    write_report(run)
     md = (run / "report.md").read_text()
     assert "must be numeric" not in md and "n/a" not in section(md, "Learning curves")
     assert (run / "figures" / "learning_curves.png").is_file()
@@ -398,7 +397,7 @@ def test_rotation_examples_show_angles_and_never_a_note(tmp_path):
     run = write_run_dir(tmp_path / "run", results, example_tasks=("corruption",))
     np.savez(run / "examples" / "rotation_seed0.npz")  # what the runner writes for a task without examples
     np.savez(run / "examples" / "missing_patch_seed0.npz")  # a diverged pretext's empty file
-    write_report(run, n_resamples=N_RESAMPLES)
+    write_report(run)
     md = (run / "report.md").read_text()
     assert "Note:" not in md and "could not be shown" not in md
     assert not (run / "figures" / "examples_rotation.png").exists()
@@ -410,7 +409,7 @@ def test_rotation_examples_show_angles_and_never_a_note(tmp_path):
         angle_true_deg=np.array([10.0, 200.0, 90.0]),
         angle_pred_deg=np.array([80.0, 190.0, 95.0]),
     )
-    write_report(run, n_resamples=N_RESAMPLES)
+    write_report(run)
     md = (run / "report.md").read_text()
     assert "Note:" not in md
     assert "figures/examples_rotation.png" in md and (run / "figures" / "examples_rotation.png").is_file()
@@ -444,8 +443,8 @@ def test_forest_plot_keeps_raw_units_for_non_fraction_metrics(tmp_path, monkeypa
 
     monkeypatch.setattr(plots, "forest_plot", spy)
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=4))
-    write_report(run, metric="stop_epoch", n_resamples=N_RESAMPLES)
-    write_report(run, metric="auc", n_resamples=N_RESAMPLES)
+    write_report(run, metric="stop_epoch")
+    write_report(run, metric="auc")
     assert scales == [1.0, 100.0]
 
 
