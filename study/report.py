@@ -956,7 +956,7 @@ def _headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
                     "warning",
                     f"too few seeds: {len(under)} of {len(comp)} comparison(s) cannot reach significance "
                     f"whatever the data; at least {need} non-zero paired differences are needed",
-                    list(dict.fromkeys(under["warning"])),
+                    _grouped_warnings(under, len(comp)),
                 )
             )
         blocks.append(Para(_power_sentence(comp, alpha)))
@@ -1017,6 +1017,23 @@ def _not_learned_sentence(r: Any) -> str:
 
 
 PLANNING_EFFECTS = (0.8, 1.0, 1.5, 2.0)
+
+
+def _grouped_warnings(under: pd.DataFrame, n_comparisons: int) -> list[str]:
+    """One line per distinct reason: comparisons with the same seeds share one explanation (`warning` is
+    "<arm> vs baseline, <regime>: <reason>")."""
+    groups: dict[str, list[str]] = {}
+    for text in under["warning"]:
+        who, _, why = str(text).partition(": ")
+        groups.setdefault(why or who, []).append(who)
+    lines = []
+    for why, who in groups.items():
+        if len(who) == 1:
+            lines.append(f"{who[0]}: {why}")
+        else:
+            label = f"all {len(who)} comparisons" if len(who) == n_comparisons else "; ".join(who)
+            lines.append(f"{label[0].upper()}{label[1:]}: {why}")
+    return lines
 
 
 def _power_sentence(comp: pd.DataFrame, alpha: float) -> str:

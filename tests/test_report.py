@@ -523,3 +523,24 @@ def test_forest_plot_default_scale_follows_the_metric():
     np.testing.assert_allclose([ln.get_xdata()[0] for ln in crosses], comp["mean_diff"])
     title = fig.axes[0].get_title()
     assert "Hodges\u2013Lehmann" in title and "95 % exact signed-rank CI" in title
+
+
+def test_underpowered_warnings_with_one_reason_are_one_line():
+    from study.report import _grouped_warnings
+
+    under = pd.DataFrame(
+        {
+            "warning": [
+                "Rotation vs baseline, patience 3: 2 paired seeds. Cannot be significant.",
+                "Missing patch vs baseline, patience 3: 2 paired seeds. Cannot be significant.",
+                "Corruption vs baseline, patience 3: 5 paired seeds. Cannot be significant.",
+            ]
+        }
+    )
+    lines = _grouped_warnings(under, 3)
+    assert lines == [
+        "Rotation vs baseline, patience 3; Missing patch vs baseline, patience 3: 2 paired seeds. "
+        "Cannot be significant.",
+        "Corruption vs baseline, patience 3: 5 paired seeds. Cannot be significant.",
+    ]
+    assert _grouped_warnings(under.iloc[:2], 2) == ["All 2 comparisons: 2 paired seeds. Cannot be significant."]
