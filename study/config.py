@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ENCODERS = ("small", "resnet50")
+#: Output strides each encoder can be built with (`models.build_encoder`); ResNet50's is fixed by Keras.
+ENCODER_STRIDES = {"small": (8, 16, 32), "resnet50": (32,)}
 WEIGHTS = ("random", "imagenet")
 
 
@@ -127,13 +129,12 @@ def validate_trial(trial: TrialConfig) -> None:
         bad(
             "weights: 'imagenet' exists only for encoder 'resnet50'; use weights='random' for the small encoder"
         )
-    if trial.encoder == "resnet50" and trial.encoder_stride != 32:
+    if trial.encoder_stride not in ENCODER_STRIDES[trial.encoder]:
+        fixed = "; ResNet50's is fixed, as in the paper (or use encoder='small')"
         bad(
-            f"encoder_stride: ResNet50's output stride is fixed at 32 (got {trial.encoder_stride}); "
-            "set encoder_stride=32 or use encoder='small'"
+            f"encoder_stride: {trial.encoder} is built with stride {list(ENCODER_STRIDES[trial.encoder])} "
+            f"(got {trial.encoder_stride!r}){fixed if trial.encoder == 'resnet50' else ''}"
         )
-    if trial.encoder_stride not in (8, 16, 32):
-        bad(f"encoder_stride: must be 8, 16 or 32 (got {trial.encoder_stride!r})")
     stride = trial.encoder_stride
     if trial.image_size < max(32, stride) or trial.image_size % stride:
         bad(

@@ -33,12 +33,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from study.config import ENCODER_STRIDES
+
 ENCODER_NAMES = ("small", "resnet50")
 HEADS = ("angle", "rotation4", "image", "classification")
 #: Total downsampling of ResNet50, and the small encoder's default.
 ENCODER_STRIDE = 32
-#: Output strides the small encoder can be built with (its stage strides, see `_SMALL_STAGE_STRIDES`).
-SMALL_OUTPUT_STRIDES = (8, 16, 32)
 # Stem conv (2) and max-pool (2) give 4; the stages give the rest. A smaller stride keeps spatial layout in
 # the bottleneck (32 px at stride 32 is a 1x1 map, from which no decoder can rebuild an image).
 _SMALL_STAGE_STRIDES = {8: (1, 2, 1, 1), 16: (1, 2, 2, 1), 32: (1, 2, 2, 2)}
@@ -144,7 +144,7 @@ def encoder_stride(name: str, output_stride: int | None = None) -> int:
     _check_encoder_name(name)
     if output_stride is None:
         return ENCODER_STRIDE
-    allowed = (ENCODER_STRIDE,) if name == "resnet50" else SMALL_OUTPUT_STRIDES
+    allowed = ENCODER_STRIDES[name]
     if output_stride not in allowed:
         raise ValueError(
             f"encoder_stride={output_stride!r} is not available for encoder {name!r}; use one of {allowed}"
