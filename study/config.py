@@ -35,7 +35,11 @@ class TrialConfig:
     swap_count: int | None = None
     swap_patch_size: int | None = None
     # data
-    data_path: str | None = None  # None: synthetic lesions (see synth_*)
+    data_path: str | None = None  # None: synthetic lesions (see synth_*); a folder or a labels CSV
+    # Labels CSV only: the images folder (default: next to the CSV) and, for a diagnosis column (`dx`,
+    # `diagnosis`), the classes counted as malignant (e.g. ("mel",)); see study.data.DataSource.
+    data_images: str | None = None
+    data_malignant: tuple[str, ...] = ()
     image_size: int = 64
     val_fraction: float = 0.2
     label_fraction: float = 1.0
@@ -79,6 +83,7 @@ class TrialConfig:
         d = dataclasses.asdict(self)
         d["encoder_widths"] = list(self.encoder_widths)
         d["patiences"] = list(self.patiences)
+        d["data_malignant"] = list(self.data_malignant)
         return d
 
     @classmethod
@@ -92,6 +97,8 @@ class TrialConfig:
             kw["encoder_widths"] = tuple(int(w) for w in kw["encoder_widths"])
         if "patiences" in kw and kw["patiences"] is not None:
             kw["patiences"] = tuple(int(p) for p in kw["patiences"])
+        if "data_malignant" in kw and kw["data_malignant"] is not None:
+            kw["data_malignant"] = tuple(str(c) for c in kw["data_malignant"])
         return cls(**kw)
 
     def replace(self, **changes: Any) -> "TrialConfig":
