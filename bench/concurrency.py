@@ -34,6 +34,7 @@ def main() -> None:
     import pandas as pd
     import ray
 
+    from study.resolve import apply_flags
     from study.runner import prepare_data, run_study
     from study.search_spaces import get_preset
 
@@ -55,11 +56,10 @@ def main() -> None:
         for label in order:
             t0 = time.perf_counter()
             run_dir = run_study(
-                preset,
+                apply_flags(preset, cpus_per_trial=settings[label]),
                 storage=tmp / "runs",
                 name=f"r{r}-{settings[label]}t",
                 write_report=False,
-                cpus_per_trial=settings[label],
             )
             wall = time.perf_counter() - t0
             results = pd.read_csv(run_dir / "results.csv").drop_duplicates("trial_id")

@@ -210,7 +210,7 @@ def main() -> None:
     benchutil.use_temp_cache("bench-memory-")
 
     from study.data import check_and_cache
-    from study.trainables import cache_dir, dataset_root
+    from study.sources import cache_dir, data_source
 
     script = os.path.abspath(__file__)
     print(f"peak memory per trial (MiB), min / median / max over {args.repeats} runs; task={args.task}")
@@ -223,7 +223,7 @@ def main() -> None:
     n_images: dict[str, int] = {}
     for name in names:
         trial = trial_for(name, table, args.task)
-        check_and_cache(dataset_root(trial), trial.image_size, cache_dir(trial))  # as the study driver does
+        check_and_cache(data_source(trial), trial.image_size, cache_dir(trial))  # as the study driver does
         rss, pss, stages = [], [], []
         for _ in range(args.repeats):
             res, _, peak_pss = run_sampled([script, "--child", json.dumps(trial.to_dict())], args.timeout)

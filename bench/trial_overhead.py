@@ -398,13 +398,14 @@ def run_one(preset, setting: str, storage: Path, name: str) -> tuple[list[dict],
     from ray import tune
 
     from study import runner
+    from study.resolve import validate_study
 
     run_dir = storage / name
     run_dir.mkdir(parents=True)
     probe_dir = run_dir / "probe"
     probe_dir.mkdir()
     preset = preset.replace(base=preset.base.replace(pretext_cache_dir=str(run_dir / "pretext_cache")))
-    runner.validate_preset(preset)
+    validate_study(preset)
 
     events: dict[str, dict[str, float]] = {}
 

@@ -173,28 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, search: bool = False) -> int:
-    from study import runner, studyfile
+    from study import runner
+    from study.resolve import Flags, resolve_study
 
     name = args.preset or (None if args.config else args.default_preset)
-    preset = studyfile.resolve(name, args.config, args.set)
-
-    overrides = dict(
+    flags = Flags(
         data=args.data,
         seeds=args.seeds,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         mixed_precision=None if args.mixed_precision is None else args.mixed_precision == "on",
+        samples=args.samples if search else None,
+        asha=(args.asha or None) if search else None,
     )
-    if search:
-        overrides["samples"] = args.samples
-        overrides["asha"] = args.asha or None
+    preset = resolve_study(name, args.config, args.set, flags)
     run_dir = runner.run_study(
-        preset,
-        storage=args.storage,
-        name=args.name,
-        address=args.address,
-        write_report=not args.no_report,
-        **overrides,
+        preset, storage=args.storage, name=args.name, address=args.address, write_report=not args.no_report
     )
     print(f"Results: {run_dir / 'results.csv'}")
     if any(run_dir.glob("two_stage_trial_*")):  # trial logs are local (not with object storage)

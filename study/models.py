@@ -52,6 +52,8 @@ IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_NOTOP_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_NOTOP_FILE
 )
+#: Keras' own md5 of that file (keras.applications.resnet WEIGHTS_HASHES["resnet50"][1]): a download is checked.
+IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,11 +169,13 @@ def check_image_size(name: str, image_size: int, output_stride: int | None = Non
         )
 
 
-def imagenet_weights_file(weights_path: str | None = None) -> str:
-    """Path of the local ResNet50 ImageNet "notop" weights; raises `FileNotFoundError` with the fix if absent.
+def imagenet_weights_file(weights_path: str | None = None, *, download: bool = True) -> str:
+    """Path of the ResNet50 ImageNet "notop" weights; raises `FileNotFoundError` with the fix if unavailable.
 
-    Looks at `weights_path` when given, else Keras' cache `$KERAS_HOME/models/` (default `~/.keras/models/`).
-    Nothing is downloaded: trials run without network access.
+    `weights_path` when given (never downloaded over); else Keras' cache `$KERAS_HOME/models/` (default
+    `~/.keras/models/`), where a missing file is fetched by `keras.utils.get_file` as Keras itself does when
+    the machine is online (`download=True`; the md5 is checked). Offline, the error names the file, the folder
+    to put it in and where to get it. The study driver calls this before any trial starts.
     """
     if weights_path is not None:
         path = os.path.expanduser(str(weights_path))
@@ -183,14 +187,28 @@ def imagenet_weights_file(weights_path: str | None = None) -> str:
             )
         return path
     path = os.path.join(_keras_models_dir(), IMAGENET_NOTOP_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"weights='imagenet' needs the ResNet50 ImageNet weights file {IMAGENET_NOTOP_FILE}, "
-            f"not found in {_keras_models_dir()}/. There is no download at run time: fetch "
-            f"{IMAGENET_NOTOP_URL} on a machine with internet access and copy it into "
-            f"{_keras_models_dir()}/ (or set weights_path to its location), or use weights='random'."
-        )
-    return path
+    if os.path.isfile(path):
+        return path
+    reason = "downloads are off"
+    if download:
+        try:
+            # cache_dir given: Keras reads $KERAS_HOME once, at import; we look where it points now. It must
+            # exist, or Keras falls back to /tmp/.keras.
+            os.makedirs(_keras_models_dir(), exist_ok=True)
+            return keras.utils.get_file(
+                IMAGENET_NOTOP_FILE,
+                IMAGENET_NOTOP_URL,
+                cache_dir=os.path.dirname(_keras_models_dir()),
+                cache_subdir="models",
+                file_hash=IMAGENET_NOTOP_MD5,
+            )
+        except Exception as exc:  # noqa: BLE001 — offline, DNS, proxy or hash failure: one line with the fix
+            reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    raise FileNotFoundError(
+        f"weights='imagenet' needs the ResNet50 ImageNet weights file {IMAGENET_NOTOP_FILE}: not in "
+        f"{_keras_models_dir()}/ and {reason}; fetch {IMAGENET_NOTOP_URL} on a machine with internet access "
+        f"and copy it there (or set weights_path to its location), or use weights='random'."
+    )
 
 
 def build_encoder(

@@ -1,6 +1,7 @@
 """Build, run and restore the Ray Tune study; collect its results into the tidy tables.
 
-The driver never imports TensorFlow: trials do (inside `study.trainables.two_stage_trial`).
+The driver never imports TensorFlow (trials do, inside `study.trainables.two_stage_trial`), except to fetch
+missing ImageNet weights for a `weights = "imagenet"` study before it starts (`prepare_weights`).
 
 Run directory (= Tune's experiment directory, `STORAGE/NAME`; STORAGE is a folder or an `s3://` URI):
     study.json       the preset as run (for `study resume`)
@@ -16,7 +17,6 @@ directory) and uploads them to the run URI; `study resume` / `study report` acce
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import math
@@ -31,7 +31,8 @@ import pandas as pd
 
 import study
 from study import storage as store
-from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
+from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params
+from study.resolve import validate_study
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
 
 STUDY_FILE = "study.json"
@@ -59,85 +60,6 @@ def _raise_if_interrupted(run_dir: str | Path, grid: Any, preset: StudyPreset) -
 
 
 # ---------------------------------------------------------------------------------------------- preparation
-def apply_overrides(
-    preset: StudyPreset,
-    *,
-    data: str | None = None,
-    seeds: int | None = None,
-    cpus_per_trial: float | None = None,
-    gpus_per_trial: float | None = None,
-    samples: int | None = None,
-    asha: bool | None = None,
-    mixed_precision: bool | None = None,
-) -> StudyPreset:
-    """The preset with command-line overrides applied (validated later by `validate_preset`)."""
-    if seeds is not None:
-        if seeds < 1:
-            raise ConfigError(f"--seeds: need at least 1 seed (got {seeds}); paired tests need >= 7")
-        preset = preset.with_seeds(seeds)
-    if data is not None:
-        preset = preset.replace(base=preset.base.replace(data_path=str(Path(data).expanduser().resolve())))
-    if cpus_per_trial is not None:
-        if cpus_per_trial <= 0:
-            raise ConfigError(f"--cpus-per-trial: must be > 0 (got {cpus_per_trial})")
-        threads = max(1, int(cpus_per_trial))
-        preset = preset.replace(cpus_per_trial=cpus_per_trial, base=preset.base.replace(threads=threads))
-    if gpus_per_trial is not None:
-        if gpus_per_trial < 0:
-            raise ConfigError(f"--gpus-per-trial: must be >= 0 (got {gpus_per_trial})")
-        if 0 < gpus_per_trial < 1:
-            # TensorFlow cannot share a GPU between processes reliably (ray issue #10677).
-            raise ConfigError(
-                "--gpus-per-trial: fractional GPUs fail with TensorFlow; use 0 or a whole number"
-            )
-        preset = preset.replace(gpus_per_trial=gpus_per_trial)
-    if mixed_precision is not None:
-        preset = preset.replace(base=preset.base.replace(mixed_precision=mixed_precision))
-    if samples is not None:
-        if preset.search is None:
-            raise ConfigError(f"--samples applies to search presets only; {preset.name!r} is a fixed grid")
-        if samples < 1:
-            raise ConfigError(f"--samples: must be >= 1 (got {samples})")
-        preset = preset.replace(search=dataclasses.replace(preset.search, num_samples=samples))
-    if asha:
-        if preset.search is None:
-            raise ConfigError(
-                f"--asha applies to search presets only; {preset.name!r} repeats seeds for paired "
-                "tests, and a trial stopped early is a censored sample"
-            )
-        preset = preset.replace(search=dataclasses.replace(preset.search, asha=True))
-    return preset
-
-
-def validate_preset(preset: StudyPreset) -> None:
-    """Reject a study that cannot run, before Ray starts: one line saying what to change."""
-    if not preset.seeds:
-        raise ConfigError("seeds: need at least 1 seed")
-    if preset.needs_data and preset.base.data_path is None:
-        raise ConfigError(
-            f"--data: the {preset.name!r} preset needs a real dataset folder "
-            "(layout DIR/{train,test}/{benign,malignant}/*.jpg)"
-        )
-    if preset.base.data_path is not None and not Path(preset.base.data_path).is_dir():
-        raise ConfigError(f"--data: {preset.base.data_path} is not a directory")
-    if preset.needs_gpu and preset.gpus_per_trial < 1:
-        raise ConfigError(
-            f"--gpus-per-trial: the {preset.name!r} preset needs a GPU per trial (ResNet50 at "
-            f"{preset.base.image_size} px would take months on CPUs); run it on a GPU cluster"
-        )
-    if preset.search is None and not preset.arms:
-        raise ConfigError(f"preset {preset.name!r} has no arms to compare")
-    configs = (
-        preset.trial_configs()
-        if preset.search is None
-        else [preset.base.replace(task=t) for t in preset.search.tasks]
-    )
-    for trial in configs:
-        validate_trial(trial)
-    if preset.search is None and not any(a["task"] == "none" for a in preset.arms):
-        raise ConfigError("arms: the study needs the baseline arm (task 'none') to compare against")
-
-
 def check_storage(storage: str | Path) -> None:
     """Fail at start, not mid-study, when results cannot be written (unwritable path or bucket, full disk)."""
     store.check_writable(store.normalize(storage))
@@ -170,10 +92,11 @@ def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
     The same decoding pass fills the decoded-array cache, so trials on this machine never decode images.
     """
     from study.data import DataError, check_and_cache
-    from study.trainables import cache_dir, dataset_root
+    from study.sources import cache_dir, data_source, source_label
 
-    root = dataset_root(preset.base)
-    report = check_and_cache(root, preset.base.image_size, cache_dir(preset.base))
+    source = data_source(preset.base)
+    report = check_and_cache(source, preset.base.image_size, cache_dir(preset.base))
+    root = source_label(source)
     if not report.ok:
         raise DataError(
             f"dataset {root} is not usable:\n"
@@ -181,6 +104,24 @@ def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
             + f"\nRun `study data check {root}` for the full report."
         )
     return root, report
+
+
+def prepare_weights(preset: StudyPreset) -> None:
+    """Fetch or find ImageNet weights on the driver before any trial starts (one line with the fix if not).
+
+    Only studies with `weights = "imagenet"` pay for this: it imports Keras (and TensorFlow) on the driver.
+    """
+    trials = preset.trial_configs() if preset.search is None else [preset.base]
+    paths = {t.weights_path for t in trials if t.weights == "imagenet"}
+    if not paths:
+        return
+    from study.models import imagenet_weights_file
+
+    for path in paths:
+        try:
+            imagenet_weights_file(path)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def versions() -> dict[str, str]:
@@ -382,15 +323,15 @@ def run_study(
     name: str | None = None,
     address: str | None = None,
     write_report: bool = True,
-    **overrides: Any,
 ) -> Path:
-    """Validate, run the study on Ray Tune and write results.csv, history.csv, manifest.json and the report.
+    """Run a resolved study (`resolve.resolve_study`, or a shipped preset's name) on Ray Tune and write
+    results.csv, history.csv, manifest.json and the report.
 
-    Returns the run directory. Raises ConfigError / DataError before any trial starts when the study cannot run.
+    Returns the run directory. Raises ConfigError / DataError before any trial starts when the study cannot run
+    (the study is validated again here, for callers that built it in code).
     """
     if isinstance(preset, str):
         preset = get_preset(preset)
-    preset = apply_overrides(preset, **overrides)
     storage_uri = store.normalize(storage or "runs")
     name = name or f"{preset.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_uri = store.join(storage_uri, name)
@@ -402,7 +343,8 @@ def run_study(
             "or choose another --name"
         )
     preset = preset.replace(base=preset.base.replace(pretext_cache_dir=store.join(run_uri, "pretext_cache")))
-    validate_preset(preset)
+    validate_study(preset)
+    prepare_weights(preset)
     root, check = prepare_data(preset)
     if check.warnings:
         from study.data import format_problems
@@ -476,6 +418,8 @@ def preset_from_dict(d: dict[str, Any]) -> StudyPreset:
     d["base"] = TrialConfig.from_dict(d["base"])
     d["arms"] = tuple(d["arms"])
     d["seeds"] = tuple(d["seeds"])
+    if d.get("label_fractions") is not None:
+        d["label_fractions"] = tuple(d["label_fractions"])
     if d.get("search") is not None:
         s = dict(d["search"])
         for k in (
@@ -628,6 +572,8 @@ def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
         "lr": trial.lr,
         "pretext_lr": trial.pretext_lr if trial.task != "none" else math.nan,
         "seed": trial.seed,
+        # Fraction of the training labels the fine-tune used (label-efficiency studies; 1.0 otherwise).
+        "label_fraction": trial.label_fraction,
         "encoder": trial.encoder,
         "image_size": trial.image_size,
         "threads": trial.threads,
@@ -696,7 +642,13 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         elif result.error is not None or not done:
             message = _one_line(result.error) if result.error is not None else "trial did not finish"
             errors.append(
-                {"trial_id": trial_id, "arm": fields["arm"], "seed": fields["seed"], "error": message}
+                {
+                    "trial_id": trial_id,
+                    "arm": fields["arm"],
+                    "seed": fields["seed"],
+                    "label_fraction": fields["label_fraction"],
+                    "error": message,
+                }
             )
             for p in patiences:
                 rows.append(
@@ -723,11 +675,20 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         df = result.metrics_dataframe
         if df is not None and "phase" in df:
             h = df[df["phase"].isin(["pretext", "finetune"])]
-            h = h.drop(columns=[c for c in ("trial_id", "arm", "seed") if c in h])
-            hist.append(h.assign(trial_id=trial_id, arm=fields["arm"], seed=fields["seed"]))
+            h = h.drop(columns=[c for c in ("trial_id", "arm", "seed", "label_fraction") if c in h])
+            hist.append(
+                h.assign(
+                    trial_id=trial_id,
+                    arm=fields["arm"],
+                    seed=fields["seed"],
+                    label_fraction=fields["label_fraction"],
+                )
+            )
     results = pd.DataFrame(rows)
     if len(results):
-        results = results.sort_values(["regime", "arm", "seed"], kind="stable").reset_index(drop=True)
+        results = results.sort_values(["label_fraction", "regime", "arm", "seed"], kind="stable").reset_index(
+            drop=True
+        )
         # Identity and outcome first, pretext metrics next, provenance last.
         pretext_cols = sorted(c for c in results if c.startswith("pretext_"))
         tail = [
@@ -753,11 +714,11 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
     history = (
         pd.concat(hist, ignore_index=True)
         if hist
-        else pd.DataFrame(columns=["trial_id", "arm", "seed", "phase", "epoch"])
+        else pd.DataFrame(columns=["trial_id", "arm", "seed", "label_fraction", "phase", "epoch"])
     )
     # A trial restarted from a checkpoint reports the epochs after that checkpoint again: keep the last.
     history = history.drop_duplicates(["trial_id", "phase", "epoch"], keep="last").reset_index(drop=True)
-    ident = ["trial_id", "arm", "seed", "phase", "epoch"]
+    ident = ["trial_id", "arm", "seed", "label_fraction", "phase", "epoch"]
     keep = ident + [
         c for c in history.columns if c in ("loss", "pid", "node_id") or c.startswith(("test_", "val_"))
     ]

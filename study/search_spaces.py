@@ -1,10 +1,12 @@
 """Study presets and their Ray Tune search spaces (plain dicts).
 
 A preset is one `StudyPreset` built by a function whose docstring gives the launch command and the expected
-runtime (`study presets` prints them). A study's param space is the fixed trial settings plus two grid
-dimensions: `arm` (a dict holding `task` and only the parameters that task uses) and `seed` (one value per
-paired repetition). Early-stopping regimes are not a grid dimension: they are replayed from one fine-tune run
-per trial (`TrialConfig.patiences`).
+runtime (`study presets` prints them). A study's param space is the fixed trial settings plus the grid
+dimensions `arm` (a dict holding `task` and only the parameters that task uses), `seed` (one value per
+paired repetition) and, for a label-efficiency study, `subset` (a dict holding one `label_fraction`).
+Early-stopping regimes are not a grid dimension: they are replayed from one fine-tune run per trial
+(`TrialConfig.patiences`). Tune orders a grid by key name, the first varying fastest: so every arm and seed
+of the first fraction runs before the next fraction, whose trials then load their pretext from the cache.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class StudyPreset:
     search: SearchSettings | None = None
     max_failures: int = 2
     runtime_note: str = ""
+    # Label-efficiency grid: fine-tune on each fraction of the training labels (None: `base.label_fraction`).
+    label_fractions: tuple[float, ...] | None = None
 
     def replace(self, **changes: Any) -> "StudyPreset":
         return dataclasses.replace(self, **changes)
@@ -57,18 +61,35 @@ class StudyPreset:
     def with_seeds(self, n: int) -> "StudyPreset":
         return self.replace(seeds=tuple(range(n)))
 
+    def fractions(self) -> tuple[float, ...]:
+        """The label fractions the study fine-tunes on (one, `base.label_fraction`, unless a grid is set)."""
+        return self.label_fractions or (self.base.label_fraction,)
+
     def trial_configs(self) -> list[TrialConfig]:
-        """Every trial of the grid, in Tune's order (arm-major), for validation and cost estimates."""
-        return [self.base.replace(**arm, seed=s) for s in self.seeds for arm in self.arms]
+        """Every trial of the grid, in Tune's order (arm fastest, then seed, then fraction)."""
+        return [
+            self.base.replace(**arm, seed=s, label_fraction=f)
+            for f in self.fractions()
+            for s in self.seeds
+            for arm in self.arms
+        ]
 
     def param_space(self) -> dict[str, Any]:
-        """The Tune param space: fixed settings plus `arm` and `seed` grid dimensions."""
+        """The Tune param space: fixed settings plus `arm`, `seed` (and `subset`) grid dimensions."""
         from ray import tune
 
         fixed = self.base.to_dict()
         for key in ("task", "seed", "patch_size", "swap_count", "swap_patch_size"):
             fixed.pop(key)
-        return {**fixed, "arm": tune.grid_search(list(self.arms)), "seed": tune.grid_search(list(self.seeds))}
+        space = {
+            **fixed,
+            "arm": tune.grid_search(list(self.arms)),
+            "seed": tune.grid_search(list(self.seeds)),
+        }
+        if self.label_fractions is not None:
+            space.pop("label_fraction")
+            space["subset"] = tune.grid_search([{"label_fraction": f} for f in self.label_fractions])
+        return space
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

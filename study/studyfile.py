@@ -2,17 +2,19 @@
 
 Resolution order (one way, one place): a shipped preset (the file's `preset = "NAME"`, or `--preset`), then
 the file's keys, then each `--set key=value` (dotted keys reach tables: `trial.finetune_epochs=5`), then the
-dedicated flags (`--seeds`, `--data`, ...; applied by `runner.apply_overrides`). The result is one immutable
-`StudyPreset`, validated by `runner.validate_preset` before Ray starts; the runner records it in `study.json`
-and `study resume` uses that record, never the file again.
+dedicated flags (`--seeds`, `--data`, ...). `study.resolve.resolve_study` runs these steps and validates the
+result, one immutable `StudyPreset`, before Ray starts; the runner records it in `study.json` and `study
+resume` uses that record, never the file again. This module parses files and `--set` expressions.
 
 Format (`study presets --show demo` prints every shipped preset in it):
 
     preset = "demo"                 # optional: start from a shipped preset; what follows overrides it
     name = "my-study"               # run names start with it (default: the file's name)
     seeds = 8                       # a count (0..N-1) or a list of seeds
-    data = "../shared/data/isic9_binary"   # a dataset folder (same as [trial] data_path)
+    label_fractions = [0.1, 1.0]    # optional: fine-tune on each fraction of the training labels
+    data = "../shared/data/isic9_binary"   # a dataset folder or a labels CSV (relative to where you run)
     cpus_per_trial = 1              # also gpus_per_trial, max_concurrent_trials, max_failures
+    # or, for a labels CSV:  [data]  path = "meta.csv"  images = "imgs/"  malignant = ["mel"]
     [trial]                         # any TrialConfig field (`study.config.TrialConfig`)
     image_size = 64
     finetune_epochs = 30
@@ -61,7 +63,9 @@ def load_file(path: str | Path) -> tuple[dict[str, Any], _Source]:
     """The parsed TOML of a study file, or `ConfigError` naming the file (and line) and the problem."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config: {p} is not a file; give a study file such as examples/corruption-sweep.toml")
+        raise ConfigError(
+            f"--config: {p} is not a file; give a study file such as examples/corruption-sweep.toml"
+        )
     text = p.read_text(encoding="utf-8")
     try:
         return tomllib.loads(text), _Source(str(p), text)
@@ -91,7 +95,7 @@ def resolve(
     """The study from a preset name and/or a study file, with `--set` overrides applied in order.
 
     `preset`: a shipped preset's name (None: the file's `preset`, else "demo" when no file is given).
-    Validation of the whole study (arms, images sizes, task parameters) is `runner.validate_preset`'s.
+    Validation of the whole study (arms, image sizes, task parameters) is `resolve.validate_study`'s.
     """
     study: dict[str, Any] = {}
     source = _Source("--set")
@@ -151,11 +155,15 @@ def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> Study
     if "trial" in d:
         base = _apply_trial(base, _table(d["trial"], "trial", source), source)
     if "data" in d:
-        base = base.replace(data_path=str(Path(_typed(d["data"], "str", "data", source)).expanduser()))
+        base = _apply_data(base, d["data"], source)
     if "label_fractions" in d:
-        raise ConfigError(
-            f"{source.where('label_fractions')}: a grid of label fractions is not available yet; "
-            "set one fraction with [trial] label_fraction = F"
+        value = d["label_fractions"]
+        if not isinstance(value, list) or not value:
+            raise ConfigError(
+                f"{source.where('label_fractions')}: give a list of fractions, e.g. [0.05, 0.2, 1.0]"
+            )
+        changes["label_fractions"] = tuple(
+            sorted(_typed(v, "float", "label_fractions", source) for v in value)
         )
     for key in STUDY_KEYS:
         if key in d:
@@ -172,6 +180,32 @@ def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> Study
     return preset.replace(base=base, **changes)
 
 
+DATA_KEYS = ("path", "images", "malignant")
+
+
+def _apply_data(base: TrialConfig, value: Any, source: _Source) -> TrialConfig:
+    """`data = "DIR or labels.csv"`, or a `[data]` table with `path`, `images`, `malignant`."""
+    table = {"path": value} if isinstance(value, str) else _table(value, "data", source)
+    unknown = sorted(set(table) - set(DATA_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{source.where('data.' + unknown[0])}: unknown data setting; known: {', '.join(DATA_KEYS)}"
+        )
+    if "path" not in table and base.data_path is None:
+        raise ConfigError(f'{source.where("data")}: give the dataset as path = "DIR" or "labels.csv"')
+    changes: dict[str, Any] = {}
+    if "path" in table:
+        changes["data_path"] = str(Path(_typed(table["path"], "str", "data.path", source)).expanduser())
+    if "images" in table:
+        changes["data_images"] = str(Path(_typed(table["images"], "str", "data.images", source)).expanduser())
+    if "malignant" in table:
+        value = table["malignant"]
+        if isinstance(value, str):
+            value = [value]
+        changes["data_malignant"] = _typed(value, "tuple[str, ...]", "data.malignant", source)
+    return base.replace(**changes)
+
+
 def _apply_trial(base: TrialConfig, table: dict[str, Any], source: _Source) -> TrialConfig:
     for key in ARM_KEYS:
         if key in table:
@@ -181,6 +215,12 @@ def _apply_trial(base: TrialConfig, table: dict[str, Any], source: _Source) -> T
             )
     if "seed" in table:
         raise ConfigError(f"{source.where('trial.seed')}: seeds are a study setting: use top-level seeds = N")
+    for key in ("data_path", "data_images", "data_malignant"):
+        if key in table:
+            raise ConfigError(
+                f"{source.where('trial.' + key)}: the dataset is a study setting: use top-level "
+                f'data = "DIR" or a [data] table (path, images, malignant)'
+            )
     return _apply_dataclass(base, table, "trial", source)
 
 
@@ -276,9 +316,19 @@ def to_toml(preset: StudyPreset, shipped: str | None = None) -> str:
         value = getattr(preset, key)
         if value is not None:
             lines.append(f"{key} = {_value(value)}")
+    if preset.label_fractions is not None:
+        lines.append(f"label_fractions = {_value(list(preset.label_fractions))}")
+    base = preset.base
+    if base.data_path is not None:
+        lines += ["", "[data]", f"path = {_value(base.data_path)}"]
+        if base.data_images is not None:
+            lines.append(f"images = {_value(base.data_images)}")
+        if base.data_malignant:
+            lines.append(f"malignant = {_value(list(base.data_malignant))}")
     lines += ["", "[trial]"]
-    for key, value in preset.base.to_dict().items():
-        if value is not None and key not in ("task", "seed", *ARM_KEYS[1:]):
+    skip = ("task", "seed", *ARM_KEYS[1:], "data_path", "data_images", "data_malignant")
+    for key, value in base.to_dict().items():
+        if value is not None and key not in skip:
             lines.append(f"{key} = {_value(value)}")
     if preset.search is not None:
         lines += ["", "[search]"]

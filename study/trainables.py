@@ -23,6 +23,7 @@ from ray import tune
 import study
 from study import storage as store
 from study.config import TrialConfig, regime_name, resolved_task_params
+from study.sources import cache_dir, data_source
 
 # Decoded datasets of this worker process, keyed by where they come from. With `reuse_actors=True` a worker
 # runs many trials, and each loads the arrays once.
@@ -33,40 +34,26 @@ STATE_FILE = "trial_state.json"
 REMOTE_COMPLETE = "COMPLETE"
 
 
+# Grid dimensions whose values are dicts of TrialConfig fields (search_spaces.StudyPreset.param_space).
+GRID_TABLES = ("arm", "subset")
+
+
 def trial_config_from(config: dict[str, Any]) -> TrialConfig:
-    """Flatten a Tune config (fixed settings + `arm` dict, or flat search suggestions) into a TrialConfig."""
-    flat = {k: v for k, v in config.items() if k != "arm"}
-    flat.update(config.get("arm") or {})
+    """Flatten a Tune config (fixed settings + `arm` / `subset` dicts, or flat search suggestions)."""
+    flat = {k: v for k, v in config.items() if k not in GRID_TABLES}
+    for table in GRID_TABLES:
+        flat.update(config.get(table) or {})
     return TrialConfig.from_dict(flat)
-
-
-def dataset_root(trial: TrialConfig) -> Path:
-    """The folder the trial reads: `data_path`, or synthetic lesions generated (once) into the cache dir."""
-    if trial.data_path is not None:
-        return Path(trial.data_path)
-    from study import synth
-
-    return Path(
-        synth.synthetic_dataset(
-            cache_dir(trial), trial.synth_n_train, trial.synth_n_test, trial.image_size, trial.synth_seed
-        )
-    )
-
-
-def cache_dir(trial: TrialConfig) -> Path:
-    from study.data import default_cache_dir
-
-    return Path(trial.cache_dir) if trial.cache_dir else default_cache_dir()
 
 
 def load_trial_data(trial: TrialConfig):
     """The decoded dataset for `trial`, decoded at most once per process (and once per machine via the cache)."""
     from study.data import load_dataset
 
-    root = dataset_root(trial)
-    key = (str(root.resolve()), trial.image_size)
+    source = data_source(trial)
+    key = (repr(source), trial.image_size)
     if key not in _DATA:
-        _DATA[key] = load_dataset(root, trial.image_size, cache_dir=cache_dir(trial))
+        _DATA[key] = load_dataset(source, trial.image_size, cache_dir=cache_dir(trial))
     return _DATA[key]
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
 from study.pretext import get_task
-from study.runner import apply_overrides, check_storage, validate_preset
+from study.resolve import apply_flags, validate_study
+from study.runner import check_storage
 from study.search_spaces import PRESETS, arm_name, describe_presets, get_preset, optuna_space
 
 
@@ -61,9 +62,9 @@ def test_every_preset_is_valid_and_documented():
         assert "Launch:" in doc and "runtime" in doc.lower(), name
         if preset.needs_data:
             with pytest.raises(ConfigError, match="--data"):
-                validate_preset(preset)
+                validate_study(preset)
             preset = preset.replace(base=preset.base.replace(data_path=str(sys.prefix)))
-        validate_preset(preset)
+        validate_study(preset)
     text = describe_presets()
     assert all(name in text for name in PRESETS)
 
@@ -115,28 +116,31 @@ def test_task_parameter_defaults_scale_with_image_size():
 
 def test_overrides_are_validated():
     demo = get_preset("demo")
-    assert len(apply_overrides(demo, seeds=3).seeds) == 3
+    assert len(apply_flags(demo, seeds=3).seeds) == 3
     with pytest.raises(ConfigError, match="--seeds"):
-        apply_overrides(demo, seeds=0)
+        apply_flags(demo, seeds=0)
     with pytest.raises(ConfigError, match="fractional"):
-        apply_overrides(demo, gpus_per_trial=0.5)
+        apply_flags(demo, gpus_per_trial=0.5)
     with pytest.raises(ConfigError, match="--cpus-per-trial"):
-        apply_overrides(demo, cpus_per_trial=0)
+        apply_flags(demo, cpus_per_trial=0)
     with pytest.raises(ConfigError, match="--samples"):
-        apply_overrides(demo, samples=5)
-    assert apply_overrides(demo, cpus_per_trial=2).base.threads == 2
-    assert apply_overrides(demo, mixed_precision=True).base.mixed_precision is True
-    assert apply_overrides(get_preset("paper"), mixed_precision=False).base.mixed_precision is False
+        apply_flags(demo, samples=5)
+    assert apply_flags(demo, cpus_per_trial=2).base.threads == 2
+    assert apply_flags(demo, mixed_precision=True).base.mixed_precision is True
+    assert apply_flags(get_preset("paper"), mixed_precision=False).base.mixed_precision is False
 
 
 def test_cli_mixed_precision_switch_reaches_the_trials(monkeypatch):
     from study import cli, runner
 
-    seen = {}
-    monkeypatch.setattr(runner, "run_study", lambda preset, **kw: seen.update(kw) or Path("x"))
+    seen = []
+    monkeypatch.setattr(runner, "run_study", lambda preset, **kw: seen.append(preset) or Path("x"))
     assert cli.main(["run", "--preset", "smoke", "--mixed-precision", "on"]) == 0
-    assert seen["mixed_precision"] is True
-    assert cli.main(["run", "--preset", "smoke"]) == 0 and seen["mixed_precision"] is None
+    assert seen[-1].base.mixed_precision is True
+    assert cli.main(["run", "--preset", "paper", "--data", ".", "--mixed-precision", "off"]) == 0
+    assert seen[-1].base.mixed_precision is False
+    assert cli.main(["run", "--preset", "smoke"]) == 0
+    assert seen[-1].base.mixed_precision is get_preset("smoke").base.mixed_precision
 
 
 def test_unwritable_storage_is_rejected(tmp_path):

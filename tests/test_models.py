@@ -147,16 +147,56 @@ def test_bad_widths_and_names():
         models.build_model("jigsaw", models.build_encoder("small", 32))
 
 
-def test_imagenet_without_file_names_file_directory_and_source(tmp_path, monkeypatch):
+def test_imagenet_offline_names_file_directory_and_source_in_one_line(tmp_path, monkeypatch):
+    """No file and no network (Keras' download raises, as it does offline): one line with the fix."""
+    import urllib.error
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    calls = []
+
+    def offline(fname, origin, **kw):
+        calls.append((fname, origin, kw))
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(models.keras.utils, "get_file", offline)
     with pytest.raises(FileNotFoundError) as err:
         models.build_encoder("resnet50", 64, weights="imagenet")
     message = str(err.value)
-    assert models.IMAGENET_NOTOP_FILE in message
+    assert calls and calls[0][0] == models.IMAGENET_NOTOP_FILE and calls[0][1] == models.IMAGENET_NOTOP_URL
+    assert models.IMAGENET_NOTOP_FILE in message and "\n" not in message
     assert str(tmp_path / "kh" / "models") in message
-    assert "storage.googleapis.com" in message
+    assert "storage.googleapis.com" in message and "URLError" in message
     with pytest.raises(FileNotFoundError, match="weights_path="):
         models.build_encoder("resnet50", 64, weights="imagenet", weights_path=str(tmp_path / "missing.h5"))
+
+
+def test_imagenet_online_lets_keras_fetch_the_file_into_its_cache(tmp_path, monkeypatch):
+    """Online, a missing file is fetched with keras.utils.get_file (into Keras' cache, md5-checked) and used;
+    the "server" here is a local file:// URL holding a stand-in, so nothing leaves the machine."""
+    h5py = pytest.importorskip("h5py")
+    from keras.src.legacy.saving import legacy_h5_format
+
+    source = models.build_encoder("resnet50", 32)
+    served = tmp_path / "server" / models.IMAGENET_NOTOP_FILE
+    served.parent.mkdir()
+    with h5py.File(served, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    real_get_file = models.keras.utils.get_file
+    seen = {}
+
+    def fetch(fname, origin, **kw):
+        seen.update(kw, origin=origin)
+        # The stand-in has another md5 than the real file: fetched without the hash check.
+        return real_get_file(fname, served.as_uri(), cache_dir=kw["cache_dir"], cache_subdir=kw["cache_subdir"])
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    monkeypatch.setattr(models.keras.utils, "get_file", fetch)
+    path = models.imagenet_weights_file()
+    assert path == str(tmp_path / "kh" / "models" / models.IMAGENET_NOTOP_FILE)
+    assert seen["origin"] == models.IMAGENET_NOTOP_URL and seen["file_hash"] == models.IMAGENET_NOTOP_MD5
+    loaded = models.build_encoder("resnet50", 32, weights="imagenet")  # now read from the cache: no fetch
+    for a, b in zip(source.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_imagenet_weights_load_from_a_local_keras_h5(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from study.resolve import apply_flags
 from study.runner import run_study
 from study.search_spaces import get_preset
 
@@ -81,7 +82,7 @@ def test_search_runs_optuna_on_validation_auc(ray_session, tmp_path, monkeypatch
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
     smoke, search = get_preset("smoke"), get_preset("search")
     preset = search.replace(base=smoke.base.replace(patiences=(1,)))
-    run_dir = run_study(preset, storage=tmp_path / "runs", name="search", samples=3, asha=True)
+    run_dir = run_study(apply_flags(preset, samples=3, asha=True), storage=tmp_path / "runs", name="search")
     table = pd.read_csv(run_dir / "search.csv")
     assert len(table) == 3 and table["search_score"].is_monotonic_decreasing
     assert table["search_score"].between(0, 1).all()

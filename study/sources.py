@@ -1,0 +1,46 @@
+"""Where a trial's images come from: its data source and the cache folder (driver and trials alike).
+
+A trial reads `data_path` (a dataset folder or a labels CSV, with `data_images` / `data_malignant` for the
+CSV), or, when `data_path` is None, synthetic lesions generated once into the cache folder. The driver checks
+and decodes the same source the trials then load, so both go through these two functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from study.config import TrialConfig
+
+
+def cache_dir(trial: TrialConfig) -> Path:
+    """`trial.cache_dir`, else $STUDY_CACHE_DIR, else ~/.cache/melanoma-ssl-study."""
+    from study.data import default_cache_dir
+
+    return Path(trial.cache_dir) if trial.cache_dir else default_cache_dir()
+
+
+def data_source(trial: TrialConfig) -> Any:
+    """What `study.data.load_dataset` reads for `trial`: a folder path, or a `DataSource` for a labels CSV.
+
+    Synthetic lesions (no `data_path`) are generated on first use into `cache_dir(trial)/synthetic/...`.
+    """
+    if trial.data_path is None:
+        from study import synth
+
+        return Path(
+            synth.synthetic_dataset(
+                cache_dir(trial), trial.synth_n_train, trial.synth_n_test, trial.image_size, trial.synth_seed
+            )
+        )
+    path = Path(trial.data_path)
+    if path.is_dir() and trial.data_images is None and not trial.data_malignant:
+        return path
+    from study.data import DataSource
+
+    return DataSource(str(path), trial.data_images, tuple(trial.data_malignant))
+
+
+def source_label(source: Any) -> str:
+    """The path a user recognises for a source (the folder, or the CSV file)."""
+    return str(getattr(source, "path", source))
