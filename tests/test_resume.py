@@ -186,12 +186,20 @@ class KillMoment:
         )
 
 
+# The interrupted studies run seed 0 of the smoke study only (its 4 arms: 4 trials, half the reference run),
+# and are compared with the reference run's seed-0 rows: the suite pays for 4 trials per interruption, not 8.
+ONE_SEED = ("--set", "seeds=[0]")
+N_TRIALS = 4
+
+
 def start_smoke_study(storage: Path, name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`study run --preset smoke` as a user would start it, in its own process group (so it can be killed)."""
+    """`study run --preset smoke` (seed 0) as a user would start it, in its own process group (so it can be
+    killed)."""
     exe = Path(sys.executable).with_name("study")
+    argv = [str(exe), "run", "--preset", "smoke", *ONE_SEED, "--storage", str(storage), "--name", name]
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", name, "--no-report"],
+            [*argv, "--no-report"],
             env={**os.environ, **env, **OWN_RAY},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -200,10 +208,11 @@ def start_smoke_study(storage: Path, name: str, env: dict[str, str], log: Path) 
 
 
 def assert_same_results(run_dir: Path, reference_dir: Path) -> pd.DataFrame:
-    """results.csv of `run_dir` equals the uninterrupted reference run's on every arm x seed x regime: same
-    seeds, same results (deterministic training, 1 thread per trial)."""
+    """results.csv of `run_dir` equals the uninterrupted reference run's on every arm x seed x regime of the
+    seeds it ran: same results (deterministic training, 1 thread per trial)."""
     results = pd.read_csv(run_dir / "results.csv")
     reference = pd.read_csv(reference_dir / "results.csv")
+    reference = reference[reference["seed"].isin(results["seed"])]
     assert len(results) == len(reference) and (results["status"] == "ok").all(), results[KEY + ["status"]]
     merged = reference.merge(results, on=KEY, suffixes=("_ref", "_run"))
     assert len(merged) == len(reference)
@@ -241,13 +250,17 @@ def test_driver_killed_resumes_without_rerunning_finished_trials(
             assert at_kill[name] == moment, f"{name} had gone on to {at_kill[name]!r} before the kill"
         driver_done = {name for name, phase in at_kill.items() if phase == "done"}
     done_before = {d.name: (d / "result.json").stat().st_mtime_ns for d in finished_trials(run_dir)}
-    assert min_done <= len(done_before) < 8
+    assert min_done <= len(done_before) < N_TRIALS
     if ready.staging is not None:  # every trial the driver saw finish had reached the run directory
         assert set(done_before) >= driver_done
     assert not set(ready.killed_in) & set(done_before)
     assert not (run_dir / "results.csv").exists()
 
-    resumed = run_cli("resume", str(run_dir), env={**study_env, **OWN_RAY})
+    # One variant also writes the report of the resumed run (the others skip its ~10 s).
+    report = moment == "finetune"
+    resumed = run_cli(
+        "resume", str(run_dir), *(() if report else ("--no-report",)), env={**study_env, **OWN_RAY}
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     # Trials that had finished were not run again: their result files are untouched.
@@ -257,7 +270,7 @@ def test_driver_killed_resumes_without_rerunning_finished_trials(
     for name in ready.killed_in:
         assert _last_result(run_dir / name)["phase"] == "done", name
     assert_same_results(run_dir, smoke_run)
-    assert (run_dir / "report.html").exists()
+    assert (run_dir / "report.html").exists() == report
 
 
 def test_resume_after_a_kill_that_cut_the_experiment_state_fails_loudly_or_recovers(
@@ -294,11 +307,20 @@ def test_failed_trials_are_retried_from_their_last_checkpoint(tmp_path, study_en
     retries it from that checkpoint: epochs 1-2 are not trained again and the results equal the clean run."""
     env = {**study_env, "STUDY_INJECT_FAULT": "finetune:2"}
     proc = run_cli(
-        "run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "faulty", "--no-report", env=env
+        "run",
+        "--preset",
+        "smoke",
+        *ONE_SEED,
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "faulty",
+        "--no-report",
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "faulty"
-    assert len(list(run_dir.glob("*/.fault-injected"))) == 8
+    assert len(list(run_dir.glob("*/.fault-injected"))) == N_TRIALS
     results = assert_same_results(run_dir, smoke_run)
     assert results["restored"].all()  # the retry is visible in the results
     # The retried attempt resumed after epoch 2: epoch 1 was reported once, by the failed attempt only.
@@ -316,7 +338,9 @@ def test_a_trial_that_keeps_failing_is_recorded_and_the_study_completes(tmp_path
     """Rotation trials fail on every attempt: they end as errors with their message (after the retries of
     FailureConfig), every other trial finishes, and the report lists the failures and excludes them."""
     env = {**study_env, "STUDY_INJECT_FAULT": "pretext:1:rotation:always"}
-    proc = run_cli("run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "broken", env=env)
+    proc = run_cli(
+        "run", "--preset", "smoke", *ONE_SEED, "--storage", str(tmp_path), "--name", "broken", env=env
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "broken"
     results = pd.read_csv(run_dir / "results.csv")
@@ -324,7 +348,7 @@ def test_a_trial_that_keeps_failing_is_recorded_and_the_study_completes(tmp_path
     assert (failed["status"] == "error").all() and failed["error"].str.contains("injected fault").all()
     assert (results[results["arm"] != "rotation"]["status"] == "ok").all()
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert {(e["arm"], e["seed"]) for e in manifest["errors"]} == {("rotation", 0), ("rotation", 1)}
+    assert {(e["arm"], e["seed"]) for e in manifest["errors"]} == {("rotation", 0)}
     report = (run_dir / "report.md").read_text()
     assert "injected fault" in report and "Rotation prediction" in report
 
@@ -335,7 +359,18 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, study_env, smoke_
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "ctrlc"
     exe = Path(sys.executable).with_name("study")
     proc = subprocess.Popen(
-        [str(exe), "run", "--preset", "smoke", "--storage", str(storage), "--name", "ctrlc", "--no-report"],
+        [
+            str(exe),
+            "run",
+            "--preset",
+            "smoke",
+            *ONE_SEED,
+            "--storage",
+            str(storage),
+            "--name",
+            "ctrlc",
+            "--no-report",
+        ],
         env={**os.environ, **study_env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -352,10 +387,6 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, study_env, smoke_
     assert f"study resume {run_dir}" in err and "Traceback" not in err
     assert not (run_dir / "results.csv").exists()
 
-    resumed = run_cli("resume", str(run_dir), env=study_env)
+    resumed = run_cli("resume", str(run_dir), "--no-report", env=study_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = pd.read_csv(run_dir / "results.csv")
-    reference = pd.read_csv(smoke_run / "results.csv")
-    merged = reference.merge(results, on=KEY, suffixes=("_ref", "_resumed"))
-    assert len(merged) == len(reference) and (results["status"] == "ok").all()
-    np.testing.assert_array_equal(merged["test_auc_ref"], merged["test_auc_resumed"])
+    assert_same_results(run_dir, smoke_run)

@@ -157,19 +157,34 @@ def test_smoke_study_on_s3_storage_equals_the_local_run(s3_env, tmp_path, study_
     work = tmp_path / "head"
     work.mkdir()
     uri = f"s3://{BUCKET}/runs"
-    proc = run_cli("run", "--preset", "smoke", "--storage", uri, "--name", "s3smoke", env=env, cwd=work)
+    # Seed 0 only (4 trials), and the report is written once, by `study report` from another checkout below.
+    proc = run_cli(
+        "run",
+        "--preset",
+        "smoke",
+        "--set",
+        "seeds=[0]",
+        "--storage",
+        uri,
+        "--name",
+        "s3smoke",
+        "--no-report",
+        env=env,
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"Run directory: {uri}/s3smoke" in proc.stdout
 
     keys = _keys("runs/s3smoke/")
-    for name in ("study.json", "results.csv", "history.csv", "manifest.json", "report.html", "report.md"):
+    for name in ("study.json", "results.csv", "history.csv", "manifest.json"):
         assert f"runs/s3smoke/{name}" in keys, name
-    # Tune's own records and checkpoints, and the shared pretext cache (3 tasks x 2 seeds, complete).
+    # Tune's own records and checkpoints, and the shared pretext cache (3 tasks x 1 seed, complete).
     assert any(k.startswith("runs/s3smoke/two_stage_trial_") and "/checkpoint_" in k for k in keys)
-    assert sum(k.endswith(f"/{REMOTE_COMPLETE}") and "/pretext_cache/" in k for k in keys) == 6
+    assert sum(k.endswith(f"/{REMOTE_COMPLETE}") and "/pretext_cache/" in k for k in keys) == 3
 
     local = pd.read_csv(work / "runs" / "s3smoke" / "results.csv")
     reference = pd.read_csv(smoke_run / "results.csv")
+    reference = reference[reference["seed"] == 0]
     cols = ["arm", "seed", "regime", "stop_epoch", "test_auc", "test_accuracy", "val_loss"]
     pd.testing.assert_frame_equal(
         local[cols].sort_values(cols[:3]).reset_index(drop=True),
@@ -188,8 +203,8 @@ def test_smoke_study_on_s3_storage_equals_the_local_run(s3_env, tmp_path, study_
     # Another checkout (no local copy) rebuilds the report from the bucket and uploads it.
     other = tmp_path / "laptop"
     other.mkdir()
-    boto3.client("s3").delete_object(Bucket=BUCKET, Key="runs/s3smoke/report.md")
+    assert "runs/s3smoke/report.md" not in _keys("runs/s3smoke/")
     rep = run_cli("report", f"{uri}/s3smoke", env=env, cwd=other, timeout=300)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     assert (other / "runs" / "s3smoke" / "report.html").exists()
-    assert "runs/s3smoke/report.md" in _keys("runs/s3smoke/")
+    assert {"runs/s3smoke/report.md", "runs/s3smoke/report.html"} <= set(_keys("runs/s3smoke/"))
