@@ -1,12 +1,20 @@
-"""Folder datasets: discovery, checks, decode + resize once into a cache, fingerprint, stratified splits.
+"""Datasets: discovery, checks, decode + resize once into a cache, fingerprint, stratified (grouped) splits.
 
-Layout: `ROOT/{train,test}/{benign,malignant}/*.{jpg,jpeg,png}`. Split and class folder names match in any
-capitalisation (`Train/`, `Benign/`); extensions are case-insensitive. Labels come only from the class folder
-name (0 = benign, 1 = malignant): a folder with any other name is a problem, never a guess.
+A dataset is given as a path (str/Path) or a `DataSource`, in one of two forms:
 
-`check_dataset` lists everything wrong with a folder (problems make it unusable; warnings do not);
-`load_dataset` runs the same checks, decodes every image once and caches the arrays in an `.npz` keyed by the
-content fingerprint and image size. No TensorFlow here.
+- a folder `ROOT/{train,test}/{benign,malignant}/*.{jpg,jpeg,png}`. Split and class folder names match in any
+  capitalisation (`Train/`, `Benign/`); extensions are case-insensitive. Labels come only from the class
+  folder name (0 = benign, 1 = malignant): a folder with any other name is a problem, never a guess. No
+  groups.
+- a labels CSV (`DataSource(path="labels.csv", images=..., malignant=...)`, or just the .csv path) with its
+  images folder: columns, label rules, groups (`lesion_id`/`patient_id`) and the seed-independent hashed test
+  split are described in `study.labels_csv`, which parses and resolves the CSV; everything else is here.
+
+`check_dataset` lists everything wrong with a dataset (problems make it unusable; warnings do not); the image
+checks are the same for both forms. `load_dataset` runs the same checks, decodes every image once and caches
+the arrays in an `.npz` keyed by the content fingerprint and image size; for a CSV the fingerprint also covers
+every image's label, group and split. `stratified_split` (validation) and `label_subset` (label-efficiency)
+take optional groups and then keep each group whole. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from study import labels_csv
+
 __all__ = [
     "CLASSES",
     "IMAGE_EXTENSIONS",
@@ -34,6 +44,7 @@ __all__ = [
     "SPLITS",
     "CheckReport",
     "DataError",
+    "DataSource",
     "DecodedData",
     "Split",
     "check_dataset",
@@ -86,14 +97,53 @@ def format_problems(lines: list[str]) -> str:
     return "\n".join(f"  - {line}" for line in lines)
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset is. path: a dataset folder, or a labels `.csv` file. For a CSV only: images, the folder
+    holding the images (relative: to the CSV's folder; default `<csv folder>/images` when it exists, else the
+    CSV's folder), and malignant, the diagnosis classes counted as malignant when labels come from a `dx` /
+    `diagnosis` column (e.g. ("mel",); matched in any capitalisation). See `study.labels_csv`.
+
+    The trial config maps onto it: `DataSource(trial.data_path, trial.data_images, trial.data_malignant)`.
+    Giving images or malignant with a folder is a problem (the class folders give the labels)."""
+
+    path: str
+    images: str | None = None
+    malignant: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", os.fspath(self.path))
+        if self.images is not None:
+            object.__setattr__(self, "images", os.fspath(self.images))
+        malignant = (self.malignant,) if isinstance(self.malignant, str) else tuple(self.malignant or ())
+        object.__setattr__(self, "malignant", tuple(str(m) for m in malignant))
+
+    @property
+    def is_csv(self) -> bool:
+        """A `.csv` path (any capitalisation) that is not a folder."""
+        p = Path(self.path)
+        return p.suffix.lower() == ".csv" and not p.is_dir()
+
+
+def _as_source(source: str | os.PathLike | DataSource) -> DataSource:
+    if isinstance(source, DataSource):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return DataSource(source)
+    raise TypeError(f"dataset: expected a path or a DataSource, got {type(source).__name__}")
+
+
 @dataclass
 class Split:
     """One split. images: uint8 (N, S, S, 3) RGB; labels: int64 (N,), 0 = benign, 1 = malignant;
-    paths: N file paths relative to the dataset root (POSIX separators), in sorted order."""
+    paths: N file paths relative to the dataset folder (for a labels CSV: to its images folder), POSIX
+    separators, in sorted order; groups: str (N,) group ids (lesion or patient) of a labels CSV with a group
+    column, else None (every image its own group)."""
 
     images: np.ndarray
     labels: np.ndarray
     paths: list[str]
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -101,8 +151,8 @@ class Split:
 
 @dataclass
 class DecodedData:
-    """A decoded dataset. notes: one line per conversion performed (mode, bit depth, crop, upsampling);
-    warnings: every warning of the dataset check (conversions included)."""
+    """A decoded dataset. root: the dataset folder or labels CSV; notes: one line per conversion performed
+    (mode, bit depth, crop, upsampling); warnings: every warning of the dataset check (conversions included)."""
 
     train: Split
     test: Split
@@ -123,6 +173,8 @@ class CheckReport:
     duplicates: {"exact": [[paths with identical bytes], ...], "near": [{"a", "b", "distance"}, ...],
     "near_max_distance": int}. ignored: files not read that need no action (hidden files, notes at the root).
     conversions: the subset of warnings describing conversions applied when decoding.
+    source: {"kind": "folder"}, or for a labels CSV {"kind": "csv", "csv", "images", "columns" (role -> column
+    used), "split" (how test images were chosen), "n_rows", "n_groups"}.
     """
 
     root: str
@@ -135,6 +187,7 @@ class CheckReport:
     ignored: list[str] = field(default_factory=list)
     conversions: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -144,6 +197,14 @@ class CheckReport:
         lines = [f"Dataset check: {self.root} — {status}"]
         if self.fingerprint:
             lines.append(f"fingerprint: {self.fingerprint}")
+        if self.source.get("kind") == "csv":
+            src = self.source
+            cols = ", ".join(f"{role} {col}" for role, col in src.get("columns", {}).items() if col)
+            groups = f", {src['n_groups']} groups" if src.get("columns", {}).get("group") else ""
+            lines.append(
+                f"labels CSV: {src['n_rows']} usable rows{groups}; columns: {cols or 'none matched'}; "
+                f"images folder: {src.get('images')}; test split: {src.get('split') or 'n/a'}"
+            )
         lines.append(f"  {'split':<6} {'benign':>8} {'malignant':>10} {'total':>7}")
         for split in SPLITS:
             c = self.counts.get(split, {})
@@ -187,9 +248,16 @@ def _counter_text(counter: dict[str, int]) -> str:
 
 @dataclass(frozen=True)
 class _Entry:
-    rel: str  # relative to root, POSIX separators, on-disk names
+    rel: str  # relative to root (a CSV's images folder), POSIX separators, on-disk names
     split: str  # canonical split name
     label: int
+    group: str | None = None  # labels CSV with a group column only
+    where: str = ""  # labels CSV: "labels.csv line N", shown after the path in every line about the file
+
+    @property
+    def name(self) -> str:
+        """How lines about this file name it: the path, and for a CSV row its line."""
+        return f"{self.rel} ({self.where})" if self.where else self.rel
 
 
 @dataclass
@@ -284,11 +352,14 @@ def _discover(root: Path) -> _Listing:
     listing = _Listing()
     if not root.exists():
         listing.problems.append(
-            f"{root}: dataset folder does not exist; pass the folder that holds train/ and test/"
+            f"{root}: dataset folder does not exist; pass the folder that holds train/ and test/, or a "
+            "labels .csv file"
         )
         return listing
     if not root.is_dir():
-        listing.problems.append(f"{root}: is not a folder; pass the folder that holds train/ and test/")
+        listing.problems.append(
+            f"{root}: is not a folder; pass the folder that holds train/ and test/, or a labels .csv file"
+        )
         return listing
     top = _list_dir(root, "", listing)
     if top is None:
@@ -348,6 +419,49 @@ def _discover(root: Path) -> _Listing:
     return listing
 
 
+@dataclass
+class _Resolved:
+    """A source's listing: entries to read under `read_root`; for a CSV its parsed table."""
+
+    source: DataSource
+    listing: _Listing
+    read_root: Path
+    table: labels_csv.CsvTable | None = None  # None: a folder dataset
+
+    @property
+    def has_groups(self) -> bool:
+        return self.table is not None and self.table.has_groups
+
+    def info(self) -> dict[str, Any]:
+        return self.table.info() if self.table is not None else {"kind": "folder"}
+
+
+def _resolve(source: DataSource) -> _Resolved:
+    """Cheap: directory listings and, for a CSV, parsing it (no image is read)."""
+    root = Path(source.path)
+    if not source.is_csv:
+        listing = _discover(root)
+        if source.images is not None or source.malignant:
+            given = ", ".join(
+                n
+                for n, v in (
+                    ("images (data_images)", source.images),
+                    ("malignant (data_malignant)", source.malignant),
+                )
+                if v
+            )
+            listing.problems.append(
+                f"{root}: {given} apply only to a labels CSV, but this is a dataset folder whose class folders "
+                "give the labels; remove them, or pass the labels .csv file"
+            )
+        return _Resolved(source, listing, root)
+    table = labels_csv.read_labels_csv(root, source.images, source.malignant, IMAGE_EXTENSIONS)
+    where = table.csv.name
+    entries = [_Entry(r.rel, r.split, r.label, r.group, f"{where} line {r.line}") for r in table.rows]
+    listing = _Listing(entries=entries, problems=list(table.problems), warnings=list(table.warnings))
+    return _Resolved(source, listing, table.images or root.parent, table)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Fingerprint
 
@@ -369,24 +483,53 @@ def _fingerprint_of(records: list[tuple[str, int, str]]) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(root: str | Path) -> str:
-    """16-hex-digit sha256 over the sorted relative paths, sizes and sha256 of the bytes of every image file
-    the loader would read (other files do not count). Changes when any byte, name or file changes.
-    Raises DataError when the root folder does not exist."""
-    root = Path(root)
-    if not root.is_dir():
+_CSV_FINGERPRINT_TAG = b"labels-csv v1\n"
+
+
+def _fingerprint_csv(records: list[tuple[_Entry, int, str]]) -> str:
+    """Over each image's path, size, bytes' sha256, split, label and group (not the CSV's other columns,
+    its row order or its formatting)."""
+    h = hashlib.sha256(_CSV_FINGERPRINT_TAG)
+    for e, size, digest in sorted(records, key=lambda r: r[0].rel):
+        h.update(json.dumps([e.rel, size, digest, e.split, e.label, e.group]).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def _fingerprint_records(res: _Resolved, records: list[tuple[_Entry, int, str]]) -> str:
+    if (
+        res.table is None
+    ):  # folders: labels are implied by the paths (the value is unchanged from before CSVs)
+        return _fingerprint_of([(e.rel, size, digest) for e, size, digest in records])
+    return _fingerprint_csv(records)
+
+
+def fingerprint(source: str | Path | DataSource) -> str:
+    """16-hex-digit sha256 of a dataset's content, which keys the decoded and pretext caches.
+
+    Folder: over the sorted relative paths, sizes and sha256 of the bytes of every image file the loader
+    would read (other files do not count). Labels CSV: over every usable row's image path (relative to the
+    images folder), size, sha256 of its bytes, split, label and group — relabelling, regrouping or moving a row
+    to the other split changes it; the CSV's other columns and row order do not. Changes when any byte, name
+    or file changes. Raises DataError when the folder or the CSV does not exist, or the CSV cannot be read
+    (its columns cannot be matched)."""
+    src = _as_source(source)
+    root = Path(src.path)
+    if not src.is_csv and not root.is_dir():
         raise DataError([f"{root}: dataset folder does not exist or is not a folder"], root)
-    return _fingerprint_entries(root, _discover(root).entries)
+    res = _resolve(src)
+    if res.table is not None and res.table.fatal:
+        raise DataError(res.table.problems, root)
+    return _fingerprint_entries(res)
 
 
-def _fingerprint_entries(root: Path, entries: list[_Entry]) -> str:
+def _fingerprint_entries(res: _Resolved) -> str:
     records = []
-    for e in entries:
+    for e in res.listing.entries:
         try:
-            records.append((e.rel, *_file_digest(root / e.rel)))
+            records.append((e, *_file_digest(res.read_root / e.rel)))
         except OSError:
-            records.append((e.rel, -1, _UNREADABLE))
-    return _fingerprint_of(records)
+            records.append((e, -1, _UNREADABLE))
+    return _fingerprint_records(res, records)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -458,9 +601,9 @@ def _inspect_file(root: Path, entry: _Entry, image_size: int | None) -> _FileRes
 
     Never raises for bad files: the reason goes to `problem`."""
     res = _FileResult(entry)
-    rel = entry.rel
+    rel = entry.name  # how messages name the file
     try:
-        data = (root / rel).read_bytes()
+        data = (root / entry.rel).read_bytes()
     except PermissionError:
         res.problem = f"{rel}: cannot read (permission denied); fix with chmod a+r"
         return res
@@ -500,7 +643,7 @@ def _inspect_file(root: Path, entry: _Entry, image_size: int | None) -> _FileRes
         return res
 
     notes = res.conversions
-    ext = os.path.splitext(rel)[1].lower()
+    ext = os.path.splitext(entry.rel)[1].lower()
     if res.format != _FORMATS_BY_EXT[ext]:
         notes.append(f"{rel}: holds {res.format} data despite its {ext} extension; decoded as {res.format}")
     if n_frames > 1:
@@ -573,20 +716,20 @@ def _duplicate_findings(results: list[_FileResult]) -> tuple[list[str], list[str
             if o.split != first.split:
                 test, train = (o, first) if o.split == "test" else (first, o)
                 problems.append(
-                    f"{test.rel}: byte-identical to {train.rel} (train/test leakage); remove it from test or "
+                    f"{test.name}: byte-identical to {train.name} (train/test leakage); remove it from test or "
                     "from train"
                 )
             if ref is o:
                 continue
             if o.label != ref.label:
                 problems.append(
-                    f"{o.rel}: byte-identical to {ref.rel} but labelled {CLASSES[o.label]} vs "
+                    f"{o.name}: byte-identical to {ref.name} but labelled {CLASSES[o.label]} vs "
                     f"{CLASSES[ref.label]} (conflicting labels); keep the copy with the right label, "
                     "delete the other"
                 )
             else:
                 warns.append(
-                    f"{o.rel}: byte-identical to {ref.rel} (same label, counted twice); delete one copy"
+                    f"{o.name}: byte-identical to {ref.name} (same label, counted twice); delete one copy"
                 )
 
     hashed = [r for r in results if r.phash is not None]
@@ -601,11 +744,11 @@ def _duplicate_findings(results: list[_FileResult]) -> tuple[list[str], list[str
         near.append({"a": a.entry.rel, "b": b.entry.rel, "distance": d})
         if a.entry.split != b.entry.split:
             test, train = (a, b) if a.entry.split == "test" else (b, a)
-            leak_pairs.append((test.entry.rel, train.entry.rel, d))
+            leak_pairs.append((test.entry.name, train.entry.name, d))
         elif a.entry.label != b.entry.label:
-            conflict_pairs.append((a.entry.rel, b.entry.rel, d))
+            conflict_pairs.append((a.entry.name, b.entry.name, d))
         else:
-            same_pairs.append((a.entry.rel, b.entry.rel, d))
+            same_pairs.append((a.entry.name, b.entry.name, d))
     bits = NEAR_DUPLICATE_HASH_SIZE**2
     criterion = f"phash Hamming distance <= {NEAR_DUPLICATE_MAX_DISTANCE} of {bits} bits"
     if leak_pairs:
@@ -644,9 +787,9 @@ def _pairs_text(pairs: list[tuple[str, str, int]]) -> str:
 # Check
 
 
-def _scan(root: Path, image_size: int | None) -> tuple[CheckReport, list[_FileResult]]:
-    listing = _discover(root)
-    results = [_inspect_file(root, e, image_size) for e in listing.entries]
+def _scan(res: _Resolved, image_size: int | None) -> tuple[CheckReport, list[_FileResult]]:
+    listing = res.listing
+    results = [_inspect_file(res.read_root, e, image_size) for e in listing.entries]
     problems = list(listing.problems) + [r.problem for r in results if r.problem]
     conversions = [note for r in results if r.problem is None for note in r.conversions]
     dup_problems, dup_warnings, duplicates = _duplicate_findings(results)
@@ -674,9 +817,9 @@ def _scan(root: Path, image_size: int | None) -> tuple[CheckReport, list[_FileRe
             non_square=non_square,
             small=sum(min(r.width, r.height) < SMALL_IMAGE_PX for r in decoded),
         )
-    records = [(r.entry.rel, r.nbytes, r.digest or _UNREADABLE) for r in results]
+    records = [(r.entry, r.nbytes, r.digest or _UNREADABLE) for r in results]
     report = CheckReport(
-        root=str(root),
+        root=res.source.path,
         ok=not problems,
         problems=problems,
         warnings=warns,
@@ -685,13 +828,15 @@ def _scan(root: Path, image_size: int | None) -> tuple[CheckReport, list[_FileRe
         duplicates=duplicates,
         ignored=sorted(listing.ignored),
         conversions=conversions,
-        fingerprint=_fingerprint_of(records),
+        fingerprint=_fingerprint_records(res, records),
+        source=res.info(),
     )
     return report, results
 
 
-def check_dataset(root: str | Path) -> CheckReport:
-    """Check a dataset folder without loading it for training: reads and decodes every image once.
+def check_dataset(source: str | Path | DataSource) -> CheckReport:
+    """Check a dataset (a folder, or a labels CSV: a path or a DataSource) without loading it for training:
+    reads and decodes every image once.
 
     Problems (unusable): missing split/class folders, empty class folders, unexpected folder names (labels
     are never guessed), images outside class folders, nested folders, broken symlinks, unreadable, empty,
@@ -702,8 +847,14 @@ def check_dataset(root: str | Path) -> CheckReport:
     same-label exact duplicates, near-duplicates (phash, see NEAR_DUPLICATE_MAX_DISTANCE) across train/test,
     across classes, or within a split and class, non-image files in class folders. Symlinked folders are
     followed only at the fixed layout depth, so symlink loops cannot recurse.
+    A labels CSV gets the same image checks (each line names the file and its CSV line), plus its own
+    (`study.labels_csv`): problems for columns that cannot be matched, rows whose image is missing or
+    ambiguous, empty cells, label or split values outside the accepted ones, conflicting labels for one image,
+    a malignant class that does not occur, a diagnosis column without malignant classes, a group (lesion or
+    patient) with rows in both train and test (test leakage), a split without images of a class; warnings
+    for repeated identical rows, empty group cells and image files with no row.
     """
-    report, _ = _scan(Path(root), None)
+    report, _ = _scan(_resolve(_as_source(source)), None)
     return report
 
 
@@ -721,10 +872,12 @@ def _cache_path(cache_dir: Path, fp: str, image_size: int) -> Path:
     return cache_dir / "decoded" / f"{fp}-{image_size}px-v{LOADER_VERSION}.npz"
 
 
-def _split_from(results: list[_FileResult], split: str, image_size: int) -> Split:
+def _split_from(results: list[_FileResult], split: str, image_size: int, grouped: bool) -> Split:
     rs = [r for r in results if r.entry.split == split]
     images = np.stack([r.array for r in rs]) if rs else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return Split(images, np.array([r.entry.label for r in rs], dtype=np.int64), [r.entry.rel for r in rs])
+    groups = np.array([r.entry.group for r in rs], dtype=str) if grouped else None
+    labels = np.array([r.entry.label for r in rs], dtype=np.int64)
+    return Split(images, labels, [r.entry.rel for r in rs], groups)
 
 
 def _save_cache(path: Path, data: DecodedData) -> None:
@@ -742,6 +895,8 @@ def _save_cache(path: Path, data: DecodedData) -> None:
         arrays[f"{name}_images"] = split.images
         arrays[f"{name}_labels"] = split.labels
         arrays[f"{name}_paths"] = np.array(split.paths, dtype=str)
+        if split.groups is not None:  # absent for folder data (caches written before groups stay valid)
+            arrays[f"{name}_groups"] = np.asarray(split.groups, dtype=str)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -752,32 +907,38 @@ def _save_cache(path: Path, data: DecodedData) -> None:
             os.unlink(tmp)
 
 
-def _load_cache(path: Path, root: Path, fp: str, image_size: int) -> DecodedData:
+def _load_cache(path: Path, root: str, fp: str, image_size: int) -> DecodedData:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         splits = {}
         for s in SPLITS:
             images, labels, paths = z[f"{s}_images"], z[f"{s}_labels"], [str(p) for p in z[f"{s}_paths"]]
+            groups = z[f"{s}_groups"] if f"{s}_groups" in z.files else None
             consistent = len(images) == len(labels) == len(paths)
+            if groups is not None:
+                consistent = consistent and groups.shape == (len(paths),)
             if images.shape[1:] != (image_size, image_size, 3) or not consistent:
                 raise ValueError(f"inconsistent arrays for split {s}")
-            splits[s] = Split(images, labels.astype(np.int64), paths)
+            splits[s] = Split(images, labels.astype(np.int64), paths, groups)
     if meta.get("fingerprint") != fp or meta.get("image_size") != image_size:
         raise ValueError("cache metadata does not match its file name")
-    return DecodedData(
-        splits["train"], splits["test"], fp, str(root), image_size, meta["notes"], meta["warnings"]
-    )
+    return DecodedData(splits["train"], splits["test"], fp, root, image_size, meta["notes"], meta["warnings"])
 
 
-def load_dataset(root: str | Path, image_size: int, cache_dir: str | Path | None = None) -> DecodedData:
-    """Decode every image once into uint8 (N, image_size, image_size, 3) RGB arrays, cached on disk.
+def load_dataset(
+    source: str | Path | DataSource, image_size: int, cache_dir: str | Path | None = None
+) -> DecodedData:
+    """Decode every image of a dataset (a folder, or a labels CSV: a path or a DataSource) once into uint8
+    (N, image_size, image_size, 3) RGB arrays, cached on disk.
 
     Each image is converted to 8-bit RGB (see check_dataset), centre-cropped to its largest square (non-square
     images lose the ends of their long side; nothing is stretched) and resized with PIL's Lanczos filter
-    (antialiased when shrinking). Images are ordered by sorted relative path within each split.
+    (antialiased when shrinking). Images are ordered by sorted relative path within each split; a labels CSV
+    with a group column also gives each split's `groups`.
     The arrays are cached in `cache_dir/decoded/<fingerprint>-<size>px-v<loader version>.npz` (default
-    cache_dir: $STUDY_CACHE_DIR or ~/.cache/melanoma-ssl-study); a later call with unchanged files loads the
-    cache without decoding. Raises DataError listing every problem when the dataset is unusable.
+    cache_dir: $STUDY_CACHE_DIR or ~/.cache/melanoma-ssl-study); a later call with unchanged files (and, for a
+    CSV, unchanged labels, groups and splits) loads the cache without decoding. Raises DataError listing every
+    problem when the dataset is unusable.
     """
     is_int = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
     if not is_int or image_size < MIN_IMAGE_SIZE:
@@ -785,53 +946,55 @@ def load_dataset(root: str | Path, image_size: int, cache_dir: str | Path | None
             f"load_dataset: image_size must be an integer >= {MIN_IMAGE_SIZE} pixels, got {image_size!r}"
         )
     image_size = int(image_size)
-    root = Path(root)
+    src = _as_source(source)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    listing = _discover(root)
+    res = _resolve(src)
     cache_note: list[str] = []
-    # Structural problems are re-checked on every call (cheap listings); everything decoding finds is a
-    # function of the files' bytes, which the fingerprint in the cache key covers.
-    if not listing.problems:
-        fp = _fingerprint_entries(root, listing.entries)
+    # Structural problems (and a CSV's) are re-checked on every call (listings, parsing); everything decoding
+    # finds is a function of the files' bytes, which the fingerprint in the cache key covers.
+    if not res.listing.problems:
+        fp = _fingerprint_entries(res)
         path = _cache_path(cache_dir, fp, image_size)
         if path.is_file():
             try:
-                return _load_cache(path, root, fp, image_size)
+                return _load_cache(path, src.path, fp, image_size)
             except Exception as e:  # noqa: BLE001 — a damaged cache is rebuilt, and the rebuild is noted
                 cache_note.append(f"cache file {path} was unreadable ({type(e).__name__}: {e}); rebuilt it")
-    report, results = _scan(root, image_size)
+    report, results = _scan(res, image_size)
     if not report.ok:
-        raise DataError(report.problems, root)
-    return _store_decoded(report, results, root, image_size, cache_dir, cache_note)
+        raise DataError(report.problems, src.path)
+    return _store_decoded(report, results, res, image_size, cache_dir, cache_note)
 
 
-def check_and_cache(root: str | Path, image_size: int, cache_dir: str | Path | None = None) -> CheckReport:
+def check_and_cache(
+    source: str | Path | DataSource, image_size: int, cache_dir: str | Path | None = None
+) -> CheckReport:
     """`check_dataset` and, when the data is usable, `load_dataset`'s decoded cache, from one decoding pass.
 
     The study driver calls this once, so that trials on this machine load arrays instead of decoding.
     """
-    root = Path(root)
-    report, results = _scan(root, int(image_size))
+    res = _resolve(_as_source(source))
+    report, results = _scan(res, int(image_size))
     if report.ok:
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        _store_decoded(report, results, root, int(image_size), cache, [])
+        _store_decoded(report, results, res, int(image_size), cache, [])
     return report
 
 
 def _store_decoded(
     report: CheckReport,
     results: list[_FileResult],
-    root: Path,
+    res: _Resolved,
     image_size: int,
     cache_dir: Path,
     cache_note: list[str],
 ) -> DecodedData:
     """The DecodedData of a clean scan, written to the cache (a failed write is noted, not raised)."""
     data = DecodedData(
-        train=_split_from(results, "train", image_size),
-        test=_split_from(results, "test", image_size),
+        train=_split_from(results, "train", image_size, res.has_groups),
+        test=_split_from(results, "test", image_size, res.has_groups),
         fingerprint=report.fingerprint,
-        root=str(root),
+        root=res.source.path,
         image_size=image_size,
         notes=list(report.conversions),
         warnings=report.warnings,
@@ -875,17 +1038,65 @@ def _round_half_up(x: float) -> int:
     return int(np.floor(x + 0.5))
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _group_strata(labels: np.ndarray, groups: Any, fn: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes int64 (N,): each image's group, 0..G-1 in sorted group-id order; sizes int64 (G,): images per
+    group; group_labels (G,): the largest label in each group, its stratum)."""
+    g = np.asarray(groups)
+    if g.ndim != 1 or len(g) != len(labels):
+        raise ValueError(
+            f"{fn}: groups must be a 1-D array with one group id per label ({len(labels)}), got shape {g.shape}"
+        )
+    try:
+        _, codes = np.unique(g, return_inverse=True)
+    except TypeError as e:
+        raise ValueError(f"{fn}: group ids must be comparable (strings or integers), got {e}") from None
+    codes = codes.reshape(-1).astype(np.int64)
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    sizes = np.bincount(codes, minlength=n_groups).astype(np.int64)
+    group_labels = np.full(n_groups, labels.min() if len(labels) else 0, dtype=labels.dtype)
+    np.maximum.at(group_labels, codes, labels)
+    return codes, sizes, group_labels
+
+
+def _closest_prefix(sizes: np.ndarray, target: float, lo: int, hi: int) -> int:
+    """k in [lo, hi] whose prefix sum sizes[:k].sum() is closest to target; ties to the smaller k. For fixed
+    sizes, k never decreases as target grows (so prefixes of one order nest)."""
+    cum = np.concatenate([[0], np.cumsum(sizes)])
+    ks = np.arange(lo, hi + 1)
+    return int(ks[np.argmin(np.abs(cum[ks] - target))])
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (train_idx, val_idx), each int64 sorted, disjoint, together covering 0..N-1.
 
-    Per class with n_c images, round(val_fraction * n_c) go to validation, at least 1 when n_c >= 2 and at
-    most n_c - 1 (each class keeps a training image). Deterministic for a seed; different seeds differ.
+    labels: int (N,). Without groups: per class with n_c images, round(val_fraction * n_c) go to validation,
+    at least 1 when n_c >= 2 and at most n_c - 1 (each class keeps a training image).
+    With groups (N,) (group ids, e.g. lesion ids): whole groups go to validation, so no group is in both.
+    Each group's stratum is its largest label (a group with a malignant image counts as malignant); per
+    stratum with n_c images in g_c groups, the groups are shuffled and the shortest-distance prefix to
+    val_fraction * n_c images is taken, at least 1 and at most g_c - 1 groups when g_c >= 2 (none when 1).
+    Deterministic for a seed; different seeds differ.
     """
     labels = _check_labels(labels, "stratified_split")
     seed = _check_seed(seed, "stratified_split")
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"stratified_split: val_fraction must be in (0, 1), got {val_fraction!r}")
     rng = np.random.default_rng([seed, _STREAM_VAL_SPLIT])
+    if groups is not None:
+        codes, sizes, group_labels = _group_strata(labels, groups, "stratified_split")
+        val_groups = []
+        for c in np.unique(group_labels):
+            order = rng.permutation(np.flatnonzero(group_labels == c))
+            n_g = len(order)
+            lo, hi = (1, n_g - 1) if n_g >= 2 else (0, 0)
+            target = _round_half_up(val_fraction * sizes[order].sum())
+            val_groups.append(order[: _closest_prefix(sizes[order], target, lo, hi)])
+        chosen = np.concatenate(val_groups) if val_groups else np.zeros(0, np.int64)
+        val_idx = np.flatnonzero(np.isin(codes, chosen)).astype(np.int64)
+        train_idx = np.flatnonzero(~np.isin(codes, chosen)).astype(np.int64)
+        return train_idx, val_idx
     val = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
@@ -900,17 +1111,31 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return train_idx, val_idx
 
 
-def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def label_subset(
+    labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Sorted int64 indices of a stratified `fraction` of the labelled set (label-efficiency studies).
 
-    Per class, max(1, round(fraction * n_c)) images are kept. For one seed the subsets nest: the subset at a
-    smaller fraction is contained in the one at a larger fraction. fraction = 1 returns every index.
+    labels: int (N,). Without groups: per class, max(1, round(fraction * n_c)) images are kept.
+    With groups (N,): whole groups are kept; per stratum (a group's largest label) the groups are shuffled
+    once per seed and the prefix whose image count is closest to max(1, round(fraction * n_c)) is kept (at
+    least one group). Either way, for one seed the subsets nest: the subset at a smaller fraction is
+    contained in the one at a larger fraction. fraction = 1 returns every index.
     """
     labels = _check_labels(labels, "label_subset")
     seed = _check_seed(seed, "label_subset")
     if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         raise ValueError(f"label_subset: fraction must be in (0, 1], got {fraction!r}")
     rng = np.random.default_rng([seed, _STREAM_LABEL_SUBSET])
+    if groups is not None:
+        codes, sizes, group_labels = _group_strata(labels, groups, "label_subset")
+        kept = []
+        for c in np.unique(group_labels):
+            order = rng.permutation(np.flatnonzero(group_labels == c))
+            target = max(1, _round_half_up(fraction * sizes[order].sum()))
+            kept.append(order[: _closest_prefix(sizes[order], target, 1, len(order))])
+        chosen = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+        return np.flatnonzero(np.isin(codes, chosen)).astype(np.int64)
     keep = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
