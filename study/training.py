@@ -10,9 +10,10 @@ same architecture, set to exactly the state a new one would start in (same resul
 All data randomness is derived per epoch, `np.random.default_rng([seed, stream, epoch])`, never drawn from a
 running generator, so a phase resumed at epoch k replays exactly. The stream ids are below.
 
-Splits: both phases use `study.data.stratified_split(train labels, val_fraction, seed)`, so for one
-seed every arm (and the pretext phase) sees the same validation images; the pretext phase trains on all
-non-validation training images (it uses no labels), the fine-tune phase on `label_fraction` of them.
+Splits: both phases use `study.data.stratified_split(train labels, val_fraction, seed, groups)` (groups: the
+lesion ids of a labels CSV, kept whole; None for folders), so for one seed every arm (and the pretext phase)
+sees the same validation images; the pretext phase trains on all non-validation training images (it uses no
+labels), the fine-tune phase on `label_fraction` of them (`finetune_split`).
 
 Divergence: a non-finite training or validation loss stops the phase without raising. The diverged epoch is
 not added to the history (its numbers are garbage) and `on_epoch` is not called for it. It is detected at
@@ -469,11 +470,7 @@ def run_finetune(
     seed = trial.seed
     _fresh_keras_state(seed)
 
-    train_index, val_index = validation_split(trial, data)
-    if trial.label_fraction < 1.0:
-        from study.data import label_subset
-
-        train_index = train_index[label_subset(data.train.labels[train_index], trial.label_fraction, seed)]
+    train_index, val_index = finetune_split(trial, data)
     x_train, y_train = data.train.images[train_index], _binary(data.train.labels[train_index])
     x_val, y_val = data.train.images[val_index], data.train.labels[val_index]
     x_test, y_test = data.test.images, data.test.labels
@@ -802,11 +799,32 @@ def _fingerprint(data: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 # shared helpers
 def validation_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/validation rows of `data.train` for this seed (the same in every arm)."""
+    """Stratified train/validation rows of `data.train` for this seed (the same in every arm); whole groups
+    (lesions) when `data.train.groups` is set, so no group is in both."""
     from study.data import stratified_split
 
-    train_index, val_index = stratified_split(data.train.labels, trial.val_fraction, trial.seed)
+    groups = getattr(data.train, "groups", None)
+    train_index, val_index = stratified_split(
+        data.train.labels, trial.val_fraction, trial.seed, groups=groups
+    )
     return np.asarray(train_index), np.asarray(val_index)
+
+
+def finetune_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of `data.train` for the fine-tune phase: `validation_split`, then
+    `label_fraction` of the training rows (`study.data.label_subset`, whole groups when `data.train.groups`
+    is set; nested across fractions for one seed)."""
+    train_index, val_index = validation_split(trial, data)
+    if trial.label_fraction < 1.0:
+        from study.data import label_subset
+
+        groups = getattr(data.train, "groups", None)
+        sub_groups = None if groups is None else np.asarray(groups)[train_index]
+        subset = label_subset(
+            data.train.labels[train_index], trial.label_fraction, trial.seed, groups=sub_groups
+        )
+        train_index = train_index[subset]
+    return train_index, val_index
 
 
 def _check_data(trial: TrialConfig, data: Any) -> None:
