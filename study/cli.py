@@ -164,11 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = dsub.add_parser(
         "check",
-        help="check a dataset folder for problems and train/test leakage",
+        help="check a dataset folder or labels CSV for problems and train/test leakage",
         formatter_class=_formatter,
-        epilog="example:\n  study data check /data/isic\n",
+        epilog="examples:\n  study data check /data/isic\n"
+        "  study data check /data/isic2020/train.csv --images jpeg/train\n"
+        "  study data check /data/ham10000/HAM10000_metadata.csv --images images --malignant mel\n",
     )
-    check.add_argument("dir", metavar="DIR")
+    check.add_argument("dir", metavar="DIR|CSV", help="a dataset folder, or a labels .csv file")
+    check.add_argument(
+        "--images",
+        metavar="DIR",
+        help="labels CSV only: the images folder, relative to the CSV's folder (default: its images/ "
+        "folder if it exists, else the CSV's folder)",
+    )
+    check.add_argument(
+        "--malignant",
+        metavar="CLASS",
+        action="append",
+        default=[],
+        help="labels CSV with a diagnosis column (dx, diagnosis) only: a class counted as malignant "
+        "(repeat for several, e.g. --malignant mel)",
+    )
     return parser
 
 
@@ -244,9 +260,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
             print(f"Wrote {args.out}: {counts}")
             return 0
-        from study.data import check_dataset
+        from study.data import DataSource, check_dataset
 
-        report = check_dataset(args.dir)
+        report = check_dataset(DataSource(args.dir, args.images, tuple(args.malignant)))
         print(report.format())
         return 0 if report.ok else EXIT_BAD_DATA
     raise AssertionError(args.command)
