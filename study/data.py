@@ -747,7 +747,9 @@ def _duplicate_findings(results: list[_FileResult]) -> tuple[list[str], list[str
             leak_pairs.append((test.entry.name, train.entry.name, d))
         elif a.entry.label != b.entry.label:
             conflict_pairs.append((a.entry.name, b.entry.name, d))
-        else:
+        elif a.entry.group is None or a.entry.group != b.entry.group:
+            # Images of one group (a lesion photographed twice) are expected to look alike, and grouped
+            # splits keep them together: not warned about.
             same_pairs.append((a.entry.name, b.entry.name, d))
     bits = NEAR_DUPLICATE_HASH_SIZE**2
     criterion = f"phash Hamming distance <= {NEAR_DUPLICATE_MAX_DISTANCE} of {bits} bits"

@@ -366,6 +366,7 @@ def read_labels_csv(
     first_by_rel: dict[str, tuple[int, int, str, str | None]] = {}
     rows: list[CsvRow] = []
     own_group_lines: list[int] = []
+    named: set[str] = set()
     diagnoses: Counter[str] = Counter()
 
     for line, cells in rows_data:
@@ -383,6 +384,10 @@ def read_labels_csv(
         def cell(col: str) -> str:
             return cells[index[col]].strip()
 
+        value = cell(image_col)
+        found = _resolve_image(value, file_set, by_stem, by_lower, extensions) if value else (None, "", [])
+        rel, why, matched = found
+        named.update(matched)  # a file a row names is not reported as having no row
         bad = False
         for col in (image_col, label_col) + ((split_col,) if split_col else ()):
             if not cell(col):
@@ -390,7 +395,14 @@ def read_labels_csv(
                 bad = True
         if bad:
             continue
-        value = cell(image_col)
+        if rel is None:
+            problems.add(
+                "no image",
+                line,
+                f"{where}: {image_col} {value!r}: {why} (images folder {images_dir}); fix the cell, add the "
+                "file, or remove the row",
+            )
+            continue
         label = _parse_label(label_kind, cell(label_col), malignant_keys)
         if label_kind == "diagnosis":
             diagnoses[cell(label_col).lower()] += 1
@@ -424,15 +436,6 @@ def read_labels_csv(
                     "(validation images are drawn from train by each seed)",
                 )
                 continue
-        rel, why = _resolve_image(value, file_set, by_stem, by_lower, extensions)
-        if rel is None:
-            problems.add(
-                "no image",
-                line,
-                f"{where}: {image_col} {value!r}: {why} in {images_dir}; add the file, fix the cell, or remove "
-                "the row",
-            )
-            continue
         stem = os.path.splitext(rel)[0]
         group: str | None = None
         if group_col:
@@ -488,7 +491,7 @@ def read_labels_csv(
         )
     if split_col and group_col:
         table.problems += _groups_across_splits(rows, name, group_col)
-    unused = sorted(file_set - set(first_by_rel))
+    unused = sorted(file_set - named)
     if unused:
         shown = ", ".join(unused[:5]) + (", ..." if len(unused) > 5 else "")
         table.warnings.append(
@@ -525,37 +528,32 @@ def _resolve_image(
     by_stem: dict[tuple[str, str], list[str]],
     by_lower: dict[str, list[str]],
     extensions: tuple[str, ...],
-) -> tuple[str | None, str]:
-    """(relative path of the image a cell names, or None and why not)."""
+) -> tuple[str | None, str, list[str]]:
+    """(relative path of the image a cell names or None, why not, every file the cell matches)."""
     p = PurePosixPath(value)
     if p.is_absolute() or ".." in p.parts or "\\" in value:
-        return None, "must be a path relative to the images folder, with / separators and no '..',"
+        return None, "not a path relative to the images folder (with / separators and no '..')", []
     ext = os.path.splitext(value)[1].lower()
     norm = str(p)
     if ext in extensions:
         if norm in files:
-            return norm, ""
+            return norm, "", [norm]
         candidates = by_stem.get((os.path.splitext(norm)[0], ext), [])
-        tried = norm
+        tried = [norm]
     else:
         candidates = [f for e in extensions for f in by_stem.get((norm, e), [])]
-        tried = " or ".join(f"{norm}{e}" for e in extensions)
+        tried = [f"{norm}{e}" for e in extensions]
     if len(candidates) == 1:
-        return candidates[0], ""
+        return candidates[0], "", candidates
     if len(candidates) > 1:
         return (
             None,
-            f"ambiguous, several files match ({', '.join(candidates)}): name one of them in the cell;",
+            f"ambiguous, several files match ({', '.join(candidates)}); name one of them in the cell",
+            candidates,
         )
-    hint = ""
-    near = [
-        f
-        for t in ([norm] if ext in extensions else [f"{norm}{e}" for e in extensions])
-        for f in by_lower.get(t.lower(), [])
-    ]
-    if near:
-        hint = f" (a file differs only in capitalisation: {near[0]})"
-    return None, f"no image file {tried}{hint}"
+    near = [f for t in tried for f in by_lower.get(t.lower(), [])]
+    hint = f" (a file differs only in capitalisation: {near[0]})" if near else ""
+    return None, f"no image file {' or '.join(tried)}{hint}", []
 
 
 def _groups_across_splits(rows: list[CsvRow], name: str, group_col: str) -> list[str]:
