@@ -273,6 +273,98 @@ def test_label_subset_depends_on_seed_and_rejects_bad_fraction() -> None:
             label_subset(labels, bad, 0)
 
 
+def test_splits_without_groups_are_unchanged() -> None:
+    """Pinned to the values before groups existed: groups=None must stay bit-identical."""
+    import hashlib
+
+    labels = (np.random.default_rng(123).uniform(size=150) < 0.3).astype(np.int64)
+    h = hashlib.sha256()
+    for seed in (0, 1, 7, 2**31):
+        for frac in (0.1, 0.2, 0.5):
+            train, val = stratified_split(labels, frac, seed)
+            np.testing.assert_array_equal(val, stratified_split(labels, frac, seed, groups=None)[1])
+            h.update(val.tobytes())
+        for frac in (0.05, 0.3, 1.0):
+            h.update(label_subset(labels, frac, seed, groups=None).tobytes())
+    assert h.hexdigest()[:16] == "d1a7318d3ea5b152"
+
+
+grouped_strategy = st.lists(st.tuples(st.integers(0, 1), st.integers(0, 30)), min_size=2, max_size=150)
+
+
+def _grouped(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.array([p[0] for p in pairs], np.int64)
+    groups = np.array([f"lesion-{p[1]}" for p in pairs])
+    return labels, groups
+
+
+@settings(max_examples=60, deadline=None)
+@given(pairs=grouped_strategy, frac=st.floats(0.05, 0.95), seed=st.integers(0, 2**32 - 1))
+def test_grouped_stratified_split_keeps_groups_whole(pairs, frac: float, seed: int) -> None:
+    labels, groups = _grouped(pairs)
+    train, val = stratified_split(labels, frac, seed, groups=groups)
+    assert train.dtype == val.dtype == np.int64
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)
+    np.testing.assert_array_equal(np.union1d(train, val), np.arange(len(labels)))
+    assert not set(groups[train]) & set(groups[val])
+    # per stratum (a group's largest label): at least one validation group and one training group when the
+    # stratum has two or more groups
+    stratum = {g: labels[groups == g].max() for g in set(groups)}
+    for c in (0, 1):
+        gs = [g for g, s in stratum.items() if s == c]
+        in_val = {g for g in gs if g in set(groups[val])}
+        if len(gs) >= 2:
+            assert 1 <= len(in_val) <= len(gs) - 1
+        else:
+            assert not in_val
+    again = stratified_split(labels, frac, seed, groups=list(groups))  # any sequence of ids
+    np.testing.assert_array_equal(again[1], val)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pairs=grouped_strategy, seed=st.integers(0, 2**32 - 1))
+def test_grouped_label_subset_nested_and_whole(pairs, seed: int) -> None:
+    labels, groups = _grouped(pairs)
+    previous = np.zeros(0, np.int64)
+    for frac in (0.1, 0.25, 0.5, 1.0):
+        idx = label_subset(labels, frac, seed, groups=groups)
+        assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0)
+        assert np.isin(groups, groups[idx]).sum() == len(idx)  # whole groups
+        stratum = {g: labels[groups == g].max() for g in set(groups)}
+        assert {stratum[g] for g in set(groups[idx])} == set(stratum.values())  # each stratum keeps a group
+        assert np.isin(previous, idx).all()
+        previous = idx
+    np.testing.assert_array_equal(previous, np.arange(len(labels)))
+
+
+def test_grouped_splits_depend_on_seed_and_reach_the_target_roughly() -> None:
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 7, 80)
+    groups = np.repeat(np.arange(80), sizes)
+    labels = np.repeat((rng.uniform(size=80) < 0.3).astype(np.int64), sizes)
+    vals = [stratified_split(labels, 0.2, s, groups=groups)[1] for s in range(6)]
+    assert len({tuple(v) for v in vals}) == 6
+    for val in vals:
+        assert abs(len(val) / len(labels) - 0.2) < 0.03
+        assert abs(labels[val].mean() - labels.mean()) < 0.08
+    sub = label_subset(labels, 0.3, 0, groups=groups)
+    assert abs(len(sub) / len(labels) - 0.3) < 0.03
+    for bad in (groups[:-1], groups.reshape(-1, 1)):
+        with pytest.raises(ValueError, match="one group id per label"):
+            stratified_split(labels, 0.2, 0, groups=bad)
+
+
+def test_split_groups_round_trip_through_the_cache(tiny_dataset: Path, cache_dir: Path) -> None:
+    d = load_dataset(tiny_dataset, 16, cache_dir=cache_dir)
+    assert d.train.groups is None and d.test.groups is None  # folder data: no groups (old caches stay valid)
+    d.train.groups = np.array([f"g{i // 3}" for i in range(len(d.train))])
+    path = data._cache_path(cache_dir, d.fingerprint, 16)
+    data._save_cache(path, d)
+    again = data._load_cache(path, str(tiny_dataset), d.fingerprint, 16)
+    np.testing.assert_array_equal(again.train.groups, d.train.groups)
+    assert again.test.groups is None
+
+
 # ---------------------------------------------------------------------------------------------- check
 
 
