@@ -159,6 +159,37 @@ def test_other_seed_gives_another_split_and_label_fraction_a_stratified_subset(s
     assert set(data.train.labels[other.train_index]) == {0, 1}
 
 
+def _with_lesions(data: DecodedData) -> DecodedData:
+    """`data` whose training images come in lesions of 3 images with one label each (as a labels CSV gives)."""
+    import dataclasses
+
+    n = len(data.train)
+    groups = np.array([f"lesion-{i % 2}-{i // 6}" for i in range(n)])
+    return dataclasses.replace(data, train=dataclasses.replace(data.train, groups=groups))
+
+
+def test_validation_split_and_label_subset_keep_lesions_whole(data):
+    grouped = _with_lesions(data)
+    groups = grouped.train.groups
+    trial = BASE.replace(label_fraction=0.5, finetune_epochs=1)
+    train, val = training.validation_split(trial, grouped)
+    assert len(val) and not set(groups[train]) & set(groups[val])
+    ft_train, ft_val = training.finetune_split(trial, grouped)
+    np.testing.assert_array_equal(ft_val, val)
+    assert set(ft_train) < set(train) and set(data.train.labels[ft_train]) == {0, 1}
+    assert np.isin(groups[train], groups[ft_train]).sum() == len(ft_train)  # whole lesions
+    # folder data (no groups): the ungrouped split, as before
+    plain = training.validation_split(trial, data)
+    from study.data import stratified_split
+
+    np.testing.assert_array_equal(
+        plain[1], stratified_split(data.train.labels, trial.val_fraction, trial.seed)[1]
+    )
+    result = training.run_finetune(trial, grouped)
+    np.testing.assert_array_equal(result.train_index, ft_train)
+    np.testing.assert_array_equal(result.val_index, ft_val)
+
+
 @pytest.mark.parametrize(("restore_best_weights", "patience"), [(False, 1), (True, 2)])
 def test_replayed_regimes_equal_real_keras_early_stopping(straight, data, restore_best_weights, patience):
     result, snapshots = straight
