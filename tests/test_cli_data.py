@@ -442,3 +442,60 @@ def test_data_check_reports_a_label_conflict_also_when_the_bytes_are_in_test_too
     out = capsys.readouterr().out
     assert any("leakage" in line for line in _lines_naming(out, "leaked.jpg"))
     assert any("conflicting labels" in line for line in _lines_naming(out, "conflict.jpg")), out
+
+
+# ------------------------------------------------------------------------------------------- labels CSV
+
+
+def _ham_csv(root: Path) -> Path:
+    """A HAM10000-style labels CSV (lesion_id, image_id, dx) next to its images/ folder, split column."""
+    rows = ["lesion_id,image_id,dx,split"]
+    for i in range(12):
+        _image_file(root / "images" / f"ISIC_{i:07d}.jpg", 100 + i)
+        dx = ["mel", "nv", "nv", "mel", "mel", "bkl", "nv", "nv", "mel", "mel", "nv", "bkl"][i]
+        rows.append(f"HAM_{i // 2:03d},ISIC_{i:07d},{dx},{'test' if i >= 8 else 'train'}")
+    path = root / "HAM10000_metadata.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _image_file(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((255 * _pattern(seed)).astype(np.uint8)).convert("RGB").save(path)
+
+
+def test_data_check_on_a_labels_csv_needs_the_malignant_classes(tmp_path, capsys):
+    path = _ham_csv(tmp_path)
+    assert main(["data", "check", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and "NOT USABLE" in out.splitlines()[0]
+    (line,) = _lines_naming(out, "no malignant classes")
+    assert "bkl" in line and "nv" in line and "--malignant mel" in line
+
+    assert main(["data", "check", str(path), "--malignant", "mel"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out.splitlines()[0]
+    assert "columns: image image_id, label dx, group lesion_id, split split" in out
+    assert _counts_shown(out) == {
+        ("train", "benign"): 5,
+        ("train", "malignant"): 3,
+        ("test", "benign"): 2,
+        ("test", "malignant"): 2,
+    }
+
+
+def test_data_check_reports_a_lesion_in_train_and_test(tmp_path, capsys):
+    path = _ham_csv(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[8] = lines[8].replace(",train", ",test")  # image 7 (lesion HAM_003) moves to test; image 6 stays
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["data", "check", str(path), "--malignant", "mel", "--images", "images"]) == 1
+    out = capsys.readouterr().out
+    (line,) = _lines_naming(out, "HAM_003")
+    assert "train (line 8) and test (line 9)" in line and "leakage" in line
+
+
+def test_data_check_rejects_csv_options_for_a_folder(tiny_dataset, capsys):
+    assert main(["data", "check", str(tiny_dataset), "--images", "pics"]) == 1
+    (line,) = _lines_naming(capsys.readouterr().out, "apply only to a labels CSV")
+    assert "images (data_images)" in line
