@@ -4,7 +4,10 @@ The design follows ``docs/STATS.md`` (shared docs):
 
 * Seed ``s`` gives every arm the same data split, validation split and fine-tune order, so each SSL arm is
   compared with the baseline through per-seed *paired differences* ``d_s = arm_s - baseline_s``, within each
-  early-stopping regime (``none``, ``patience3``, ...).
+  early-stopping regime (``none``, ``patience3``, ...) and each label fraction (``label_fraction``: the share
+  of the training labels the fine-tune sees; for one seed every arm gets the same labelled subset, and a
+  smaller fraction's subset lies inside a larger one's). The pairing key is (seed, label fraction); a table
+  without the column (older runs) is one fraction, 1.0.
 * Differences are cleaned of floating-point noise before any rank, tie, zero or spread check
   (``snap_ties``: values within ``TIE_RTOL`` of each other are one value), so 0.86 - 0.84 and
   0.815 - 0.795 are a tie, as they are in exact arithmetic.
@@ -14,11 +17,11 @@ The design follows ``docs/STATS.md`` (shared docs):
   Zero differences are dropped (``zero_method="wilcox"``: a zero carries no sign), so the effective n of the
   test is the number of non-zero differences; a comparison whose differences are all zero has p = 1 and
   still counts in its Holm family.
-* Holm family (``family``, default ``"study"``): every comparison in the table (m = SSL arms x regimes), so
-  the probability that a study with no true effect lists any significant comparison (the study-wise
-  false-positive rate) is at most alpha. ``family="regime"`` corrects within each early-stopping regime
-  only (m = SSL arms); its study-wise rate is ~12 % at n = 8 with 3 regimes (``study.simulate``,
-  STATISTICS.md). Both adjusted p are reported (``p_holm_study``, ``p_holm_regime``). Holm is valid under
+* Holm family (``family``, default ``"study"``): every comparison in the table (m = SSL arms x regimes x
+  label fractions), so the probability that a study with no true effect lists any significant comparison
+  (the study-wise false-positive rate) is at most alpha. ``family="regime"`` corrects within each
+  early-stopping regime of each label fraction only (m = SSL arms); its study-wise rate is ~12 % at n = 8
+  with 3 regimes (``study.simulate``, STATISTICS.md), more with more fractions. Both adjusted p are reported (``p_holm_study``, ``p_holm_regime``). Holm is valid under
   any dependence. The study family needs more seeds (an exact test reaches 0.05/9 only from n = 9).
 * Intervals, both (1 - alpha), neither adjusted for multiplicity: the Hodges-Lehmann location with its
   exact signed-rank CI (Walsh averages; the interval of the headline test: it excludes 0 exactly when the
@@ -31,8 +34,9 @@ The design follows ``docs/STATS.md`` (shared docs):
 * Across arms: Friedman test with Nemenyi critical difference (``friedman``); descriptive only, since the
   Nemenyi test depends on which arms are in the pool (Benavoli et al. 2016).
 
-Tables: the tidy results table has one row per trial x regime (see ``docs/ARCHITECTURE.md``). Matrices are
-``(n_seeds, n_arms)``: rows are seeds (blocks), columns are arms, baseline first. Metrics are fractions in
+Tables: the tidy results table has one row per trial x regime (see ``docs/ARCHITECTURE.md``; a trial is one
+arm x seed x label fraction). Matrices are ``(n_seeds, n_arms)`` for one (label fraction, regime) cell: rows
+are seeds (blocks), columns are arms, baseline first. Metrics are fractions in
 [0, 1] (the report renders % and percentage points).
 
 Errors: every bad input raises a subclass of ``ValueError`` (``ResultsTableError``, ``PairingError``) whose
@@ -143,6 +147,10 @@ OPTIONAL_FLOAT_COLUMNS = (
     *IMAGE_METRICS,
 )
 HISTORY_REQUIRED_COLUMNS = ("trial_id", "arm", "seed", "phase", "epoch")
+# Share of the training labels a trial's fine-tune saw: a design column, 1.0 when the table has none (older
+# runs, and studies of one fraction written before the runner recorded it).
+LABEL_FRACTION = "label_fraction"
+DEFAULT_LABEL_FRACTION = 1.0
 
 ZERO_METHOD = "wilcox"
 EXACT_MAX_N = 50  # scipy's own limit for the exact signed-rank distribution
@@ -192,6 +200,42 @@ def regime_title(regime: str) -> str:
         rest = m.group(2).strip("_ ")
         return f"patience {m.group(1)}" + (f" ({rest.replace('_', ' ')})" if rest else "")
     return regime
+
+
+def fraction_title(label_fraction: float) -> str:
+    """`0.05 -> "5 % labels"`, `1.0 -> "100 % labels"` (share of the training labels the fine-tune saw)."""
+    return f"{100 * float(label_fraction):.3g} % labels"
+
+
+def cell_title(label_fraction: float, regime_title_text: str, with_fraction: bool) -> str:
+    """Where a comparison lives: ``"patience 3"``, or ``"5 % labels, patience 3"`` when the study has several
+    label fractions (``with_fraction``); ``regime_title_text`` is already a title (``regime_title``)."""
+    return f"{fraction_title(label_fraction)}, {regime_title_text}" if with_fraction else regime_title_text
+
+
+def label_fractions(df: pd.DataFrame) -> list[float]:
+    """The table's label fractions, ascending; ``[1.0]`` when it has no ``label_fraction`` column."""
+    if LABEL_FRACTION not in df.columns:
+        return [DEFAULT_LABEL_FRACTION]
+    return sorted(float(f) for f in pd.unique(df[LABEL_FRACTION].dropna()))
+
+
+def with_label_fraction(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a float ``label_fraction`` column (1.0 where the table has none). Returns ``df`` itself when
+    the column is there: frames that did not come through ``tidy_results`` (simulations, hand-built tests)
+    analyse as one fraction."""
+    if LABEL_FRACTION in df.columns:
+        return df
+    return df.assign(**{LABEL_FRACTION: DEFAULT_LABEL_FRACTION})
+
+
+def cells(df: pd.DataFrame) -> list[tuple[float, str]]:
+    """The (label fraction, regime) cells present in ``df``: fractions ascending, then ``regime_order``."""
+    df = with_label_fraction(df)
+    present = set(zip(df[LABEL_FRACTION].astype(float), df["regime"]))
+    return [
+        (f, r) for f in label_fractions(df) for r in regime_order(df["regime"].dropna()) if (f, r) in present
+    ]
 
 
 def metric_label(metric: str) -> str:
@@ -293,9 +337,11 @@ def _boolean(s: pd.Series) -> pd.Series:
 def tidy_results(raw: pd.DataFrame) -> pd.DataFrame:
     """Validate a raw results table and fix its dtypes. Pure: returns a new frame.
 
-    Input: one row per trial x regime (docs/ARCHITECTURE.md). Output: same rows, sorted by regime, arm
-    (baseline first) and seed; ``seed`` int; epochs and sizes nullable ``Int64``; metrics float; ``status``
-    one of ok|diverged|error; ``pretext_cached`` nullable boolean; optional contract columns added as missing.
+    Input: one row per trial x regime (docs/ARCHITECTURE.md). Output: same rows, sorted by label fraction,
+    regime, arm (baseline first) and seed; ``seed`` int; ``label_fraction`` float in (0, 1] (1.0 for every row
+    when the table has no such column: runs before label fractions were a study dimension); epochs and sizes
+    nullable ``Int64``; metrics float; ``status`` one of ok|diverged|error; ``pretext_cached`` nullable
+    boolean; optional contract columns added as missing.
 
     A trial that failed before its regimes were replayed may have an empty ``regime``; such a row (status
     diverged/error only) is repeated once per regime in the table, so pairing can tell "this seed was run
@@ -339,6 +385,7 @@ def tidy_results(raw: pd.DataFrame) -> pd.DataFrame:
             f"seed must be a whole number in every row; trial(s) {ids} have {seed[bad_seed].tolist()[:5]}"
         )
     df["seed"] = seed.round().astype(np.int64)
+    df[LABEL_FRACTION] = _label_fraction(df)
 
     for col in ("patience", "stop_epoch", *OPTIONAL_INT_COLUMNS):
         df[col] = _integer(df, col)
@@ -379,8 +426,25 @@ def tidy_results(raw: pd.DataFrame) -> pd.DataFrame:
     order_r = {r: i for i, r in enumerate(regime_order(df["regime"]))}
     order_a = {a: i for i, a in enumerate(arm_order(df["arm"]))}
     df = df.assign(_r=df["regime"].map(order_r), _a=df["arm"].map(order_a))
-    df = df.sort_values(["_r", "_a", "seed", "trial_id"], kind="stable").drop(columns=["_r", "_a"])
-    return df.reset_index(drop=True)
+    df = df.sort_values([LABEL_FRACTION, "_r", "_a", "seed", "trial_id"], kind="stable")
+    return df.drop(columns=["_r", "_a"]).reset_index(drop=True)
+
+
+def _label_fraction(df: pd.DataFrame) -> pd.Series:
+    """``label_fraction`` as float in (0, 1]: 1.0 without the column; ``ResultsTableError`` for a missing,
+    non-numeric or out-of-range value (it is a pairing key, like the seed)."""
+    if LABEL_FRACTION not in df.columns:
+        return pd.Series(DEFAULT_LABEL_FRACTION, index=df.index, dtype=float)
+    x = pd.to_numeric(df[LABEL_FRACTION], errors="coerce").astype(float)
+    bad = x.isna() | ~((x > 0) & (x <= 1))
+    if bad.any():
+        ids = df.loc[bad, "trial_id"].tolist()[:5]
+        raise ResultsTableError(
+            f"label_fraction must be a number in (0, 1] in every row (the share of training labels the "
+            f"fine-tune saw); trial(s) {ids} have {df.loc[bad, LABEL_FRACTION].tolist()[:5]}"
+        )
+    # 12 decimals: one fraction written as 0.2 and 0.20000000000000001 is one cell.
+    return x.round(12)
 
 
 def _expand_unreplayed(df: pd.DataFrame) -> pd.DataFrame:
@@ -478,21 +542,24 @@ def _exclusion_reason(row: Any) -> str:
     return f"error: {first[:200]}"
 
 
-def exclusion_summary(excluded: pd.DataFrame) -> pd.DataFrame:
-    """Counts of excluded *trials* (not rows: a trial has one row per regime) per arm x status.
+def exclusion_summary(excluded: pd.DataFrame, by_fraction: bool = False) -> pd.DataFrame:
+    """Counts of excluded *trials* (not rows: a trial has one row per regime) per arm x status, and per label
+    fraction when ``by_fraction`` (a study of several fractions).
 
-    Columns: ``arm, status, n_trials, seeds, reasons`` (seeds and distinct reasons joined as text).
+    Columns: ``arm, status, n_trials, seeds, reasons`` (seeds and distinct reasons joined as text), with
+    ``label_fraction`` first when ``by_fraction``.
     """
-    cols = ["arm", "status", "n_trials", "seeds", "reasons"]
+    keys = [LABEL_FRACTION, "arm", "status"] if by_fraction else ["arm", "status"]
+    cols = [*keys, "n_trials", "seeds", "reasons"]
     if excluded.empty:
         return pd.DataFrame(columns=cols)
+    excluded = with_label_fraction(excluded)
     rows = []
-    for (arm, status), g in excluded.groupby(["arm", "status"], sort=False):
+    for key, g in excluded.groupby(keys, sort=False):
         trials = g.drop_duplicates("trial_id")
         rows.append(
-            {
-                "arm": arm,
-                "status": status,
+            dict(zip(keys, key))
+            | {
                 "n_trials": len(trials),
                 "seeds": ", ".join(str(s) for s in sorted(trials["seed"].unique())),
                 "reasons": "; ".join(dict.fromkeys(g["reason"] if "reason" in g else g["status"])),
@@ -500,34 +567,59 @@ def exclusion_summary(excluded: pd.DataFrame) -> pd.DataFrame:
         )
     out = pd.DataFrame(rows, columns=cols)
     order = {a: i for i, a in enumerate(arm_order(out["arm"]))}
-    return out.sort_values("arm", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    out = out.sort_values("arm", key=lambda s: s.map(order), kind="stable")
+    if by_fraction:
+        out = out.sort_values(LABEL_FRACTION, kind="stable")
+    return out.reset_index(drop=True)
+
+
+Cell = tuple[float, str]  # (label fraction, regime): where one set of paired comparisons lives
 
 
 @dataclass(frozen=True)
 class Pairing:
     """Outcome of ``check_pairing``: which seeds every arm ran, and which cells cannot be used.
 
-    ``seeds[regime]``: seeds run for every arm in that regime (the table is paired on them).
-    ``dropped``: one row per unusable cell (``regime, arm, seed, trial_id, status, reason``): the trial was
-    excluded (diverged/error) or its metric is missing. Comparisons with the baseline drop such a seed
-    pairwise (only from the comparisons it touches; a baseline cell touches all of them); Friedman drops it
-    listwise (a block needs every arm).
+    ``cells``: the (label fraction, regime) pairs of the table, fractions ascending, then regimes in
+    ``regime_order``; ``seeds[(label_fraction, regime)]``: seeds run for every arm in that cell (the table
+    is paired on them: the pairing key is (seed, label fraction)). ``dropped``: one row per unusable value
+    (``label_fraction, regime, arm, seed, trial_id, status, reason``): the trial was excluded
+    (diverged/error) or its metric is missing. Comparisons with the baseline drop such a seed pairwise (only
+    from the comparisons it touches; a baseline value touches all of its cell's); Friedman drops it listwise
+    (a block needs every arm).
     """
 
     metric: str
     baseline: str
     regimes: tuple[str, ...]
     arms: tuple[str, ...]  # baseline first
-    seeds: dict[str, tuple[int, ...]]
+    seeds: dict[Cell, tuple[int, ...]]
     dropped: pd.DataFrame
+    fractions: tuple[float, ...] = (DEFAULT_LABEL_FRACTION,)
+    cells: tuple[Cell, ...] = ()
 
-    def dropped_for(self, regime: str, arm: str) -> pd.DataFrame:
-        """Cells removed from the ``arm`` vs baseline comparison in ``regime``."""
+    @property
+    def several_fractions(self) -> bool:
+        return len(self.fractions) > 1
+
+    def dropped_for(self, regime: str, arm: str, label_fraction: float | None = None) -> pd.DataFrame:
+        """Cells removed from the ``arm`` vs baseline comparison in ``regime`` (of ``label_fraction``; default
+        the table's only fraction)."""
         d = self.dropped
-        return d[(d["regime"] == regime) & d["arm"].isin([arm, self.baseline])]
+        f = self._fraction(label_fraction)
+        return d[(d["regime"] == regime) & (d[LABEL_FRACTION] == f) & d["arm"].isin([arm, self.baseline])]
+
+    def _fraction(self, label_fraction: float | None) -> float:
+        if label_fraction is not None:
+            return float(label_fraction)
+        if self.several_fractions:
+            raise AnalysisError(
+                f"the table has label fractions {list(self.fractions)}: pass label_fraction= to choose one"
+            )
+        return self.fractions[0]
 
     def notes(self) -> list[str]:
-        """One plain sentence per dropped cell, for the report."""
+        """One plain sentence per dropped value, for the report."""
         out = []
         for r in self.dropped.itertuples(index=False):
             scope = (
@@ -535,9 +627,9 @@ class Pairing:
                 if r.arm == self.baseline
                 else f"the {arm_title(r.arm)} vs baseline comparison"
             )
+            where = cell_title(r.label_fraction, regime_title(r.regime), self.several_fractions)
             out.append(
-                f"{regime_title(r.regime)}: seed {r.seed} dropped from {scope} "
-                f"({arm_title(r.arm)}, trial {r.trial_id}: {r.reason})"
+                f"{where}: seed {r.seed} dropped from {scope} ({arm_title(r.arm)}, trial {r.trial_id}: {r.reason})"
             )
         return out
 
@@ -562,22 +654,31 @@ def baseline_arm(df: pd.DataFrame) -> str:
 
 
 def check_pairing(df: pd.DataFrame, metric: str = "test_auc") -> Pairing:
-    """Check that, within each regime, every arm ran exactly the baseline's seeds.
+    """Check that, within each (label fraction, regime) cell, every arm ran exactly the baseline's seeds.
 
     Pass the *full* tidy table (``load_run``), excluded trials included: that is how a seed that was run
     but diverged/errored (dropped pairwise, listed in ``Pairing.dropped``) is told apart from a seed never
-    run for an arm (the table is not paired: ``PairingError`` naming the arm, regime and seeds). Two trials
-    for the same arm x seed x regime are also a ``PairingError`` (which one would be the pair?).
+    run for an arm (the table is not paired: ``PairingError`` naming the arm, regime, fraction and seeds).
+    Two trials for the same arm x seed x regime x label fraction are also a ``PairingError`` (which one would
+    be the pair?). A table without ``label_fraction`` is one fraction, 1.0.
     """
     metric = metric_column(metric, df.columns)
+    df = with_label_fraction(df)
     baseline = baseline_arm(df)
     arms = [baseline] + [a for a in arm_order(df["arm"]) if a != baseline]
+    fractions = tuple(label_fractions(df))
+    several = len(fractions) > 1
+
+    def where(regime: str, f: float) -> str:
+        return f"regime {regime!r}" + (f", label fraction {f:g}" if several else "")
+
     problems: list[str] = []
-    dup = df.duplicated(["regime", "arm", "seed"], keep=False)
+    keys = [LABEL_FRACTION, "regime", "arm", "seed"]
+    dup = df.duplicated(keys, keep=False)
     if dup.any():
-        for (regime, arm, seed), g in df.loc[dup].groupby(["regime", "arm", "seed"], sort=False):
+        for (f, regime, arm, seed), g in df.loc[dup].groupby(keys, sort=False):
             problems.append(
-                f"arm {arm!r} has {len(g)} trials for seed {seed} in regime {regime!r} "
+                f"arm {arm!r} has {len(g)} trials for seed {seed} in {where(regime, f)} "
                 f"({', '.join(map(str, g['trial_id']))})"
             )
         raise PairingError(
@@ -585,33 +686,36 @@ def check_pairing(df: pd.DataFrame, metric: str = "test_auc") -> Pairing:
             + ". A paired comparison needs one trial per arm x seed: split the table "
             "(e.g. one analysis per learning rate) or remove the duplicate trials"
         )
-    regimes = regime_order(df["regime"])
-    seeds: dict[str, tuple[int, ...]] = {}
+    seeds: dict[Cell, tuple[int, ...]] = {}
     dropped = []
-    for regime in regimes:
-        sub = df[df["regime"] == regime]
+    table_cells = cells(df)
+    groups = {(float(f), str(r)): g for (f, r), g in df.groupby([LABEL_FRACTION, "regime"], sort=False)}
+    for cell in table_cells:
+        f, regime = cell
+        sub = groups[cell]
         base = set(sub.loc[sub["arm"] == baseline, "seed"])
         if not base:
-            problems.append(f"regime {regime!r} has no baseline trials")
+            problems.append(f"{where(regime, f)} has no baseline trials")
             continue
         for arm in arms[1:]:
             have = set(sub.loc[sub["arm"] == arm, "seed"])
             if base - have:
                 problems.append(
-                    f"arm {arm!r} (regime {regime!r}) has no trial for seed(s) {_seed_list(base - have)} "
+                    f"arm {arm!r} ({where(regime, f)}) has no trial for seed(s) {_seed_list(base - have)} "
                     "that the baseline has"
                 )
             if have - base:
                 problems.append(
-                    f"the baseline (regime {regime!r}) has no trial for seed(s) {_seed_list(have - base)} "
+                    f"the baseline ({where(regime, f)}) has no trial for seed(s) {_seed_list(have - base)} "
                     f"that arm {arm!r} has"
                 )
-        seeds[regime] = tuple(sorted(base))
+        seeds[cell] = tuple(sorted(base))
         unusable = sub[(sub["status"] != "ok") | sub[metric].isna()]
         for r in unusable.itertuples(index=False):
             reason = _exclusion_reason(r) if r.status != "ok" else f"{metric} is missing"
             dropped.append(
                 {
+                    LABEL_FRACTION: cell[0],
                     "regime": regime,
                     "arm": r.arm,
                     "seed": int(r.seed),
@@ -629,14 +733,18 @@ def check_pairing(df: pd.DataFrame, metric: str = "test_auc") -> Pairing:
             "those seeds from every arm. If they were excluded (diverged/error), pass the full table from "
             "load_run, not only the valid rows."
         )
-    dropped_df = pd.DataFrame(dropped, columns=["regime", "arm", "seed", "trial_id", "status", "reason"])
+    dropped_df = pd.DataFrame(
+        dropped, columns=[LABEL_FRACTION, "regime", "arm", "seed", "trial_id", "status", "reason"]
+    )
     return Pairing(
         metric=metric,
         baseline=baseline,
-        regimes=tuple(regimes),
+        regimes=tuple(regime_order(df["regime"].dropna())),
         arms=tuple(arms),
         seeds=seeds,
         dropped=dropped_df,
+        fractions=fractions,
+        cells=tuple(seeds),
     )
 
 
@@ -645,47 +753,82 @@ def _seed_list(seeds: Iterable[int]) -> str:
 
 
 def paired_matrix(
-    df: pd.DataFrame, metric: str, regime: str, arms: Sequence[str] | None = None
+    df: pd.DataFrame,
+    metric: str,
+    regime: str,
+    arms: Sequence[str] | None = None,
+    *,
+    label_fraction: float | None = None,
+    pairing: Pairing | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Metric values as a ``(n_seeds, n_arms)`` matrix for one regime, after ``check_pairing``.
+    """Metric values as a ``(n_seeds, n_arms)`` matrix for one regime of one label fraction, after
+    ``check_pairing``.
 
-    Rows: the seeds every arm ran (ascending); columns: ``arms`` (default: all arms, baseline first).
-    Cells of excluded trials (status != ok) and missing metric values are NaN: callers drop them pairwise
-    (vs baseline) or listwise (Friedman). Returns ``(matrix, seeds (n_seeds,), arms)``.
+    ``label_fraction``: which fraction (required when the table has several; default its only one).
+    ``pairing``: ``check_pairing(df, metric)`` when the caller already has it (checked once per table, not
+    once per cell). Rows: the seeds every arm ran (ascending); columns: ``arms`` (default: all arms,
+    baseline first). Cells of excluded trials (status != ok) and missing metric values are NaN: callers drop
+    them pairwise (vs baseline) or listwise (Friedman). Returns ``(matrix, seeds (n_seeds,), arms)``.
     """
-    pairing = check_pairing(df, metric)
-    if regime not in pairing.seeds:
-        raise AnalysisError(f"regime {regime!r} not in the table; regimes: {list(pairing.regimes)}")
+    pairing = check_pairing(df, metric) if pairing is None else pairing
+    cell = (pairing._fraction(label_fraction), regime)
+    if cell not in pairing.seeds:
+        where = f"regime {regime!r}" + (
+            f" at label fraction {cell[0]:g}" if pairing.several_fractions else ""
+        )
+        raise AnalysisError(
+            f"{where} not in the table; regimes: {list(pairing.regimes)}"
+            + (f", label fractions: {list(pairing.fractions)}" if pairing.several_fractions else "")
+        )
     arms = list(pairing.arms) if arms is None else list(arms)
     unknown = [a for a in arms if a not in pairing.arms]
     if unknown:
         raise AnalysisError(f"arm(s) {unknown} not in the table; arms: {list(pairing.arms)}")
-    matrix, seeds, all_arms = _paired_matrix(df, pairing, regime)
+    matrix, seeds, all_arms = _paired_matrix(df, pairing, cell)
     return matrix[:, [all_arms.index(a) for a in arms]], seeds, arms
 
 
 # -------------------------------------------------------------------------------------- descriptive tables
 
 
-def summarise(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
-    """Per regime x arm x metric: ``n, mean, sd, median, q1, q3`` over seeds, status-ok rows only.
+SUMMARY_COLUMNS = [
+    LABEL_FRACTION,
+    "regime",
+    "arm",
+    "arm_title",
+    "metric",
+    "n",
+    "mean",
+    "sd",
+    "median",
+    "q1",
+    "q3",
+]
 
-    Long format, columns ``regime, arm, arm_title, metric, n, mean, sd, median, q1, q3``; rows ordered by
-    regime, arm (baseline first), then ``metrics`` order. SD uses ddof=1 (NaN when n < 2). Descriptive: all
-    valid seeds of an arm count, also those whose pair was dropped from a comparison.
+
+def summarise(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
+    """Per label fraction x regime x arm x metric: ``n, mean, sd, median, q1, q3`` over seeds, status-ok rows.
+
+    Long format, columns ``SUMMARY_COLUMNS`` (``label_fraction, regime, arm, arm_title, metric, n, mean, sd,
+    median, q1, q3``); rows ordered by label fraction, regime, arm (baseline first), then ``metrics`` order.
+    SD uses ddof=1 (NaN when n < 2). Descriptive: all valid seeds of an arm count, also those whose pair was
+    dropped from a comparison.
     """
     cols = [metric_column(m, df.columns) for m in metrics]
+    df = with_label_fraction(df)
     valid = df[df["status"] == "ok"]
+    groups = {(float(f), r, a): g for (f, r, a), g in valid.groupby([LABEL_FRACTION, "regime", "arm"])}
     rows = []
-    for regime in regime_order(df["regime"]):
+    for f, regime in cells(df):
         for arm in arm_order(df["arm"]):
-            g = valid[(valid["regime"] == regime) & (valid["arm"] == arm)]
+            g = groups.get((f, regime, arm), valid.iloc[0:0])
             for col in cols:
                 x = g[col].to_numpy(dtype=float, na_value=np.nan)
                 x = x[np.isfinite(x)]
                 n = x.size
                 rows.append(
                     {
+                        LABEL_FRACTION: f,
                         "regime": regime,
                         "arm": arm,
                         "arm_title": arm_title(arm),
@@ -698,9 +841,37 @@ def summarise(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.
                         "q3": np.quantile(x, 0.75) if n else np.nan,
                     }
                 )
-    return pd.DataFrame(
-        rows, columns=["regime", "arm", "arm_title", "metric", "n", "mean", "sd", "median", "q1", "q3"]
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def label_efficiency(summary: pd.DataFrame, metric: str, confidence: float = 0.95) -> pd.DataFrame:
+    """Each arm's mean ``metric`` per label fraction and regime with the t-interval of the mean over seeds.
+
+    ``summary``: ``summarise`` output. Columns ``label_fraction, regime, regime_title, arm, arm_title, n,
+    mean, sd, ci_low, ci_high`` (metric units; ``mean +- t_{n-1}(1 - a/2) sd / sqrt(n)``, NaN for n < 2). An
+    interval per arm, unpaired: two arms' intervals overlap far more than their paired difference's does
+    (the seed effect stays in), so the test of a difference is ``compare_to_baseline``.
+    """
+    s = summary[summary["metric"] == metric]
+    n = s["n"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(1 - (1 - confidence) / 2, np.where(n > 1, n - 1, np.nan)) * s["sd"] / np.sqrt(n)
+    out = s.assign(
+        regime_title=s["regime"].map(regime_title), ci_low=s["mean"] - half, ci_high=s["mean"] + half
     )
+    cols = [
+        LABEL_FRACTION,
+        "regime",
+        "regime_title",
+        "arm",
+        "arm_title",
+        "n",
+        "mean",
+        "sd",
+        "ci_low",
+        "ci_high",
+    ]
+    return out[cols].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------- statistics on paired differences
@@ -1080,6 +1251,7 @@ def _family(family: str) -> str:
 
 
 COMPARISON_COLUMNS = [
+    LABEL_FRACTION,
     "regime",
     "regime_title",
     "arm",
@@ -1123,20 +1295,27 @@ def compare_to_baseline(
     metric: str = "test_auc",
     alpha: float = 0.05,
     family: Literal["study", "regime", "table"] = "study",
+    *,
+    pairing: Pairing | None = None,
 ) -> pd.DataFrame:
-    """Each SSL arm vs the baseline within each regime, paired by seed. One row per (regime, arm).
+    """Each SSL arm vs the baseline within each regime of each label fraction, paired by seed. One row per
+    (label fraction, regime, arm), fractions ascending, then regimes, then arms.
 
     ``df``: the full tidy table (``load_run``); excluded seeds are dropped pairwise (``dropped_seeds``).
     Differences are ``arm - baseline`` in the metric's units (fractions for classification metrics), with
-    floating-point noise removed (``snap_ties``) before any rank, tie, zero or spread check.
+    floating-point noise removed (``snap_ties``) before any rank, tie, zero or spread check. The pairing key
+    is (seed, label fraction): for one seed every arm fine-tuned on the same labelled subset. ``pairing``:
+    ``check_pairing(df, metric)`` when the caller already has it.
 
     ``family``: the Holm family of the headline p. ``"study"`` (default): every comparison in the table
-    (m = SSL arms x regimes), so the chance that a study with no true effect lists any significant result
-    stays <= alpha; ``"regime"``: the SSL arms within one regime (m = SSL arms), which lets the study-wise
-    rate grow with the regimes (~12 % with 3; ``study.simulate.null_rejection_rates``). ``"table"`` is an
-    alias of ``"study"``. Both adjusted p are always reported (``p_holm_study``, ``p_holm_regime``).
+    (m = SSL arms x regimes x label fractions), so the chance that a study with no true effect lists any
+    significant result stays <= alpha; ``"regime"``: the SSL arms within one regime of one label fraction
+    (m = SSL arms), which lets the study-wise rate grow with the regimes and fractions (~12 % with 3 regimes;
+    ``study.simulate.null_rejection_rates``). ``"table"`` is an alias of ``"study"``. Both adjusted p are
+    always reported (``p_holm_study``, ``p_holm_regime``).
 
-    Columns (``COMPARISON_COLUMNS``): ``n`` paired seeds; ``n_nonzero`` non-zero differences (the Wilcoxon
+    Columns (``COMPARISON_COLUMNS``): ``label_fraction`` (1.0 for a table without the column); ``n`` paired
+    seeds; ``n_nonzero`` non-zero differences (the Wilcoxon
     test's n); means, ``mean_diff``/``sd_diff`` and ``mean_ci_low/high`` the (1 - alpha) t-interval of the
     mean; ``hl_estimate`` Hodges-Lehmann location with ``hl_ci_low/high`` its exact signed-rank interval
     (the interval of the headline test; ``hl_ci_level`` its achieved confidence, ``hl_ci_method``); neither
@@ -1151,26 +1330,31 @@ def compare_to_baseline(
     family = _family(family)
     if not 0 < alpha < 1:
         raise AnalysisError(f"alpha must be in (0, 1), got {alpha}")
-    pairing = check_pairing(df, metric)
+    df = with_label_fraction(df)
+    pairing = check_pairing(df, metric) if pairing is None else pairing
     col = pairing.metric
     rows: list[dict[str, Any]] = []
-    for regime in pairing.regimes:
-        matrix, seeds, arm_cols = _paired_matrix(df, pairing, regime)
+    for cell in pairing.cells:
+        matrix, seeds, arm_cols = _paired_matrix(df, pairing, cell)
         base = matrix[:, 0]
         for j, arm in enumerate(arm_cols[1:], start=1):
             a = matrix[:, j]
             keep = np.isfinite(a) & np.isfinite(base)
-            rows.append(_compare_one(regime, arm, col, a[keep], base[keep], seeds[~keep], alpha))
+            rows.append(
+                {LABEL_FRACTION: cell[0]}
+                | _compare_one(cell[1], arm, col, a[keep], base[keep], seeds[~keep], alpha)
+            )
     if not rows:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     out = pd.DataFrame(rows)
+    several = pairing.several_fractions
     # Holm counts every planned comparison: one without pairs (NaN p) enters as p = 1, then shows NaN.
     p = out["p_wilcoxon"].to_numpy(dtype=float)
     tested = np.isfinite(p)
     p_in = np.where(tested, p, 1.0)
     # 2-D calls take holm's vectorised path (multipletests runs gc.collect(): ~50 ms a call).
     out["p_holm_study"] = np.where(tested, holm(p_in[None, :])[0], np.nan)
-    groups = out.groupby("regime", sort=False).indices
+    groups = out.groupby([LABEL_FRACTION, "regime"], sort=False).indices  # the per-regime family: one cell
     padded = np.full((len(groups), max(map(len, groups.values()))), np.nan)
     for g, idx in enumerate(groups.values()):
         padded[g, : len(idx)] = p_in[idx]
@@ -1184,26 +1368,64 @@ def compare_to_baseline(
         out["family_size"] = len(out)
         out["p_holm"] = out["p_holm_study"]
     else:
-        out["holm_family"] = out["regime"]
-        out["family_size"] = out.groupby("regime")["arm"].transform("size")
+        out["holm_family"] = (
+            [f"{r} at label fraction {f:g}" for f, r in zip(out[LABEL_FRACTION], out["regime"])]
+            if several
+            else out["regime"]
+        )
+        out["family_size"] = out.groupby([LABEL_FRACTION, "regime"])["arm"].transform("size")
         out["p_holm"] = out["p_holm_regime"]
     out["min_n_for_significance"] = [min_n_for_significance(alpha, int(m)) for m in out["family_size"]]
     out["underpowered"] = out["n_nonzero"] < out["min_n_for_significance"]
     out["significant"] = out["p_holm"] < alpha
     records = out.to_dict("records")
-    out["warning"] = [_underpowered_text(r, alpha) if r["underpowered"] else "" for r in records]
-    out["headline"] = [headline(r, alpha) for r in records]
+    out["warning"] = [_underpowered_text(r, alpha, several) if r["underpowered"] else "" for r in records]
+    out["headline"] = [headline(r, alpha, with_fraction=several) for r in records]
     return out[COMPARISON_COLUMNS]
 
 
+FRACTION_SUMMARY_COLUMNS = [LABEL_FRACTION, "m", "n_better", "n_worse", "mean_hl", "mean_diff", "best"]
+
+
+def fraction_summary(comp: pd.DataFrame) -> pd.DataFrame:
+    """Per label fraction, what its rows of ``compare_to_baseline`` say together (descriptive).
+
+    One row per fraction (ascending): ``m`` comparisons; ``n_better`` / ``n_worse`` significant ones (Holm,
+    the table's family) with the arm better / worse; ``mean_hl`` and ``mean_diff`` the mean over the
+    fraction's comparisons (arms x regimes) of the Hodges-Lehmann estimate and the mean difference (arm -
+    baseline, metric units): averaged over every arm and regime, so not inflated by picking the best one;
+    ``best`` the index label in ``comp`` of the comparison with the most favourable HL estimate (the largest
+    for higher-is-better metrics; NaN when none is finite).
+    """
+    rows = []
+    for f, g in with_label_fraction(comp).groupby(LABEL_FRACTION, sort=True):
+        sign = 1.0 if higher_is_better(str(g["metric"].iloc[0])) else -1.0
+        better = (np.sign(g["mean_diff"]) * sign > 0).to_numpy()
+        sig = g["significant"].astype(bool).to_numpy()
+        hl = g["hl_estimate"].astype(float) * sign
+        rows.append(
+            {
+                LABEL_FRACTION: float(f),
+                "m": len(g),
+                "n_better": int((sig & better).sum()),
+                "n_worse": int((sig & ~better).sum()),
+                "mean_hl": float(np.nanmean(g["hl_estimate"])) if g["hl_estimate"].notna().any() else np.nan,
+                "mean_diff": float(np.nanmean(g["mean_diff"])) if g["mean_diff"].notna().any() else np.nan,
+                "best": hl.idxmax() if hl.notna().any() else np.nan,
+            }
+        )
+    return pd.DataFrame(rows, columns=FRACTION_SUMMARY_COLUMNS)
+
+
 def _paired_matrix(
-    df: pd.DataFrame, pairing: Pairing, regime: str
+    df: pd.DataFrame, pairing: Pairing, cell: Cell
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``paired_matrix`` for an already checked pairing (one check per table, not one per regime)."""
+    """``paired_matrix`` for an already checked pairing and one (label fraction, regime) ``cell``."""
     arms = list(pairing.arms)
-    sub = df[(df["regime"] == regime) & (df["status"] == "ok")]
+    df = with_label_fraction(df)
+    sub = df[(df[LABEL_FRACTION] == cell[0]) & (df["regime"] == cell[1]) & (df["status"] == "ok")]
     wide = sub.pivot(index="seed", columns="arm", values=pairing.metric)
-    seeds = np.asarray(pairing.seeds[regime], dtype=np.int64)
+    seeds = np.asarray(pairing.seeds[cell], dtype=np.int64)
     wide = wide.reindex(index=seeds, columns=arms)
     return wide.to_numpy(dtype=float, na_value=np.nan), seeds, arms
 
@@ -1248,7 +1470,7 @@ def _compare_one(
     }
 
 
-def _underpowered_text(row: dict[str, Any], alpha: float) -> str:
+def _underpowered_text(row: dict[str, Any], alpha: float, with_fraction: bool = False) -> str:
     k, n = int(row["n_nonzero"]), int(row["n"])
     m, need = int(row["family_size"]), int(row["min_n_for_significance"])
     floor = 2 / 2**k if k else 1.0
@@ -1260,11 +1482,15 @@ def _underpowered_text(row: dict[str, Any], alpha: float) -> str:
     else:
         have = ran
     return (
-        f"{row['arm_title']} vs baseline, {row['regime_title']}: {have}. An exact two-sided Wilcoxon test "
+        f"{row['arm_title']} vs baseline, {_where(row, with_fraction)}: {have}. An exact two-sided Wilcoxon test "
         f"on {k} non-zero difference(s) cannot give p below 2/2^{k} = {floor:.3g}, above Holm's smallest "
         f"threshold {alpha:g}/{m} = {alpha / m:.3g}, so this comparison cannot be significant whatever the "
         f"data; at least {need} non-zero paired differences are needed."
     )
+
+
+def _where(row: dict[str, Any], with_fraction: bool) -> str:
+    return cell_title(row.get(LABEL_FRACTION, DEFAULT_LABEL_FRACTION), row["regime_title"], with_fraction)
 
 
 def format_diff(value: float, metric: str) -> str:
@@ -1297,15 +1523,16 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.2g}"
 
 
-def headline(row: pd.Series | dict[str, Any], alpha: float = 0.05) -> str:
+def headline(row: pd.Series | dict[str, Any], alpha: float = 0.05, *, with_fraction: bool = False) -> str:
     """Plain sentence for one comparison row, e.g. ``"Corruption removal vs baseline, patience 10: +1.3 pp
     AUC (Hodges–Lehmann; mean +1.4 pp), 95 % signed-rank CI [−0.3, 3.1], Holm p = 0.21, n = 8 seeds — not
-    significant"``. The interval is the one of the headline test (``hodges_lehmann_ci``)."""
+    significant"``. The interval is the one of the headline test (``hodges_lehmann_ci``). ``with_fraction``
+    (a study of several label fractions): the place reads ``"5 % labels, patience 10"``."""
     r = dict(row)
     metric = r["metric"]
     scale, unit = (100.0, " pp") if metric in FRACTION_METRICS else (1.0, "")
     n = int(r["n"])
-    head = f"{r['arm_title']} vs baseline, {r['regime_title']}: "
+    head = f"{r['arm_title']} vs baseline, {_where(r, with_fraction)}: "
     if n == 0:
         return head + "no paired seeds (every pair excluded) \u2014 not tested"
     est = format_diff(r["hl_estimate"], metric).removesuffix(" pp")
@@ -1347,24 +1574,36 @@ def nemenyi_q(k: int, alpha: float = 0.05) -> float:
     return float(stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
 
 
-def friedman(df: pd.DataFrame, metric: str, regime: str, alpha: float = 0.05) -> dict[str, Any]:
-    """Friedman test over all arms in one regime, with mean ranks and the Nemenyi critical difference.
+def friedman(
+    df: pd.DataFrame,
+    metric: str,
+    regime: str,
+    alpha: float = 0.05,
+    *,
+    label_fraction: float | None = None,
+    pairing: Pairing | None = None,
+) -> dict[str, Any]:
+    """Friedman test over all arms in one regime (of ``label_fraction``: required when the table has several),
+    with mean ranks and the Nemenyi critical difference. ``pairing``: as in ``paired_matrix``.
 
     Complete blocks only: a seed with any excluded/missing cell is dropped (listwise; ``dropped_seeds``).
     Rank 1 = best (highest metric; lowest for losses); ties get average ranks.
 
-    Returns a dict: ``regime, metric, arms`` (list), ``n`` (blocks), ``k``, ``statistic``, ``p``,
+    Returns a dict: ``label_fraction, regime, metric, arms`` (list), ``n`` (blocks), ``k``, ``statistic``, ``p``,
     ``mean_ranks`` (dict arm -> mean rank), ``q_alpha``, ``cd`` = q_alpha*sqrt(k(k+1)/(6n)), ``cliques``
     (lists of arms, in rank order, whose mean ranks lie within one CD: no difference detected),
     ``dropped_seeds`` (list) and ``note`` (why a value is NaN, else ""). Statistic and p are NaN for k < 3
     (use the paired comparison) or n < 2.
     """
-    matrix, seeds, arms = paired_matrix(df, metric, regime)
+    pairing = check_pairing(df, metric) if pairing is None else pairing
+    fraction = pairing._fraction(label_fraction)
+    matrix, seeds, arms = paired_matrix(df, metric, regime, label_fraction=fraction, pairing=pairing)
     col = metric_column(metric, df.columns)
     complete = np.isfinite(matrix).all(axis=1)
     x = matrix[complete]
     n, k = x.shape
     result: dict[str, Any] = {
+        LABEL_FRACTION: fraction,
         "regime": regime,
         "metric": col,
         "arms": arms,
@@ -1427,9 +1666,10 @@ def pretext_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     n < 2); image tasks also list ``pretext_region_mse`` (inside the corrupted region) and, for the missing
     patch, ``pretext_composite_mse/ssim`` (model output pasted into the hole) when the table has them.
     Returns ``(rotation_table, image_table)``; a table is empty when no arm of its kind has a finite pretext
-    value.
+    value. With several label fractions the pretext is still one per arm x seed (the fractions share it), so
+    it is counted once.
     """
-    per_seed = df.drop_duplicates(["arm", "seed"])
+    per_seed = _per_arm_seed(df)
     image = {
         "missing_patch": (
             *IMAGE_METRICS,
@@ -1445,6 +1685,15 @@ def pretext_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         ),
         _pretext_table(per_seed, IMAGE_TASKS, image),
     )
+
+
+def _per_arm_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm x seed (first appearance order): each column's first non-missing value over the rows
+    of that arm and seed (its regimes and label fractions: one pretext model per task and seed serves them
+    all, so a fraction whose trial failed before recording it does not hide the value another recorded)."""
+    if not df.duplicated(["arm", "seed"]).any():
+        return df
+    return df.groupby(["arm", "seed"], sort=False, dropna=False).first().reset_index()
 
 
 def _pretext_table(
@@ -1555,7 +1804,7 @@ def pretext_reference_table(df: pd.DataFrame) -> pd.DataFrame:
     ``pretext_beats_classical``, else the values compared; ``images`` the biharmonic subsample size (median
     over seeds), else NaN. Empty when the table has no reference columns (runs before they were recorded).
     """
-    per_seed = df.drop_duplicates(["arm", "seed"])
+    per_seed = _per_arm_seed(df)
     rows = []
     for arm in arm_order(per_seed.loc[per_seed["task"].isin(PRETEXT_REFERENCE_PAIRS), "arm"]):
         g = per_seed[per_seed["arm"] == arm]
@@ -1700,85 +1949,102 @@ def pretext_learned(reference_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def probe_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Linear-probe test AUC per arm over seeds (one value per trial, whatever its fine-tune did).
+    """Linear-probe test AUC per label fraction and arm over seeds (one value per trial, whatever its
+    fine-tune did; the probe is fitted on the trial's labelled training images, so it depends on the label
+    fraction).
 
-    Columns ``arm, arm_title, n, mean, sd, c_median`` (AUC as a fraction; sd ddof=1; ``c_median`` the median
-    chosen inverse regularisation ``probe_c``). Empty when the table has no finite ``probe_auc``.
+    Columns ``label_fraction, arm, arm_title, n, mean, sd, c_median`` (AUC as a fraction; sd ddof=1;
+    ``c_median`` the median chosen inverse regularisation ``probe_c``). Empty when the table has no finite
+    ``probe_auc``.
     """
-    cols = ["arm", "arm_title", "n", "mean", "sd", "c_median"]
+    cols = [LABEL_FRACTION, "arm", "arm_title", "n", "mean", "sd", "c_median"]
     per_trial = _probe_rows(df)
     rows = []
-    for arm in arm_order(per_trial["arm"]):
-        x = per_trial.loc[per_trial["arm"] == arm, "probe_auc"].to_numpy(dtype=float)
-        c = _float_column(per_trial[per_trial["arm"] == arm], "probe_c")
-        rows.append(
-            {
-                "arm": arm,
-                "arm_title": arm_title(arm),
-                "n": x.size,
-                "mean": x.mean(),
-                "sd": x.std(ddof=1) if x.size > 1 else np.nan,
-                "c_median": float(np.median(c[np.isfinite(c)])) if np.isfinite(c).any() else np.nan,
-            }
-        )
+    for f in label_fractions(per_trial) if len(per_trial) else []:
+        at_f = per_trial[per_trial[LABEL_FRACTION] == f]
+        for arm in arm_order(at_f["arm"]):
+            g = at_f[at_f["arm"] == arm]
+            x = g["probe_auc"].to_numpy(dtype=float)
+            c = _float_column(g, "probe_c")
+            rows.append(
+                {
+                    LABEL_FRACTION: f,
+                    "arm": arm,
+                    "arm_title": arm_title(arm),
+                    "n": x.size,
+                    "mean": x.mean(),
+                    "sd": x.std(ddof=1) if x.size > 1 else np.nan,
+                    "c_median": float(np.median(c[np.isfinite(c)])) if np.isfinite(c).any() else np.nan,
+                }
+            )
     return pd.DataFrame(rows, columns=cols)
 
 
 def _probe_rows(df: pd.DataFrame) -> pd.DataFrame:
-    # probe_auc repeats on every regime row of a trial: one row per arm x seed carries it.
+    # probe_auc repeats on every regime row of a trial: one row per label fraction x arm x seed carries it.
+    df = with_label_fraction(df)
     if "probe_auc" not in df:
         return df.iloc[0:0].assign(probe_auc=pd.Series(dtype=float))
     x = df.assign(probe_auc=pd.to_numeric(df["probe_auc"], errors="coerce").astype(float))
-    return x[np.isfinite(x["probe_auc"].to_numpy())].drop_duplicates(["arm", "seed"])
+    return x[np.isfinite(x["probe_auc"].to_numpy())].drop_duplicates([LABEL_FRACTION, "arm", "seed"])
+
+
+PROBE_COMPARISON_COLUMNS = [
+    LABEL_FRACTION,
+    "arm",
+    "arm_title",
+    "n",
+    "mean_baseline",
+    "mean_arm",
+    "mean_diff",
+    "sd_diff",
+    "p_wilcoxon",
+    "wilcoxon_method",
+    "p_holm",
+    "prob_improvement",
+]
 
 
 def probe_comparisons(df: pd.DataFrame) -> pd.DataFrame:
-    """Each SSL arm's probe AUC vs the baseline's, paired by seed (seeds missing either value dropped).
+    """Each SSL arm's probe AUC vs the baseline's per label fraction, paired by seed (seeds missing either
+    value dropped).
 
-    One row per SSL arm: ``arm, arm_title, n, mean_baseline, mean_arm, mean_diff, sd_diff`` (fractions;
-    diff = arm - baseline), ``p_wilcoxon`` (two-sided, ``signed_rank_pvalues``), ``wilcoxon_method``,
-    ``p_holm`` (Holm across the SSL arms), ``prob_improvement``. ``PairingError`` without one baseline arm.
+    One row per label fraction x SSL arm: ``label_fraction, arm, arm_title, n, mean_baseline, mean_arm,
+    mean_diff, sd_diff`` (fractions; diff = arm - baseline), ``p_wilcoxon`` (two-sided,
+    ``signed_rank_pvalues``), ``wilcoxon_method``, ``p_holm`` (Holm across every row: the SSL arms x label
+    fractions), ``prob_improvement``. ``PairingError`` without one baseline arm.
     """
-    cols = [
-        "arm",
-        "arm_title",
-        "n",
-        "mean_baseline",
-        "mean_arm",
-        "mean_diff",
-        "sd_diff",
-        "p_wilcoxon",
-        "wilcoxon_method",
-        "p_holm",
-        "prob_improvement",
-    ]
+    cols = PROBE_COMPARISON_COLUMNS
     per_trial = _probe_rows(df)
     if per_trial.empty:
         return pd.DataFrame(columns=cols)
     base = baseline_arm(df)
-    wide = per_trial.pivot(index="seed", columns="arm", values="probe_auc")
     rows = []
-    for arm in [a for a in arm_order(df["arm"]) if a != base]:
-        if base not in wide or arm not in wide:
-            continue
-        pair = wide[[base, arm]].dropna()
-        b, a = pair[base].to_numpy(dtype=float), pair[arm].to_numpy(dtype=float)
-        d = a - b
-        p, _, method = signed_rank_pvalues(d[None, :]) if d.size else ([np.nan], None, ["n/a"])
-        rows.append(
-            {
-                "arm": arm,
-                "arm_title": arm_title(arm),
-                "n": d.size,
-                "mean_baseline": b.mean() if d.size else np.nan,
-                "mean_arm": a.mean() if d.size else np.nan,
-                "mean_diff": d.mean() if d.size else np.nan,
-                "sd_diff": d.std(ddof=1) if d.size > 1 else np.nan,
-                "p_wilcoxon": float(p[0]),
-                "wilcoxon_method": str(method[0]),
-                "prob_improvement": prob_improvement(d),
-            }
-        )
+    for f in label_fractions(per_trial):
+        at_f = per_trial[per_trial[LABEL_FRACTION] == f]
+        wide = at_f.pivot(index="seed", columns="arm", values="probe_auc")
+        for arm in [a for a in arm_order(df["arm"]) if a != base]:
+            if base not in wide or arm not in wide:
+                continue
+            pair = wide[[base, arm]].dropna()
+            b, a = pair[base].to_numpy(dtype=float), pair[arm].to_numpy(dtype=float)
+            d = a - b
+            p, _, method = signed_rank_pvalues(d[None, :]) if d.size else ([np.nan], None, ["n/a"])
+            rows.append(
+                {
+                    LABEL_FRACTION: f,
+                    "arm": arm,
+                    "arm_title": arm_title(arm),
+                    "n": d.size,
+                    "mean_baseline": b.mean() if d.size else np.nan,
+                    "mean_arm": a.mean() if d.size else np.nan,
+                    "mean_diff": d.mean() if d.size else np.nan,
+                    "sd_diff": d.std(ddof=1) if d.size > 1 else np.nan,
+                    "p_wilcoxon": float(p[0]),
+                    "wilcoxon_method": str(method[0]),
+                    "prob_improvement": prob_improvement(d),
+                }
+            )
     out = pd.DataFrame(rows, columns=[c for c in cols if c != "p_holm"])
     out["p_holm"] = holm(out["p_wilcoxon"].to_numpy(dtype=float)) if len(out) else []
     return out[cols]
@@ -1796,28 +2062,30 @@ def learning_curves(
     phase: str = "finetune",
     exclude_trials: Iterable[str] = (),
 ) -> pd.DataFrame:
-    """Mean and SD over seeds of per-epoch curves, per arm. Long format.
+    """Mean and SD over seeds of per-epoch curves, per label fraction and arm. Long format.
 
-    ``history``: one row per trial x phase x epoch (``load_history``). Trials in ``exclude_trials`` (e.g.
-    diverged ones, whose curves hold inf/NaN) are left out. Returns columns ``arm, arm_title, metric,
-    epoch, n, mean, sd`` (n = seeds with a finite value at that epoch; sd NaN when n < 2).
+    ``history``: one row per trial x phase x epoch (``load_history``), with ``label_fraction`` (1.0 when the
+    file has none: older runs). Trials in ``exclude_trials`` (e.g. diverged ones, whose curves hold inf/NaN)
+    are left out. Returns columns ``label_fraction, arm, arm_title, metric, epoch, n, mean, sd`` (n = seeds
+    with a finite value at that epoch; sd NaN when n < 2).
     """
-    cols = ["arm", "arm_title", "metric", "epoch", "n", "mean", "sd"]
+    cols = [LABEL_FRACTION, "arm", "arm_title", "metric", "epoch", "n", "mean", "sd"]
+    history = with_label_fraction(history)
     h = history[(history["phase"] == phase) & ~history["trial_id"].isin(set(exclude_trials))]
+    keys = [LABEL_FRACTION, "arm", "epoch"]
     frames = []
     for m in metrics:
         if m not in h.columns:
             continue
         # Coerced, not cast: a frame that did not come through load_history may hold text in any column.
-        x = h[["arm", "epoch"]].assign(**{m: pd.to_numeric(h[m], errors="coerce").astype(float)})
+        x = h[keys].assign(
+            **{LABEL_FRACTION: pd.to_numeric(h[LABEL_FRACTION], errors="coerce").astype(float)},
+            **{m: pd.to_numeric(h[m], errors="coerce").astype(float)},
+        )
         x = x[np.isfinite(x[m].to_numpy())]
         if x.empty:
             continue
-        g = (
-            x.groupby(["arm", "epoch"])[m]
-            .agg(n="count", mean="mean", sd=lambda s: s.std(ddof=1))
-            .reset_index()
-        )
+        g = x.groupby(keys)[m].agg(n="count", mean="mean", sd=lambda s: s.std(ddof=1)).reset_index()
         g["metric"] = m
         frames.append(g)
     if not frames:
@@ -1825,7 +2093,9 @@ def learning_curves(
     out = pd.concat(frames, ignore_index=True)
     out["arm_title"] = out["arm"].map(arm_title)
     order = {a: i for i, a in enumerate(arm_order(out["arm"]))}
-    out = out.sort_values(["metric", "arm", "epoch"], key=lambda s: s.map(order) if s.name == "arm" else s)
+    out = out.sort_values(
+        [LABEL_FRACTION, "metric", "arm", "epoch"], key=lambda s: s.map(order) if s.name == "arm" else s
+    )
     return out[cols].reset_index(drop=True)
 
 

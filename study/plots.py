@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from study.analysis import FRACTION_METRICS, arm_title, base_task
+from study.analysis import FRACTION_METRICS, arm_title, base_task, fraction_title
 
 # One colour per pretext task, shared by every figure, so an arm is recognisable across the report.
 TASK_COLORS = {
@@ -116,16 +116,23 @@ def paired_seeds_plot(
     panels: Sequence[tuple[str, np.ndarray, Sequence[str], Sequence[float]]],
     ylabel: str,
     scale: float = 100.0,
+    ncols: int | None = None,
 ) -> Figure:
-    """Per-seed values joined across arms, one panel per regime.
+    """Per-seed values joined across arms, one panel per regime (per label fraction and regime).
 
-    ``panels``: ``(regime_title, matrix (n_seeds, n_arms), arms, means (n_arms,))``, baseline first; NaN
-    cells (excluded trials) are left as gaps. Grey lines join one seed's arms (the pairing); black bars are
-    the given arm means (``analysis.summarise``).
+    ``panels``: ``(title, matrix (n_seeds, n_arms), arms, means (n_arms,))``, baseline first; NaN cells
+    (excluded trials) are left as gaps. Grey lines join one seed's arms (the pairing); black bars are the
+    given arm means (``analysis.summarise``). ``ncols``: panels per row (default all in one row; a study of
+    several label fractions passes its regime count: one row per fraction).
     """
     k = max(1, len(panels))
-    fig = Figure(figsize=(min(4.2 * k, 14), 4.2))
-    axes = fig.subplots(1, k, sharey=True, squeeze=False)[0]
+    cols = k if ncols is None else max(1, min(ncols, k))
+    rows = math.ceil(k / cols)
+    fig = Figure(figsize=(min(4.2 * cols, 14), 4.2 * rows))
+    grid = fig.subplots(rows, cols, sharey=True, squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
     for ax, (title, matrix, arms, means) in zip(axes, panels):
         m = np.asarray(matrix, dtype=float) * scale
         x = np.arange(len(arms))
@@ -138,7 +145,8 @@ def paired_seeds_plot(
         ax.set_xticks(x, [arm_title(a) for a in arms], rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(ylabel)
+    for row in grid:
+        row[0].set_ylabel(ylabel)
     fig.suptitle("Per-seed results (lines join the arms of one seed; bars: means)", fontsize=10)
     fig.tight_layout()
     return fig
@@ -146,12 +154,30 @@ def paired_seeds_plot(
 
 def learning_curves_plot(curves: pd.DataFrame, panels: Sequence[tuple[str, str]]) -> Figure:
     """Mean +- SD over seeds per epoch and arm. ``curves``: ``analysis.learning_curves`` output;
-    ``panels``: ``(metric, axis label)`` pairs, one subplot each (metrics absent from ``curves`` are skipped)."""
+    ``panels``: ``(metric, axis label)`` pairs, one subplot each (metrics absent from ``curves`` are skipped);
+    one row of them per label fraction when ``curves`` has several (``label_fraction`` column)."""
     panels = [(m, lab) for m, lab in panels if (curves["metric"] == m).any()]
-    fig = Figure(figsize=(5.2 * max(1, len(panels)), 3.8))
-    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    fractions = sorted(curves["label_fraction"].unique()) if "label_fraction" in curves else [None]
+    several = len(fractions) > 1
+    fig = Figure(figsize=(5.2 * max(1, len(panels)), 3.8 * len(fractions)))
+    grid = fig.subplots(len(fractions), max(1, len(panels)), squeeze=False)
+    for axes, f in zip(grid, fractions):
+        at_f = curves if f is None else curves[curves["label_fraction"] == f]
+        _curve_row(axes, at_f, panels, f"{fraction_title(f)}: " if several else "")
+    grid[0, 0].legend(fontsize=8)
+    fig.suptitle("Learning curves (mean \u00b1 SD over seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _curve_row(
+    axes: Sequence[Any], curves: pd.DataFrame, panels: Sequence[tuple[str, str]], prefix: str
+) -> None:
+    """One row of ``learning_curves_plot``: a panel per ``(metric, label)``; ``prefix`` titles the row."""
     for ax, (metric, label) in zip(axes, panels):
         sub = curves[curves["metric"] == metric]
+        if prefix:
+            ax.set_title(prefix.removesuffix(": "), fontsize=9, loc="left")
         for arm in dict.fromkeys(sub["arm"]):
             g = sub[sub["arm"] == arm].sort_values("epoch")
             c = arm_color(arm)
@@ -161,8 +187,102 @@ def learning_curves_plot(curves: pd.DataFrame, panels: Sequence[tuple[str, str]]
         ax.set_xlabel("fine-tune epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Learning curves (mean \u00b1 SD over seeds)", fontsize=10)
+
+
+def label_efficiency_plot(
+    levels: pd.DataFrame,
+    differences: pd.DataFrame | None,
+    ylabel: str,
+    dlabel: str,
+    scale: float = 100.0,
+    alpha: float = 0.05,
+) -> Figure:
+    """A metric vs the label fraction, one column of panels per early-stopping regime, log x-axis with the
+    fractions as ticks.
+
+    Top row: each arm's mean over seeds with its t-interval, one line per arm (baseline included).
+    ``levels``: ``analysis.label_efficiency`` rows (``label_fraction, regime, regime_title, arm, mean,
+    ci_low, ci_high``). Bottom row (when ``differences`` is given: ``analysis.compare_to_baseline`` rows):
+    each SSL arm's paired difference from the baseline, Hodges-Lehmann estimate with its exact signed-rank
+    CI, filled when Holm p < ``alpha``. Arms are shifted slightly along x so their bars do not overlap.
+    ``scale``: 100 for fractions (% and percentage points), 1 for metrics in their own units.
+    """
+    regimes = list(dict.fromkeys(levels["regime"]))
+    fractions = sorted(levels["label_fraction"].unique())
+    arms = list(dict.fromkeys(levels["arm"]))
+    n_rows = 2 if differences is not None and len(differences) else 1
+    cols = max(1, len(regimes))
+    fig = Figure(figsize=(min(4.4 * cols, 14), 3.6 * n_rows + 0.4))
+    axes = fig.subplots(n_rows, cols, squeeze=False, sharex=True, sharey="row")
+    # Multiplicative offsets: equal steps on the log axis, centred on each fraction.
+    dodge = {a: 1.06 ** (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}
+    for j, regime in enumerate(regimes):
+        ax = axes[0, j]
+        sub = levels[levels["regime"] == regime]
+        for arm in arms:
+            g = sub[sub["arm"] == arm].sort_values("label_fraction")
+            if g.empty:
+                continue
+            x = g["label_fraction"].to_numpy(dtype=float) * dodge[arm]
+            m = g["mean"].to_numpy(dtype=float) * scale
+            lo, hi = g["ci_low"].to_numpy(dtype=float) * scale, g["ci_high"].to_numpy(dtype=float) * scale
+            err = np.vstack([m - lo, hi - m])
+            c = arm_color(arm)
+            ax.errorbar(
+                x,
+                m,
+                yerr=np.where(np.isfinite(err), err, 0),
+                color=c,
+                marker="o",
+                ms=4,
+                lw=1.5,
+                capsize=3,
+                label=arm_title(arm),
+            )
+        ax.set_title(str(sub["regime_title"].iloc[0]) if len(sub) else regime, fontsize=10)
+        if n_rows == 2:
+            dax = axes[1, j]
+            d = differences[differences["regime"] == regime]
+            for arm in arms[1:]:
+                g = d[d["arm"] == arm].sort_values("label_fraction")
+                if g.empty:
+                    continue
+                x = g["label_fraction"].to_numpy(dtype=float) * dodge[arm]
+                est = g["hl_estimate"].to_numpy(dtype=float) * scale
+                lo = g["hl_ci_low"].to_numpy(dtype=float) * scale
+                hi = g["hl_ci_high"].to_numpy(dtype=float) * scale
+                err = np.vstack([est - lo, hi - est])
+                c = arm_color(arm)
+                dax.errorbar(
+                    x, est, yerr=np.where(np.isfinite(err), err, 0), color=c, lw=1.2, capsize=3, fmt="-"
+                )
+                sig = g["significant"].astype(bool).to_numpy()
+                dax.scatter(
+                    x, est, s=30, color=c, zorder=3, facecolors=np.where(sig, c, "white"), linewidths=1.5
+                )
+            dax.axhline(0, color="black", lw=0.8, ls="--")
+    for ax in axes.ravel():
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, [f"{100 * f:.3g} %" for f in fractions])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("label fraction (share of training labels, log scale)")
+    axes[0, 0].set_ylabel(ylabel)
+    axes[0, 0].legend(fontsize=8)
+    if n_rows == 2:
+        axes[1, 0].set_ylabel(dlabel)
+    level = round((1 - alpha) * 100)
+    fig.suptitle(
+        f"Label efficiency: mean over seeds with {level} % t-interval (top)"
+        + (
+            f"; paired difference vs baseline, Hodges\u2013Lehmann with {level} % signed-rank CI, "
+            f"filled: Holm p < {alpha:g} (bottom)"
+            if n_rows == 2
+            else ""
+        ),
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -276,6 +396,7 @@ __all__ = [
     "arm_color",
     "example_grid",
     "forest_plot",
+    "label_efficiency_plot",
     "learning_curves_plot",
     "mean_rank_plot",
     "paired_seeds_plot",

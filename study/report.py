@@ -196,6 +196,11 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _percent(label_fraction: float) -> str:
+    """``0.05 -> "5 %"``."""
+    return A.fraction_title(label_fraction).removesuffix(" labels")
+
+
 def _unit(metric: str) -> str:
     return "%" if metric in A.FRACTION_METRICS else ""
 
@@ -395,17 +400,30 @@ def _is_image(x: np.ndarray) -> bool:
 # ------------------------------------------------------------------------------------------- table builders
 
 
-def _paper_layout(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Rows = regimes, columns = arms (paper's Table 1 layout); cells "mean ± SD", "(n = k)" if short."""
+LABELS_COLUMN = "Labels"  # first column of a table with one row group per label fraction
+
+
+def _cells(summary: pd.DataFrame) -> list[tuple[float, str]]:
+    return list(dict.fromkeys(zip(summary[A.LABEL_FRACTION], summary["regime"])))
+
+
+def _cell_columns(f: float, regime: str, with_fraction: bool) -> dict[str, str]:
+    """The leading cells of a row of one (label fraction, regime): ``Regime``, after ``Labels`` when the
+    study has several fractions."""
+    return ({LABELS_COLUMN: _percent(f)} if with_fraction else {}) | {"Regime": A.regime_title(regime)}
+
+
+def _paper_layout(summary: pd.DataFrame, metric: str, with_fraction: bool = False) -> pd.DataFrame:
+    """Rows = regimes (per label fraction when ``with_fraction``), columns = arms (paper's Table 1 layout);
+    cells "mean ± SD", "(n = k)" if short."""
     s = summary[summary["metric"] == metric]
     arms = A.arm_order(s["arm"])
-    regimes = A.regime_order(s["regime"])
     n_max = int(s["n"].max()) if len(s) else 0
     rows = []
-    for regime in regimes:
-        row = {"Regime": A.regime_title(regime)}
+    for f, regime in _cells(s):
+        row = _cell_columns(f, regime, with_fraction)
         for arm in arms:
-            r = s[(s["regime"] == regime) & (s["arm"] == arm)]
+            r = s[(s[A.LABEL_FRACTION] == f) & (s["regime"] == regime) & (s["arm"] == arm)]
             if r.empty or r["n"].iloc[0] == 0:
                 row[A.arm_title(arm)] = NA
                 continue
@@ -427,7 +445,7 @@ def _paper_reference() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _comparison_display(comp: pd.DataFrame, alpha: float) -> pd.DataFrame:
+def _comparison_display(comp: pd.DataFrame, alpha: float, with_fraction: bool = False) -> pd.DataFrame:
     metric = comp["metric"].iloc[0]
     scale, unit = (100, " (pp)") if metric in A.FRACTION_METRICS else (1, "")
     level = round((1 - alpha) * 100)
@@ -441,7 +459,8 @@ def _comparison_display(comp: pd.DataFrame, alpha: float) -> pd.DataFrame:
             )
 
         rows.append(
-            {
+            ({LABELS_COLUMN: _percent(getattr(r, A.LABEL_FRACTION))} if with_fraction else {})
+            | {
                 "Regime": r.regime_title,
                 "Arm": r.arm_title,
                 "n": r.n,
@@ -467,10 +486,10 @@ def _comparison_display(comp: pd.DataFrame, alpha: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _all_metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
+def _all_metrics_table(summary: pd.DataFrame, with_fraction: bool = False) -> pd.DataFrame:
     rows = []
-    for (regime, arm), g in summary.groupby(["regime", "arm"], sort=False):
-        row = {"Regime": A.regime_title(regime), "Arm": A.arm_title(arm)}
+    for (f, regime, arm), g in summary.groupby([A.LABEL_FRACTION, "regime", "arm"], sort=False):
+        row = _cell_columns(f, regime, with_fraction) | {"Arm": A.arm_title(arm)}
         for r in g.itertuples(index=False):
             if r.metric in A.CLASSIFICATION_METRICS:
                 row[A.metric_label(r.metric)] = _mean_sd(r.mean, r.sd, r.metric)
@@ -479,13 +498,13 @@ def _all_metrics_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _stop_epoch_table(summary: pd.DataFrame) -> pd.DataFrame:
+def _stop_epoch_table(summary: pd.DataFrame, with_fraction: bool = False) -> pd.DataFrame:
     s = summary[summary["metric"] == "stop_epoch"]
     rows = []
-    for regime in A.regime_order(s["regime"]):
-        row = {"Regime": A.regime_title(regime)}
+    for f, regime in _cells(s):
+        row = _cell_columns(f, regime, with_fraction)
         for arm in A.arm_order(s["arm"]):
-            r = s[(s["regime"] == regime) & (s["arm"] == arm)]
+            r = s[(s[A.LABEL_FRACTION] == f) & (s["regime"] == regime) & (s["arm"] == arm)]
             if r.empty or r["n"].iloc[0] == 0:
                 row[A.arm_title(arm)] = NA
                 continue
@@ -498,14 +517,14 @@ def _stop_epoch_table(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _friedman_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+def _friedman_table(results: list[dict[str, Any]], with_fraction: bool = False) -> pd.DataFrame:
     rows = []
     for res in results:
         ranks = res["mean_ranks"]
         order = sorted(ranks, key=ranks.get)
         rows.append(
-            {
-                "Regime": A.regime_title(res["regime"]),
+            _cell_columns(res.get(A.LABEL_FRACTION, 1.0), res["regime"], with_fraction)
+            | {
                 "k arms": res["k"],
                 "n seeds": res["n"],
                 "\u03c7\u00b2": _num(res["statistic"], 4),
@@ -568,9 +587,10 @@ def _spread(mean: float, sd: float) -> str:
     return f"{_num(mean, 4)} \u00b1 {_num(sd, 3)}" if np.isfinite(sd) else _num(mean, 4)
 
 
-def _probe_display(probe: pd.DataFrame) -> pd.DataFrame:
+def _probe_display(probe: pd.DataFrame, with_fraction: bool = False) -> pd.DataFrame:
     return pd.DataFrame(
-        {
+        ({LABELS_COLUMN: [_percent(f) for f in probe[A.LABEL_FRACTION]]} if with_fraction else {})
+        | {
             "Arm": probe["arm_title"],
             "n seeds": probe["n"],
             "probe AUC (%)": [_mean_sd(m, s, "test_auc") for m, s in zip(probe["mean"], probe["sd"])],
@@ -579,9 +599,10 @@ def _probe_display(probe: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _probe_comparison_display(comp: pd.DataFrame) -> pd.DataFrame:
+def _probe_comparison_display(comp: pd.DataFrame, with_fraction: bool = False) -> pd.DataFrame:
     return pd.DataFrame(
-        {
+        ({LABELS_COLUMN: [_percent(f) for f in comp[A.LABEL_FRACTION]]} if with_fraction else {})
+        | {
             "Arm": comp["arm_title"],
             "n pairs": comp["n"],
             "Baseline (%)": [_value(v, "test_auc") for v in comp["mean_baseline"]],
@@ -617,7 +638,7 @@ class RunAnalysis:
     pairing_error: str
     comparisons: pd.DataFrame  # compare_to_baseline + simulate.power_planning + pretext_learned_seeds
     null_rates: dict[str, float]  # simulate.null_rejection_rates for this design ({} without comparisons)
-    friedmans: list[dict[str, Any]]  # friedman, one per regime
+    friedmans: list[dict[str, Any]]  # friedman, one per (label fraction, regime) cell
     rotation_table: pd.DataFrame  # pretext_tables
     image_table: pd.DataFrame
     pretext_refs: pd.DataFrame  # pretext_reference_table
@@ -630,10 +651,20 @@ class RunAnalysis:
     example_notes: list[str]
     manifest: dict[str, Any] | None
     manifest_why: str
+    efficiency: pd.DataFrame = field(default_factory=pd.DataFrame)  # label_efficiency of the primary metric
 
     @property
     def label(self) -> str:
         return A.metric_label(self.metric)
+
+    @property
+    def fractions(self) -> list[float]:
+        return A.label_fractions(self.df)
+
+    @property
+    def several_fractions(self) -> bool:
+        """A label-efficiency study: tables gain a "Labels" column, sentences name the fraction."""
+        return len(self.fractions) > 1
 
 
 def analyse_run(
@@ -662,15 +693,16 @@ def analyse_run(
             raise
         pairing_error = str(e)
     comp = (
-        A.compare_to_baseline(df, metric, alpha=alpha, family=family)
+        A.compare_to_baseline(df, metric, alpha=alpha, family=family, pairing=pairing)
         if pairing is not None
         else pd.DataFrame(columns=A.COMPARISON_COLUMNS)
     )
     null_rates: dict[str, float] = {}
     if len(comp):
         comp = pd.concat([comp, S.power_planning(comp, alpha)], axis=1)
+        # Each (label fraction, regime) cell is one independent family of the simulation.
         null_rates = S.null_rejection_rates(
-            int(comp["n"].median()), comp["arm"].nunique(), comp["regime"].nunique(), alpha
+            int(comp["n"].median()), comp["arm"].nunique(), _n_cells(comp), alpha
         )
     refs = A.pretext_reference_table(df)
     learned = A.pretext_learned(refs)
@@ -681,9 +713,13 @@ def analyse_run(
 
     curves = None
     if history is not None:
+        if A.LABEL_FRACTION not in history:  # a history.csv older than its results.csv's column
+            fractions = dict(zip(df["trial_id"], df[A.LABEL_FRACTION]))
+            history = history.assign(**{A.LABEL_FRACTION: history["trial_id"].map(fractions).fillna(1.0)})
         curves = A.learning_curves(history, exclude_trials=excluded["trial_id"].unique())
         if curves.empty:
             curves, history_why = None, "history.csv has no finite fine-tune validation loss/AUC values"
+    summary = A.summarise(df)
     return RunAnalysis(
         run_dir=run_dir,
         metric=metric,
@@ -691,12 +727,16 @@ def analyse_run(
         family=A._family(family),
         df=df,
         excluded=excluded,
-        summary=A.summarise(df),
+        summary=summary,
         pairing=pairing,
         pairing_error=pairing_error,
         comparisons=comp,
         null_rates=null_rates,
-        friedmans=[A.friedman(df, metric, r, alpha) for r in pairing.regimes] if pairing is not None else [],
+        friedmans=[
+            A.friedman(df, metric, r, alpha, label_fraction=f, pairing=pairing) for f, r in pairing.cells
+        ]
+        if pairing is not None
+        else [],
         rotation_table=rot,
         image_table=img,
         pretext_refs=refs,
@@ -709,7 +749,13 @@ def analyse_run(
         example_notes=example_notes,
         manifest=manifest,
         manifest_why=manifest_why,
+        efficiency=A.label_efficiency(summary, metric, 1 - alpha),
     )
+
+
+def _n_cells(comp: pd.DataFrame) -> int:
+    """(label fraction, regime) cells among comparison rows."""
+    return len(comp.drop_duplicates([A.LABEL_FRACTION, "regime"]))
 
 
 def write_tables(a: RunAnalysis) -> None:
@@ -736,11 +782,17 @@ def write_tables(a: RunAnalysis) -> None:
     if len(a.probe_comparisons):
         cols = ["arm", "mean_diff", "sd_diff", "p_wilcoxon", "wilcoxon_method", "p_holm", "prob_improvement"]
         probe = probe.merge(
-            a.probe_comparisons[cols].rename(columns={"mean_diff": "mean_diff_vs_baseline"}),
-            on="arm",
+            a.probe_comparisons[[A.LABEL_FRACTION, *cols]].rename(
+                columns={"mean_diff": "mean_diff_vs_baseline"}
+            ),
+            on=[A.LABEL_FRACTION, "arm"],
             how="left",
         )
     probe.to_csv(d / "probe.csv", index=False)
+    if a.several_fractions:
+        a.efficiency.to_csv(d / "label_efficiency.csv", index=False)
+    else:
+        (d / "label_efficiency.csv").unlink(missing_ok=True)  # a fraction-grid report's table must not linger
 
 
 def write_report(
@@ -785,6 +837,7 @@ def report_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         *_method_blocks(a),
         *_headline_blocks(a, fig_dir),
         *_table1_blocks(a),
+        *_label_efficiency_blocks(a, fig_dir),
         *_comparison_blocks(a, fig_dir),
         *_friedman_blocks(a, fig_dir),
         *_metrics_blocks(a),
@@ -806,14 +859,29 @@ def _title_blocks(a: RunAnalysis) -> list[Block]:
     arms, regimes = A.arm_order(df["arm"]), A.regime_order(df["regime"])
     seeds = sorted(df["seed"].unique())
     preset = (a.manifest or {}).get("preset")
+    fractions = a.fractions
+    if a.several_fractions:
+        labels = (
+            f" \u00d7 {len(fractions)} label fractions ({', '.join(_percent(f) for f in fractions)} of the "
+            "training labels; for one seed every arm fine-tunes on the same labelled subset, and a smaller "
+            "fraction's subset lies inside a larger one's)"
+        )
+    else:
+        # One fraction: said only when it is not all labels (a report of all labels reads as before).
+        labels = (
+            "" if fractions[0] == 1.0 else f"; fine-tuned on {_percent(fractions[0])} of the training labels"
+        )
     return [
         Heading(1, TITLE),
         Para(
             f"Run: {a.run_dir.name}" + (f" (preset {preset})" if preset else "") + f". "
             f"{df['trial_id'].nunique()} trials: {len(arms)} arm(s) "
             f"({', '.join(A.arm_title(x) for x in arms)}) \u00d7 {len(seeds)} seed(s) "
-            f"({', '.join(map(str, seeds))}); early-stopping regimes: "
-            f"{', '.join(A.regime_title(r) for r in regimes)}."
+            f"({', '.join(map(str, seeds))})"
+            + (labels if a.several_fractions else "")
+            + f"; early-stopping regimes: {', '.join(A.regime_title(r) for r in regimes)}"
+            + ("" if a.several_fractions else labels)
+            + "."
         ),
     ]
 
@@ -834,16 +902,26 @@ def _comparison_method(a: RunAnalysis) -> str:
         why = "the table is not paired by seed" if a.pairing_error else "only the baseline arm was run"
         return f"{design} No paired comparison was computed ({why}): every table below is descriptive."
     m, n_ssl, n_reg = len(comp), comp["arm"].nunique(), comp["regime"].nunique()
+    several, n_frac = a.several_fractions, comp[A.LABEL_FRACTION].nunique()
     level = round((1 - alpha) * 100)
     if a.family == "study":
         family = (
-            f"all m = {m} comparisons of the study ({n_ssl} self-supervised arm(s) \u00d7 {n_reg} regime(s))"
+            f"all m = {m} comparisons of the study ({n_ssl} self-supervised arm(s) \u00d7 {n_reg} regime(s)"
+            + (f" \u00d7 {n_frac} label fractions)" if several else ")")
         )
+    elif several:
+        family = f"the m = {n_ssl} comparison(s) within each regime of each label fraction"
     else:
         family = f"the m = {n_ssl} comparison(s) within each regime (each regime is one row of the paper's Table 1)"
+    where = (
+        "separately in each regime of each label fraction (paired on seed and fraction: for one seed every arm "
+        "fine-tunes on the same labelled subset)"
+        if several
+        else "separately in each regime"
+    )
     return (
         f"{design} Each self-supervised arm is compared with the no-self-supervision baseline through "
-        f"per-seed paired differences (arm \u2212 baseline) of test {a.label}, separately in each regime; "
+        f"per-seed paired differences (arm \u2212 baseline) of test {a.label}, {where}; "
         "differences equal up to floating-point error (relative 1e-9) count as ties or zeros. Headline test: "
         "two-sided Wilcoxon signed-rank test on the paired differences (exact null distribution without "
         "ties, an exhaustive sign-flip permutation test with ties and n \u2264 13, the normal approximation "
@@ -867,6 +945,7 @@ def _studywise_text(a: RunAnalysis) -> str:
     if not r:
         return ""
     n, k, n_reg = int(comp["n"].median()), comp["arm"].nunique(), comp["regime"].nunique()
+    n_frac = comp[A.LABEL_FRACTION].nunique()
     chosen, other = (
         ("studywise_study", "studywise_regime")
         if a.family == "study"
@@ -875,11 +954,17 @@ def _studywise_text(a: RunAnalysis) -> str:
             "studywise_study",
         )
     )
-    other_name = "per regime" if a.family == "study" else "across the whole study"
+    if a.several_fractions:
+        other_name = "per regime and label fraction" if a.family == "study" else "across the whole study"
+        design = f"{k} arm(s) \u00d7 {n_reg} regime(s) \u00d7 {n_frac} label fractions"
+        independent = "regimes and fractions independent"
+    else:
+        other_name = "per regime" if a.family == "study" else "across the whole study"
+        design, independent = f"{k} arm(s) \u00d7 {n_reg} regime(s)", "regimes independent"
     text = (
         "Study-wise false-positive rate (the chance that a study with no true effect lists at least one "
-        f"significant comparison), simulated for this design ({n} seeds, {k} arm(s) \u00d7 {n_reg} regime(s), "
-        f"{r['n_sim']} null studies, normal differences, regimes independent): {_rate(r[chosen])} with this "
+        f"significant comparison), simulated for this design ({n} seeds, {design}, "
+        f"{r['n_sim']} null studies, normal differences, {independent}): {_rate(r[chosen])} with this "
         f"family, {_rate(r[other])} with Holm {other_name}."
     )
     need = int(comp["min_n_for_significance"].max())
@@ -947,6 +1032,8 @@ def _headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         blocks.append(Para(f"{NA}: only the baseline arm was run, so there is nothing to compare with it."))
     else:
         failed = _failed_pretexts(a.learned)
+        if a.several_fractions:
+            blocks += _fraction_summary_blocks(a)
         blocks.append(Bullets([r.headline + _learned_suffix(failed.get(r.arm)) for r in comp.itertuples()]))
         under = comp[comp["underpowered"]]
         if len(under):
@@ -959,8 +1046,8 @@ def _headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
                     _grouped_warnings(under, len(comp)),
                 )
             )
-        blocks.append(Para(_power_sentence(comp, alpha)))
-        if comp["regime"].nunique() > 1:
+        blocks.append(Para(_power_sentence(comp, alpha, a.several_fractions)))
+        if _n_cells(comp) > 1:
             blocks.append(Para(_robustness_sentence(a)))
     not_learned = [_not_learned_sentence(r) for r in a.learned.itertuples() if r.majority_failed]
     if not_learned:
@@ -969,8 +1056,10 @@ def _headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         blocks.append(Box("warning", "the arms are not comparable as run", [w]))
     if not comp.empty:
         fraction = a.metric in A.FRACTION_METRICS
+        # Grouped by where a comparison lives: its regime, or its label fraction and regime.
+        places = [_place(r, a.several_fractions) for r in comp.itertuples()]
         fig = plots.forest_plot(
-            comp,
+            comp.assign(regime_title=places),
             f"\u0394 {a.label}" + (" (pp)" if fraction else ""),
             scale=100.0 if fraction else 1.0,
             alpha=alpha,
@@ -985,6 +1074,94 @@ def _headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
             )
         )
     return blocks
+
+
+def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
+    """Per label fraction: does any arm beat the baseline (significant in the table's Holm family), with its
+    effect and interval; then how the mean difference moves with the fraction (descriptive)."""
+    comp, metric = a.comparisons, a.metric
+    per = A.fraction_summary(comp)
+    family = (
+        f"Holm over all m = {len(comp)} comparisons of the study"
+        if a.family == "study"
+        else f"Holm within each regime of each fraction (m = {comp['arm'].nunique()})"
+    )
+    lines = []
+    for r in per.itertuples(index=False):
+        head = f"{A.fraction_title(r.label_fraction)}: "
+        sub = comp[comp[A.LABEL_FRACTION] == r.label_fraction]
+        better = sub[sub["significant"] & ((sub["mean_diff"] > 0) == A.higher_is_better(metric))]
+        if len(better):
+            listed = "; ".join(
+                f"{c.arm_title}, {c.regime_title}: {_effect_text(c, a.alpha)}" for c in better.itertuples()
+            )
+            text = f"{len(better)} of {r.m} comparisons significant with the arm better ({family}) \u2014 {listed}"
+        elif pd.notna(r.best):
+            c = comp.loc[int(r.best)]
+            text = (
+                f"no arm beats the baseline ({family}); largest estimate {c['arm_title']}, {c['regime_title']}: "
+                f"{_effect_text(c, a.alpha)}"
+            )
+        else:
+            text = f"no arm beats the baseline ({family}); no comparison has an estimate"
+        if r.n_worse:
+            text += f"; {r.n_worse} significant with the arm worse"
+        lines.append(head + text + ".")
+    return [
+        Para(
+            "Per label fraction (does any self-supervised arm beat the baseline at that share of the labels?):"
+        ),
+        Bullets(lines),
+        Para(_fraction_trend_sentence(per, metric)),
+    ]
+
+
+def _effect_text(r: Any, alpha: float) -> str:
+    """``"+6.1 pp AUC (Hodges–Lehmann), 95 % signed-rank CI [3.2, 8.8], Holm p = 0.003"`` for a comparison
+    row (namedtuple or Series)."""
+    get = r.__getitem__ if isinstance(r, pd.Series) else lambda k: getattr(r, k)
+    metric = get("metric")
+    pp = metric in A.FRACTION_METRICS
+    scale = 100.0 if pp else 1.0
+    low, high = float(get("hl_ci_low")), float(get("hl_ci_high"))
+    ci = (
+        f"{round((1 - alpha) * 100)} % signed-rank CI [{A._bound(low * scale, pp)}, {A._bound(high * scale, pp)}]"
+        if np.isfinite(low)
+        else f"signed-rank CI n/a (n = {int(get('n'))})"
+    )
+    return (
+        f"{A.format_diff(float(get('hl_estimate')), metric)} {A.metric_label(metric)} (Hodges\u2013Lehmann), {ci}, "
+        f"Holm p {A.format_p(float(get('p_holm')))}"
+    )
+
+
+def _fraction_trend_sentence(per: pd.DataFrame, metric: str) -> str:
+    """How the mean paired difference (over a fraction's arms and regimes) moves with the label fraction."""
+    values = "; ".join(
+        f"{A.fraction_title(f)} {A.format_diff(v, metric)}"
+        for f, v in zip(per[A.LABEL_FRACTION], per["mean_hl"])
+    )
+    text = (
+        f"Mean Hodges\u2013Lehmann difference vs the baseline over each fraction's comparisons (every arm and "
+        f"regime, so not inflated by picking the best; descriptive, not a test): {values}."
+    )
+    gain = per["mean_hl"].to_numpy(dtype=float) * (1.0 if A.higher_is_better(metric) else -1.0)
+    if not np.isfinite(gain).all() or len(gain) < 2:
+        return text
+    top = int(np.argmax(gain))
+    where = A.fraction_title(per[A.LABEL_FRACTION].iloc[top])
+    if top == 0 and gain[0] > 0:
+        shrinking = bool(np.all(np.diff(gain) <= 0))
+        text += (
+            f" The gain is largest at the fewest labels ({where})"
+            + (" and shrinks as labels are added" if shrinking else "")
+            + ", the pattern the self-supervised literature reports."
+        )
+    elif gain[top] > 0:
+        text += f" The gain is largest at {where}, not at the fewest labels."
+    else:
+        text += " No fraction shows a mean gain over the baseline."
+    return text
 
 
 def _failed_pretexts(learned: pd.DataFrame) -> dict[str, tuple[int, int]]:
@@ -1036,7 +1213,12 @@ def _grouped_warnings(under: pd.DataFrame, n_comparisons: int) -> list[str]:
     return lines
 
 
-def _power_sentence(comp: pd.DataFrame, alpha: float) -> str:
+def _place(r: Any, with_fraction: bool) -> str:
+    """Where comparison row ``r`` (a namedtuple of comparisons) lives: its regime, with its label fraction."""
+    return A.cell_title(getattr(r, A.LABEL_FRACTION, 1.0), r.regime_title, with_fraction)
+
+
+def _power_sentence(comp: pd.DataFrame, alpha: float, with_fraction: bool = False) -> str:
     m = int(comp["family_size"].max())
     reference = " / ".join(_seeds(S.seeds_for_headline_power(e, m, alpha)) for e in PLANNING_EFFECTS)
     procedure = (
@@ -1048,7 +1230,7 @@ def _power_sentence(comp: pd.DataFrame, alpha: float) -> str:
         f"{reference} seeds."
     )
     parts = [
-        f"{r.arm_title}, {r.regime_title}: {_seed_range(r.seeds_80_min, r.seeds_80_max)}"
+        f"{r.arm_title}, {_place(r, with_fraction)}: {_seed_range(r.seeds_80_min, r.seeds_80_max)}"
         for r in comp.itertuples(index=False)
         if not r.significant and "seeds_80_min" in comp
     ]
@@ -1072,11 +1254,15 @@ def _robustness_sentence(a: RunAnalysis) -> str:
     comp, alpha, rates = a.comparisons, a.alpha, a.null_rates
     m, k = len(comp), comp["arm"].nunique()
     n = int(comp["n_nonzero"].max())
+    several = a.several_fractions
+    per = "per regime and label fraction" if several else "per regime"
     if a.family == "study":
         alt = comp[comp["p_holm_regime"] < alpha]
-        listed = "; ".join(f"{r.arm_title}, {r.regime_title}" for r in alt.itertuples())
+        listed = "; ".join(f"{r.arm_title}, {_place(r, several)}" for r in alt.itertuples())
         return (
-            f"Robustness: with Holm per regime instead (over the {k} arm(s) of each regime; study-wise "
+            f"Robustness: with Holm {per} instead (over the {k} arm(s) of each regime"
+            + (" of each fraction" if several else "")
+            + "; study-wise "
             f"false-positive rate {_rate(rates.get('studywise_regime'))} for this design), "
             + (f"{len(alt)} comparison(s) would be significant: {listed}" if len(alt) else "none would be")
             + " (p_holm_regime in comparisons.csv)."
@@ -1088,13 +1274,13 @@ def _robustness_sentence(a: RunAnalysis) -> str:
         floor += f", more than this run's {n}, so it cannot reject here"
     if sig.empty:
         return (
-            f"Robustness: no comparison is significant with Holm per regime, so none is with Holm across all "
+            f"Robustness: no comparison is significant with Holm {per}, so none is with Holm across all "
             f"{m} comparisons of the study either (p_holm_study in comparisons.csv{floor})."
         )
     strict = sig[sig["p_holm_study"] < alpha]
-    listed = "; ".join(f"{r.arm_title}, {r.regime_title}" for r in strict.itertuples())
+    listed = "; ".join(f"{r.arm_title}, {_place(r, several)}" for r in strict.itertuples())
     return (
-        f"Robustness: with Holm across all {m} comparisons of the study instead of per regime, "
+        f"Robustness: with Holm across all {m} comparisons of the study instead of {per}, "
         f"{len(strict)} of {len(sig)} significant comparison(s) remain significant"
         + (f": {listed}" if listed else "")
         + f" (p_holm_study in comparisons.csv{floor})."
@@ -1102,23 +1288,109 @@ def _robustness_sentence(a: RunAnalysis) -> str:
 
 
 def _table1_blocks(a: RunAnalysis) -> list[Block]:
-    metric, summary = a.metric, a.summary
+    metric, summary, several = a.metric, a.summary, a.several_fractions
+    per = "arm, regime and label fraction" if several else "arm and regime"
+    labels = "; Labels: the share of the training labels the fine-tune saw" if several else ""
     blocks: list[Block] = [
-        Heading(2, f"Table 1: test {a.label} per arm and regime"),
+        Heading(2, f"Table 1: test {a.label} per {per}"),
         Table(
-            _paper_layout(summary, metric),
-            f"Mean \u00b1 SD over seeds, {_unit(metric) or 'raw units'}; status-ok trials.",
+            _paper_layout(summary, metric, several),
+            f"Mean \u00b1 SD over seeds, {_unit(metric) or 'raw units'}; status-ok trials{labels}.",
         ),
     ]
     if metric != "test_soft_accuracy":
         blocks.append(Heading(3, "Table 1 (soft accuracy, the paper's \u201caccuracy\u201d)"))
-        blocks.append(Table(_paper_layout(summary, "test_soft_accuracy"), "Mean \u00b1 SD over seeds, %."))
+        blocks.append(
+            Table(_paper_layout(summary, "test_soft_accuracy", several), "Mean \u00b1 SD over seeds, %.")
+        )
     blocks.append(
         Table(
-            _paper_reference(), "The paper's Table 1 (soft accuracy, %, a single run per cell) for reference."
+            _paper_reference(),
+            "The paper's Table 1 (soft accuracy, %, a single run per cell"
+            + (", all training labels" if several else "")
+            + ") for reference.",
         )
     )
     return blocks
+
+
+def _label_efficiency_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    """A study of several label fractions: the metric vs the fraction per arm (figure) and each arm's paired
+    difference from the baseline per fraction (table). Nothing for a study of one fraction."""
+    if not a.several_fractions:
+        return []
+    metric, comp, alpha = a.metric, a.comparisons, a.alpha
+    level = round((1 - alpha) * 100)
+    pp = metric in A.FRACTION_METRICS
+    scale = 100.0 if pp else 1.0
+    fractions = ", ".join(_percent(f) for f in a.fractions)
+    blocks: list[Block] = [
+        Heading(2, f"Label efficiency: test {a.label} vs label fraction"),
+        Para(
+            f"Every arm was fine-tuned on {fractions} of the training labels. For one seed every arm sees the "
+            "same labelled subset, and a smaller fraction's subset lies inside a larger one's; the pretext "
+            "phase does not use labels, so one pretext model per task and seed serves every fraction (the "
+            "pretext tables below count it once). Self-supervised pre-training is expected to help most "
+            "where labels are fewest: the lower panels and the table show each arm's paired difference from "
+            "the baseline at each fraction."
+        ),
+    ]
+    fig = plots.label_efficiency_plot(
+        a.efficiency,
+        comp if len(comp) else None,
+        f"test {a.label}" + (" (%)" if pp else ""),
+        f"\u0394 {a.label} vs baseline" + (" (pp)" if pp else ""),
+        scale=scale,
+        alpha=alpha,
+    )
+    path = plots.save_figure(fig, fig_dir / "label_efficiency.png")
+    caption = (
+        f"Test {a.label} vs label fraction (log axis), one panel per early-stopping regime. Top: mean over "
+        f"seeds with its {level} % t-interval, per arm (unpaired: the seed effect stays in, so overlapping "
+        "intervals do not mean no difference)"
+    )
+    if len(comp):
+        caption += (
+            f"; bottom: paired difference vs the baseline, Hodges\u2013Lehmann estimate with its {level} % "
+            f"exact signed-rank CI (not adjusted for multiplicity), filled: Holm p < {alpha:g}"
+        )
+    blocks.append(Image(path, caption + "."))
+    if len(comp):
+        blocks.append(
+            Table(
+                _fraction_difference_table(comp, metric),
+                "Hodges\u2013Lehmann difference arm \u2212 baseline"
+                + (" in percentage points" if pp else "")
+                + f" with its {level} % exact signed-rank CI, per label fraction; * significant after Holm "
+                f"({'all ' + str(len(comp)) + ' comparisons of the study' if a.family == 'study' else 'per regime and fraction'}). "
+                "Full precision in comparisons.csv; per-arm means in label_efficiency.csv.",
+            )
+        )
+    return blocks
+
+
+def _fraction_difference_table(comp: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows = regime x arm, columns = label fractions; cells ``"+4.1 [0.3, 7.9] *"`` (HL estimate, its CI,
+    * when significant)."""
+    scale = 100.0 if metric in A.FRACTION_METRICS else 1.0
+    fractions = sorted(comp[A.LABEL_FRACTION].unique())
+    rows = []
+    for (regime, arm), g in comp.groupby(["regime", "arm"], sort=False):
+        row = {"Regime": g["regime_title"].iloc[0], "Arm": g["arm_title"].iloc[0]}
+        by_f = g.set_index(A.LABEL_FRACTION)
+        for f in fractions:
+            if f not in by_f.index:
+                row[_percent(f)] = NA
+                continue
+            r = by_f.loc[f]
+            cell = _diff(r["hl_estimate"] * scale, metric, signed=True)
+            if np.isfinite(r["hl_ci_low"]):
+                cell += (
+                    f" [{_diff(r['hl_ci_low'] * scale, metric)}, {_diff(r['hl_ci_high'] * scale, metric)}]"
+                )
+            row[_percent(f)] = cell + (" *" if r["significant"] else "")
+        rows.append(row)
+    return pd.DataFrame(rows)  # comparisons are ordered by fraction, regime, arm: rows keep regime, arm
 
 
 def _comparison_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
@@ -1129,7 +1401,7 @@ def _comparison_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     else:
         blocks.append(
             Table(
-                _comparison_display(a.comparisons, a.alpha),
+                _comparison_display(a.comparisons, a.alpha, a.several_fractions),
                 "Means in % for fractions; differences and intervals in percentage points. HL: "
                 "Hodges\u2013Lehmann estimate with its exact signed-rank CI (Walsh averages), the interval of "
                 "the headline test; t-CI: t-interval of the mean difference; neither adjusted for "
@@ -1140,15 +1412,19 @@ def _comparison_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         )
     if a.pairing is not None:
         panels = []
-        means = a.summary[a.summary["metric"] == a.metric].set_index(["regime", "arm"])["mean"]
-        for regime in a.pairing.regimes:
-            mat, _, arm_cols = A.paired_matrix(a.df, a.metric, regime)
-            panels.append(
-                (A.regime_title(regime), mat, arm_cols, [means.get((regime, x), np.nan) for x in arm_cols])
-            )
+        s = a.summary[a.summary["metric"] == a.metric]
+        means = s.set_index([A.LABEL_FRACTION, "regime", "arm"])["mean"]
+        several = a.several_fractions
+        for f, regime in a.pairing.cells:
+            mat, _, arm_cols = A.paired_matrix(a.df, a.metric, regime, label_fraction=f, pairing=a.pairing)
+            title = A.cell_title(f, A.regime_title(regime), several)
+            panels.append((title, mat, arm_cols, [means.get((f, regime, x), np.nan) for x in arm_cols]))
         scale = 100.0 if a.metric in A.FRACTION_METRICS else 1.0
         fig = plots.paired_seeds_plot(
-            panels, f"test {a.label}" + (" (%)" if scale == 100 else ""), scale=scale
+            panels,
+            f"test {a.label}" + (" (%)" if scale == 100 else ""),
+            scale=scale,
+            ncols=len(a.pairing.regimes) if several else None,
         )
         blocks.append(Image(plots.save_figure(fig, fig_dir / "paired_seeds.png"), f"Per-seed test {a.label}"))
     return blocks
@@ -1160,17 +1436,24 @@ def _friedman_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         return blocks + [Para(f"{NA}: the table is not paired by seed.")]
     blocks.append(
         Para(
-            "Friedman test over all arms per regime (complete seeds only), with the Nemenyi critical "
+            "Friedman test over all arms per regime"
+            + (" and label fraction" if a.several_fractions else "")
+            + " (complete seeds only), with the Nemenyi critical "
             f"difference CD = q\u03b1\u221a(k(k+1)/(6N)) at \u03b1 = {a.alpha:g}. Descriptive: Nemenyi "
             "depends on which arms are in the pool, so the pairwise Holm-corrected Wilcoxon tests above are "
             "the headline."
         )
     )
-    blocks.append(Table(_friedman_table(a.friedmans)))
+    several = a.several_fractions
+    blocks.append(Table(_friedman_table(a.friedmans, several)))
     if any(f["k"] >= 3 and f["n"] >= 2 for f in a.friedmans):
-        fig = plots.mean_rank_plot([(A.regime_title(f["regime"]), f) for f in a.friedmans])
+        titles = [
+            A.cell_title(f[A.LABEL_FRACTION], A.regime_title(f["regime"]), several) for f in a.friedmans
+        ]
+        fig = plots.mean_rank_plot(list(zip(titles, a.friedmans)))
         path = plots.save_figure(fig, fig_dir / "mean_ranks.png")
-        blocks.append(Image(path, "Mean ranks and critical difference per regime"))
+        per = "per regime and label fraction" if several else "per regime"
+        blocks.append(Image(path, f"Mean ranks and critical difference {per}"))
     return blocks
 
 
@@ -1178,7 +1461,7 @@ def _metrics_blocks(a: RunAnalysis) -> list[Block]:
     return [
         Heading(2, "All classification metrics"),
         Table(
-            _all_metrics_table(a.summary),
+            _all_metrics_table(a.summary, a.several_fractions),
             "Mean \u00b1 SD over seeds, %; descriptive (summary.csv has median and IQR).",
         ),
     ]
@@ -1188,7 +1471,7 @@ def _stop_epoch_blocks(a: RunAnalysis) -> list[Block]:
     return [
         Heading(2, "Stop epochs"),
         Table(
-            _stop_epoch_table(a.summary),
+            _stop_epoch_table(a.summary, a.several_fractions),
             "Fine-tune epoch at which each regime stopped: mean \u00b1 SD; median [Q1, Q3]. An early stop "
             "at the first epochs with chance-level validation accuracy points to unsettled BatchNorm "
             "statistics.",
@@ -1204,7 +1487,8 @@ def _curve_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         a.curves, [("val_loss", "validation loss"), ("val_auc", "validation AUC")]
     )
     path = plots.save_figure(fig, fig_dir / "learning_curves.png")
-    return blocks + [Image(path, "Validation loss and AUC per fine-tune epoch")]
+    per = " (one row per label fraction)" if a.curves[A.LABEL_FRACTION].nunique() > 1 else ""
+    return blocks + [Image(path, f"Validation loss and AUC per fine-tune epoch{per}")]
 
 
 def _pretext_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
@@ -1300,14 +1584,30 @@ def _probe_blocks(a: RunAnalysis) -> list[Block]:
             "C: the inverse regularisation chosen per trial."
         )
     )
-    blocks.append(Table(_probe_display(a.probe), "Mean \u00b1 SD over seeds, %; one probe per trial."))
+    several = a.several_fractions
+    per_fraction = (
+        " The probe is fitted on the trial's labelled images, so it is reported per label fraction."
+        if several
+        else ""
+    )
+    blocks.append(
+        Table(
+            _probe_display(a.probe, several),
+            f"Mean \u00b1 SD over seeds, %; one probe per trial.{per_fraction}",
+        )
+    )
     comp = a.probe_comparisons
     if len(comp):
+        family = (
+            f"the {len(comp)} comparisons (self-supervised arms \u00d7 label fractions)"
+            if several
+            else f"the {len(comp)} self-supervised arm(s)"
+        )
         blocks.append(
             Table(
-                _probe_comparison_display(comp),
+                _probe_comparison_display(comp, several),
                 "Paired by seed (arm \u2212 baseline, percentage points); two-sided Wilcoxon signed-rank "
-                f"test, Holm-corrected across the {len(comp)} self-supervised arm(s), \u03b1 = {a.alpha:g}. "
+                f"test, Holm-corrected across {family}, \u03b1 = {a.alpha:g}. "
                 "Full precision in probe.csv.",
             )
         )
@@ -1336,9 +1636,11 @@ def _excluded_blocks(a: RunAnalysis) -> list[Block]:
         )
     )
     if len(ex):
-        s = A.exclusion_summary(excluded)
+        s = A.exclusion_summary(excluded, by_fraction=a.several_fractions)
         s["arm"] = s["arm"].map(A.arm_title)
-        blocks.append(Table(s.rename(columns={"n_trials": "trials"})))
+        if a.several_fractions:
+            s[A.LABEL_FRACTION] = s[A.LABEL_FRACTION].map(_percent)
+        blocks.append(Table(s.rename(columns={"n_trials": "trials", A.LABEL_FRACTION: LABELS_COLUMN})))
     if pairing is not None and len(pairing.dropped):
         blocks.append(Box("note", "seeds dropped from the paired comparisons", pairing.notes()))
     errors = (a.manifest or {}).get("errors") or []

@@ -1,7 +1,8 @@
 """Synthetic results tables and run dirs whose truth is known, for the analysis and report tests.
 
-Model of one metric value: ``base + regime_shift[regime] + seed_effect[seed] + effect[arm] + noise``, where the
-seed effect is shared by all arms of a seed (what pairing cancels) and the noise is independent per cell.
+Model of one metric value: ``base + regime_shift[regime] + fraction_shift[fraction] + seed_effect[seed] +
+effect[arm] + noise``, where the seed effect is shared by all arms (and label fractions) of a seed (what
+pairing cancels) and the noise is independent per cell.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def make_results(
     references: bool = False,
     not_learned: Mapping[str, Collection[int]] | None = None,
     probe: Mapping[str, float] | None = None,
+    label_fractions: Sequence[float] | None = None,
+    fraction_effects: Mapping[float, Mapping[str, float]] | None = None,
 ) -> pd.DataFrame:
     """A results.csv-shaped frame: one row per arm x seed x regime (each trial yields all regimes).
 
@@ -48,6 +51,12 @@ def make_results(
     ``_references``); the pretext of arm a beats its reference on every seed except ``not_learned[a]``.
     ``probe``: arm -> true shift of the linear-probe AUC vs the baseline's (arms not listed: no shift); adds
     ``probe_auc`` (one value per trial, repeated on its regime rows) and ``probe_c``.
+    ``label_fractions``: a label-efficiency study, one trial per arm x seed x fraction (trial id
+    ``<arm>_s<seed>_f<fraction>``) with a ``label_fraction`` column; the baseline level drops by 10 pp per
+    decade of labels removed, the pretext (and its references) is one per arm x seed, shared by the fractions
+    as the runner shares it. ``fraction_effects``: fraction -> arm -> shift replacing ``effects`` at that
+    fraction. Without ``label_fractions`` the table has no ``label_fraction`` column (a run written before the
+    column existed) and the random stream is the one of a single-fraction table.
     """
     effects = dict(effects) if effects is not None else {a: 0.0 for a in ARMS_PAPER if a != "baseline"}
     effects = {"baseline": 0.0, **effects}
@@ -68,46 +77,84 @@ def make_results(
                 pre.update({"probe_auc": float(np.clip(auc, 0, 1)), "probe_c": 0.1 * (1 + s % 3)})
             if pretext_values and arm in pretext_values and s in pretext_values[arm]:
                 pre.update(pretext_values[arm][s])
-            for regime, patience in regimes.items():
-                shift = -0.02 * (patience == 3)
-                val = {
-                    m: float(np.clip(base + shift + seed_effect[s] + effect + rng.normal(0, noise_sd), 0, 1))
-                    for m in CLASSIFICATION_METRICS
-                }
-                if st != "ok":
-                    val = {m: np.nan for m in CLASSIFICATION_METRICS}
-                stop = (
-                    finetune_epochs if patience == 0 else int(rng.integers(patience + 1, finetune_epochs + 1))
-                )
-                rows.append(
-                    {
-                        "trial_id": f"{arm}_s{s}",
-                        "arm": arm,
-                        "task": task,
-                        "patch_size": 16 if task == "missing_patch" else np.nan,
-                        "swap_count": 20 if task == "corruption" else np.nan,
-                        "swap_patch_size": 4 if task == "corruption" else np.nan,
-                        "lr": 1e-3,
-                        "pretext_lr": 1e-3 if task != "none" else np.nan,
-                        "seed": s,
-                        "regime": regime,
-                        "patience": patience,
-                        "stop_epoch": stop if st == "ok" else np.nan,
-                        "best_epoch": max(1, stop - patience) if st == "ok" else np.nan,
-                        "status": st,
-                        "diverged_epoch": 7 if st == "diverged" else np.nan,
-                        "error": "RuntimeError: out of memory" if st == "error" else "",
-                        **val,
-                        "test_loss": np.nan if st != "ok" else float(rng.uniform(0.3, 0.6)),
-                        "val_loss": np.nan if st != "ok" else float(rng.uniform(0.3, 0.6)),
-                        **pre,
-                        "pretext_cached": s % 2 == 0,
-                        "encoder": "small",
-                        "image_size": 64,
-                        "data_fingerprint": "abc123",
-                    }
+            for f in label_fractions if label_fractions is not None else [None]:
+                level = base + (0.1 * np.log10(f) if f is not None else 0.0)
+                eff = (fraction_effects or {}).get(f, {}).get(arm, effect) if f is not None else effect
+                if probe is not None and f is not None and f != label_fractions[0]:
+                    # The probe is fitted on the fraction's labelled images: one per trial.
+                    auc = 0.65 + seed_effect[s] + probe.get(arm, 0.0) + rng.normal(0, noise_sd)
+                    pre.update({"probe_auc": float(np.clip(auc, 0, 1))})
+                extra = {"label_fraction": f} if f is not None else {}
+                trial_id = f"{arm}_s{s}" + (f"_f{f:g}" if f is not None else "")
+                rows += _trial_rows(
+                    rng,
+                    regimes,
+                    st,
+                    level,
+                    seed_effect[s],
+                    eff,
+                    noise_sd,
+                    finetune_epochs,
+                    {"trial_id": trial_id, "arm": arm, "task": task, "seed": s, **extra},
+                    pre,
                 )
     return pd.DataFrame(rows)
+
+
+def _trial_rows(
+    rng: np.random.Generator,
+    regimes: Mapping[str, int],
+    st: str,
+    base: float,
+    seed_effect: float,
+    effect: float,
+    noise_sd: float,
+    finetune_epochs: int,
+    ident: Mapping[str, Any],
+    pre: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """One trial's rows, one per regime (``ident``: trial id, arm, task, seed, label fraction)."""
+    rows = []
+    arm, task, s = ident["arm"], ident["task"], ident["seed"]
+    for regime, patience in regimes.items():
+        shift = -0.02 * (patience == 3)
+        val = {
+            m: float(np.clip(base + shift + seed_effect + effect + rng.normal(0, noise_sd), 0, 1))
+            for m in CLASSIFICATION_METRICS
+        }
+        if st != "ok":
+            val = {m: np.nan for m in CLASSIFICATION_METRICS}
+        stop = finetune_epochs if patience == 0 else int(rng.integers(patience + 1, finetune_epochs + 1))
+        rows.append(
+            {
+                "trial_id": ident["trial_id"],
+                "arm": arm,
+                "task": task,
+                "patch_size": 16 if task == "missing_patch" else np.nan,
+                "swap_count": 20 if task == "corruption" else np.nan,
+                "swap_patch_size": 4 if task == "corruption" else np.nan,
+                "lr": 1e-3,
+                "pretext_lr": 1e-3 if task != "none" else np.nan,
+                "seed": s,
+                "regime": regime,
+                "patience": patience,
+                "stop_epoch": stop if st == "ok" else np.nan,
+                "best_epoch": max(1, stop - patience) if st == "ok" else np.nan,
+                "status": st,
+                "diverged_epoch": 7 if st == "diverged" else np.nan,
+                "error": "RuntimeError: out of memory" if st == "error" else "",
+                **val,
+                "test_loss": np.nan if st != "ok" else float(rng.uniform(0.3, 0.6)),
+                "val_loss": np.nan if st != "ok" else float(rng.uniform(0.3, 0.6)),
+                **pre,
+                "pretext_cached": s % 2 == 0,
+                "encoder": "small",
+                "image_size": 64,
+                "data_fingerprint": "abc123",
+                **{k: v for k, v in ident.items() if k == "label_fraction"},
+            }
+        )
+    return rows
 
 
 def _pretext(task: str, rng: np.random.Generator) -> dict[str, float]:

@@ -543,4 +543,6 @@ def test_underpowered_warnings_with_one_reason_are_one_line():
         "Cannot be significant.",
         "Corruption vs baseline, patience 3: 5 paired seeds. Cannot be significant.",
     ]
-    assert _grouped_warnings(under.iloc[:2], 2) == ["All 2 comparisons: 2 paired seeds. Cannot be significant."]
+    assert _grouped_warnings(under.iloc[:2], 2) == [
+        "All 2 comparisons: 2 paired seeds. Cannot be significant."
+    ]
