@@ -195,7 +195,9 @@ def _apply_data(base: TrialConfig, value: Any, source: _Source) -> TrialConfig:
         raise ConfigError(f'{source.where("data")}: give the dataset as path = "DIR" or "labels.csv"')
     changes: dict[str, Any] = {}
     if "path" in table:
-        changes["data_path"] = str(Path(_typed(table["path"], "str", "data.path", source)).expanduser())
+        # Absolute from here on: trials run in other working directories (Ray workers, cluster nodes).
+        path = Path(_typed(table["path"], "str", "data.path", source)).expanduser()
+        changes["data_path"] = str(path.resolve())
     if "images" in table:
         changes["data_images"] = str(Path(_typed(table["images"], "str", "data.images", source)).expanduser())
     if "malignant" in table:
