@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
@@ -141,12 +142,16 @@ def test_presets_show_prints_a_file_that_runs_as_the_preset(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_study_file_runs_end_to_end_and_is_recorded(tmp_path, study_env):
+def test_a_label_efficiency_study_file_runs_end_to_end_shares_pretexts_and_is_recorded(tmp_path, study_env):
+    """A study file with a label-fraction grid and a --set override, through the CLI: every (arm, seed,
+    fraction) runs, each pretext is trained once per (task, seed) and loaded from the cache by the other
+    fraction, the report has the label-efficiency figure, and the run records the resolved study."""
     path = _write(
         tmp_path,
         """\
         preset = "smoke"
-        seeds = [0]
+        seeds = [0, 1]
+        label_fractions = [1.0, 0.5]
         [trial]
         finetune_epochs = 2
         patiences = [0, 1]
@@ -175,16 +180,41 @@ def test_a_study_file_runs_end_to_end_and_is_recorded(tmp_path, study_env):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = storage / "file"
     results = pd.read_csv(run / "results.csv")
-    assert set(results["arm"]) == {"baseline", "corruption"} and set(results["seed"]) == {0}
+    assert (results["status"] == "ok").all()
+    assert set(results["arm"]) == {"baseline", "corruption"} and set(results["seed"]) == {0, 1}
     assert set(results["regime"]) == {"none", "patience1"}
+    assert sorted(results.groupby(["arm", "seed"])["label_fraction"].unique().map(sorted).map(tuple)) == [
+        (0.5, 1.0)
+    ] * 4
     assert (results[results["arm"] == "corruption"]["swap_count"] == 20).all()
+    # One pretext per (task, seed), shared by both fractions: the same key, trained by exactly one trial.
+    pretext = results[results["arm"] == "corruption"].drop_duplicates("trial_id")
+    for seed, rows in pretext.groupby("seed"):
+        assert rows["pretext_key"].nunique() == 1 and len(rows) == 2, seed
+        assert sorted(rows["pretext_cached"]) == [False, True], seed
+        assert (rows["pretext_epochs_run"].sort_values().tolist()) == [0, 2]
+    # The same labelled subset within a fraction and seed, a different one across fractions: the baseline's
+    # results differ between fractions (half the labels) but not between arms' shared validation images.
+    base = results[(results["arm"] == "baseline") & (results["regime"] == "none")].set_index(
+        ["seed", "label_fraction"]
+    )
+    assert not np.allclose(base.xs(0.5, level=1)["val_loss"], base.xs(1.0, level=1)["val_loss"])
     history = pd.read_csv(run / "history.csv")
+    assert set(history["label_fraction"]) == {0.5, 1.0}
     assert history[history["phase"] == "finetune"]["epoch"].max() == 2
     assert history[history["phase"] == "pretext"]["epoch"].max() == 2  # the --set override reached the trial
+    # The report: a label-efficiency section with its figure, and a statement per fraction.
+    report = (run / "report.md").read_text()
+    assert "Label efficiency" in report and "label_efficiency.png" in report
+    assert list(run.rglob("label_efficiency.png"))
+    assert "50 %" in report and "100 %" in report
     # the resolved study is what the run records (resume reads it, never the file)
     recorded = json.loads((run / "study.json").read_text())["preset"]
     assert recorded["name"] == "tiny-study" and recorded["base"]["finetune_epochs"] == 2
     assert recorded["base"]["pretext_epochs"] == 2 and len(recorded["arms"]) == 2
+    assert recorded["label_fractions"] == [0.5, 1.0]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["label_fractions"] == [0.5, 1.0]
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
