@@ -977,7 +977,8 @@ def _friedman_method(a: RunAnalysis) -> str:
     if not any(np.isfinite(f["p"]) for f in a.friedmans):
         return ""
     return (
-        "Across all arms: a Friedman test per regime on the seeds complete for every arm, with mean "
+        f"Across all arms: a Friedman test per regime{' and label fraction' if a.several_fractions else ''} on "
+        "the seeds complete for every arm, with mean "
         f"ranks and the Nemenyi critical difference at \u03b1 = {a.alpha:g} (descriptive)."
     )
 
@@ -1011,8 +1012,13 @@ def _probe_method(a: RunAnalysis) -> str:
     if k:
         text += (
             "; each self-supervised arm is compared with the baseline by a two-sided Wilcoxon signed-rank "
-            f"test on the per-seed paired differences, Holm-corrected across the {k} self-supervised "
-            f"arm(s) at \u03b1 = {a.alpha:g}"
+            f"test on the per-seed paired differences, Holm-corrected across the {k} "
+            + (
+                "comparisons (self-supervised arms \u00d7 label fractions)"
+                if a.several_fractions
+                else "self-supervised arm(s)"
+            )
+            + f" at \u03b1 = {a.alpha:g}"
         )
     return text + "."
 
@@ -1632,7 +1638,8 @@ def _excluded_blocks(a: RunAnalysis) -> list[Block]:
         Para(
             f"{len(ex)} of {n_trials} trials excluded ({int(counts.get('diverged', 0))} diverged, "
             f"{int(counts.get('error', 0))} errored). Their seeds are dropped pairwise from the comparisons "
-            "they touch (a baseline trial touches every comparison of its regime)."
+            "they touch (a baseline trial touches every comparison of its regime"
+            + (" at its label fraction)." if a.several_fractions else ").")
         )
     )
     if len(ex):

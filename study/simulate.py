@@ -9,13 +9,25 @@ study-wise rate when regimes share stop epochs (they are replays of one run).
 
 ``simulated_results`` writes such studies as results tables, for tests and ``bench/null_studies.py`` to
 run through the project's own entry point (``analysis.compare_to_baseline``).
+
+Cost: the seeds-needed table of one family size takes 1-4 s (30 seed counts x 2,000 studies) and every
+report needs one, so besides the in-process caches the results of ``_seeds_table`` and
+``null_rejection_rates`` are kept on disk (``disk_cache_dir``: ``$STUDY_CACHE_DIR/simulate``, else
+``~/.cache/melanoma-ssl-study/simulate``), keyed by every input and ``SIM_VERSION``. The simulations are
+seeded, so a cached value is the value a fresh run computes; ``STUDY_SIM_CACHE=0`` turns the disk cache off.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +38,48 @@ from study import analysis as A
 SEEDS_MAX = 40  # planning search limit: "> 40 seeds" is beyond any study this tool runs
 EFFECT_GRID = np.round(np.arange(0.2, 3.0001, 0.05), 2)  # d_z values the power tables are computed at
 N_SIM = 2000  # simulated studies per (n, m, alpha): power SE <= 1.1 %, seeds needed +-1 near the threshold
+# Part of every disk-cache key: bump it when a change alters what a simulation returns.
+SIM_VERSION = 1
+
+
+def disk_cache_dir() -> Path:
+    """Where simulation results are kept between processes (as ``study.data.default_cache_dir``, which is
+    not imported here: it pulls in the image stack)."""
+    env = os.environ.get("STUDY_CACHE_DIR")
+    return (Path(env) if env else Path.home() / ".cache" / "melanoma-ssl-study") / "simulate"
+
+
+def _disk_cached(name: str, key: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
+    """``compute()``'s JSON-able result, read from / written to ``disk_cache_dir()`` under ``name`` and
+    ``key`` (with ``SIM_VERSION``, ``N_SIM``, ``SEEDS_MAX`` and ``EFFECT_GRID``). Any file problem falls back
+    to computing: the cache only saves time."""
+    if os.environ.get("STUDY_SIM_CACHE", "1") == "0":
+        return compute()
+    full = {
+        **key,
+        "version": SIM_VERSION,
+        "n_sim_default": N_SIM,
+        "seeds_max": SEEDS_MAX,
+        "grid": EFFECT_GRID.tolist(),
+    }
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16]
+    path = disk_cache_dir() / f"{name}-{digest}.json"
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("key") == full:
+            return stored["value"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed: concurrent reports never read half a file.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+            json.dump({"key": full, "value": value}, f)
+        os.replace(f.name, path)
+    except OSError:
+        pass
+    return value
 
 
 def _null_diffs(rng: np.random.Generator, n_sim: int, m: int, n: int) -> np.ndarray:
@@ -34,11 +88,17 @@ def _null_diffs(rng: np.random.Generator, n_sim: int, m: int, n: int) -> np.ndar
     return (e[:, 1:] - e[:, :1]) / math.sqrt(2)
 
 
+def _wplus(d: np.ndarray) -> np.ndarray:
+    """W+ (sum of the ranks of |d| of the positive entries) along the last axis of continuous (untied,
+    non-zero) ``d`` (..., n): one sort, the signs in rank order dotted with the ranks 1..n."""
+    order = np.argsort(np.abs(d), axis=-1)
+    positive = np.take_along_axis(d > 0, order, axis=-1)
+    return positive @ np.arange(1, d.shape[-1] + 1)
+
+
 def _wplus_p(d: np.ndarray) -> np.ndarray:
     """Exact two-sided signed-rank p along the last axis of continuous (untied, non-zero) ``d`` (..., n)."""
-    ranks = np.argsort(np.argsort(np.abs(d), axis=-1), axis=-1) + 1
-    w = np.where(d > 0, ranks, 0).sum(axis=-1)
-    return A.signed_rank_exact_p(w, d.shape[-1])
+    return A.signed_rank_exact_p(_wplus(d), d.shape[-1])
 
 
 @lru_cache(maxsize=64)
@@ -46,15 +106,26 @@ def null_rejection_rates(
     n: int, n_arms: int, n_regimes: int, alpha: float = 0.05, n_sim: int = 4000, seed: int = 0
 ) -> dict[str, float]:
     """False-positive rates of the headline procedure in null studies of ``n_regimes`` x ``n_arms``
-    comparisons at ``n`` seeds, through ``analysis.signed_rank_pvalues`` and ``analysis.holm``.
+    comparisons at ``n`` seeds, through the exact signed-rank distribution and ``analysis.holm``.
+    ``n_regimes``: independent families (a study of several label fractions passes regimes x fractions).
 
     Keys: ``per_comparison`` (uncorrected p < alpha), ``familywise_regime`` (any Holm-per-regime rejection
     within one regime), ``studywise_regime`` (any rejection in the study, Holm per regime),
-    ``studywise_study`` (any rejection, Holm over all comparisons), ``n_sim``.
+    ``studywise_study`` (any rejection, Holm over all comparisons), ``n_sim``. Cached on disk.
     """
+    key = {"n": n, "n_arms": n_arms, "n_regimes": n_regimes, "alpha": alpha, "n_sim": n_sim, "seed": seed}
+    return _disk_cached("null", key, lambda: _null_rejection_rates(n, n_arms, n_regimes, alpha, n_sim, seed))
+
+
+def _null_rejection_rates(
+    n: int, n_arms: int, n_regimes: int, alpha: float, n_sim: int, seed: int
+) -> dict[str, float]:
     rng = np.random.default_rng([seed, n, n_arms, n_regimes])
-    d = _null_diffs(rng, n_sim * n_regimes, n_arms, n)  # (studies * regimes, arms, n)
-    p, _, _ = A.signed_rank_pvalues(d.reshape(-1, n))
+    d = _null_diffs(rng, n_sim * n_regimes, n_arms, n).reshape(-1, n)  # (studies * regimes * arms, n)
+    # Continuous differences have no ties or zeros (with probability 1): the exact test from W+ directly is
+    # what analysis.signed_rank_pvalues returns for them (tests check it), ~10x faster; beyond its exact
+    # range that function's normal approximation is kept.
+    p = _wplus_p(d) if n <= A.EXACT_MAX_N else A.signed_rank_pvalues(d)[0]
     p = p.reshape(n_sim, n_regimes, n_arms)
     per_regime = A.holm(p) < alpha
     whole = A.holm(p.reshape(n_sim, -1)) < alpha
@@ -118,7 +189,15 @@ def headline_power(n: int, m: int, effect: float, alpha: float = 0.05) -> float:
 
 @lru_cache(maxsize=64)
 def _seeds_table(m: int, alpha: float, power: float) -> np.ndarray:
-    """Smallest n (<= SEEDS_MAX; inf beyond) with ``power`` at each ``EFFECT_GRID`` effect."""
+    """Smallest n (<= SEEDS_MAX; inf beyond) with ``power`` at each ``EFFECT_GRID`` effect. Cached on disk
+    (1-4 s to compute; every report needs the table of its family size)."""
+    key = {"m": m, "alpha": alpha, "power": power}
+    return np.asarray(
+        _disk_cached("seeds", key, lambda: _compute_seeds_table(m, alpha, power).tolist()), float
+    )
+
+
+def _compute_seeds_table(m: int, alpha: float, power: float) -> np.ndarray:
     need = np.full(EFFECT_GRID.size, np.inf)
     for n in range(A.min_n_for_significance(alpha, m), SEEDS_MAX + 1):
         ok = (_power_curve(n, m, alpha) >= power) & ~np.isfinite(need)

@@ -244,7 +244,8 @@ def _references(task: str, learned: bool, rng: np.random.Generator) -> dict[str,
 
 
 def make_history(results: pd.DataFrame, epochs: int = 12, rng_seed: int = 0) -> pd.DataFrame:
-    """history.csv-shaped frame: pretext and fine-tune epochs for every trial in ``results``."""
+    """history.csv-shaped frame: pretext and fine-tune epochs for every trial in ``results`` (with its
+    ``label_fraction`` when ``results`` has the column, as the runner writes it)."""
     rng = np.random.default_rng(rng_seed)
     rows = []
     for t in results.drop_duplicates("trial_id").itertuples(index=False):
@@ -264,6 +265,7 @@ def make_history(results: pd.DataFrame, epochs: int = 12, rng_seed: int = 0) -> 
                         if phase == "finetune"
                         else np.nan,
                         "test_auc": (0.5 + 0.3 * (1 - 1 / e)) if phase == "finetune" else np.nan,
+                        **({"label_fraction": t.label_fraction} if "label_fraction" in results else {}),
                     }
                 )
     return pd.DataFrame(rows)

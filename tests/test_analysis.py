@@ -666,3 +666,190 @@ def test_item8_negative_infinity_is_not_na():
     from study.report import _num
 
     assert _num(-math.inf) == "\u2212\u221e" and _num(math.inf) == "\u221e" and _num(math.nan) == "n/a"
+
+
+# --------------------------------------------------------------------- issue 15: label fractions as a dimension
+
+FRACTIONS = (0.05, 0.2, 1.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_simulation_cache(tmp_path_factory):
+    """Simulation results are cached on disk (study.simulate.disk_cache_dir): keep these tests' away from
+    ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDY_CACHE_DIR", str(tmp_path_factory.mktemp("sim-cache")))
+    yield
+    mp.undo()
+
+
+def fractions_table(**kw) -> pd.DataFrame:
+    kw = {"n_seeds": 12, "noise_sd": 0.01, "label_fractions": FRACTIONS} | kw
+    return tidy(**kw)
+
+
+def test_comparisons_run_per_fraction_and_regime_paired_on_seed_and_fraction():
+    df = fractions_table(fraction_effects={0.05: {"corruption": 0.06}})
+    comp = A.compare_to_baseline(df, family="regime")
+    assert len(comp) == 3 * 3 * 3
+    assert list(comp["label_fraction"].unique()) == list(FRACTIONS)  # fractions ascending, outermost
+    pairing = A.check_pairing(df)
+    assert pairing.fractions == FRACTIONS and len(pairing.cells) == 9
+    for (f, regime), g in comp.groupby(["label_fraction", "regime"]):
+        # The pair of a seed is the same seed at the same fraction: differences from that cell's rows only.
+        cell = df[(df["label_fraction"] == f) & (df["regime"] == regime)]
+        wide = cell.pivot(index="seed", columns="arm", values="test_auc")
+        d = (wide[["rotation", "missing_patch", "corruption"]].to_numpy() - wide[["baseline"]].to_numpy()).T
+        p, _, _ = A.signed_rank_pvalues(d)
+        np.testing.assert_allclose(
+            g.set_index("arm").loc[["rotation", "missing_patch", "corruption"], "p_wilcoxon"], p
+        )
+        m, seeds, arms = A.paired_matrix(df, "auc", regime, label_fraction=f)
+        assert m.shape == (12, 4) and list(seeds) == list(range(12))
+    corr = comp[comp["arm"] == "corruption"].set_index(["label_fraction", "regime"])
+    assert corr.loc[0.05, "significant"].all() and not corr.loc[1.0, "significant"].any()
+    assert corr.loc[0.05, "hl_estimate"].between(0.05, 0.07).all()
+    # Row order of the input does not matter: pairing is by key, not position.
+    shuffled = A.compare_to_baseline(df.sample(frac=1, random_state=3), family="regime")
+    pd.testing.assert_frame_equal(comp, shuffled)
+    assert "Corruption removal vs baseline, 5 % labels, no early stopping: +" in comp["headline"].iloc[2]
+
+
+def test_a_seed_missing_at_one_fraction_is_unpaired_even_if_other_fractions_have_it():
+    raw = make_results(n_seeds=4, label_fractions=FRACTIONS)
+    raw = raw[~((raw["arm"] == "rotation") & (raw["seed"] == 3) & (raw["label_fraction"] == 0.2))]
+    with pytest.raises(A.PairingError, match=r"rotation.*label fraction 0\.2.*seed\(s\) 3"):
+        A.check_pairing(A.tidy_results(raw))
+    dup = make_results(n_seeds=3, label_fractions=FRACTIONS)
+    extra = dup[(dup["arm"] == "rotation") & (dup["seed"] == 1) & (dup["label_fraction"] == 1.0)]
+    with pytest.raises(A.PairingError, match=r"2 trials for seed 1 in regime 'none', label fraction 1"):
+        A.check_pairing(A.tidy_results(pd.concat([dup, extra.assign(trial_id="again")])))
+
+
+def test_holm_family_spans_fractions_regimes_and_arms():
+    df = fractions_table()
+    comp = A.compare_to_baseline(df)
+    assert (comp["family_size"] == 27).all() and (comp["holm_family"] == "study").all()
+    np.testing.assert_allclose(comp["p_holm"], A.holm(comp["p_wilcoxon"].to_numpy()))
+    assert (comp["min_n_for_significance"] == A.min_n_for_significance(0.05, 27)).all()  # 11 seeds
+    per_cell = A.compare_to_baseline(df, family="regime")
+    assert (per_cell["family_size"] == 3).all()
+    assert per_cell["holm_family"].iloc[0] == "none at label fraction 0.05"
+    for _, g in per_cell.groupby(["label_fraction", "regime"]):
+        np.testing.assert_allclose(g["p_holm"], A.holm(g["p_wilcoxon"].to_numpy()))
+    np.testing.assert_allclose(per_cell["p_holm_study"], comp["p_holm"])
+
+
+def test_a_table_without_the_column_is_one_fraction_and_analyses_as_before():
+    old = make_results(n_seeds=8, effects={"corruption": 0.02})
+    assert "label_fraction" not in old
+    new = make_results(n_seeds=8, effects={"corruption": 0.02}, label_fractions=[1.0])
+    a, b = A.tidy_results(old), A.tidy_results(new)
+    assert (a["label_fraction"] == 1.0).all() and A.label_fractions(a) == [1.0]
+    pd.testing.assert_frame_equal(A.compare_to_baseline(a), A.compare_to_baseline(b))
+    pd.testing.assert_frame_equal(A.summarise(a), A.summarise(b))
+    assert not A.check_pairing(a).several_fractions
+    # Frames that never went through tidy_results (simulations, hand-built tables) are one fraction too.
+    assert (
+        A.compare_to_baseline(S.simulated_results(np.random.default_rng(0), n_seeds=4))["label_fraction"]
+        .eq(1.0)
+        .all()
+    )
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.5, "half", np.nan])
+def test_label_fraction_must_be_in_the_unit_interval(bad):
+    raw = make_results(n_seeds=2, label_fractions=[0.5, 1.0]).astype({"label_fraction": object})
+    raw.loc[raw.index[0], "label_fraction"] = bad
+    with pytest.raises(A.ResultsTableError, match="label_fraction must be a number in \\(0, 1\\]"):
+        A.tidy_results(raw)
+
+
+def test_several_fractions_need_one_named_for_one_cell():
+    df = fractions_table(n_seeds=4)
+    with pytest.raises(A.AnalysisError, match="pass label_fraction"):
+        A.paired_matrix(df, "auc", "none")
+    res = A.friedman(df, "auc", "none", label_fraction=0.2)
+    assert res["label_fraction"] == 0.2 and res["n"] == 4
+
+
+def test_pretext_shared_by_fractions_is_counted_once_per_seed():
+    raw = make_results(n_seeds=6, label_fractions=FRACTIONS, references=True)
+    # The first fraction's trial of seed 0 failed before recording its pretext: another fraction's value counts.
+    first = (raw["arm"] == "corruption") & (raw["seed"] == 0) & (raw["label_fraction"] == 0.05)
+    raw.loc[first, "pretext_mse_mean"] = np.nan
+    _, image = A.pretext_tables(A.tidy_results(raw))
+    mse = image[(image["arm"] == "corruption") & (image["metric"] == "pretext_mse_mean")].iloc[0]
+    per_seed = raw[(raw["arm"] == "corruption") & (raw["regime"] == "none") & (raw["label_fraction"] == 1.0)]
+    assert mse["n"] == 6 and mse["mean"] == pytest.approx(per_seed["pretext_mse_mean"].mean())
+    refs = A.pretext_reference_table(A.tidy_results(raw))
+    assert (refs["n"] == 6).all() and (refs["n_judged"] <= 6).all()
+
+
+def test_probe_curves_and_exclusions_are_per_fraction():
+    raw = make_results(
+        n_seeds=5, label_fractions=FRACTIONS, probe={"corruption": 0.1}, status={("rotation", 1): "diverged"}
+    )
+    df = A.tidy_results(raw)
+    probe = A.probe_table(df)
+    assert len(probe) == 3 * 4 and list(probe["label_fraction"].unique()) == list(FRACTIONS)
+    comp = A.probe_comparisons(df)
+    assert len(comp) == 9 and (comp["n"] == 5).all()
+    np.testing.assert_allclose(comp["p_holm"], A.holm(comp["p_wilcoxon"].to_numpy()))  # over arms x fractions
+    from fixtures_results import make_history
+
+    curves = A.learning_curves(make_history(raw, epochs=3))
+    assert set(curves["label_fraction"]) == set(FRACTIONS) and (curves["n"] == 5).all()
+    _, excluded = A.split_valid(df)
+    s = A.exclusion_summary(excluded, by_fraction=True)
+    assert list(s["label_fraction"]) == list(FRACTIONS) and (s["n_trials"] == 1).all()
+
+
+def test_label_efficiency_is_the_t_interval_of_each_arms_mean():
+    df = fractions_table(n_seeds=6)
+    eff = A.label_efficiency(A.summarise(df), "test_auc")
+    assert len(eff) == 3 * 3 * 4
+    r = eff[
+        (eff["label_fraction"] == 0.2) & (eff["regime"] == "patience3") & (eff["arm"] == "rotation")
+    ].iloc[0]
+    x = df[(df["label_fraction"] == 0.2) & (df["regime"] == "patience3") & (df["arm"] == "rotation")][
+        "test_auc"
+    ]
+    ci = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(ci) and r["regime_title"] == "patience 3"
+
+
+def test_fraction_summary_counts_significant_comparisons_per_fraction():
+    df = fractions_table(fraction_effects={0.05: {"corruption": 0.06, "missing_patch": 0.06}})
+    comp = A.compare_to_baseline(df)
+    per = A.fraction_summary(comp).set_index("label_fraction")
+    assert per.loc[0.05, "n_better"] == 6 and per.loc[1.0, "n_better"] == 0 and (per["m"] == 9).all()
+    assert per.loc[0.05, "mean_hl"] > per.loc[1.0, "mean_hl"] + 0.03
+    assert comp.loc[per.loc[0.05, "best"], "label_fraction"] == 0.05
+
+
+# ------------------------------------------------------------------- simulation speed (cached, same numbers)
+
+
+def test_fast_signed_rank_of_continuous_differences_is_the_entry_points():
+    d = np.random.default_rng(5).standard_normal((300, 9))
+    np.testing.assert_allclose(S._wplus_p(d), A.signed_rank_pvalues(d)[0])
+
+
+def test_simulation_results_are_cached_on_disk_and_equal_a_fresh_computation(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path))
+    fresh = S._compute_seeds_table(5, 0.05, 0.8)
+    S._seeds_table.cache_clear()
+    np.testing.assert_array_equal(S._seeds_table(5, 0.05, 0.8), fresh)
+    files = sorted(p.name for p in (tmp_path / "simulate").iterdir())
+    assert len(files) == 1 and files[0].startswith("seeds-")
+    S._seeds_table.cache_clear()
+    np.testing.assert_array_equal(S._seeds_table(5, 0.05, 0.8), fresh)  # read back: inf survives JSON
+    S.null_rejection_rates.cache_clear()
+    rates = S.null_rejection_rates(6, 2, 2, n_sim=500)
+    assert rates == S._null_rejection_rates(6, 2, 2, 0.05, 500, 0)
+    assert len(list((tmp_path / "simulate").glob("null-*.json"))) == 1
+    monkeypatch.setenv("STUDY_SIM_CACHE", "0")
+    S.null_rejection_rates.cache_clear()
+    assert S.null_rejection_rates(6, 2, 3, n_sim=500)["n_sim"] == 500
+    assert len(list((tmp_path / "simulate").glob("null-*.json"))) == 1  # not written when off

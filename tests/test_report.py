@@ -15,7 +15,7 @@ import pytest
 from fixtures_results import make_history, make_manifest, make_results, write_run_dir
 
 from study import analysis as A
-from study.report import write_report
+from study.report import analyse_run, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,6 +67,15 @@ def parse(path: Path) -> ReportParser:
     p.feed(path.read_text(encoding="utf-8"))
     p.full_text = " ".join(p.text)  # type: ignore[attr-defined]
     return p
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_simulation_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Reports cache simulation results on disk (study.simulate.disk_cache_dir): not in ~/.cache here."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDY_CACHE_DIR", str(tmp_path_factory.mktemp("sim-cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -546,3 +555,149 @@ def test_underpowered_warnings_with_one_reason_are_one_line():
     assert _grouped_warnings(under.iloc[:2], 2) == [
         "All 2 comparisons: 2 paired seeds. Cannot be significant."
     ]
+
+
+# ------------------------------------------------------------------------ issue 15: label efficiency
+
+FRACTIONS = (0.05, 0.2, 1.0)
+
+
+@pytest.fixture(scope="module")
+def multi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """12 seeds x 3 label fractions; corruption +6 pp and missing patch +3 pp at 5 % labels, +1 / +0.5 pp
+    otherwise; rotation's seed 2 diverged (every fraction); references, probe, history with the column."""
+    results = make_results(
+        n_seeds=12,
+        effects={"rotation": 0.0, "missing_patch": 0.005, "corruption": 0.01},
+        noise_sd=0.01,
+        label_fractions=FRACTIONS,
+        fraction_effects={0.05: {"corruption": 0.06, "missing_patch": 0.03}},
+        references=True,
+        probe={"corruption": 0.05},
+        status={("rotation", 2): "diverged"},
+    )
+    run = write_run_dir(
+        tmp_path_factory.mktemp("multi"),
+        results,
+        history=make_history(results, epochs=3),
+        manifest=make_manifest(results),
+        example_tasks=("corruption",),
+    )
+    write_report(run)
+    return run, results
+
+
+def test_label_efficiency_figure_is_written_linked_and_embedded(multi_run):
+    run, _ = multi_run
+    md = (run / "report.md").read_text()
+    assert (run / "figures" / "label_efficiency.png").is_file()
+    body = section(md, "Label efficiency: test AUC vs label fraction")
+    assert "](figures/label_efficiency.png)" in body and "one panel per early-stopping regime" in body
+    p = parse(run / "report.html")
+    figures = re.findall(
+        r'<img src="data:image/png;base64,([^"]+)" alt="Test AUC vs label fraction',
+        html.unescape((run / "report.html").read_text()),
+    )
+    assert len(figures) == 1 and base64.b64decode(figures[0]).startswith(PNG_MAGIC)
+    eff = pd.read_csv(run / "label_efficiency.csv")
+    assert len(eff) == 3 * 3 * 4 and {"ci_low", "ci_high", "mean"} <= set(eff.columns)
+    # The differences per fraction: regime x arm rows, one column per fraction, significance starred.
+    table = table_with(p, "100 %")
+    assert table[0] == ["Regime", "Arm", "5 %", "20 %", "100 %"] and len(table) == 1 + 9
+    corr = next(r for r in table if r[:2] == ["no early stopping", "Corruption removal"])
+    assert corr[2].startswith("+6.") and corr[2].endswith(" *") and not corr[4].endswith("*")
+
+
+def test_summary_says_per_fraction_whether_an_arm_beats_the_baseline(multi_run):
+    run, _ = multi_run
+    head = section((run / "report.md").read_text(), "Headline results")
+    comp = pd.read_csv(run / "comparisons.csv")
+    assert len(comp) == 27 and (comp["family_size"] == 27).all()
+    assert "- 5 % labels: 6 of 9 comparisons significant with the arm better (Holm over all m = 27 " in head
+    assert "Corruption removal, no early stopping: +6." in head and "95 % signed-rank CI [" in head
+    assert (
+        "- 100 % labels: no arm beats the baseline (Holm over all m = 27 comparisons of the study); " in head
+    )
+    assert "largest estimate " in head
+    assert "The gain is largest at the fewest labels (5 % labels) and shrinks as labels are added" in head
+    for h in comp["headline"]:
+        assert h in head
+    assert "Corruption removal vs baseline, 5 % labels, patience 10: +" in head
+    assert "Robustness: with Holm per regime and label fraction instead" in head
+
+
+def test_method_states_the_family_over_fractions_and_its_size(multi_run):
+    from study import simulate as S
+
+    run, _ = multi_run
+    md = (run / "report.md").read_text()
+    method = section(md, "Method")
+    assert (
+        "Holm-corrected across all m = 27 comparisons of the study (3 self-supervised arm(s) \u00d7 3 regime(s) "
+        "\u00d7 3 label fractions)" in method
+    )
+    assert "separately in each regime of each label fraction (paired on seed and fraction" in method
+    rates = S.null_rejection_rates(12, 3, 9)
+    assert f"{100 * rates['studywise_study']:.1f} % with this family" in method
+    assert "3 arm(s) \u00d7 3 regime(s) \u00d7 3 label fractions, 4000 null studies" in method
+    assert "\u00d7 3 label fractions (5 %, 20 %, 100 % of the training labels" in md.split("\n## ", 1)[0]
+
+
+def test_tables_gain_a_labels_column_and_pretext_is_counted_once(multi_run):
+    run, _ = multi_run
+    p = parse(run / "report.html")
+    table1 = next(t for t in p.tables if t and t[0][:3] == ["Labels", "Regime", "No self-supervision"])
+    assert [r[0] for r in table1[1:]] == ["5 %"] * 3 + ["20 %"] * 3 + ["100 %"] * 3
+    assert table_with(p, "Holm p (study)")[0][:3] == ["Labels", "Regime", "Arm"]
+    assert table_with(p, "Nemenyi CD")[0][:2] == ["Labels", "Regime"]
+    assert table_with(p, "probe AUC (%)")[0][:2] == ["Labels", "Arm"]
+    assert table_with(p, "n pairs")[0][:2] == ["Labels", "Arm"]
+    # One pretext per arm x seed, shared by the fractions: 12 seeds, not 36.
+    refs = [t for t in p.tables if t and "Best reference" in t[0]]
+    assert refs and all(r[t[0].index("n seeds")] == "12" for t in refs for r in t[1:])
+    pretext = [t for t in p.tables if t and t[0][:2] == ["Self-supervision method", "n seeds"]]
+    assert pretext and all(r[1] == "12" for t in pretext for r in t[1:])
+    md = (run / "report.md").read_text()
+    assert "5 % labels, patience 3: seed 2 dropped from the Rotation prediction vs baseline comparison" in md
+    assert "Validation loss and AUC per fine-tune epoch (one row per label fraction)" in md
+    probe = pd.read_csv(run / "probe.csv")
+    assert len(probe) == 12 and probe["p_holm"].notna().sum() == 9
+
+
+def test_single_fraction_reports_have_no_fraction_column_or_sentence(full_run):
+    _, md_path, html_path, _ = full_run
+    p = parse(html_path)
+    assert not any("Labels" in t[0] for t in p.tables if t)
+    md = md_path.read_text()
+    assert "label fraction" not in md and "% labels" not in md and "Label efficiency" not in md
+    assert not (md_path.parent / "label_efficiency.csv").exists()
+
+
+def test_results_without_the_column_report_as_one_fraction_exactly_as_with_it(tmp_path):
+    """An older results.csv (no label_fraction) and one whose column says 1.0 give the same report."""
+    kw = {"n_seeds": 8, "effects": {"rotation": 0.0, "corruption": 0.03}, "noise_sd": 0.01, "probe": {}}
+    old, new = make_results(**kw), make_results(**kw, label_fractions=[1.0])
+    assert "label_fraction" not in old and (new["label_fraction"] == 1.0).all()
+    reports = []
+    for name, results in (("old", old), ("new", new)):
+        run = write_run_dir(tmp_path / name / "run", results, history=make_history(results, epochs=2))
+        write_report(run)
+        reports.append((run / "report.md").read_text())
+        assert pd.read_csv(run / "comparisons.csv")["label_fraction"].eq(1.0).all()
+    assert reports[0] == reports[1]
+
+
+def test_a_single_fraction_below_one_is_named_once(tmp_path):
+    run = write_run_dir(tmp_path / "run", make_results(n_seeds=3, label_fractions=[0.1]))
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "; fine-tuned on 10 % of the training labels." in md and "Labels" not in md
+    assert "% labels," not in md  # headlines as in any one-fraction study
+
+
+def test_history_without_the_column_takes_the_fraction_from_results(tmp_path):
+    results = make_results(n_seeds=3, label_fractions=(0.2, 1.0))
+    history = make_history(results, epochs=2).drop(columns="label_fraction")
+    run = write_run_dir(tmp_path / "run", results, history=history)
+    analysis = analyse_run(run)
+    assert set(analysis.curves["label_fraction"]) == {0.2, 1.0}
