@@ -1652,11 +1652,8 @@ def _excluded_blocks(a: RunAnalysis) -> list[Block]:
         blocks.append(Box("note", "seeds dropped from the paired comparisons", pairing.notes()))
     errors = (a.manifest or {}).get("errors") or []
     if errors:
-        rows = [
-            {k: str(e.get(k, "")) for k in ("trial_id", "arm", "seed", "error")}
-            for e in errors
-            if isinstance(e, dict)
-        ]
+        keys = ("trial_id", "arm", "seed", *(("label_fraction",) if a.several_fractions else ()), "error")
+        rows = [{k: str(e.get(k, "")) for k in keys} for e in errors if isinstance(e, dict)]
         if rows:
             blocks.append(Table(pd.DataFrame(rows), "Errors recorded in manifest.json."))
     return blocks
