@@ -21,7 +21,8 @@ def cache_dir(trial: TrialConfig) -> Path:
 
 
 def data_source(trial: TrialConfig) -> Any:
-    """What `study.data.load_dataset` reads for `trial`: a folder path, or a `DataSource` for a labels CSV.
+    """What `study.data.load_dataset` reads for `trial`: a `DataSource` (a folder or a labels CSV), or the
+    folder of synthetic lesions.
 
     Synthetic lesions (no `data_path`) are generated on first use into `cache_dir(trial)/synthetic/...`.
     """
@@ -33,12 +34,9 @@ def data_source(trial: TrialConfig) -> Any:
                 cache_dir(trial), trial.synth_n_train, trial.synth_n_test, trial.image_size, trial.synth_seed
             )
         )
-    path = Path(trial.data_path)
-    if path.is_dir() and trial.data_images is None and not trial.data_malignant:
-        return path
     from study.data import DataSource
 
-    return DataSource(str(path), trial.data_images, tuple(trial.data_malignant))
+    return DataSource(trial.data_path, trial.data_images, tuple(trial.data_malignant))
 
 
 def source_label(source: Any) -> str:

@@ -283,7 +283,9 @@ def test_pretext_phase_per_task(task, data, tmp_path):
     m = result.metrics
     assert expected[task] <= set(m)
     # Beside every headline: its learning-free reference on the same test pairs, and a computed verdict.
-    headline = {"rotation": "aad_circ_deg", "rotation4": "accuracy"}.get(task, pretext.get_task(task).headline)
+    headline = {"rotation": "aad_circ_deg", "rotation4": "accuracy"}.get(
+        task, pretext.get_task(task).headline
+    )
     assert m["headline"] == headline and f"ref_{headline}" in m and isinstance(m["learned"], bool)
     assert m["ref_name"] in {"constant", "majority", "chance", "identity", "meanfill"}
     assert m["ratio"] == pytest.approx(m[headline] / m[f"ref_{headline}"])
@@ -453,3 +455,40 @@ def test_a_remembered_model_resumes_from_saved_state_exactly(straight, data, tmp
     assert model_cache.stats["hits"] == hits + 1
     assert resumed.history == result.history
     _assert_weights_equal(resumed.model_weights, result.model_weights)
+
+
+def test_a_labels_csv_copy_of_a_folder_dataset_gives_the_same_results(tiny_dataset, tmp_path):
+    """The same images labelled by a CSV (same splits) train to the same pretext and fine-tune results as the
+    folder layout: only the fingerprint (which covers the CSV's labels) differs."""
+    import csv
+
+    from study.data import DataSource, load_dataset
+
+    folder = load_dataset(tiny_dataset, SIZE, cache_dir=tmp_path / "cache")
+    table = tmp_path / "labels.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "benign_malignant", "split"])
+        for split in ("train", "test"):
+            for path in getattr(folder, split).paths:
+                w.writerow([path, path.split("/")[1], split])
+    from_csv = load_dataset(
+        DataSource(str(table), images=str(tiny_dataset)), SIZE, cache_dir=tmp_path / "cache"
+    )
+    assert from_csv.fingerprint != folder.fingerprint
+    trial = BASE.replace(
+        task="missing_patch", patch_size=8, pretext_epochs=1, finetune_epochs=2, label_fraction=0.5
+    )
+    results = []
+    for data in (folder, from_csv):
+        pre = training.run_pretext(trial, data)
+        fine = training.run_finetune(trial, data, encoder_weights=pre.encoder_weights)
+        results.append((pre, fine))
+    (pre_a, fine_a), (pre_b, fine_b) = results
+    timeless = [{k: v for k, v in p.metrics.items() if not k.endswith("_seconds")} for p in (pre_a, pre_b)]
+    assert timeless[0] == timeless[1]
+    _assert_weights_equal(pre_a.encoder_weights, pre_b.encoder_weights)
+    assert fine_a.history == fine_b.history and fine_a.regimes == fine_b.regimes
+    assert _probe_without_time(fine_a.probe) == _probe_without_time(fine_b.probe)
+    np.testing.assert_array_equal(fine_a.train_index, fine_b.train_index)
+    _assert_weights_equal(fine_a.model_weights, fine_b.model_weights)
