@@ -92,7 +92,7 @@ def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
     The same decoding pass fills the decoded-array cache, so trials on this machine never decode images.
     """
     from study.data import DataError, check_and_cache
-    from study.sources import cache_dir, data_source, source_label
+    from study.sources import cache_dir, check_command, data_source, source_label
 
     source = data_source(preset.base)
     report = check_and_cache(source, preset.base.image_size, cache_dir(preset.base))
@@ -101,7 +101,7 @@ def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
         raise DataError(
             f"dataset {root} is not usable:\n"
             + "\n".join(f"  - {p}" for p in report.problems)
-            + f"\nRun `study data check {root}` for the full report."
+            + f"\nRun `{check_command(source)}` for the full report."
         )
     return root, report
 
@@ -353,7 +353,10 @@ def run_study(
         print(f"Data warnings for {root} ({len(check.warnings)}; the study runs):", flush=True)
         print(format_problems(check.warnings[:shown]), flush=True)
         if len(check.warnings) > shown:
-            print(f"  ... and {len(check.warnings) - shown} more: `study data check {root}`", flush=True)
+            from study.sources import check_command, data_source
+
+            more = check_command(data_source(preset.base))
+            print(f"  ... and {len(check.warnings) - shown} more: `{more}`", flush=True)
 
     local.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {run_uri}", flush=True)

@@ -42,3 +42,13 @@ def data_source(trial: TrialConfig) -> Any:
 def source_label(source: Any) -> str:
     """The path a user recognises for a source (the folder, or the CSV file)."""
     return str(getattr(source, "path", source))
+
+
+def check_command(source: Any) -> str:
+    """The `study data check ...` command that checks `source` as the study reads it."""
+    parts = ["study data check", source_label(source)]
+    if getattr(source, "images", None):
+        parts += ["--images", source.images]
+    if getattr(source, "malignant", ()):
+        parts += ["--malignant", *source.malignant]
+    return " ".join(parts)
