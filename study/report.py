@@ -1105,7 +1105,7 @@ def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
         elif pd.notna(r.best):
             c = comp.loc[int(r.best)]
             text = (
-                f"no arm beats the baseline ({family}); largest estimate {c['arm_title']}, {c['regime_title']}: "
+                f"no arm beats the baseline ({family}); most favourable estimate {c['arm_title']}, {c['regime_title']}: "
                 f"{_effect_text(c, a.alpha)}"
             )
         else:
@@ -1341,8 +1341,14 @@ def _label_efficiency_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
             "the baseline at each fraction."
         ),
     ]
+    levels = a.efficiency
+    clipped = False
+    if pp:  # a t-interval on few seeds can leave [0, 1]; drawn within the metric's range
+        bounds = levels[["ci_low", "ci_high"]]
+        clipped = bool(((bounds < 0) | (bounds > 1)).any().any())
+        levels = levels.assign(ci_low=levels["ci_low"].clip(0, 1), ci_high=levels["ci_high"].clip(0, 1))
     fig = plots.label_efficiency_plot(
-        a.efficiency,
+        levels,
         comp if len(comp) else None,
         f"test {a.label}" + (" (%)" if pp else ""),
         f"\u0394 {a.label} vs baseline" + (" (pp)" if pp else ""),
@@ -1353,7 +1359,7 @@ def _label_efficiency_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     caption = (
         f"Test {a.label} vs label fraction (log axis), one panel per early-stopping regime. Top: mean over "
         f"seeds with its {level} % t-interval, per arm (unpaired: the seed effect stays in, so overlapping "
-        "intervals do not mean no difference)"
+        "intervals do not mean no difference)" + ("; intervals cut at 0 and 100 %" if clipped else "")
     )
     if len(comp):
         caption += (
