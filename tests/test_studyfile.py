@@ -232,4 +232,15 @@ def test_the_readme_example_study_file_resolves(tmp_path):
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     study = studyfile.resolve(config=_write(tmp_path, block, "readme.toml"))
     assert study.name == "corruption-64px" and study.seeds == tuple(range(10))
-    assert study.base.label_fraction == 0.1 and study.arms[1]["swap_count"] == 50
+    assert study.label_fractions == (0.1, 1.0) and study.arms[1]["swap_count"] == 50
+    from study.resolve import validate_study
+
+    validate_study(study.replace(base=study.base.replace(data_path=None)))  # runs as written (data aside)
+
+
+def test_the_readme_labels_csv_example_is_a_data_table(tmp_path):
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = next(b.split("```", 1)[0] for b in readme.split("```toml\n")[1:] if b.startswith("[data]"))
+    study = studyfile.resolve("smoke", config=_write(tmp_path, 'preset = "smoke"\n' + block, "csv.toml"))
+    assert study.base.data_path.endswith("HAM10000_metadata.csv")
+    assert study.base.data_images == "images" and study.base.data_malignant == ("mel",)
