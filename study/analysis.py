@@ -281,6 +281,15 @@ def higher_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER
 
 
+def arm_better(hl_estimate: Any, mean_diff: Any, metric: str) -> Any:
+    """Whether the arm beats the baseline, by the sign of the Hodges-Lehmann estimate (the estimate that goes
+    with the signed-rank test, which decides significance; the mean difference only where it is undefined).
+    Scalars or aligned arrays/Series in, bool(s) out."""
+    hl, mean = np.asarray(hl_estimate, dtype=float), np.asarray(mean_diff, dtype=float)
+    diff = np.where(np.isfinite(hl), hl, mean)
+    return (diff > 0) if higher_is_better(metric) else (diff < 0)
+
+
 # ------------------------------------------------------------------------------------------ loading, tidying
 
 
@@ -1400,7 +1409,7 @@ def fraction_summary(comp: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for f, g in with_label_fraction(comp).groupby(LABEL_FRACTION, sort=True):
         sign = 1.0 if higher_is_better(str(g["metric"].iloc[0])) else -1.0
-        better = (np.sign(g["mean_diff"]) * sign > 0).to_numpy()
+        better = arm_better(g["hl_estimate"], g["mean_diff"], str(g["metric"].iloc[0]))
         sig = g["significant"].astype(bool).to_numpy()
         hl = g["hl_estimate"].astype(float) * sign
         rows.append(
@@ -1549,7 +1558,7 @@ def headline(row: pd.Series | dict[str, Any], alpha: float = 0.05, *, with_fract
         n_text += f" ({len(str(dropped).split(','))} excluded)"
     verdict = "significant" if r["significant"] else "not significant"
     if r["significant"]:
-        better = (r["mean_diff"] > 0) == higher_is_better(metric)
+        better = bool(arm_better(r["hl_estimate"], r["mean_diff"], metric))
         verdict += " (arm better)" if better else " (arm worse)"
     if r.get("underpowered"):
         k = int(r.get("n_nonzero", n))

@@ -205,6 +205,16 @@ class CheckReport:
                 f"labels CSV: {src['n_rows']} usable rows{groups}; columns: {cols or 'none matched'}; "
                 f"images folder: {src.get('images')}; test split: {src.get('split') or 'n/a'}"
             )
+            if src.get("classes"):
+                by_label = {
+                    lab: ", ".join(f"{k} ({n})" for k, (n, to) in src["classes"].items() if to == lab)
+                    for lab in CLASSES[::-1]
+                }
+                lines.append(
+                    "diagnosis classes: "
+                    + "; ".join(f"{text} -> {lab}" for lab, text in by_label.items() if text)
+                    + " (every class not given as malignant counts as benign)"
+                )
         lines.append(f"  {'split':<6} {'benign':>8} {'malignant':>10} {'total':>7}")
         for split in SPLITS:
             c = self.counts.get(split, {})

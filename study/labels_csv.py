@@ -92,6 +92,9 @@ class CsvTable:
     columns: dict[str, str | None] = field(default_factory=dict)
     split_rule: str = ""
     fatal: bool = False
+    # Diagnosis column only: {class (lower case): (rows, "malignant" or "benign")}, shown by `study data check`
+    # so that what the classes not named malignant became is never a surprise.
+    classes: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def has_groups(self) -> bool:
@@ -108,6 +111,7 @@ class CsvTable:
             "split": self.split_rule,
             "n_rows": len(self.rows),
             "n_groups": len(groups),
+            "classes": {k: list(v) for k, v in self.classes.items()},
         }
 
 
@@ -477,6 +481,9 @@ def read_labels_csv(
     table.problems += problems.lines()
     table.warnings += warns.lines()
     if label_kind == "diagnosis":
+        table.classes = {
+            k: (n, "malignant" if k in malignant_keys else "benign") for k, n in sorted(diagnoses.items())
+        }
         for key, given in malignant_keys.items():
             if key not in diagnoses:
                 table.problems.append(

@@ -191,19 +191,29 @@ def imagenet_weights_file(weights_path: str | None = None, *, download: bool = T
         return path
     reason = "downloads are off"
     if download:
-        try:
-            # cache_dir given: Keras reads $KERAS_HOME once, at import; we look where it points now. It must
-            # exist, or Keras falls back to /tmp/.keras.
-            os.makedirs(_keras_models_dir(), exist_ok=True)
-            return keras.utils.get_file(
-                IMAGENET_NOTOP_FILE,
-                IMAGENET_NOTOP_URL,
-                cache_dir=os.path.dirname(_keras_models_dir()),
-                cache_subdir="models",
-                file_hash=IMAGENET_NOTOP_MD5,
-            )
-        except Exception as exc:  # noqa: BLE001 — offline, DNS, proxy or hash failure: one line with the fix
-            reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        from filelock import FileLock
+
+        # Several trials (or nodes sharing a home folder) may miss the file at once: one downloads it under a
+        # lock, to a temporary name renamed into place, so nobody reads a half-written file.
+        # cache_dir given: Keras reads $KERAS_HOME once, at import; we look where it points now. It must exist,
+        # or Keras falls back to /tmp/.keras.
+        os.makedirs(_keras_models_dir(), exist_ok=True)
+        with FileLock(path + ".lock"):
+            if os.path.isfile(path):
+                return path
+            part = f"{IMAGENET_NOTOP_FILE}.part-{os.getpid()}"
+            try:
+                got = keras.utils.get_file(
+                    part,
+                    IMAGENET_NOTOP_URL,
+                    cache_dir=os.path.dirname(_keras_models_dir()),
+                    cache_subdir="models",
+                    file_hash=IMAGENET_NOTOP_MD5,
+                )
+                os.replace(got, path)
+                return path
+            except Exception as exc:  # noqa: BLE001 — offline, DNS, proxy or hash failure: one line with the fix
+                reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     raise FileNotFoundError(
         f"weights='imagenet' needs the ResNet50 ImageNet weights file {IMAGENET_NOTOP_FILE}: not in "
         f"{_keras_models_dir()}/ and {reason}; fetch {IMAGENET_NOTOP_URL} on a machine with internet access "

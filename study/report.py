@@ -1096,7 +1096,7 @@ def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
     for r in per.itertuples(index=False):
         head = f"{A.fraction_title(r.label_fraction)}: "
         sub = comp[comp[A.LABEL_FRACTION] == r.label_fraction]
-        better = sub[sub["significant"] & ((sub["mean_diff"] > 0) == A.higher_is_better(metric))]
+        better = sub[sub["significant"] & A.arm_better(sub["hl_estimate"], sub["mean_diff"], metric)]
         if len(better):
             listed = "; ".join(
                 f"{c.arm_title}, {c.regime_title}: {_effect_text(c, a.alpha)}" for c in better.itertuples()

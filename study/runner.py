@@ -454,6 +454,7 @@ def resume_study(run_dir: str | Path, *, address: str | None = None, write_repor
             f"{run_uri}: no Ray Tune experiment state to restore (the study stopped before its "
             "first trial started); start it again with `study run`"
         )
+    prepare_weights(preset)
     _init_ray(address, preset)
     tuner = tune.Tuner.restore(
         run_uri, trainable=_trainable(preset), resume_unfinished=True, resume_errored=True

@@ -181,6 +181,8 @@ def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> Study
 
 
 DATA_KEYS = ("path", "images", "malignant")
+# Trial settings that are paths on this machine (the dataset's are under [data]).
+PATH_FIELDS = ("weights_path", "cache_dir")
 
 
 def _apply_data(base: TrialConfig, value: Any, source: _Source) -> TrialConfig:
@@ -223,7 +225,10 @@ def _apply_trial(base: TrialConfig, table: dict[str, Any], source: _Source) -> T
                 f"{source.where('trial.' + key)}: the dataset is a study setting: use top-level "
                 f'data = "DIR" or a [data] table (path, images, malignant)'
             )
-    return _apply_dataclass(base, table, "trial", source)
+    trial = _apply_dataclass(base, table, "trial", source)
+    # Absolute from here on, like data.path: trials run in other working directories.
+    paths = {k: str(Path(table[k]).expanduser().resolve()) for k in PATH_FIELDS if table.get(k) is not None}
+    return trial.replace(**paths)
 
 
 def _apply_dataclass(obj: Any, table: dict[str, Any], prefix: str, source: _Source) -> Any:

@@ -812,18 +812,24 @@ def validation_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndar
 
 def finetune_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of `data.train` for the fine-tune phase: `validation_split`, then
-    `label_fraction` of the training rows (`study.data.label_subset`, whole groups when `data.train.groups`
-    is set; nested across fractions for one seed)."""
+    `label_fraction` of the training rows and, separately, of the validation rows (`study.data.label_subset`:
+    stratified, whole groups when `data.train.groups` is set, nested across fractions for one seed).
+
+    Both shrink because a label budget covers every label the fine-tune sees: with 5 % of the labels, early
+    stopping (and the probe's choice of C) must not look at 20 % of them.
+    """
     train_index, val_index = validation_split(trial, data)
     if trial.label_fraction < 1.0:
         from study.data import label_subset
 
         groups = getattr(data.train, "groups", None)
-        sub_groups = None if groups is None else np.asarray(groups)[train_index]
-        subset = label_subset(
-            data.train.labels[train_index], trial.label_fraction, trial.seed, groups=sub_groups
-        )
-        train_index = train_index[subset]
+
+        def subset(rows: np.ndarray) -> np.ndarray:
+            sub_groups = None if groups is None else np.asarray(groups)[rows]
+            keep = label_subset(data.train.labels[rows], trial.label_fraction, trial.seed, groups=sub_groups)
+            return rows[keep]
+
+        train_index, val_index = subset(train_index), subset(val_index)
     return train_index, val_index
 
 

@@ -175,6 +175,9 @@ def test_a_diagnosis_column_needs_the_malignant_classes(tmp_path: Path, cache_di
     ok = check_dataset(DataSource(path, malignant=("MEL",)))  # any capitalisation
     assert ok.ok, ok.problems
     assert ok.counts == {"train": {"benign": 3, "malignant": 2}, "test": {"benign": 2, "malignant": 1}}
+    # What each class became is shown, the ones counted as benign included.
+    assert "diagnosis classes: mel (3) -> malignant; bkl (1), nv (4) -> benign" in ok.format()
+    assert ok.source["classes"] == {"bkl": [1, "benign"], "mel": [3, "malignant"], "nv": [4, "benign"]}
     d = load_dataset(DataSource(path, malignant=("mel",)), 16, cache_dir=cache_dir)
     assert list(d.train.groups) == ["L0", "L1", "L2", "L3", "L4"]
 

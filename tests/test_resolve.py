@@ -74,7 +74,9 @@ def test_label_fractions_are_sorted_round_trip_and_reject_search(tmp_path):
     path = _write(tmp_path, 'preset = "smoke"\nlabel_fractions = [1.0, 0.1, 0.3]\n')
     study = resolve_study(None, path)
     assert study.label_fractions == (0.1, 0.3, 1.0)
-    again = studyfile.resolve(config=_write(tmp_path, studyfile.to_toml(study, shipped="smoke"), "again.toml"))
+    again = studyfile.resolve(
+        config=_write(tmp_path, studyfile.to_toml(study, shipped="smoke"), "again.toml")
+    )
     assert again.label_fractions == study.label_fractions
     with pytest.raises(ConfigError, match="search"):
         resolve_study("search", sets=["label_fractions=[0.5, 1.0]"])
@@ -97,9 +99,13 @@ def test_a_data_table_names_a_labels_csv_its_images_and_malignant_classes(tmp_pa
     study = resolve_study(None, path)
     assert study.base.data_path == str(csv) and study.base.data_images == str(tmp_path / "imgs")
     assert study.base.data_malignant == ("mel", "bcc")
-    again = studyfile.resolve(config=_write(tmp_path, studyfile.to_toml(study, shipped="smoke"), "again.toml"))
+    again = studyfile.resolve(
+        config=_write(tmp_path, studyfile.to_toml(study, shipped="smoke"), "again.toml")
+    )
     assert again.base == study.base
-    assert resolve_study("smoke", sets=[f'data="{csv}"', 'data.malignant="mel"']).base.data_malignant == ("mel",)
+    assert resolve_study("smoke", sets=[f'data="{csv}"', 'data.malignant="mel"']).base.data_malignant == (
+        "mel",
+    )
 
 
 @pytest.mark.parametrize(
@@ -145,3 +151,27 @@ def test_flags_reject_what_the_study_cannot_use():
         apply_flags(demo, gpus_per_trial=0.5)
     with pytest.raises(ConfigError, match="--asha"):
         apply_flags(demo, asha=True)
+
+
+def test_relative_paths_in_a_study_file_become_absolute(tmp_path, monkeypatch):
+    """Trials run in Ray's trial folders, not where `study` was started: every path is made absolute."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.h5").write_bytes(b"")
+    path = _write(
+        tmp_path,
+        'preset = "smoke"\ndata = "data"\n[trial]\nencoder = "resnet50"\nencoder_stride = 32\nweights = "imagenet"\nweights_path = "w.h5"\ncache_dir = "cache"\n',
+    )
+    base = studyfile.resolve(None, path).base
+    assert base.data_path == str(tmp_path / "data")
+    assert base.weights_path == str(tmp_path / "w.h5") and base.cache_dir == str(tmp_path / "cache")
+
+
+def test_a_label_fraction_study_round_trips_through_its_run_record():
+    """`study resume` rebuilds the study from study.json: label fractions and CSV settings included."""
+    import json
+
+    from study.runner import preset_from_dict
+
+    study = get_preset("smoke").replace(label_fractions=(0.2, 1.0))
+    study = study.replace(base=study.base.replace(data_path="/d/meta.csv", data_malignant=("mel",)))
+    assert preset_from_dict(json.loads(json.dumps(study.to_dict(), default=str))) == study

@@ -183,9 +183,10 @@ def test_a_label_efficiency_study_file_runs_end_to_end_shares_pretexts_and_is_re
     assert (results["status"] == "ok").all()
     assert set(results["arm"]) == {"baseline", "corruption"} and set(results["seed"]) == {0, 1}
     assert set(results["regime"]) == {"none", "patience1"}
-    assert sorted(results.groupby(["arm", "seed"])["label_fraction"].unique().map(sorted).map(tuple)) == [
-        (0.5, 1.0)
-    ] * 4
+    assert (
+        sorted(results.groupby(["arm", "seed"])["label_fraction"].unique().map(sorted).map(tuple))
+        == [(0.5, 1.0)] * 4
+    )
     assert (results[results["arm"] == "corruption"]["swap_count"] == 20).all()
     # One pretext per (task, seed), shared by both fractions: the same key, trained by exactly one trial.
     pretext = results[results["arm"] == "corruption"].drop_duplicates("trial_id")
@@ -223,8 +224,9 @@ def test_shipped_example_study_files_resolve_and_validate(path):
 
     study = studyfile.resolve(config=path)
     assert study.name == path.stem and study.arms
-    if not study.needs_data:
-        validate_study(study)
+    if study.needs_data:  # a stand-in folder: the file's own data may not exist on this machine
+        study = study.replace(base=study.base.replace(data_path=str(EXAMPLES)))
+    validate_study(study)
 
 
 def test_the_readme_example_study_file_resolves(tmp_path):

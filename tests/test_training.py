@@ -153,10 +153,13 @@ def test_other_seed_gives_another_split_and_label_fraction_a_stratified_subset(s
     other = training.run_finetune(BASE.replace(seed=1, label_fraction=0.5, finetune_epochs=1), data)
     assert not np.array_equal(other.val_index, result.val_index)
     assert other.history[0]["val_loss"] != result.history[0]["val_loss"]
-    full_train, _ = training.validation_split(BASE.replace(seed=1), data)
+    full_train, full_val = training.validation_split(BASE.replace(seed=1), data)
     assert set(other.train_index) < set(full_train)
     assert len(other.train_index) == len(full_train) // 2
     assert set(data.train.labels[other.train_index]) == {0, 1}
+    # The label budget covers validation too: half of the validation labels, both classes kept.
+    assert set(other.val_index) < set(full_val) and set(data.train.labels[other.val_index]) == {0, 1}
+    assert len(other.val_index) < len(full_val)
 
 
 def _with_lesions(data: DecodedData) -> DecodedData:
@@ -175,9 +178,10 @@ def test_validation_split_and_label_subset_keep_lesions_whole(data):
     train, val = training.validation_split(trial, grouped)
     assert len(val) and not set(groups[train]) & set(groups[val])
     ft_train, ft_val = training.finetune_split(trial, grouped)
-    np.testing.assert_array_equal(ft_val, val)
+    assert set(ft_val) <= set(val) and len(ft_val)
     assert set(ft_train) < set(train) and set(data.train.labels[ft_train]) == {0, 1}
     assert np.isin(groups[train], groups[ft_train]).sum() == len(ft_train)  # whole lesions
+    assert np.isin(groups[val], groups[ft_val]).sum() == len(ft_val)
     # folder data (no groups): the ungrouped split, as before
     plain = training.validation_split(trial, data)
     from study.data import stratified_split
