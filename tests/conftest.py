@@ -74,3 +74,26 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, study_env: dict[str, str
     proc = run_cli("run", "--preset", "smoke", "--storage", str(storage), "--name", "smoke", env=study_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return storage / "smoke"
+
+
+@pytest.fixture
+def cli_error(tmp_path, capsys, monkeypatch):
+    """`cli_error(args)`: run `study run ARGS` in-process and return its one-line error, asserting exit code 2,
+    no traceback, and that neither Ray nor a run directory was started."""
+    from study import cli, runner
+
+    def no_ray(*a, **kw):
+        raise AssertionError("Ray was started: the bad input was not rejected before the study ran")
+
+    monkeypatch.setattr(runner, "_init_ray", no_ray)
+
+    def run(args: list[str]) -> str:
+        storage = tmp_path / "cli-error-runs"
+        code = cli.main(["run", *args, "--storage", str(storage), "--name", "bad"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == cli.EXIT_BAD_CONFIG, err
+        assert len(err) == 1 and err[0].startswith("study: error: ") and "Traceback" not in err[0], err
+        assert not (storage / "bad").exists()
+        return err[0]
+
+    return run
