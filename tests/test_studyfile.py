@@ -13,7 +13,6 @@ import pytest
 from conftest import run_cli
 
 from study import cli, studyfile
-from study.config import ConfigError
 from study.search_spaces import PRESETS, get_preset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
