@@ -4,6 +4,7 @@ one-line messages (no stack traces for bad input or bad configs)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from textwrap import dedent
 
@@ -247,17 +248,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "data":
         if args.data_command == "synth":
+            from study.config import ConfigError
             from study.synth import write_dataset
 
-            counts = write_dataset(
-                args.out,
-                args.n_train,
-                args.n_test,
-                args.size,
-                args.seed,
-                malignant_fraction=args.malignant_fraction,
-                overwrite=args.overwrite,
-            )
+            try:
+                counts = write_dataset(
+                    args.out,
+                    args.n_train,
+                    args.n_test,
+                    args.size,
+                    args.seed,
+                    malignant_fraction=args.malignant_fraction,
+                    overwrite=args.overwrite,
+                )
+            except ValueError as exc:  # the library's message, in the flags' words
+                raise ConfigError(_synth_flags(str(exc))) from None
             print(f"Wrote {args.out}: {counts}")
             return 0
         from study.data import DataSource, check_dataset
@@ -266,6 +271,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(report.format())
         return 0 if report.ok else EXIT_BAD_DATA
     raise AssertionError(args.command)
+
+
+# write_dataset's parameter names -> `study data synth`'s flags, for its error messages.
+_SYNTH_FLAGS = {
+    "n_train": "--n-train",
+    "n_test": "--n-test",
+    "malignant_fraction": "--malignant-fraction",
+    "overwrite=True": "--overwrite",
+    "size": "--size",
+    "seed": "--seed",
+}
+
+
+def _synth_flags(message: str) -> str:
+    message = message.removeprefix("write_dataset: ")
+    for name, flag in _SYNTH_FLAGS.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:

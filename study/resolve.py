@@ -10,6 +10,9 @@ Everything here runs before Ray starts and imports no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +67,16 @@ def apply_flags(
     if data is not None:
         preset = preset.replace(base=preset.base.replace(data_path=str(Path(data).expanduser().resolve())))
     if cpus_per_trial is not None:
-        if cpus_per_trial <= 0:
-            raise ConfigError(f"--cpus-per-trial: must be > 0 (got {cpus_per_trial})")
+        if not math.isfinite(cpus_per_trial) or cpus_per_trial < 1 or cpus_per_trial != int(cpus_per_trial):
+            # A fraction would pack several 1-thread trials on a core, slower than one at a time.
+            raise ConfigError(
+                f"--cpus-per-trial: give a whole number of cores >= 1 (got {cpus_per_trial}); each trial "
+                "runs that many TensorFlow threads"
+            )
         threads = max(1, int(cpus_per_trial))
         preset = preset.replace(cpus_per_trial=cpus_per_trial, base=preset.base.replace(threads=threads))
     if gpus_per_trial is not None:
-        if gpus_per_trial < 0:
+        if not math.isfinite(gpus_per_trial) or gpus_per_trial < 0:
             raise ConfigError(f"--gpus-per-trial: must be >= 0 (got {gpus_per_trial})")
         if 0 < gpus_per_trial < 1:
             # TensorFlow cannot share a GPU between processes reliably (ray issue #10677).
@@ -95,10 +102,43 @@ def apply_flags(
     return preset
 
 
+#: The largest grid a study may have. Ray builds every trial up front (400,000 trials take minutes, ignoring
+#: Ctrl-C); a paired study needs tens of seeds, not thousands.
+MAX_TRIALS = 2000
+#: `--name`: one folder name; nothing that climbs out of --storage, nests, or hides.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def validate_run_name(name: str) -> None:
+    """`--name` must be one safe folder name inside --storage."""
+    if not RUN_NAME.fullmatch(name):
+        raise ConfigError(
+            f"--name: {name!r} is not a run name; use letters, digits, '.', '_' and '-' (one folder inside "
+            "--storage, starting with a letter or digit, at most 100 characters)"
+        )
+
+
+def check_local_resources(preset: StudyPreset, address: str | None) -> None:
+    """On the embedded Ray (no --address) a trial asking for more cores than the machine has never starts."""
+    cores = os.cpu_count() or 1
+    if address is None and preset.cpus_per_trial > cores:
+        raise ConfigError(
+            f"--cpus-per-trial: {preset.cpus_per_trial:g} cores per trial, but this machine has {cores}; "
+            f"use at most {cores} (or --address a cluster with larger nodes)"
+        )
+
+
 def validate_study(preset: StudyPreset) -> None:
     """Reject a study that cannot run, before Ray starts: one line saying what to change."""
     if not preset.seeds:
         raise ConfigError("seeds: need at least 1 seed")
+    n_trials = max(1, len(preset.arms)) * len(preset.seeds) * len(preset.fractions())
+    if preset.search is None and n_trials > MAX_TRIALS:
+        raise ConfigError(
+            f"seeds: {len(preset.seeds)} seeds x {len(preset.arms)} arms x {len(preset.fractions())} label "
+            f"fraction(s) = {n_trials} trials, over the limit of {MAX_TRIALS} (a study of {n_trials} trials "
+            "would train for weeks on one machine); paired tests need tens of seeds, e.g. --seeds 10"
+        )
     base = preset.base
     if preset.needs_data and base.data_path is None:
         raise ConfigError(

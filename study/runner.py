@@ -32,7 +32,7 @@ import pandas as pd
 import study
 from study import storage as store
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params
-from study.resolve import validate_study
+from study.resolve import check_local_resources, validate_run_name, validate_study
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
 
 STUDY_FILE = "study.json"
@@ -333,7 +333,8 @@ def run_study(
     if isinstance(preset, str):
         preset = get_preset(preset)
     storage_uri = store.normalize(storage or "runs")
-    name = name or f"{preset.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    name = f"{preset.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}" if name is None else name
+    validate_run_name(name)
     run_uri = store.join(storage_uri, name)
     local = local_copy(run_uri)
     check_storage(storage_uri)
@@ -344,6 +345,7 @@ def run_study(
         )
     preset = preset.replace(base=preset.base.replace(pretext_cache_dir=store.join(run_uri, "pretext_cache")))
     validate_study(preset)
+    check_local_resources(preset, address)
     prepare_weights(preset)
     root, check = prepare_data(preset)
     if check.warnings:

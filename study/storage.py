@@ -36,6 +36,9 @@ def normalize(location: str | os.PathLike) -> str:
     """A URI without a trailing slash, or an absolute local path (`~` expanded, `file://` stripped)."""
     text = str(location)
     if is_uri(text):
+        scheme, _, rest = text.partition("://")
+        if not rest.strip("/"):
+            raise ConfigError(f"{text}: a {scheme}:// location needs a bucket, e.g. {scheme}://BUCKET/runs")
         return text.rstrip("/")
     if text.startswith("file://"):
         text = text[len("file://") :]

@@ -89,7 +89,8 @@ def cli_error(tmp_path, capsys, monkeypatch):
 
     def run(args: list[str]) -> str:
         storage = tmp_path / "cli-error-runs"
-        code = cli.main(["run", *args, "--storage", str(storage), "--name", "bad"])
+        name = [] if "--name" in args else ["--name", "bad"]
+        code = cli.main(["run", *args, "--storage", str(storage), *name])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == cli.EXIT_BAD_CONFIG, err
         assert len(err) == 1 and err[0].startswith("study: error: ") and "Traceback" not in err[0], err

@@ -1,0 +1,72 @@
+"""Adversarial command lines (issue #16, first part): each ends at once with one line naming the flag and the
+fix, exit code 2, no traceback, no Ray, and nothing written outside --storage."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from study import cli
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escaped", "/tmp/absolute-run", "a/b", "", ".hidden", "x" * 101, "a b"]
+)
+def test_run_names_that_leave_storage_nest_or_are_empty_are_refused(name, cli_error, tmp_path):
+    line = cli_error(["--preset", "smoke", "--name", name])
+    assert line.startswith("study: error: --name:") and "one folder inside --storage" in line
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "cli-error-runs" / "a").exists()
+
+
+def test_a_uri_without_a_bucket_is_refused_before_anything_is_written(cli_error, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for uri in ("s3://", "s3:///"):
+        code = cli.main(["run", "--preset", "smoke", "--storage", uri, "--name", "x"])
+        assert code == cli.EXIT_BAD_CONFIG
+    assert list(tmp_path.iterdir()) == []  # no ./s3:/... folder
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cpus-per-trial", "nan"], "--cpus-per-trial: give a whole number"),
+        (["--cpus-per-trial", "inf"], "--cpus-per-trial: give a whole number"),
+        (["--cpus-per-trial", "0.5"], "--cpus-per-trial: give a whole number"),
+        (["--cpus-per-trial", "64"], "this machine has"),
+        (["--gpus-per-trial", "nan"], "--gpus-per-trial"),
+    ],
+)
+def test_resource_requests_no_trial_could_get_are_refused(args, message, cli_error):
+    assert message in cli_error(["--preset", "smoke", *args])
+
+
+def test_a_grid_too_large_to_run_is_refused_within_seconds(cli_error):
+    t0 = time.perf_counter()
+    line = cli_error(["--preset", "smoke", "--seeds", "100000"])
+    assert "400000 trials, over the limit" in line and "--seeds 10" in line
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (None, ["--size", "7"], "--size must be an integer >= "),
+        (None, ["--n-train", "0"], "--n-train must be an integer >= 2"),
+        (None, ["--malignant-fraction", "0.01"], "--malignant-fraction=0.01 gives"),
+        ("file", [], "exists and is not a directory"),
+        ("folder", [], "pass --overwrite to replace"),
+    ],
+)
+def test_data_synth_rejects_bad_arguments_in_its_flags_words(setup, args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    if setup == "file":
+        out.write_text("a file")
+    elif setup == "folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("not a synthetic dataset")
+    code = cli.main(["data", "synth", str(out), "--n-train", "4", "--n-test", "4", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_BAD_CONFIG, err
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+    assert "write_dataset" not in err[0] and "overwrite=True" not in err[0]
