@@ -132,6 +132,9 @@ def validate_study(preset: StudyPreset) -> None:
     """Reject a study that cannot run, before Ray starts: one line saying what to change."""
     if not preset.seeds:
         raise ConfigError("seeds: need at least 1 seed")
+    cpus = preset.cpus_per_trial
+    if not math.isfinite(cpus) or cpus < 1 or cpus != int(cpus):
+        raise ConfigError(f"cpus_per_trial: give a whole number of cores >= 1 (got {cpus})")
     n_trials = max(1, len(preset.arms)) * len(preset.seeds) * len(preset.fractions())
     if preset.search is None and n_trials > MAX_TRIALS:
         raise ConfigError(

@@ -35,6 +35,7 @@ def test_a_uri_without_a_bucket_is_refused_before_anything_is_written(cli_error,
         (["--cpus-per-trial", "0.5"], "--cpus-per-trial: give a whole number"),
         (["--cpus-per-trial", "64"], "this machine has"),
         (["--gpus-per-trial", "nan"], "--gpus-per-trial"),
+        (["--set", "cpus_per_trial=0.5"], "cpus_per_trial: give a whole number"),
     ],
 )
 def test_resource_requests_no_trial_could_get_are_refused(args, message, cli_error):
