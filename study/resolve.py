@@ -121,6 +121,12 @@ def validate_run_name(name: str) -> None:
 def check_local_resources(preset: StudyPreset, address: str | None) -> None:
     """On the embedded Ray (no --address) a trial asking for more cores than the machine has never starts."""
     cores = os.cpu_count() or 1
+    if address is None and preset.cpus_per_trial > cores and preset.gpus_per_trial:
+        raise ConfigError(
+            f"--cpus-per-trial: {preset.name!r} needs {preset.cpus_per_trial:g} cores and "
+            f"{preset.gpus_per_trial:g} GPU(s) per trial, but this machine has {cores} cores; run it on a GPU "
+            "cluster (--address auto), or lower --cpus-per-trial"
+        )
     if address is None and preset.cpus_per_trial > cores:
         raise ConfigError(
             f"--cpus-per-trial: {preset.cpus_per_trial:g} cores per trial, but this machine has {cores}; "
