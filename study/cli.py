@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels CSV with a diagnosis column (dx, diagnosis) only: a class counted as malignant "
         "(repeat for several, e.g. --malignant mel)",
     )
+    check.add_argument(
+        "--all", action="store_true", help="list every warning (default: the first 50, then a count)"
+    )
     return parser
 
 
@@ -268,7 +271,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from study.data import DataSource, check_dataset
 
         report = check_dataset(DataSource(args.dir, args.images, tuple(args.malignant)))
-        print(report.format())
+        print(report.format(all_warnings=args.all))
         return 0 if report.ok else EXIT_BAD_DATA
     raise AssertionError(args.command)
 

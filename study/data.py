@@ -93,8 +93,13 @@ class DataError(ValueError):
 
 
 def format_problems(lines: list[str]) -> str:
-    """One line per problem (or warning), indented with a dash, for printing."""
-    return "\n".join(f"  - {line}" for line in lines)
+    """One line per problem (or warning), indented with a dash, for printing. Control characters (a newline
+    in a file name, say) are escaped, so that one problem never prints as two lines."""
+    return "\n".join(f"  - {_printable(line)}" for line in lines)
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,9 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
-    def format(self) -> str:
+    def format(self, all_warnings: bool = False) -> str:
+        """The report for a terminal: counts, then every problem and the first warnings (all with
+        `all_warnings`; `study data check --all`)."""
         status = "OK" if self.ok else f"NOT USABLE ({len(self.problems)} problem(s))"
         lines = [f"Dataset check: {self.root} — {status}"]
         if self.fingerprint:
@@ -239,9 +246,12 @@ class CheckReport:
             lines.append(format_problems(self.problems))
         if self.warnings:
             lines.append(f"warnings ({len(self.warnings)}):")
-            lines.append(format_problems(self.warnings[:_FORMAT_MAX_WARNINGS]))
-            if len(self.warnings) > _FORMAT_MAX_WARNINGS:
-                lines.append(f"  ... and {len(self.warnings) - _FORMAT_MAX_WARNINGS} more (see to_dict())")
+            shown = len(self.warnings) if all_warnings else _FORMAT_MAX_WARNINGS
+            lines.append(format_problems(self.warnings[:shown]))
+            if len(self.warnings) > shown:
+                lines.append(
+                    f"  ... and {len(self.warnings) - _FORMAT_MAX_WARNINGS} more (`study data check --all` lists every one)"
+                )
         if self.ignored:
             shown = ", ".join(self.ignored[:10]) + (" ..." if len(self.ignored) > 10 else "")
             lines.append(f"ignored ({len(self.ignored)}, not data): {shown}")

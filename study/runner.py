@@ -360,6 +360,9 @@ def run_study(
             more = check_command(data_source(preset.base))
             print(f"  ... and {len(check.warnings) - shown} more: `{more}`", flush=True)
 
+    # Ray first: a start that fails (no GPUs in the cluster, say) leaves no study record, so the name stays free
+    # for the next `study run` instead of pointing it to a `study resume` that has nothing to resume.
+    _init_ray(address, preset)
     local.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {run_uri}", flush=True)
     if store.is_uri(run_uri):
@@ -381,7 +384,6 @@ def run_study(
     )
     publish(local, run_uri)
 
-    _init_ray(address, preset)
     from ray import tune
 
     tune_config, run_config = _tuner_configs(preset, run_uri)

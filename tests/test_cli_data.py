@@ -308,13 +308,15 @@ class _RayWouldStart(Exception):
 
 @pytest.fixture
 def no_ray(monkeypatch, tmp_path):
-    """In-process `study run`: a private cache, and a stop where Ray would start."""
+    """In-process `study run`: a private cache, no Ray, and a stop where the trials would start (after the
+    study record is written)."""
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
 
     def stop(*args, **kwargs):
-        raise _RayWouldStart("the data check passed and Ray would start now")
+        raise _RayWouldStart("the data check passed and the trials would start now")
 
-    monkeypatch.setattr(runner, "_init_ray", stop)
+    monkeypatch.setattr(runner, "_init_ray", lambda *a, **kw: None)
+    monkeypatch.setattr(runner, "_tuner_configs", stop)
 
 
 def _run_args(root: Path, storage: Path) -> list[str]:

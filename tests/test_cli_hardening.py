@@ -71,3 +71,43 @@ def test_data_synth_rejects_bad_arguments_in_its_flags_words(setup, args, messag
     assert code == cli.EXIT_BAD_CONFIG, err
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
     assert "write_dataset" not in err[0] and "overwrite=True" not in err[0]
+
+
+def test_over_fifty_warnings_point_to_the_flag_that_lists_them_all(tiny_dataset_copy, capsys):
+    """60 ignored-file warnings: the default lists 50 and names `--all`; `--all` lists every one."""
+    from PIL import Image
+
+    for i in range(60):  # tiny greyscale PNGs: each is converted to RGB, one warning per file
+        Image.new("L", (32, 32), color=i).save(tiny_dataset_copy / "train" / "benign" / f"grey{i:02d}.png")
+    assert cli.main(["data", "check", str(tiny_dataset_copy)]) == 0
+    out = capsys.readouterr().out
+    assert "more (`study data check --all` lists every one)" in out and "to_dict" not in out
+    assert cli.main(["data", "check", str(tiny_dataset_copy), "--all"]) == 0
+    full = capsys.readouterr().out
+    assert all(f"grey{i:02d}.png" in full for i in range(60)) and "--all` lists" not in full
+
+
+def test_a_newline_in_a_file_name_prints_as_one_escaped_line(tiny_dataset_copy, capsys):
+    (tiny_dataset_copy / "train" / "benign" / "bad\nname.jpg").write_bytes(b"not an image")
+    assert cli.main(["data", "check", str(tiny_dataset_copy)]) == cli.EXIT_BAD_DATA
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "name.jpg" in x]
+    assert "bad\\nname.jpg" in line and line.startswith("  - ")
+
+
+def test_a_start_that_fails_leaves_the_name_free(tmp_path, monkeypatch, capsys):
+    """A start refused after validation (here: the cluster check at Ray start) writes no study record, so the
+    same `study run --name` works next time instead of sending the user to `study resume`."""
+    from study import runner
+    from study.config import ConfigError
+
+    def refused(address, preset):
+        raise ConfigError("--gpus-per-trial 1: the Ray cluster has 0 GPUs")
+
+    monkeypatch.setattr(runner, "_init_ray", refused)
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "again"]
+    assert cli.main(argv) == cli.EXIT_BAD_CONFIG
+    assert cli.main(argv) == cli.EXIT_BAD_CONFIG
+    err = capsys.readouterr().err
+    assert "already holds a study" not in err and not (tmp_path / "again" / "study.json").exists()
