@@ -340,24 +340,23 @@ class InjectedFault(RuntimeError):
 
 
 def _maybe_inject_fault(phase: str, epoch: int, task: str) -> None:
-    """Test hook: `STUDY_INJECT_FAULT="PHASE:EPOCH[:TASK[:always]]"` fails a trial right after that epoch.
+    """Test hook: `STUDY_INJECT_FAULT="PHASE:EPOCH[:TASK[:always]][,...]"` fails a trial right after that epoch.
 
     `finetune:2` fails every trial once after fine-tune epoch 2 (a marker file in the trial directory makes
     it fire once), so tests can prove a retry resumes from the last checkpoint; `pretext:1:rotation:always`
     fails the rotation trials on every attempt (a retry repeats the unfinished pretext phase), so tests can
-    prove a persistently failing trial is recorded as errored while the study completes. Unset in normal use.
+    prove a persistently failing trial is recorded as errored while the study completes. Comma-separated
+    specs apply together. Unset in normal use.
     """
-    spec = os.environ.get("STUDY_INJECT_FAULT")
-    if not spec:
-        return
-    parts = spec.split(":")
-    if parts[:2] != [phase, str(epoch)] or (len(parts) > 2 and parts[2] not in ("*", task)):
-        return
-    marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
-    if marker.exists() and parts[3:] != ["always"]:
-        return
-    marker.write_text(spec)
-    raise InjectedFault(f"injected fault after {phase} epoch {epoch} (STUDY_INJECT_FAULT={spec})")
+    for spec in filter(None, os.environ.get("STUDY_INJECT_FAULT", "").split(",")):
+        parts = spec.split(":")
+        if parts[:2] != [phase, str(epoch)] or (len(parts) > 2 and parts[2] not in ("*", task)):
+            continue
+        marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
+        if marker.exists() and parts[3:] != ["always"]:
+            continue
+        marker.write_text(spec)
+        raise InjectedFault(f"injected fault after {phase} epoch {epoch} (STUDY_INJECT_FAULT={spec})")
 
 
 def _maybe_pause(phase: str, epoch: int, node_id: str) -> None:

@@ -37,9 +37,11 @@ def test_every_command_has_help_with_examples(command, capsys):
 def test_presets_lists_launch_commands_and_runtimes(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    for name in ("demo", "smoke", "paper", "search"):
+    from study.search_spaces import PRESETS
+
+    for name in PRESETS:
         assert f"\n{name}\n" in f"\n{out}"
-    assert out.count("Launch:") == 4 and out.count("runtime") >= 4
+    assert out.count("Launch:") == len(PRESETS) and out.count("runtime") >= len(PRESETS)
 
 
 def test_data_synth_then_check_is_clean(tmp_path, capsys):
