@@ -487,8 +487,19 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
             f"no results table at {path}; run the study first (`study run ...`) or pass its run dir"
         )
     # Read everything as text first: "none" is a regime/task name, not a missing value, and typing is ours.
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    return tidy_results(raw)
+    return tidy_results(_read_table(path))
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A CSV of the run as text columns; an empty or unparsable file is a `ResultsTableError` naming it."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise ResultsTableError(
+            f"{path} is empty; rebuild it from Ray's records: delete it and run `study report` on the run"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ResultsTableError(f"{path} is not a readable CSV ({str(exc).splitlines()[0]})") from None
 
 
 def load_history(path: str | Path) -> pd.DataFrame:
@@ -503,7 +514,7 @@ def load_history(path: str | Path) -> pd.DataFrame:
         p = p / "history.csv"
     if not p.is_file():
         raise ResultsTableError(f"no history table at {p}")
-    raw = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
+    raw = _read_table(p)
     missing = [c for c in HISTORY_REQUIRED_COLUMNS if c not in raw.columns]
     if missing:
         raise ResultsTableError(f"history.csv lacks required column(s) {missing}; see docs/ARCHITECTURE.md")

@@ -296,6 +296,7 @@ def _synth_flags(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from study.analysis import AnalysisError
     from study.config import ConfigError
 
     try:
@@ -309,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     except DataError as exc:
         print(f"study: data error: {exc}", file=sys.stderr)
+        return EXIT_BAD_DATA
+    except AnalysisError as exc:  # a results.csv / history.csv the report cannot read
+        print(f"study: results error: {exc}", file=sys.stderr)
         return EXIT_BAD_DATA
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None) or "RUN_DIR (the run directory printed above)"

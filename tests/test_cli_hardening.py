@@ -111,3 +111,35 @@ def test_a_start_that_fails_leaves_the_name_free(tmp_path, monkeypatch, capsys):
     assert cli.main(argv) == cli.EXIT_BAD_CONFIG
     err = capsys.readouterr().err
     assert "already holds a study" not in err and not (tmp_path / "again" / "study.json").exists()
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        ("empty", "is empty"),
+        ("no rows", ""),
+        ("missing column", "lacks required column(s) ['seed']"),
+        ("text in a number", "test_auc"),
+    ],
+)
+def test_report_on_a_bad_results_table_ends_with_one_line(corrupt, message, tmp_path, capsys):
+    from fixtures_results import make_results
+
+    run = tmp_path / "run"
+    run.mkdir()
+    results = make_results()
+    if corrupt == "empty":
+        (run / "results.csv").write_text("")
+    else:
+        if corrupt == "no rows":
+            results = results.iloc[:0]
+        elif corrupt == "missing column":
+            results = results.drop(columns=["seed"])
+        else:
+            results = results.astype({"test_auc": object})
+            results.loc[0, "test_auc"] = "high"
+        results.to_csv(run / "results.csv", index=False)
+    code = cli.main(["report", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_BAD_DATA, err
+    assert len(err) == 1 and err[0].startswith("study: results error: ") and message in err[0], err
