@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 
 import keras
 import numpy as np
+from filelock import FileLock
 from keras import layers, ops
 
 from study.config import ENCODER_STRIDES
@@ -169,12 +170,12 @@ def check_image_size(name: str, image_size: int, output_stride: int | None = Non
         )
 
 
-def imagenet_weights_file(weights_path: str | None = None, *, download: bool = True) -> str:
+def imagenet_weights_file(weights_path: str | None = None) -> str:
     """Path of the ResNet50 ImageNet "notop" weights; raises `FileNotFoundError` with the fix if unavailable.
 
     `weights_path` when given (never downloaded over); else Keras' cache `$KERAS_HOME/models/` (default
     `~/.keras/models/`), where a missing file is fetched by `keras.utils.get_file` as Keras itself does when
-    the machine is online (`download=True`; the md5 is checked). Offline, the error names the file, the folder
+    the machine is online (the md5 is checked). Offline, the error names the file, the folder
     to put it in and where to get it. The study driver calls this before any trial starts.
     """
     if weights_path is not None:
@@ -189,31 +190,27 @@ def imagenet_weights_file(weights_path: str | None = None, *, download: bool = T
     path = os.path.join(_keras_models_dir(), IMAGENET_NOTOP_FILE)
     if os.path.isfile(path):
         return path
-    reason = "downloads are off"
-    if download:
-        from filelock import FileLock
-
-        # Several trials (or nodes sharing a home folder) may miss the file at once: one downloads it under a
-        # lock, to a temporary name renamed into place, so nobody reads a half-written file.
-        # cache_dir given: Keras reads $KERAS_HOME once, at import; we look where it points now. It must exist,
-        # or Keras falls back to /tmp/.keras.
-        os.makedirs(_keras_models_dir(), exist_ok=True)
-        with FileLock(path + ".lock"):
-            if os.path.isfile(path):
-                return path
-            part = f"{IMAGENET_NOTOP_FILE}.part-{os.getpid()}"
-            try:
-                got = keras.utils.get_file(
-                    part,
-                    IMAGENET_NOTOP_URL,
-                    cache_dir=os.path.dirname(_keras_models_dir()),
-                    cache_subdir="models",
-                    file_hash=IMAGENET_NOTOP_MD5,
-                )
-                os.replace(got, path)
-                return path
-            except Exception as exc:  # noqa: BLE001 — offline, DNS, proxy or hash failure: one line with the fix
-                reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    # Several trials (or nodes sharing a home folder) may miss the file at once: one downloads it under a
+    # lock, to a temporary name renamed into place, so nobody reads a half-written file.
+    # cache_dir given: Keras reads $KERAS_HOME once, at import; we look where it points now. It must exist,
+    # or Keras falls back to /tmp/.keras.
+    os.makedirs(_keras_models_dir(), exist_ok=True)
+    with FileLock(path + ".lock"):
+        if os.path.isfile(path):
+            return path
+        part = f"{IMAGENET_NOTOP_FILE}.part-{os.getpid()}"
+        try:
+            got = keras.utils.get_file(
+                part,
+                IMAGENET_NOTOP_URL,
+                cache_dir=os.path.dirname(_keras_models_dir()),
+                cache_subdir="models",
+                file_hash=IMAGENET_NOTOP_MD5,
+            )
+            os.replace(got, path)
+            return path
+        except Exception as exc:  # noqa: BLE001 — offline, DNS, proxy or hash failure: one line with the fix
+            reason = f"the download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     raise FileNotFoundError(
         f"weights='imagenet' needs the ResNet50 ImageNet weights file {IMAGENET_NOTOP_FILE}: not in "
         f"{_keras_models_dir()}/ and {reason}; fetch {IMAGENET_NOTOP_URL} on a machine with internet access "

@@ -34,6 +34,7 @@ from study import storage as store
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params
 from study.resolve import check_local_resources, validate_run_name, validate_study
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
+from study.sources import check_command, source_label
 
 STUDY_FILE = "study.json"
 # The driver's own files of a run (the rest of a run directory is Ray Tune's): fetched for resume/report.
@@ -86,24 +87,23 @@ def publish(local: Path, run_uri: str) -> None:
         print(f"Uploaded results and report to {run_uri}", flush=True)
 
 
-def prepare_data(preset: StudyPreset) -> tuple[Path, Any]:
-    """(dataset root, CheckReport): generates synthetic lesions if needed and checks the data on the driver.
+def prepare_data(preset: StudyPreset) -> tuple[Any, Any]:
+    """(data source, CheckReport): generates synthetic lesions if needed and checks the data on the driver.
 
     The same decoding pass fills the decoded-array cache, so trials on this machine never decode images.
     """
-    from study.data import DataError, check_and_cache
-    from study.sources import cache_dir, check_command, data_source, source_label
+    from study.data import DataError, check_and_cache, format_problems
+    from study.sources import cache_dir, data_source
 
     source = data_source(preset.base)
     report = check_and_cache(source, preset.base.image_size, cache_dir(preset.base))
-    root = source_label(source)
     if not report.ok:
         raise DataError(
-            f"dataset {root} is not usable:\n"
-            + "\n".join(f"  - {p}" for p in report.problems)
+            f"dataset {source_label(source)} is not usable:\n"
+            + format_problems(report.problems)
             + f"\nRun `{check_command(source)}` for the full report."
         )
-    return root, report
+    return source, report
 
 
 def prepare_weights(preset: StudyPreset) -> None:
@@ -347,7 +347,8 @@ def run_study(
     validate_study(preset)
     check_local_resources(preset, address)
     prepare_weights(preset)
-    root, check = prepare_data(preset)
+    source, check = prepare_data(preset)
+    root = source_label(source)
     if check.warnings:
         from study.data import format_problems
 
@@ -355,9 +356,7 @@ def run_study(
         print(f"Data warnings for {root} ({len(check.warnings)}; the study runs):", flush=True)
         print(format_problems(check.warnings[:shown]), flush=True)
         if len(check.warnings) > shown:
-            from study.sources import check_command, data_source
-
-            more = check_command(data_source(preset.base))
+            more = check_command(source)
             print(f"  ... and {len(check.warnings) - shown} more: `{more}`", flush=True)
 
     # Ray first: a start that fails (no GPUs in the cluster, say) leaves no study record, so the name stays free

@@ -130,7 +130,7 @@ def driver_staging_dir(log: Path) -> Path | None:
 
 class KillMoment:
     """`ready()` for `kill_driver_when`, as the driver sees the study: `min_done` trials finished, none in the
-    last SETTLE_S seconds, and, for a phase moment, some trial's last reported result has `phase == moment`
+    last SETTLE_S seconds, and some trial's last reported result has `phase == moment`
     (a pretext or fine-tune epoch was reported and that phase is not over)."""
 
     def __init__(self, run_dir: Path, log: Path, moment: str, min_done: int):
@@ -152,10 +152,9 @@ class KillMoment:
         phases = {name: r["phase"] for name, r in last.items() if r.get("phase")}
         self.seen.update(phases.items())
         in_phase = [name for name, phase in phases.items() if phase == self.moment]
-        if self.moment != "between-trials":
-            if not in_phase:
-                return False
-            self.phase_polls += 1
+        if not in_phase:
+            return False
+        self.phase_polls += 1
         done = [r for r in last.values() if r.get("phase") == "done"]
         # `timestamp`: when the trial reported its final result (whole seconds).
         settled = len(done) >= self.min_done and all(time.time() - r["timestamp"] >= SETTLE_S for r in done)
