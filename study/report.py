@@ -758,13 +758,41 @@ def _n_cells(comp: pd.DataFrame) -> int:
     return len(comp.drop_duplicates([A.LABEL_FRACTION, "regime"]))
 
 
+def _output_path(path: Path) -> Path:
+    """``path`` as a report output: an AnalysisError (one line, the fix) when a folder holds its name."""
+    if path.is_dir() and not path.is_symlink():
+        raise A.AnalysisError(
+            f"{path}: is a folder where the report writes a file; move it out of the run dir and run "
+            "`study report` again"
+        )
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    """UTF-8 text, replacing (never following) a symlink at ``path``; see ``plots.write_replacing``."""
+    data = text.encode("utf-8")
+    plots.write_replacing(_output_path(path), lambda f: f.write(data))
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """``frame.to_csv(path, index=False)``'s bytes, written as ``_write_text`` writes."""
+    _write_text(path, frame.to_csv(index=False))
+
+
+def _remove_output(path: Path) -> None:
+    """Delete a report output if there: a symlink itself (never its target); never a folder."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+
+
 def write_tables(a: RunAnalysis) -> None:
-    """The analysis' tables as CSV in the run dir (full precision; the report rounds)."""
+    """The analysis' tables as CSV in the run dir (full precision; the report rounds). A symlink at an
+    output's name is replaced by the file, never written through."""
     d = a.run_dir
-    a.summary.to_csv(d / "summary.csv", index=False)
-    a.excluded.to_csv(d / "excluded.csv", index=False)
-    a.comparisons.to_csv(d / "comparisons.csv", index=False)
-    pd.DataFrame(
+    _write_csv(a.summary, d / "summary.csv")
+    _write_csv(a.excluded, d / "excluded.csv")
+    _write_csv(a.comparisons, d / "comparisons.csv")
+    friedman = pd.DataFrame(
         [
             {
                 **{k: v for k, v in f.items() if k not in ("mean_ranks", "cliques", "arms", "dropped_seeds")},
@@ -774,10 +802,11 @@ def write_tables(a: RunAnalysis) -> None:
             }
             for f in a.friedmans
         ]
-    ).to_csv(d / "friedman.csv", index=False)
-    a.rotation_table.to_csv(d / "pretext_rotation.csv", index=False)
-    a.image_table.to_csv(d / "pretext_image.csv", index=False)
-    a.pretext_refs.to_csv(d / "pretext_reference.csv", index=False)
+    )
+    _write_csv(friedman, d / "friedman.csv")
+    _write_csv(a.rotation_table, d / "pretext_rotation.csv")
+    _write_csv(a.image_table, d / "pretext_image.csv")
+    _write_csv(a.pretext_refs, d / "pretext_reference.csv")
     probe = a.probe
     if len(a.probe_comparisons):
         cols = ["arm", "mean_diff", "sd_diff", "p_wilcoxon", "wilcoxon_method", "p_holm", "prob_improvement"]
@@ -788,11 +817,11 @@ def write_tables(a: RunAnalysis) -> None:
             on=[A.LABEL_FRACTION, "arm"],
             how="left",
         )
-    probe.to_csv(d / "probe.csv", index=False)
+    _write_csv(probe, d / "probe.csv")
     if a.several_fractions:
-        a.efficiency.to_csv(d / "label_efficiency.csv", index=False)
+        _write_csv(a.efficiency, d / "label_efficiency.csv")
     else:
-        (d / "label_efficiency.csv").unlink(missing_ok=True)  # a fraction-grid report's table must not linger
+        _remove_output(d / "label_efficiency.csv")  # a fraction-grid report's table must not linger
 
 
 def write_report(
@@ -812,19 +841,50 @@ def write_report(
     ``"study"`` (default: every comparison, study-wise false-positive rate <= alpha) or ``"regime"``
     (``analysis.compare_to_baseline``); the report states the study-wise rate either implies.
     A table that is not paired by seed is reported as a warning with descriptive tables only, unless ``strict`` (then ``PairingError`` is raised).
+    Nothing is written outside ``run_dir``: a symlink at an output's name is replaced by the file (never written
+    through), a ``figures`` symlink by a real folder, and only figure names the report draws are deleted; a
+    folder where an output goes is an ``AnalysisError``.
     Returns ``(md_path, html_path)``.
     """
     a = analyse_run(run_dir, metric, alpha=alpha, family=family, strict=strict)
+    md_path, html_path = _output_path(a.run_dir / "report.md"), _output_path(a.run_dir / "report.html")
+    fig_dir = _figure_dir(a.run_dir)
     write_tables(a)
-    fig_dir = a.run_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    for old in fig_dir.glob("*.png"):  # figures of an earlier report must not linger
-        old.unlink()
     blocks = report_blocks(a, fig_dir)
-    md_path, html_path = a.run_dir / "report.md", a.run_dir / "report.html"
-    md_path.write_text(render_markdown(blocks, a.run_dir), encoding="utf-8")
-    html_path.write_text(render_html(blocks, TITLE), encoding="utf-8")
+    _write_text(md_path, render_markdown(blocks, a.run_dir))
+    _write_text(html_path, render_html(blocks, TITLE))
     return md_path, html_path
+
+
+def _is_figure_name(name: str) -> bool:
+    """A file name the report draws into figures/ (``examples_<task>.png`` for any task)."""
+    return name in FIGURE_NAMES or (name.startswith("examples_") and name.endswith(".png"))
+
+
+FIGURE_NAMES = frozenset(
+    {"forest.png", "label_efficiency.png", "paired_seeds.png", "mean_ranks.png", "learning_curves.png"}
+)
+
+
+def _figure_dir(run_dir: Path) -> Path:
+    """``run_dir/figures`` as a real folder, emptied of the figures of an earlier report.
+
+    A symlink there is removed (its target untouched) and a real folder made in its place, so figures are
+    never written into, nor deleted from, a folder outside the run. Only names the report draws are deleted,
+    each as a directory entry (a symlink among them goes, its target stays); other files stay."""
+    fig_dir = run_dir / "figures"
+    if fig_dir.is_symlink():
+        fig_dir.unlink()
+    elif fig_dir.exists() and not fig_dir.is_dir():
+        raise A.AnalysisError(
+            f"{fig_dir}: is a file where the report writes its figures folder; move it out of the run dir and "
+            "run `study report` again"
+        )
+    fig_dir.mkdir(exist_ok=True)
+    for old in sorted(fig_dir.iterdir()):  # figures of an earlier report must not linger
+        if _is_figure_name(old.name):
+            _remove_output(_output_path(old))
+    return fig_dir
 
 
 TITLE = "Self-supervised pre-training for melanoma classification: study report"
