@@ -316,9 +316,16 @@ def _is_image_name(name: str) -> bool:
 
 
 def _match_folders(
-    entries: list[os.DirEntry], allowed: tuple[str, ...], parent_rel: str, level: str, listing: _Listing
+    entries: list[os.DirEntry],
+    allowed: tuple[str, ...],
+    parent_rel: str,
+    level: str,
+    listing: _Listing,
+    not_folders: set[str] | None = None,
 ) -> dict[str, str]:
-    """Map canonical names in `allowed` to the folder names found; report unknown or doubled folders."""
+    """Map canonical names in `allowed` to the folder names found; report unknown or doubled folders, and
+    entries with an allowed name that are not folders (their canonical names are added to `not_folders`, so
+    that the caller does not also call the folder missing)."""
     found: dict[str, list[str]] = defaultdict(list)
     for e in entries:
         if e.name.startswith("."):
@@ -326,7 +333,23 @@ def _match_folders(
             continue
         kind = _kind(e)
         rel = _join(parent_rel, e.name)
-        if kind == "dir" and e.name.lower() in allowed:
+        if kind != "dir" and e.name.lower() in allowed:
+            if not_folders is not None:
+                not_folders.add(e.name.lower())
+            if kind == "broken":
+                listing.problems.append(
+                    f"{rel}: broken or looping symlink where the {e.name.lower()}/ {level} folder goes; remove "
+                    "it and create the folder, or point it at a real folder"
+                )
+                continue
+            what = "a file" if kind == "file" else "a special file (socket, pipe or device)"
+            create = (
+                f"{rel}/benign/ and {rel}/malignant/ with their images"
+                if level == "split"
+                else f"the class folder {rel}/ with its images"
+            )
+            listing.problems.append(f"{rel}: is {what}, not a folder; move it away and create {create}")
+        elif kind == "dir" and e.name.lower() in allowed:
             found[e.name.lower()].append(e.name)
         elif kind == "dir":
             allowed_text = ", ".join(f"{a}/" for a in allowed)
@@ -384,9 +407,12 @@ def _discover(root: Path) -> _Listing:
     top = _list_dir(root, "", listing)
     if top is None:
         return listing
-    splits = _match_folders(top, SPLITS, "", "split", listing)
+    split_files: set[str] = set()
+    splits = _match_folders(top, SPLITS, "", "split", listing, split_files)
     for split in SPLITS:
         if split not in splits:
+            if split in split_files:
+                continue  # a file has its name: already a problem
             listing.problems.append(
                 f"{split}/: missing split folder; create {root}/{split}/benign/ and {root}/{split}/malignant/"
             )
@@ -395,9 +421,12 @@ def _discover(root: Path) -> _Listing:
         children = _list_dir(root / split_rel, split_rel, listing)
         if children is None:
             continue
-        classes = _match_folders(children, CLASSES, split_rel, "class", listing)
+        class_files: set[str] = set()
+        classes = _match_folders(children, CLASSES, split_rel, "class", listing, class_files)
         for label, cls in enumerate(CLASSES):
             if cls not in classes:
+                if cls in class_files:
+                    continue  # a file has its name: already a problem
                 listing.problems.append(f"{split_rel}/{cls}/: missing class folder; create it and add images")
                 continue
             class_rel = f"{split_rel}/{classes[cls]}"
@@ -436,7 +465,73 @@ def _discover(root: Path) -> _Listing:
                     f"{class_rel}/: class folder holds no {'/'.join(IMAGE_EXTENSIONS)} images; add images"
                 )
     listing.entries.sort(key=lambda e: e.rel)
+    listing.problems += _validation_split_problems(listing.entries)
     return listing
+
+
+def _validation_split_problems(
+    entries: list[_Entry], csv: str = "", group_col: str | None = None
+) -> list[str]:
+    """A problem per class whose training images cannot be split into training and validation.
+
+    `stratified_split` puts at least one image (group) of each class into validation and keeps at least one
+    in training, which takes two images of the class in train (two groups when splits keep groups whole):
+    with one, validation would silently hold no image of that class. csv: the labels CSV's name (empty for
+    a folder); group_col: its group column (None: no groups)."""
+    problems = []
+    train = [e for e in entries if e.split == "train"]
+    for label, cls in enumerate(CLASSES):
+        own = [e for e in train if e.label == label]
+        groups = sorted({str(e.group) for e in own}) if group_col else []
+        why = (
+            f"the validation split needs at least 2 (one to train on, one to validate), so validation would "
+            f"hold no {cls} image"
+        )
+        if group_col and len(groups) == 1:
+            problems.append(
+                f"{csv}: every {cls} image in train ({len(own)}) has {group_col} {groups[0]}; the validation "
+                f"split keeps each {group_col} whole and needs {cls} images of at least 2, so validation would "
+                f"hold no {cls} image (or training none); add {cls} images of other {group_col}s to train"
+            )
+        elif not group_col and len(own) == 1:
+            if csv:
+                problems.append(
+                    f"{csv}: train has only 1 {cls} image ({own[0].name}); {why}; add {cls} rows to train"
+                )
+            else:
+                folder = own[0].rel.rsplit("/", 1)[0]
+                problems.append(
+                    f"{folder}/: only 1 {cls} image in train ({own[0].rel}); {why}; add {cls} images to "
+                    f"{folder}/"
+                )
+    return problems
+
+
+def _validation_split_warnings(entries: list[_Entry], csv: str, group_col: str | None) -> list[str]:
+    """Grouped data: `stratified_split` takes whole groups per stratum (a group's largest label): at least one
+    of a stratum with 2 groups or more, none of a stratum with one. With fewer than 2 benign-only groups in
+    train, validation's benign images come only from the mixed groups it draws from the malignant stratum;
+    when that stratum also has groups without a benign image, some seeds draw only those and validation
+    holds no benign image (validation AUC undefined). Said once; a class in one group only is a problem
+    (`_validation_split_problems`)."""
+    if not group_col:
+        return []
+    labels_of: dict[str, set[int]] = defaultdict(set)
+    for e in entries:
+        if e.split == "train":
+            labels_of[str(e.group)].add(e.label)
+    benign_groups = [g for g, labels in labels_of.items() if 0 in labels]
+    benign_only = sorted(g for g in benign_groups if labels_of[g] == {0})
+    malignant_only = [g for g, labels in labels_of.items() if labels == {1}]
+    if len(benign_groups) < 2 or len(benign_only) >= 2 or not malignant_only:
+        return []
+    which = f" ({benign_only[0]})" if benign_only else ""
+    return [
+        f"{csv}: {len(benign_only)} {group_col} in train{which} with only benign images; the validation split "
+        f"takes whole {group_col}s and none from a stratum with fewer than 2, so its benign images come only "
+        f"from {group_col}s that also hold malignant images, and for some seeds there can be none (validation "
+        f"AUC undefined); add benign-only {group_col}s to train"
+    ]
 
 
 @dataclass
@@ -478,7 +573,12 @@ def _resolve(source: DataSource) -> _Resolved:
     table = labels_csv.read_labels_csv(root, source.images, source.malignant, IMAGE_EXTENSIONS)
     where = table.csv.name
     entries = [_Entry(r.rel, r.split, r.label, r.group, f"{where} line {r.line}") for r in table.rows]
-    listing = _Listing(entries=entries, problems=list(table.problems), warnings=list(table.warnings))
+    group_col = table.columns.get("group") if table.has_groups else None
+    problems = list(table.problems)
+    if not table.fatal:
+        problems += _validation_split_problems(entries, where, group_col)
+    warns = list(table.warnings) + _validation_split_warnings(entries, where, group_col)
+    listing = _Listing(entries=entries, problems=problems, warnings=warns)
     return _Resolved(source, listing, table.images or root.parent, table)
 
 
@@ -571,15 +671,22 @@ class _FileResult:
     array: np.ndarray | None = None
 
 
-def _text_hint(data: bytes) -> str:
-    head = data[:48]
+def _content_kind(data: bytes) -> str:
+    """What a file PIL cannot read holds, in words that reveal none of its content (the file may be a link
+    to anything on the machine): a text file or bytes in no known format, and its size."""
+    head = data[:512]
     try:
         text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return ""
-    if all(c.isprintable() or c.isspace() for c in text):
-        return f"; it starts with text {text[:32]!r}"
-    return ""
+    except UnicodeDecodeError as e:
+        # A character cut by the 512-byte window is still text; invalid bytes earlier are not.
+        text = (
+            head[: e.start].decode("utf-8")
+            if e.start >= len(head) - 3 and e.reason.startswith("unexp")
+            else ""
+        )
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        return f"a text file, {len(data)} bytes"
+    return f"{len(data)} bytes in no image format PIL reads"
 
 
 def _to_rgb(im: Image.Image, rel: str, bits16: bool) -> tuple[Image.Image, list[str]]:
@@ -654,9 +761,7 @@ def _inspect_file(root: Path, entry: _Entry, image_size: int | None) -> _FileRes
         )
         return res
     except UnidentifiedImageError:
-        res.problem = (
-            f"{rel}: not an image PIL can read{_text_hint(data)}; replace it with a JPEG/PNG or remove it"
-        )
+        res.problem = f"{rel}: not an image PIL can read ({_content_kind(data)}); replace it with a JPEG/PNG or remove it"
         return res
     except Exception as e:  # noqa: BLE001 — any decoder failure is a per-file problem, not a crash
         res.problem = f"{rel}: corrupt or truncated image ({type(e).__name__}: {e}); re-copy it or remove it"
@@ -809,6 +914,57 @@ def _pairs_text(pairs: list[tuple[str, str, int]]) -> str:
 # Check
 
 
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _outside_links(res: _Resolved) -> list[tuple[str, str, bool]]:
+    """(path relative to the read root, resolved target, target is a folder) of every symlink on the way to
+    an entry that leads out of the dataset folder (a CSV's images folder): its target lies neither under
+    that folder nor under the folder holding the link (a link inside a symlinked class folder to a sibling
+    is not reported again). Each link once, sorted."""
+    root = os.path.realpath(res.read_root)
+    found: dict[str, tuple[str, bool]] = {}
+    seen: set[str] = set()
+    for e in res.listing.entries:
+        parts = e.rel.split("/")
+        for i in range(1, len(parts) + 1):
+            rel = "/".join(parts[:i])
+            if rel in seen:
+                continue
+            seen.add(rel)
+            path = res.read_root / rel
+            if not path.is_symlink():
+                continue
+            target = os.path.realpath(path)
+            if not (_within(target, root) or _within(target, os.path.realpath(path.parent))):
+                found[rel] = (target, os.path.isdir(target))
+    return [(rel, target, is_dir) for rel, (target, is_dir) in sorted(found.items())]
+
+
+def _outside_link_warnings(res: _Resolved) -> list[str]:
+    """One warning naming the symlinks that leave the dataset folder (the first few in full): their targets
+    are read as data. Not a problem (a folder of links into a shared image store is a layout people use);
+    nothing a file holds is ever printed, so a link to a private file shows only its path."""
+    links = _outside_links(res)
+    if not links:
+        return []
+    where = "the images folder" if res.table is not None else "the dataset folder"
+    if len(links) == 1:
+        rel, target, is_dir = links[0]
+        what = "folder" if is_dir else "file"
+        return [
+            f"{rel}: symlink to a {what} outside {where} ({target}), read as data; copy the {what} into "
+            f"{where}, or remove the link if it does not belong there"
+        ]
+    shown = "; ".join(f"{rel} -> {target}" for rel, target, _ in links[:_MAX_EXAMPLES])
+    more = f"; and {len(links) - _MAX_EXAMPLES} more" if len(links) > _MAX_EXAMPLES else ""
+    return [
+        f"{len(links)} symlinks lead outside {where} and are read as data: {shown}{more}; copy their targets "
+        f"into {where}, or remove the links that do not belong there"
+    ]
+
+
 def _scan(res: _Resolved, image_size: int | None) -> tuple[CheckReport, list[_FileResult]]:
     listing = res.listing
     results = [_inspect_file(res.read_root, e, image_size) for e in listing.entries]
@@ -822,7 +978,7 @@ def _scan(res: _Resolved, image_size: int | None) -> tuple[CheckReport, list[_Fi
         conversions.append(
             f"{non_square} non-square image(s) are centre-cropped to their largest square before resizing"
         )
-    warns = conversions + list(listing.warnings) + dup_warnings
+    warns = conversions + list(listing.warnings) + _outside_link_warnings(res) + dup_warnings
 
     counts = {s: {c: 0 for c in CLASSES} for s in SPLITS}
     for e in listing.entries:
@@ -860,15 +1016,20 @@ def check_dataset(source: str | Path | DataSource) -> CheckReport:
     """Check a dataset (a folder, or a labels CSV: a path or a DataSource) without loading it for training:
     reads and decodes every image once.
 
-    Problems (unusable): missing split/class folders, empty class folders, unexpected folder names (labels
-    are never guessed), images outside class folders, nested folders, broken symlinks, unreadable, empty,
-    non-image, truncated/corrupt and oversized (PIL decompression-bomb limit) files, unsupported colour modes,
-    byte-identical files across train/test (leakage) or across classes (conflicting labels).
+    Problems (unusable): missing split/class folders, a file (or broken link) where a split/class folder goes,
+    empty class folders, a class with a single training image (the validation split needs one to train on
+    and one to validate; with groups: a class in a single group), unexpected folder names (labels are never
+    guessed), images outside class folders, nested folders, broken symlinks, unreadable, empty, non-image
+    (described by kind and size, never quoted: the file may be a link to anything), truncated/corrupt and
+    oversized (PIL decompression-bomb limit) files, unsupported colour modes, byte-identical files across
+    train/test (leakage) or across classes (conflicting labels).
     Warnings (usable): conversions to 8-bit RGB (grayscale, palette, RGBA/LA composited on black, 16-bit
     scaled, EXIF rotation, format/extension mismatch), very small images, non-square images (centre-cropped),
     same-label exact duplicates, near-duplicates (phash, see NEAR_DUPLICATE_MAX_DISTANCE) across train/test,
-    across classes, or within a split and class, non-image files in class folders. Symlinked folders are
-    followed only at the fixed layout depth, so symlink loops cannot recurse.
+    across classes, or within a split and class, non-image files in class folders, symlinks whose target lies
+    outside the dataset folder (a CSV's images folder; read as data, each named with its target), grouped
+    data with which validation can lack benign images for some seeds. Symlinked folders are followed only at
+    the fixed layout depth, so symlink loops cannot recurse.
     A labels CSV gets the same image checks (each line names the file and its CSV line), plus its own
     (`study.labels_csv`): problems for columns that cannot be matched, rows whose image is missing or
     ambiguous, empty cells, label or split values outside the accepted ones, conflicting labels for one image,

@@ -8,6 +8,7 @@ start (`runner._init_ray` replaced), so a case that wrongly passes the check nev
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 from PIL import Image
-from test_data import _png16_rgb
+from test_data import _png16_rgb, run_as_nobody, world_readable_copy
 
 from study import runner
 from study.cli import main
@@ -164,6 +165,44 @@ def _tiny(root: Path) -> None:
     )
 
 
+def _dangling_symlink(root: Path) -> None:
+    (root / "train" / "benign" / "gone.jpg").symlink_to(root / "train" / "benign" / "deleted.jpg")
+
+
+def _nested_folder(root: Path) -> None:
+    nested = root / "train" / "benign" / "more"
+    nested.mkdir()
+    shutil.copy(_originals(root, "train", "benign")[0], nested / "again.jpg")
+
+
+def _class_is_a_file(root: Path) -> None:
+    shutil.rmtree(root / "test" / "benign")
+    (root / "test" / "benign").write_text("a file where a class folder goes\n")
+
+
+def _split_is_a_file(root: Path) -> None:
+    shutil.rmtree(root / "test")
+    (root / "test").write_text("a file where a split folder goes\n")
+
+
+def _one_training_image(root: Path) -> None:
+    for f in _originals(root, "train", "malignant")[1:]:
+        f.unlink()
+
+
+def _link_to_outside_text(root: Path) -> None:
+    secret = root.parent / "private.txt"  # outside the dataset folder, as /etc/os-release would be
+    secret.write_text("PRIVATE_KEY=do-not-print-me\n")
+    (root / "train" / "benign" / "x.png").symlink_to(secret)
+
+
+def _link_to_outside_image(root: Path) -> None:
+    store = root.parent / "store"
+    store.mkdir()
+    Image.fromarray((255 * _pattern(8)).astype(np.uint8)).convert("RGB").save(store / "lesion.png")
+    (root / "train" / "benign" / "linked.png").symlink_to(store / "lesion.png")
+
+
 @dataclass(frozen=True)
 class Case:
     plant: Callable[[Path], None]
@@ -174,6 +213,10 @@ class Case:
     delta: dict[tuple[str, str], int] = field(default_factory=dict)
     zero: tuple[tuple[str, str], ...] = ()  # (split, class) counts that must be 0 after planting
     marks: tuple = ()
+    exact: dict[tuple[str, str], int] = field(default_factory=dict)  # (split, class) counts after planting
+    never: tuple[str, ...] = ()  # text that must appear nowhere in the output (file contents, wrong causes)
+    conversion: bool = True  # a warning case: the warning is a conversion applied when decoding
+    alone: bool = False  # cannot be planted together with the other cases (it removes what they use)
 
 
 CASES = {
@@ -191,8 +234,9 @@ CASES = {
         _text_as_jpeg,
         True,
         "train/benign/notes.jpg",
-        ("not an image", "these are my notes", "remove it"),
+        ("not an image", "a text file, 34 bytes", "remove it"),
         {("train", "benign"): 1},
+        never=("these are my notes",),  # described, never quoted
     ),
     "huge-image": Case(
         _huge, True, "train/benign/huge.png", ("decompression-bomb", "downscale"), {("train", "benign"): 1}
@@ -275,6 +319,58 @@ CASES = {
         ("very small", "8x8", "upsampled"),
         {("train", "malignant"): 1},
     ),
+    "dangling-symlink": Case(
+        _dangling_symlink, True, "train/benign/gone.jpg", ("broken or looping symlink", "remove it")
+    ),
+    "nested-folder": Case(
+        _nested_folder, True, "train/benign/more/", ("nested folder", "is not read", "move its images up")
+    ),
+    "class-folder-is-a-file": Case(
+        _class_is_a_file,
+        True,
+        "test/benign",
+        ("is a file, not a folder", "create the class folder test/benign/"),
+        zero=(("test", "benign"),),
+        never=("missing class folder",),
+        alone=True,
+    ),
+    "split-folder-is-a-file": Case(
+        _split_is_a_file,
+        True,
+        "test: ",
+        ("is a file, not a folder", "create test/benign/ and test/malignant/"),
+        zero=(("test", "benign"), ("test", "malignant")),
+        never=("missing split folder",),
+        alone=True,
+    ),
+    "one-training-image-in-a-class": Case(
+        _one_training_image,
+        True,
+        "train/malignant/",
+        (
+            "only 1 malignant image in train",
+            "validation would hold no malignant image",
+            "add malignant images",
+        ),
+        exact={("train", "malignant"): 1},
+        alone=True,
+    ),
+    "symlink-to-a-text-file-outside": Case(
+        _link_to_outside_text,
+        True,
+        "train/benign/x.png",
+        ("not an image", "a text file, 28 bytes", "remove it"),
+        {("train", "benign"): 1},
+        never=("PRIVATE_KEY", "do-not-print-me"),
+    ),
+    "symlink-to-an-image-outside": Case(
+        _link_to_outside_image,
+        False,
+        "train/benign/linked.png",
+        ("outside the dataset folder", "read as data"),
+        {("train", "benign"): 1},
+        conversion=False,
+    ),
 }
 PARAMS = [pytest.param(name, case, id=name, marks=case.marks) for name, case in CASES.items()]
 PROBLEMS = [p for p in PARAMS if p.values[1].problem]
@@ -295,6 +391,7 @@ def _expected_counts(tiny_counts: dict, case: Case) -> dict[tuple[str, str], int
         (s, c): n + case.delta.get((s, c), 0) for s, per in tiny_counts.items() for c, n in per.items()
     }
     expected.update({key: 0 for key in case.zero})
+    expected.update(case.exact)
     return expected
 
 
@@ -357,6 +454,8 @@ def test_data_check_reports_each_bad_input_as_documented(name, case, tiny_datase
         assert words in line, (words, line)
     if not case.problem:
         assert "problems (" not in out  # a conversion never makes the data unusable
+    for text in case.never:
+        assert text not in out, (text, out)
     # No label changed or guessed: every image counted under the class folder it sits in, nothing more.
     assert _counts_shown(out) == _expected_counts(tiny_counts, case)
 
@@ -381,6 +480,7 @@ def test_run_stops_on_unusable_data_before_ray_starts(
     assert all(words in hits[0] for words in case.says), hits[0]
     assert f"study data check {root}" in err  # where the full report is
     assert len(err.splitlines()) <= 6  # short: the problem(s) and the hint, not a report
+    assert not any(text in out + err for text in case.never), out + err
     assert not (storage / "bad").exists()  # nothing started: no run directory
 
 
@@ -401,7 +501,8 @@ def test_run_accepts_convertible_images_and_records_the_warning(
     assert check["ok"] and not check["problems"]
     (line,) = [w for w in check["warnings"] if case.names in w]
     assert all(words in line for words in case.says), line
-    assert line in check["conversions"]  # applied when the trials decode the images, and in the report
+    # a conversion is applied when the trials decode the images, and is in the report
+    assert (line in check["conversions"]) == case.conversion
 
 
 def test_run_shows_data_warnings_before_the_study_starts(tiny_dataset_copy, tmp_path, no_ray, capsys):
@@ -423,6 +524,7 @@ def test_data_check_process_with_every_defect_at_once_ends_without_hanging(tiny_
         name: case
         for name, case in CASES.items()
         if name != "missing-test-split"  # the test split holds other defects
+        and not case.alone
         and (name != "unreadable-file" or PERMISSIONS_ENFORCED)
     }
     for case in cases.values():
@@ -433,6 +535,58 @@ def test_data_check_process_with_every_defect_at_once_ends_without_hanging(tiny_
     for name, case in cases.items():
         lines = _lines_naming(proc.stdout, case.names)
         assert any(all(words in line for words in case.says) for line in lines), (name, lines)
+
+
+def test_data_check_reports_an_unreadable_file_also_as_root(tiny_dataset, tiny_counts, capsys):
+    """The unreadable-file case where mode 000 means nothing (root): `study data check` runs as user nobody
+    in a forked child (see test_data.run_as_nobody); as another user it runs as that user."""
+    import contextlib
+    import io
+
+    case = CASES["unreadable-file"]
+    root = world_readable_copy(tiny_dataset)
+    try:
+        case.plant(root)
+        main(["data", "check", str(root)])  # loads what the check needs before the child drops privileges
+        capsys.readouterr()
+
+        def check() -> tuple[int, str]:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                code = main(["data", "check", str(root)])
+            return code, out.getvalue()
+
+        code, out = run_as_nobody(check)
+    finally:
+        shutil.rmtree(root.parent)
+    assert code == 1 and "NOT USABLE" in out.splitlines()[0], out
+    (line,) = _lines_naming(out.split("problems (")[-1], case.names)
+    assert all(words in line for words in case.says), line
+    assert _counts_shown(out) == _expected_counts(tiny_counts, case)
+
+
+def _near_copy(src: Path, dst: Path) -> None:
+    """A resized, re-encoded copy: a near-duplicate of src (and of nothing else)."""
+    with Image.open(src) as im:
+        buf = io.BytesIO()
+        im.resize((36, 36), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=80)
+    dst.write_bytes(buf.getvalue())
+
+
+def test_data_check_counts_the_near_duplicate_pairs_planted(tiny_dataset_copy, capsys):
+    root = tiny_dataset_copy
+    benign = _originals(root, "train", "benign")
+    for i in range(3):
+        _near_copy(benign[i], root / "train" / "benign" / f"copy{i}.jpg")
+    _near_copy(benign[3], root / "test" / "benign" / "leak.jpg")
+    assert main(["data", "check", str(root)]) == 0  # near-duplicates are warnings
+    out = capsys.readouterr().out
+    assert "duplicates: 0 group(s) of byte-identical files; 4 near-duplicate pair(s)" in out, out
+    (same,) = _lines_naming(out, "near-duplicate pair(s) within a split with the same label")
+    assert same.lstrip(" -").startswith("3 near-duplicate pair(s)")
+    assert all(f"train/benign/copy{i}.jpg" in same for i in range(3))
+    (leak,) = _lines_naming(out, "have a near-duplicate in train")
+    assert leak.lstrip(" -").startswith("1 test image(s)") and "test/benign/leak.jpg" in leak
 
 
 def test_data_check_reports_a_label_conflict_also_when_the_bytes_are_in_test_too(tiny_dataset_copy, capsys):

@@ -449,7 +449,8 @@ def test_planted_problems_each_get_their_own_line(planted, tiny_counts: dict) ->
     assert "truncated" in _lines_naming(report.problems, "truncated.jpg")[0]
     assert "0 bytes" in _lines_naming(report.problems, "empty.jpg")[0]
     text_line = _lines_naming(report.problems, "notes.jpg")[0]
-    assert "not an image" in text_line and "these are my notes" in text_line
+    assert "not an image" in text_line and "a text file, 34 bytes" in text_line
+    assert "these are my notes" not in report.format()  # a file's content is never printed
     melanoma = _lines_naming(report.problems, "train/melanoma/")[0]
     assert "benign/" in melanoma and "malignant/" in melanoma  # names the allowed folders
     leak = _lines_naming(report.problems, "leaked.jpg")[0]
@@ -604,18 +605,279 @@ def test_decompression_bomb_is_a_problem_not_a_crash(tiny_dataset_copy: Path, mo
     assert "decompression-bomb" in line
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_unreadable_file(tiny_dataset_copy: Path) -> None:
-    target = _jpgs(tiny_dataset_copy, "train", "benign")[0]
-    target.chmod(0)
+NOBODY = 65534
+
+
+def run_as_nobody(fn):
+    """`fn()`'s JSON-able result, computed in a forked child that runs as user nobody when this process is
+    root (root reads files whatever their mode, so a permission test must drop privileges to mean anything).
+    Modules are already loaded in the parent, so the child needs no access to the interpreter's files; what
+    `fn` reads must be readable by nobody (use `world_readable_copy`)."""
+    import traceback
+
+    if os.geteuid() != 0:
+        return fn()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, run, send the result, never return into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            payload = {"result": fn()}
+        except BaseException:  # noqa: BLE001 — reported to the parent
+            payload = {"error": traceback.format_exc()}
+        with os.fdopen(write_end, "w") as f:
+            json.dump(payload, f)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    payload = json.loads(text)
+    assert "error" not in payload, payload.get("error")
+    return payload["result"]
+
+
+def world_readable_copy(src: Path) -> Path:
+    """A copy of the dataset `src` under /tmp that user nobody can traverse and read (pytest's tmp_path is
+    private to root). The caller removes it."""
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="study-nobody-"))
+    top.chmod(0o755)
+    dst = top / "data"
+    shutil.copytree(src, dst)
+    for p in [dst, *dst.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst
+
+
+def test_unreadable_file(tiny_dataset: Path) -> None:
+    """Also as root: the check runs as user nobody then (tests here run as root, for whom mode 000 does
+    nothing)."""
+    root = world_readable_copy(tiny_dataset)
     try:
-        (line,) = _lines_naming(check_dataset(tiny_dataset_copy).problems, target.name)
-        assert "permission denied" in line
+        target = _jpgs(root, "train", "benign")[0]
+        check_dataset(root)  # loads every module the check needs before the child drops privileges
+        target.chmod(0)
+        problems = run_as_nobody(lambda: check_dataset(root).problems)
+        (line,) = _lines_naming(problems, target.name)
+        assert "permission denied" in line and "chmod a+r" in line
     finally:
-        target.chmod(0o644)
+        shutil.rmtree(root.parent)
 
 
 def test_check_report_round_trips_as_json(planted) -> None:
     root, _ = planted
     d = check_dataset(root).to_dict()
     assert CheckReport(**json.loads(json.dumps(d))).to_dict() == d
+
+
+# ---------------------------------------------------------------------------------------------- hardening (issue 16)
+
+
+def _pattern_png(path: Path, seed: int) -> Path:
+    """A coarse random 32 px RGB image (not a near-duplicate of anything else)."""
+    rng = np.random.default_rng(seed)
+    pattern = np.kron(rng.uniform(size=(4, 4)), np.ones((8, 8)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((255 * pattern).astype(np.uint8)).convert("RGB").save(path)
+    return path
+
+
+def test_files_that_are_not_images_are_described_never_quoted(
+    tiny_dataset_copy: Path, tmp_path: Path
+) -> None:
+    root = tiny_dataset_copy
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOKEN=hunter2 do not print me\n")
+    (root / "train" / "benign" / "linked.png").symlink_to(secret)
+    (root / "train" / "benign" / "blob.jpg").write_bytes(b"\x00\x01\x02 hunter2 \xff\xfe" * 10)
+    (root / "train" / "malignant" / "cut-utf8.jpg").write_bytes(("a" + "é" * 256).encode())
+    report = check_dataset(root)
+    (linked,) = _lines_naming(report.problems, "train/benign/linked.png")
+    assert "not an image PIL can read (a text file, 30 bytes)" in linked
+    (blob,) = _lines_naming(report.problems, "blob.jpg")
+    assert "(140 bytes in no image format PIL reads)" in blob
+    (cut,) = _lines_naming(report.problems, "cut-utf8.jpg")
+    assert "a text file, 513 bytes" in cut  # a character cut by the 512-byte window is still text
+    text = report.format(all_warnings=True) + json.dumps(report.to_dict())
+    assert "hunter2" not in text and "TOKEN" not in text
+
+
+def test_symlinks_leaving_the_dataset_are_warned_about_and_inside_ones_are_not(
+    tiny_dataset_copy: Path, tmp_path: Path
+) -> None:
+    root = tiny_dataset_copy
+    store = root / ".store"  # inside the dataset folder (hidden, so not data itself)
+    inside = _pattern_png(store / "inside.png", 1)
+    (root / "train" / "benign" / "alias.png").symlink_to(inside)
+    report = check_dataset(root)
+    assert report.ok and not _lines_naming(report.warnings, "symlink"), report.warnings
+
+    outside = _pattern_png(tmp_path / "elsewhere" / "lesion.png", 2)
+    (root / "train" / "benign" / "linked.png").symlink_to(outside)
+    report = check_dataset(root)
+    assert report.ok  # a link farm into a shared image store is a real layout: a warning, not a problem
+    (line,) = _lines_naming(report.warnings, "train/benign/linked.png")
+    assert line.startswith("train/benign/linked.png: symlink to a file outside the dataset folder")
+    assert str(outside) in line and "read as data" in line and "remove the link" in line
+
+    # A symlinked class folder outside: one line for the folder link, not one per file inside it.
+    moved = tmp_path / "elsewhere" / "malignant"
+    shutil.move(root / "test" / "malignant", moved)
+    (root / "test" / "malignant").symlink_to(moved, target_is_directory=True)
+    report = check_dataset(root)
+    assert report.ok
+    (line,) = [w for w in report.warnings if "symlink" in w]
+    assert line.startswith("2 symlinks lead outside the dataset folder and are read as data: ")
+    assert f"test/malignant -> {moved}" in line and "train/benign/linked.png ->" in line
+    assert "test/malignant/test_" not in line
+
+
+@pytest.mark.parametrize("where", ["train/benign", "test"])
+def test_a_layout_folder_that_is_a_file_is_called_a_file_not_missing(tiny_dataset_copy: Path, where) -> None:
+    root = tiny_dataset_copy
+    shutil.rmtree(root / where)
+    (root / where).write_text("not a folder")
+    problems = check_dataset(root).problems
+    (line,) = _lines_naming(problems, where)
+    assert line.startswith(f"{where}: is a file, not a folder; move it away and create ")
+    assert not _lines_naming(problems, "missing")
+
+
+def test_a_file_beside_the_real_folder_does_not_hide_it(tiny_dataset_copy: Path, tiny_counts: dict) -> None:
+    root = tiny_dataset_copy
+    (root / "train" / "benign").rename(root / "train" / "Benign")
+    (root / "train" / "benign").write_text("stray")
+    report = check_dataset(root)
+    assert report.counts["train"]["benign"] == tiny_counts["train"]["benign"]
+    (line,) = report.problems
+    assert line.startswith("train/benign: is a file, not a folder")
+
+
+def test_a_class_with_one_training_image_is_a_problem(tiny_dataset_copy: Path, cache_dir: Path) -> None:
+    """stratified_split gives such a class no validation image (nothing to split): refused before training."""
+    root = tiny_dataset_copy
+    labels = np.array([0, 0, 0, 1])
+    assert 3 not in stratified_split(labels, 0.2, 0)[1]  # why: the only image of class 1 stays in training
+    keep, *rest = _jpgs(root, "train", "malignant")
+    for f in rest:
+        f.unlink()
+    report = check_dataset(root)
+    (line,) = _lines_naming(report.problems, "train/malignant/")
+    assert line.startswith(f"train/malignant/: only 1 malignant image in train (train/malignant/{keep.name})")
+    assert "validation would hold no malignant image" in line and "add malignant images" in line
+    with pytest.raises(DataError, match="only 1 malignant image in train"):
+        load_dataset(root, 16, cache_dir=cache_dir)
+    _pattern_png(root / "train" / "malignant" / "second.png", 3)
+    assert check_dataset(root).ok  # two are enough: one for training, one for validation
+
+
+def _labels_csv(root: Path, rows: list[tuple[str, int, str, str]], group: bool) -> Path:
+    """labels.csv (image, target, split[, lesion_id]) with a distinct image per row under root/images."""
+    lines = ["image_name,target,split" + (",lesion_id" if group else "")]
+    for i, (name, target, split, lesion) in enumerate(rows):
+        _pattern_png(root / "images" / f"{name}.png", 100 + i)
+        lines.append(f"{name},{target},{split}" + (f",{lesion}" if group else ""))
+    path = root / "labels.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_csv_class_with_one_training_image_or_lesion_is_a_problem(tmp_path: Path) -> None:
+    test_rows = [("t0", 0, "test", "T0"), ("t1", 1, "test", "T1")]
+    one = [("a", 0, "train", "A"), ("b", 0, "train", "B"), ("c", 1, "train", "C"), *test_rows]
+    (line,) = check_dataset(_labels_csv(tmp_path / "plain", one, group=False)).problems
+    assert line.startswith("labels.csv: train has only 1 malignant image (c.png (labels.csv line 4))")
+    assert "validation would hold no malignant image" in line and "add malignant rows to train" in line
+
+    # Two malignant images of one lesion: grouped splits keep the lesion whole, so still impossible.
+    lesion = [*one, ("d", 1, "train", "C")]
+    (line,) = check_dataset(_labels_csv(tmp_path / "grouped", lesion, group=True)).problems
+    assert line.startswith("labels.csv: every malignant image in train (2) has lesion_id C;")
+    assert "add malignant images of other lesion_ids to train" in line
+    ok = [*lesion, ("e", 1, "train", "E")]
+    report = check_dataset(_labels_csv(tmp_path / "ok", ok, group=True))
+    assert report.ok, report.problems
+
+
+def test_csv_with_few_benign_only_lesions_warns_that_validation_can_lack_benign(tmp_path: Path) -> None:
+    rows = [
+        ("b0", 0, "train", "B"),  # the one benign-only lesion: never in validation
+        ("m0", 1, "train", "M"),  # a mixed lesion: its benign image is validation's only source of benign
+        ("m1", 0, "train", "M"),
+        ("p0", 1, "train", "P"),  # malignant-only lesions
+        ("q0", 1, "train", "Q"),
+        ("t0", 0, "test", "T0"),
+        ("t1", 1, "test", "T1"),
+    ]
+    report = check_dataset(_labels_csv(tmp_path, rows, group=True))
+    assert report.ok, report.problems
+    (line,) = _lines_naming(report.warnings, "with only benign images")
+    assert line.startswith("labels.csv: 1 lesion_id in train (B) with only benign images;")
+    assert "for some seeds there can be none" in line and "add benign-only lesion_ids to train" in line
+    # The warning is true: some seeds' validation split holds no benign image.
+    labels = np.array([r[1] for r in rows[:5]])
+    groups = np.array([r[3] for r in rows[:5]])
+    no_benign = [s for s in range(20) if not (labels[stratified_split(labels, 0.2, s, groups)[1]] == 0).any()]
+    assert no_benign
+    # A second benign-only lesion in train: validation always gets one, no warning.
+    rows.append(("b1", 0, "train", "B1"))
+    report = check_dataset(_labels_csv(tmp_path / "more", rows, group=True))
+    assert report.ok and not _lines_naming(report.warnings, "with only benign images"), report.warnings
+
+
+def test_near_duplicate_pairs_are_counted_exactly(tiny_dataset_copy: Path) -> None:
+    """Re-encoded, resized copies of distinct originals: one near-duplicate pair each, of every kind."""
+    root = tiny_dataset_copy
+
+    def near_copy(src: Path, dst: Path) -> None:
+        with Image.open(src) as im:
+            buf = io.BytesIO()
+            im.resize((36, 36), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=80)
+        dst.write_bytes(buf.getvalue())
+
+    benign, malignant = _jpgs(root, "train", "benign"), _jpgs(root, "train", "malignant")
+    near_copy(benign[0], root / "train" / "benign" / "same0.jpg")  # same split and label
+    near_copy(benign[1], root / "train" / "benign" / "same1.jpg")
+    near_copy(malignant[0], root / "train" / "malignant" / "same2.jpg")
+    near_copy(benign[2], root / "train" / "malignant" / "conflict.jpg")  # across classes
+    near_copy(benign[3], root / "test" / "benign" / "leak0.jpg")  # across train/test
+    near_copy(malignant[1], root / "test" / "malignant" / "leak1.jpg")
+    report = check_dataset(root)
+    pairs = {frozenset((p["a"], p["b"])) for p in report.duplicates["near"]}
+    expected = {
+        frozenset((benign[0].relative_to(root).as_posix(), "train/benign/same0.jpg")),
+        frozenset((benign[1].relative_to(root).as_posix(), "train/benign/same1.jpg")),
+        frozenset((malignant[0].relative_to(root).as_posix(), "train/malignant/same2.jpg")),
+        frozenset((benign[2].relative_to(root).as_posix(), "train/malignant/conflict.jpg")),
+        frozenset((benign[3].relative_to(root).as_posix(), "test/benign/leak0.jpg")),
+        frozenset((malignant[1].relative_to(root).as_posix(), "test/malignant/leak1.jpg")),
+    }
+    assert pairs == expected and len(report.duplicates["near"]) == 6
+    assert "6 near-duplicate pair(s)" in report.format()
+    assert _lines_naming(report.warnings, "3 near-duplicate pair(s) within a split with the same label")
+    assert _lines_naming(report.warnings, "1 near-duplicate pair(s) within a split carry different labels")
+    assert _lines_naming(report.warnings, "2 test image(s) have a near-duplicate in train")
+
+
+def test_hamming_pairs_are_exact_across_chunks() -> None:
+    """Over 1,024 hashes the pair search runs in chunks: every planted pair is found once, at its distance,
+    also where a pair straddles a chunk boundary, and nothing else (random 256-bit hashes lie ~128 apart)."""
+    rng = np.random.default_rng(0)
+    n, words = 1100, data.NEAR_DUPLICATE_HASH_SIZE**2 // 64
+    assert 2**22 // (n * words) < n  # really chunked
+    hashes = rng.integers(0, 2**63, (n, words), dtype=np.uint64) | rng.integers(
+        0, 2, (n, words), dtype=np.uint64
+    ) << np.uint64(63)
+    planted = {(3, 700): 0, (950, 960): 17, (5, 1099): 38, (900, 1000): 1}
+    for (i, j), d in planted.items():
+        bits = np.unpackbits(hashes[i].view(np.uint8))
+        bits[rng.choice(bits.size, d, replace=False)] ^= 1
+        hashes[j] = np.packbits(bits).view(np.uint64)
+    hashes[20] = hashes[21] ^ np.array([2**39 - 1, 0, 0, 0], dtype=np.uint64)  # 39 bits apart: not a pair
+    found = data._hamming_pairs(hashes, data.NEAR_DUPLICATE_MAX_DISTANCE)
+    assert found == sorted((i, j, d) for (i, j), d in planted.items())
