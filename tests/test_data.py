@@ -613,6 +613,7 @@ def run_as_nobody(fn):
     root (root reads files whatever their mode, so a permission test must drop privileges to mean anything).
     Modules are already loaded in the parent, so the child needs no access to the interpreter's files; what
     `fn` reads must be readable by nobody (use `world_readable_copy`)."""
+    import select
     import traceback
 
     if os.geteuid() != 0:
@@ -633,8 +634,14 @@ def run_as_nobody(fn):
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as f:
+        # Bounded: a child forked from a process with threads could deadlock on a lock held at the fork.
+        if not select.select([f], [], [], 120)[0]:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child running as nobody did not answer within 120 s")
         text = f.read()
     os.waitpid(pid, 0)
+    assert text, "the child running as nobody died without an answer"
     payload = json.loads(text)
     assert "error" not in payload, payload.get("error")
     return payload["result"]
