@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", metavar="RUN_DIR")
     resume.add_argument("--address", metavar="ADDR")
     resume.add_argument("--no-report", action="store_true")
+    resume.add_argument(
+        "--trust-run-dir",
+        action="store_true",
+        help="restore a run whose Ray Tune state carries no signature of yours (copied from another machine "
+        "or user): Tune's state holds pickled code, so only for a run whose source you trust",
+    )
 
     search = sub.add_parser(
         "search",
@@ -224,7 +230,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "resume":
         from study import runner
 
-        run_dir = runner.resume_study(args.run_dir, address=args.address, write_report=not args.no_report)
+        run_dir = runner.resume_study(
+            args.run_dir, address=args.address, write_report=not args.no_report, trust=args.trust_run_dir
+        )
         print(f"Results: {run_dir / 'results.csv'}")
         return 0
     if args.command == "presets":
@@ -243,7 +251,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_uri, run_dir = runner.open_run(args.run_dir)
         if not (run_dir / "results.csv").exists():
-            # A run whose driver stopped before writing its tables: read them from Ray Tune's ResultGrid.
+            # A run whose driver stopped before writing its tables: read them from Tune's JSON trial records.
             runner.collect_from_experiment(run_uri)
         md, html = write_report(run_dir, metric=args.metric)
         print(f"Report: {md}\n        {html}")

@@ -21,8 +21,8 @@ import datetime as _dt
 import json
 import math
 import os
-import shutil
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,10 @@ from study import storage as store
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params
 from study.resolve import check_local_resources, validate_run_name, validate_study
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
-from study.sources import check_command, source_label
+from study.sources import check_cache_writable, check_command, source_label
 
 STUDY_FILE = "study.json"
+PRETEXT_CACHE = "pretext_cache"  # the run's pretext cache, relative to the run
 # The driver's own files of a run (the rest of a run directory is Ray Tune's): fetched for resume/report.
 DRIVER_FILES = [STUDY_FILE, "results.csv", "history.csv", "manifest.json", "examples"]
 # Experiment-state upload period for remote storage (Tune's default is 300 s): what a killed driver can lose.
@@ -162,6 +163,30 @@ def git_revision() -> str | None:
         return None
 
 
+ADDRESS_PROBE_S = 5
+
+
+def check_address(address: str | None) -> None:
+    """Fail within seconds, not after Ray's minutes of retries, when nothing listens at `--address HOST:PORT`."""
+    import socket
+
+    if not address or address in ("auto", "local") or "://" in address:
+        return  # `auto` fails at once in ray.init when no cluster runs here; ray:// is Ray Client
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(
+            f"--address {address}: expected HOST:PORT of a Ray head (e.g. 10.0.0.5:6379), `auto`, or a "
+            "ray:// URI"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_PROBE_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one (`ray start "
+            "--head` or `ray up cluster.yaml`) or leave --address out for the embedded Ray"
+        ) from None
+
+
 def _init_ray(address: str | None, preset: StudyPreset) -> None:
     # Save Tune's experiment state every second (default: >= 10 s) so that a driver killed right after a
     # trial finished does not run that trial again on `study resume`. The state file is small.
@@ -172,7 +197,13 @@ def _init_ray(address: str | None, preset: StudyPreset) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as exc:  # `--address auto` with no cluster on this machine
+            raise ConfigError(
+                f"--address {address}: {str(exc).splitlines()[0]} Start one (`ray start --head` or `ray up "
+                "cluster.yaml`) or leave --address out for the embedded Ray"
+            ) from None
     else:
         # "local": always a new embedded Ray, never a cluster someone started on this machine (`ray start`).
         ray.init(address="local", include_dashboard=False, log_to_driver=True)
@@ -192,75 +223,6 @@ def _init_ray(address: str | None, preset: StudyPreset) -> None:
         )
 
 
-# Ray Tune's experiment state in a run directory. Tune rewrites these files in place about once a second; a
-# driver killed in the middle leaves them cut short, and Tune would then silently start a new experiment.
-STATE_PATTERNS = ("experiment_state-*.json", "basic-variant-state-*.json")
-STATE_BACKUP = ".state-backup"
-
-
-def _state_intact(path: Path) -> bool:
-    import pickle
-
-    try:
-        raw = path.read_bytes()
-        if path.name.startswith("experiment_state-"):
-            json.loads(raw)
-        else:  # the search algorithm's state: a pickle despite its name
-            pickle.loads(raw)
-        return bool(raw)
-    except Exception:  # noqa: BLE001 - any failure to read or parse means "not intact"
-        return False
-
-
-def _state_files(run_dir: Path) -> list[Path]:
-    return sorted(p for pattern in STATE_PATTERNS for p in run_dir.glob(pattern))
-
-
-def _state_backup_callback(run_dir: Path):
-    """A Tune callback that keeps an intact copy of the experiment state, refreshed as trials finish."""
-    from ray import tune
-
-    class StateBackup(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            backup_state(run_dir)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            backup_state(run_dir)
-
-    return StateBackup()
-
-
-def backup_state(run_dir: Path) -> None:
-    """Copy each intact state file of `run_dir` into `run_dir/.state-backup` (atomically, by rename)."""
-    files = _state_files(run_dir)
-    if not files or not all(_state_intact(f) for f in files):
-        return
-    backup = run_dir / STATE_BACKUP
-    backup.mkdir(exist_ok=True)
-    for f in files:
-        tmp = backup / f"{f.name}.tmp"
-        shutil.copyfile(f, tmp)
-        if _state_intact(tmp):
-            os.replace(tmp, backup / f.name)
-
-
-def repair_state(run_dir: Path) -> None:
-    """Before `Tuner.restore`: put back the backup of a state file the driver's death cut short, or stop."""
-    for f in _state_files(run_dir):
-        if _state_intact(f):
-            continue
-        saved = run_dir / STATE_BACKUP / f.name
-        if not _state_intact(saved):
-            raise ConfigError(
-                f"{run_dir}: Ray Tune's state file {f.name} was cut short (the driver was killed while saving "
-                "it) and has no intact backup; start the study again with `study run` (pretexts are cached)"
-            )
-        shutil.copyfile(saved, f)
-        print(
-            f"Restored {f.name} from its backup: trials that finished after the backup run again.", flush=True
-        )
-
-
 def _trainable(preset: StudyPreset):
     from ray import tune
 
@@ -272,6 +234,8 @@ def _trainable(preset: StudyPreset):
 def _tuner_configs(preset: StudyPreset, run_uri: str):
     from ray import tune
 
+    from study.tune_state import RunGuard
+
     remote = store.is_uri(run_uri)
     run_config = tune.RunConfig(
         name=store.basename(run_uri),
@@ -279,7 +243,7 @@ def _tuner_configs(preset: StudyPreset, run_uri: str):
         failure_config=tune.FailureConfig(max_failures=preset.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         sync_config=tune.SyncConfig(sync_period=REMOTE_SYNC_PERIOD_S) if remote else None,
-        callbacks=None if remote else [_state_backup_callback(Path(run_uri))],
+        callbacks=[RunGuard()],
         verbose=1,
     )
     if preset.search is None:
@@ -343,9 +307,12 @@ def run_study(
             f"--name: {run_uri} already holds a study; resume it with `study resume {run_uri}` "
             "or choose another --name"
         )
-    preset = preset.replace(base=preset.base.replace(pretext_cache_dir=store.join(run_uri, "pretext_cache")))
+    # Relative: trials read it against the run they belong to, so a moved run keeps its cache (pretext_root).
+    preset = preset.replace(base=preset.base.replace(pretext_cache_dir=PRETEXT_CACHE))
     validate_study(preset)
     check_local_resources(preset, address)
+    check_address(address)
+    check_cache_writable(preset.base)
     prepare_weights(preset)
     source, check = prepare_data(preset)
     root = source_label(source)
@@ -441,22 +408,32 @@ def preset_from_dict(d: dict[str, Any]) -> StudyPreset:
     return StudyPreset(**d)
 
 
-def resume_study(run_dir: str | Path, *, address: str | None = None, write_report: bool = True) -> Path:
+def resume_study(
+    run_dir: str | Path, *, address: str | None = None, write_report: bool = True, trust: bool = False
+) -> Path:
     """Continue an interrupted study with `Tuner.restore`; finished trials are not run again.
 
-    `run_dir` is the run folder or URI that `study run` printed. Returns the local copy with the results.
+    `run_dir` is the run folder or URI that `study run` printed. Tune's state there is restored only when it
+    carries this user's signatures (`study.tune_state`), or with `trust` (`--trust-run-dir`). Returns the
+    local copy with the results.
     """
     from ray import tune
 
+    from study.tune_state import check_remote_signatures, repair_state
+
     run_uri, local = open_run(run_dir)
     preset, _ = load_study(local, run_uri)
-    if not store.is_uri(run_uri):
-        repair_state(local)
     if not tune.Tuner.can_restore(run_uri):
         raise ConfigError(
             f"{run_uri}: no Ray Tune experiment state to restore (the study stopped before its "
             "first trial started); start it again with `study run`"
         )
+    if store.is_uri(run_uri):
+        check_remote_signatures(run_uri, trust=trust)
+    else:
+        repair_state(local, trust=trust)
+    check_address(address)
+    check_cache_writable(preset.base)
     prepare_weights(preset)
     _init_ray(address, preset)
     tuner = tune.Tuner.restore(
@@ -469,22 +446,82 @@ def resume_study(run_dir: str | Path, *, address: str | None = None, write_repor
 
 
 # ------------------------------------------------------------------------------------------------ collecting
-def collect_from_experiment(run_dir: str | Path) -> Path:
-    """Rebuild results.csv, history.csv and manifest.json of a run from Tune's own records (`ResultGrid`).
+@dataclass
+class TrialRecord:
+    """One trial as Tune's JSON files describe it: the parts of a `ResultGrid` entry `collect_results` reads."""
 
-    For a run whose driver died before writing them; finished trials are read, nothing is run. Returns the
+    path: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    metrics_dataframe: pd.DataFrame | None
+    error: BaseException | None
+
+
+class TrialFailed(Exception):
+    """A trial's failure as Tune recorded it in the trial's error.txt."""
+
+
+def read_trial_records(run_uri: str) -> list[TrialRecord]:
+    """Every trial folder of a run (folder or URI) with a result.json, read as JSON text only.
+
+    The same tables as `Tuner.restore(...).get_results()` would give (the metrics frame is built the way
+    Tune's ExperimentAnalysis builds it), without unpickling tuner.pkl or the experiment state.
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = store.filesystem(run_uri)
+    root = root.rstrip("/")
+
+    def read(path: str) -> str | None:
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read().decode("utf-8")
+        except FileNotFoundError:
+            return None
+
+    records = []
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    for info in sorted(infos, key=lambda i: i.base_name):
+        if info.type != pafs.FileType.Directory:
+            continue
+        text = read(f"{info.path}/result.json")
+        if text is None:
+            continue
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            params = read(f"{info.path}/params.json")
+            config = json.loads(params) if params else (rows[-1].get("config") if rows else None)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{info.path}: Tune's trial record is not JSON ({exc}); the run is damaged"
+            ) from None
+        if not isinstance(config, dict):
+            raise ConfigError(
+                f"{info.path}: Tune's trial record has no config (params.json); the run is damaged"
+            )
+        metrics = rows[-1] if rows else {}
+        failure = read(f"{info.path}/error.txt")
+        error = None
+        if failure is not None and metrics.get("phase") != "done":
+            error = TrialFailed(failure.strip() or "trial failed (empty error.txt)")
+        frame = pd.json_normalize(rows, sep="/") if rows else None
+        records.append(TrialRecord(info.path, config, metrics, frame, error))
+    return records
+
+
+def collect_from_experiment(run_dir: str | Path) -> Path:
+    """Rebuild results.csv, history.csv and manifest.json of a run from Tune's per-trial JSON records.
+
+    For a run whose driver died before writing them; finished trials are read, nothing is run and nothing is
+    unpickled (`read_trial_records`), so a run directory from anywhere is safe to report on. Returns the
     local copy holding the tables.
     """
-    from ray import tune
-
     run_uri, local = open_run(run_dir)
     preset, _ = load_study(local, run_uri)
-    if not store.is_uri(run_uri):
-        repair_state(local)
-    if not tune.Tuner.can_restore(run_uri):
-        raise ConfigError(f"{run_uri}: no Ray Tune experiment state to read; was the study started?")
-    grid = tune.Tuner.restore(run_uri, trainable=_trainable(preset)).get_results()
-    finish_run(local, grid, preset, write_report=False, run_uri=run_uri, complete=False)
+    records = read_trial_records(run_uri)
+    if not records:
+        raise ConfigError(f"{run_uri}: no trial records (result.json) to read; was the study started?")
+    finish_run(local, records, preset, write_report=False, run_uri=run_uri, complete=False)
     return local
 
 
@@ -510,7 +547,7 @@ def finish_run(
             )
     results.to_csv(run_dir / "results.csv", index=False)
     history.to_csv(run_dir / "history.csv", index=False)
-    _copy_examples(run_dir, results, preset)
+    _copy_examples(run_dir, results, preset, run_uri or str(run_dir))
     saved = json.loads((run_dir / STUDY_FILE).read_text())
     manifest = {
         "preset": preset.name,
@@ -724,11 +761,15 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         else pd.DataFrame(columns=["trial_id", "arm", "seed", "label_fraction", "phase", "epoch"])
     )
     # A trial restarted from a checkpoint reports the epochs after that checkpoint again: keep the last.
-    history = history.drop_duplicates(["trial_id", "phase", "epoch"], keep="last").reset_index(drop=True)
+    history = history.drop_duplicates(["trial_id", "phase", "epoch"], keep="last")
+    # Rows by trial (each trial's in the order it reported them), columns by name: the same table whatever
+    # order Tune lists its trials in.
+    history = history.sort_values("trial_id", kind="stable").reset_index(drop=True)
     ident = ["trial_id", "arm", "seed", "label_fraction", "phase", "epoch"]
-    keep = ident + [
-        c for c in history.columns if c in ("loss", "pid", "node_id") or c.startswith(("test_", "val_"))
-    ]
+    keep = ident + [c for c in ("pid", "node_id", "loss") if c in history]
+    keep += sorted(c for c in history.columns if c.startswith("val_")) + sorted(
+        c for c in history.columns if c.startswith("test_")
+    )
     return results, history[keep], errors
 
 
@@ -738,10 +779,12 @@ def _one_line(error: BaseException) -> str:
     return tail[0][:300]
 
 
-def _copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset) -> None:
-    cache = preset.base.pretext_cache_dir
-    if not len(results) or "pretext_key" not in results or not cache:
+def _copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset, run_uri: str) -> None:
+    from study.sources import pretext_root
+
+    if not len(results) or "pretext_key" not in results or not preset.base.pretext_cache_dir:
         return
+    cache = pretext_root(preset.base, run_uri)
     out = run_dir / "examples"
     for (task, seed, key), _ in results.groupby(["task", "seed", "pretext_key"], dropna=True):
         src = store.join(cache, str(key), "examples.npz")

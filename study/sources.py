@@ -7,6 +7,7 @@ and decodes the same source the trials then load, so both go through these two f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,42 @@ def check_command(source: Any) -> str:
     if getattr(source, "malignant", ()):
         parts += ["--malignant", *source.malignant]
     return " ".join(parts)
+
+
+def pretext_root(trial: TrialConfig, run_uri: str | Callable[[], str]) -> str:
+    """Where `trial`'s pretext cache lives: `pretext_cache_dir`, read relative to the run `run_uri` (a
+    location, or a function giving it) when relative, as the runner sets it so that a moved run directory
+    keeps its cache with it; the user's cache folder when unset."""
+    from study import storage as store
+
+    root = trial.pretext_cache_dir
+    if root is None:
+        return str(cache_dir(trial) / "pretext")
+    if store.is_uri(root) or Path(root).is_absolute():
+        return root
+    return store.join(run_uri if isinstance(run_uri, str) else run_uri(), root)
+
+
+def check_cache_writable(trial: TrialConfig) -> None:
+    """Fail before any trial when the cache folder (decoded images, synthetic data, ImageNet weights) cannot
+    be written, naming where its location came from."""
+    import os
+    import tempfile
+
+    from study.config import ConfigError
+
+    folder = cache_dir(trial)
+    origin = (
+        "cache_dir"
+        if trial.cache_dir
+        else ("STUDY_CACHE_DIR" if os.environ.get("STUDY_CACHE_DIR") else "the default cache folder")
+    )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{origin} ({folder}): cannot write there ({exc.strerror or exc}); set STUDY_CACHE_DIR (or "
+            "`cache_dir` in the study file) to a writable folder"
+        ) from None

@@ -23,7 +23,7 @@ from ray import tune
 import study
 from study import storage as store
 from study.config import TrialConfig, regime_name, resolved_task_params
-from study.sources import cache_dir, data_source
+from study.sources import cache_dir, data_source, pretext_root
 
 # Decoded datasets of this worker process, keyed by where they come from. With `reuse_actors=True` a worker
 # runs many trials, and each loads the arrays once.
@@ -89,6 +89,16 @@ def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def _experiment_location() -> str:
+    """The folder or URI of the Tune experiment (= study run) the calling trial belongs to."""
+    import pyarrow.fs as pafs
+
+    storage = tune.get_context().get_storage()
+    if isinstance(storage.storage_filesystem, pafs.LocalFileSystem):
+        return storage.experiment_fs_path
+    return f"{storage.storage_filesystem.type_name}://{storage.experiment_fs_path}"
+
+
 def cached_pretext(
     trial: TrialConfig, data: Any, on_epoch=None, *, train=None, load=None
 ) -> tuple[Any, bool, str]:
@@ -109,7 +119,7 @@ def cached_pretext(
     key = pretext_key(trial, data.fingerprint)
     if not trial.share_pretext:
         return train(trial, data, on_epoch=on_epoch), False, key
-    root = trial.pretext_cache_dir or str(cache_dir(trial) / "pretext")
+    root = pretext_root(trial, _experiment_location)
     if store.is_uri(root):
         return _cached_pretext_remote(trial, data, on_epoch, train, load, key, store.join(root, key))
     root = Path(root)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from study.synth import write_dataset
+
+# The key that signs run directories (study.integrity) is per user: tests use their own, never ~/.config's.
+# Set at import so that every CLI subprocess and in-process run of the session shares it.
+os.environ["STUDY_CONFIG_DIR"] = tempfile.mkdtemp(prefix="study-config-")
 
 # Small on purpose: 60 JPEGs of 32 px take well under a second to write and to decode.
 TINY = {"n_train": 40, "n_test": 20, "size": 32, "seed": 7}

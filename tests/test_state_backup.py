@@ -7,14 +7,17 @@ import pickle
 
 import pytest
 
+from study import integrity
 from study.config import ConfigError
-from study.runner import STATE_BACKUP, backup_state, repair_state
+from study.tune_state import STATE_BACKUP, backup_state, repair_state
 
 
 def _plant_state(run_dir, n_trials: int) -> None:
+    """State files as this user's own run writes them: signed (what RunGuard does as Tune saves)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trials": n_trials}))
     (run_dir / "basic-variant-state-2026-01-01_00-00-00.json").write_bytes(pickle.dumps({"n": n_trials}))
+    integrity.sign_dir(run_dir, integrity.load_key())
 
 
 def test_a_cut_state_file_is_restored_from_the_last_intact_backup(tmp_path, capsys):

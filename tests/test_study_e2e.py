@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -92,25 +91,6 @@ def test_search_runs_optuna_on_validation_auc(ray_session, tmp_path, monkeypatch
     rotation = table[table["task"] == "rotation"]
     assert rotation["patch_size"].isna().all() and rotation["swap_count"].isna().all()
     assert not (run_dir / "report.html").exists()
-
-
-def test_report_rebuilds_tables_from_the_ray_results_folder(smoke_run, tmp_path, study_env):
-    """A run whose driver died before writing results.csv: `study report` reads Tune's ResultGrid."""
-    from conftest import run_cli
-
-    copy = tmp_path / "smoke"
-    shutil.copytree(smoke_run, copy)
-    for name in ("results.csv", "history.csv", "manifest.json", "report.html", "report.md"):
-        (copy / name).unlink()
-    proc = run_cli("report", str(copy), env=study_env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rebuilt, original = pd.read_csv(copy / "results.csv"), pd.read_csv(smoke_run / "results.csv")
-    key = ["arm", "seed", "regime"]
-    pd.testing.assert_frame_equal(
-        rebuilt.sort_values(key).reset_index(drop=True)[key + ["test_auc", "stop_epoch"]],
-        original.sort_values(key).reset_index(drop=True)[key + ["test_auc", "stop_epoch"]],
-    )
-    assert (copy / "report.html").exists()
 
 
 def test_smoke_report_html_is_self_contained_with_embedded_figures(smoke_run):
