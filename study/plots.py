@@ -8,17 +8,16 @@ memory or depend on a GUI backend; ``save_figure`` renders with Agg.
 from __future__ import annotations
 
 import math
-import os
-import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from study.analysis import FRACTION_METRICS, arm_title, base_task, fraction_title
+from study.files import write_replacing
 
 # One colour per pretext task, shared by every figure, so an arm is recognisable across the report.
 TASK_COLORS = {
@@ -37,32 +36,6 @@ def arm_color(arm: str) -> str:
     if task in TASK_COLORS and arm == (task if task != "none" else "baseline"):
         return TASK_COLORS[task]
     return _EXTRA_COLORS[sum(map(ord, arm)) % len(_EXTRA_COLORS)]
-
-
-def write_replacing(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file without following a symlink at ``path``: ``write(f)`` fills a new temporary file in the
-    same folder (created exclusively, so never through a link; mode 0666 less the umask, as ``open`` gives),
-    which then replaces the name with ``os.replace``. A symlink at ``path`` is replaced by the new file, its
-    target left untouched; readers never see a half-written file. Raises ``IsADirectoryError`` when ``path``
-    is a folder. Returns ``path``."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        raise IsADirectoryError(f"{path}: is a folder where a file is to be written")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:

@@ -31,6 +31,7 @@ import pandas as pd
 from study import analysis as A
 from study import plots
 from study import simulate as S
+from study.files import write_text_replacing
 
 # The paper's Table 1 (soft accuracy, %, one run per cell), for comparison with the repeated-seed results.
 PAPER_TABLE1 = {
@@ -769,9 +770,8 @@ def _output_path(path: Path) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """UTF-8 text, replacing (never following) a symlink at ``path``; see ``plots.write_replacing``."""
-    data = text.encode("utf-8")
-    plots.write_replacing(_output_path(path), lambda f: f.write(data))
+    """UTF-8 text, replacing (never following) a symlink at ``path``; see ``files.write_replacing``."""
+    write_text_replacing(_output_path(path), text)
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:

@@ -32,6 +32,7 @@ import pandas as pd
 import study
 from study import storage as store
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params
+from study.files import write_replacing, write_text_replacing
 from study.resolve import check_local_resources, validate_run_name, validate_study
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
 from study.sources import check_cache_writable, check_command, source_label
@@ -545,8 +546,9 @@ def finish_run(
                 f"{run_uri or run_dir}: Ray Tune returned {got} trials but the study has {expected}; no results "
                 "written (its experiment state is damaged); start the study again with `study run`"
             )
-    results.to_csv(run_dir / "results.csv", index=False)
-    history.to_csv(run_dir / "history.csv", index=False)
+    # Never through a symlink planted in the run directory (`study report` may rebuild a run from elsewhere).
+    write_text_replacing(run_dir / "results.csv", results.to_csv(index=False))
+    write_text_replacing(run_dir / "history.csv", history.to_csv(index=False))
     _copy_examples(run_dir, results, preset, run_uri or str(run_dir))
     saved = json.loads((run_dir / STUDY_FILE).read_text())
     manifest = {
@@ -563,7 +565,7 @@ def finish_run(
         "n_trials": int(results["trial_id"].nunique()) if len(results) else 0,
         "errors": errors,
     }
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    write_text_replacing(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
     if preset.search is not None:
         write_search_summary(run_dir, results)
     elif write_report:
@@ -591,7 +593,7 @@ def write_search_summary(run_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
         "test_auc",
     ]
     table = results[[c for c in cols if c in results]].sort_values("search_score", ascending=False)
-    table.to_csv(run_dir / "search.csv", index=False)
+    write_text_replacing(run_dir / "search.csv", table.to_csv(index=False))
     print("Best configurations by validation AUC (confirm the winner with a seeded `study run`):")
     print(table.head(5).to_string(index=False))
     return table
@@ -786,8 +788,13 @@ def _copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset, ru
         return
     cache = pretext_root(preset.base, run_uri)
     out = run_dir / "examples"
+    if out.is_symlink():  # never write through a link planted in the run directory
+        out.unlink()
     for (task, seed, key), _ in results.groupby(["task", "seed", "pretext_key"], dropna=True):
         src = store.join(cache, str(key), "examples.npz")
         if store.exists(src):
             out.mkdir(exist_ok=True)
-            store.download_file(src, out / f"{task}_seed{seed}.npz")
+            fs, path = store.filesystem(src)
+            with fs.open_input_stream(path) as f:
+                data = f.read()
+            write_replacing(out / f"{task}_seed{seed}.npz", lambda w, data=data: w.write(data))

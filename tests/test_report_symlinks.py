@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fixtures_results import make_results, write_run_dir
 
-from study import cli, plots
+from study import cli, files
 from study.report import write_report
 
 OUTPUTS = (
@@ -126,12 +126,12 @@ def test_write_replacing_keeps_the_umask_mode_and_leaves_no_temp_file(tmp_path):
     link.symlink_to(target)
     old = os.umask(0o022)
     try:
-        plots.write_replacing(link, lambda f: f.write(b"new"))
+        files.write_replacing(link, lambda f: f.write(b"new"))
     finally:
         os.umask(old)
     assert target.read_text() == "precious" and link.read_bytes() == b"new" and not link.is_symlink()
     assert link.stat().st_mode & 0o777 == 0o644
     with pytest.raises(RuntimeError):
-        plots.write_replacing(link, lambda f: (_ for _ in ()).throw(RuntimeError("boom")))
+        files.write_replacing(link, lambda f: (_ for _ in ()).throw(RuntimeError("boom")))
     assert link.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "outside.txt"]

@@ -151,9 +151,21 @@ def test_report_reads_only_json_and_equals_the_original_tables(smoke_run, tmp_pa
     for name in ("tuner.pkl", _state_name(copy, "basic-variant-state")):
         (copy / name).write_bytes(_crafted(marker))
     (copy / _state_name(copy, "experiment_state")).write_text("{not json")
+    # Links planted where the rebuild writes: replaced, never written through.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.csv").write_text("keep")
+    (copy / "history.csv").symlink_to(outside / "keep.csv")
+    shutil.rmtree(copy / "examples")
+    (copy / "examples").symlink_to(outside)
     proc = run_cli("report", str(copy), env=study_env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not marker.exists()
+    assert [p.name for p in outside.iterdir()] == ["keep.csv"] and (outside / "keep.csv").read_text() == "keep"
+    assert not (copy / "history.csv").is_symlink() and not (copy / "examples").is_symlink()
+    assert sorted(p.name for p in (copy / "examples").iterdir()) == sorted(
+        p.name for p in (smoke_run / "examples").iterdir()
+    )
     for table in ("results.csv", "history.csv"):
         pd.testing.assert_frame_equal(
             pd.read_csv(copy / table), pd.read_csv(smoke_run / table), check_exact=True, obj=table
