@@ -165,6 +165,8 @@ def validate_study(preset: StudyPreset) -> None:
             )
     elif base.data_images is not None or base.data_malignant:
         raise ConfigError('data: images / malignant need a labels CSV; set data.path = "labels.csv"')
+    else:
+        _validate_synth(base)
     _validate_fractions(preset)
     if preset.needs_gpu and preset.gpus_per_trial < 1:
         raise ConfigError(
@@ -182,6 +184,20 @@ def validate_study(preset: StudyPreset) -> None:
         validate_trial(trial)
     if preset.search is None and not any(a["task"] == "none" for a in preset.arms):
         raise ConfigError("arms: the study needs the baseline arm (task 'none') to compare against")
+
+
+def _validate_synth(base: Any) -> None:
+    """The synthetic lesions a study without data generates: counts that give each class enough images."""
+    from study import synth
+
+    for split, n in (("train", base.synth_n_train), ("test", base.synth_n_test)):
+        if isinstance(n, int) and n >= 1:
+            try:
+                synth._class_counts(n, synth.DEFAULT_MALIGNANT_FRACTION, split)
+            except ValueError as exc:
+                raise ConfigError(
+                    str(exc).removeprefix("write_dataset: ").replace(f"n_{split}", f"synth_n_{split}")
+                ) from None
 
 
 def _validate_fractions(preset: StudyPreset) -> None:

@@ -51,6 +51,7 @@ CLASS_SEPARATION = 2.5
 # Written last by write_dataset: its presence marks a complete synthetic dataset that may be replaced.
 MARKER_NAME = "synth.json"
 MIN_SIZE = 16
+DEFAULT_MALIGNANT_FRACTION = 0.35  # share of malignant images when a caller gives none
 JPEG_QUALITY = 95
 
 _N_HARMONICS = 16  # border harmonics k = 1..16: 1-3 shape the outline (asymmetry), 4-16 make it ragged
@@ -271,11 +272,13 @@ def render_lesions(malignant: np.ndarray, size: int, rng: np.random.Generator) -
 def _class_counts(n: int, malignant_fraction: float, split: str) -> tuple[int, int]:
     n_mal = int(math.floor(n * malignant_fraction + 0.5))
     n_ben = n - n_mal
-    if n_mal < 1 or n_ben < 1:
+    # Train needs 2 per class: the validation split takes at least one of each (study.data refuses fewer).
+    least = 2 if split == "train" else 1
+    if n_mal < least or n_ben < least:
         raise ValueError(
             f"write_dataset: n_{split}={n} with malignant_fraction={malignant_fraction} gives {n_ben} benign "
-            f"and {n_mal} malignant images; each class needs at least 1 — raise n_{split} or change the "
-            "fraction"
+            f"and {n_mal} malignant images; each class needs at least {least} — raise n_{split} or change "
+            "the fraction"
         )
     return n_ben, n_mal
 
@@ -380,7 +383,7 @@ def synthetic_dataset(
     n_test: int,
     size: int,
     seed: int,
-    malignant_fraction: float = 0.35,
+    malignant_fraction: float = DEFAULT_MALIGNANT_FRACTION,
 ) -> Path:
     """Path of a synthetic dataset in `cache_dir/synth-<params>`, generated on first use and reused after.
 

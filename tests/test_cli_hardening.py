@@ -66,7 +66,7 @@ def test_data_synth_rejects_bad_arguments_in_its_flags_words(setup, args, messag
     elif setup == "folder":
         out.mkdir()
         (out / "notes.txt").write_text("not a synthetic dataset")
-    code = cli.main(["data", "synth", str(out), "--n-train", "4", "--n-test", "4", *args])
+    code = cli.main(["data", "synth", str(out), "--n-train", "6", "--n-test", "4", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == cli.EXIT_BAD_CONFIG, err
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
@@ -143,3 +143,9 @@ def test_report_on_a_bad_results_table_ends_with_one_line(corrupt, message, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == cli.EXIT_BAD_DATA, err
     assert len(err) == 1 and err[0].startswith("study: results error: ") and message in err[0], err
+
+
+def test_synthetic_counts_too_small_for_a_validation_split_are_one_line(cli_error):
+    """4 training lesions at the default malignant share give 1 malignant: no validation image of that class."""
+    line = cli_error(["--preset", "smoke", "--set", "trial.synth_n_train=4"])
+    assert "synth_n_train=4" in line and "each class needs at least 2" in line

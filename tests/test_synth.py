@@ -154,9 +154,9 @@ def test_write_dataset_refuses_foreign_non_empty_folder(tmp_path: Path) -> None:
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not empty.*overwrite=True"):
-        write_dataset(out, 4, 4, 16, seed=0)
+        write_dataset(out, 6, 4, 16, seed=0)
     assert (out / "precious.txt").read_text() == "keep me"
-    write_dataset(out, 4, 4, 16, seed=0, overwrite=True)
+    write_dataset(out, 6, 4, 16, seed=0, overwrite=True)
     assert (out / "precious.txt").exists() and (out / MARKER_NAME).exists()
 
 
@@ -177,7 +177,8 @@ def test_write_dataset_replaces_previous_synthetic_output_without_stale_files(tm
         ({"seed": -1}, "seed"),
         ({"malignant_fraction": 0.0}, "malignant_fraction"),
         ({"malignant_fraction": 1.2}, "malignant_fraction"),
-        ({"n_train": 3, "malignant_fraction": 0.1}, "each class needs at least 1"),
+        ({"n_train": 3, "malignant_fraction": 0.1}, "each class needs at least 2"),
+        ({"n_train": 4, "malignant_fraction": 0.3}, "each class needs at least 2"),
     ],
 )
 def test_write_dataset_validates_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
