@@ -90,8 +90,37 @@ def test_bad_configs_exit_2_with_one_line_and_no_traceback(tmp_path, study_env):
         assert expected in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
 
 
-def test_gpu_preset_on_a_machine_without_gpus_is_rejected_before_any_trial(tiny_dataset, tmp_path, study_env):
-    proc = run_cli(
+class _ReachedTune(Exception):
+    """Raised instead of building the Tuner: the study got past its start checks."""
+
+
+@pytest.mark.parametrize("gpus", [0, 1], ids=["no-gpu", "one-gpu"])
+def test_gpu_preset_on_a_machine_without_gpus_is_rejected_before_any_trial(
+    gpus, tiny_dataset, tmp_path, monkeypatch, capsys
+):
+    """The paper preset (4 cores + 1 GPU per trial) on the embedded Ray of a machine whose Ray sees no GPU
+    stops with one line, before any trial. The machine is simulated — 16 cores, and what Ray reports
+    (`ray.cluster_resources`) — so the test means the same on a laptop, a 2-core CI runner or a GPU box; the
+    `one-gpu` case shows that the GPU count Ray reports is what decides."""
+    import ray
+    from ray import tune
+
+    seen = []
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **kw: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.append("shutdown"))
+
+    def cluster_resources():
+        seen.append("resources")
+        return {"CPU": 16.0, "GPU": float(gpus)} if gpus else {"CPU": 16.0}
+
+    def no_tuner(*a, **kw):
+        raise _ReachedTune
+
+    monkeypatch.setattr(ray, "cluster_resources", cluster_resources)
+    monkeypatch.setattr(tune, "Tuner", no_tuner)
+    argv = [
         "run",
         "--preset",
         "paper",
@@ -101,11 +130,18 @@ def test_gpu_preset_on_a_machine_without_gpus_is_rejected_before_any_trial(tiny_
         str(tmp_path),
         "--name",
         "gpu",
-        env=study_env,
-        timeout=300,
-    )
-    assert proc.returncode == 2 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
-    assert not list((tmp_path / "gpu").glob("two_stage_trial_*"))
+    ]
+    if gpus:
+        with pytest.raises(_ReachedTune):
+            main(argv)
+        assert seen == ["resources"]
+        return
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("study: error: --gpus-per-trial") and "0 GPUs" in err[0], err
+    assert seen == ["resources", "shutdown"]
+    assert not (tmp_path / "gpu" / "study.json").exists() and not list((tmp_path / "gpu").glob("two_stage_*"))
 
 
 def test_unusable_data_exits_1_before_any_trial(tiny_dataset_copy, tmp_path, study_env):
