@@ -119,3 +119,67 @@ def test_kernel_cache_is_cleared_once_enough_values_were_created(monkeypatch):
     model_cache.compiled("k", _model(width=4), adam, "mse")
     assert model_cache.trim_kernel_cache() and cleared == [True]
     assert model_cache._created_values == 0
+
+
+@pytest.mark.slow
+def test_a_reused_ray_worker_trains_its_kept_models_and_gives_a_fresh_workers_results(tmp_path, monkeypatch):
+    """Seeds 0, 1, 0 one after another in one Ray Tune worker (`reuse_actors=True`, as studies run): the
+    second and third trials get the worker's kept pretext and fine-tune models from the cache (its counters,
+    recorded per trial in the worker, say so), and the third, run on those kept models in a process that
+    already trained (Keras session, TensorFlow graphs, RNG state, cached data), equals the first bit for bit.
+
+    (Supersedes tests/test_reuse.py, which checked only the equal results: they hold with the cache off too.)
+    """
+    import json
+
+    ray = pytest.importorskip("ray")
+    from ray import tune
+
+    from study.search_spaces import get_preset
+
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
+    log = tmp_path / "model-cache.jsonl"
+
+    def recording_trial(config):
+        """The study's trainable, and what the model cache of this worker did during the trial."""
+        import json
+        import os
+
+        from study import model_cache
+        from study.trainables import two_stage_trial
+
+        before = dict(model_cache.stats)
+        two_stage_trial(config)
+        used = {k: model_cache.stats[k] - before[k] for k in before}
+        with open(log, "a") as f:
+            f.write(json.dumps({"seed": config["seed"], "pid": os.getpid(), **used}) + "\n")
+
+    smoke = get_preset("smoke")
+    # Rotation with its own pretext phase each time (no pretext cache), so both phases run in the reused
+    # process: one pretext and one fine-tune model per trial.
+    base = smoke.base.replace(task="rotation", share_pretext=False, pretext_epochs=2)
+    space = {**base.to_dict(), "seed": tune.grid_search([0, 1, 0])}
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        grid = tune.Tuner(
+            tune.with_resources(recording_trial, {"cpu": 1}),
+            param_space=space,
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="reuse", verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    assert not grid.errors
+    done = sorted((r.metrics for r in grid), key=lambda m: m["trial_id"])
+    first, other, again = done
+    assert first["pid"] == other["pid"] == again["pid"], "the worker was not reused"
+    # In trial order: the first trial compiled both models; the next two trained the kept ones.
+    used = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(u["seed"], u["pid"]) for u in used] == [(0, first["pid"]), (1, first["pid"]), (0, first["pid"])]
+    assert [(u["hits"], u["misses"]) for u in used] == [(0, 2), (2, 0), (2, 0)], used
+    assert first["regimes"] == again["regimes"]
+    assert {k: v for k, v in first.items() if k.startswith("pretext_") and k != "pretext_key"} == {
+        k: v for k, v in again.items() if k.startswith("pretext_") and k != "pretext_key"
+    }
+    assert first["probe_auc"] == again["probe_auc"]
+    assert first["regimes"] != other["regimes"]  # a different seed does differ
