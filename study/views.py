@@ -19,7 +19,7 @@ Each view is, in this fixed order (docs SSL.md, "SimCLR and BYOL"):
    (`skimage.color.rgb2yiq` / `yiq2rgb` as 3 x 3 matrices): chroma (I, Q) scaled by a factor in
    [1 - saturation, 1 + saturation] (the same as blending with the luma grey, torchvision's saturation) and
    rotated by an angle in [-hue, hue] turns, luma kept. Clipped to 0..255 after each of the three. (A YIQ
-   rotation, not HSV: HSV via `skimage.color.rgb2hsv` / `hsv2rgb` cost 2.5 x the whole rest of a view
+   rotation, not HSV: HSV via `skimage.color.rgb2hsv` / `hsv2rgb` cost twice the whole rest of a view
    here; for the mild default shift of +-0.02 turn (7 degrees) the two agree closely.)
 4. with probability `blur_p`, Gaussian blur with a standard deviation uniform in `blur_sigma` pixels
    (`skimage.filters.gaussian`, edge pixels repeated, truncated at 4 SD; a SD under 0.125 px has a
@@ -46,7 +46,7 @@ images ~0.26 s (0.85 ms per image). A SimCLR training step of the small encoder 
 1 TensorFlow thread) costs ~1.9 ms per image at 32 px and ~5-6 ms at 64 px, so making the views costs
 about a fifth (32 px) to a sixth (64 px) of training them, and `study.contrastive` makes the next epoch's
 views in a background thread while the current epoch trains. (With HSV colour jitter the views cost about
-as much as the training.)
+60 % of the training at 32 px.)
 """
 
 from __future__ import annotations
