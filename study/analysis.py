@@ -64,15 +64,8 @@ from study import pretext as _pretext
 from study import references as _references
 
 BASELINE = "baseline"
+BASELINE_TITLE = "No self-supervision"
 STATUSES = ("ok", "diverged", "error")
-TASK_ORDER = ("none", "rotation", "rotation4", "missing_patch", "corruption")
-TASK_TITLES = {
-    "none": "No self-supervision",
-    "rotation": "Rotation prediction",
-    "rotation4": "4-way rotation",
-    "missing_patch": "Missing patch",
-    "corruption": "Corruption removal",
-}
 
 CLASSIFICATION_METRICS = (
     "test_soft_accuracy",
@@ -101,19 +94,6 @@ METRIC_LABELS = {
     "best_epoch": "best epoch",
 }
 
-ROTATION_METRICS = (
-    "pretext_mse",
-    "pretext_aad",
-    "pretext_aad_deg",
-    "pretext_aad_circ",
-    "pretext_aad_circ_deg",
-    "pretext_sd_deg",
-    "pretext_sd_circ_deg",
-)
-ROTATION4_METRICS = ("pretext_accuracy", "pretext_loss")
-IMAGE_METRICS = ("pretext_mse_mean", "pretext_mse_sd", "pretext_ssim_mean", "pretext_ssim_sd")
-ROTATION_TASKS = ("rotation", "rotation4")
-IMAGE_TASKS = ("missing_patch", "corruption")
 
 # What the analysis reads; a table without these cannot be analysed.
 REQUIRED_COLUMNS = (
@@ -130,22 +110,25 @@ REQUIRED_COLUMNS = (
 )
 # The rest of the contract: added as missing values when absent, so downstream code can rely on them.
 OPTIONAL_STR_COLUMNS = ("error", "encoder", "data_fingerprint")
-OPTIONAL_INT_COLUMNS = (
-    "best_epoch",
-    "diverged_epoch",
-    "patch_size",
-    "swap_count",
-    "swap_patch_size",
-    "image_size",
-)
-OPTIONAL_FLOAT_COLUMNS = (
-    "lr",
-    "pretext_lr",
-    "val_loss",
-    *ROTATION_METRICS,
-    *ROTATION4_METRICS,
-    *IMAGE_METRICS,
-)
+
+
+def optional_int_columns() -> tuple[str, ...]:
+    """Whole-number contract columns (added as missing when absent): epochs, the int task parameters of the
+    registered tasks (`study.pretext.param_names`), the image size."""
+    return ("best_epoch", "diverged_epoch", *_task_params_of(int), "image_size")
+
+
+def optional_float_columns() -> tuple[str, ...]:
+    """Float contract columns (added as missing when absent): learning rates, validation loss, the float task
+    parameters and the pretext metrics (`pretext_<metric>`) of the registered tasks."""
+    metrics = dict.fromkeys(f"pretext_{m}" for task in _pretext.TASKS.values() for m in task.metrics)
+    return ("lr", "pretext_lr", "val_loss", *_task_params_of(float), *metrics)
+
+
+def _task_params_of(kind: type) -> tuple[str, ...]:
+    return tuple(n for n in _pretext.param_names() if _pretext.param_spec(n).type is kind)
+
+
 HISTORY_REQUIRED_COLUMNS = ("trial_id", "arm", "seed", "phase", "epoch")
 # Share of the training labels a trial's fine-tune saw: a design column, 1.0 when the table has none (older
 # runs, and studies of one fraction written before the runner recorded it).
@@ -182,11 +165,24 @@ def base_task(arm: str) -> str:
     return "none" if stem == BASELINE else stem
 
 
+def task_title(task: str) -> str:
+    """`"corruption" -> "Corruption removal"` (the registry's title); a task not registered here by its name."""
+    if task == "none":
+        return BASELINE_TITLE
+    registered = _pretext.TASKS.get(task)
+    return registered.title if registered else task.replace("_", " ").capitalize()
+
+
+def task_rank(task: str) -> tuple[int, str]:
+    """Sort key of a task: the baseline first, then the registry's order, then tasks not registered here."""
+    order = ["none", *_pretext.TASKS]
+    return (order.index(task) if task in order else len(order), task)
+
+
 def arm_title(arm: str) -> str:
     """Display title: `"corruption" -> "Corruption removal"`, variants keep their parameters."""
     stem = _arm_stem(arm)
-    task = base_task(arm)
-    title = TASK_TITLES.get(task, task.replace("_", " ").capitalize())
+    title = task_title(base_task(arm))
     rest = arm[len(stem) :].strip()
     return f"{title} {rest}" if rest else title
 
@@ -243,13 +239,8 @@ def metric_label(metric: str) -> str:
 
 
 def arm_order(arms: Iterable[str]) -> list[str]:
-    """Baseline first, then tasks in the paper's order, variants of a task after it (by name)."""
-
-    def key(arm: str) -> tuple[int, str]:
-        task = base_task(arm)
-        return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), arm)
-
-    return sorted(set(arms), key=key)
+    """Baseline first, then tasks in the registry's order (the paper's), variants of a task after it (by name)."""
+    return sorted(set(arms), key=lambda arm: (task_rank(base_task(arm))[0], arm))
 
 
 def regime_order(regimes: Iterable[str]) -> list[str]:
@@ -266,7 +257,7 @@ def regime_order(regimes: Iterable[str]) -> list[str]:
 
 def metric_column(metric: str, columns: Iterable[str] | None = None) -> str:
     """Accept `"auc"` or `"test_auc"`; return the results-table column name."""
-    cols = set(columns) if columns is not None else set(REQUIRED_COLUMNS) | set(OPTIONAL_FLOAT_COLUMNS)
+    cols = set(columns) if columns is not None else set(REQUIRED_COLUMNS) | set(optional_float_columns())
     cols |= set(SUMMARY_METRICS)
     for name in (metric, f"test_{metric}"):
         if name in cols:
@@ -368,7 +359,8 @@ def tidy_results(raw: pd.DataFrame) -> pd.DataFrame:
     for col in OPTIONAL_STR_COLUMNS:
         if col not in df.columns:
             df[col] = np.nan
-    for col in (*OPTIONAL_INT_COLUMNS, *OPTIONAL_FLOAT_COLUMNS):
+    int_columns, float_columns = optional_int_columns(), optional_float_columns()
+    for col in (*int_columns, *float_columns):
         if col not in df.columns:
             df[col] = np.nan
     if "pretext_cached" not in df.columns:
@@ -396,12 +388,12 @@ def tidy_results(raw: pd.DataFrame) -> pd.DataFrame:
     df["seed"] = seed.round().astype(np.int64)
     df[LABEL_FRACTION] = _label_fraction(df)
 
-    for col in ("patience", "stop_epoch", *OPTIONAL_INT_COLUMNS):
+    for col in ("patience", "stop_epoch", *int_columns):
         df[col] = _integer(df, col)
-    for col in sorted(set(CLASSIFICATION_METRICS) | {"test_loss"} | set(OPTIONAL_FLOAT_COLUMNS)):
+    for col in sorted(set(CLASSIFICATION_METRICS) | {"test_loss"} | set(float_columns)):
         df[col] = _numeric(df, col).astype(float)
     # Other pretext_* columns the runner adds (e.g. pretext_key, a cache hash) are typed only when numeric.
-    for col in [c for c in df.columns if c.startswith("pretext_") and c not in OPTIONAL_FLOAT_COLUMNS]:
+    for col in [c for c in df.columns if c.startswith("pretext_") and c not in float_columns]:
         if col != "pretext_cached":
             converted = pd.to_numeric(df[col], errors="coerce")
             if converted.notna().sum() == df[col].notna().sum():
@@ -1675,36 +1667,29 @@ def _cliques(mean_ranks: dict[str, float], cd: float) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------- pretext metrics
 
 
-def pretext_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The paper's Tables 2 (rotation) and 3 (missing patch, corruption removal) over seeds.
+def pretext_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The pretext tables over seeds, one per `study.pretext.tables()` name: `rotation` and `image` are the
+    paper's Tables 2 (rotation) and 3 (missing patch, corruption removal); a registered task names its table
+    (`PretextTask.table`) and the metrics listed in it (`PretextTask.metrics`).
 
     A trial's pretext metrics repeat on each of its regime rows, and trials of the same arm and seed share
     one pretext model, so values are first reduced to one per arm x seed, then aggregated across seeds. A
     pretext phase that finished counts even when the trial's fine-tune later diverged or failed (its metrics
     describe the pretext model); a diverged pretext has no finite metrics and drops out. Long format,
     columns ``arm, arm_title, task, metric, n, mean, sd`` (n = seeds with a finite value; sd ddof=1, NaN when
-    n < 2); image tasks also list ``pretext_region_mse`` (inside the corrupted region) and, for the missing
+    n < 2); e.g. image tasks list ``pretext_region_mse`` (inside the corrupted region) and, for the missing
     patch, ``pretext_composite_mse/ssim`` (model output pasted into the hole) when the table has them.
-    Returns ``(rotation_table, image_table)``; a table is empty when no arm of its kind has a finite pretext
-    value. With several label fractions the pretext is still one per arm x seed (the fractions share it), so
-    it is counted once.
+    Every registered table is in the result; one is empty when no arm of it has a finite pretext value. Arms
+    of tasks not registered here are in none (``unregistered_tasks`` names them). With several label
+    fractions the pretext is still one per arm x seed (the fractions share it), so it is counted once.
     """
     per_seed = _per_arm_seed(df)
-    image = {
-        "missing_patch": (
-            *IMAGE_METRICS,
-            "pretext_region_mse",
-            "pretext_composite_mse",
-            "pretext_composite_ssim",
-        ),
-        "corruption": (*IMAGE_METRICS, "pretext_region_mse"),
-    }
-    return (
-        _pretext_table(
-            per_seed, ROTATION_TASKS, {"rotation": ROTATION_METRICS, "rotation4": ROTATION4_METRICS}
-        ),
-        _pretext_table(per_seed, IMAGE_TASKS, image),
-    )
+    return {table: _pretext_table(per_seed, table) for table in _pretext.tables()}
+
+
+def unregistered_tasks(df: pd.DataFrame) -> list[str]:
+    """Tasks of the table's SSL arms that are not registered here: their pretext metrics are in no table."""
+    return sorted(set(df["task"].dropna()) - {"none", *_pretext.TASKS})
 
 
 def _per_arm_seed(df: pd.DataFrame) -> pd.DataFrame:
@@ -1716,15 +1701,14 @@ def _per_arm_seed(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby(["arm", "seed"], sort=False, dropna=False).first().reset_index()
 
 
-def _pretext_table(
-    per_seed: pd.DataFrame, tasks: Sequence[str], metrics: dict[str, Sequence[str]]
-) -> pd.DataFrame:
+def _pretext_table(per_seed: pd.DataFrame, table: str) -> pd.DataFrame:
     cols = ["arm", "arm_title", "task", "metric", "n", "mean", "sd"]
+    tasks = [name for name, task in _pretext.TASKS.items() if task.table == table]
     rows = []
     for arm in arm_order(per_seed.loc[per_seed["task"].isin(tasks), "arm"]):
         g = per_seed[per_seed["arm"] == arm]
         task = str(g["task"].iloc[0])
-        for m in metrics[task]:
+        for m in (f"pretext_{name}" for name in _pretext.TASKS[task].metrics):
             if m not in g.columns:
                 continue
             x = g[m].to_numpy(dtype=float)
@@ -1768,23 +1752,8 @@ REFERENCE_TITLES = {
 # "Did the pretext learn" is judged against these (one list, the verdict's own); the classical inpainter is a
 # stronger bar, shown beside.
 TRIVIAL_REFERENCES = _references.TRIVIAL
-# The headline metric per task (the registry's), for tables written before the runner recorded pretext_headline.
-PRETEXT_HEADLINES = {name: task.headline for name, task in _pretext.TASKS.items()}
-# (model metric, reference metric) set side by side per task. Composites keep the visible pixels, as the
-# identity and mean-fill references do, so they are compared on the same whole-image metrics.
-PRETEXT_REFERENCE_PAIRS = {
-    "rotation": (("aad_circ_deg", "aad_circ_deg"), ("mse", "mse")),
-    "rotation4": (("accuracy", "accuracy"),),
-    "missing_patch": (
-        ("region_mse", "region_mse"),
-        ("mse_mean", "mse_mean"),
-        ("ssim_mean", "ssim_mean"),
-        ("composite_mse", "mse_mean"),
-        ("composite_ssim", "ssim_mean"),
-    ),
-    "corruption": (("mse_mean", "mse_mean"), ("region_mse", "region_mse"), ("ssim_mean", "ssim_mean")),
-}
-PRETEXT_HIGHER_IS_BETTER = frozenset({"accuracy", "ssim_mean", "composite_ssim"})
+# (model metric, reference metric) pairs, headline metrics and which metrics are better when larger: the
+# registry's (`PretextTask.reference_pairs`, `.headline`, `.higher_is_better`).
 # Model metric name of the classical-inpainter comparison (its own row, on the inpainter's subsample).
 BIHARMONIC_METRIC = "biharmonic_subset_region_mse"
 PRETEXT_REFERENCE_COLUMNS = [
@@ -1813,8 +1782,9 @@ def pretext_reference_table(df: pd.DataFrame) -> pd.DataFrame:
 
     ``df``: the results table (one row per trial x regime; reduced to one row per arm x seed, counting a
     pretext whose fine-tune later failed, as ``pretext_tables`` does). One row per arm x compared metric
-    (``PRETEXT_REFERENCE_PAIRS``, the task's headline metric first, then the biharmonic comparison for the
-    missing patch), only where both model and reference values exist. Columns: ``metric`` /
+    (the task's ``reference_pairs`` in the registry, its headline metric first, then the biharmonic
+    comparison for a task scored against the biharmonic inpainter), only where both model and reference
+    values exist; arms of tasks not registered here are left out. Columns: ``metric`` /
     ``reference_metric`` without the ``pretext_`` prefix; ``headline`` (bool); ``n`` seeds with both values;
     ``model_mean, model_sd, ref_mean, ref_sd`` over those seeds (metric units: degrees, squared error on the
     0-255 scale, SSIM, fraction; sd ddof=1, NaN when n < 2); ``reference`` the best reference's name(s) over
@@ -1826,15 +1796,16 @@ def pretext_reference_table(df: pd.DataFrame) -> pd.DataFrame:
     """
     per_seed = _per_arm_seed(df)
     rows = []
-    for arm in arm_order(per_seed.loc[per_seed["task"].isin(PRETEXT_REFERENCE_PAIRS), "arm"]):
+    for arm in arm_order(per_seed.loc[per_seed["task"].isin(list(_pretext.TASKS)), "arm"]):
         g = per_seed[per_seed["arm"] == arm]
         task = str(g["task"].iloc[0])
-        head = _pretext_headline(g, task)
-        pairs = list(PRETEXT_REFERENCE_PAIRS[task])
+        spec = _pretext.TASKS[task]
+        head = _pretext_headline(g, spec)
+        pairs = list(spec.reference_pairs)
         if head not in [m for m, _ in pairs]:  # a headline the runner chose that this table does not list
             pairs.append((head, head))
         for model_metric, ref_metric in sorted(pairs, key=lambda pr: pr[0] != head):
-            higher = ref_metric in PRETEXT_HIGHER_IS_BETTER
+            higher = ref_metric in _references.HIGHER_IS_BETTER or ref_metric in spec.higher_is_better
             ref, names = _best_reference(g, ref_metric, higher)
             is_head = model_metric == head
             if is_head and "pretext_ref_name" in g:
@@ -1848,7 +1819,7 @@ def pretext_reference_table(df: pd.DataFrame) -> pd.DataFrame:
             )
             if row:
                 rows.append(_row_ident(arm, task, model_metric, ref_metric, is_head, higher) | row)
-        if task == "missing_patch":
+        if "biharmonic" in spec.references:
             row = _reference_row(
                 _float_column(g, f"pretext_{BIHARMONIC_METRIC}"),
                 _float_column(g, "pretext_ref_biharmonic_region_mse"),
@@ -1877,11 +1848,12 @@ def _row_ident(arm: str, task: str, metric: str, ref_metric: str, head: bool, hi
     }
 
 
-def _pretext_headline(g: pd.DataFrame, task: str) -> str:
+def _pretext_headline(g: pd.DataFrame, task: _pretext.PretextTask) -> str:
+    """The headline the runner recorded (`pretext_headline`), else the registry's (tables of older runs)."""
     values = (
         g["pretext_headline"].dropna().astype(str) if "pretext_headline" in g else pd.Series([], dtype=str)
     )
-    return str(values.mode().iloc[0]) if len(values) else PRETEXT_HEADLINES[task]
+    return str(values.mode().iloc[0]) if len(values) else task.headline
 
 
 def _float_column(g: pd.DataFrame, col: str) -> np.ndarray:

@@ -1,12 +1,21 @@
-"""Configuration objects: one trial (`TrialConfig`) and its validation.
+"""Configuration objects: one trial (`TrialConfig`), its validation, and which phase each setting affects.
 
 A trial config travels through Ray Tune as a flat dict (`TrialConfig.to_dict`), so every field is a plain
 JSON value. Validation happens on the driver, before any trial starts (`validate_trial`).
+
+Every field is tagged with the phases whose results it changes (`dataclasses.field(metadata=...)`, see
+`PHASES`), and the cache and resume keys are computed from the tags, never from lists written by hand:
+`pretext_key` (the shared pretext cache, `study.trainables`) holds every `PRETEXT` field, the compiled-model
+cache key (`study.training._model_key`) every `MODEL` field, and a fine-tune checkpoint is resumed only under
+the same `PRETEXT` and `FINETUNE` fields (`study.training`). A new field without a tag fails at import and in
+tests/test_registry.py, so a setting that changes pretext training cannot reuse stale cached weights (a new
+`PRETEXT` field enters every pretext key, so caches written before it are trained again, never reused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,72 +24,124 @@ ENCODERS = ("small", "resnet50")
 ENCODER_STRIDES = {"small": (8, 16, 32), "resnet50": (32,)}
 WEIGHTS = ("random", "imagenet")
 
+#: Read when the dataset is loaded; every key holds the dataset's fingerprint, which covers these fields.
+DATA = "data"
+#: Changes what the pretext phase trains or scores (part of the pretext cache key).
+PRETEXT = "pretext"
+#: Changes what the fine-tune phase trains or reports, its early-stopping replay included.
+FINETUNE = "finetune"
+#: Changes a compiled model's traced graph (part of the model cache key, with the head and loss).
+MODEL = "model"
+#: Where and how a trial runs, without changing any number it reports.
+EXECUTION = "execution"
+PHASES = (DATA, PRETEXT, FINETUNE, MODEL, EXECUTION)
+
 
 class ConfigError(ValueError):
     """A config value the study cannot run with; the message names the field and the fix."""
+
+
+class TaskParams(Mapping):
+    """The task parameters an arm sets (`{"patch_size": 11}`): an immutable, hashable mapping, name-sorted;
+    None values are dropped (unset: the task's default at the trial's image size, `resolved_task_params`)."""
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._items = {k: v for k, v in sorted(dict(items or {}).items()) if v is not None}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"TaskParams({self._items!r})"
+
+
+def setting(default: Any, *phases: str, key: str | None = None) -> Any:
+    """A `TrialConfig` field affecting `phases`; `key`: its name in the pretext cache key where that differs
+    (names kept from before the key was derived from the tags, so existing caches stay valid)."""
+    return dataclasses.field(default=default, metadata={"phases": frozenset(phases), "key": key})
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything one two-stage trial needs. Units: sizes in pixels, lr per Adam step.
 
+    `task_params`: the parameters of `task` that its arm sets (`study.pretext.Param`); a parameter left out
+    takes the task's default at `image_size` when the trial runs (`resolved_task_params`), so an image size
+    changed after the arm was written scales the defaults with it. One mapping rather than a field per
+    parameter, so a newly registered task brings its parameters without a change here; the flat keys of
+    arms, study files, Tune configs and the `study.json` of earlier runs (`patch_size = 11`) are mapped into
+    it by `from_dict` and `replace`, and results.csv keeps one column per registered parameter.
     `patiences` lists the early-stopping regimes replayed from one fine-tune run: 0 means no early stopping.
     `threads` is TensorFlow's intra-op thread count (recorded, because weights differ between 1 and 2 threads).
+    Each field's metadata names the phases it affects (module docstring).
     """
 
-    task: str = "none"
-    seed: int = 0
-    # task parameters (None where the task does not use them)
-    patch_size: int | None = None
-    swap_count: int | None = None
-    swap_patch_size: int | None = None
+    task: str = setting("none", PRETEXT)
+    seed: int = setting(0, PRETEXT, FINETUNE)
+    task_params: TaskParams = setting(TaskParams(), PRETEXT, key="params")
     # data
-    data_path: str | None = None  # None: synthetic lesions (see synth_*); a folder or a labels CSV
+    # None: synthetic lesions (see synth_*); a folder or a labels CSV
+    data_path: str | None = setting(None, DATA)
     # Labels CSV only: the images folder (default: next to the CSV) and, for a diagnosis column (`dx`,
     # `diagnosis`), the classes counted as malignant (e.g. ("mel",)); see study.data.DataSource.
-    data_images: str | None = None
-    data_malignant: tuple[str, ...] = ()
-    image_size: int = 64
-    val_fraction: float = 0.2
-    label_fraction: float = 1.0
-    synth_n_train: int = 600
-    synth_n_test: int = 200
-    synth_seed: int = 1234
-    cache_dir: str | None = None
+    data_images: str | None = setting(None, DATA)
+    data_malignant: tuple[str, ...] = setting((), DATA)
+    image_size: int = setting(64, DATA, PRETEXT, FINETUNE, MODEL)
+    val_fraction: float = setting(0.2, PRETEXT, FINETUNE)
+    label_fraction: float = setting(1.0, FINETUNE)
+    synth_n_train: int = setting(600, DATA)
+    synth_n_test: int = setting(200, DATA)
+    synth_seed: int = setting(1234, DATA)
+    cache_dir: str | None = setting(None, EXECUTION)
     # model
-    encoder: str = "small"
-    encoder_widths: tuple[int, ...] = (16, 32, 64, 128)
+    encoder: str = setting("small", PRETEXT, FINETUNE, MODEL)
+    encoder_widths: tuple[int, ...] = setting((16, 32, 64, 128), PRETEXT, FINETUNE, MODEL)
     # Small encoder only: total downsampling (8, 16 or 32) and BatchNorm momentum (see models.build_encoder).
-    encoder_stride: int = 32
-    bn_momentum: float = 0.99
-    weights: str = "random"
-    weights_path: str | None = None
+    encoder_stride: int = setting(32, PRETEXT, FINETUNE, MODEL)
+    bn_momentum: float = setting(0.99, PRETEXT, FINETUNE, MODEL)
+    weights: str = setting("random", PRETEXT, FINETUNE)
+    weights_path: str | None = setting(None, PRETEXT, FINETUNE)
     # pretext phase
-    pretext_epochs: int = 5
-    pretext_lr: float = 1e-3
-    pretext_batch_size: int = 32
-    pretext_patience: int | None = None
+    pretext_epochs: int = setting(5, PRETEXT, key="epochs")
+    pretext_lr: float = setting(1e-3, PRETEXT, key="lr")
+    pretext_batch_size: int = setting(32, PRETEXT, key="batch_size")
+    pretext_patience: int | None = setting(None, PRETEXT, key="patience")
     # fine-tune phase
-    finetune_epochs: int = 15
-    lr: float = 1e-3
-    batch_size: int = 32
-    patiences: tuple[int, ...] = (0, 3, 10)
-    start_from_epoch: int = 0
-    restore_best_weights: bool = False
+    finetune_epochs: int = setting(15, FINETUNE)
+    lr: float = setting(1e-3, FINETUNE)
+    batch_size: int = setting(32, FINETUNE)
+    patiences: tuple[int, ...] = setting((0, 3, 10), FINETUNE)
+    start_from_epoch: int = setting(0, FINETUNE)
+    restore_best_weights: bool = setting(False, FINETUNE)
     # execution
-    threads: int = 1
-    mixed_precision: bool = False
+    # Weights differ between 1 and 2 TensorFlow threads, and mixed precision changes every number.
+    threads: int = setting(1, PRETEXT, FINETUNE)
+    mixed_precision: bool = setting(False, PRETEXT, FINETUNE, MODEL)
     # Where pretext weights are shared between trials (set by the runner under the run's storage).
-    pretext_cache_dir: str | None = None
-    checkpoint_every: int = 1  # fine-tune epochs between checkpoints
+    pretext_cache_dir: str | None = setting(None, EXECUTION)
+    checkpoint_every: int = setting(1, EXECUTION)  # fine-tune epochs between checkpoints
     # False: the trial trains its own pretext instead of sharing it (the naive study of bench/study_cost.py).
-    share_pretext: bool = True
+    share_pretext: bool = setting(True, EXECUTION)
     # True (with exactly one patience > 0): stop fine-tuning where Keras' EarlyStopping would, saving the
     # remaining epochs; the other regimes then cannot be replayed from this run.
-    early_stop_training: bool = False
+    early_stop_training: bool = setting(False, FINETUNE)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task_params, TaskParams):
+            object.__setattr__(self, "task_params", TaskParams(self.task_params))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["task_params"] = dict(self.task_params)
         d["encoder_widths"] = list(self.encoder_widths)
         d["patiences"] = list(self.patiences)
         d["data_malignant"] = list(self.data_malignant)
@@ -88,11 +149,18 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrialConfig":
+        """From `to_dict`'s output or a flat dict (a Tune config, an arm, the `study.json` of earlier runs):
+        a registered task parameter's key (`patch_size`) goes into `task_params`."""
+        kw, params = _split_task_params(d)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(kw) - names)
         if unknown:
-            raise ConfigError(f"unknown trial config field(s) {unknown}; known fields: {sorted(names)}")
-        kw = dict(d)
+            raise ConfigError(
+                f"unknown trial config field(s) {unknown}; known fields: {sorted(names)} and the task "
+                f"parameters {sorted(_param_names())}"
+            )
+        if params:
+            kw["task_params"] = {**dict(kw.get("task_params") or {}), **params}
         if "encoder_widths" in kw and kw["encoder_widths"] is not None:
             kw["encoder_widths"] = tuple(int(w) for w in kw["encoder_widths"])
         if "patiences" in kw and kw["patiences"] is not None:
@@ -102,7 +170,64 @@ class TrialConfig:
         return cls(**kw)
 
     def replace(self, **changes: Any) -> "TrialConfig":
-        return dataclasses.replace(self, **changes)
+        """`dataclasses.replace`, also taking task parameters by name (`replace(**arm)`, `patch_size=11`);
+        a parameter set to None goes back to its default."""
+        kw, params = _split_task_params(changes)
+        if params:
+            merged = {**dict(kw.get("task_params", self.task_params)), **params}
+            kw["task_params"] = {k: v for k, v in merged.items() if v is not None}
+        return dataclasses.replace(self, **kw)
+
+
+def _param_names() -> tuple[str, ...]:
+    from study import pretext
+
+    return pretext.param_names()
+
+
+def _split_task_params(d: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(`d` without the registered task-parameter keys, those keys' values)."""
+    names = set(_param_names())
+    return {k: v for k, v in d.items() if k not in names}, {k: v for k, v in d.items() if k in names}
+
+
+def phases_of(f: dataclasses.Field) -> frozenset[str]:
+    """The phases a config field affects; `TypeError` for a field without (or with an unknown) tag."""
+    phases = f.metadata.get("phases")
+    if not phases or not set(phases) <= set(PHASES):
+        raise TypeError(
+            f"TrialConfig field {f.name!r} has no phase tag; declare it with setting(default, *phases) naming "
+            f"the phases its value changes, from {PHASES}, so the cache and resume keys include it where needed"
+        )
+    return phases
+
+
+def fields_of(*phases: str, cls: type = TrialConfig) -> tuple[str, ...]:
+    """Names of the fields of `cls` (a `TrialConfig` or a subclass) that affect any of `phases`."""
+    return tuple(f.name for f in dataclasses.fields(cls) if phases_of(f) & set(phases))
+
+
+def phase_values(trial: TrialConfig, *phases: str, keys: bool = False) -> dict[str, Any]:
+    """The JSON values of `trial`'s fields that affect any of `phases`, by field name (`keys`: by the name in
+    the pretext cache key). Task parameters are resolved (defaults filled in), so an arm that spells out a
+    default and one that leaves it out are the same trial."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(trial):
+        if not phases_of(f) & set(phases):
+            continue
+        value = getattr(trial, f.name)
+        if f.name == "task_params":
+            value = resolved_task_params(trial)
+        elif isinstance(value, tuple):
+            value = list(value)
+        name = (f.metadata["key"] or f.name) if keys else f.name
+        if name in out:
+            raise TypeError(f"TrialConfig fields {name!r} and {f.name!r} share the key name {name!r}")
+        out[name] = value
+    return out
+
+
+fields_of(*PHASES)  # every field is tagged: fail at import, not with a stale cache
 
 
 def regime_name(patience: int) -> str:
@@ -190,31 +315,22 @@ def validate_trial(trial: TrialConfig) -> None:
     if any(w < 1 for w in trial.encoder_widths) or len(trial.encoder_widths) != 4:
         bad(f"encoder_widths: need 4 positive stage widths (got {list(trial.encoder_widths)})")
     # A task parameter the task does not use would be silently dropped: most likely a mix-up.
-    used = () if trial.task == "none" else pretext.get_task(trial.task).params
-    ignored = [k for k in pretext.PARAM_NAMES if k not in used and getattr(trial, k) is not None]
+    used = () if trial.task == "none" else pretext.get_task(trial.task).param_names
+    ignored = [k for k in trial.task_params if k not in used]
     if ignored:
         bad(
             f"{ignored[0]}: task {trial.task!r} does not use parameter(s) {ignored}; "
             f"it takes {list(used) or 'no parameters'}"
         )
-    if trial.task != "none":
-        task = pretext.get_task(trial.task)
-        params = resolved_task_params(trial)
-        try:
-            task.validate(trial.image_size, **params)
-        except ValueError as exc:
-            bad(f"{trial.task}: {exc}")
+    try:
+        resolved_task_params(trial)
+    except ValueError as exc:
+        bad(f"{trial.task}: {exc}")
 
 
 def resolved_task_params(trial: TrialConfig) -> dict[str, Any]:
-    """The task's parameters with the paper's defaults (scaled to the image size) filled in where unset."""
+    """The parameters the trial's task runs with: the arm's, and the task's defaults at the trial's image size
+    where the arm leaves one out (`study.pretext.resolve_params`, validated; `{}` for the baseline)."""
     from study import pretext
 
-    if trial.task == "none":
-        return {}
-    task = pretext.get_task(trial.task)
-    defaults = pretext.default_params(trial.task, trial.image_size)
-    return {
-        name: (getattr(trial, name) if getattr(trial, name) is not None else defaults[name])
-        for name in task.params
-    }
+    return pretext.resolve_params(trial.task, trial.image_size, trial.task_params)

@@ -22,7 +22,9 @@ worker), and the pretext input thread of `training.run_pretext` touches no model
 `STUDY_MODEL_CACHE` sets how many models a process keeps (default 4, least recently used dropped first;
 0 turns the cache off). The key must name everything that changes the traced graph apart from input shapes
 (TensorFlow re-traces by itself for new shapes) and the optimizer (checked here: same type, same settings
-but the learning rate): architecture, loss, precision.
+but the learning rate): architecture, loss, precision. The phases build it from the `TrialConfig` fields
+tagged `config.MODEL`, the head and the loss (`training._model_key`), so a new setting that changes the graph
+is tagged once and enters the key.
 
 Memory: TensorFlow (2.21) keeps an eager kernel for every Keras variable ever created, holding ~3x the
 variable's bytes, until its kernel cache is cleared; Keras' `clear_session` and `tf.random.set_seed` clear it,

@@ -16,25 +16,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from study.analysis import FRACTION_METRICS, arm_title, base_task, fraction_title
+from study import pretext
+from study.analysis import BASELINE, FRACTION_METRICS, arm_title, base_task, fraction_title
 from study.files import write_replacing
 
-# One colour per pretext task, shared by every figure, so an arm is recognisable across the report.
-TASK_COLORS = {
-    "none": "#4d4d4d",
-    "rotation": "#1f77b4",
-    "rotation4": "#17becf",
-    "missing_patch": "#ff7f0e",
-    "corruption": "#2ca02c",
-}
+# One colour per pretext task (`PretextTask.color`), shared by every figure, so an arm is recognisable across
+# the report; the baseline's is grey.
+BASELINE_COLOR = "#4d4d4d"
 _EXTRA_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#d62728", "#7f7f7f")
 
 
 def arm_color(arm: str) -> str:
-    """Colour of an arm: its task's colour; variants and unknown tasks get a stable extra colour."""
+    """Colour of an arm: its task's colour; variants and tasks without one get a stable extra colour."""
     task = base_task(arm)
-    if task in TASK_COLORS and arm == (task if task != "none" else "baseline"):
-        return TASK_COLORS[task]
+    if arm == BASELINE:
+        return BASELINE_COLOR
+    registered = pretext.TASKS.get(task)
+    if arm == task and registered is not None and registered.color is not None:
+        return registered.color
     return _EXTRA_COLORS[sum(map(ord, arm)) % len(_EXTRA_COLORS)]
 
 

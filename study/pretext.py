@@ -1,4 +1,4 @@
-"""Pretext tasks: numpy batch transforms that turn unlabelled images into (input, target) training pairs.
+"""Pretext tasks: the registry that owns everything about a task, and the paper's four tasks.
 
 The four tasks of the paper (section II.B), registered by name in `TASKS`:
 
@@ -17,33 +17,73 @@ angles are counter-clockwise as the image is displayed (row 0 at the top), the c
 integer seed) and draws from nothing else, so a batch is a pure function of `(images, rng state, params)`.
 Transforms never modify their input; targets are fresh arrays.
 
-Adding a task is one definition plus its test. Colorization (predict the colours of a grey image):
+One place per piece of knowledge: a `PretextTask` holds everything about its task, and the rest of the study
+reads it from here. Its parameters (`Param`: type, default scaled to the image size, bounds, search range)
+give the study-file and arm keys (`[[arms]] patch_size = 11`), `TrialConfig.task_params`, validation, the
+defaults (filled in once, when a trial's config is resolved: `resolve_params`), the Optuna space of `study
+search` and one results.csv column per registered parameter (`param_names`). Its head, loss, metrics,
+headline and references decide how the pretext phase is trained and judged; `table`, `title`, `color` and the
+registration order decide where and how the report shows it.
+
+Registering a task is one definition plus its test. A task is trained in one of two ways:
+
+1. A batch transform (`make_batch`, with a `head` from `HEADS` and a `loss` from `LOSSES`): the standard
+   pretext loop of `study.training.run_pretext` trains the encoder and the head on fresh pairs every epoch.
+   An image task also gives `region` (the pixels its transform corrupts, drawn from the same rng state), so
+   that the report scores the corrupted region on its own. Colorization (predict the colours of a grey
+   image quantised to `grey_levels` levels):
 
 >>> import numpy as np
 >>> def colorization_batch(images, rng, **params):
 ...     x = check_images(images)
-...     validate_colorization(x.shape[1], **params)
-...     grey = np.rint(x @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+...     step = 256 // get_task("colorization").validate(x.shape[1], **params)["grey_levels"]
+...     grey = np.rint(x @ np.array([0.299, 0.587, 0.114])).astype(np.uint8) // step * step
 ...     return np.repeat(grey[..., None], 3, axis=-1), x.copy()
->>> validate_colorization = params_validator("colorization", required=())
+>>> def colorization_region(images, rng, **params):
+...     return np.ones(check_images(images).shape[:3], bool)  # every pixel's colour is to be predicted
 >>> task = register(PretextTask(
-...     name="colorization", title="Colorization", head="image", loss="mse", params=(),
-...     make_batch=colorization_batch, validate=validate_colorization))
->>> inputs, targets = get_task("colorization").make_batch(np.zeros((2, 8, 8, 3), np.uint8), rng=0)
+...     name="colorization", title="Colorization", head="image", loss="mse",
+...     params=(Param("grey_levels", int, 256, minimum=2, maximum=256, search=Search(8, 256, log=True)),),
+...     make_batch=colorization_batch, region=colorization_region))
+>>> inputs, targets = get_task("colorization").make_batch(np.zeros((2, 8, 8, 3), np.uint8), rng=0,
+...                                                       **default_params("colorization", 8))
 >>> inputs.shape, targets.dtype
 ((2, 8, 8, 3), dtype('uint8'))
 
-An image task should also pass `region=` (a function returning the bool `(N, S, S)` mask of the pixels its
-transform changes, drawn from the same rng state), so that the report scores the corrupted region on its own;
-`headline` and `references` (see `study.references`) default by head. Then add, in `tests/test_pretext.py`, a
-property that could fail, e.g. that the three channels of every input are
-equal while the targets equal the images. The head and loss come from the fixed sets `HEADS` / `LOSSES`,
-so the models and the trainable need no change.
+2. Its own training step (`train`, e.g. SimCLR's two views or BYOL's EMA update, `study.contrastive`):
+   `make_batch` and `head` may then be None, `loss` names the task's own loss (free text, e.g. "nt_xent"),
+   and `metrics` and `headline` must be given. The signature is
+
+       train(run: study.training.PretextRun) -> study.training.PretextResult
+
+   `run_pretext` has already resolved and validated the parameters, checked the data, reseeded Python,
+   NumPy and Keras from `trial.seed`, split validation images as for every task, and built the trial's
+   encoder (`trial.weights`); `run` holds `trial` (read `pretext_epochs`, `pretext_lr`,
+   `pretext_batch_size`, `pretext_patience`, `seed` there), `params` (the task's resolved parameters),
+   `encoder` (a `keras.Model` to train in place), `train_images`, `val_images`, `test_images` (uint8
+   `(N, S, S, 3)`) and `on_epoch(epoch, logs)` (call it after each completed epoch, 1-based, with
+   `{"epoch", "loss", "val_loss"}`). The step draws its randomness from `np.random.default_rng([trial.seed,
+   STREAM, epoch])` with stream ids of its own (not `study.training`'s `STREAM_*`), so the phase is
+   reproducible bit for bit and resumable, and returns a `PretextResult` with `task = trial.task`, the trained
+   `encoder_weights` (`[]` and `diverged=True` when it diverged), `history`, `examples` and `metrics`: the
+   keys listed in `metrics`, plus `headline` and `learned` as `study.references.verdict` gives them. The
+   pretext cache, checkpoints, resume, the fine-tune phase and the CLI need no change: the cache key holds the
+   task and its resolved parameters.
+
+Then add, in `tests/test_pretext.py` (or a test module of its own), a property that could fail, e.g. that
+the three channels of every colorization input are equal while the targets equal the images.
+
+Parameter names are one namespace over all tasks (one results column each; two tasks may share a name if
+they share its type) and may not be `TrialConfig` field names: the pretext phase's own settings
+(`pretext_lr`, `pretext_batch_size`, ...) stay trial settings that every task reads from `trial`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,81 +92,329 @@ from skimage.transform import rotate as _skimage_rotate
 
 HEADS = ("angle", "rotation4", "image")
 LOSSES = ("mse", "sparse_categorical_crossentropy")
-PARAM_NAMES = ("patch_size", "swap_count", "swap_patch_size")
 
-# Paper values (section II.B), defined at 224 px; `default_params` scales the sizes to other image sizes.
+# Paper values (section II.B) are given at 224 px; a `Param(scaled=True)` default scales from there.
 PAPER_IMAGE_SIZE = 224
-PAPER_PATCH_SIZE = 75
-PAPER_SWAP_PATCH_SIZE = 30
-PAPER_SWAP_COUNT = 100
 
 Batch = tuple[np.ndarray, np.ndarray]
+Number = int | float
+#: A parameter bound: a number, a function of the image side in pixels, or None (no bound).
+Bound = Number | Callable[[int], Number] | None
 
-# Per head: the headline metric of `study.references.verdict` and the references computed for it.
+# Per head: what a task of that head reports and how it is judged (`PretextTask` fields left None).
 DEFAULT_HEADLINE = {"angle": "aad_circ_deg", "rotation4": "accuracy", "image": "mse_mean"}
 DEFAULT_REFERENCES = {"angle": ("constant",), "rotation4": ("chance", "majority"), "image": ("identity",)}
+DEFAULT_METRICS = {
+    "angle": ("mse", "aad", "aad_deg", "aad_circ", "aad_circ_deg", "sd_deg", "sd_circ_deg"),
+    "rotation4": ("accuracy", "loss"),
+    "image": ("mse_mean", "mse_sd", "ssim_mean", "ssim_sd", "region_mse"),
+}
+DEFAULT_REFERENCE_PAIRS = {
+    "angle": (("aad_circ_deg", "aad_circ_deg"), ("mse", "mse")),
+    "rotation4": (("accuracy", "accuracy"),),
+    "image": (("mse_mean", "mse_mean"), ("region_mse", "region_mse"), ("ssim_mean", "ssim_mean")),
+}
+DEFAULT_TABLE = {"angle": "rotation", "rotation4": "rotation", "image": "image"}
 
 _PIXEL = np.dtype((np.void, 3))  # one RGB pixel as a single 3-byte element
+_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+# Keys a task parameter may not take: Tune's grid tables and the arm's own key.
+_RESERVED = frozenset({"task", "arm", "subset", "task_params"})
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parameters
+
+
+def image_side(image_size: int) -> int:
+    """Bound: the image side itself (a square that must fit in the image)."""
+    return image_size
+
+
+def half_image_side(image_size: int) -> int:
+    """Bound: half the image side, rounded down (two squares side by side)."""
+    return image_size // 2
+
+
+@dataclass(frozen=True)
+class Search:
+    """How `study search` (Optuna) draws a parameter: uniform in `[low, high]` (log-uniform with `log`), or
+    one of `choices`. `relative`: `low` and `high` are fractions of the image side (an int parameter is
+    rounded, at least 1), so one range serves every image size."""
+
+    low: Number | None = None
+    high: Number | None = None
+    log: bool = False
+    relative: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.choices:
+            if self.low is not None or self.high is not None or self.log or self.relative:
+                raise ValueError("Search: give either choices or a low/high range, not both")
+            return
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.low, self.high)):
+            raise ValueError(f"Search: low and high must be numbers; got {self.low!r}, {self.high!r}")
+        if not self.low <= self.high or (self.log and self.low <= 0):
+            raise ValueError(f"Search: need low <= high (and low > 0 with log); got {self.low}, {self.high}")
+
+    def suggest(self, trial: Any, param: Param, image_size: int, low_high: tuple | None = None) -> Any:
+        """Draw `param` from an Optuna `trial`; `low_high` replaces the range (a study's `param_ranges`)."""
+        if self.choices:
+            return trial.suggest_categorical(param.name, list(self.choices))
+        low, high = low_high or (self.low, self.high)
+        if self.relative:
+            low, high = low * image_size, high * image_size
+        if param.type is int:
+            low, high = (
+                (max(1, round(v)) for v in (low, high)) if self.relative else (round(low), round(high))
+            )
+            return trial.suggest_int(param.name, low, high, log=self.log)
+        return trial.suggest_float(param.name, float(low), float(high), log=self.log)
+
+
+# (attribute, test the value must pass, words of the message)
+_BOUNDS = (
+    ("minimum", operator.ge, ">="),
+    ("above", operator.gt, ">"),
+    ("maximum", operator.le, "<="),
+    ("below", operator.lt, "<"),
+)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One task parameter: its name (an arm / study-file key and a results.csv column), `type` (`int` or
+    `float`), `default`, bounds and search range.
+
+    `default`: the value used when an arm leaves it out; with `scaled`, the value at `PAPER_IMAGE_SIZE`
+    (224 px), scaled linearly with the image side (an int rounded half up, at least 1). `minimum` /
+    `maximum` (inclusive) and `above` / `below` (exclusive) bound it; each is a number or a function of the
+    image side (`image_side`, `half_image_side`). `limit`: why the bounds are what they are, said when a
+    value breaks one. `search`: its range in `study search` (None: not searched). `doc`: meaning and unit.
+    """
+
+    name: str
+    type: type
+    default: Number
+    scaled: bool = False
+    minimum: Bound = None
+    maximum: Bound = None
+    above: Bound = None
+    below: Bound = None
+    limit: str = ""
+    search: Search | None = None
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier() or self.name in _RESERVED:
+            raise ValueError(f"parameter name must be an identifier such as 'tile_count'; got {self.name!r}")
+        if self.type not in (int, float):
+            raise ValueError(f"parameter {self.name!r}: type must be int or float; got {self.type!r}")
+        if isinstance(self.default, bool) or not isinstance(self.default, self.type):
+            raise ValueError(
+                f"parameter {self.name!r}: default must be a {self.type.__name__}; got {self.default!r}"
+            )
+        if self.search is not None and not isinstance(self.search, Search):
+            raise ValueError(f"parameter {self.name!r}: search must be a Search or None")
+
+    def default_for(self, image_size: int) -> Number:
+        """The default at `image_size` px (`default` itself unless `scaled`)."""
+        if not self.scaled:
+            return self.default
+        if self.type is float:
+            return self.default * image_size / PAPER_IMAGE_SIZE
+        # Integer round-half-up of default * image_size / 224 (Python's round() would round 0.5 to even).
+        return max(1, (2 * self.default * image_size + PAPER_IMAGE_SIZE) // (2 * PAPER_IMAGE_SIZE))
+
+    def check(self, value: Any, image_size: int) -> Number:
+        """`value` as this parameter's type, within its bounds at `image_size` px; `ValueError` otherwise."""
+        name = self.name
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer; got {value!r}")
+            value = int(value)
+        else:
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number; got {value!r}")
+            value = float(value)
+        why = f" ({self.limit})" if self.limit else ""
+        for attr, passes, words in _BOUNDS:
+            bound = getattr(self, attr)
+            sized = callable(bound)
+            bound = bound(image_size) if sized else bound
+            if bound is None or passes(value, bound):
+                continue
+            if attr == "maximum":
+                where = f" for a {image_size}-px image" if sized else ""
+                raise ValueError(f"{name}={value} is too large{where}; use at most {bound}{why}")
+            raise ValueError(f"{name} must be {words} {bound}; got {value}{why}")
+        return value
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tasks
 
 
 @dataclass(frozen=True)
 class PretextTask:
-    """One registered pretext task.
+    """One registered pretext task: everything the study knows about it (see the module docstring).
 
     `make_batch(images, rng, **params) -> (inputs, targets)`: `images` uint8 `(N, S, S, 3)`, `rng` a
     `numpy.random.Generator` or an integer seed; `inputs` uint8 `(N, S, S, 3)`; `targets` by head:
     `angle` -> float32 `(N,)` angle/360 in [0, 1), `rotation4` -> int64 `(N,)` in 0..3, `image` -> uint8
-    `(N, S, S, 3)` originals. `validate(image_size, **params)` raises `ValueError` (message ends with the
-    fix) and returns the checked parameters as a dict of ints.
+    `(N, S, S, 3)` originals. Image tasks: `region(images, rng, **params) -> bool (N, S, S)`, the pixels
+    `make_batch` with the same rng state corrupts (scored on their own: a model can copy the visible pixels
+    and learn nothing else). `train(run) -> PretextResult`: a training step of its own instead (module
+    docstring). `check(image_size, params)`: a rule across parameters beyond each `Param`'s bounds, raising
+    `ValueError` (message ends with the fix).
+
+    How it is judged: `metrics` (its `pretext_<metric>` results columns shown in its report table),
+    `headline` (the metric that decides whether the pretext learned), `references` (the learning-free
+    references it is scored against, `study.references`), `reference_pairs` ((model metric, reference
+    metric) set side by side in the report), `higher_is_better` (metrics beyond
+    `references.HIGHER_IS_BETTER` where larger is better). None: the head's defaults (`DEFAULT_*`).
+    How it is shown: `title` (tables and figures), `table` (the report's pretext table: `rotation` and
+    `image` are the paper's Tables 2 and 3; another name gets a table of its own), `color` (`#rrggbb`; None:
+    a stable colour from the name), and the registration order (arm order in tables and figures).
     """
 
     name: str
     title: str
-    head: str
-    loss: str
-    params: tuple[str, ...]
-    make_batch: Callable[..., Batch]
-    validate: Callable[..., dict[str, int]]
-    # Image tasks: `region(images, rng, **params) -> bool (N, S, S)`, the pixels `make_batch` with the same
-    # rng state corrupts (scored on their own: a model can copy the visible pixels and learn nothing else).
+    head: str | None = None
+    loss: str | None = None
+    params: tuple[Param, ...] = ()
+    make_batch: Callable[..., Batch] | None = None
     region: Callable[..., np.ndarray] | None = None
-    # The metric that decides whether the pretext learned, and the learning-free references it is scored
-    # against (`study.references`); None: the head's defaults (`DEFAULT_HEADLINE`, `DEFAULT_REFERENCES`).
+    train: Callable[[Any], Any] | None = None
+    check: Callable[[int, dict[str, Any]], None] | None = None
     headline: str | None = None
     references: tuple[str, ...] | None = None
+    metrics: tuple[str, ...] | None = None
+    reference_pairs: tuple[tuple[str, str], ...] | None = None
+    higher_is_better: tuple[str, ...] = ()
+    table: str | None = None
+    color: str | None = None
+    description: str = ""
 
     def __post_init__(self) -> None:
-        if self.headline is None:
-            object.__setattr__(self, "headline", DEFAULT_HEADLINE.get(self.head))
-        if self.references is None:
-            object.__setattr__(self, "references", DEFAULT_REFERENCES.get(self.head, ()))
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise ValueError(f"task name must be a Python identifier such as 'jigsaw'; got {self.name!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"task {self.name!r}: head must be one of {HEADS}; got {self.head!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"task {self.name!r}: loss must be one of {LOSSES}; got {self.loss!r}")
-        if not isinstance(self.params, tuple) or not set(self.params) <= set(PARAM_NAMES):
+        name = self.name
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"task name must be a Python identifier such as 'jigsaw'; got {name!r}")
+        if not isinstance(self.params, tuple) or not all(isinstance(p, Param) for p in self.params):
+            raise ValueError(f"task {name!r}: params must be a tuple of Param; got {self.params!r}")
+        if len({p.name for p in self.params}) != len(self.params):
+            raise ValueError(f"task {name!r}: params name a parameter twice")
+        for attr in ("make_batch", "region", "train", "check"):
+            if getattr(self, attr) is not None and not callable(getattr(self, attr)):
+                raise ValueError(f"task {name!r}: {attr} must be a callable or None")
+        if self.train is None:
+            if self.make_batch is None:
+                raise ValueError(
+                    f"task {name!r}: give make_batch (a batch transform) or train (its own step)"
+                )
+            if self.head not in HEADS:
+                raise ValueError(f"task {name!r}: head must be one of {HEADS}; got {self.head!r}")
+            if self.loss not in LOSSES:
+                raise ValueError(f"task {name!r}: loss must be one of {LOSSES}; got {self.loss!r}")
+            if self.head == "image" and self.region is None:
+                raise ValueError(f"task {name!r}: an image task needs region= (the pixels it corrupts)")
+        else:
+            if self.head is not None and self.head not in HEADS:
+                raise ValueError(f"task {name!r}: head must be None or one of {HEADS}; got {self.head!r}")
+            if not isinstance(self.loss, str) or not self.loss:
+                raise ValueError(
+                    f"task {name!r}: name the loss its train step minimises, e.g. loss='nt_xent'"
+                )
+        defaults = {
+            "headline": DEFAULT_HEADLINE,
+            "references": DEFAULT_REFERENCES,
+            "metrics": DEFAULT_METRICS,
+            "reference_pairs": DEFAULT_REFERENCE_PAIRS,
+            "table": DEFAULT_TABLE,
+        }
+        for attr, by_head in defaults.items():
+            if getattr(self, attr) is None:
+                object.__setattr__(self, attr, by_head.get(self.head, name if attr == "table" else ()))
+        if not self.metrics or self.headline not in self.metrics:
             raise ValueError(
-                f"task {self.name!r}: params must be a tuple drawn from {PARAM_NAMES}; got {self.params!r}"
+                f"task {name!r}: give metrics (its pretext metric names) and a headline among them; "
+                f"got metrics={self.metrics!r}, headline={self.headline!r}"
             )
-        if not callable(self.make_batch) or not callable(self.validate):
-            raise ValueError(f"task {self.name!r}: make_batch and validate must be callables")
-        if self.region is not None and not callable(self.region):
-            raise ValueError(f"task {self.name!r}: region must be a callable or None")
+        if not isinstance(self.table, str) or not self.table.isidentifier():
+            raise ValueError(
+                f"task {name!r}: table must be an identifier such as 'image'; got {self.table!r}"
+            )
+        if self.color is not None and not (isinstance(self.color, str) and _COLOR.fullmatch(self.color)):
+            raise ValueError(f"task {name!r}: color must be '#rrggbb' or None; got {self.color!r}")
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    def defaults(self, image_size: int) -> dict[str, Number]:
+        """Every parameter's default at `image_size` px (not validated: see `resolve`)."""
+        size = _check_image_size(image_size)
+        return {p.name: p.default_for(size) for p in self.params}
+
+    def validate(self, image_size: int, **params: Any) -> dict[str, Number]:
+        """The checked parameters (each of the task's, converted to its type); `ValueError` ending with the fix.
+
+        Parameters the task does not use must be absent or None (a value there is a likely mix-up, e.g.
+        `patch_size` given to `corruption`); each of its own must be given."""
+        size = _check_image_size(image_size)
+        unused = sorted(k for k, v in params.items() if k not in self.param_names and v is not None)
+        if unused:
+            raise ValueError(
+                f"task {self.name!r} does not use parameter(s) {unused}; pass only {list(self.param_names) or 'none'}"
+            )
+        checked: dict[str, Number] = {}
+        for p in self.params:
+            if params.get(p.name) is None:
+                raise ValueError(
+                    f"task {self.name!r} needs {p.name}; pass {p.name}=... "
+                    f"(default_params({self.name!r}, {size}) gives its default at {size} px)"
+                )
+            checked[p.name] = p.check(params[p.name], size)
+        if self.check is not None:
+            self.check(size, dict(checked))
+        return checked
+
+    def resolve(self, image_size: int, given: Mapping[str, Any] | None = None) -> dict[str, Number]:
+        """The parameters a trial runs with: `given` where set (not None), the defaults at `image_size` px
+        elsewhere; validated."""
+        given = {k: v for k, v in (given or {}).items() if v is not None}
+        return self.validate(image_size, **{**self.defaults(image_size), **given})
 
 
 TASKS: dict[str, PretextTask] = {}
 
 
 def register(task: PretextTask) -> PretextTask:
-    """Add `task` to `TASKS` and return it; a name already registered (or `"none"`) raises `ValueError`."""
+    """Add `task` to `TASKS` and return it; `ValueError` for a name already registered (or `"none"`), a
+    parameter named like a `TrialConfig` field, or a parameter another task registered with another type."""
+    from study.config import TrialConfig
+
     if not isinstance(task, PretextTask):
         raise ValueError(f"register expects a PretextTask; got {type(task).__name__}")
     if task.name == "none":
         raise ValueError("'none' names the baseline arm; choose another task name")
     if task.name in TASKS:
         raise ValueError(f"pretext task {task.name!r} is already registered; choose another name")
+    fields = set(TrialConfig.__dataclass_fields__)
+    for p in task.params:
+        if p.name in fields:
+            raise ValueError(
+                f"task {task.name!r}: parameter {p.name!r} is a TrialConfig setting; name it after the task "
+                f"(e.g. {task.name}_{p.name}) or read trial.{p.name} in the task"
+            )
+        other = _param_specs().get(p.name)
+        if other is not None and other.type is not p.type:
+            raise ValueError(
+                f"task {task.name!r}: parameter {p.name!r} is a {other.type.__name__} of another task; "
+                "give it the same type or another name"
+            )
     TASKS[task.name] = task
     return task
 
@@ -143,32 +431,48 @@ def get_task(name: str) -> PretextTask:
     return TASKS[name]
 
 
-def default_params(task_name: str, image_size: int) -> dict[str, int]:
-    """The paper's parameters for `task_name`, scaled from 224 px to `image_size` px.
-
-    `patch_size` (75 px at 224) and `swap_patch_size` (30 px at 224) scale linearly with the image side,
-    rounded half up, at least 1; `swap_count` stays 100 (a count, not a size). Only the parameters the task
-    uses are returned (`{}` for the rotation tasks and for the `"none"` baseline arm). The result is
-    validated, so an image too small for the task raises `ValueError`.
-    Examples: 64 px -> patch_size 21, swap_patch_size 9; 224 px -> 75 and 30.
-    """
-    size = _check_image_size(image_size)
+def resolve_params(
+    task_name: str, image_size: int, given: Mapping[str, Any] | None = None
+) -> dict[str, Number]:
+    """The task's parameters for a trial: `given` where set, defaults scaled to `image_size` elsewhere,
+    validated (`PretextTask.resolve`); `{}` for the `"none"` baseline arm."""
     if task_name == "none":
         return {}
-    task = get_task(task_name)
-    paper = {
-        "patch_size": _scale_from_paper(PAPER_PATCH_SIZE, size),
-        "swap_count": PAPER_SWAP_COUNT,
-        "swap_patch_size": _scale_from_paper(PAPER_SWAP_PATCH_SIZE, size),
-    }
-    params = {name: paper[name] for name in task.params}
-    task.validate(size, **params)
-    return params
+    return get_task(task_name).resolve(image_size, given)
 
 
-def _scale_from_paper(paper_pixels: int, image_size: int) -> int:
-    # Integer round-half-up of paper_pixels * image_size / 224 (Python's round() would round 0.5 to even).
-    return max(1, (2 * paper_pixels * image_size + PAPER_IMAGE_SIZE) // (2 * PAPER_IMAGE_SIZE))
+def default_params(task_name: str, image_size: int) -> dict[str, Number]:
+    """The task's default parameters at `image_size` px, validated (`{}` for the rotation tasks and `"none"`).
+
+    The paper's sizes scale linearly from 224 px, rounded half up, at least 1; `swap_count` stays 100 (a
+    count, not a size). An image too small for the task raises `ValueError`.
+    Examples: 64 px -> patch_size 21, swap_patch_size 9; 224 px -> 75 and 30.
+    """
+    _check_image_size(image_size)
+    return resolve_params(task_name, image_size)
+
+
+def param_names() -> tuple[str, ...]:
+    """Every registered task parameter, in registration order: the arm keys and results.csv columns."""
+    return tuple(_param_specs())
+
+
+def param_spec(name: str) -> Param:
+    """The registered `Param` called `name` (tasks sharing a name share its type); `KeyError` otherwise."""
+    return _param_specs()[name]
+
+
+def _param_specs() -> dict[str, Param]:
+    specs: dict[str, Param] = {}
+    for task in TASKS.values():
+        for p in task.params:
+            specs.setdefault(p.name, p)
+    return specs
+
+
+def tables() -> tuple[str, ...]:
+    """The report's pretext tables of the registered tasks, in registration order."""
+    return tuple(dict.fromkeys(task.table for task in TASKS.values()))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -207,53 +511,6 @@ def as_generator(rng: Any) -> np.random.Generator:
         f"rng must be a numpy.random.Generator or a non-negative integer seed; got {rng!r}; derive one per "
         "epoch with np.random.default_rng([seed, stream, epoch])"
     )
-
-
-def params_validator(task_name: str, required: tuple[str, ...]) -> Callable[..., dict[str, int]]:
-    """A `validate(image_size, **params) -> dict[str, int]` for a task using the parameters `required`.
-
-    Rules: every required parameter is present and not None; parameters the task does not use must be
-    absent or None (a value there is a likely mix-up, e.g. `patch_size` given to `corruption`); sizes and
-    counts are integers >= 1; `patch_size <= image_size`; `swap_patch_size <= image_size // 2`, because
-    two squares that never overlap must fit side by side.
-    """
-    unknown_required = set(required) - set(PARAM_NAMES)
-    if unknown_required:
-        raise ValueError(f"task {task_name!r}: unknown parameter(s) {sorted(unknown_required)}")
-
-    def validate(image_size: int, **params: Any) -> dict[str, int]:
-        size = _check_image_size(image_size)
-        unused = sorted(k for k, v in params.items() if k not in required and v is not None)
-        if unused:
-            raise ValueError(
-                f"task {task_name!r} does not use parameter(s) {unused}; pass only {list(required) or 'none'}"
-            )
-        checked: dict[str, int] = {}
-        for name in required:
-            value = params.get(name)
-            if value is None:
-                raise ValueError(
-                    f"task {task_name!r} needs {name}; pass {name}=... "
-                    f"(default_params({task_name!r}, {size}) gives the paper's value scaled to {size} px)"
-                )
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{name} must be an integer (pixels or a count); got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1; got {value}; use a positive {name}")
-            checked[name] = int(value)
-        if checked.get("patch_size", 0) > size:
-            raise ValueError(
-                f"patch_size={checked['patch_size']} is larger than the {size}-px image; use at most {size} "
-                f"(paper: 75 px at 224 px)"
-            )
-        if checked.get("swap_patch_size", 0) > size // 2:
-            raise ValueError(
-                f"swap_patch_size={checked['swap_patch_size']} leaves no room for two non-overlapping "
-                f"squares in a {size}-px image; use at most {size // 2} (paper: 30 px at 224 px)"
-            )
-        return checked
-
-    return validate
 
 
 def _check_image_size(image_size: Any) -> int:
@@ -354,12 +611,44 @@ def _disjoint_square_pairs(
 
 
 # --------------------------------------------------------------------------------------------------------
-# The paper's tasks.
 
-_validate_rotation = params_validator("rotation", required=())
-_validate_rotation4 = params_validator("rotation4", required=())
-_validate_missing_patch = params_validator("missing_patch", required=("patch_size",))
-_validate_corruption = params_validator("corruption", required=("swap_count", "swap_patch_size"))
+
+# --------------------------------------------------------------------------------------------------------
+# The paper's tasks (section II.B): parameters at 224 px, scaled to the study's image size.
+
+
+def _square_side(name: str, paper_px: int, maximum: Bound, why: str, search: Search, doc: str) -> Param:
+    """A square's side in pixels: the paper's value at 224 px, scaled with the image side."""
+    limit = f"{why}; paper: {paper_px} px at {PAPER_IMAGE_SIZE} px"
+    return Param(
+        name, int, paper_px, scaled=True, minimum=1, maximum=maximum, limit=limit, search=search, doc=doc
+    )
+
+
+PATCH_SIZE = _square_side(
+    "patch_size",
+    75,
+    image_side,
+    "the square must fit in the image",
+    Search(0.15, 0.5, relative=True),
+    "side of the black square, px",
+)
+SWAP_COUNT = Param(
+    "swap_count",
+    int,
+    100,
+    minimum=1,
+    search=Search(10, 150, log=True),
+    doc="swaps per image, applied in sequence (a count: not scaled)",
+)
+SWAP_PATCH_SIZE = _square_side(
+    "swap_patch_size",
+    30,
+    half_image_side,
+    "two non-overlapping squares must fit side by side",
+    Search(0.06, 0.25, relative=True),
+    "side of the swapped squares, px",
+)
 
 
 def rotation_batch(images: np.ndarray, rng: np.random.Generator | int, **params: Any) -> Batch:
@@ -373,7 +662,7 @@ def rotation_batch(images: np.ndarray, rng: np.random.Generator | int, **params:
     Draws: `targets = rng.random(N, dtype=float32)`.
     """
     x = check_images(images)
-    _validate_rotation(x.shape[1], **params)
+    ROTATION.validate(x.shape[1], **params)
     targets = as_generator(rng).random(x.shape[0], dtype=np.float32)
     return rotate_images(x, targets.astype(np.float64) * 360.0), targets
 
@@ -404,7 +693,7 @@ def rotation4_batch(images: np.ndarray, rng: np.random.Generator | int, **params
     Draws: `k = rng.integers(0, 4, size=N)`.
     """
     x = check_images(images)
-    _validate_rotation4(x.shape[1], **params)
+    ROTATION4.validate(x.shape[1], **params)
     k = as_generator(rng).integers(0, 4, size=x.shape[0], dtype=np.int64)
     # Move whole 3-byte pixels (void view of shape (N, S, S)): a transposed copy of (S, S, 3) uint8 walks
     # a length-3 inner axis and measured 2-3x slower. One batched copy per k instead of a copy per image.
@@ -428,7 +717,7 @@ def missing_patch_batch(images: np.ndarray, rng: np.random.Generator | int, **pa
     originals. Draws: top-left corners `rng.integers(0, S - patch_size + 1, size=(N, 2))` as (row, col).
     """
     x = check_images(images)
-    side = _validate_missing_patch(x.shape[1], **params)["patch_size"]
+    side = MISSING_PATCH.validate(x.shape[1], **params)["patch_size"]
     corners = as_generator(rng).integers(0, x.shape[1] - side + 1, size=(x.shape[0], 2))
     inputs = x.copy()
     if x.shape[0]:
@@ -447,7 +736,7 @@ def corruption_batch(images: np.ndarray, rng: np.random.Generator | int, **param
     `(swap_count, N)`.
     """
     x = check_images(images)
-    checked = _validate_corruption(x.shape[1], **params)
+    checked = CORRUPTION.validate(x.shape[1], **params)
     side = checked["swap_patch_size"]
     pairs = _disjoint_square_pairs(as_generator(rng), (checked["swap_count"], x.shape[0]), x.shape[1], side)
     inputs = x.copy()
@@ -459,7 +748,7 @@ def corruption_batch(images: np.ndarray, rng: np.random.Generator | int, **param
 def missing_patch_region(images: np.ndarray, rng: np.random.Generator | int, **params: Any) -> np.ndarray:
     """The hole `missing_patch_batch` cuts with the same `rng` state: bool `(N, S, S)`, True inside it."""
     x = check_images(images)
-    side = _validate_missing_patch(x.shape[1], **params)["patch_size"]
+    side = MISSING_PATCH.validate(x.shape[1], **params)["patch_size"]
     corners = as_generator(rng).integers(0, x.shape[1] - side + 1, size=(x.shape[0], 2))
     mask = np.zeros(x.shape[:3], bool)
     for i, (r, c) in enumerate(corners):
@@ -482,52 +771,64 @@ def corruption_region(images: np.ndarray, rng: np.random.Generator | int, **para
     return decoded != position
 
 
-register(
+ROTATION = register(
     PretextTask(
         "rotation",
-        "Rotation prediction (angle regression)",
+        "Rotation prediction",
         "angle",
         "mse",
-        (),
-        rotation_batch,
-        _validate_rotation,
+        make_batch=rotation_batch,
+        color="#1f77b4",
+        description="Rotation prediction (angle regression)",
     )
 )
-register(
+ROTATION4 = register(
     PretextTask(
         "rotation4",
-        "Rotation classification (0/90/180/270 degrees)",
+        "4-way rotation",
         "rotation4",
         "sparse_categorical_crossentropy",
-        (),
-        rotation4_batch,
-        _validate_rotation4,
+        make_batch=rotation4_batch,
+        color="#17becf",
+        description="Rotation classification (0/90/180/270 degrees)",
     )
 )
-register(
+MISSING_PATCH = register(
     PretextTask(
         "missing_patch",
-        "Missing patch (inpainting)",
+        "Missing patch",
         "image",
         "mse",
-        ("patch_size",),
-        missing_patch_batch,
-        _validate_missing_patch,
+        (PATCH_SIZE,),
+        make_batch=missing_patch_batch,
         region=missing_patch_region,
         # Outside the hole the input is already the target: only the hole says what was learned.
         headline="region_mse",
         references=("identity", "meanfill", "biharmonic"),
+        # The composite keeps the visible pixels (as the identity and mean-fill references do), so it is
+        # compared on the same whole-image metrics.
+        metrics=(*DEFAULT_METRICS["image"], "composite_mse", "composite_ssim"),
+        reference_pairs=(
+            ("region_mse", "region_mse"),
+            ("mse_mean", "mse_mean"),
+            ("ssim_mean", "ssim_mean"),
+            ("composite_mse", "mse_mean"),
+            ("composite_ssim", "ssim_mean"),
+        ),
+        color="#ff7f0e",
+        description="Missing patch (inpainting)",
     )
 )
-register(
+CORRUPTION = register(
     PretextTask(
         "corruption",
-        "Corruption removal (patch swaps)",
+        "Corruption removal",
         "image",
         "mse",
-        ("swap_count", "swap_patch_size"),
-        corruption_batch,
-        _validate_corruption,
+        (SWAP_COUNT, SWAP_PATCH_SIZE),
+        make_batch=corruption_batch,
         region=corruption_region,
+        color="#2ca02c",
+        description="Corruption removal (patch swaps)",
     )
 )

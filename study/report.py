@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from study import analysis as A
-from study import plots
+from study import plots, pretext
 from study import simulate as S
 from study.files import write_text_replacing
 
@@ -379,7 +379,9 @@ def _example(task: str, seed: int, arrays: dict[str, np.ndarray]) -> tuple[Examp
     """``(example or None, problem or "")`` for one file's arrays."""
     if not arrays:
         return None, ""
-    if task in A.ROTATION_TASKS:
+    # The pretext phase records angle examples for every head but `image` (unregistered tasks: image).
+    registered = pretext.TASKS.get(task)
+    if registered is not None and registered.head != "image":
         if not all(k in arrays for k in ANGLE_EXAMPLE_KEYS):
             return None, ""
         x, t, p = (arrays[k] for k in ANGLE_EXAMPLE_KEYS)
@@ -640,8 +642,7 @@ class RunAnalysis:
     comparisons: pd.DataFrame  # compare_to_baseline + simulate.power_planning + pretext_learned_seeds
     null_rates: dict[str, float]  # simulate.null_rejection_rates for this design ({} without comparisons)
     friedmans: list[dict[str, Any]]  # friedman, one per (label fraction, regime) cell
-    rotation_table: pd.DataFrame  # pretext_tables
-    image_table: pd.DataFrame
+    pretext_tables: dict[str, pd.DataFrame]  # pretext_tables, by table name
     pretext_refs: pd.DataFrame  # pretext_reference_table
     learned: pd.DataFrame  # pretext_learned
     probe: pd.DataFrame  # probe_table
@@ -710,7 +711,6 @@ def analyse_run(
     comp = comp.assign(
         pretext_learned_seeds=comp["arm"].map(dict(zip(learned["arm"], learned["learned_seeds"])))
     )
-    rot, img = A.pretext_tables(df)
 
     curves = None
     if history is not None:
@@ -738,8 +738,7 @@ def analyse_run(
         ]
         if pairing is not None
         else [],
-        rotation_table=rot,
-        image_table=img,
+        pretext_tables=A.pretext_tables(df),
         pretext_refs=refs,
         learned=learned,
         probe=A.probe_table(df),
@@ -804,8 +803,9 @@ def write_tables(a: RunAnalysis) -> None:
         ]
     )
     _write_csv(friedman, d / "friedman.csv")
-    _write_csv(a.rotation_table, d / "pretext_rotation.csv")
-    _write_csv(a.image_table, d / "pretext_image.csv")
+    for name, table in a.pretext_tables.items():
+        if name in PAPER_PRETEXT_TABLES or not table.empty:
+            _write_csv(table, d / f"pretext_{name}.csv")
     _write_csv(a.pretext_refs, d / "pretext_reference.csv")
     probe = a.probe
     if len(a.probe_comparisons):
@@ -1563,33 +1563,51 @@ def _curve_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     return blocks + [Image(path, f"Validation loss and AUC per fine-tune epoch{per}")]
 
 
+# The paper's pretext tables, by `PretextTask.table`: (heading, caption, what an empty one says). Shown in
+# every report; another registered table is shown when the run has an arm with finite metrics in it.
+PAPER_PRETEXT_TABLES = {
+    "rotation": (
+        "Table 2: rotation prediction",
+        "Mean \u00b1 SD across seeds of each test-set metric. Scaled values are angle/360; circular "
+        "differences take the shorter way round the circle (the paper's are not circular).",
+        "no rotation arm",
+    ),
+    "image": (
+        "Table 3: missing patch and corruption removal",
+        "Mean \u00b1 SD across seeds; each seed's value is the mean (or SD) over test images of MSE "
+        "(0\u2013255 scale) and SSIM on de-processed images.",
+        "no image pretext arm",
+    ),
+}
+
+
 def _pretext_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     refs = a.pretext_refs
     blocks: list[Block] = [Heading(2, "Pretext tasks (paper Tables 2 and 3)")]
-    blocks.append(Heading(3, "Table 2: rotation prediction"))
-    if a.rotation_table.empty:
-        blocks.append(Para(f"{NA}: no rotation arm with finite pretext metrics in this run."))
-    else:
+    for name, table in a.pretext_tables.items():
+        tasks = [t.name for t in pretext.TASKS.values() if t.table == name]
+        if name in PAPER_PRETEXT_TABLES:
+            heading, caption, empty = PAPER_PRETEXT_TABLES[name]
+            kind = name
+        elif table.empty:
+            continue
+        else:
+            kind = " and ".join(A.task_title(t) for t in tasks)
+            heading, caption = f"Pretext: {kind}", "Mean \u00b1 SD across seeds of each test-set metric."
+        blocks.append(Heading(3, heading))
+        if table.empty:
+            blocks.append(Para(f"{NA}: {empty} with finite pretext metrics in this run."))
+            continue
+        blocks.append(Table(_pretext_display(table), caption))
+        blocks += _reference_blocks(refs[refs["task"].isin(tasks)], kind)
+    unregistered = A.unregistered_tasks(a.df)
+    if unregistered:
         blocks.append(
-            Table(
-                _pretext_display(a.rotation_table),
-                "Mean \u00b1 SD across seeds of each test-set metric. Scaled values are angle/360; circular "
-                "differences take the shorter way round the circle (the paper's are not circular).",
+            Para(
+                f"Pretext metrics of {', '.join(unregistered)} are not tabulated: no such task is registered "
+                "where this report was made (import the module that registers it, then run `study report`)."
             )
         )
-        blocks += _reference_blocks(refs[refs["task"].isin(A.ROTATION_TASKS)], "rotation")
-    blocks.append(Heading(3, "Table 3: missing patch and corruption removal"))
-    if a.image_table.empty:
-        blocks.append(Para(f"{NA}: no image pretext arm with finite pretext metrics in this run."))
-    else:
-        blocks.append(
-            Table(
-                _pretext_display(a.image_table),
-                "Mean \u00b1 SD across seeds; each seed's value is the mean (or SD) over test images of MSE "
-                "(0\u2013255 scale) and SSIM on de-processed images.",
-            )
-        )
-        blocks += _reference_blocks(refs[refs["task"].isin(A.IMAGE_TASKS)], "image")
     return blocks + _example_blocks(a, fig_dir)
 
 
@@ -1606,7 +1624,7 @@ def _reference_blocks(refs: pd.DataFrame, kind: str) -> list[Block]:
         "seeds; model / reference is the mean over seeds of the per-seed ratio; \u201clearned\u201d: the "
         "model beats the reference on the task's headline metric."
     )
-    if kind == "image":
+    if kind == "image":  # the image tasks' references (study.references)
         caption += (
             " Identity: the corrupted input itself; mean fill: the hole filled with the mean colour; the "
             "composite keeps the visible pixels and takes only the hole from the model; the biharmonic "
@@ -1624,7 +1642,7 @@ def _example_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
                 "and rotation tasks that recorded angles)."
             )
         )
-    for task, ex in sorted(a.examples.items(), key=lambda kv: _task_rank(kv[0])):
+    for task, ex in sorted(a.examples.items(), key=lambda kv: A.task_rank(kv[0])):
         title = f"{A.arm_title(task)} (seed {ex.seed})"
         if ex.kind == "angle":
             x = ex.arrays
@@ -1688,10 +1706,6 @@ def _probe_blocks(a: RunAnalysis) -> list[Block]:
             Para("No paired probe comparison: the table is not paired by seed (see Headline results).")
         )
     return blocks
-
-
-def _task_rank(task: str) -> tuple[int, str]:
-    return (A.TASK_ORDER.index(task) if task in A.TASK_ORDER else len(A.TASK_ORDER), task)
 
 
 def _excluded_blocks(a: RunAnalysis) -> list[Block]:

@@ -175,6 +175,8 @@ def validate_study(preset: StudyPreset) -> None:
         )
     if preset.search is None and not preset.arms:
         raise ConfigError(f"preset {preset.name!r} has no arms to compare")
+    if preset.search is not None:
+        _validate_param_ranges(preset.search.param_ranges)
     configs = (
         preset.trial_configs()
         if preset.search is None
@@ -184,6 +186,25 @@ def validate_study(preset: StudyPreset) -> None:
         validate_trial(trial)
     if preset.search is None and not any(a["task"] == "none" for a in preset.arms):
         raise ConfigError("arms: the study needs the baseline arm (task 'none') to compare against")
+
+
+def _validate_param_ranges(ranges: dict[str, Any]) -> None:
+    """`[search.param_ranges]`: each a searched task parameter's `[low, high]`, in its registered units."""
+    from study import pretext
+
+    for name, value in ranges.items():
+        searched = [n for n in pretext.param_names() if pretext.param_spec(n).search is not None]
+        spec = pretext.param_spec(name) if name in searched else None
+        if spec is None or spec.search.choices:
+            raise ConfigError(
+                f"search.param_ranges.{name}: not a task parameter searched over a range; use one of "
+                f"{[n for n in searched if not pretext.param_spec(n).search.choices]}"
+            )
+        try:
+            dataclasses.replace(spec.search, low=value[0], high=value[1])
+        except (TypeError, ValueError, IndexError) as exc:
+            unit = "fractions of the image side" if spec.search.relative else spec.type.__name__
+            raise ConfigError(f"search.param_ranges.{name}: give [low, high] in {unit} ({exc})") from None
 
 
 def _validate_synth(base: Any) -> None:

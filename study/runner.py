@@ -33,8 +33,9 @@ import study
 from study import storage as store
 from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params
 from study.files import write_replacing, write_text_replacing
+from study.pretext import param_names
 from study.resolve import check_local_resources, validate_run_name, validate_study
-from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space
+from study.search_spaces import SEARCHED_SETTINGS, StudyPreset, arm_name, get_preset, optuna_space
 from study.sources import check_cache_writable, check_command, source_label
 
 STUDY_FILE = "study.json"
@@ -368,7 +369,7 @@ def run_study(
 
 def _search_constants(preset: StudyPreset) -> dict[str, Any]:
     fixed = preset.base.to_dict()
-    for key in ("task", "patch_size", "swap_count", "swap_patch_size", "lr", "pretext_lr"):
+    for key in SEARCHED_SETTINGS:
         fixed.pop(key)
     return fixed
 
@@ -395,17 +396,7 @@ def preset_from_dict(d: dict[str, Any]) -> StudyPreset:
     if d.get("label_fractions") is not None:
         d["label_fractions"] = tuple(d["label_fractions"])
     if d.get("search") is not None:
-        s = dict(d["search"])
-        for k in (
-            "tasks",
-            "lr_range",
-            "pretext_lr_range",
-            "patch_fraction_range",
-            "swap_count_range",
-            "swap_fraction_range",
-        ):
-            s[k] = tuple(s[k])
-        d["search"] = SearchSettings(**s)
+        d["search"] = SearchSettings.from_dict(d["search"])
     return StudyPreset(**d)
 
 
@@ -582,9 +573,7 @@ def write_search_summary(run_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
     cols = [
         "trial_id",
         "task",
-        "patch_size",
-        "swap_count",
-        "swap_patch_size",
+        *param_names(),
         "lr",
         "pretext_lr",
         "status",
@@ -612,9 +601,8 @@ def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
     return {
         "arm": arm_name(shown, varied),
         "task": trial.task,
-        "patch_size": params.get("patch_size"),
-        "swap_count": params.get("swap_count"),
-        "swap_patch_size": params.get("swap_patch_size"),
+        # One column per registered task parameter (empty where the trial's task does not use it).
+        **{name: params.get(name) for name in param_names()},
         "lr": trial.lr,
         "pretext_lr": trial.pretext_lr if trial.task != "none" else math.nan,
         "seed": trial.seed,
@@ -631,7 +619,7 @@ def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
 def _varied_params(preset: StudyPreset) -> set[str]:
     """Arm settings that take more than one value among the arms of one task (shown in arm names)."""
     if preset.search is not None:
-        return {"patch_size", "swap_count", "swap_patch_size", "lr", "pretext_lr"}
+        return {*param_names(), *SEARCHED_SETTINGS} - {"task"}
     varied = set()
     for key in {k for a in preset.arms for k in a} - {"task"}:
         for task in {a["task"] for a in preset.arms}:

@@ -21,19 +21,50 @@ from study.config import TrialConfig
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Optuna search over task parameters and learning rates (`study search`)."""
+    """Optuna search over task parameters and learning rates (`study search`).
+
+    Each task parameter is searched over its registered range (`study.pretext.Param.search`);
+    `param_ranges` replaces a range by parameter name, `(low, high)` in the registered range's units
+    (fractions of the image side for a relative one, such as `patch_size`).
+    """
 
     num_samples: int = 20
     tasks: tuple[str, ...] = ("rotation", "missing_patch", "corruption")
     lr_range: tuple[float, float] = (1e-4, 1e-2)
     pretext_lr_range: tuple[float, float] = (1e-4, 1e-2)
-    patch_fraction_range: tuple[float, float] = (0.15, 0.5)  # patch side / image side
-    swap_count_range: tuple[int, int] = (10, 150)
-    swap_fraction_range: tuple[float, float] = (0.06, 0.25)  # swap patch side / image side
+    param_ranges: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     asha: bool = False
     # Optimise validation AUC of the fine-tune phase at the epoch this patience regime keeps; never a test metric.
     metric: str = "val_auc"
     searcher_seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
+        """From `dataclasses.asdict` output (a run's `study.json`), lists back to tuples; see `upgrade_search_keys`."""
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in upgrade_search_keys(d).items()}
+        d["param_ranges"] = {k: tuple(v) for k, v in (d.get("param_ranges") or {}).items()}
+        return cls(**d)
+
+
+#: Search settings of earlier versions, one range per parameter before ranges came from the task registry.
+LEGACY_RANGE_KEYS = {
+    "patch_fraction_range": "patch_size",
+    "swap_count_range": "swap_count",
+    "swap_fraction_range": "swap_patch_size",
+}
+
+
+def upgrade_search_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a `[search]` table or saved `SearchSettings` dict with the ranges of earlier versions
+    (`patch_fraction_range = [0.15, 0.5]`, ...) moved into `param_ranges`, in the same units."""
+    d = dict(d)
+    ranges = dict(d.get("param_ranges") or {})
+    for old, name in LEGACY_RANGE_KEYS.items():
+        if old in d:
+            ranges.setdefault(name, d.pop(old))
+    if ranges:
+        d["param_ranges"] = ranges
+    return d
 
 
 @dataclass(frozen=True)
@@ -75,11 +106,15 @@ class StudyPreset:
         ]
 
     def param_space(self) -> dict[str, Any]:
-        """The Tune param space: fixed settings plus `arm`, `seed` (and `subset`) grid dimensions."""
+        """The Tune param space: fixed settings plus `arm`, `seed` (and `subset`) grid dimensions.
+
+        Task parameters come with their arm (flat keys, `{"task": "corruption", "swap_count": 50}`), so a
+        rotation trial never sees swap_count; `base.task_params` (empty in every shipped preset) stays in the
+        fixed part, under the arm's."""
         from ray import tune
 
         fixed = self.base.to_dict()
-        for key in ("task", "seed", "patch_size", "swap_count", "swap_patch_size"):
+        for key in ("task", "seed"):
             fixed.pop(key)
         space = {
             **fixed,
@@ -106,15 +141,9 @@ def arm_name(arm: dict[str, Any], varied: set[str] = frozenset()) -> str:
     return f"{task}({', '.join(shown)})" if shown else task
 
 
-def paper_arm_params(task: str, image_size: int) -> dict[str, Any]:
-    """The paper's task parameters (75 px patch, 100 swaps of 30 px at 224 px) scaled to `image_size`."""
-    from study.pretext import default_params
-
-    return {"task": task, **(default_params(task, image_size) if task != "none" else {})}
-
-
-def _four_arms(image_size: int) -> tuple[dict[str, Any], ...]:
-    return tuple(paper_arm_params(t, image_size) for t in ("none", "rotation", "missing_patch", "corruption"))
+# The paper's four arms. Their task parameters are left to the registry's defaults (75 px patch, 100 swaps of
+# 30 px at 224 px), scaled to the trial's image size when the trial runs.
+PAPER_ARMS = tuple({"task": t} for t in ("none", "rotation", "missing_patch", "corruption"))
 
 
 def demo() -> StudyPreset:
@@ -149,7 +178,7 @@ def demo() -> StudyPreset:
             patiences=(0, 3, 10),
             threads=1,
         ),
-        arms=_four_arms(size),
+        arms=PAPER_ARMS,
         seeds=tuple(range(9)),
         cpus_per_trial=1,
         runtime_note="~4-5 min on 2 CPU cores",
@@ -201,7 +230,7 @@ def cpu_real() -> StudyPreset:
             pretext_epochs=5,
             finetune_epochs=16,
         ),
-        arms=_four_arms(size),
+        arms=PAPER_ARMS,
         seeds=tuple(range(9)),
         cpus_per_trial=1,
         needs_data=True,
@@ -237,7 +266,7 @@ def paper() -> StudyPreset:
             threads=4,
             mixed_precision=True,
         ),
-        arms=_four_arms(size),
+        arms=PAPER_ARMS,
         seeds=tuple(range(10)),
         cpus_per_trial=4,
         gpus_per_trial=1,
@@ -295,6 +324,10 @@ def describe_presets() -> str:
     return "\n\n".join(parts)
 
 
+#: The trial settings every search trial's suggestions set (`OptunaSpace`), besides its task's parameters.
+SEARCHED_SETTINGS = ("task", "lr", "pretext_lr")
+
+
 @dataclass(frozen=True)
 class OptunaSpace:
     """Define-by-run Optuna space: task parameters are suggested only for the task that uses them.
@@ -306,18 +339,16 @@ class OptunaSpace:
     image_size: int
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
+        from study.pretext import get_task
+
         s, size = self.settings, self.image_size
         task = trial.suggest_categorical("task", list(s.tasks))
         trial.suggest_float("lr", *s.lr_range, log=True)
         if task != "none":
             trial.suggest_float("pretext_lr", *s.pretext_lr_range, log=True)
-        if task == "missing_patch":
-            lo, hi = s.patch_fraction_range
-            trial.suggest_int("patch_size", max(1, round(lo * size)), max(1, round(hi * size)))
-        if task == "corruption":
-            trial.suggest_int("swap_count", *s.swap_count_range, log=True)
-            lo, hi = s.swap_fraction_range
-            trial.suggest_int("swap_patch_size", max(1, round(lo * size)), max(1, round(hi * size)))
+            for param in get_task(task).params:
+                if param.search is not None:
+                    param.search.suggest(trial, param, size, s.param_ranges.get(param.name))
         return None
 
 

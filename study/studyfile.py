@@ -24,6 +24,10 @@ Format (`study presets --show demo` prints every shipped preset in it):
     task = "corruption"
     swap_count = 50
 
+An arm's keys are `task` and the parameters of the registered tasks (`study.pretext.param_names`), typed as
+the registry declares them; one the arm leaves out takes its task's default at the trial's image size.
+`[search]` may replace a parameter's search range: `[search.param_ranges]` `patch_size = [0.1, 0.3]`.
+
 Unknown keys, wrong types and values the study cannot run with are `ConfigError`s naming the key, the file and
 line where it can be found, and the accepted values; a task parameter on an arm whose task does not use it is
 an error (not silently dropped).
@@ -37,12 +41,17 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from study.config import ConfigError, TrialConfig, validate_trial
-from study.search_spaces import SearchSettings, StudyPreset, get_preset
+from study import pretext
+from study.config import ConfigError, TrialConfig, resolved_task_params, validate_trial
+from study.search_spaces import SearchSettings, StudyPreset, get_preset, upgrade_search_keys
 
 # Top-level keys that map one-to-one onto StudyPreset fields.
 STUDY_KEYS = ("name", "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "max_failures")
-ARM_KEYS = ("task", "patch_size", "swap_count", "swap_patch_size")
+
+
+def arm_keys() -> tuple[str, ...]:
+    """What an `[[arms]]` table may hold: `task` and every registered task parameter."""
+    return ("task", *pretext.param_names())
 
 
 class _Source:
@@ -174,7 +183,7 @@ def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> Study
     if "arms" in d:
         changes["arms"] = _arms(d["arms"], source)
     if "search" in d:
-        table = _table(d["search"], "search", source)
+        table = upgrade_search_keys(_table(d["search"], "search", source))
         current = preset.search or SearchSettings()
         changes["search"] = _apply_dataclass(current, table, "search", source)
     return preset.replace(base=base, **changes)
@@ -211,7 +220,7 @@ def _apply_data(base: TrialConfig, value: Any, source: _Source) -> TrialConfig:
 
 
 def _apply_trial(base: TrialConfig, table: dict[str, Any], source: _Source) -> TrialConfig:
-    for key in ARM_KEYS:
+    for key in (*arm_keys(), "task_params"):
         if key in table:
             raise ConfigError(
                 f"{source.where('trial.' + key)}: {key} belongs to an arm "
@@ -265,17 +274,20 @@ def _arms(value: Any, source: _Source) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not value or not all(isinstance(a, dict) for a in value):
         raise ConfigError(f'{source.where("arms")}: give the arms as [[arms]] tables, each with task = "..."')
     arms = []
+    keys = arm_keys()
     for i, arm in enumerate(value, start=1):
-        unknown = sorted(set(arm) - set(ARM_KEYS))
+        unknown = sorted(set(arm) - set(keys))
         if unknown:
             raise ConfigError(
                 f"{source.where(unknown[0])}: arm {i} has unknown key(s) {unknown}; an arm holds "
-                f"{', '.join(ARM_KEYS)} (other settings go under [trial])"
+                f"{', '.join(keys)} (other settings go under [trial])"
             )
         if "task" not in arm:
             raise ConfigError(f'{source.label}: arm {i} has no task; add task = "none" or a pretext task')
         typed = {"task": _typed(arm["task"], "str", "task", source)}
-        typed.update({k: _typed(v, "int", k, source) for k, v in arm.items() if k != "task"})
+        for k, v in arm.items():
+            if k != "task":
+                typed[k] = _typed(v, pretext.param_spec(k).type.__name__, k, source)
         arms.append(typed)
     return tuple(arms)
 
@@ -303,7 +315,16 @@ def _typed(value: Any, annotation: str, key: str, source: _Source) -> Any:
         inner = [m.group(1)] * len(value) if m.group(1) else [m.group(2), m.group(3)]
         if len(inner) == len(value):
             return tuple(_typed(v, t, key, source) for v, t in zip(value, inner))
-    wanted = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a quoted string"}
+    m = re.fullmatch(r"dict\[str, (.+)\]", ann)
+    if m and isinstance(value, dict):
+        return {k: _typed(v, m.group(1), f"{key}.{k}", source) for k, v in value.items()}
+    wanted = {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "str": "a quoted string",
+        "dict[str, tuple[float, float]]": "a table of [low, high] ranges",
+    }
     raise ConfigError(
         f"{source.where(key)}: expected {wanted.get(ann, ann.replace('tuple', 'a list'))}, got {value!r}"
     )
@@ -333,7 +354,8 @@ def to_toml(preset: StudyPreset, shipped: str | None = None) -> str:
         if base.data_malignant:
             lines.append(f"malignant = {_value(list(base.data_malignant))}")
     lines += ["", "[trial]"]
-    skip = ("task", "seed", *ARM_KEYS[1:], "data_path", "data_images", "data_malignant")
+    # Task parameters belong to arms: a preset's base holds none (`task_params` is empty).
+    skip = ("task", "seed", "task_params", "data_path", "data_images", "data_malignant")
     for key, value in base.to_dict().items():
         if value is not None and key not in skip:
             lines.append(f"{key} = {_value(value)}")
@@ -342,7 +364,21 @@ def to_toml(preset: StudyPreset, shipped: str | None = None) -> str:
         lines += [f"{k} = {_value(v)}" for k, v in dataclasses.asdict(preset.search).items()]
     for arm in preset.arms:
         lines += ["", "[[arms]]"] + [f"{k} = {_value(v)}" for k, v in arm.items() if v is not None]
+        lines += _default_comments(base, arm)
     return "\n".join(lines) + "\n"
+
+
+def _default_comments(base: TrialConfig, arm: dict[str, Any]) -> list[str]:
+    """`# patch_size = 11  (default at 32 px)` for each parameter the arm leaves to its task's default."""
+    if arm.get("task") not in pretext.TASKS:
+        return []
+    trial = base.replace(**arm)
+    given = {k for k, v in arm.items() if v is not None}
+    return [
+        f"# {k} = {_value(v)}  (default at {trial.image_size} px)"
+        for k, v in resolved_task_params(trial).items()
+        if k not in given
+    ]
 
 
 def _value(v: Any) -> str:
@@ -352,4 +388,6 @@ def _value(v: Any) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + "}"
     return repr(v)

@@ -22,7 +22,7 @@ from ray import tune
 
 import study
 from study import storage as store
-from study.config import TrialConfig, regime_name, resolved_task_params
+from study.config import PRETEXT, TrialConfig, phase_values, regime_name
 from study.sources import cache_dir, data_source, pretext_root
 
 # Decoded datasets of this worker process, keyed by where they come from. With `reuse_actors=True` a worker
@@ -63,27 +63,13 @@ PRETEXT_CACHE_FORMAT = 3
 
 
 def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
-    """Hash of everything that determines a pretext phase's weights and metrics."""
+    """Hash of everything that determines a pretext phase's weights and metrics: every field tagged
+    `config.PRETEXT` (task parameters resolved), the dataset's fingerprint (which covers the `config.DATA`
+    fields), the cache format and the code version."""
     ident = {
         "format": PRETEXT_CACHE_FORMAT,
-        "task": trial.task,
-        "params": resolved_task_params(trial),
-        "encoder": trial.encoder,
-        "encoder_widths": list(trial.encoder_widths),
-        "encoder_stride": trial.encoder_stride,
-        "bn_momentum": trial.bn_momentum,
-        "weights": trial.weights,
-        "weights_path": trial.weights_path,
-        "image_size": trial.image_size,
-        "epochs": trial.pretext_epochs,
-        "lr": trial.pretext_lr,
-        "batch_size": trial.pretext_batch_size,
-        "patience": trial.pretext_patience,
-        "val_fraction": trial.val_fraction,
-        "seed": trial.seed,
+        **phase_values(trial, PRETEXT, keys=True),
         "data": fingerprint,
-        "threads": trial.threads,
-        "mixed_precision": trial.mixed_precision,
         "version": study.__version__,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]

@@ -44,7 +44,15 @@ import numpy as np
 
 from study import metrics as study_metrics
 from study import model_cache, models, pretext, references, regimes
-from study.config import TrialConfig, regime_name, resolved_task_params
+from study.config import (
+    FINETUNE,
+    MODEL,
+    PRETEXT,
+    TrialConfig,
+    phase_values,
+    regime_name,
+    resolved_task_params,
+)
 
 # Random streams: `default_rng([seed, STREAM, epoch])` per epoch, `default_rng([seed, STREAM])` when fixed.
 STREAM_PRETEXT_PAIRS = 11  # corrupted training inputs, fresh each epoch
@@ -226,19 +234,24 @@ def run_pretext(
     `pretext_patience`, Keras' `EarlyStopping(val_loss, restore_best_weights=True)`.
 
     `on_epoch(epoch, logs)` is called after each completed epoch (1-based) with the history entry.
+
+    A task with its own training step (`PretextTask.train`) gets the same set-up (parameters resolved, data
+    checked, generators reseeded, validation split, the trial's encoder) as a `PretextRun` and returns the
+    result itself; `make_batch`, the head and the loop below are then not used.
     """
     configure_tensorflow(trial.threads)
     if trial.task == "none":
         raise ValueError("task='none' is the baseline arm and has no pretext phase; call run_finetune only")
     task = pretext.get_task(trial.task)
     params = resolved_task_params(trial)
-    task.validate(trial.image_size, **params)
     _check_data(trial, data)
     seed = trial.seed
     _fresh_keras_state(seed)
 
     train_index, val_index = validation_split(trial, data)
     x_train = data.train.images[train_index]
+    if task.train is not None:
+        return _run_own_step(task, trial, params, data, x_train, data.train.images[val_index], on_epoch)
     epochs = trial.pretext_epochs
 
     def inputs(i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -354,6 +367,47 @@ def run_pretext(
     )
 
 
+@dataclass(frozen=True)
+class PretextRun:
+    """What `run_pretext` hands a task's own training step (`PretextTask.train`; `study.pretext` docstring).
+
+    `params`: the task's resolved parameters. `encoder`: the trial's encoder, built after Python, NumPy and
+    Keras were reseeded from `trial.seed` and initialised as `trial.weights` says; train it in place.
+    `train_images`, `val_images`: uint8 `(N, S, S, 3)`, `data.train` split by `validation_split` (the
+    validation images every arm of this seed holds out); `test_images`: `data.test`'s. `on_epoch(epoch,
+    logs)`: call after each completed epoch (1-based) with `{"epoch", "loss", "val_loss"}`; None: no one
+    listens.
+    """
+
+    trial: TrialConfig
+    params: dict[str, Any]
+    encoder: keras.Model
+    train_images: np.ndarray
+    val_images: np.ndarray
+    test_images: np.ndarray
+    on_epoch: Callable[[int, EpochLogs], None] | None = None
+
+
+def _run_own_step(
+    task: Any,
+    trial: TrialConfig,
+    params: dict[str, Any],
+    data: Any,
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    on_epoch: Callable[[int, EpochLogs], None] | None,
+) -> PretextResult:
+    """The pretext phase of a task that brings its own training step: `task.train(PretextRun(...))`."""
+    encoder = _build_encoder(trial, trial.weights, trial.weights_path)
+    result = task.train(PretextRun(trial, dict(params), encoder, x_train, x_val, data.test.images, on_epoch))
+    if not isinstance(result, PretextResult) or result.task != trial.task:
+        raise TypeError(
+            f"task {trial.task!r}: train must return a study.training.PretextResult with task={trial.task!r}; "
+            f"got {type(result).__name__}{'' if not isinstance(result, PretextResult) else f' of {result.task!r}'}"
+        )
+    return result
+
+
 def _build_encoder(trial: TrialConfig, weights: str, weights_path: str | None) -> keras.Model:
     """The trial's encoder (`models.build_encoder` with the trial's architecture settings)."""
     small = trial.encoder == "small"
@@ -371,11 +425,10 @@ def _build_encoder(trial: TrialConfig, weights: str, weights_path: str | None) -
 
 def _model_key(trial: TrialConfig, head: str, loss: Any) -> tuple:
     """What a compiled model's traced functions depend on, apart from input shapes and the optimizer (both
-    checked by `study.model_cache` itself). BatchNorm's momentum is a constant of the traced train step."""
-    small = trial.encoder == "small"
-    arch = (tuple(trial.encoder_widths), trial.encoder_stride, trial.bn_momentum) if small else None
+    checked by `study.model_cache` itself): every field tagged `config.MODEL` (architecture, image size,
+    precision; BatchNorm's momentum is a constant of the traced train step), the head and the loss."""
     loss_name = loss if isinstance(loss, str) else f"{loss.__module__}.{loss.__qualname__}"
-    return (trial.encoder, arch, trial.image_size, trial.mixed_precision, head, loss_name)
+    return (json.dumps(phase_values(trial, MODEL), sort_keys=True), head, loss_name)
 
 
 def _fresh_keras_state(seed: int) -> None:
@@ -705,24 +758,9 @@ def _binary(labels: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------
 # resumable state
-# Fields that must match between a saved state and the run resuming from it.
-_RESUME_FIELDS = (
-    "task",
-    "seed",
-    "encoder",
-    "encoder_widths",
-    "encoder_stride",
-    "bn_momentum",
-    "weights",
-    "image_size",
-    "val_fraction",
-    "label_fraction",
-    "finetune_epochs",
-    "lr",
-    "batch_size",
-    "threads",
-    "mixed_precision",
-)
+# What must match between a saved fine-tune state and the run resuming from it: every field that changes
+# the fine-tune's numbers, directly or through the pretext it starts from (`config` phase tags).
+_RESUME_PHASES = (PRETEXT, FINETUNE)
 
 
 def _save_state(
@@ -742,7 +780,7 @@ def _save_state(
         "history": history,
         "probe": probe_scores,
         "fingerprint": _fingerprint(data),
-        "config": {k: trial.to_dict()[k] for k in _RESUME_FIELDS},
+        "config": phase_values(trial, *_RESUME_PHASES),
     }
     tmp = d / (STATE_JSON + ".tmp")
     tmp.write_text(json.dumps(state))
@@ -756,8 +794,9 @@ def _load_state(
     if not (d / STATE_JSON).is_file():
         raise FileNotFoundError(f"resume_dir={str(d)!r} holds no fine-tune state ({STATE_JSON} missing)")
     state = json.loads((d / STATE_JSON).read_text())
-    now = {k: trial.to_dict()[k] for k in _RESUME_FIELDS}
-    changed = sorted(k for k in _RESUME_FIELDS if state["config"].get(k) != now[k])
+    now = phase_values(trial, *_RESUME_PHASES)
+    # A state written before a field was compared lacks it: compared on the fields it holds.
+    changed = sorted(k for k in now if k in state["config"] and state["config"][k] != now[k])
     if changed:
         saved = {k: state["config"].get(k) for k in changed}
         raise ValueError(

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from study.analysis import CLASSIFICATION_METRICS, IMAGE_METRICS, ROTATION4_METRICS, ROTATION_METRICS
+from study.analysis import CLASSIFICATION_METRICS
+from study.pretext import get_task
+
+ROTATION_METRICS = tuple(f"pretext_{m}" for m in get_task("rotation").metrics)
+ROTATION4_METRICS = tuple(f"pretext_{m}" for m in get_task("rotation4").metrics)
+# The whole-image metrics every image task reports (Table 3).
+IMAGE_METRICS = ("pretext_mse_mean", "pretext_mse_sd", "pretext_ssim_mean", "pretext_ssim_sd")
 
 ARMS_PAPER = ("baseline", "rotation", "missing_patch", "corruption")
 REGIMES = {"none": 0, "patience3": 3, "patience10": 10}

@@ -276,7 +276,8 @@ def test_pretext_tables_aggregate_one_value_per_seed():
         "corruption": {s: {"pretext_ssim_mean": 0.5 + 0.1 * s} for s in range(4)},
     }
     df = tidy(n_seeds=4, pretext_values=values)
-    rot, img = A.pretext_tables(df)
+    tables = A.pretext_tables(df)
+    rot, img = tables["rotation"], tables["image"]
     row = rot[(rot["arm"] == "rotation") & (rot["metric"] == "pretext_mse")].iloc[0]
     expected = np.array([0.01, 0.02, 0.03, 0.04])
     assert row["n"] == 4  # seeds, not seed x regime rows
@@ -292,8 +293,8 @@ def test_pretext_tables_empty_when_all_nan():
         c for c in raw.columns if c.startswith("pretext_") and c not in ("pretext_cached", "pretext_lr")
     ]:
         raw[c] = np.nan
-    rot, img = A.pretext_tables(A.tidy_results(raw))
-    assert rot.empty and img.empty
+    tables = A.pretext_tables(A.tidy_results(raw))
+    assert set(tables) == {"rotation", "image"} and all(t.empty for t in tables.values())
 
 
 # ---------------------------------------------------------------------------------- loading and summaries
@@ -436,7 +437,7 @@ def test_pretext_tables_keep_pretexts_whose_finetune_later_diverged():
                     "pretext_mse_mean": 100.0 + seed,
                 }
             )
-    _, image = A.pretext_tables(pd.DataFrame(rows))
+    image = A.pretext_tables(pd.DataFrame(rows))["image"]
     ssim = image[image["metric"] == "pretext_ssim_mean"].iloc[0]
     assert ssim["n"] == 2 and ssim["mean"] == pytest.approx(0.6)  # seed 2's pretext diverged: no value
     assert image[image["metric"] == "pretext_mse_mean"].iloc[0]["n"] == 3
@@ -778,7 +779,7 @@ def test_pretext_shared_by_fractions_is_counted_once_per_seed():
     # The first fraction's trial of seed 0 failed before recording its pretext: another fraction's value counts.
     first = (raw["arm"] == "corruption") & (raw["seed"] == 0) & (raw["label_fraction"] == 0.05)
     raw.loc[first, "pretext_mse_mean"] = np.nan
-    _, image = A.pretext_tables(A.tidy_results(raw))
+    image = A.pretext_tables(A.tidy_results(raw))["image"]
     mse = image[(image["arm"] == "corruption") & (image["metric"] == "pretext_mse_mean")].iloc[0]
     per_seed = raw[(raw["arm"] == "corruption") & (raw["regime"] == "none") & (raw["label_fraction"] == 1.0)]
     assert mse["n"] == 6 and mse["mean"] == pytest.approx(per_seed["pretext_mse_mean"].mean())

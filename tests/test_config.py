@@ -50,7 +50,7 @@ from study.search_spaces import PRESETS, arm_name, describe_presets, get_preset,
 )
 def test_bad_trial_configs_are_rejected_with_the_field_named(changes, field):
     with pytest.raises(ConfigError) as info:
-        validate_trial(TrialConfig(**changes))
+        validate_trial(TrialConfig().replace(**changes))
     assert str(info.value).startswith(field), str(info.value)
     assert "\n" not in str(info.value)
 
@@ -82,10 +82,14 @@ def test_param_space_holds_conditional_parameters_only_where_they_apply():
     arms = space["arm"]["grid_search"]
     assert {a["task"] for a in arms} == {"none", "rotation", "missing_patch", "corruption"}
     for arm in arms:
-        assert set(arm) == {"task", *(get_task(arm["task"]).params if arm["task"] != "none" else ())}
+        used = get_task(arm["task"]).param_names if arm["task"] != "none" else ()
+        assert set(arm) <= {"task", *used}
+        # The trial runs with exactly its task's parameters (defaults filled in at its image size).
+        assert set(resolved_task_params(preset.base.replace(**arm))) == set(used)
     assert space["seed"]["grid_search"] == list(preset.seeds)
     # The fixed part carries no task parameter at all: a rotation trial never sees swap_count.
     assert not {"task", "patch_size", "swap_count", "swap_patch_size"} & set(space)
+    assert space["task_params"] == {}
     assert isinstance(space["arm"], dict) and tune.grid_search([1]) == {"grid_search": [1]}
 
 
@@ -101,7 +105,7 @@ def test_paper_preset_matches_the_paper():
         100,
     )
     assert b.val_fraction == 0.2 and tuple(b.patiences) == (0, 3, 10)
-    arms = {a["task"]: a for a in p.arms}
+    arms = {a["task"]: resolved_task_params(b.replace(**a)) for a in p.arms}
     assert arms["missing_patch"]["patch_size"] == 75
     assert (arms["corruption"]["swap_count"], arms["corruption"]["swap_patch_size"]) == (100, 30)
     assert p.needs_gpu and p.gpus_per_trial >= 1
@@ -161,7 +165,7 @@ def test_arm_names_and_regimes():
 
 
 def test_trial_config_round_trips_and_rejects_unknown_fields():
-    t = TrialConfig(task="corruption", swap_count=7, patiences=(0, 2))
+    t = TrialConfig(task="corruption", task_params={"swap_count": 7}, patiences=(0, 2))
     assert TrialConfig.from_dict(t.to_dict()) == t
     with pytest.raises(ConfigError, match="unknown trial config field"):
         TrialConfig.from_dict({"task": "none", "learning_rate": 0.1})
@@ -206,15 +210,8 @@ def test_any_config_is_either_rejected_in_one_line_or_runs_its_pretext(
     task, image_size, patch_size, swap_count, swap_patch_size, lr, patience, seed
 ):
     """Property: a config is rejected with one line naming the field, or its pretext transform runs."""
-    trial = TrialConfig(
-        task=task,
-        image_size=image_size,
-        patch_size=patch_size,
-        swap_count=swap_count,
-        swap_patch_size=swap_patch_size,
-        lr=lr,
-        patiences=(0, patience),
-        seed=seed,
+    trial = TrialConfig(task=task, image_size=image_size, lr=lr, patiences=(0, patience), seed=seed).replace(
+        patch_size=patch_size, swap_count=swap_count, swap_patch_size=swap_patch_size
     )
     try:
         validate_trial(trial)

@@ -46,7 +46,7 @@ def test_registry_holds_the_papers_tasks_with_contract_fields():
     }
     for name, (head, loss, params) in expect.items():
         task = get_task(name)
-        assert (task.name, task.head, task.loss, task.params) == (name, head, loss, params)
+        assert (task.name, task.head, task.loss, task.param_names) == (name, head, loss, params)
         assert task.title
 
 
@@ -80,7 +80,7 @@ def test_module_docstring_example_adds_a_task(monkeypatch):
     assert runner.tries > 0 and runner.failures == 0
     task = pretext.TASKS["colorization"]
     x = random_images(3, 8)
-    inputs, targets = task.make_batch(x, np.random.default_rng(0))
+    inputs, targets = task.make_batch(x, np.random.default_rng(0), **default_params("colorization", 8))
     # its test: inputs are grey (equal channels) while targets are the colour originals
     assert np.array_equal(inputs[..., 0], inputs[..., 1]) and np.array_equal(inputs[..., 1], inputs[..., 2])
     assert np.array_equal(targets, x)

@@ -5,6 +5,7 @@ Everything runs on 1 TensorFlow thread so results are bitwise reproducible (docs
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -363,15 +364,7 @@ def test_pretext_divergence_is_reported_not_raised(data, monkeypatch):
     def nan_targets(images, rng, **params):
         return images.copy(), np.full(len(images), np.nan, np.float32)
 
-    task = pretext.PretextTask(
-        "nan_angle",
-        "NaN targets (test)",
-        "angle",
-        "mse",
-        (),
-        nan_targets,
-        pretext.params_validator("nan_angle", ()),
-    )
+    task = pretext.PretextTask("nan_angle", "NaN targets (test)", "angle", "mse", make_batch=nan_targets)
     monkeypatch.setitem(pretext.TASKS, "nan_angle", task)
     result = training.run_pretext(BASE.replace(task="nan_angle"), data)
     assert result.diverged and result.diverged_epoch == 1
@@ -381,6 +374,88 @@ def test_pretext_divergence_is_reported_not_raised(data, monkeypatch):
 def test_pretext_rejects_the_baseline_arm(data):
     with pytest.raises(ValueError, match="baseline arm"):
         training.run_pretext(BASE, data)
+
+
+def _halving_task(calls: list) -> pretext.PretextTask:
+    """A task with a trivial training step of its own (`PretextTask.train`): each epoch it halves the
+    encoder's weights `halving_factor` times and reports a loss drawn from its own seeded stream."""
+
+    def halve(run: training.PretextRun) -> training.PretextResult:
+        calls.append({"run": run, "initial": run.encoder.get_weights()})
+        history = []
+        for epoch in range(run.trial.pretext_epochs):
+            factor = 0.5 ** run.params["halving_factor"]
+            run.encoder.set_weights([w * factor for w in run.encoder.get_weights()])
+            loss = float(np.random.default_rng([run.trial.seed, 91, epoch]).random())
+            history.append({"epoch": epoch + 1, "loss": loss, "val_loss": loss})
+            if run.on_epoch is not None:
+                run.on_epoch(epoch + 1, dict(history[-1]))
+        metrics = {"shrink": factor ** len(history), "headline": "shrink", "learned": False}
+        return training.PretextResult(run.trial.task, run.encoder.get_weights(), metrics, history)
+
+    return pretext.PretextTask(
+        "halving",
+        "Halving (test)",
+        loss="none",
+        params=(pretext.Param("halving_factor", int, 1, minimum=1),),
+        train=halve,
+        metrics=("shrink",),
+        headline="shrink",
+    )
+
+
+def test_a_task_with_its_own_training_step_runs_through_the_pretext_cache(data, monkeypatch, tmp_path):
+    """`PretextTask.train` replaces the batch loop: it gets the trial's set-up and its result is cached,
+    loaded and fine-tuned from like any other pretext."""
+    from study.trainables import cached_pretext
+
+    calls: list = []
+    monkeypatch.setitem(pretext.TASKS, "halving", _halving_task(calls))
+    trial = BASE.replace(task="halving", pretext_cache_dir=str(tmp_path / "cache"), finetune_epochs=1)
+    epochs: list = []
+    result, reused, key = cached_pretext(
+        trial, data, on_epoch=lambda e, logs: epochs.append((e, logs["loss"]))
+    )
+    assert not reused and [e for e, _ in epochs] == [1, 2] and len(calls) == 1
+    run = calls[0]["run"]
+    train_index, val_index = training.validation_split(trial, data)
+    np.testing.assert_array_equal(run.train_images, data.train.images[train_index])
+    np.testing.assert_array_equal(run.val_images, data.train.images[val_index])
+    np.testing.assert_array_equal(run.test_images, data.test.images)
+    assert run.params == {"halving_factor": 1} and run.trial == trial
+    _assert_weights_equal(result.encoder_weights, [w * 0.25 for w in calls[0]["initial"]])
+    # the initial encoder is the trial's, built after reseeding: a second run starts from the same weights
+    again, reused_again, key_again = cached_pretext(trial, data)
+    assert reused_again and key_again == key and len(calls) == 1
+    _assert_weights_equal(again.encoder_weights, result.encoder_weights)
+    assert again.metrics == {"shrink": 0.25, "headline": "shrink", "learned": False}
+    # its parameter is part of the cache key; the fine-tune starts from its encoder unchanged
+    assert cached_pretext(trial.replace(halving_factor=2), data)[2] != key
+    finetune = training.run_finetune(trial, data, encoder_weights=again.encoder_weights)
+    assert len(finetune.history) == 1
+
+
+def test_a_training_step_must_return_a_pretext_result_of_its_task(data, monkeypatch):
+    task = _halving_task([])
+    wrong = dataclasses.replace(task, train=lambda run: task.train(run).encoder_weights)
+    monkeypatch.setitem(pretext.TASKS, "halving", wrong)
+    with pytest.raises(TypeError, match="must return a study.training.PretextResult"):
+        training.run_pretext(BASE.replace(task="halving", pretext_epochs=1), data)
+
+
+def test_the_model_cache_key_follows_the_model_fields():
+    from study.config import MODEL, fields_of
+
+    key = training._model_key(BASE, "image", "mse")
+    for name in fields_of(MODEL):
+        value = getattr(BASE, name)
+        other = (
+            (*value, 4) if isinstance(value, tuple) else (not value if isinstance(value, bool) else value * 2)
+        )
+        assert training._model_key(BASE.replace(**{name: other}), "image", "mse") != key, name
+    same = BASE.replace(lr=0.5, seed=3, task="rotation", pretext_epochs=9, threads=2)
+    assert training._model_key(same, "image", "mse") == key
+    assert training._model_key(BASE, "angle", "mse") != key
 
 
 # ----------------------------------------------------------------------------------------------- set-up
