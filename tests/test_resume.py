@@ -12,15 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
 
+from study.search_spaces import get_preset
+
 pytestmark = pytest.mark.slow
 
 KEY = ["arm", "seed", "regime"]
-METRICS = ["stop_epoch", "test_auc", "test_soft_accuracy", "test_accuracy", "val_loss"]
 
 
 def _last_result(trial_dir: Path) -> dict:
@@ -35,6 +35,59 @@ def _last_result(trial_dir: Path) -> dict:
         except ValueError:
             continue
     return {}
+
+
+def trial_id_of(trial_dir_name: str) -> str:
+    """Tune's trial id in a trial folder's name: two_stage_trial_<experiment>_<index>_..."""
+    return "_".join(trial_dir_name.split("_")[3:5])
+
+
+def tune_state(run_dir: Path) -> dict:
+    """Ray Tune's experiment state of a run directory (the newest), read as the JSON it is: the trials'
+    cloudpickled fields inside it are never decoded."""
+    return json.loads(sorted(run_dir.glob("experiment_state-*.json"))[-1].read_text())
+
+
+def trial_states(state: dict) -> dict[str, tuple[str, dict]]:
+    """{trial id: (Tune's status, the last result it recorded)} from an experiment state."""
+    out = {}
+    for trial, meta in state["trial_data"]:
+        trial = json.loads(trial) if isinstance(trial, str) else trial
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        out[trial["trial_id"]] = (trial["status"], meta.get("last_result") or {})
+    return out
+
+
+def restart_points(state: dict) -> dict[str, dict]:
+    """What `study resume` restarts each unfinished trial from, by the experiment state it restores:
+    {trial id: {"restored": ..., "finetune_epochs_resumed": ...}}, the values results.csv must then show.
+    Finished (TERMINATED) trials are absent: they do not run again.
+
+    A trial checkpoints with its `pretext_done` result and with every fine-tune epoch (`checkpoint_every`
+    is 1 in the smoke preset), and Tune records a checkpoint together with the result it came with; a
+    resumed trial starts from its latest. So: no result yet, or a pretext epoch -> no checkpoint, the trial
+    starts again (`restored` False); `pretext_done` -> restored, no fine-tune epoch kept; fine-tune epoch e
+    -> restored, e epochs kept; `done` not yet TERMINATED -> restored from its last fine-tune epoch."""
+    assert get_preset("smoke").base.checkpoint_every == 1
+    out = {}
+    for trial_id, (status, last) in trial_states(state).items():
+        if status == "TERMINATED":
+            continue
+        phase = last.get("phase")
+        epochs = {"finetune": last.get("epoch"), "done": last.get("finetune_epochs_run")}.get(phase, 0)
+        out[trial_id] = {
+            "restored": phase in ("pretext_done", "finetune", "done"),
+            "finetune_epochs_resumed": epochs,
+        }
+    return out
+
+
+def cached_pretexts(run_dir: Path) -> set[str]:
+    """Keys of the complete entries of the run's pretext cache."""
+    cache = run_dir / "pretext_cache"
+    return (
+        {p.name for p in cache.iterdir() if p.is_dir() and ".tmp-" not in p.name} if cache.is_dir() else set()
+    )
 
 
 def finished_trials(run_dir: Path) -> list[Path]:
@@ -62,13 +115,55 @@ def _wait_stopped(pid: int, timeout: float = 5) -> None:
         time.sleep(0.005)
 
 
+def session_processes(sid: int) -> list[int]:
+    """The live processes of session `sid`: everything a driver started with `start_new_session` runs."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if int(session) == sid and state not in "ZX":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def signal_session(proc: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the driver and to every process it started: its process group (driver, GCS, raylet)
+    first, so that no new worker starts, then the rest of its session. Ray starts each worker in a process
+    group of its own, which `os.killpg` on the driver's group would miss: a worker so spared goes on writing
+    into the run directory (a pretext-cache entry, checkpoints) after the "kill", or under the "freeze"."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # the group is gone; workers may not be
+        pass
+    for pid in session_processes(proc.pid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    if sig == signal.SIGSTOP:
+        for pid in session_processes(proc.pid):
+            _wait_stopped(pid)
+    elif sig == signal.SIGKILL:
+        deadline = time.time() + 30
+        while session_processes(proc.pid):
+            assert time.time() < deadline, f"still alive after SIGKILL: {session_processes(proc.pid)}"
+            for pid in session_processes(proc.pid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+
+
 def kill_driver_when(
     run_dir: Path, proc: subprocess.Popen, ready, timeout: float = 600, poll: float = 0.1, consistent=None
 ) -> None:
-    """SIGKILL the driver's whole process group (driver, Ray and its workers) once `ready()` holds.
+    """SIGKILL the driver and everything it started (Ray and its workers) once `ready()` holds.
 
-    With `consistent`, the group is first frozen (SIGSTOP) and killed only if `ready()` still holds and
-    `consistent()` does too (else it continues, SIGCONT, and polling goes on): so the kill never lands while
+    With `consistent`, they are first frozen (SIGSTOP) and killed only if `ready()` still holds and
+    `consistent()` does too (else they continue, SIGCONT, and polling goes on): so the kill never lands while
     the driver is half-way through copying its state into the run directory. Fails with `ready.describe()`
     (what was looked for and what was seen) when the study ends or the timeout passes first."""
     deadline = time.time() + timeout
@@ -76,16 +171,15 @@ def kill_driver_when(
         if ready():
             if consistent is None:
                 break
-            os.killpg(proc.pid, signal.SIGSTOP)
-            _wait_stopped(proc.pid)
+            signal_session(proc, signal.SIGSTOP)
             if ready() and consistent():
                 break
-            os.killpg(proc.pid, signal.SIGCONT)
+            signal_session(proc, signal.SIGCONT)
         what = getattr(ready, "describe", lambda: "")()
         assert proc.poll() is None, f"the study finished before it could be interrupted: {what}"
         assert time.time() < deadline, f"the study never reached the moment to interrupt: {what}"
         time.sleep(poll)
-    os.killpg(proc.pid, signal.SIGKILL)
+    signal_session(proc, signal.SIGKILL)
     proc.wait(timeout=60)
 
 
@@ -171,6 +265,16 @@ class KillMoment:
         ok = run_dir_is_consistent(self.run_dir) and driver_done <= {
             d.name for d in finished_trials(self.run_dir)
         }
+        if ok:
+            # The trials that Tune's saved state (what `study resume` restores) has in the moment's phase too:
+            # a fine-tune epoch there comes with its checkpoint, a pretext epoch with none yet.
+            saved = trial_states(tune_state(self.run_dir))
+            in_state = [
+                n
+                for n in self.killed_in
+                if saved.get(trial_id_of(n), ("", {}))[1].get("phase") == self.moment
+            ]
+            ok, self.killed_in = bool(in_state), in_state or self.killed_in
         self.unsynced += not ok
         return ok
 
@@ -181,7 +285,7 @@ class KillMoment:
             f"{SETTLE_S} s (read in {self.staging or self.run_dir}); phases seen while polling: {phases} in "
             f"{len({t for t, _ in self.seen})} trials; {self.moment!r} was seen at {self.phase_polls} poll(s), "
             f"{self.blocked_polls} of them too soon after a trial finished (or before enough had); at "
-            f"{self.unsynced} other(s) the run directory was mid-sync or behind the driver."
+            f"{self.unsynced} other(s) the run directory (or Tune's saved state) was mid-sync or behind the driver."
         )
 
 
@@ -206,18 +310,64 @@ def start_smoke_study(storage: Path, name: str, env: dict[str, str], log: Path) 
         )
 
 
-def assert_same_results(run_dir: Path, reference_dir: Path, skip_arms: tuple[str, ...] = ()) -> pd.DataFrame:
+# Columns of results.csv that differ between any two runs of one study, however they ran: left out of the
+# comparison with the uninterrupted run (every other column must be equal, exactly).
+VARYING = {
+    "trial_id": "Tune's trial ids: a random prefix per experiment, and the trial's index in its grid",
+    "trial_seconds": "wall time of the trial",
+    "probe_s": "wall time of the linear probe",
+    "pretext_biharmonic_seconds": "wall time of the classical inpainter (a learning-free reference)",
+    "pid": "the worker process that ran the trial",
+    "node_id": "the Ray node: every driver starts its own Ray",
+}
+
+
+def assert_same_results(
+    run_dir: Path,
+    reference_dir: Path,
+    skip_arms: tuple[str, ...] = (),
+    restarts: dict[str, dict] | None = None,
+    cached: set[str] = frozenset(),
+) -> pd.DataFrame:
     """results.csv of `run_dir` equals the uninterrupted reference run's on every arm x seed x regime of the
-    seeds it ran (but `skip_arms`): same results (deterministic training, 1 thread per trial)."""
+    seeds it ran (but `skip_arms`), in every column but VARYING, exactly: training is deterministic and
+    bitwise reproducible (1 thread per trial), so no tolerance (pandas' default is 1e-5 relative).
+
+    What the interruption changed is part of the comparison: `restarts` ({trial id: column values}, from
+    restart_points) gives `restored` and `finetune_epochs_resumed` of the trials restarted after it; every
+    other trial ran once, as in the reference (not restored, nothing resumed). A trial restarted without a
+    checkpoint runs its pretext phase again, unless the run's pretext cache held that pretext already
+    (`cached`: its keys at the interruption, as the kill can fall between storing a pretext and reporting
+    it): then it loads it (`pretext_cached` True, no pretext epoch run), with the same metrics."""
     results = pd.read_csv(run_dir / "results.csv")
     results = results[~results["arm"].isin(skip_arms)]
     reference = pd.read_csv(reference_dir / "results.csv")
+    assert not reference["restored"].any() and (reference["finetune_epochs_resumed"] == 0).all()
+    assert set(VARYING) <= set(reference.columns)
     reference = reference[reference["seed"].isin(results["seed"]) & ~reference["arm"].isin(skip_arms)]
     assert len(results) == len(reference) and (results["status"] == "ok").all(), results[KEY + ["status"]]
-    merged = reference.merge(results, on=KEY, suffixes=("_ref", "_run"))
-    assert len(merged) == len(reference)
-    for m in METRICS:
-        np.testing.assert_array_equal(merged[f"{m}_ref"], merged[f"{m}_run"], err_msg=m)
+    # The same columns, but those only a skipped arm's trials have (an errored trial reports no pretext
+    # metrics): empty in the compared rows of the reference.
+    assert set(results.columns) <= set(reference.columns)
+    absent = [c for c in reference.columns if c not in results.columns]
+    assert reference[absent].isna().all().all(), reference[absent].dropna(axis=1, how="all").columns
+    run = results.sort_values(KEY).reset_index(drop=True)
+    expected = reference.sort_values(KEY).reset_index(drop=True)
+    restarts = restarts or {}
+    assert set(restarts) <= set(run["trial_id"]), (restarts, set(run["trial_id"]))
+    for i, trial_id in enumerate(run["trial_id"]):
+        for col, value in restarts.get(trial_id, {}).items():
+            expected.at[i, col] = value
+        if (
+            trial_id in restarts
+            and not restarts[trial_id]["restored"]
+            and expected.at[i, "pretext_key"] in cached
+        ):
+            expected.at[i, "pretext_cached"] = True
+            expected.at[i, "pretext_epochs_run"] = 0
+    compared = [c for c in results.columns if c not in VARYING]
+    # Values exactly; not dtypes, which follow the skipped rows (their NaNs make an int column float).
+    pd.testing.assert_frame_equal(run[compared], expected[compared], check_exact=True, check_dtype=False)
     return results
 
 
@@ -230,10 +380,11 @@ def assert_same_results(run_dir: Path, reference_dir: Path, skip_arms: tuple[str
 def test_driver_killed_resumes_without_rerunning_finished_trials(
     moment, min_done, tmp_path, study_env, smoke_run
 ):
-    """SIGKILL of the driver's process group (driver, Ray, workers) while a trial is in its pretext phase (a
+    """SIGKILL of the driver and all it started (Ray, workers) while a trial is in its pretext phase (a
     pretext epoch reported, the phase not finished), or in its fine-tune phase; then `study resume`
-    completes the study, finished trials are not run again, and the results equal those of
-    the uninterrupted run."""
+    completes the study, finished trials are not run again, the interrupted ones restart from their
+    checkpoints (a fine-tune one continues after its last saved epoch; a pretext one has none yet), and
+    the results equal those of the uninterrupted run."""
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "killed"
     log = tmp_path / "run.log"
     proc = start_smoke_study(storage, "killed", study_env, log)
@@ -243,8 +394,8 @@ def test_driver_killed_resumes_without_rerunning_finished_trials(
     except AssertionError as e:
         raise AssertionError(f"{e}\nlog tail:\n{log.read_text(errors='replace')[-2000:]}") from None
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if session_processes(proc.pid):
+            signal_session(proc, signal.SIGKILL)
     if ready.staging is not None:  # the driver's record at its death: the kill hit the moment
         at_kill = last_phases(ready.staging)
         for name in ready.killed_in:
@@ -256,6 +407,16 @@ def test_driver_killed_resumes_without_rerunning_finished_trials(
         assert set(done_before) >= driver_done
     assert not set(ready.killed_in) & set(done_before)
     assert not (run_dir / "results.csv").exists()
+    # What the resume restarts from: Tune's saved state (finished trials are absent), and the pretext cache.
+    state, cached = tune_state(run_dir), cached_pretexts(run_dir)
+    finished = {t for t, (status, _) in trial_states(state).items() if status == "TERMINATED"}
+    assert finished == {trial_id_of(name) for name in done_before}
+    restarts = restart_points(state)
+    killed = {trial_id_of(name): restarts[trial_id_of(name)] for name in ready.killed_in}
+    if moment == "finetune":  # each had a fine-tune checkpoint: the resume continues it from there
+        assert all(k["restored"] and k["finetune_epochs_resumed"] >= 1 for k in killed.values()), killed
+    else:  # mid-pretext there is no checkpoint yet: that trial starts again
+        assert not any(k["restored"] for k in killed.values()), killed
 
     # One variant also writes the report of the resumed run (the others skip its ~10 s).
     report = moment == "finetune"
@@ -267,10 +428,11 @@ def test_driver_killed_resumes_without_rerunning_finished_trials(
     # Trials that had finished were not run again: their result files are untouched.
     for name, mtime in done_before.items():
         assert (run_dir / name / "result.json").stat().st_mtime_ns == mtime, name
-    # The trials interrupted mid-phase were run to the end.
+    # The trials interrupted mid-phase were run to the end, from their checkpoints where they had one (the
+    # `restored` and `finetune_epochs_resumed` columns, compared with `restarts` below).
     for name in ready.killed_in:
         assert _last_result(run_dir / name)["phase"] == "done", name
-    assert_same_results(run_dir, smoke_run)
+    assert_same_results(run_dir, smoke_run, restarts=restarts, cached=cached)
     assert (run_dir / "report.html").exists() == report
 
 
@@ -287,13 +449,24 @@ def test_resume_after_a_kill_that_cut_the_experiment_state_fails_loudly_or_recov
     assert states
     for f in states:
         f.write_bytes(b"")
+    # The backup is what the resume restores: the trials it has finished do not run again.
+    backup = tune_state(run_dir / ".state-backup")
+    restarts = restart_points(backup)
     proc = run_cli("resume", str(run_dir), env={**study_env, **OWN_RAY}, timeout=600)
     # The backup may predate a trial's last checkpoint: Tune then logs (and survives) an error while it
     # registers that checkpoint again. What matters: Tune restored the study instead of starting a new one.
     assert "Failed to restore" not in proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "from its backup" in proc.stdout  # the last intact copy (.state-backup) was put back
-    assert_same_results(run_dir, smoke_run)
+    assert_same_results(run_dir, smoke_run, restarts=restarts, cached=cached_pretexts(smoke_run))
+    # The trials the backup has finished were not run again: their rows are the reference's, to the process
+    # and the second.
+    results, reference = (
+        pd.read_csv(d / "results.csv").set_index(KEY).sort_index() for d in (run_dir, smoke_run)
+    )
+    kept = ~results["trial_id"].isin(list(restarts))
+    assert kept.any()
+    pd.testing.assert_frame_equal(results[kept], reference[kept], check_exact=True)
     # Without a backup it stops with one line instead (tests/test_state_backup.py).
 
 
@@ -320,7 +493,10 @@ def test_failed_trials_are_retried_from_their_last_checkpoint_and_one_that_keeps
     results = pd.read_csv(run_dir / "results.csv")
     failed = results[results["arm"] == "rotation"]
     assert (failed["status"] == "error").all() and failed["error"].str.contains("injected fault").all()
-    retried = assert_same_results(run_dir, smoke_run, skip_arms=("rotation",))
+    # Every other trial was retried from its fine-tune epoch-2 checkpoint, and the results say so.
+    retried_ids = results.loc[results["arm"] != "rotation", "trial_id"]
+    restarts = {t: {"restored": True, "finetune_epochs_resumed": 2} for t in retried_ids}
+    retried = assert_same_results(run_dir, smoke_run, skip_arms=("rotation",), restarts=restarts)
     assert retried["restored"].all()  # the retry is visible in the results
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {(e["arm"], e["seed"]) for e in manifest["errors"]} == {("rotation", 0)}
@@ -372,7 +548,9 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, study_env, smoke_
     assert proc.returncode == 130, err[-3000:]
     assert f"study resume {run_dir}" in err and "Traceback" not in err
     assert not (run_dir / "results.csv").exists()
+    restarts, cached = restart_points(tune_state(run_dir)), cached_pretexts(run_dir)
+    assert restarts  # the interrupted trials, with what each restarts from
 
     resumed = run_cli("resume", str(run_dir), "--no-report", env=study_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_results(run_dir, smoke_run)
+    assert_same_results(run_dir, smoke_run, restarts=restarts, cached=cached)
