@@ -9,11 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import run_cli
 from test_pretext_cache import FakeData, FakeResult
+from test_resume import assert_same_results, restart_points, signal_session, trial_states
 
 from study import storage as store
 from study.config import ConfigError, TrialConfig
@@ -149,16 +155,40 @@ def test_an_entry_without_its_marker_is_not_trusted(s3_env, tmp_path):
     assert not reused and calls == [2, 2]
 
 
+def _state_on_s3(prefix: str) -> dict | None:
+    """Ray Tune's experiment state as uploaded under `prefix` (the newest; None before the first upload).
+    An S3 object is replaced whole, so what is read is one complete upload."""
+    states = sorted(k for k in _keys(prefix) if k.rsplit("/", 1)[-1].startswith("experiment_state-"))
+    if not states:
+        return None
+    return json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=states[-1])["Body"].read())
+
+
+def _etags(prefix: str, suffix: str) -> dict[str, str]:
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {
+        o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(suffix)
+    }
+
+
 @pytest.mark.slow
-def test_smoke_study_on_s3_storage_equals_the_local_run(s3_env, tmp_path, study_env, smoke_run):
-    """`study run --storage s3://...`: experiment, checkpoints, pretext cache and report land in the bucket;
-    the results equal the local-storage run; `study report URI` works from another machine's checkout."""
-    env = {**study_env, **s3_env}
+def test_smoke_study_on_s3_killed_and_resumed_reruns_nothing_finished_and_equals_the_local_run(
+    s3_env, tmp_path, study_env, smoke_run
+):
+    """`study run --storage s3://...` SIGKILLed (driver, Ray and its workers) once a trial has finished and
+    another is mid-fine-tune, then `study resume URI`: the finished trials do not run again, the interrupted
+    one continues from its checkpoint in the bucket, and the results equal the local-storage run exactly.
+    Experiment, checkpoints, pretext cache and tables land in the bucket; `study report URI` works from
+    another machine's checkout."""
+    pause = tmp_path / "pause"
+    pause.mkdir()  # the first trial to checkpoint fine-tune epoch 2 stops there (trainables._maybe_pause)
+    env = {**study_env, **s3_env, "STUDY_TEST_PAUSE": f"finetune:2:{pause}"}
     work = tmp_path / "head"
     work.mkdir()
-    uri = f"s3://{BUCKET}/runs"
+    uri, prefix = f"s3://{BUCKET}/runs", "runs/s3smoke/"
+    log = tmp_path / "run.log"
     # Seed 0 only (4 trials), and the report is written once, by `study report` from another checkout below.
-    proc = run_cli(
+    argv = [
         "run",
         "--preset",
         "smoke",
@@ -169,42 +199,82 @@ def test_smoke_study_on_s3_storage_equals_the_local_run(s3_env, tmp_path, study_
         "--name",
         "s3smoke",
         "--no-report",
-        env=env,
-        cwd=work,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"Run directory: {uri}/s3smoke" in proc.stdout
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("study")), *argv],
+            env={**os.environ, **env},
+            cwd=work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    # Kill once the state in the bucket (uploaded every few seconds: what a resume restores) has a finished
+    # trial, and the paused one at its epoch-2 checkpoint.
+    paused, state, deadline = None, None, time.time() + 600
+    try:
+        while True:
+            assert proc.poll() is None, (
+                "the study ended before it could be killed:\n" + log.read_text()[-3000:]
+            )
+            assert time.time() < deadline, (
+                f"no moment to kill; last state {state}\n" + log.read_text()[-3000:]
+            )
+            if paused is None and (pause / "paused.json").exists():
+                try:
+                    paused = json.loads((pause / "paused.json").read_text())["trial_id"]
+                except ValueError:  # being written
+                    pass
+            state = _state_on_s3(prefix) if paused else None
+            trials = trial_states(state) if state else {}
+            done = [t for t, (status, _) in trials.items() if status == "TERMINATED"]
+            last = trials.get(paused, ("", {}))[1]
+            if done and (last.get("phase"), last.get("epoch")) == ("finetune", 2):
+                break
+            time.sleep(0.2)
+    finally:
+        signal_session(proc, signal.SIGKILL)  # the driver, Ray, and its workers (the paused one too)
+        proc.wait(timeout=60)
+    assert f"Run directory: {uri}/s3smoke" in log.read_text()
+    state = _state_on_s3(prefix)  # the last upload before the kill
+    trials = trial_states(state)
+    finished = {t for t, (status, _) in trials.items() if status == "TERMINATED"}
+    assert 1 <= len(finished) < 4 and paused not in finished
+    restarts = restart_points(state)
+    assert restarts[paused] == {"restored": True, "finetune_epochs_resumed": 2}
+    cached = {k.split("/")[-2] for k in _keys(f"{prefix}pretext_cache/") if k.endswith(f"/{REMOTE_COMPLETE}")}
+    results_before = {
+        k: v for k, v in _etags(prefix, "/result.json").items() if any(f"_{t}_" in k for t in finished)
+    }
+    assert len(results_before) == len(finished)
+    assert f"{prefix}results.csv" not in _keys(prefix)
 
-    keys = _keys("runs/s3smoke/")
-    for name in ("study.json", "results.csv", "history.csv", "manifest.json"):
-        assert f"runs/s3smoke/{name}" in keys, name
-    # Tune's own records and checkpoints, and the shared pretext cache (3 tasks x 1 seed, complete).
-    assert any(k.startswith("runs/s3smoke/two_stage_trial_") and "/checkpoint_" in k for k in keys)
-    assert sum(k.endswith(f"/{REMOTE_COMPLETE}") and "/pretext_cache/" in k for k in keys) == 3
-
+    res = run_cli("resume", f"{uri}/s3smoke", "--no-report", env=env, cwd=work, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # Nothing finished ran again: its records in the bucket are untouched, and its rows are its first run's.
+    after = _etags(prefix, "/result.json")
+    assert {k: after[k] for k in results_before} == results_before
     local = pd.read_csv(work / "runs" / "s3smoke" / "results.csv")
-    reference = pd.read_csv(smoke_run / "results.csv")
-    reference = reference[reference["seed"] == 0]
-    cols = ["arm", "seed", "regime", "stop_epoch", "test_auc", "test_accuracy", "val_loss"]
-    pd.testing.assert_frame_equal(
-        local[cols].sort_values(cols[:3]).reset_index(drop=True),
-        reference[cols].sort_values(cols[:3]).reset_index(drop=True),
-    )
+    for t in finished:
+        assert (local.loc[local["trial_id"] == t, "pid"] == trials[t][1]["pid"]).all(), t
+    # Every column but timings and process ids equals the uninterrupted local run's, `restored` and
+    # `finetune_epochs_resumed` included: the paused trial continued after its epoch-2 checkpoint.
+    assert_same_results(work / "runs" / "s3smoke", smoke_run, restarts=restarts, cached=cached)
+
+    keys = _keys(prefix)
+    for name in ("study.json", "results.csv", "history.csv", "manifest.json"):
+        assert f"{prefix}{name}" in keys, name
+    # Tune's own records and checkpoints, and the shared pretext cache (3 tasks x 1 seed, complete).
+    assert any(k.startswith(f"{prefix}two_stage_trial_") and "/checkpoint_" in k for k in keys)
+    assert sum(k.endswith(f"/{REMOTE_COMPLETE}") and "/pretext_cache/" in k for k in keys) == 3
     manifest = json.loads((work / "runs" / "s3smoke" / "manifest.json").read_text())
     assert manifest["run_uri"] == f"{uri}/s3smoke" and manifest["errors"] == []
-
-    # `study resume URI` restores the experiment from the bucket (nothing left to run) and re-writes the tables.
-    res = run_cli("resume", f"{uri}/s3smoke", "--no-report", env=env, cwd=work, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    resumed = pd.read_csv(work / "runs" / "s3smoke" / "results.csv")
-    pd.testing.assert_frame_equal(resumed[cols], local[cols])
-    assert (resumed["pid"] == local["pid"]).all()  # no trial ran again
 
     # Another checkout (no local copy) rebuilds the report from the bucket and uploads it.
     other = tmp_path / "laptop"
     other.mkdir()
-    assert "runs/s3smoke/report.md" not in _keys("runs/s3smoke/")
+    assert f"{prefix}report.md" not in _keys(prefix)
     rep = run_cli("report", f"{uri}/s3smoke", env=env, cwd=other, timeout=300)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     assert (other / "runs" / "s3smoke" / "report.html").exists()
-    assert {"runs/s3smoke/report.md", "runs/s3smoke/report.html"} <= set(_keys("runs/s3smoke/"))
+    assert {f"{prefix}report.md", f"{prefix}report.html"} <= set(_keys(prefix))
