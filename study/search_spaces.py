@@ -38,6 +38,13 @@ class SearchSettings:
     metric: str = "val_auc"
     searcher_seed: int = 0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Tune checkpoints the searcher with these settings pickled in it: `study resume` of a search run made
+        # before the ranges moved into `param_ranges` unpickles the fields of then.
+        state = upgrade_search_keys(state)
+        state["param_ranges"] = {k: tuple(v) for k, v in (state.get("param_ranges") or {}).items()}
+        self.__dict__.update(state)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
         """From `dataclasses.asdict` output (a run's `study.json`), lists back to tuples; see `upgrade_search_keys`."""

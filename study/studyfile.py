@@ -362,10 +362,27 @@ def to_toml(preset: StudyPreset, shipped: str | None = None) -> str:
     if preset.search is not None:
         lines += ["", "[search]"]
         lines += [f"{k} = {_value(v)}" for k, v in dataclasses.asdict(preset.search).items()]
+        lines += _range_comments(preset.search)
     for arm in preset.arms:
         lines += ["", "[[arms]]"] + [f"{k} = {_value(v)}" for k, v in arm.items() if v is not None]
         lines += _default_comments(base, arm)
     return "\n".join(lines) + "\n"
+
+
+def _range_comments(search: SearchSettings) -> list[str]:
+    """`# patch_size in [0.15, 0.5] ...` for each searched parameter whose registered range is used."""
+    lines = []
+    for task in (pretext.TASKS[t] for t in search.tasks if t in pretext.TASKS):
+        for p in task.params:
+            if p.search is None or p.search.choices or p.name in search.param_ranges:
+                continue
+            unit = " (fractions of the image side)" if p.search.relative else ""
+            scale = ", log scale" if p.search.log else ""
+            lines.append(
+                f"# {p.name} in {_value([p.search.low, p.search.high])}{unit}{scale}: registered range; "
+                "param_ranges replaces it"
+            )
+    return lines
 
 
 def _default_comments(base: TrialConfig, arm: dict[str, Any]) -> list[str]:

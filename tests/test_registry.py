@@ -245,6 +245,21 @@ def test_search_settings_of_earlier_runs_and_files_keep_their_ranges(tmp_path):
     assert studyfile.resolve(config=_written(tmp_path, studyfile.to_toml(study, "search"))) == study
 
 
+def test_a_searcher_pickled_by_an_earlier_version_resumes_with_its_ranges():
+    """Tune pickles the searcher with the Optuna space in it; `study resume` of an old search run unpickles
+    SearchSettings without `param_ranges` and with the range fields of then."""
+    import pickle
+
+    old = SearchSettings()
+    del old.__dict__["param_ranges"]
+    old.__dict__.update(patch_fraction_range=(0.25, 0.25), swap_count_range=(10, 150))
+    space = pickle.loads(pickle.dumps(OptunaSpace(old, 64)))
+    assert space.settings.param_ranges == {"patch_size": (0.25, 0.25), "swap_count": (10, 150)}
+    fake = FakeOptunaTrial("missing_patch")
+    space(fake)
+    assert ("patch_size", "int", 16, 16, False) in fake.calls
+
+
 def _written(tmp_path, text):
     path = tmp_path / "round-trip.toml"
     path.write_text(text)
