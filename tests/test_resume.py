@@ -418,6 +418,12 @@ def test_driver_killed_resumes_without_rerunning_finished_trials(
     else:  # mid-pretext there is no checkpoint yet: that trial starts again
         assert not any(k["restored"] for k in killed.values()), killed
 
+    old_place = None
+    if moment == "pretext":  # a moved run directory resumes in its new place and writes nothing in the old
+        old_place, run_dir = run_dir, tmp_path / "moved" / "killed"
+        run_dir.parent.mkdir()
+        shutil.move(old_place, run_dir)
+
     # One variant also writes the report of the resumed run (the others skip its ~10 s).
     report = moment == "finetune"
     resumed = run_cli(
@@ -434,6 +440,11 @@ def test_driver_killed_resumes_without_rerunning_finished_trials(
         assert _last_result(run_dir / name)["phase"] == "done", name
     assert_same_results(run_dir, smoke_run, restarts=restarts, cached=cached)
     assert (run_dir / "report.html").exists() == report
+    if old_place is not None:  # the restarted pretext was cached under the run's new place
+        assert not old_place.exists()
+        assert {p.name for p in (run_dir / "pretext_cache").iterdir() if p.is_dir()} >= set(
+            _last_result(run_dir / name)["pretext_key"] for name in ready.killed_in
+        )
 
 
 def test_resume_after_a_kill_that_cut_the_experiment_state_fails_loudly_or_recovers(
