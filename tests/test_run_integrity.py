@@ -161,7 +161,9 @@ def test_report_reads_only_json_and_equals_the_original_tables(smoke_run, tmp_pa
     proc = run_cli("report", str(copy), env=study_env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not marker.exists()
-    assert [p.name for p in outside.iterdir()] == ["keep.csv"] and (outside / "keep.csv").read_text() == "keep"
+    assert [p.name for p in outside.iterdir()] == ["keep.csv"] and (
+        outside / "keep.csv"
+    ).read_text() == "keep"
     assert not (copy / "history.csv").is_symlink() and not (copy / "examples").is_symlink()
     assert sorted(p.name for p in (copy / "examples").iterdir()) == sorted(
         p.name for p in (smoke_run / "examples").iterdir()
@@ -221,3 +223,21 @@ def test_a_cache_folder_that_cannot_be_written_is_one_line(cli_error, tmp_path, 
     monkeypatch.setenv("STUDY_CACHE_DIR", str(blocker / "cache"))  # even root cannot create a folder here
     line = cli_error(["--preset", "smoke"])
     assert f"STUDY_CACHE_DIR ({blocker / 'cache'}): cannot write there" in line
+
+
+def test_the_embedded_ray_starts_no_dashboard_and_keeps_token_auth(monkeypatch):
+    """What Ray lets us close on the embedded default: no dashboard (its job API runs code), a new local
+    instance (never someone's `ray start` cluster), and token authentication left on (README, "What listens")."""
+    import ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    from study.search_spaces import get_preset
+
+    runner._init_ray(None, get_preset("smoke"))
+    assert seen["address"] == "local" and seen["include_dashboard"] is False
+    import os
+
+    assert os.environ.get("RAY_AUTH_MODE", "token") != "disabled"
