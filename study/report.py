@@ -806,6 +806,8 @@ def write_tables(a: RunAnalysis) -> None:
     for name, table in a.pretext_tables.items():
         if name in PAPER_PRETEXT_TABLES or not table.empty:
             _write_csv(table, d / f"pretext_{name}.csv")
+        else:
+            _remove_output(d / f"pretext_{name}.csv")  # a table of an earlier report must not linger
     _write_csv(a.pretext_refs, d / "pretext_reference.csv")
     probe = a.probe
     if len(a.probe_comparisons):
@@ -833,8 +835,9 @@ def write_report(
     strict: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html``, ``summary.csv``, ``comparisons.csv`` (and ``friedman.csv``,
-    ``pretext_rotation.csv``, ``pretext_image.csv``, ``pretext_reference.csv``, ``probe.csv``,
-    ``excluded.csv``) and ``figures/*.png`` into ``run_dir``.
+    ``pretext_rotation.csv``, ``pretext_image.csv``, ``pretext_<table>.csv`` of another registered task
+    table the run has arms in, ``pretext_reference.csv``, ``probe.csv``, ``excluded.csv``) and
+    ``figures/*.png`` into ``run_dir``.
 
     ``metric``: the primary metric for the inferential comparisons (other metrics are descriptive only, so
     the multiple-comparison family stays the one stated). ``family``: the Holm family of the headline p,

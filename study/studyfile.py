@@ -222,9 +222,10 @@ def _apply_data(base: TrialConfig, value: Any, source: _Source) -> TrialConfig:
 def _apply_trial(base: TrialConfig, table: dict[str, Any], source: _Source) -> TrialConfig:
     for key in (*arm_keys(), "task_params"):
         if key in table:
+            name = key if key != "task_params" else "each parameter"
             raise ConfigError(
                 f"{source.where('trial.' + key)}: {key} belongs to an arm "
-                f"([[arms]] task = ..., {key} = ...), since each arm has its own task"
+                f"([[arms]] task = ..., {name} = ...), since each arm has its own task"
             )
     if "seed" in table:
         raise ConfigError(f"{source.where('trial.seed')}: seeds are a study setting: use top-level seeds = N")

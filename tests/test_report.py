@@ -717,3 +717,37 @@ def test_label_efficiency_intervals_on_few_seeds_stay_in_the_metrics_range(tmp_p
     assert (eff["ci_high"] > 1).any()  # the CSV keeps the t-interval as computed
     assert drawn[0]["ci_high"].max() <= 1 and drawn[0]["ci_low"].min() >= 0
     assert "intervals cut at 0 and 100 %" in (run / "report.md").read_text()
+
+
+def test_a_registered_task_with_a_table_of_its_own_gets_it_and_unregistered_ones_are_named(
+    tmp_path, monkeypatch
+):
+    """Tables come from the registry (`PretextTask.table`): a task with its own table is reported in it (and
+    its CSV written), the paper's Tables 2 and 3 stay; a task not registered where the report is made is
+    named instead of silently left out."""
+    import dataclasses
+
+    from study import pretext
+
+    monkeypatch.setattr(pretext, "TASKS", dict(pretext.TASKS))
+    tiles = dataclasses.replace(
+        pretext.get_task("corruption"), name="tiles", title="Tile order", table="tiles"
+    )
+    pretext.register(tiles)
+    results = make_results(n_seeds=3)
+    for old, new in (("corruption", "tiles"), ("rotation", "jigsaw")):
+        results.loc[results["task"] == old, ["arm", "task"]] = new
+    run = write_run_dir(tmp_path / "run", results)
+    md, _ = write_report(run)
+    text = md.read_text()
+    assert "### Pretext: Tile order" in text and "### Table 3: missing patch and corruption removal" in text
+    assert "Pretext metrics of jigsaw are not tabulated" in text
+    tables = pd.read_csv(run / "pretext_tiles.csv")
+    assert set(tables["arm"]) == {"tiles"} and "tiles" not in set(
+        pd.read_csv(run / "pretext_image.csv")["arm"]
+    )
+    # the next report of a run without that arm leaves no stale table behind
+    results.loc[results["task"] == "tiles", ["arm", "task"]] = "corruption"
+    write_run_dir(run, results)
+    write_report(run)
+    assert not (run / "pretext_tiles.csv").exists()

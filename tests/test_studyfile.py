@@ -95,6 +95,7 @@ def test_the_issue_example_with_set_overrides(tmp_path, tiny_dataset):
         ('preset = "demo"\n[[arms]]\ntask = "none"\nlr = 0.1\n', r"arm 1 has unknown key\(s\) \['lr'\]"),
         ('preset = "demo"\n[[arms]]\ntask = "jigsaw"\n', r"unknown task 'jigsaw'"),
         ('preset = "demo"\n[trial]\npatch_size = 5\n', r"patch_size belongs to an arm"),
+        ('preset = "demo"\n[trial]\ntask_params = {patch_size = 5}\n', r"task_params belongs to an arm"),
         ('preset = "demo"\n[trial]\nimage_size = 36\n', r"study.toml:3: trial.image_size: 36 px cannot"),
         ('preset = "nope"\n', r"unknown preset 'nope'"),
         ("seeds = [\n", r"not valid TOML"),
