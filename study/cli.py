@@ -43,6 +43,12 @@ def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
         "(default: synthetic lesions generated into the cache)",
     )
     p.add_argument("--seeds", type=int, metavar="N", help="number of paired seeds (repetitions)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Ray Tune's own console (trial tables, result dumps) instead of the study's progress display",
+    )
     p.add_argument("--name", help="run name (default: PRESET-YYYYmmdd-HHMMSS)")
     p.add_argument(
         "--storage",
@@ -214,7 +220,12 @@ def _run(args: argparse.Namespace, search: bool = False) -> int:
     )
     preset = resolve_study(name, args.config, args.set, flags)
     run_dir = runner.run_study(
-        preset, storage=args.storage, name=args.name, address=args.address, write_report=not args.no_report
+        preset,
+        storage=args.storage,
+        name=args.name,
+        address=args.address,
+        write_report=not args.no_report,
+        verbose=args.verbose,
     )
     print(f"Results: {run_dir / 'results.csv'}")
     if any(run_dir.glob("two_stage_trial_*")):  # trial logs are local (not with object storage)

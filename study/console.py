@@ -108,6 +108,8 @@ class StudyProgress(tune.Callback):
         if not self._durations or self.total is None:
             return None
         left = self.total - self._done - self._failed
+        if left <= 0:
+            return None
         parallel = max(1, self.max_concurrent or len(self._running) or 1)
         mean = sum(self._durations) / len(self._durations)
         running_left = sum(max(0.0, mean - (time.monotonic() - t)) for t in self._started_at.values())

@@ -233,10 +233,20 @@ def _trainable(preset: StudyPreset):
     return tune.with_resources(two_stage_trial, {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial})
 
 
-def _tuner_configs(preset: StudyPreset, run_uri: str):
+def _tuner_configs(preset: StudyPreset, run_uri: str, *, verbose: bool = False):
+    """Tune's configs for the study. The console is `study.console.StudyProgress` (a line per trial, one
+    progress display); `verbose` brings back Tune's own trial tables and result dumps instead."""
     from ray import tune
 
+    from study.console import StudyProgress
     from study.tune_state import RunGuard
+
+    total = len(preset.trial_configs()) if preset.search is None else preset.search.num_samples
+    console = [] if verbose else [StudyProgress(total, max_concurrent=preset.max_concurrent_trials)]
+    if not verbose:
+        # Tune's new console prints its experiment box and a TensorBoard hint into Ray's session folder even at
+        # verbose=0; its classic one at verbose=0 prints nothing. The study's own hint names the run folder.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
 
     remote = store.is_uri(run_uri)
     run_config = tune.RunConfig(
@@ -245,8 +255,8 @@ def _tuner_configs(preset: StudyPreset, run_uri: str):
         failure_config=tune.FailureConfig(max_failures=preset.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         sync_config=tune.SyncConfig(sync_period=REMOTE_SYNC_PERIOD_S) if remote else None,
-        callbacks=[RunGuard()],
-        verbose=1,
+        callbacks=[RunGuard(), *console],
+        verbose=2 if verbose else 0,
     )
     if preset.search is None:
         tune_config = tune.TuneConfig(reuse_actors=True, max_concurrent_trials=preset.max_concurrent_trials)
@@ -289,6 +299,7 @@ def run_study(
     name: str | None = None,
     address: str | None = None,
     write_report: bool = True,
+    verbose: bool = False,
 ) -> Path:
     """Run a resolved study (`resolve.resolve_study`, or a shipped preset's name) on Ray Tune and write
     results.csv, history.csv, manifest.json and the report.
@@ -354,7 +365,7 @@ def run_study(
 
     from ray import tune
 
-    tune_config, run_config = _tuner_configs(preset, run_uri)
+    tune_config, run_config = _tuner_configs(preset, run_uri, verbose=verbose)
     tuner = tune.Tuner(
         _trainable(preset),
         param_space=preset.param_space() if preset.search is None else _search_constants(preset),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -201,6 +202,9 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     # TensorFlow 2.21's C++ logging prints spurious errors every epoch (tf.data attribute notices); Python
     # exceptions still carry real errors. Set TF_CPP_MIN_LOG_LEVEL yourself to see them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Ray Train logs "Checkpoint successfully created at ..." at INFO for every epoch of every trial (the
+    # study's console reports trials, not checkpoints); its warnings and errors still show.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     from study import training
 
     training.configure_tensorflow(trial.threads)

@@ -79,6 +79,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, study_env: dict[str, str
     storage = tmp_path_factory.mktemp("runs")
     proc = run_cli("run", "--preset", "smoke", "--storage", str(storage), "--name", "smoke", env=study_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # What a person saw (not a TTY here, as in CI): tests/test_study_e2e.py checks the console on it.
+    (storage / "smoke.console.txt").write_text(proc.stdout + proc.stderr)
     return storage / "smoke"
 
 

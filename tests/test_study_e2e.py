@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -104,3 +105,19 @@ def test_smoke_report_html_is_self_contained_with_embedded_figures(smoke_run):
     assert len(figures) >= 4 and len(figures) == len(page.images)
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in figures)
     assert "Corruption removal vs baseline" in page.full_text and "Table 1" in page.full_text
+
+
+def test_the_console_of_a_study_is_short_and_says_what_happened(smoke_run):
+    """Not a TTY (as in CI): a line per finished trial, progress lines, the report path and one TensorBoard
+    hint naming the run folder; none of Tune's trial tables, result dumps or per-epoch checkpoint lines."""
+    text = (smoke_run.parent / "smoke.console.txt").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 30, text  # 8 trials; the demo's 36 stay under 60
+    assert "progress: 0/8 done, 0 running, 8 waiting" in text
+    assert sum(re.match(r"\[\s*\d+/8\] done    ", line) is not None for line in lines) == 8
+    assert any(line.startswith("progress: 8/8 done") for line in lines)
+    assert f"Report: {smoke_run / 'report.html'}" in text
+    hints = [line for line in lines if "tensorboard --logdir" in line]
+    assert hints == [f"Curves:  tensorboard --logdir {smoke_run}"], hints
+    for noise in ("Checkpoint successfully created", "Trial status", "Configuration for experiment", "╭"):
+        assert noise not in text, noise
