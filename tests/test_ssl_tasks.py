@@ -1,0 +1,187 @@
+"""The `simclr` and `byol` registrations (`study.ssl_tasks`): registry, study files, the pretext cache key and
+a tiny pretext phase of each through `study.training.run_pretext` (32 px, a 4..16-channel encoder)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from study import pretext
+from study.config import ConfigError, TrialConfig
+from study.studyfile import resolve
+
+SIZE = 32
+
+BASE = TrialConfig(
+    encoder="small",
+    encoder_widths=(4, 8, 8, 16),
+    image_size=SIZE,
+    seed=0,
+    threads=1,
+    finetune_epochs=1,
+    pretext_epochs=2,
+    pretext_batch_size=8,
+    pretext_lr=3e-3,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered():
+    """Both tasks registered for this module (`study.ssl_tasks` registers them when first imported), and the
+    registry put back afterwards, so later test modules see only what `study.pretext` registers itself."""
+    before = dict(pretext.TASKS)
+    from study import ssl_tasks
+
+    for task in (ssl_tasks.SIMCLR, ssl_tasks.BYOL):
+        pretext.TASKS.setdefault(task.name, task)
+    yield
+    pretext.TASKS.clear()
+    pretext.TASKS.update(before)
+
+
+# ------------------------------------------------------------------------------------------ the registry
+def test_both_tasks_are_registered_with_one_contrastive_table():
+    simclr, byol = pretext.get_task("simclr"), pretext.get_task("byol")
+    for task in (simclr, byol):
+        assert task.train is not None and task.make_batch is None and task.table == "contrastive"
+        assert task.headline == "top1" and "top1" in task.metrics and "top1" in task.higher_is_better
+        assert ("top1", "top1") in task.reference_pairs
+    assert "temperature" in simclr.param_names and "ema_base" not in simclr.param_names
+    assert "ema_base" in byol.param_names and "temperature" not in byol.param_names
+    assert pretext.tables().count("contrastive") == 1
+    # no parameter is a trial setting: the step reads pretext_batch_size / pretext_lr from the trial
+    assert not set(simclr.param_names + byol.param_names) & set(TrialConfig.__dataclass_fields__)
+    for name in ("temperature", "ema_base", "projection_width", "view_strength", "crop_scale_min"):
+        assert name in pretext.param_names()
+        assert pretext.param_spec(name).search is not None
+
+
+def test_importing_the_registry_imports_no_tensorflow():
+    code = (
+        "import sys, study.ssl_tasks, study.pretext as p; assert {'simclr', 'byol'} <= set(p.TASKS); "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_parameters_validate_with_one_line_messages():
+    assert pretext.default_params("simclr", SIZE) == {
+        "temperature": 0.2,
+        "projection_width": 256,
+        "projection_dim": 64,
+        "view_strength": 0.5,
+        "crop_scale_min": 0.6,
+    }
+    assert pretext.default_params("byol", 64)["ema_base"] == 0.99
+    assert pretext.resolve_params("simclr", SIZE, {"temperature": 0.5})["temperature"] == 0.5
+    for task, given, match in [
+        ("simclr", {"temperature": 0.0}, r"temperature must be > 0.0; got 0.0"),
+        ("simclr", {"temperature": -1}, r"temperature must be > 0.0"),
+        ("simclr", {"temperature": "hot"}, r"temperature must be a finite number"),
+        ("byol", {"ema_base": 1.0}, r"ema_base must be < 1.0"),
+        ("byol", {"temperature": 0.2}, r"does not use parameter\(s\) \['temperature'\]"),
+        ("simclr", {"crop_scale_min": 1.5}, r"crop_scale_min=1.5 is too large"),
+        ("simclr", {"view_strength": 0.0}, r"view_strength must be > 0.0"),
+        ("byol", {"projection_dim": 0}, r"projection_dim must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match) as err:
+            pretext.resolve_params(task, SIZE, given)
+        assert "\n" not in str(err.value)
+
+
+def test_a_study_file_names_them_as_arms(tmp_path):
+    from study.resolve import validate_study
+
+    path = tmp_path / "ssl.toml"
+    path.write_text(
+        'preset = "smoke"\n[[arms]]\ntask = "none"\n[[arms]]\ntask = "simclr"\ntemperature = 0.5\n'
+        '[[arms]]\ntask = "byol"\nema_base = 0.95\n'
+    )
+    study = resolve(config=path)
+    validate_study(study)
+    tasks = {t.task: t for t in study.trial_configs()}
+    assert set(tasks) == {"none", "simclr", "byol"}
+    assert tasks["simclr"].task_params == {"temperature": 0.5}
+    assert tasks["byol"].task_params == {"ema_base": 0.95}
+    path.write_text('preset = "smoke"\n[[arms]]\ntask = "simclr"\ntemperature = -0.1\n')
+    with pytest.raises(ConfigError, match=r"arm 1 \(task 'simclr'\).*temperature must be > 0"):
+        validate_study(resolve(config=path))
+
+
+def test_the_pretext_key_holds_the_parameters():
+    from study.trainables import pretext_key
+
+    simclr = BASE.replace(task="simclr")
+    key = pretext_key(simclr, "fp")
+    assert pretext_key(simclr.replace(temperature=0.5), "fp") != key
+    assert pretext_key(simclr.replace(temperature=0.2), "fp") == key  # the default, given explicitly
+    assert pretext_key(simclr.replace(temperature=0.5), "fp") == pretext_key(
+        simclr.replace(temperature=0.5), "fp"
+    )
+    assert pretext_key(BASE.replace(task="byol"), "fp") != key
+    assert pretext_key(simclr.replace(crop_scale_min=0.3), "fp") != key
+
+
+def test_results_columns_include_parameters_and_metrics():
+    from study import analysis
+
+    floats = analysis.optional_float_columns()
+    for col in (
+        "temperature",
+        "ema_base",
+        "view_strength",
+        "crop_scale_min",
+        "pretext_top1",
+        "pretext_align",
+    ):
+        assert col in floats
+    assert {"projection_width", "projection_dim"} <= set(analysis.optional_int_columns())
+
+
+# ------------------------------------------------------------------------------------ a tiny pretext phase
+@pytest.fixture(scope="module")
+def data():
+    from study.data import DecodedData, Split
+    from study.synth import render_lesions
+
+    rng = np.random.default_rng(5)
+
+    def split(n: int, name: str) -> Split:
+        labels = (np.arange(n) % 2).astype(np.int64)
+        images = render_lesions(labels.astype(bool), SIZE, rng)
+        return Split(images=images, labels=labels, paths=[f"{name}/{i}.png" for i in range(n)])
+
+    return DecodedData(
+        train=split(40, "train"),
+        test=split(16, "test"),
+        fingerprint="ssl-synthetic",
+        root="<memory>",
+        image_size=SIZE,
+        notes=[],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["simclr", "byol"])
+def test_a_tiny_pretext_phase_is_finite_judged_and_bitwise_reproducible(task, data):
+    from study import training
+
+    training.configure_tensorflow(1)
+    trial = BASE.replace(task=task)
+    epochs: list[int] = []
+    first = training.run_pretext(trial, data, on_epoch=lambda e, logs: epochs.append(e))
+    second = training.run_pretext(trial, data)
+    assert first.task == task and not first.diverged and epochs == [1, 2] and len(first.history) == 2
+    metrics = first.metrics
+    assert metrics["headline"] == "top1" and isinstance(metrics["learned"], bool)
+    for name in (*pretext.get_task(task).metrics, "ref_top1", "ref_chance_top1", "ref_initial_top1"):
+        assert np.isfinite(metrics[name]), name
+    assert metrics["group_size"] == trial.pretext_batch_size
+    assert len(first.encoder_weights) == len(second.encoder_weights)
+    for a, b in zip(first.encoder_weights, second.encoder_weights):
+        np.testing.assert_array_equal(a, b)
+    assert first.history == second.history and first.metrics == second.metrics
