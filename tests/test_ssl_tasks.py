@@ -185,3 +185,73 @@ def test_a_tiny_pretext_phase_is_finite_judged_and_bitwise_reproducible(task, da
     for a, b in zip(first.encoder_weights, second.encoder_weights):
         np.testing.assert_array_equal(a, b)
     assert first.history == second.history and first.metrics == second.metrics
+
+
+class _Suggestions:
+    """Records Optuna's define-by-run calls; the task is `task`, every other choice the first."""
+
+    def __init__(self, task: str) -> None:
+        self.task, self.calls = task, {}
+
+    def suggest_categorical(self, name, choices):
+        self.calls[name] = tuple(choices)
+        return self.task if name == "task" else choices[0]
+
+    def suggest_float(self, name, low, high, log=False):
+        self.calls[name] = ("float", low, high, log)
+        return low
+
+    def suggest_int(self, name, low, high, log=False):
+        self.calls[name] = ("int", low, high, log)
+        return low
+
+
+def test_study_search_draws_each_methods_own_parameters():
+    from study.search_spaces import OptunaSpace, SearchSettings
+
+    settings = SearchSettings(tasks=("none", "simclr", "byol"))
+    simclr, byol = _Suggestions("simclr"), _Suggestions("byol")
+    OptunaSpace(settings, SIZE)(simclr)
+    OptunaSpace(settings, SIZE)(byol)
+    assert simclr.calls["temperature"] == ("float", 0.05, 1.0, True) and "ema_base" not in simclr.calls
+    assert byol.calls["ema_base"] == ("float", 0.9, 0.999, False) and "temperature" not in byol.calls
+    for calls in (simclr.calls, byol.calls):
+        assert calls["projection_width"] == (64, 128, 256, 512)
+        assert {"projection_dim", "view_strength", "crop_scale_min"} <= set(calls)
+        assert "batch_size" not in calls and "pretext_batch_size" not in calls
+
+
+# ------------------------------------------------------------------------------------------- a whole study
+def _registered_by_the_cli() -> bool:
+    """Whether a fresh process (the `study` CLI, a Ray worker) has the tasks: `study.pretext` imports
+    `study.ssl_tasks` at its end."""
+    code = "import study.pretext as p; print('simclr' in p.TASKS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
+@pytest.mark.slow
+def test_a_study_file_with_a_simclr_arm_runs_and_reports_the_contrastive_table(tmp_path, study_env):
+    import pandas as pd
+    from conftest import run_cli
+
+    if not _registered_by_the_cli():
+        pytest.skip("study.pretext does not import study.ssl_tasks yet: the CLI does not know simclr")
+    path = tmp_path / "ssl-study.toml"
+    path.write_text(
+        'preset = "smoke"\nseeds = [0, 1]\n[trial]\nfinetune_epochs = 1\npatiences = [0]\n'
+        'pretext_epochs = 2\n[[arms]]\ntask = "none"\n[[arms]]\ntask = "simclr"\ntemperature = 0.5\n'
+    )
+    storage = tmp_path / "runs"
+    proc = run_cli("run", "--config", str(path), "--storage", str(storage), "--name", "ssl", env=study_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = storage / "ssl"
+    results = pd.read_csv(run / "results.csv")
+    assert (results["status"] == "ok").all() and set(results["arm"]) == {"baseline", "simclr"}
+    simclr = results[results["arm"] == "simclr"]
+    assert (simclr["temperature"] == 0.5).all() and (simclr["crop_scale_min"] == 0.6).all()
+    assert simclr["pretext_top1"].notna().all() and simclr["pretext_learned"].notna().all()
+    assert simclr["pretext_key"].nunique() == 2  # one pretext per seed
+    table = pd.read_csv(next(run.rglob("pretext_contrastive.csv")))
+    assert set(table["arm"]) == {"simclr"} and "pretext_top1" in set(table["metric"])
+    assert "SimCLR" in (run / "report.md").read_text()
