@@ -9,7 +9,8 @@ The four tasks of the paper (section II.B), registered by name in `TASKS`:
 | `missing_patch` | one black `patch_size` square           | the original image, uint8 | `image`     |
 | `corruption`    | `swap_count` swaps of two squares       | the original image, uint8 | `image`     |
 
-`"none"` is the baseline arm of the study (no pretext phase); it is not a task here.
+`"none"` is the baseline arm of the study (no pretext phase); it is not a task here. `study.ssl_tasks`
+(imported at the end of this module) registers `simclr` and `byol`, two tasks with their own training step.
 
 Conventions: images are `uint8` arrays of shape `(N, S, S, 3)` (RGB, channels-last); sizes are in pixels;
 angles are counter-clockwise as the image is displayed (row 0 at the top), the convention of both
@@ -832,3 +833,6 @@ CORRUPTION = register(
         description="Corruption removal (patch swaps)",
     )
 )
+
+# The contrastive tasks (`simclr`, `byol`) are registered in a module of their own, after the paper's four.
+from study import ssl_tasks as _ssl_tasks  # noqa: E402,F401

@@ -294,7 +294,7 @@ def test_pretext_tables_empty_when_all_nan():
     ]:
         raw[c] = np.nan
     tables = A.pretext_tables(A.tidy_results(raw))
-    assert set(tables) == {"rotation", "image"} and all(t.empty for t in tables.values())
+    assert set(tables) == {"rotation", "image", "contrastive"} and all(t.empty for t in tables.values())
 
 
 # ---------------------------------------------------------------------------------- loading and summaries

@@ -131,7 +131,7 @@ def test_empty_batch(name):
     ],
 )
 def test_bad_images_raise(images, match):
-    for name in pretext.TASKS:
+    for name in [n for n, task in pretext.TASKS.items() if task.make_batch is not None]:
         with pytest.raises(ValueError, match=match):
             get_task(name).make_batch(images, 0, **default_params(name, 8))
 
