@@ -142,39 +142,37 @@ def _train_byol(run: Any) -> Any:
     return train_ssl(run, "byol")
 
 
-SIMCLR = register(
-    PretextTask(
-        "simclr",
-        "SimCLR",
-        loss="nt_xent",
-        params=(TEMPERATURE, *VIEW_PARAMS),
-        train=_train_simclr,
-        check=_check_views,
-        headline="top1",
-        references=("chance", "initial"),
-        metrics=METRICS,
-        reference_pairs=REFERENCE_PAIRS,
-        higher_is_better=("top1", "proj_top1"),
-        table="contrastive",
-        color="#9467bd",
-        description="SimCLR (contrastive, two views, NT-Xent)",
+def _contrastive_task(name: str, title: str, loss: str, param: Any, train: Any, color: str, description: str):
+    """One of the two methods: they share views, metrics, references and the report table."""
+    return register(
+        PretextTask(
+            name,
+            title,
+            loss=loss,
+            params=(param, *VIEW_PARAMS),
+            train=train,
+            check=_check_views,
+            headline="top1",
+            references=("chance", "initial"),
+            metrics=METRICS,
+            reference_pairs=REFERENCE_PAIRS,
+            higher_is_better=("top1", "proj_top1"),
+            table="contrastive",
+            color=color,
+            description=description,
+        )
     )
+
+
+SIMCLR = _contrastive_task(
+    "simclr",
+    "SimCLR",
+    "nt_xent",
+    TEMPERATURE,
+    _train_simclr,
+    "#9467bd",
+    "SimCLR (contrastive, two views, NT-Xent)",
 )
-BYOL = register(
-    PretextTask(
-        "byol",
-        "BYOL",
-        loss="byol",
-        params=(EMA_BASE, *VIEW_PARAMS),
-        train=_train_byol,
-        check=_check_views,
-        headline="top1",
-        references=("chance", "initial"),
-        metrics=METRICS,
-        reference_pairs=REFERENCE_PAIRS,
-        higher_is_better=("top1", "proj_top1"),
-        table="contrastive",
-        color="#8c564b",
-        description="BYOL (two views, predictor, EMA target)",
-    )
+BYOL = _contrastive_task(
+    "byol", "BYOL", "byol", EMA_BASE, _train_byol, "#8c564b", "BYOL (two views, predictor, EMA target)"
 )
