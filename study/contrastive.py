@@ -277,7 +277,9 @@ class _ContrastiveModel(keras.Model):
         return h, self.projector(h, training=False)
 
     def _loss(self, v1: Any, v2: Any, training: bool) -> Any:
-        raise NotImplementedError
+        """The method's loss on a batch of view pairs: defined by each method (SimCLRModel, BYOLModel); this
+        base class is never trained itself."""
+        raise NotImplementedError(f"{type(self).__name__} defines no loss; use SimCLRModel or BYOLModel")
 
     def _after_step(self) -> None:
         """Called after each optimizer step (BYOL's EMA update)."""
