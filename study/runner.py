@@ -233,6 +233,12 @@ def _trainable(preset: StudyPreset):
     return tune.with_resources(two_stage_trial, {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial})
 
 
+def _quiet_tune_console() -> None:
+    # Tune's new console prints its experiment box and a TensorBoard hint into Ray's session folder even at
+    # verbose=0; its classic one at verbose=0 prints nothing. The study's own hint names the run folder.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+
+
 def _tuner_configs(preset: StudyPreset, run_uri: str, *, verbose: bool = False):
     """Tune's configs for the study. The console is `study.console.StudyProgress` (a line per trial, one
     progress display); `verbose` brings back Tune's own trial tables and result dumps instead."""
@@ -244,9 +250,7 @@ def _tuner_configs(preset: StudyPreset, run_uri: str, *, verbose: bool = False):
     total = len(preset.trial_configs()) if preset.search is None else preset.search.num_samples
     console = [] if verbose else [StudyProgress(total, max_concurrent=preset.max_concurrent_trials)]
     if not verbose:
-        # Tune's new console prints its experiment box and a TensorBoard hint into Ray's session folder even at
-        # verbose=0; its classic one at verbose=0 prints nothing. The study's own hint names the run folder.
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        _quiet_tune_console()
 
     remote = store.is_uri(run_uri)
     run_config = tune.RunConfig(
@@ -439,6 +443,7 @@ def resume_study(
     check_cache_writable(preset.base)
     prepare_weights(preset)
     _init_ray(address, preset)
+    _quiet_tune_console()  # the restored run config keeps the study's console (verbose=0 + StudyProgress)
     tuner = tune.Tuner.restore(
         run_uri, trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
     )
