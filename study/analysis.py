@@ -60,6 +60,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
+from study import cost as _cost
 from study import pretext as _pretext
 from study import references as _references
 
@@ -109,7 +110,7 @@ REQUIRED_COLUMNS = (
     "test_loss",
 )
 # The rest of the contract: added as missing values when absent, so downstream code can rely on them.
-OPTIONAL_STR_COLUMNS = ("error", "encoder", "data_fingerprint")
+OPTIONAL_STR_COLUMNS = ("error", "encoder", "data_fingerprint", "pretext_device")
 
 
 def optional_int_columns() -> tuple[str, ...]:
@@ -120,9 +121,10 @@ def optional_int_columns() -> tuple[str, ...]:
 
 def optional_float_columns() -> tuple[str, ...]:
     """Float contract columns (added as missing when absent): learning rates, validation loss, the float task
-    parameters and the pretext metrics (`pretext_<metric>`) of the registered tasks."""
+    parameters, the pretext metrics (`pretext_<metric>`) of the registered tasks and the pretext phase's
+    cost (`study.cost.COST_COLUMNS`)."""
     metrics = dict.fromkeys(f"pretext_{m}" for task in _pretext.TASKS.values() for m in task.metrics)
-    return ("lr", "pretext_lr", "val_loss", *_task_params_of(float), *metrics)
+    return ("lr", "pretext_lr", "val_loss", *_task_params_of(float), *metrics, *_cost.COST_COLUMNS)
 
 
 def _task_params_of(kind: type) -> tuple[str, ...]:

@@ -388,7 +388,8 @@ class ContrastiveResult:
     `get_weights()` (`[]` when diverged). `examples`: uint8 `(4, S, S, 3)` `images`, `view1`, `view2` of
     the first test images (`{}` without test images). `cost`: `seconds` (wall, the whole call),
     `fit_seconds`, `view_seconds` (making training views, in the background thread), `steps`,
-    `images_seen` (steps x batch size), `views_seen` (twice that), `epochs_run`. `timings`: per epoch
+    `images_seen` (steps x batch size), `views_seen` (twice that), `epochs_run`, `flops` (estimated
+    training FLOPs, as `study.training.PretextResult.cost` defines them). `timings`: per epoch
     `{"epoch", "fit_s"}`.
     """
 
@@ -404,7 +405,8 @@ class ContrastiveResult:
     timings: list[dict[str, float]] = field(default_factory=list)
 
     def as_pretext_result(self):
-        """The same outcome as a `study.training.PretextResult` (task = kind; cost and timings dropped)."""
+        """The same outcome as a `study.training.PretextResult` (task = kind; of the cost, `images_seen`
+        and `flops`, which `run_pretext` completes with the phase's time and device; timings dropped)."""
         from study.training import PretextResult
 
         return PretextResult(
@@ -416,6 +418,7 @@ class ContrastiveResult:
             diverged_epoch=self.diverged_epoch,
             examples=self.examples,
             stopped_epoch=self.stopped_epoch,
+            cost={k: self.cost[k] for k in ("images_seen", "flops") if k in self.cost},
         )
 
 
@@ -567,6 +570,9 @@ def train_contrastive(
         "views_seen": float(2 * epochs_run * steps * batch_size),
         "epochs_run": float(epochs_run),
     }
+    # Each view trains the online encoder (3 forward passes' worth); BYOL's target also encodes every view.
+    passes = models.TRAIN_FLOPS_FACTOR + (1 if kind == "byol" else 0)
+    cost["flops"] = float(models.forward_flops(encoder) * passes * cost["views_seen"])
     if diverged_epoch is not None:
         cost["seconds"] = time.perf_counter() - started
         return ContrastiveResult(kind, history, {}, [], True, diverged_epoch, cost=cost, timings=timings)

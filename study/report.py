@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from study import analysis as A
+from study import cost as C
 from study import plots, pretext
 from study import simulate as S
 from study.files import write_text_replacing
@@ -654,6 +655,8 @@ class RunAnalysis:
     manifest: dict[str, Any] | None
     manifest_why: str
     efficiency: pd.DataFrame = field(default_factory=pd.DataFrame)  # label_efficiency of the primary metric
+    phase_costs: pd.DataFrame = field(default_factory=pd.DataFrame)  # cost.phase_costs
+    cost_benefit: pd.DataFrame = field(default_factory=pd.DataFrame)  # cost.cost_benefit of the comparisons
 
     @property
     def label(self) -> str:
@@ -750,6 +753,8 @@ def analyse_run(
         manifest=manifest,
         manifest_why=manifest_why,
         efficiency=A.label_efficiency(summary, metric, 1 - alpha),
+        phase_costs=C.phase_costs(df),
+        cost_benefit=C.cost_benefit(df, comp),
     )
 
 
@@ -820,6 +825,7 @@ def write_tables(a: RunAnalysis) -> None:
             how="left",
         )
     _write_csv(probe, d / "probe.csv")
+    _write_csv(a.cost_benefit, d / "cost_benefit.csv")
     if a.several_fractions:
         _write_csv(a.efficiency, d / "label_efficiency.csv")
     else:
@@ -907,6 +913,7 @@ def report_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         *_stop_epoch_blocks(a),
         *_curve_blocks(a, fig_dir),
         *_pretext_blocks(a, fig_dir),
+        *_cost_blocks(a),
         *_probe_blocks(a),
         *_excluded_blocks(a),
         *_data_blocks(a.manifest, a.manifest_why),
@@ -1659,6 +1666,95 @@ def _example_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     if a.example_notes:
         blocks.append(Box("note", "example files that could not be shown", a.example_notes))
     return blocks
+
+
+def _cost_blocks(a: RunAnalysis) -> list[Block]:
+    """The paper's "cost-benefit trade-off": what each arm's pretext phases cost, and the gain they bought."""
+    blocks: list[Block] = [Heading(2, "Cost-benefit of the pretext phases")]
+    costs = a.phase_costs
+    if costs.empty:
+        blocks.append(Para(f"{NA}: no self-supervised arm finished a pretext phase in this run."))
+        return blocks
+    if not np.isfinite(costs["seconds_mean"].to_numpy(float)).any():
+        blocks.append(
+            Para(
+                f"{NA}: this run recorded no pretext cost (runs made before costs were recorded: "
+                "pretext_seconds and the other pretext cost columns are missing from results.csv)."
+            )
+        )
+        return blocks
+    kinds = {"GPU" if d and d != "CPU" else "CPU" for d in costs["device"].dropna()}
+    unit = f"{kinds.pop()}-h" if len(kinds) == 1 else "device-h"
+    blocks.append(
+        Table(
+            _cost_display(costs, unit),
+            f"One row per self-supervised arm; a phase is one trained pretext model (trials sharing it, its "
+            f"regimes and label fractions, count it once). Time: wall seconds of the phase, mean ± SD "
+            f"over phases; {unit}: seconds × CPU threads or GPUs / 3600, per phase and for the whole "
+            "study; images: training images drawn (two-view tasks see each as two views); FLOPs: estimated "
+            "training FLOPs (3 × the forward pass per training input, plus BYOL's target pass; "
+            "convolutions and dense layers only, models.forward_flops). Full precision in cost_benefit.csv.",
+        )
+    )
+    cb = a.cost_benefit
+    if cb.empty:
+        blocks.append(Para(f"{NA}: no comparison with the baseline, so no gain to set against the cost."))
+        return blocks
+    metric = cb["metric"].iloc[0]
+    blocks.append(
+        Table(
+            _gain_display(cb, metric, unit, a.alpha, a.several_fractions),
+            f"Gain: the mean paired difference arm − baseline in {A.metric_label(metric)} with its "
+            f"{round((1 - a.alpha) * 100)} % t-interval (percentage points for fractions; not adjusted for "
+            f"multiplicity: the Holm-corrected tests are above), and that gain per {unit} of one pretext "
+            "phase. The fine-tune is not counted: every arm, the baseline included, pays it.",
+        )
+    )
+    return blocks
+
+
+def _cost_display(costs: pd.DataFrame, unit: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Arm": [A.arm_title(x) for x in costs["arm"]],
+            "Device": [d if isinstance(d, str) else NA for d in costs["device"]],
+            "Phases": costs["runs"],
+            "Time / phase (s)": [
+                _num(m, 3) + (f" ± {_num(sd, 2)}" if np.isfinite(sd) else "")
+                for m, sd in zip(costs["seconds_mean"], costs["seconds_sd"])
+            ],
+            f"{unit} / phase": [_num(x, 3) for x in costs["device_hours_mean"]],
+            f"{unit} (study)": [_num(x, 3) for x in costs["device_hours_total"]],
+            "Images / phase": [_num(x, 4) for x in costs["images_seen_mean"]],
+            "TFLOPs / phase (est.)": [_num(x / 1e12, 3) for x in costs["flops_mean"]],
+        }
+    )
+
+
+def _gain_display(
+    cb: pd.DataFrame, metric: str, unit: str, alpha: float, with_fraction: bool
+) -> pd.DataFrame:
+    scale, pp = (100, " (pp)") if metric in A.FRACTION_METRICS else (1, "")
+    level = round((1 - alpha) * 100)
+    rows = []
+    for r in cb.itertuples(index=False):
+        ci = (
+            f"[{_diff(r.gain_ci_low * scale, metric)}, {_diff(r.gain_ci_high * scale, metric)}]"
+            if np.isfinite(r.gain_ci_low)
+            else NA
+        )
+        rows.append(
+            ({LABELS_COLUMN: _percent(r.label_fraction)} if with_fraction else {})
+            | {
+                "Regime": r.regime_title,
+                "Arm": A.arm_title(r.arm),
+                "n": r.n,
+                f"gain{pp}": _diff(r.gain * scale, metric, signed=True),
+                f"{level} % t-CI": ci,
+                f"gain{pp} per {unit}": _diff(r.gain_per_device_hour * scale, metric, signed=True),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _probe_blocks(a: RunAnalysis) -> list[Block]:

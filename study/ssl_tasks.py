@@ -64,10 +64,10 @@ VIEW_STRENGTH = Param(
     "view_strength",
     float,
     0.5,
-    above=0.0,
-    limit="it scales the colour-jitter strengths (study.views.default_view_params)",
-    search=Search(0.25, 1.5),
-    doc="colour-jitter strength of the views (1: SimCLR-like dermoscopy jitter)",
+    minimum=0.0,
+    limit="it scales the colour-jitter strengths (study.views.default_view_params); 0 turns jitter off",
+    search=Search(0.0, 1.5),
+    doc="colour-jitter strength of the views (1: SimCLR-like dermoscopy jitter, 0: no jitter)",
 )
 CROP_SCALE_MIN = Param(
     "crop_scale_min",

@@ -60,7 +60,7 @@ def load_trial_data(trial: TrialConfig):
 
 # Bump when what a pretext phase computes or stores changes (its metrics, references, examples), so that
 # cache entries written by older code are not read as current ones.
-PRETEXT_CACHE_FORMAT = 3
+PRETEXT_CACHE_FORMAT = 4  # 4: entries hold the phase's cost
 
 
 def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
@@ -179,8 +179,15 @@ def _restore_checkpoint() -> tuple[dict[str, Any], Path | None]:
     return json.loads((local / STATE_FILE).read_text()), local
 
 
+# The pretext phase's cost (`training.PretextResult.cost`) as results columns `pretext_<name>`.
+PRETEXT_COST_FIELDS = ("seconds", "device", "devices", "images_seen", "flops")
+
+
 def _pretext_fields(result: Any, reused: bool, key: str) -> dict[str, Any]:
+    """The results columns of a pretext phase: its metrics, its cost (that of the phase that trained the
+    weights, also when this trial reused them from the cache) and how this trial got it."""
     fields = {f"pretext_{k}": v for k, v in result.metrics.items()}
+    fields.update({f"pretext_{k}": result.cost[k] for k in PRETEXT_COST_FIELDS if k in result.cost})
     fields.update(
         pretext_cached=reused,
         pretext_key=key,

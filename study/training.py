@@ -24,6 +24,7 @@ after every batch, which cost ~40 % of a small model's epoch time here.)
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -139,6 +140,12 @@ class PretextResult:
     `inputs` (corrupted), `targets` (originals), `outputs` (reconstructions); for the rotation tasks
     `inputs` (rotated) and float `(4,)` `angle_true_deg`, `angle_pred_deg`.
     `stopped_epoch`: epoch at which early stopping ended the phase, else None.
+    `cost`: what the phase cost (`run_pretext` fills it): `seconds` (wall, the whole phase including model
+    build and test scoring), `device` ("CPU" or the GPU's name), `devices` (CPU threads or GPUs used),
+    `images_seen` (training images drawn: epochs run x training images; a two-view task sees each as two
+    views), `flops` (estimated training FLOPs: `models.forward_flops` of the trained model x
+    `models.TRAIN_FLOPS_FACTOR` per training input, plus forward-only passes such as BYOL's target network;
+    validation and test scoring left out); `{}` in results saved before costs were recorded.
     """
 
     task: str
@@ -149,6 +156,7 @@ class PretextResult:
     diverged_epoch: int | None = None
     examples: dict[str, np.ndarray] = field(default_factory=dict)
     stopped_epoch: int | None = None
+    cost: dict[str, Any] = field(default_factory=dict)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write `encoder_weights.npz`, `examples.npz` and `pretext.json` into `directory` (created)."""
@@ -163,6 +171,7 @@ class PretextResult:
             "diverged": self.diverged,
             "diverged_epoch": self.diverged_epoch,
             "stopped_epoch": self.stopped_epoch,
+            "cost": self.cost,
             "n_weights": len(self.encoder_weights),
         }
         (d / "pretext.json").write_text(json.dumps(meta, indent=1))
@@ -186,6 +195,7 @@ class PretextResult:
             diverged_epoch=meta["diverged_epoch"],
             examples=examples,
             stopped_epoch=meta["stopped_epoch"],
+            cost=meta.get("cost", {}),
         )
 
 
@@ -217,6 +227,19 @@ class FinetuneResult:
     probe: dict[str, float] = field(default_factory=dict)
 
 
+def device_in_use(threads: int) -> dict[str, Any]:
+    """`{"device", "devices"}` of this process's training: the first visible GPU's name and the number of
+    visible GPUs (Ray makes only a trial's own GPUs visible), else "CPU" and `threads` (TensorFlow's intra-op
+    threads, the CPUs a trial computes on)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return {"device": "CPU", "devices": float(threads)}
+    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    return {"device": str(name), "devices": float(len(gpus))}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # pretext phase
 def run_pretext(
@@ -238,7 +261,20 @@ def run_pretext(
     A task with its own training step (`PretextTask.train`) gets the same set-up (parameters resolved, data
     checked, generators reseeded, validation split, the trial's encoder) as a `PretextRun` and returns the
     result itself; `make_batch`, the head and the loop below are then not used.
+
+    The result's `cost` holds the phase's wall seconds, device and estimated FLOPs (`PretextResult`).
     """
+    started = time.perf_counter()
+    result = _train_pretext(trial, data, on_epoch)
+    cost = {**result.cost, "seconds": time.perf_counter() - started, **device_in_use(trial.threads)}
+    return dataclasses.replace(result, cost=cost)
+
+
+def _train_pretext(
+    trial: TrialConfig, data: Any, on_epoch: Callable[[int, EpochLogs], None] | None
+) -> PretextResult:
+    """`run_pretext` without the cost's time and device: the result's `cost` holds `images_seen` and
+    `flops` (the standard loop's, or what a task's own step put there)."""
     configure_tensorflow(trial.threads)
     if trial.task == "none":
         raise ValueError("task='none' is the baseline arm and has no pretext phase; call run_finetune only")
@@ -280,6 +316,14 @@ def run_pretext(
             loss,
         )
         encoder = models.encoder_of(model)  # the remembered model's, when the cache returned one
+        flops_per_image = models.forward_flops(model)
+
+        def cost(epochs_run: int) -> dict[str, float]:
+            seen = epochs_run * len(x_train)
+            return {
+                "images_seen": float(seen),
+                "flops": float(models.TRAIN_FLOPS_FACTOR * flops_per_image * seen),
+            }
 
         early = (
             keras.callbacks.EarlyStopping(
@@ -317,7 +361,9 @@ def run_pretext(
                 "val_loss": float(fit.history["val_loss"][-1]),
             }
             if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
-                return PretextResult(trial.task, [], {}, history, diverged=True, diverged_epoch=epoch + 1)
+                return PretextResult(
+                    trial.task, [], {}, history, diverged=True, diverged_epoch=epoch + 1, cost=cost(epoch + 1)
+                )
             history.append(logs)
             callbacks.on_epoch_end(epoch, dict(logs))
             if on_epoch is not None:
@@ -336,7 +382,14 @@ def run_pretext(
     pred = _predict_chunked(model, test_x, models.to_uint8 if task.head == "image" else None)
     if pred is None:  # non-finite outputs: the weights went bad although the losses stayed finite
         return PretextResult(
-            trial.task, [], {}, history, diverged=True, diverged_epoch=len(history), stopped_epoch=stopped
+            trial.task,
+            [],
+            {},
+            history,
+            diverged=True,
+            diverged_epoch=len(history),
+            stopped_epoch=stopped,
+            cost=cost(len(history)),
         )
     n = min(4, len(pred))
     if task.head == "image":
@@ -364,6 +417,7 @@ def run_pretext(
         history,
         examples=examples,
         stopped_epoch=stopped,
+        cost=cost(len(history)),
     )
 
 

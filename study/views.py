@@ -104,15 +104,17 @@ _RGB_FROM_YIQ = yiq2rgb(np.eye(3)[None])[0]
 def default_view_params(image_size: int, strength: float = 1.0) -> dict[str, Any]:
     """The default view parameters for `image_size`-px images (see the module docstring).
 
-    `strength` (> 0) scales the four colour-jitter strengths, like SimCLR's colour-distortion strength;
+    `strength` (>= 0) scales the four colour-jitter strengths, like SimCLR's colour-distortion strength;
     brightness and contrast are capped at 0.9 (a factor of 0 would black the image out), saturation at 1
-    and hue at 0.5. Returns a new, validated dict with every name of `PARAM_NAMES`.
+    and hue at 0.5. `strength=0` turns colour jitter off (`jitter_p` 0; the random draws stay the same, so
+    crops, flips, turns and blur equal those at any other strength). Returns a new, validated dict with every
+    name of `PARAM_NAMES`.
     """
     size = _check_size(image_size)
     if isinstance(strength, bool) or not isinstance(strength, (int, float, np.floating, np.integer)):
-        raise ValueError(f"strength must be a number > 0; got {strength!r}; use e.g. strength=1.0")
-    if not (math.isfinite(strength) and strength > 0):
-        raise ValueError(f"strength must be a finite number > 0; got {strength!r}; use e.g. strength=1.0")
+        raise ValueError(f"strength must be a number >= 0; got {strength!r}; use e.g. strength=1.0")
+    if not (math.isfinite(strength) and strength >= 0):
+        raise ValueError(f"strength must be a finite number >= 0; got {strength!r}; use e.g. strength=1.0")
     scale = size / PAPER_IMAGE_SIZE
     caps = {"brightness": 0.9, "contrast": 0.9, "saturation": 1.0, "hue": 0.5}
     params: dict[str, Any] = {
@@ -120,7 +122,7 @@ def default_view_params(image_size: int, strength: float = 1.0) -> dict[str, Any
         "crop_ratio": (3 / 4, 4 / 3),
         "flip_p": 0.5,
         "rotate90": True,
-        "jitter_p": 0.8,
+        "jitter_p": 0.8 if strength > 0 else 0.0,
         **{k: min(caps[k], float(v) * float(strength)) for k, v in JITTER_AT_STRENGTH_1.items()},
         "blur_p": 0.5,
         "blur_sigma": (PAPER_BLUR_SIGMA[0] * scale, PAPER_BLUR_SIGMA[1] * scale),

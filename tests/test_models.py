@@ -240,3 +240,28 @@ def test_set_encoder_weights_rejects_another_architecture():
     weights = [w + 1.0 for w in a.get_weights()]
     models.set_encoder_weights(a, weights)
     np.testing.assert_array_equal(a.get_weights()[0], weights[0])
+
+
+def test_forward_flops_counts_convolutions_and_dense_layers():
+    import keras
+
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3, padding="same")(x)  # 2 * 8*8 positions * 4 out * 3*3*3 in
+    y = keras.layers.Conv2D(6, 1, strides=2)(y)  # 2 * 4*4 * 6 * 1*1*4
+    y = keras.layers.BatchNormalization()(y)  # not counted
+    y = keras.layers.DepthwiseConv2D(3, padding="same")(y)  # 2 * 4*4 * 6 * 3*3
+    y = keras.layers.Conv2DTranspose(2, 2, strides=2)(y)  # 2 * 4*4 (input) * 2*2*2*6
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    out = keras.layers.Dense(5)(y)  # 2 * 2 * 5
+    inner = keras.Model(x, out)
+    outer_in = keras.Input((8, 8, 3))
+    outer = keras.Model(outer_in, keras.layers.Dense(3)(inner(outer_in)))  # nested, plus 2 * 5 * 3
+    expected = 2 * (64 * 4 * 27 + 16 * 6 * 4 + 16 * 6 * 9 + 16 * 2 * 2 * 2 * 6 + 2 * 5)
+    assert models.forward_flops(inner) == expected
+    assert models.forward_flops(outer) == expected + 2 * 5 * 3
+
+
+def test_resnet50_forward_flops_match_the_published_count():
+    # He et al. 2016, Table 1: 3.8 x 10^9 multiply-adds for ResNet50 at 224 px (Keras' v1: stride in the 1x1).
+    encoder = models.build_encoder("resnet50", 224)
+    assert 2 * 3.8e9 <= models.forward_flops(encoder) <= 2 * 3.95e9

@@ -85,7 +85,7 @@ def test_parameters_validate_with_one_line_messages():
         ("byol", {"ema_base": 1.0}, r"ema_base must be < 1.0"),
         ("byol", {"temperature": 0.2}, r"does not use parameter\(s\) \['temperature'\]"),
         ("simclr", {"crop_scale_min": 1.5}, r"crop_scale_min=1.5 is too large"),
-        ("simclr", {"view_strength": 0.0}, r"view_strength must be > 0.0"),
+        ("simclr", {"view_strength": -0.1}, r"view_strength must be >= 0.0"),
         ("byol", {"projection_dim": 0}, r"projection_dim must be >= 1"),
     ]:
         with pytest.raises(ValueError, match=match) as err:

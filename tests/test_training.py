@@ -314,9 +314,18 @@ def test_pretext_phase_per_task(task, data, tmp_path):
         assert set(result.examples) == {"inputs", "angle_true_deg", "angle_pred_deg"}
         assert result.examples["inputs"].shape == (4, SIZE, SIZE, 3)
         assert result.examples["angle_true_deg"].shape == (4,)
+    # What the phase cost: 2 epochs over every training image (the validation split held out), at 3 forward
+    # passes each through the model that trained (encoder + this task's head).
+    n_train = len(training.validation_split(trial, data)[0])
+    cost = result.cost
+    assert cost["device"] == "CPU" and cost["devices"] == trial.threads
+    assert 0 < cost["seconds"] < 600 and cost["images_seen"] == 2 * n_train
+    trained = models.build_model(pretext.get_task(task).head, training._build_encoder(trial, "random", None))
+    assert cost["flops"] == 3 * models.forward_flops(trained) * 2 * n_train
     result.save(tmp_path / "p")
     loaded = training.PretextResult.load(tmp_path / "p")
     assert loaded.metrics == result.metrics and loaded.history == result.history
+    assert loaded.cost == result.cost
     _assert_weights_equal(loaded.encoder_weights, result.encoder_weights)
     assert loaded.examples.keys() == result.examples.keys()
 

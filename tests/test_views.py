@@ -176,6 +176,8 @@ def test_default_params_scale_with_size_and_strength():
     assert strong["brightness"] == pytest.approx(0.8) and strong["hue"] == pytest.approx(0.04)
     assert views.default_view_params(32, strength=5.0)["brightness"] == 0.9  # capped
     assert set(p32) == set(views.PARAM_NAMES)
+    off = views.default_view_params(32, strength=0)
+    assert off["jitter_p"] == 0.0 and off["brightness"] == 0.0 and p32["jitter_p"] == 0.8
     # a partial dict is completed with the defaults
     assert views.validate_view_params(32, flip_p=0.0) == {**p32, "flip_p": 0.0}
 
@@ -209,4 +211,4 @@ def test_bad_images_and_rng_raise(images):
     with pytest.raises(ValueError, match="rng"):
         views.two_views(images, -1)
     with pytest.raises(ValueError, match="strength"):
-        views.default_view_params(32, strength=0)
+        views.default_view_params(32, strength=-0.5)
