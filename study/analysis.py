@@ -1750,6 +1750,7 @@ REFERENCE_TITLES = {
     "identity": "the corrupted input (identity)",
     "meanfill": "a mean-colour fill",
     "biharmonic": "a biharmonic inpainter",
+    "initial": "the encoder before the pretext phase",
 }
 # "Did the pretext learn" is judged against these (one list, the verdict's own); the classical inpainter is a
 # stronger bar, shown beside.
@@ -1808,7 +1809,7 @@ def pretext_reference_table(df: pd.DataFrame) -> pd.DataFrame:
             pairs.append((head, head))
         for model_metric, ref_metric in sorted(pairs, key=lambda pr: pr[0] != head):
             higher = ref_metric in _references.HIGHER_IS_BETTER or ref_metric in spec.higher_is_better
-            ref, names = _best_reference(g, ref_metric, higher)
+            ref, names = _best_reference(g, ref_metric, higher, spec.references or ())
             is_head = model_metric == head
             if is_head and "pretext_ref_name" in g:
                 names = [n if isinstance(n, str) and n else m for n, m in zip(g["pretext_ref_name"], names)]
@@ -1865,12 +1866,17 @@ def _float_column(g: pd.DataFrame, col: str) -> np.ndarray:
     return pd.to_numeric(g[col], errors="coerce").to_numpy(dtype=float)
 
 
-def _best_reference(g: pd.DataFrame, metric: str, higher_better: bool) -> tuple[np.ndarray, list[str | None]]:
+def _best_reference(
+    g: pd.DataFrame, metric: str, higher_better: bool, task_references: Sequence[str] = ()
+) -> tuple[np.ndarray, list[str | None]]:
     """Per seed, the best trivial reference on ``metric``: ``(values (n,), names (n,))``.
 
     ``pretext_ref_<metric>`` when recorded, else the best of the ``pretext_ref_<name>_<metric>`` columns of
-    ``TRIVIAL_REFERENCES``; a seed's name is the reference matching that value (None when none does)."""
-    per_ref = {name: _float_column(g, f"pretext_ref_{name}_{metric}") for name in TRIVIAL_REFERENCES}
+    ``TRIVIAL_REFERENCES`` and the task's own learning-free ``task_references`` (e.g. the contrastive
+    tasks' "initial" encoder); a seed's name is the reference matching that value (None when none does)."""
+    own = [n for n in task_references if n not in _references.CLASSICAL]  # the inpainter has its own row
+    candidates = dict.fromkeys((*TRIVIAL_REFERENCES, *own))
+    per_ref = {name: _float_column(g, f"pretext_ref_{name}_{metric}") for name in candidates}
     per_ref = {k: v for k, v in per_ref.items() if np.isfinite(v).any()}
     if f"pretext_ref_{metric}" in g:
         best = _float_column(g, f"pretext_ref_{metric}")

@@ -374,9 +374,15 @@ def _tile_figure(tiled: np.ndarray, width: float, top: float) -> tuple[Figure, A
 
 
 def example_grid(
-    title: str, inputs: np.ndarray, targets: np.ndarray, outputs: np.ndarray, max_images: int = 4
+    title: str,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    outputs: np.ndarray,
+    max_images: int = 4,
+    labels: tuple[str, str, str] = ("input", "target", "output"),
 ) -> Figure:
-    """Pretext examples: one row per test image, columns input / target / model output.
+    """Pretext examples: one row per test image, three columns named by ``labels`` (input / target / model
+    output; a two-view task's image / view 1 / view 2).
 
     Arrays: uint8 ``(N, S, S, 3)`` RGB, as saved in ``examples/<task>_seed<seed>.npz``.
     """
@@ -389,7 +395,7 @@ def example_grid(
     gap = max(1, size // 10)
     images = [arr[i] for i in range(n) for arr in (inputs, targets, outputs)]
     fig, ax = _tile_figure(_tile(images, 3, gap), 6.0, 0.7)
-    for j, name in enumerate(("input", "target", "output")):
+    for j, name in enumerate(labels):
         ax.text(j * (size + gap) + size / 2, -gap, name, ha="center", va="bottom", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return fig

@@ -277,8 +277,10 @@ class PretextTask:
     metric) set side by side in the report), `higher_is_better` (metrics beyond
     `references.HIGHER_IS_BETTER` where larger is better). None: the head's defaults (`DEFAULT_*`).
     How it is shown: `title` (tables and figures), `table` (the report's pretext table: `rotation` and
-    `image` are the paper's Tables 2 and 3; another name gets a table of its own), `color` (`#rrggbb`; None:
-    a stable colour from the name), and the registration order (arm order in tables and figures).
+    `image` are the paper's Tables 2 and 3; another name gets a table of its own), `metric_labels`
+    (`(metric, label)` pairs naming its metrics in report tables; the paper's tasks' are the report's own),
+    `color` (`#rrggbb`; None: a stable colour from the name), and the registration order (arm order in
+    tables and figures).
     """
 
     name: str
@@ -296,6 +298,7 @@ class PretextTask:
     reference_pairs: tuple[tuple[str, str], ...] | None = None
     higher_is_better: tuple[str, ...] = ()
     table: str | None = None
+    metric_labels: tuple[tuple[str, str], ...] = ()
     color: str | None = None
     description: str = ""
 
@@ -347,6 +350,9 @@ class PretextTask:
             raise ValueError(
                 f"task {name!r}: table must be an identifier such as 'image'; got {self.table!r}"
             )
+        unknown = [m for m, _ in self.metric_labels if m not in self.metrics]
+        if unknown:
+            raise ValueError(f"task {name!r}: metric_labels name metric(s) {unknown} not in metrics")
         if self.color is not None and not (isinstance(self.color, str) and _COLOR.fullmatch(self.color)):
             raise ValueError(f"task {name!r}: color must be '#rrggbb' or None; got {self.color!r}")
 

@@ -336,15 +336,17 @@ def _read_history(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
 
 IMAGE_EXAMPLE_KEYS = ("inputs", "targets", "outputs")
 ANGLE_EXAMPLE_KEYS = ("inputs", "angle_true_deg", "angle_pred_deg")
+VIEW_EXAMPLE_KEYS = ("images", "view1", "view2")  # tasks with their own two-view step (study.contrastive)
 
 
 @dataclass(frozen=True)
 class Example:
     """One seed's pretext examples. ``kind`` "image": uint8 ``(N, S, S, 3)`` ``inputs, targets, outputs``;
-    "angle": uint8 ``(N, S, S, 3)`` rotated ``inputs`` with ``(N,)`` ``angle_true_deg, angle_pred_deg``."""
+    "angle": uint8 ``(N, S, S, 3)`` rotated ``inputs`` with ``(N,)`` ``angle_true_deg, angle_pred_deg``;
+    "views": uint8 ``(N, S, S, 3)`` test ``images`` and the two augmented views the task matched."""
 
     seed: int
-    kind: Literal["image", "angle"]
+    kind: Literal["image", "angle", "views"]
     arrays: dict[str, np.ndarray]
 
 
@@ -382,6 +384,10 @@ def _example(task: str, seed: int, arrays: dict[str, np.ndarray]) -> tuple[Examp
         return None, ""
     # The pretext phase records angle examples for every head but `image` (unregistered tasks: image).
     registered = pretext.TASKS.get(task)
+    if all(k in arrays for k in VIEW_EXAMPLE_KEYS):
+        if not all(_is_image(arrays[k]) for k in VIEW_EXAMPLE_KEYS):
+            return None, "images and views must be uint8 (N, S, S, 3)"
+        return Example(seed, "views", {k: arrays[k] for k in VIEW_EXAMPLE_KEYS}), ""
     if registered is not None and registered.head != "image":
         if not all(k in arrays for k in ANGLE_EXAMPLE_KEYS):
             return None, ""
@@ -549,11 +555,21 @@ def _pretext_display(table: pd.DataFrame) -> pd.DataFrame:
         g = table[table["arm"] == arm]
         row = {"Self-supervision method": A.arm_title(arm), "n seeds": int(g["n"].max())}
         for r in g.itertuples(index=False):
-            row[PRETEXT_LABELS.get(r.metric, r.metric)] = (
+            row[_metric_label(r.task, r.metric)] = (
                 f"{_num(r.mean, 4)} \u00b1 {_num(r.sd, 3)}" if np.isfinite(r.sd) else _num(r.mean, 4)
             )
         rows.append(row)
     return pd.DataFrame(rows).fillna(NA)
+
+
+def _metric_label(task: str, column: str) -> str:
+    """The report's name of a `pretext_<metric>` column: the paper tasks' labels here, a registered task's
+    own (`PretextTask.metric_labels`), else the column name."""
+    if column in PRETEXT_LABELS:
+        return PRETEXT_LABELS[column]
+    spec = pretext.TASKS.get(task)
+    own = dict(spec.metric_labels) if spec is not None else {}
+    return own.get(column.removeprefix("pretext_"), column)
 
 
 def _reference_display(refs: pd.DataFrame) -> pd.DataFrame:
@@ -563,7 +579,7 @@ def _reference_display(refs: pd.DataFrame) -> pd.DataFrame:
         label = (
             REGION_LABELS.get(r.task, r.metric)
             if r.metric == "region_mse"
-            else REFERENCE_METRIC_LABELS.get(r.metric, r.metric)
+            else REFERENCE_METRIC_LABELS.get(r.metric) or _metric_label(r.task, f"pretext_{r.metric}")
         )
         if r.metric == A.BIHARMONIC_METRIC and np.isfinite(r.images):
             label += f" ({r.images:.0f} images)"
@@ -1634,6 +1650,11 @@ def _reference_blocks(refs: pd.DataFrame, kind: str) -> list[Block]:
         "seeds; model / reference is the mean over seeds of the per-seed ratio; \u201clearned\u201d: the "
         "model beats the reference on the task's headline metric."
     )
+    if (refs["reference"] == "initial").any():  # the two-view tasks' reference (study.contrastive)
+        caption += (
+            " Initial: the same encoder before its pretext phase (random weights unless the trial starts "
+            "from ImageNet), scored on the same test views; chance top-1 is 1/(2B−1) for groups of B images."
+        )
     if kind == "image":  # the image tasks' references (study.references)
         caption += (
             " Identity: the corrupted input itself; mean fill: the hole filled with the mean colour; the "
@@ -1658,6 +1679,12 @@ def _example_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
             x = ex.arrays
             fig = plots.rotation_example_grid(title, x["inputs"], x["angle_true_deg"], x["angle_pred_deg"])
             caption = f"{A.arm_title(task)}: rotated inputs with true and predicted angle"
+        elif ex.kind == "views":
+            x = ex.arrays
+            fig = plots.example_grid(
+                title, x["images"], x["view1"], x["view2"], labels=("image", "view 1", "view 2")
+            )
+            caption = f"{A.arm_title(task)}: test image and the two augmented views matched to each other"
         else:
             x = ex.arrays
             fig = plots.example_grid(title, x["inputs"], x["targets"], x["outputs"])
@@ -1714,6 +1741,10 @@ def _cost_blocks(a: RunAnalysis) -> list[Block]:
 
 
 def _cost_display(costs: pd.DataFrame, unit: str) -> pd.DataFrame:
+    largest = np.nanmax(costs["flops_mean"].to_numpy(float), initial=0.0)
+    flops_unit, flops_scale = next(
+        ((u, f) for u, f in (("PFLOP", 1e15), ("TFLOP", 1e12)) if largest >= f), ("GFLOP", 1e9)
+    )
     return pd.DataFrame(
         {
             "Arm": [A.arm_title(x) for x in costs["arm"]],
@@ -1726,7 +1757,7 @@ def _cost_display(costs: pd.DataFrame, unit: str) -> pd.DataFrame:
             f"{unit} / phase": [_num(x, 3) for x in costs["device_hours_mean"]],
             f"{unit} (study)": [_num(x, 3) for x in costs["device_hours_total"]],
             "Images / phase": [_num(x, 4) for x in costs["images_seen_mean"]],
-            "TFLOPs / phase (est.)": [_num(x / 1e12, 3) for x in costs["flops_mean"]],
+            f"{flops_unit}s / phase (est.)": [_num(x / flops_scale, 3) for x in costs["flops_mean"]],
         }
     )
 

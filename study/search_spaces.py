@@ -192,6 +192,30 @@ def demo() -> StudyPreset:
     )
 
 
+# The paper's arms and its proposed future work (SimCLR, BYOL: study.ssl_tasks), for the cost-benefit study.
+SIX_ARMS = (*PAPER_ARMS, {"task": "simclr"}, {"task": "byol"})
+
+
+def six_arms() -> StudyPreset:
+    """The paper's four arms plus SimCLR and BYOL on the demo's synthetic lesions: 6 arms x 3 regimes x 10 seeds.
+
+    Launch: `study run --preset six-arms` (add `--data DIR` for real images).
+    Expected runtime: about 10-12 minutes on 2 CPU cores (BENCHMARKS.md, "Six arms"), no GPU, no download.
+    The demo's settings (small encoder at 32 px, 4 pretext and 16 fine-tune epochs); SimCLR and BYOL with
+    their registry defaults (batch 32, mild views for small images: study.ssl_tasks). The report adds each
+    task's learned-vs-reference verdict (contrastive top-1 against the encoder before its phase) and the
+    cost-benefit table (pretext CPU-hours, paired AUC gain with its CI, gain per CPU-hour). 10 seeds: the
+    smallest n at which an exact Wilcoxon can pass Holm over the study's 15 comparisons (2/2^10 < 0.05/15).
+    """
+    base = demo()
+    return base.replace(
+        name="six-arms",
+        arms=SIX_ARMS,
+        seeds=tuple(range(10)),
+        runtime_note="~10-12 min on 2 CPU cores",
+    )
+
+
 def smoke() -> StudyPreset:
     """The demo's code path shrunk for tests: 4 arms x 2 seeds, tiny data, 1 pretext and 3 fine-tune epochs.
 
@@ -307,6 +331,7 @@ def search() -> StudyPreset:
 PRESETS: dict[str, Callable[[], StudyPreset]] = {
     "demo": demo,
     "smoke": smoke,
+    "six-arms": six_arms,
     "cpu-real": cpu_real,
     "paper": paper,
     "search": search,

@@ -94,6 +94,12 @@ VIEW_PARAMS = (PROJECTION_WIDTH, PROJECTION_DIM, VIEW_STRENGTH, CROP_SCALE_MIN)
 # uniformity (Wang & Isola 2020; lower is better for both).
 METRICS = ("top1", "proj_top1", "align", "uniform")
 REFERENCE_PAIRS = (("top1", "top1"), ("align", "align"), ("uniform", "uniform"))
+METRIC_LABELS = (
+    ("top1", "contrastive top-1, encoder features"),
+    ("proj_top1", "contrastive top-1, projections"),
+    ("align", "alignment (lower: views closer)"),
+    ("uniform", "uniformity (lower: features spread)"),
+)
 
 
 def _check_views(image_size: int, params: dict[str, Any]) -> None:
@@ -158,6 +164,7 @@ def _contrastive_task(name: str, title: str, loss: str, param: Any, train: Any, 
             reference_pairs=REFERENCE_PAIRS,
             higher_is_better=("top1", "proj_top1"),
             table="contrastive",
+            metric_labels=METRIC_LABELS,
             color=color,
             description=description,
         )

@@ -69,6 +69,27 @@ def test_every_preset_is_valid_and_documented():
     assert all(name in text for name in PRESETS)
 
 
+def test_comparison_presets_have_the_seeds_their_holm_family_needs():
+    """A preset's seed count is the smallest at which its study-wise Holm family can reach significance
+    (the docstrings' claim): one seed fewer and no result could ever be significant."""
+    from study.analysis import min_n_for_significance
+
+    for name in ("demo", "cpu-real", "six-arms"):
+        preset = get_preset(name)
+        m = (len(preset.arms) - 1) * len(preset.base.patiences) * len(preset.fractions())
+        assert len(preset.seeds) == min_n_for_significance(0.05, m), name
+    six = get_preset("six-arms")
+    assert [a["task"] for a in six.arms] == [
+        "none",
+        "rotation",
+        "missing_patch",
+        "corruption",
+        "simclr",
+        "byol",
+    ]
+    assert six.base == get_preset("demo").base  # the demo's settings: only the arms and seeds differ
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ConfigError, match="demo"):
         get_preset("huge")
