@@ -322,8 +322,9 @@ class SimCLRModel(_ContrastiveModel):
 class BYOLModel(_ContrastiveModel):
     """BYOL: online encoder + projector + predictor, target encoder + projector updated by EMA.
 
-    Trainable: the online network only (the target's weights are non-trainable here, changed by the EMA
-    update alone). `tau` holds the momentum of the last update (for tests and logs).
+    Trainable: the online network only (the target's variables are non-trainable, changed by the EMA update
+    alone; its layers stay trainable, so its BatchNorm uses batch statistics in training, as BYOL's target
+    does). `tau` holds the momentum of the last update (for tests and logs).
     """
 
     def __init__(self, encoder, projector, predictor, preprocess, ema_base: float, total_steps: int, **kw):
@@ -337,8 +338,14 @@ class BYOLModel(_ContrastiveModel):
         if [(v.path, tuple(v.shape)) for v in online] != [(v.path, tuple(v.shape)) for v in target]:
             raise ValueError("BYOL target network does not mirror the online network; the clone failed")
         self._ema_index = [i for i, v in enumerate(online) if v.trainable]
-        self.target_encoder.trainable = False
-        self.target_projector.trainable = False
+        # The optimizer must never touch the target, yet its BatchNorm layers must normalise with batch
+        # statistics as the online ones do (BYOL runs both networks in training mode). Freezing the layers
+        # (`layer.trainable = False`) would make Keras run their BatchNorm in inference mode, on moving
+        # statistics that nothing updates: a target without normalisation, whose projections the predictor
+        # matches at a loss near 0 within a few epochs while the features stop improving. So the variables
+        # are frozen, not the layers.
+        for v in target:
+            v.trainable = False
         self.ema_base = keras.Variable(float(ema_base), trainable=False, dtype="float32", name="ema_base")
         self.total_steps = keras.Variable(
             int(total_steps), trainable=False, dtype="int64", name="total_steps"

@@ -287,6 +287,14 @@ def test_byol_target_follows_the_online_network_by_ema(lesions, initial_weights)
     online, target = [online[i] for i in model._ema_index], [target[i] for i in model._ema_index]
     assert len(online) == len(model.encoder.trainable_weights + model.projector.trainable_weights)
     assert not model.target_encoder.trainable_weights  # the optimizer never touches the target
+    # ... yet the target normalises with batch statistics in training, as the online network does (frozen
+    # Keras layers would run BatchNorm on moving statistics that nothing updates)
+    bright = (v1.astype(np.float32) * 0.5 + 100).astype(np.uint8)
+    pooled = np.asarray(model._pooled(model.target_encoder, bright, True))
+    online_pooled = np.asarray(model._pooled(model.encoder, bright, True))
+    np.testing.assert_allclose(pooled, online_pooled, rtol=1e-5, atol=1e-6)
+    frozen = np.asarray(model._pooled(model.target_encoder, bright, False))
+    assert not np.allclose(pooled, frozen, rtol=1e-3)
     t0 = [v.numpy() for v in target]
     model.fit(batch, epochs=1, verbose=0, shuffle=False)
     tau = float(contrastive.ema_momentum(0, 1000, 0.99))
