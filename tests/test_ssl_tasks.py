@@ -231,27 +231,53 @@ def _registered_by_the_cli() -> bool:
 
 
 @pytest.mark.slow
-def test_a_study_file_with_a_simclr_arm_runs_and_reports_the_contrastive_table(tmp_path, study_env):
+def test_a_six_arm_study_reports_every_verdict_and_the_cost_benefit_table(tmp_path, study_env):
+    """Issue 17's "done when": baseline, the paper's three pretexts, SimCLR and BYOL through Ray Tune (a
+    study file, as a user writes one); the report judges each pretext against its reference and sets its
+    cost against its gain."""
+    import re
+
     import pandas as pd
     from conftest import run_cli
 
     if not _registered_by_the_cli():
-        pytest.skip("study.pretext does not import study.ssl_tasks yet: the CLI does not know simclr")
-    path = tmp_path / "ssl-study.toml"
+        pytest.skip("study.pretext does not import study.ssl_tasks: the CLI does not know simclr")
+    arms = "".join(f'[[arms]]\ntask = "{t}"\n' for t in ("none", "rotation", "missing_patch", "corruption"))
+    path = tmp_path / "six-arms.toml"
     path.write_text(
         'preset = "smoke"\nseeds = [0, 1]\n[trial]\nfinetune_epochs = 1\npatiences = [0]\n'
-        'pretext_epochs = 2\n[[arms]]\ntask = "none"\n[[arms]]\ntask = "simclr"\ntemperature = 0.5\n'
+        f'pretext_epochs = 2\n{arms}[[arms]]\ntask = "simclr"\ntemperature = 0.5\n[[arms]]\ntask = "byol"\n'
     )
     storage = tmp_path / "runs"
-    proc = run_cli("run", "--config", str(path), "--storage", str(storage), "--name", "ssl", env=study_env)
+    proc = run_cli("run", "--config", str(path), "--storage", str(storage), "--name", "six", env=study_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = storage / "ssl"
+    run = storage / "six"
     results = pd.read_csv(run / "results.csv")
-    assert (results["status"] == "ok").all() and set(results["arm"]) == {"baseline", "simclr"}
+    ssl = ["rotation", "missing_patch", "corruption", "simclr", "byol"]
+    assert (results["status"] == "ok").all() and set(results["arm"]) == {"baseline", *ssl}
     simclr = results[results["arm"] == "simclr"]
     assert (simclr["temperature"] == 0.5).all() and (simclr["crop_scale_min"] == 0.6).all()
-    assert simclr["pretext_top1"].notna().all() and simclr["pretext_learned"].notna().all()
     assert simclr["pretext_key"].nunique() == 2  # one pretext per seed
-    table = pd.read_csv(next(run.rglob("pretext_contrastive.csv")))
-    assert set(table["arm"]) == {"simclr"} and "pretext_top1" in set(table["metric"])
-    assert "SimCLR" in (run / "report.md").read_text()
+    pretexts = results[results["task"] != "none"]
+    # every pretext phase recorded its verdict and its cost, on the CPU it ran on
+    assert pretexts["pretext_learned"].notna().all() and (pretexts["pretext_device"] == "CPU").all()
+    assert (pretexts["pretext_seconds"] > 0).all() and (pretexts["pretext_flops"] > 0).all()
+    # 2 epochs over the 64 training images (80 less the validation fifth); SimCLR and BYOL draw each once
+    # per epoch too (as two views: their FLOPs count both), batches of 16 leaving no remainder
+    assert (pretexts["pretext_images_seen"] == 2 * 64).all()
+    table = pd.read_csv(run / "pretext_contrastive.csv")
+    assert set(table["arm"]) == {"simclr", "byol"} and "pretext_top1" in set(table["metric"])
+    cost = pd.read_csv(run / "cost_benefit.csv")
+    assert sorted(cost["arm"]) == sorted(ssl) and cost["gain_per_device_hour"].notna().all()
+    np.testing.assert_allclose(cost["gain"] / cost["device_hours_mean"], cost["gain_per_device_hour"])
+
+    md = (run / "report.md").read_text()
+    section = md.split("## Cost-benefit of the pretext phases", 1)[1].split("\n## ", 1)[0]
+    for title in ("Rotation prediction", "Missing patch", "Corruption removal", "SimCLR", "BYOL"):
+        verdict = re.search(rf"^\| {title} \| [^|]*\(headline\)[^\n]*(learned on \d of 2 seeds)", md, re.M)
+        assert verdict, f"no learned-vs-reference verdict for {title}"
+        assert re.search(rf"^\| {title} \| CPU \| 2 \| \d", section, re.M), f"no cost row for {title}"
+    assert "n/a" not in section and "CPU-h" in section
+    assert (run / "figures" / "examples_simclr.png").is_file() and (
+        run / "figures" / "examples_byol.png"
+    ).is_file()
