@@ -67,7 +67,9 @@ Registering a task is one definition plus its test. A task is trained in one of 
    STREAM, epoch])` with stream ids of its own (not `study.training`'s `STREAM_*`), so the phase is
    reproducible bit for bit and resumable, and returns a `PretextResult` with `task = trial.task`, the trained
    `encoder_weights` (`[]` and `diverged=True` when it diverged), `history`, `examples` and `metrics`: the
-   keys listed in `metrics`, plus `headline` and `learned` as `study.references.verdict` gives them. The
+   keys listed in `metrics`, plus `headline` and `learned` as `study.references.verdict` gives them, and
+   `cost` with `images_seen` and `flops` (estimated training FLOPs, `models.forward_flops`; the cost-benefit
+   table reads them; `run_pretext` adds the phase's seconds and device). The
    pretext cache, checkpoints, resume, the fine-tune phase and the CLI need no change: the cache key holds the
    task and its resolved parameters.
 
