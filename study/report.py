@@ -1733,8 +1733,10 @@ def _cost_blocks(a: RunAnalysis) -> list[Block]:
             _gain_display(cb, metric, unit, a.alpha, a.several_fractions),
             f"Gain: the mean paired difference arm − baseline in {A.metric_label(metric)} with its "
             f"{round((1 - a.alpha) * 100)} % t-interval (percentage points for fractions; not adjusted for "
-            f"multiplicity: the Holm-corrected tests are above), and that gain per {unit} of one pretext "
-            "phase. The fine-tune is not counted: every arm, the baseline included, pays it.",
+            f"multiplicity: the Holm-corrected tests are above), and that gain and interval per {unit} of "
+            "one pretext phase (the phase's mean cost taken as known). An interval that includes 0 means "
+            "the study cannot tell whether the hours bought anything. The fine-tune is not counted: every "
+            "arm, the baseline included, pays it.",
         )
     )
     return blocks
@@ -1768,12 +1770,23 @@ def _gain_display(
     scale, pp = (100, " (pp)") if metric in A.FRACTION_METRICS else (1, "")
     level = round((1 - alpha) * 100)
     rows = []
+
+    def diff(x: float) -> str:
+        return _diff(x * scale, metric)
+
+    def rate(x: float, signed: bool = False) -> str:
+        """Per-hour rates span orders of magnitude (CPU-seconds to GPU-days): whole numbers from 100 on."""
+        if not np.isfinite(x):
+            return NA
+        v = x * scale
+        text = f"{v:+,.0f}" if abs(v) >= 100 else f"{v:+.3g}"
+        text = text if signed else text.removeprefix("+")
+        return "\u2212" + text[1:] if text.startswith("-") else text
+
+    def interval(low: float, high: float, fmt=diff) -> str:
+        return f"[{fmt(low)}, {fmt(high)}]" if np.isfinite(low) else NA
+
     for r in cb.itertuples(index=False):
-        ci = (
-            f"[{_diff(r.gain_ci_low * scale, metric)}, {_diff(r.gain_ci_high * scale, metric)}]"
-            if np.isfinite(r.gain_ci_low)
-            else NA
-        )
         rows.append(
             ({LABELS_COLUMN: _percent(r.label_fraction)} if with_fraction else {})
             | {
@@ -1781,8 +1794,11 @@ def _gain_display(
                 "Arm": A.arm_title(r.arm),
                 "n": r.n,
                 f"gain{pp}": _diff(r.gain * scale, metric, signed=True),
-                f"{level} % t-CI": ci,
-                f"gain{pp} per {unit}": _diff(r.gain_per_device_hour * scale, metric, signed=True),
+                f"{level} % t-CI": interval(r.gain_ci_low, r.gain_ci_high),
+                f"gain{pp} per {unit}": rate(r.gain_per_device_hour, signed=True),
+                f"{level} % CI per {unit}": interval(
+                    r.gain_per_device_hour_ci_low, r.gain_per_device_hour_ci_high, rate
+                ),
             }
         )
     return pd.DataFrame(rows)

@@ -57,6 +57,8 @@ def test_gain_is_the_paired_mean_difference_and_per_hour_its_ratio_to_one_phase(
     hours = SECONDS["missing_patch"] * np.arange(1, 7).mean() * 2 / 3600
     mp = cb[cb["arm"] == "missing_patch"]
     np.testing.assert_allclose(mp["gain_per_device_hour"], mp["gain"] / hours)
+    np.testing.assert_allclose(mp["gain_per_device_hour_ci_low"], mp["gain_ci_low"] / hours)
+    np.testing.assert_allclose(mp["gain_per_device_hour_ci_high"], mp["gain_ci_high"] / hours)
     # the true 5 pp effect shows through as a clearly positive gain
     assert (mp["gain"] > 0.02).all()
 
