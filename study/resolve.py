@@ -180,7 +180,11 @@ def validate_study(preset: StudyPreset) -> None:
     configs = (
         preset.trial_configs()
         if preset.search is None
-        else [base.replace(task=t) for t in preset.search.tasks]
+        else [
+            base.replace(task=t, pretext_batch_size=b)
+            for t in preset.search.tasks
+            for b in preset.search.pretext_batch_sizes or (base.pretext_batch_size,)
+        ]
     )
     for trial in configs:
         validate_trial(trial)

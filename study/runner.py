@@ -35,7 +35,7 @@ from study.config import ConfigError, TrialConfig, regime_name, resolved_task_pa
 from study.files import write_replacing, write_text_replacing
 from study.pretext import param_names
 from study.resolve import check_local_resources, validate_run_name, validate_study
-from study.search_spaces import SEARCHED_SETTINGS, StudyPreset, arm_name, get_preset, optuna_space
+from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space, searched_settings
 from study.sources import check_cache_writable, check_command, source_label
 
 STUDY_FILE = "study.json"
@@ -384,7 +384,7 @@ def run_study(
 
 def _search_constants(preset: StudyPreset) -> dict[str, Any]:
     fixed = preset.base.to_dict()
-    for key in SEARCHED_SETTINGS:
+    for key in searched_settings(preset.search):
         fixed.pop(key)
     return fixed
 
@@ -592,6 +592,7 @@ def write_search_summary(run_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
         *param_names(),
         "lr",
         "pretext_lr",
+        "pretext_batch_size",
         "status",
         "search_score",
         "stop_epoch",
@@ -621,6 +622,7 @@ def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
         **{name: params.get(name) for name in param_names()},
         "lr": trial.lr,
         "pretext_lr": trial.pretext_lr if trial.task != "none" else math.nan,
+        "pretext_batch_size": trial.pretext_batch_size if trial.task != "none" else math.nan,
         "seed": trial.seed,
         # Fraction of the training labels the fine-tune used (label-efficiency studies; 1.0 otherwise).
         "label_fraction": trial.label_fraction,
@@ -635,7 +637,7 @@ def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
 def _varied_params(preset: StudyPreset) -> set[str]:
     """Arm settings that take more than one value among the arms of one task (shown in arm names)."""
     if preset.search is not None:
-        return {*param_names(), *SEARCHED_SETTINGS} - {"task"}
+        return {*param_names(), *searched_settings(preset.search)} - {"task"}
     varied = set()
     for key in {k for a in preset.arms for k in a} - {"task"}:
         for task in {a["task"] for a in preset.arms}:

@@ -25,7 +25,10 @@ class SearchSettings:
 
     Each task parameter is searched over its registered range (`study.pretext.Param.search`);
     `param_ranges` replaces a range by parameter name, `(low, high)` in the registered range's units
-    (fractions of the image side for a relative one, such as `patch_size`).
+    (fractions of the image side for a relative one, such as `patch_size`). `pretext_batch_sizes`: choices of
+    the pretext phase's batch size, searched for every task but the baseline (SimCLR's negatives per view are
+    2B - 2, so B matters to it more than to the paper's tasks); empty: every trial keeps the preset's
+    `pretext_batch_size`.
     """
 
     num_samples: int = 20
@@ -33,6 +36,7 @@ class SearchSettings:
     lr_range: tuple[float, float] = (1e-4, 1e-2)
     pretext_lr_range: tuple[float, float] = (1e-4, 1e-2)
     param_ranges: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    pretext_batch_sizes: tuple[int, ...] = ()
     asha: bool = False
     # Optimise validation AUC of the fine-tune phase at the epoch this patience regime keeps; never a test metric.
     metric: str = "val_auc"
@@ -360,6 +364,12 @@ def describe_presets() -> str:
 SEARCHED_SETTINGS = ("task", "lr", "pretext_lr")
 
 
+def searched_settings(settings: SearchSettings) -> tuple[str, ...]:
+    """The trial settings a search with `settings` suggests: `SEARCHED_SETTINGS`, and `pretext_batch_size`
+    when `pretext_batch_sizes` gives choices."""
+    return SEARCHED_SETTINGS + (("pretext_batch_size",) if settings.pretext_batch_sizes else ())
+
+
 @dataclass(frozen=True)
 class OptunaSpace:
     """Define-by-run Optuna space: task parameters are suggested only for the task that uses them.
@@ -378,6 +388,8 @@ class OptunaSpace:
         trial.suggest_float("lr", *s.lr_range, log=True)
         if task != "none":
             trial.suggest_float("pretext_lr", *s.pretext_lr_range, log=True)
+            if s.pretext_batch_sizes:
+                trial.suggest_categorical("pretext_batch_size", list(s.pretext_batch_sizes))
             for param in get_task(task).params:
                 if param.search is not None:
                     param.search.suggest(trial, param, size, s.param_ranges.get(param.name))

@@ -221,6 +221,36 @@ def test_study_search_draws_each_methods_own_parameters():
         assert "batch_size" not in calls and "pretext_batch_size" not in calls
 
 
+def test_the_pretext_batch_size_is_searched_when_the_study_gives_choices(tmp_path):
+    """SimCLR's negatives are 2B - 2 per view: `[search] pretext_batch_sizes` makes B a searched setting."""
+    from study.config import ConfigError
+    from study.resolve import validate_study
+    from study.runner import _search_constants
+    from study.search_spaces import OptunaSpace, SearchSettings, get_preset, searched_settings
+
+    settings = SearchSettings(tasks=("none", "simclr"), pretext_batch_sizes=(16, 64))
+    simclr, none = _Suggestions("simclr"), _Suggestions("none")
+    OptunaSpace(settings, SIZE)(simclr)
+    OptunaSpace(settings, SIZE)(none)
+    assert simclr.calls["pretext_batch_size"] == (16, 64) and "pretext_batch_size" not in none.calls
+    preset = get_preset("search").replace(search=settings)
+    assert "pretext_batch_size" in searched_settings(settings)
+    # searched, so not also a constant of the Tune space (the suggestion decides)
+    assert "pretext_batch_size" not in _search_constants(preset)
+    assert "pretext_batch_size" in _search_constants(get_preset("search"))
+    validate_study(preset)
+    from study.studyfile import resolve
+
+    path = tmp_path / "search.toml"
+    path.write_text(
+        'preset = "search"\n[search]\ntasks = ["none", "simclr"]\npretext_batch_sizes = [16, 64]\n'
+    )
+    assert resolve(None, path).search == settings  # a study file says it the same way
+    bad = preset.replace(search=SearchSettings(tasks=("simclr",), pretext_batch_sizes=(16, 0)))
+    with pytest.raises(ConfigError, match="pretext_batch_size"):
+        validate_study(bad)
+
+
 # ------------------------------------------------------------------------------------------- a whole study
 def _registered_by_the_cli() -> bool:
     """Whether a fresh process (the `study` CLI, a Ray worker) has the tasks: `study.pretext` imports
