@@ -18,9 +18,13 @@ driver by `runner.prepare_data`; a fresh pretext cache per study), with only the
 trainable is `study.trainables.two_stage_trial`, called unchanged by a wrapper that installs timers in the
 worker (patched attributes, restored after the trial):
 
-- `keras.Model.fit` / `predict` get an extra callback with epoch / test / predict begin-end hooks only (no
-  batch hooks, so Keras keeps its asynchronous dispatch): per call, the training-step time of the epoch,
-  the validation time inside fit, the predict loop time, and the call's set-up outside them;
+- `keras.Model.fit` / `predict` get an extra callback, first in the list, with epoch / test / predict
+  begin-end hooks only (no batch hooks, so Keras keeps its asynchronous dispatch): per epoch, the
+  training-step time and the validation time inside fit (a call may run one epoch or a whole phase); the
+  predict loop time; the call's set-up outside them. What runs between two epochs of one call (the
+  fine-tune's epoch-end work: evaluation, metrics, reports, checkpoints) is timed on its own, never as
+  set-up; `training._predict_batches` (evaluation through the model's predict function, where it exists)
+  is timed as a predict loop;
 - `trainables.load_trial_data`, `models.build_encoder` / `build_model`, `training._fresh_keras_state`
   (each phase's reset: a garbage collection, reseeding, the occasional kernel-cache trim), `make_batch` of
   the task that `pretext.get_task` returns when called on the trial's thread (validation pairs; training
@@ -30,7 +34,7 @@ worker (patched attributes, restored after the trial):
   (pretext cache); TensorFlow's import is timed by importing it in the wrapper first.
 
 Times are exclusive (a timer running inside another is subtracted from the outer one). Graph tracing per
-model and function = first call - median of the later calls (train steps, validation, predict); the
+model and function = first epoch or call - median of the later ones (train steps, validation, predict); the
 pretext phase's single test `predict` is compared with its validation time per image instead.
 
 A trial's wall time runs from the moment its slot (1 CPU) became free — the study start or the completion of
