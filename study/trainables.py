@@ -179,6 +179,13 @@ def _restore_checkpoint() -> tuple[dict[str, Any], Path | None]:
     return json.loads((local / STATE_FILE).read_text()), local
 
 
+def checkpoints_after(trial: TrialConfig, epoch: int) -> bool:
+    """Whether the report of fine-tune epoch `epoch` (1-based) carries a checkpoint: every
+    `trial.checkpoint_every` epochs and after the last, so a retried or resumed trial redoes at most
+    `checkpoint_every` fine-tune epochs (the other epochs are reported without one)."""
+    return epoch % trial.checkpoint_every == 0 or epoch == trial.finetune_epochs
+
+
 def _pretext_fields(result: Any, reused: bool, key: str) -> dict[str, Any]:
     fields = {f"pretext_{k}": v for k, v in result.metrics.items()}
     fields.update(
@@ -285,7 +292,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             **common,
             **logs,
         }
-        if epoch % trial.checkpoint_every == 0 or epoch == trial.finetune_epochs:
+        if checkpoints_after(trial, epoch):
             _report_with_state(
                 metrics,
                 {"phase": "finetune", "epoch": epoch, "pretext": pretext_info},
