@@ -18,9 +18,13 @@ driver by `runner.prepare_data`; a fresh pretext cache per study), with only the
 trainable is `study.trainables.two_stage_trial`, called unchanged by a wrapper that installs timers in the
 worker (patched attributes, restored after the trial):
 
-- `keras.Model.fit` / `predict` get an extra callback with epoch / test / predict begin-end hooks only (no
-  batch hooks, so Keras keeps its asynchronous dispatch): per call, the training-step time of the epoch,
-  the validation time inside fit, the predict loop time, and the call's set-up outside them;
+- `keras.Model.fit` / `predict` get an extra callback, first in the list, with epoch / test / predict
+  begin-end hooks only (no batch hooks, so Keras keeps its asynchronous dispatch): per epoch, the
+  training-step time and the validation time inside fit (a call may run one epoch or a whole phase); the
+  predict loop time; the call's set-up outside them. What runs between two epochs of one call (the
+  fine-tune's epoch-end work: evaluation, metrics, reports, checkpoints) is timed on its own, never as
+  set-up; `training._predict_batches` (evaluation through the model's predict function, where it exists)
+  is timed as a predict loop;
 - `trainables.load_trial_data`, `models.build_encoder` / `build_model`, `training._fresh_keras_state`
   (each phase's reset: a garbage collection, reseeding, the occasional kernel-cache trim), `make_batch` of
   the task that `pretext.get_task` returns when called on the trial's thread (validation pairs; training
@@ -30,7 +34,7 @@ worker (patched attributes, restored after the trial):
   (pretext cache); TensorFlow's import is timed by importing it in the wrapper first.
 
 Times are exclusive (a timer running inside another is subtracted from the outer one). Graph tracing per
-model and function = first call - median of the later calls (train steps, validation, predict); the
+model and function = first epoch or call - median of the later ones (train steps, validation, predict); the
 pretext phase's single test `predict` is compared with its validation time per image instead.
 
 A trial's wall time runs from the moment its slot (1 CPU) became free — the study start or the completion of
@@ -92,7 +96,9 @@ PARTS = (
 
 # ------------------------------------------------------------------------------------------ worker side
 def _n_images(x) -> int:
-    """Images in an array or in a batched tf.data dataset (what training.py passes to fit/predict)."""
+    """Images in an array, a list of batches or a batched tf.data dataset (what training.py predicts on)."""
+    if isinstance(x, list):
+        return sum(int(b.shape[0]) for b in x)
     if hasattr(x, "__len__") and not hasattr(x, "element_spec"):
         return len(x)
     total = 0
@@ -162,6 +168,7 @@ class _Probe:
         self.predicts: list[dict] = []
         self.reports = 0
         self.checkpoints = 0
+        self.last_nested = 0.0  # time in nested timers of the timer `_end` ended last
 
     # timers
     def _begin(self, category):
@@ -173,6 +180,7 @@ class _Probe:
         self.exclusive[category] = self.exclusive.get(category, 0.0) + elapsed - nested
         if self.stack:
             self.stack[-1][2] += elapsed
+        self.last_nested = nested
         return elapsed
 
     def timed(self, category, fn):
@@ -211,25 +219,48 @@ class _Probe:
             (futures.Future, "result"): futures.Future.result,
             (training, "ThreadPoolExecutor"): training.ThreadPoolExecutor,
         }
+        # one fit per phase: its evaluations call the model's predict function through this helper
+        has_predict_batches = hasattr(training, "_predict_batches")
+        if has_predict_batches:
+            orig[(training, "_predict_batches")] = training._predict_batches
         trial_thread = threading.current_thread()
 
         class Hooks(keras.callbacks.Callback):
+            """First in the callback list. Per epoch: training-step seconds (validation excluded) and
+            validation seconds; between two epochs of one call (the caller's epoch-end work: evaluation,
+            reports, checkpoints) a timer runs, so that this time is not taken for call set-up."""
+
             def __init__(self):
                 super().__init__()
                 self.t: dict[str, float] = {}
-                self.test_s = 0.0
+                self.train: list[float] = []
+                self.val: list[float] = []
+                self.between = False
+
+            def _close_between(self):
+                if self.between:
+                    probe._end()
+                    self.between = False
 
             def on_epoch_begin(self, epoch, logs=None):
+                self._close_between()
                 self.t["epoch_begin"] = time.perf_counter()
+                self.val.append(0.0)
 
             def on_epoch_end(self, epoch, logs=None):
-                self.t["epoch_end"] = time.perf_counter()
+                self.train.append(time.perf_counter() - self.t["epoch_begin"] - self.val[-1])
+                probe._begin("between_epochs")  # exclusive time lands in "other"
+                self.between = True
+
+            def on_train_end(self, logs=None):
+                self._close_between()
 
             def on_test_begin(self, logs=None):
                 self.t["test_begin"] = time.perf_counter()
 
             def on_test_end(self, logs=None):
-                self.test_s += time.perf_counter() - self.t["test_begin"]
+                if self.val:
+                    self.val[-1] += time.perf_counter() - self.t["test_begin"]
 
             def on_predict_begin(self, logs=None):
                 self.t["predict_begin"] = time.perf_counter()
@@ -239,20 +270,22 @@ class _Probe:
 
         def fit(model, x=None, y=None, *args, **kwargs):
             hooks = Hooks()
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), hooks]
+            kwargs["callbacks"] = [hooks, *(kwargs.get("callbacks") or [])]
             probe._begin("fit")
             try:
                 return orig[(keras.Model, "fit")](model, x, y, *args, **kwargs)
             finally:
-                wall = probe._end()
-                epoch = hooks.t.get("epoch_end", 0.0) - hooks.t.get("epoch_begin", 0.0)
+                hooks._close_between()
+                # the call's own time: nested timers (reports, checkpoints, evaluations and the rest of
+                # the work between epochs) are counted where they belong
+                wall = probe._end() - probe.last_nested
                 val = kwargs.get("validation_data")
                 probe.fits.append(
                     {
                         "model": id(model),
                         "wall": wall,
-                        "train": epoch - hooks.test_s,
-                        "val": hooks.test_s,
+                        "train": hooks.train,
+                        "val": hooks.val,
                         "n_val": _n_images(val[0] if isinstance(val, tuple) else val)
                         if val is not None
                         else 0,
@@ -269,6 +302,17 @@ class _Probe:
                 wall = probe._end()
                 loop = hooks.t.get("predict_end", 0.0) - hooks.t.get("predict_begin", 0.0)
                 probe.predicts.append({"model": id(model), "wall": wall, "loop": loop, "n": _n_images(x)})
+
+        def predict_batches(model, batches):
+            # the model's predict function called per batch: no set-up, the whole call is the loop
+            probe._begin("predict")
+            try:
+                return orig[(training, "_predict_batches")](model, batches)
+            finally:
+                wall = probe._end() - probe.last_nested
+                probe.predicts.append(
+                    {"model": id(model), "wall": wall, "loop": wall, "n": _n_images(batches)}
+                )
 
         def get_task(name):
             # run_pretext makes training pairs one epoch ahead in a background thread: only calls on the
@@ -324,6 +368,8 @@ class _Probe:
             (futures.Future, "result"): result,
             (training, "ThreadPoolExecutor"): MarkingExecutor,
         }
+        if has_predict_batches:
+            replacements[(training, "_predict_batches")] = predict_batches
 
         @contextlib.contextmanager
         def patched():
@@ -348,7 +394,7 @@ class _Probe:
             "exclusive": self.exclusive,
             "steps": steps,
             "tracing": tracing,
-            "call_setup": sum(f["wall"] - f["train"] - f["val"] for f in self.fits)
+            "call_setup": sum(f["wall"] - sum(f["train"]) - sum(f["val"]) for f in self.fits)
             + sum(p["wall"] - p["loop"] for p in self.predicts),
             "n_fits": len(self.fits),
             "n_predicts": len(self.predicts),
@@ -359,8 +405,9 @@ class _Probe:
 
 def _steps_and_tracing(fits: list[dict], predicts: list[dict]) -> tuple[float, float, int]:
     """(steady-state step seconds, tracing seconds, functions called once) from per-call records, model by
-    model. A function called only once (a 1-epoch pretext phase) cannot be split: all of it counts as
-    steps."""
+    model: the epochs of every `fit` call of a model in order (one call per epoch or one per phase), and
+    its predict calls. A function run only once (a 1-epoch pretext phase) cannot be split: all of it counts
+    as steps."""
     steps = tracing = 0.0
     single = 0
     for model in {f["model"] for f in fits} | {p["model"] for p in predicts}:
@@ -368,7 +415,7 @@ def _steps_and_tracing(fits: list[dict], predicts: list[dict]) -> tuple[float, f
         p = [x for x in predicts if x["model"] == model]
         val_per_image = None
         for key in ("train", "val"):
-            values = [x[key] for x in f]
+            values = [v for x in f for v in x[key]]
             if not values or not any(values):
                 continue
             trace = max(0.0, values[0] - statistics.median(values[1:])) if len(values) > 1 else 0.0

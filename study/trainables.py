@@ -159,6 +159,13 @@ def _cached_pretext_remote(trial, data, on_epoch, train, load, key: str, entry: 
         return result, False, key
 
 
+def checkpoints_after(trial: TrialConfig, epoch: int) -> bool:
+    """Whether the report of fine-tune epoch `epoch` (1-based) carries a checkpoint: every
+    `trial.checkpoint_every` epochs and after the last, so a retried or resumed trial redoes at most
+    `checkpoint_every` fine-tune epochs (the other epochs are reported without one)."""
+    return epoch % trial.checkpoint_every == 0 or epoch == trial.finetune_epochs
+
+
 def _report_with_state(metrics: dict[str, Any], state: dict[str, Any], write_files=None) -> None:
     """`tune.report` with a checkpoint holding `state` (json) and whatever `write_files(dir)` writes."""
     with tempfile.TemporaryDirectory(prefix="study-ckpt-") as tmp:
@@ -292,7 +299,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             **common,
             **logs,
         }
-        if epoch % trial.checkpoint_every == 0 or epoch == trial.finetune_epochs:
+        if checkpoints_after(trial, epoch):
             _report_with_state(
                 metrics,
                 {"phase": "finetune", "epoch": epoch, "pretext": pretext_info},

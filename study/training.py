@@ -15,6 +15,12 @@ lesion ids of a labels CSV, kept whole; None for folders), so for one seed every
 sees the same validation images; the pretext phase trains on all non-validation training images (it uses no
 labels), the fine-tune phase on `label_fraction` of them (`finetune_split`).
 
+The fine-tune phase trains in one `fit` call; its per-epoch work (evaluation of the validation and test
+images in one pass through the model's compiled predict function, the history, `callbacks`, `on_epoch`'s
+reports and checkpoints) runs in an epoch-end callback. Keras' set-up of a `fit` or `predict` call costs
+~20 ms, which a call per epoch paid ~30 times per demo trial; the numbers are bitwise those of a call per
+epoch (tests/test_training.py keeps that loop as the reference).
+
 Divergence: a non-finite training or validation loss stops the phase without raising. The diverged epoch is
 not added to the history (its numbers are garbage) and `on_epoch` is not called for it. It is detected at
 the end of the epoch: the epoch's loss is a running mean, so one non-finite batch makes it non-finite.
@@ -581,11 +587,11 @@ def run_finetune(
     x_train, y_train = data.train.images[train_index], _binary(data.train.labels[train_index])
     x_val, y_val = data.train.images[val_index], data.train.labels[val_index]
     x_test, y_test = data.test.images, data.test.labels
-    # One predict call per epoch for validation and test: each call has a fixed cost (~40 ms here).
+    # Validation and test images evaluated together, as tensor batches made once per phase (numpy inputs would
+    # be converted again at every evaluation).
     x_eval = np.concatenate([x_val, x_test])
-    # The arrays become tensors once per phase: numpy inputs would be converted again by every fit/predict.
     batches = _IndexedBatches(x_train, y_train, trial.batch_size)
-    eval_batches = _batched(x_eval, EVAL_BATCH_SIZE)
+    eval_batches = _tensor_batches(x_eval, EVAL_BATCH_SIZE)
 
     # On resume or with pretext weights the initial encoder weights are overwritten: skip the ImageNet file.
     overwritten = encoder_weights is not None or resume_dir is not None
@@ -619,22 +625,29 @@ def run_finetune(
     driven.on_train_begin()
     diverged_epoch: int | None = None
     timings: list[dict[str, float]] = []
-    for epoch in range(len(history), trial.finetune_epochs):
-        started = time.perf_counter()
-        order = np.random.default_rng([seed, STREAM_FINETUNE_ORDER, epoch]).permutation(len(x_train))
-        fit = model.fit(
-            batches.in_order(order), epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0
-        )
+    started: list[float] = []
+
+    def order(epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, STREAM_FINETUNE_ORDER, epoch]).permutation(len(x_train))
+
+    def epoch_begin(epoch: int) -> None:
+        # Keras starts the epoch's dataset iterator after `on_epoch_begin`: it reads this epoch's order.
+        batches.in_order(order(epoch))
+        started.append(time.perf_counter())
+
+    def epoch_end(epoch: int, fit_logs: EpochLogs) -> None:
+        nonlocal diverged_epoch
         fitted = time.perf_counter()
-        loss = float(fit.history["loss"][-1])
+        loss = float(fit_logs["loss"])
         p_eval = _predict_proba(model, eval_batches)
         p_val, p_test = p_eval[: len(x_val)], p_eval[len(x_val) :]
         timings.append(
-            {"epoch": epoch + 1, "fit_s": fitted - started, "eval_s": time.perf_counter() - fitted}
+            {"epoch": epoch + 1, "fit_s": fitted - started[-1], "eval_s": time.perf_counter() - fitted}
         )
         if not (math.isfinite(loss) and np.all(np.isfinite(p_val)) and np.all(np.isfinite(p_test))):
             diverged_epoch = epoch + 1
-            break
+            model.stop_training = True
+            return
         logs: EpochLogs = {"epoch": epoch + 1, "loss": loss}
         logs.update(_prefixed("val_", study_metrics.classification_metrics(y_val, p_val)))
         # Keras' own loss on the validation set: the number a fit(validation_data=...) run would monitor.
@@ -642,14 +655,26 @@ def run_finetune(
         logs.update(_prefixed("test_", study_metrics.classification_metrics(y_test, p_test)))
         if not math.isfinite(logs["val_loss"]):
             diverged_epoch = epoch + 1
-            break
+            model.stop_training = True
+            return
         history.append(logs)
         model.stop_training = False
         driven.on_epoch_end(epoch, dict(logs))
         if on_epoch is not None:
             on_epoch(epoch + 1, dict(logs), save_state)
-        if model.stop_training:
-            break
+        # `fit` ends after this epoch if a callback set `model.stop_training`
+
+    # One `fit` call for the whole phase (each call costs ~20 ms of Keras set-up); the per-epoch work runs in
+    # `_EpochHooks`, between the epochs.
+    if len(history) < trial.finetune_epochs:
+        model.fit(
+            batches.in_order(order(len(history))),
+            epochs=trial.finetune_epochs,
+            initial_epoch=len(history),
+            shuffle=False,
+            verbose=0,
+            callbacks=[_EpochHooks(epoch_begin, epoch_end)],
+        )
     driven.on_train_end()
     return FinetuneResult(
         history=history,
@@ -683,8 +708,8 @@ def _probe_encoder(model: keras.Model, train_batches, labels, eval_batches) -> d
         features = keras.Model(model.input, model.get_layer("gap").output, name="pooled_features")
         _FEATURE_MODELS[model] = features
     y_train, y_val, y_test = labels
-    f_train = np.asarray(features.predict(train_batches, verbose=0), np.float64)
-    f_eval = np.asarray(features.predict(eval_batches, verbose=0), np.float64)
+    f_train = np.asarray(_predict_batches(features, train_batches), np.float64)
+    f_eval = np.asarray(_predict_batches(features, eval_batches), np.float64)
     n_val = len(y_val)
     scores = linear_probe(
         (f_train, np.asarray(y_train).reshape(-1)), (f_eval[:n_val], y_val), (f_eval[n_val:], y_test)
@@ -748,16 +773,46 @@ def _prefixed(prefix: str, scores: dict[str, Any]) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in scores.items()}
 
 
-def _predict_proba(model: keras.Model, x: Any) -> np.ndarray:
-    """P(malignant) `(N,)` float64 from the sigmoid head; `x` images or a batched `tf.data.Dataset`."""
-    kw = {} if _is_dataset(x) else {"batch_size": EVAL_BATCH_SIZE}
-    return np.asarray(model.predict(x, verbose=0, **kw), np.float64).reshape(-1)
+def _predict_proba(model: keras.Model, batches: Sequence[Any]) -> np.ndarray:
+    """P(malignant) `(N,)` float64 from the sigmoid head, for `batches` (`_tensor_batches`)."""
+    return np.asarray(_predict_batches(model, batches), np.float64).reshape(-1)
 
 
-def _is_dataset(x: Any) -> bool:
+def _predict_batches(model: keras.Model, batches: Any) -> np.ndarray:
+    """`model.predict(batches)`, bit for bit, without its per-call set-up (~10-20 ms: data adapter, epoch
+    iterator, callbacks): the model's own compiled predict function, called once per batch.
+
+    `batches`: a sequence of input batches (`_tensor_batches`) or a batched `tf.data.Dataset` (of images, or
+    of `(images, labels)` pairs, labels ignored). Each batch goes to the function as `model.predict` passes
+    it (a list of one batch), so the same traced function computes it.
+    """
+    model.make_predict_function()
+    predict = model.predict_function
+    return np.concatenate([np.asarray(predict([batch])) for batch in batches])
+
+
+def _tensor_batches(x: np.ndarray, batch_size: int) -> list[Any]:
+    """`x` in batches of `batch_size` as tensors, converted once per phase (the batches a
+    `tf.data.Dataset.from_tensor_slices(x).batch(batch_size)` would yield)."""
     import tensorflow as tf
 
-    return isinstance(x, tf.data.Dataset)
+    return [tf.constant(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+class _EpochHooks(keras.callbacks.Callback):
+    """`begin(epoch)` at the start and `end(epoch, logs)` at the end of every epoch of a `fit` call (0-based
+    epoch, Keras' epoch logs). Epoch hooks only: with batch hooks Keras would fetch the logs after every
+    batch (see the module docstring)."""
+
+    def __init__(self, begin: Callable[[int], None], end: Callable[[int, EpochLogs], None]) -> None:
+        super().__init__()
+        self._begin, self._end = begin, end
+
+    def on_epoch_begin(self, epoch: int, logs: EpochLogs | None = None) -> None:
+        self._begin(epoch)
+
+    def on_epoch_end(self, epoch: int, logs: EpochLogs | None = None) -> None:
+        self._end(epoch, dict(logs or {}))
 
 
 def _batched(x: Any, batch_size: int):

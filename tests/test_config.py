@@ -90,6 +90,22 @@ def test_comparison_presets_have_the_seeds_their_holm_family_needs():
     assert six.base == get_preset("demo").base  # the demo's settings: only the arms and seeds differ
 
 
+def test_fine_tune_checkpoints_every_k_epochs_and_after_the_last():
+    """The presets' checkpoint cadence (README "How much is redone"): a resumed trial redoes at most k."""
+    from study.trainables import checkpoints_after
+
+    def checkpointed(trial):
+        return [e for e in range(1, trial.finetune_epochs + 1) if checkpoints_after(trial, e)]
+
+    demo = get_preset("demo").base
+    assert (demo.checkpoint_every, demo.finetune_epochs) == (4, 16)
+    assert checkpointed(demo) == [4, 8, 12, 16]
+    assert checkpointed(demo.replace(finetune_epochs=10)) == [4, 8, 10]
+    assert get_preset("cpu-real").base.checkpoint_every == get_preset("search").base.checkpoint_every == 4
+    assert checkpointed(get_preset("smoke").base) == [1, 2, 3]  # the resume tests restart from each
+    assert get_preset("paper").base.checkpoint_every == 1
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ConfigError, match="demo"):
         get_preset("huge")

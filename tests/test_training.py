@@ -257,6 +257,117 @@ def test_data_of_another_size_is_rejected(data):
         training.run_finetune(BASE.replace(image_size=64), data)
 
 
+def _per_epoch_reference(trial, data, encoder_weights=None):
+    """The fine-tune loop as it was up to commit 6ad10cb, kept here as the reference for the one-`fit` loop:
+    `model.fit` for one epoch and `model.predict` on validation + test images after each epoch, the linear
+    probe's features by `model.predict`. Returns (history, diverged_epoch, final weights, probe scores)."""
+    import tensorflow as tf
+
+    from study import metrics as study_metrics
+    from study import model_cache
+    from study.probe import linear_probe
+
+    training.configure_tensorflow(trial.threads)
+    training._fresh_keras_state(trial.seed)
+    train_index, val_index = training.finetune_split(trial, data)
+    x_train, y_train = data.train.images[train_index], training._binary(data.train.labels[train_index])
+    x_val, y_val = data.train.images[val_index], data.train.labels[val_index]
+    x_test, y_test = data.test.images, data.test.labels
+    batches = training._IndexedBatches(x_train, y_train, trial.batch_size)
+    eval_batches = tf.data.Dataset.from_tensor_slices(tf.constant(np.concatenate([x_val, x_test]))).batch(
+        training.EVAL_BATCH_SIZE
+    )
+    encoder = training._build_encoder(
+        trial, "random" if encoder_weights is not None else trial.weights, trial.weights_path
+    )
+    if encoder_weights is not None:
+        models.set_encoder_weights(encoder, encoder_weights)
+    model = model_cache.compiled(
+        training._model_key(trial, "classification", "binary_crossentropy"),
+        models.build_model("classification", encoder, mixed_precision=trial.mixed_precision),
+        lambda: keras.optimizers.Adam(trial.lr),
+        "binary_crossentropy",
+    )
+    features = keras.Model(model.input, model.get_layer("gap").output)
+    f_train = np.asarray(features.predict(batches.in_order(np.arange(len(x_train))), verbose=0), np.float64)
+    f_eval = np.asarray(features.predict(eval_batches, verbose=0), np.float64)
+    n_val = len(y_val)
+    probe = linear_probe((f_train, y_train.reshape(-1)), (f_eval[:n_val], y_val), (f_eval[n_val:], y_test))
+    bce = keras.losses.BinaryCrossentropy()
+    history, diverged_epoch = [], None
+    for epoch in range(trial.finetune_epochs):
+        order = np.random.default_rng([trial.seed, training.STREAM_FINETUNE_ORDER, epoch]).permutation(
+            len(x_train)
+        )
+        fit = model.fit(
+            batches.in_order(order), epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0
+        )
+        loss = float(fit.history["loss"][-1])
+        p_eval = np.asarray(model.predict(eval_batches, verbose=0), np.float64).reshape(-1)
+        p_val, p_test = p_eval[:n_val], p_eval[n_val:]
+        if not (math.isfinite(loss) and np.all(np.isfinite(p_eval))):
+            diverged_epoch = epoch + 1
+            break
+        logs = {"epoch": epoch + 1, "loss": loss}
+        logs.update(
+            {f"val_{k}": float(v) for k, v in study_metrics.classification_metrics(y_val, p_val).items()}
+        )
+        logs["val_loss"] = float(bce(training._binary(y_val), p_val[:, None]))
+        logs.update(
+            {f"test_{k}": float(v) for k, v in study_metrics.classification_metrics(y_test, p_test).items()}
+        )
+        if not math.isfinite(logs["val_loss"]):
+            diverged_epoch = epoch + 1
+            break
+        history.append(logs)
+    return history, diverged_epoch, model.get_weights(), probe
+
+
+@pytest.mark.parametrize(
+    "trial",
+    [
+        BASE,
+        BASE.replace(seed=2, label_fraction=0.5, batch_size=6, finetune_epochs=4),
+        BASE.replace(lr=1e12, finetune_epochs=3),  # diverges
+    ],
+    ids=["base", "seed2-half-labels", "diverging"],
+)
+def test_one_fit_call_per_phase_equals_the_per_epoch_loop_bit_for_bit(trial, data, monkeypatch):
+    """The fine-tune phase trains in one `fit` call with its per-epoch work in a callback, and evaluates
+    through the model's predict function: the history, regimes, probe and weights equal those of the
+    former loop (a `fit` and a `predict` call per epoch) exactly; also from pretext weights, with the
+    model cache on (the reference then trains the same remembered model)."""
+    from study import model_cache
+
+    monkeypatch.setenv("STUDY_MODEL_CACHE", "4")
+    pre = _pretext("rotation", data)[0].encoder_weights if trial is BASE else None
+    for weights in (None, pre) if pre is not None else (None,):
+        history, diverged_epoch, weights_after, probe = _per_epoch_reference(trial, data, weights)
+        hits = model_cache.stats["hits"]
+        result = training.run_finetune(trial, data, encoder_weights=weights)
+        assert model_cache.stats["hits"] == hits + 1  # same architecture: the same remembered model
+        assert result.history == history and result.diverged_epoch == diverged_epoch
+        assert result.regimes == training.replay_regimes(trial, history, diverged_epoch)
+        assert _probe_without_time(result.probe) == probe
+        _assert_weights_equal(result.model_weights, weights_after)
+        assert len(result.timings) == len(history) + (diverged_epoch is not None)
+    if trial.lr > 1:
+        assert diverged_epoch is not None, "the diverging case did not diverge"
+
+
+def test_predicting_through_the_predict_function_equals_model_predict(data):
+    import tensorflow as tf
+
+    training.configure_tensorflow(1)
+    training._fresh_keras_state(0)
+    model = models.build_model("classification", training._build_encoder(BASE, "random", None))
+    x = data.test.images
+    expected = model.predict(tf.data.Dataset.from_tensor_slices(tf.constant(x)).batch(5), verbose=0)
+    np.testing.assert_array_equal(training._predict_batches(model, training._tensor_batches(x, 5)), expected)
+    pairs = tf.data.Dataset.from_tensor_slices((tf.constant(x), tf.zeros(len(x)))).batch(5)
+    np.testing.assert_array_equal(training._predict_batches(model, pairs), expected)
+
+
 # ----------------------------------------------------------------------------------------------- pretext
 _PRETEXT: dict[str, tuple] = {}
 
