@@ -204,6 +204,16 @@ def _pretext_fields(result: Any, reused: bool, key: str) -> dict[str, Any]:
     return fields
 
 
+class _ExpectedRetracing(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to <function ...> triggered tf.function retracing"
+    warning. A kept model's predict function is traced once per batch shape, and each evaluation set ends
+    in a partial batch of its own size, so a worker that runs many trials meets a few shapes per model:
+    expected, bounded, and not something a user can act on. Every other TensorFlow warning still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def two_stage_trial(config: dict[str, Any]) -> None:
     """One trial: pretext phase (unless `task == "none"`), then fine-tune with early-stopping replay.
 
@@ -219,6 +229,9 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     # Ray Train logs "Checkpoint successfully created at ..." at INFO for every epoch of every trial (the
     # study's console reports trials, not checkpoints); its warnings and errors still show.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    tf_logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _ExpectedRetracing) for f in tf_logger.filters):
+        tf_logger.addFilter(_ExpectedRetracing())
     from study import training
 
     training.configure_tensorflow(trial.threads)

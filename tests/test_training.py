@@ -383,6 +383,93 @@ def _pretext(task, data):
     return _PRETEXT[task]
 
 
+def _per_epoch_pretext_reference(trial, data):
+    """The pretext loop as it was up to commit 566eda6, the reference for the one-`fit` loop: `model.fit`
+    for one epoch per epoch on that epoch's pairs, with the validation pairs; Keras' EarlyStopping driven by
+    hand. Returns (history, diverged_epoch, final encoder weights)."""
+    from study import model_cache
+
+    task = pretext.get_task(trial.task)
+    params = training.resolved_task_params(trial)
+    training.configure_tensorflow(trial.threads)
+    training._fresh_keras_state(trial.seed)
+    train_index, val_index = training.validation_split(trial, data)
+    x_train = data.train.images[train_index]
+    val_x, val_y = task.make_batch(
+        data.train.images[val_index],
+        np.random.default_rng([trial.seed, training.STREAM_PRETEXT_VAL]),
+        **params,
+    )
+    loss = training._pretext_loss(task)
+    model = model_cache.compiled(
+        training._model_key(trial, task.head, loss),
+        models.build_model(task.head, training._build_encoder(trial, trial.weights, None)),
+        lambda: keras.optimizers.Adam(trial.pretext_lr),
+        loss,
+    )
+    early = (
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=trial.pretext_patience, restore_best_weights=True
+        )
+        if trial.pretext_patience
+        else None
+    )
+    callbacks = keras.callbacks.CallbackList([early] if early else [], model=model)
+    callbacks.on_train_begin()
+    val_batches = training._batched((val_x, training._as_target(task.head, val_y)), training.EVAL_BATCH_SIZE)
+    history, batches = [], None
+    for epoch in range(trial.pretext_epochs):
+        rng = np.random.default_rng([trial.seed, training.STREAM_PRETEXT_PAIRS, epoch])
+        x, y = task.make_batch(x_train, rng, **params)
+        y = training._as_target(task.head, y)
+        order = np.random.default_rng([trial.seed, training.STREAM_PRETEXT_ORDER, epoch]).permutation(len(x))
+        if batches is None:
+            batches = training._IndexedBatches(x, y, trial.pretext_batch_size)
+        else:
+            batches.set_data(x, y)
+        fit = model.fit(
+            batches.in_order(order),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+            validation_data=val_batches,
+        )
+        logs = {"epoch": epoch + 1, "loss": fit.history["loss"][-1], "val_loss": fit.history["val_loss"][-1]}
+        logs = {k: float(v) if k != "epoch" else v for k, v in logs.items()}
+        if not (math.isfinite(logs["loss"]) and math.isfinite(logs["val_loss"])):
+            return history, epoch + 1, []
+        history.append(logs)
+        callbacks.on_epoch_end(epoch, dict(logs))
+        if model.stop_training:
+            break
+    callbacks.on_train_end()
+    return history, None, models.encoder_of(model).get_weights()
+
+
+@pytest.mark.parametrize(
+    "task, changes",
+    [
+        ("rotation", {}),  # the angle head's dropout: its seed stream runs on across the epochs
+        ("missing_patch", {"pretext_epochs": 3}),
+        ("rotation4", {"pretext_epochs": 6, "pretext_patience": 1, "pretext_lr": 0.05}),  # stops early
+        ("corruption", {"pretext_lr": 1e12}),  # diverges
+    ],
+)
+def test_one_fit_call_per_pretext_phase_equals_the_per_epoch_loop_bit_for_bit(task, changes, data):
+    trial = BASE.replace(task=task, **changes)
+    history, diverged_epoch, weights = _per_epoch_pretext_reference(trial, data)
+    logged = []
+    result = training.run_pretext(trial, data, on_epoch=lambda e, logs: logged.append((e, logs)))
+    assert result.history == history and result.diverged_epoch == diverged_epoch
+    assert [logs for _, logs in logged] == history
+    _assert_weights_equal(result.encoder_weights, weights)
+    if "pretext_patience" in changes:
+        assert result.stopped_epoch is not None and len(history) < trial.pretext_epochs, "did not stop early"
+    if changes.get("pretext_lr", 0) > 1:
+        assert result.diverged, "the diverging case did not diverge"
+
+
 @pytest.mark.parametrize("task", ["rotation", "rotation4", "missing_patch", "corruption"])
 def test_pretext_phase_per_task(task, data, tmp_path):
     trial = BASE.replace(task=task)
