@@ -317,6 +317,7 @@ VARYING = {
     "trial_seconds": "wall time of the trial",
     "probe_s": "wall time of the linear probe",
     "pretext_biharmonic_seconds": "wall time of the classical inpainter (a learning-free reference)",
+    "pretext_seconds": "wall time of the pretext phase (its cost; the other cost columns are compared)",
     "pid": "the worker process that ran the trial",
     "node_id": "the Ray node: every driver starts its own Ray",
 }
