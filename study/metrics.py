@@ -173,18 +173,45 @@ def image_metrics(originals: Any, reconstructions: Any) -> dict[str, float]:
     win_size = min(SSIM_WIN_SIZE, side if side % 2 else side - 1)
     ref = orig.astype(np.float64)
     mse = np.mean((ref - rec) ** 2, axis=(1, 2, 3))
-    ssim = np.array(
-        [
-            structural_similarity(a, b, channel_axis=-1, data_range=255.0, win_size=win_size)
-            for a, b in zip(ref, rec)
-        ]
-    )
+    ssim = ssim_per_image(ref, rec, win_size)
     return {
         "mse_mean": float(mse.mean()),
         "mse_sd": float(mse.std()),
         "ssim_mean": float(ssim.mean()),
         "ssim_sd": float(ssim.std()),
     }
+
+
+#: Pixels per mosaic in `ssim_per_image` (~12 float64 arrays of this size exist at once inside skimage).
+MOSAIC_PIXELS = 2**20
+
+
+def ssim_per_image(originals: np.ndarray, reconstructions: np.ndarray, win_size: int) -> np.ndarray:
+    """`structural_similarity(a, b, channel_axis=-1, data_range=255, win_size=win_size)` of every image pair,
+    `(N, H, W, 3)` float64 each -> `(N,)`, from one skimage call per mosaic of images placed side by side.
+
+    skimage averages its SSIM map over the pixels at least `(win_size - 1) // 2` from the border, whose
+    windows lie inside the image; in a mosaic those pixels' windows lie inside their own tile, so each
+    tile's interior mean is the image's SSIM (to rounding: the filters' running sums cross tiles). One call
+    per ~1M pixels instead of one per image, channels first (contiguous): ~3x faster at 32 px.
+    """
+    n, h, w, c = originals.shape
+    pad = (win_size - 1) // 2
+    per_mosaic = max(1, MOSAIC_PIXELS // (h * w))
+    out = []
+    for start in range(0, n, per_mosaic):
+        a, b = originals[start : start + per_mosaic], reconstructions[start : start + per_mosaic]
+        k = len(a)
+
+        def mosaic(x: np.ndarray) -> np.ndarray:  # (k, h, w, c) -> (c, h, k * w), each channel contiguous
+            return np.ascontiguousarray(x.transpose(3, 1, 0, 2)).reshape(c, h, k * w)
+
+        _, full = structural_similarity(
+            mosaic(a), mosaic(b), channel_axis=0, data_range=255.0, win_size=win_size, full=True
+        )
+        interior = full.reshape(c, h, k, w)[:, pad : h - pad, :, pad : w - pad]
+        out.append(interior.mean(axis=(0, 1, 3), dtype=np.float64))
+    return np.concatenate(out)
 
 
 def _binary_labels(y_true: Any, name: str) -> np.ndarray:

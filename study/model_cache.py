@@ -8,7 +8,8 @@ model:
 - the first time a key is seen, `fresh` is compiled and remembered;
 - afterwards the remembered model is returned, after every one of its variables (weights, BatchNorm
   statistics, dropout seed states) was given `fresh`'s value and every optimizer variable the value of a
-  new optimizer's (iteration 0, the trial's learning rate, zero moments).
+  new optimizer's (iteration 0, the trial's learning rate, zero moments: the slots as they were when the
+  model was first compiled, kept as constants).
 
 The phase still builds `fresh` itself, after reseeding, so the random number streams run exactly as without
 the cache, and the remembered model starts in exactly the state `fresh` would have started in: results are
@@ -36,9 +37,11 @@ encoder about every 15 phases, for ResNet50 every phase (where seconds do not ma
 
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import keras
@@ -84,6 +87,39 @@ def clear() -> None:
     stats.update(hits=0, misses=0)
 
 
+@contextlib.contextmanager
+def building(key: Hashable, deferrable: bool = True) -> Iterator[None]:
+    """Build a phase's fresh model for `compiled(key, ...)` inside this.
+
+    When a model is remembered under `key` (and `deferrable`: the fresh values come from the layers'
+    initializers alone, no weights file is read into them), the fresh model's variables are not created:
+    Keras defers them (`keras.StatelessScope(initialize_variables=False)`) and `compiled` gives the
+    remembered model the values their initializers compute, the values creating them would have held
+    (Keras' initializers are seeded when a layer is constructed, so the construction still draws Python's
+    `random` exactly as a normal build). Creating a TensorFlow variable costs ~2 ms and leaves a cached
+    kernel behind; a demo phase creates ~150. Anything else that must run on the fresh model's values
+    (pretext weights) is assigned to the model `compiled` returns.
+    """
+    if not deferrable or size() == 0 or key not in _MODELS:
+        yield
+        return
+    # Keras registers deferred variables and creates them when the next top-level StatelessScope exits;
+    # these are never to be created (the registry is Keras' global state, as in `training._fresh_keras_state`).
+    from keras.src.backend.common import global_state
+
+    registered = list(global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True))
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            yield
+    finally:
+        global_state.set_global_attribute("uninitialized_variables", registered)
+
+
+def _is_deferred(var: Any) -> bool:
+    """Whether `var` was created inside `building`'s scope and holds no value yet."""
+    return getattr(var, "_initializer", None) is not None and getattr(var, "_value", 0) is None
+
+
 def compiled(
     key: Hashable,
     fresh: keras.Model,
@@ -98,24 +134,32 @@ def compiled(
     the wrong architecture.
     """
     global _created_values
-    # the fresh model's variables, and the slots of a new optimizer (Adam: two per trainable variable)
-    _created_values += sum(int(np.prod(v.shape)) for v in fresh.variables)
-    _created_values += 2 * sum(int(np.prod(v.shape)) for v in fresh.trainable_variables)
+    deferred = [_is_deferred(v) for v in fresh.variables]
+    # the variables of the fresh model that were created (not deferred by `building`)
+    _created_values += sum(int(np.prod(v.shape)) for v, d in zip(fresh.variables, deferred) if not d)
     capacity = size()
     kept = _MODELS.pop(key, None)
     optimizer = make_optimizer()
     if kept is not None and capacity > 0 and _reusable(kept, fresh, optimizer):
-        for var, value in zip(kept.variables, fresh.variables):
-            var.assign(value)
-        for var, value in zip(kept.optimizer.variables, optimizer.variables):
-            var.assign(value)
+        for var, value, d in zip(kept.variables, fresh.variables, deferred):
+            # a deferred variable's value: what creating it would have computed (Keras' `_deferred_initialize`)
+            var.assign(value._initializer(value.shape, dtype=value.dtype) if d else value)
+        _reset_optimizer(kept.optimizer, optimizer)
         kept.stop_training = False
         _MODELS[key] = kept  # most recently used last
         stats["hits"] += 1
         return kept
-    if optimizer.built:  # `_reusable` built it on the kept model's variables
-        optimizer = make_optimizer()
+    for var, d in zip(fresh.variables, deferred):
+        if d:  # built for a remembered model that did not fit after all: create them now, same values
+            var._deferred_initialize()
+            _created_values += int(np.prod(var.shape))
     fresh.compile(optimizer=optimizer, loss=loss)
+    # Keras (without a distribution strategy) creates the optimizer's slots inside the first trace of the
+    # train step, and TensorFlow then traces that function a second time (~2.5 s for the demo's models).
+    # Built here, eagerly, on the same variables in the same order, the slots hold the same zeros.
+    fresh.optimizer.build(fresh.trainable_variables)
+    _created_values += sum(int(np.prod(v.shape)) for v in _slots(fresh.optimizer))
+    _INITIAL_SLOTS[fresh.optimizer] = [_initial_value(v) for v in _slots(fresh.optimizer)]
     stats["misses"] += 1
     if capacity > 0:
         _MODELS[key] = fresh
@@ -124,21 +168,45 @@ def compiled(
     return fresh
 
 
+# A built optimizer's slot variables (those `build` creates: Adam's moments) as they started, per remembered
+# model's optimizer: a constant (zeros, or an initial accumulator value) or, in general, the array.
+_INITIAL_SLOTS: "weakref.WeakKeyDictionary[Any, list[Any]]" = weakref.WeakKeyDictionary()
+
+
+def _slots(optimizer: keras.optimizers.Optimizer) -> list:
+    """The variables `build` added (an unbuilt Keras optimizer holds only its iteration count and learning
+    rate, which come first)."""
+    return optimizer.variables[2:]
+
+
+def _initial_value(var: Any) -> Any:
+    value = np.asarray(var)
+    flat = value.reshape(-1)
+    return flat[0].item() if flat.size and np.all(flat == flat[0]) else value
+
+
+def _reset_optimizer(kept: keras.optimizers.Optimizer, new: keras.optimizers.Optimizer) -> None:
+    """Put `kept` (built) in the state of `new` (same type and settings, not built) after a `build`: the
+    iteration count and learning rate from `new`, every slot as it started."""
+    for var, value in zip(kept.variables[:2], new.variables):
+        var.assign(value)
+    for var, value in zip(_slots(kept), _INITIAL_SLOTS[kept]):
+        var.assign(np.full(var.shape, value, var.dtype) if np.isscalar(value) else value)
+
+
 def _reusable(kept: keras.Model, fresh: keras.Model, optimizer: keras.optimizers.Optimizer) -> bool:
     """Same variables (count, shapes, dtypes) and an optimizer that differs at most in its learning rate
-    (a variable; the other hyperparameters are constants of the traced graph). Builds `optimizer` on the
-    kept model's trainable variables, so its fresh state (iteration 0, zero moments) can be copied."""
+    (a variable; the other hyperparameters are constants of the traced graph)."""
     if not _same_layout(kept.variables, fresh.variables) or type(kept.optimizer) is not type(optimizer):
         return False
+    if kept.optimizer not in _INITIAL_SLOTS:
+        return False
+    if [v.name for v in optimizer.variables] != [v.name for v in kept.optimizer.variables[:2]]:
+        return False  # an optimizer whose unbuilt state is not (iteration, learning rate)
     ignore = ("learning_rate", "name")
     old_cfg = {k: v for k, v in kept.optimizer.get_config().items() if k not in ignore}
     new_cfg = {k: v for k, v in optimizer.get_config().items() if k not in ignore}
-    if old_cfg != new_cfg:
-        return False
-    if not kept.optimizer.built:
-        kept.optimizer.build(kept.trainable_variables)
-    optimizer.build(kept.trainable_variables)
-    return _same_layout(kept.optimizer.variables, optimizer.variables)
+    return old_cfg == new_cfg
 
 
 def _same_layout(a: list, b: list) -> bool:

@@ -60,7 +60,7 @@ def load_trial_data(trial: TrialConfig):
 
 # Bump when what a pretext phase computes or stores changes (its metrics, references, examples), so that
 # cache entries written by older code are not read as current ones.
-PRETEXT_CACHE_FORMAT = 4  # 4: entries hold the phase's cost
+PRETEXT_CACHE_FORMAT = 5  # 4: entries hold the phase's cost; 5: SSIM from mosaics (equal to rounding)
 
 
 def pretext_key(trial: TrialConfig, fingerprint: str) -> str:

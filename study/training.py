@@ -313,14 +313,13 @@ def _train_pretext(
         upcoming, upcoming_index = ahead.submit(inputs, 0), 0
         val_rng = np.random.default_rng([seed, STREAM_PRETEXT_VAL])
         val_x, val_y = task.make_batch(data.train.images[val_index], val_rng, **params)
-        encoder = _build_encoder(trial, trial.weights, trial.weights_path)
         loss = _pretext_loss(task)
-        model = model_cache.compiled(
-            _model_key(trial, task.head, loss),
-            models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision),
-            lambda: keras.optimizers.Adam(trial.pretext_lr),
-            loss,
-        )
+        key = _model_key(trial, task.head, loss)
+        with model_cache.building(key, deferrable=trial.weights == "random"):
+            encoder = _build_encoder(trial, trial.weights, trial.weights_path)
+            fresh = models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
+        model = model_cache.compiled(key, fresh, lambda: keras.optimizers.Adam(trial.pretext_lr), loss)
+        del fresh
         encoder = models.encoder_of(model)  # the remembered model's, when the cache returned one
         flops_per_image = models.forward_flops(model)
 
@@ -535,13 +534,12 @@ def _fresh_keras_state(seed: int) -> None:
 def _predict_chunked(
     model: keras.Model, x: np.ndarray, convert: Callable[[np.ndarray], np.ndarray] | None
 ) -> np.ndarray | None:
-    """`model.predict(x)` in chunks of `PREDICT_CHUNK` images, each passed through `convert`; None if any
-    output is not finite."""
+    """`model.predict(x, batch_size=EVAL_BATCH_SIZE)` (`_predict_batches`) in chunks of `PREDICT_CHUNK`
+    images, each passed through `convert`; None if any output is not finite."""
     parts = []
     for start in range(0, len(x), PREDICT_CHUNK):
-        out = np.asarray(
-            model.predict(x[start : start + PREDICT_CHUNK], batch_size=EVAL_BATCH_SIZE, verbose=0), np.float32
-        )
+        chunk = _tensor_batches(x[start : start + PREDICT_CHUNK], EVAL_BATCH_SIZE)
+        out = np.asarray(_predict_batches(model, chunk), np.float32)
         if not np.all(np.isfinite(out)):
             return None
         parts.append(convert(out) if convert is not None else out)
@@ -613,17 +611,16 @@ def run_finetune(
 
     # On resume or with pretext weights the initial encoder weights are overwritten: skip the ImageNet file.
     overwritten = encoder_weights is not None or resume_dir is not None
-    encoder = _build_encoder(
-        trial, "random" if overwritten else trial.weights, None if overwritten else trial.weights_path
-    )
+    key = _model_key(trial, "classification", "binary_crossentropy")
+    with model_cache.building(key, deferrable=overwritten or trial.weights == "random"):
+        encoder = _build_encoder(
+            trial, "random" if overwritten else trial.weights, None if overwritten else trial.weights_path
+        )
+        fresh = models.build_model("classification", encoder, mixed_precision=trial.mixed_precision)
+    model = model_cache.compiled(key, fresh, lambda: keras.optimizers.Adam(trial.lr), "binary_crossentropy")
+    del fresh, encoder
     if encoder_weights is not None:
-        models.set_encoder_weights(encoder, encoder_weights)
-    model = model_cache.compiled(
-        _model_key(trial, "classification", "binary_crossentropy"),
-        models.build_model("classification", encoder, mixed_precision=trial.mixed_precision),
-        lambda: keras.optimizers.Adam(trial.lr),
-        "binary_crossentropy",
-    )
+        models.set_encoder_weights(models.encoder_of(model), encoder_weights)
     bce = keras.losses.BinaryCrossentropy()
 
     history: list[EpochLogs] = []
@@ -801,12 +798,22 @@ def _predict_batches(model: keras.Model, batches: Any) -> np.ndarray:
     iterator, callbacks): the model's own compiled predict function, called once per batch.
 
     `batches`: a sequence of input batches (`_tensor_batches`) or a batched `tf.data.Dataset` (of images, or
-    of `(images, labels)` pairs, labels ignored). Each batch goes to the function as `model.predict` passes
-    it (a list of one batch), so the same traced function computes it.
+    of `(images, labels)` pairs, labels ignored). Each batch's images go to the function as `model.predict`
+    passes them (a list of one batch), so the same traced function computes them.
     """
+    import tensorflow as tf
+
     model.make_predict_function()
     predict = model.predict_function
-    return np.concatenate([np.asarray(predict([batch])) for batch in batches])
+    out = []
+    for batch in batches:
+        x = batch[0] if isinstance(batch, tuple) else batch
+        if not out and hasattr(predict, "get_concrete_function"):
+            # Traced once for any batch size, as `model.predict`'s dataset would have it traced: a first call
+            # with a full batch would trace for that size and the last, smaller batch trace it again.
+            predict.get_concrete_function([tf.TensorSpec((None, *x.shape[1:]), x.dtype)])
+        out.append(np.asarray(predict([x])))
+    return np.concatenate(out)
 
 
 def _tensor_batches(x: np.ndarray, batch_size: int) -> list[Any]:

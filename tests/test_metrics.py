@@ -215,6 +215,27 @@ def test_uint8_and_float_reconstructions_agree_and_ssim_falls_with_noise():
     assert ssims[0] > ssims[1] > ssims[2]
 
 
+@pytest.mark.parametrize(
+    ("n", "height", "width", "win_size"), [(40, 32, 32, 7), (7, 5, 5, 5), (3, 9, 7, 7), (5, 8, 11, 3)]
+)
+def test_ssim_of_a_mosaic_is_skimages_ssim_of_each_image(monkeypatch, n, height, width, win_size):
+    from skimage.metrics import structural_similarity
+
+    from study import metrics
+
+    rng = np.random.default_rng(n)
+    a = rng.uniform(0, 255, (n, height, width, 3))
+    b = np.clip(a + rng.normal(0, 30, a.shape), 0, 255)
+    b[0] = a[0]  # an exact reconstruction among them
+    one_by_one = [
+        structural_similarity(x, y, channel_axis=-1, data_range=255.0, win_size=win_size)
+        for x, y in zip(a, b)
+    ]
+    np.testing.assert_allclose(metrics.ssim_per_image(a, b, win_size), one_by_one, rtol=0, atol=1e-12)
+    monkeypatch.setattr(metrics, "MOSAIC_PIXELS", 2 * height * width)  # mosaics of 2 images and a last of 1
+    np.testing.assert_allclose(metrics.ssim_per_image(a, b, win_size), one_by_one, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("size", [3, 4, 5, 6])
 def test_small_images_use_a_window_that_fits(size):
     x = images(2, size)

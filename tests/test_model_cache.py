@@ -116,9 +116,83 @@ def test_kernel_cache_is_cleared_once_enough_values_were_created(monkeypatch):
     model_cache.compiled("k", _model(width=4), adam, "mse")  # 3*4+4 + 4+1 weights, x3 with Adam's slots
     assert model_cache._created_values == 3 * 21 + 2  # + the dropout seed state (2 values, not trained)
     assert not model_cache.trim_kernel_cache() and not cleared
+    # a hit creates the fresh model's variables only (the kept optimizer's slots are reset, not made anew)
+    model_cache.compiled("k", _model(width=4), adam, "mse")
+    assert model_cache._created_values == 3 * 21 + 2 + 23
+    assert not model_cache.trim_kernel_cache()
+    # a fresh model built for a remembered one creates none
+    with model_cache.building("k"):
+        deferred = _model(width=4)
+    model_cache.compiled("k", deferred, adam, "mse")
+    assert model_cache._created_values == 3 * 21 + 2 + 23
     model_cache.compiled("k", _model(width=4), adam, "mse")
     assert model_cache.trim_kernel_cache() and cleared == [True]
     assert model_cache._created_values == 0
+
+
+def _created_variables(build):
+    """(what `build()` returned, how many TensorFlow variables it created)."""
+    import tensorflow as tf
+
+    created = []
+
+    def creator(next_creator, **kwargs):
+        created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        out = build()
+    return out, len(created)
+
+
+def test_a_model_built_for_a_remembered_one_creates_no_variables_and_gives_it_a_normal_builds_values():
+    from keras.src.backend.common import global_state
+
+    adam = lambda: keras.optimizers.Adam(0.1)  # noqa: E731
+    with model_cache.building("k"):  # nothing remembered yet: a normal build
+        first, n_first = _created_variables(lambda: _model(seed=3))
+    assert n_first == 5
+    kept = model_cache.compiled("k", first, adam, "mse")
+    _train(kept)
+    wanted = _values(_model(seed=1).variables)  # what a normal build with seed 1 holds
+
+    def deferred_build():
+        with model_cache.building("k"):
+            return _model(seed=1)
+
+    fresh, n_created = _created_variables(deferred_build)
+    assert n_created == 0 and all(model_cache._is_deferred(v) for v in fresh.variables)
+    assert not global_state.get_global_attribute("uninitialized_variables", [])  # never created later
+    got = model_cache.compiled("k", fresh, adam, "mse")
+    assert got is kept and model_cache.stats == {"hits": 1, "misses": 1}
+    for a, b in zip(_values(got.variables), wanted):  # dropout seed state included
+        np.testing.assert_array_equal(a, b)
+    # and it trains like a model built normally, bit for bit
+    reference = _model(seed=1)
+    reference.compile(optimizer=adam(), loss="mse")
+    _train(reference)
+    _train(got)
+    for a, b in zip(_values(got.variables), _values(reference.variables)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_deferred_model_that_does_not_fit_the_remembered_one_is_created_and_used():
+    adam = lambda: keras.optimizers.Adam(0.1)  # noqa: E731
+    model_cache.compiled("k", _model(width=4), adam, "mse")
+    with model_cache.building("k"):
+        other = _model(width=6, seed=2)  # same key, another layout
+    got = model_cache.compiled("k", other, adam, "mse")
+    assert got is other and model_cache.stats == {"hits": 0, "misses": 2}
+    for a, b in zip(_values(got.variables), _values(_model(width=6, seed=2).variables)):
+        np.testing.assert_array_equal(a, b)
+    _train(got)  # real variables: it trains
+
+
+def test_a_build_that_reads_weights_is_never_deferred():
+    model_cache.compiled("k", _model(), lambda: keras.optimizers.Adam(0.1), "mse")
+    with model_cache.building("k", deferrable=False):
+        fresh, n_created = _created_variables(lambda: _model())
+    assert n_created == 5 and not any(model_cache._is_deferred(v) for v in fresh.variables)
 
 
 @pytest.mark.slow

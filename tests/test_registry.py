@@ -373,14 +373,17 @@ def test_a_new_pretext_field_enters_the_key_and_an_execution_field_does_not():
     assert key != pretext_key(TrialConfig(task="rotation"), "fp")
 
 
-def test_the_pretext_key_of_an_existing_config_is_unchanged():
+def test_the_pretext_key_of_an_existing_config_is_unchanged(monkeypatch):
     """Keys derived from the tags equal the hand-written key of before: the smoke preset's corruption trial,
     seed 0, as the code before issue 17's registry computed it (db5e9d0ed84e12d324b54655 at cache format 3),
-    here at format 4 (entries gained the phase's cost): the same fields, only the format differs."""
+    here at format 5 (4: entries gained the phase's cost; 5: SSIM from mosaics): the same fields, only the
+    format differs."""
     from study import trainables
 
     trial = [t for t in get_preset("smoke").trial_configs() if t.task == "corruption"][0]
-    assert trainables.PRETEXT_CACHE_FORMAT == 4
+    assert trainables.PRETEXT_CACHE_FORMAT == 5
+    assert pretext_key(trial, "fp") == "05278731b1aa04ade9edea9a"
+    monkeypatch.setattr(trainables, "PRETEXT_CACHE_FORMAT", 4)
     assert pretext_key(trial, "fp") == "7aa29a27d36aba4a19685ffd"
 
 

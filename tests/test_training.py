@@ -698,8 +698,20 @@ def test_a_remembered_compiled_model_gives_the_results_of_a_new_one(data, monkey
     first = trial_pair(rotation)
     assert model_cache.stats == {"hits": 0, "misses": 2}
     trial_pair(rotation.replace(seed=3, lr=0.05, pretext_lr=0.01))  # moves every variable elsewhere
-    again = trial_pair(rotation)
+    import tensorflow as tf
+
+    created = []
+
+    def creator(next_creator, **kwargs):
+        created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        again = trial_pair(rotation)
     assert model_cache.stats == {"hits": 4, "misses": 2}
+    # the fresh models built for the remembered ones created no weights (`model_cache.building`)
+    weights = {"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"}
+    assert created and not weights & set(created)
     # TensorFlow's kernel cache cleared before every phase (as happens every ~20 phases of the demo and
     # every phase of ResNet50): the remembered models' functions are re-instantiated, with the same results
     monkeypatch.setattr(model_cache, "CLEAR_KERNELS_AFTER", 1)
