@@ -168,7 +168,7 @@ class PretextResult:
         """Write `encoder_weights.npz`, `examples.npz` and `pretext.json` into `directory` (created)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        np.savez(d / "encoder_weights.npz", **{f"w{i:04d}": w for i, w in enumerate(self.encoder_weights)})
+        _save_arrays(d / "encoder_weights.npz", self.encoder_weights)
         np.savez(d / "examples.npz", **self.examples)
         meta = {
             "task": self.task,
@@ -188,8 +188,11 @@ class PretextResult:
         if not (d / "pretext.json").is_file():
             raise FileNotFoundError(f"{d} holds no saved pretext result (pretext.json missing)")
         meta = json.loads((d / "pretext.json").read_text())
-        with np.load(d / "encoder_weights.npz") as z:
-            weights = [z[f"w{i:04d}"] for i in range(meta["n_weights"])]
+        weights = _load_arrays(d / "encoder_weights.npz")
+        if len(weights) != meta["n_weights"]:
+            raise ValueError(
+                f"{d}: encoder_weights.npz holds {len(weights)} arrays, pretext.json says {meta['n_weights']}"
+            )
         with np.load(d / "examples.npz") as z:
             examples = {k: z[k] for k in z.files}
         return cls(
@@ -907,8 +910,8 @@ def _save_state(
 ) -> None:
     """Write `weights.npz`, `optimizer.npz` and `state.json` (last, so a present json means complete)."""
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_savez(d / "weights.npz", model.get_weights())
-    _atomic_savez(d / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
+    _save_arrays(d / "weights.npz", model.get_weights())
+    _save_arrays(d / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
     state = {
         "epoch": len(history),
         "history": history,
@@ -942,12 +945,10 @@ def _load_state(
             f"resume_dir={str(d)!r} was saved for dataset {state['fingerprint']!r}, "
             f"not {_fingerprint(data)!r}; resume on the same data"
         )
-    with np.load(d / "weights.npz") as z:
-        model.set_weights([z[f"a{i:04d}"] for i in range(len(z.files))])
+    model.set_weights(_load_arrays(d / "weights.npz"))
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)  # creates the slot variables so they can be assigned
-    with np.load(d / "optimizer.npz") as z:
-        saved = [z[f"a{i:04d}"] for i in range(len(z.files))]
+    saved = _load_arrays(d / "optimizer.npz")
     if len(saved) != len(optimizer.variables):
         raise ValueError(
             f"resume_dir={str(d)!r}: optimizer state has {len(saved)} variables, the model's "
@@ -958,11 +959,38 @@ def _load_state(
     return list(state["history"]), dict(state.get("probe") or {})
 
 
-def _atomic_savez(path: Path, arrays: list[np.ndarray]) -> None:
+def _save_arrays(path: Path, arrays: Sequence[np.ndarray]) -> None:
+    """`arrays` into the `.npz` file `path`, atomically (a temporary file, renamed): one flat member per
+    dtype and a `layout` member (JSON: each array's dtype and shape), because a zip member per array costs
+    ~70 us (10 ms per checkpoint of the demo's model, 4 checkpoints per trial). `_load_arrays` reads it."""
+    arrays = [np.asarray(a) for a in arrays]
+    dtypes = list(dict.fromkeys(a.dtype.str for a in arrays))
+    members = {
+        f"flat{i}": np.concatenate([a.reshape(-1) for a in arrays if a.dtype.str == dtype])
+        for i, dtype in enumerate(dtypes)
+    }
+    members["layout"] = np.array(json.dumps([[a.dtype.str, list(a.shape)] for a in arrays]))
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
     os.close(fd)
-    np.savez(tmp, **{f"a{i:04d}": a for i, a in enumerate(arrays)})
+    np.savez(tmp, **members)
     os.replace(tmp, path)
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    """The arrays `_save_arrays` wrote, in order; also a file of one member per array (`a0000`, `a0001`,
+    ...), as checkpoints were written before."""
+    with np.load(path, allow_pickle=False) as z:
+        if "layout" not in z.files:
+            return [z[name] for name in sorted(z.files)]
+        layout = json.loads(str(z["layout"]))
+        flats = {dtype: z[f"flat{i}"] for i, dtype in enumerate(dict.fromkeys(d for d, _ in layout))}
+    offsets = dict.fromkeys(flats, 0)
+    out = []
+    for dtype, shape in layout:
+        start, n = offsets[dtype], int(np.prod(shape, dtype=np.int64))
+        out.append(flats[dtype][start : start + n].reshape(shape))
+        offsets[dtype] = start + n
+    return out
 
 
 def _fingerprint(data: Any) -> str | None:

@@ -69,8 +69,7 @@ def straight(data, tmp_path_factory):
     def on_epoch(epoch, logs, save_state):
         d = tmp_path_factory.mktemp(f"epoch{epoch}")
         save_state(d)
-        with np.load(d / "weights.npz") as z:
-            snapshots.append([z[k] for k in sorted(z.files)])
+        snapshots.append(training._load_arrays(d / "weights.npz"))
 
     result = training.run_finetune(BASE, data, on_epoch=on_epoch)
     return result, snapshots
@@ -129,8 +128,7 @@ def test_same_seed_is_bitwise_identical_and_a_resumed_run_replays_it_exactly(str
         training.run_finetune(BASE, data, on_epoch=stop_after_two)
     # a second run with the same seed: the same numbers and bitwise the same weights
     assert [logs for _, logs in seen] == result.history[:2]
-    with np.load(tmp_path / "state" / "weights.npz") as z:
-        _assert_weights_equal([z[k] for k in sorted(z.files)], snapshots[1])
+    _assert_weights_equal(training._load_arrays(tmp_path / "state" / "weights.npz"), snapshots[1])
 
     resumed_epochs = []
     resumed = training.run_finetune(
@@ -790,3 +788,30 @@ def test_a_labels_csv_copy_of_a_folder_dataset_gives_the_same_results(tiny_datas
     assert _probe_without_time(fine_a.probe) == _probe_without_time(fine_b.probe)
     np.testing.assert_array_equal(fine_a.train_index, fine_b.train_index)
     _assert_weights_equal(fine_a.model_weights, fine_b.model_weights)
+
+
+def test_saved_arrays_come_back_in_order_with_their_dtypes_and_shapes(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.standard_normal((3, 3, 2, 4)).astype(np.float32),
+        np.array(7, np.int64),  # an optimizer's iteration count
+        rng.standard_normal(5).astype(np.float32),
+        np.array([3, 0], np.uint32),  # a dropout seed state
+        np.zeros((0, 4), np.float32),
+        rng.standard_normal((2, 2)),
+    ]
+    path = tmp_path / "state.npz"
+    training._save_arrays(path, arrays)
+    back = training._load_arrays(path)
+    assert len(back) == len(arrays)
+    for a, b in zip(arrays, back):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    with np.load(path) as z:  # one member per dtype, not per array
+        assert len(z.files) == 5
+    training._save_arrays(path, [])
+    assert training._load_arrays(path) == []
+    # a checkpoint written before (one member per array) still loads
+    np.savez(path, **{f"a{i:04d}": a for i, a in enumerate(arrays)})
+    for a, b in zip(arrays, training._load_arrays(path)):
+        np.testing.assert_array_equal(a, b)
