@@ -190,25 +190,8 @@ def _reset_optimizer(kept: keras.optimizers.Optimizer, new: keras.optimizers.Opt
     iteration count and learning rate from `new`, every slot as it started."""
     for var, value in zip(kept.variables[:2], new.variables):
         var.assign(value)
-    if kept not in _RESET_SLOTS:
-        _RESET_SLOTS[kept] = _slot_resetter(_slots(kept), _INITIAL_SLOTS[kept])
-    _RESET_SLOTS[kept]()
-
-
-# Per remembered optimizer, a traced function that puts every slot back to its initial value: one call
-# instead of one eager fill and assign per slot (~0.5 ms each, ~80 for the demo's encoder).
-_RESET_SLOTS: "weakref.WeakKeyDictionary[Any, Callable[[], None]]" = weakref.WeakKeyDictionary()
-
-
-def _slot_resetter(slots: list, initial: list) -> Callable[[], None]:
-    import tensorflow as tf
-
-    @tf.function(autograph=False)
-    def reset() -> None:
-        for var, value in zip(slots, initial):
-            var.assign(tf.fill(var.shape, tf.constant(value, var.dtype)) if np.isscalar(value) else value)
-
-    return reset
+    for var, value in zip(_slots(kept), _INITIAL_SLOTS[kept]):
+        var.assign(np.full(var.shape, value, var.dtype) if np.isscalar(value) else value)
 
 
 def _reusable(kept: keras.Model, fresh: keras.Model, optimizer: keras.optimizers.Optimizer) -> bool:
