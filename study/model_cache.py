@@ -2,7 +2,7 @@
 
 With `TuneConfig(reuse_actors=True)` one process runs many trials, and most of them build a model of an
 architecture it has trained before. Tracing a new model's train, test and predict functions costs seconds
-(~7.7 s per demo trial, more than its training steps), so a phase asks `compiled(key, fresh, ...)` for its
+(~3-4 s per model of the demo, a third of a demo trial), so a phase asks `compiled(key, fresh, ...)` for its
 model:
 
 - the first time a key is seen, `fresh` is compiled and remembered;
@@ -13,8 +13,15 @@ model:
 
 The phase still builds `fresh` itself, after reseeding, so the random number streams run exactly as without
 the cache, and the remembered model starts in exactly the state `fresh` would have started in: results are
-bitwise identical with and without the cache (tests/test_model_cache.py, tests/test_reuse.py). Its traced
-functions read variables, never captured values, so the new values are what they compute with.
+bitwise identical with and without the cache (tests/test_model_cache.py, tests/test_training.py). Its traced
+functions read variables, never captured values, so the new values are what they compute with. When a model
+is remembered, `fresh` is built inside `building(key)`: its layers are constructed (drawing their
+initializers' seeds) but its variables are never created, only their initial values computed (~0.2 s less
+per demo phase, and nothing left for the garbage collector).
+
+A model compiled here has its optimizer built at once: Keras would otherwise create the optimizer's slots
+inside the first trace of the train step, which makes TensorFlow trace that function twice (~2.5 s of a
+demo model's ~3.5 s first use).
 
 One trial at a time uses a process's models: Ray Tune reuses a worker for the next trial only after the
 previous trial's thread has ended (`FunctionTrainable.reset_config` refuses otherwise and Tune starts a new
@@ -31,7 +38,7 @@ Memory: TensorFlow (2.21) keeps an eager kernel for every Keras variable ever cr
 variable's bytes, until its kernel cache is cleared; Keras' `clear_session` and `tf.random.set_seed` clear it,
 but that also drops the instantiated functions of remembered models (~0.8 s to rebuild per model, per
 phase). So phases no longer call them; instead `trim_kernel_cache()` clears the cache once the values created
-since the last clear (fresh weights and optimizer slots) pass `CLEAR_KERNELS_AFTER`: for the demo's small
+since the last clear (fresh weights created and new optimizers' slots) pass `CLEAR_KERNELS_AFTER`: for the demo's small
 encoder about every 15 phases, for ResNet50 every phase (where seconds do not matter).
 """
 
