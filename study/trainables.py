@@ -275,6 +275,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
                     }
                 )
                 _maybe_inject_fault("pretext", epoch, trial.task)
+                _maybe_delay("pretext")
 
             result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch)
             pretext_info = _pretext_fields(result, reused, key)
@@ -322,6 +323,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             tune.report(metrics)
         _maybe_inject_fault("finetune", epoch, trial.task)
         _maybe_pause("finetune", epoch, common["node_id"])
+        _maybe_delay("finetune")
 
     callbacks = []
     if trial.early_stop_training:
@@ -384,6 +386,16 @@ def _maybe_inject_fault(phase: str, epoch: int, task: str) -> None:
             continue
         marker.write_text(spec)
         raise InjectedFault(f"injected fault after {phase} epoch {epoch} (STUDY_INJECT_FAULT={spec})")
+
+
+def _maybe_delay(phase: str) -> None:
+    """Test hook: `STUDY_TEST_EPOCH_DELAY="PHASE:SECONDS[,PHASE:SECONDS]"` sleeps after each reported epoch of
+    that phase, so that a test interrupting a study at a phase finds it there (the smoke study's epochs take
+    a few hundredths of a second). Unset in normal use."""
+    for item in filter(None, os.environ.get("STUDY_TEST_EPOCH_DELAY", "").split(",")):
+        want, seconds = item.split(":")
+        if want == phase:
+            time.sleep(float(seconds))
 
 
 def _maybe_pause(phase: str, epoch: int, node_id: str) -> None:

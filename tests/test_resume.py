@@ -388,7 +388,11 @@ def test_driver_killed_resumes_without_rerunning_finished_trials(
     the results equal those of the uninterrupted run."""
     storage, run_dir = tmp_path / "runs", tmp_path / "runs" / "killed"
     log = tmp_path / "run.log"
-    proc = start_smoke_study(storage, "killed", study_env, log)
+    # Epochs slowed down (trainables._maybe_delay): a smoke epoch takes a few hundredths of a second, too short
+    # for the poller to find a trial in its pretext phase SETTLE_S after another finished, and for Tune to have
+    # registered a fine-tune epoch's checkpoint when it saves the result that came with it.
+    slowed = {**study_env, "STUDY_TEST_EPOCH_DELAY": f"pretext:{2 * SETTLE_S},finetune:0.5"}
+    proc = start_smoke_study(storage, "killed", slowed, log)
     ready = KillMoment(run_dir, log, moment, min_done)
     try:
         kill_driver_when(run_dir, proc, ready, poll=0.05, consistent=lambda: ready.synced())
