@@ -38,8 +38,9 @@ Memory: TensorFlow (2.21) keeps an eager kernel for every Keras variable ever cr
 variable's bytes, until its kernel cache is cleared; Keras' `clear_session` and `tf.random.set_seed` clear it,
 but that also drops the instantiated functions of remembered models (~0.8 s to rebuild per model, per
 phase). So phases no longer call them; instead `trim_kernel_cache()` clears the cache once the values created
-since the last clear (fresh weights created and new optimizers' slots) pass `CLEAR_KERNELS_AFTER`: for the demo's small
-encoder about every 15 phases, for ResNet50 every phase (where seconds do not matter).
+since the last clear (the fresh weights that were created, a new model's optimizer slots) pass
+`CLEAR_KERNELS_AFTER`: for the demo's small encoder about every 15 phases, for ResNet50 every phase (where
+seconds do not matter).
 """
 
 from __future__ import annotations
