@@ -584,6 +584,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="studies per setting")
     parser.add_argument("--quick", action="store_true", help="smoke preset, 1 seed, 1 repeat")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--records", type=Path, help="also write every trial's record (JSON list) here")
     args = parser.parse_args()
     if args.quick:
         args.preset, args.seeds, args.repeats = "smoke", 1, 1
@@ -629,6 +630,11 @@ def main() -> None:
                 flush=True,
             )
     ray.shutdown()
+    if args.records:
+        dump = [
+            {"setting": k, **r, "breakdown": breakdown(r)} for k, recs in per_setting.items() for r in recs
+        ]
+        args.records.write_text(json.dumps(dump, indent=1, default=str))
 
     print(
         "\nsettings: reuse+models = reuse_actors=True and compiled models kept (the default); reuse = "

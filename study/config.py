@@ -129,6 +129,10 @@ class TrialConfig:
     # Where pretext weights are shared between trials (set by the runner under the run's storage).
     pretext_cache_dir: str | None = setting(None, EXECUTION)
     checkpoint_every: int = setting(1, EXECUTION)  # fine-tune epochs between checkpoints
+    # Fine-tune epochs between intermediate results (each is a ~10 ms round trip to Tune's driver); a result
+    # also comes with every checkpoint and the last epoch, and the final one holds every epoch's history.
+    # ASHA decides on every epoch's: with a scheduler the runner reports every epoch whatever this says.
+    report_every: int = setting(1, EXECUTION)
     # False: the trial trains its own pretext instead of sharing it (the naive study of bench/study_cost.py).
     share_pretext: bool = setting(True, EXECUTION)
     # True (with exactly one patience > 0): stop fine-tuning where Keras' EarlyStopping would, saving the
@@ -290,6 +294,7 @@ def validate_trial(trial: TrialConfig) -> None:
         "synth_n_train",
         "synth_n_test",
         "checkpoint_every",
+        "report_every",
     ):
         value = getattr(trial, name)
         if not isinstance(value, int) or value < 1:

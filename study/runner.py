@@ -386,6 +386,8 @@ def _search_constants(preset: StudyPreset) -> dict[str, Any]:
     fixed = preset.base.to_dict()
     for key in searched_settings(preset.search):
         fixed.pop(key)
+    if preset.search.asha:
+        fixed["report_every"] = 1  # ASHA compares trials at fine-tune epochs: it needs every epoch's result
     return fixed
 
 
@@ -727,6 +729,11 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         df = result.metrics_dataframe
         if df is not None and "phase" in df:
             h = df[df["phase"].isin(["pretext", "finetune"])]
+            logged = metrics.get("finetune_history") if done else None
+            if isinstance(logged, list):
+                # Every fine-tune epoch's logs, from the final result (intermediate results come only every
+                # `report_every` epochs): they replace the reported fine-tune rows.
+                h = pd.concat([h[h["phase"] != "finetune"], pd.DataFrame(logged).assign(phase="finetune")])
             h = h.drop(columns=[c for c in ("trial_id", "arm", "seed", "label_fraction") if c in h])
             hist.append(
                 h.assign(

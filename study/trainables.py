@@ -166,6 +166,14 @@ def checkpoints_after(trial: TrialConfig, epoch: int) -> bool:
     return epoch % trial.checkpoint_every == 0 or epoch == trial.finetune_epochs
 
 
+def reports_after(trial: TrialConfig, epoch: int) -> bool:
+    """Whether fine-tune epoch `epoch` (1-based) is reported as an intermediate result: every
+    `trial.report_every` epochs, with every checkpoint and after the last. Each report is a round trip to
+    Tune's driver (~10 ms with the trial waiting, and the driver's work of logging it), so the demo reports
+    with its checkpoints; the final result holds every epoch's logs either way (`finetune_history`)."""
+    return epoch % trial.report_every == 0 or checkpoints_after(trial, epoch)
+
+
 def _report_with_state(metrics: dict[str, Any], state: dict[str, Any], write_files=None) -> None:
     """`tune.report` with a checkpoint holding `state` (json) and whatever `write_files(dir)` writes."""
     with tempfile.TemporaryDirectory(prefix="study-ckpt-") as tmp:
@@ -302,6 +310,10 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
         encoder_weights = result.encoder_weights
 
     resume_dir = restored / "finetune" if state.get("phase") == "finetune" else None
+    # Where each fine-tune epoch ran ([pid, node id]; the epochs kept by a checkpoint ran on earlier attempts,
+    # unknown for a checkpoint written before this was recorded).
+    kept = int(state.get("epoch", 0)) if resume_dir is not None else 0
+    ran_on: list[list[Any]] = list(state.get("ran_on") or [[None, None]] * kept)[:kept]
 
     def on_finetune_epoch(epoch: int, logs: dict[str, Any], save_state) -> None:
         # `finetune_epoch` / `search_score` serve ASHA and Optuna (validation AUC only, never a test metric).
@@ -313,13 +325,15 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             **common,
             **logs,
         }
+        del ran_on[epoch - 1 :]
+        ran_on.append([common["pid"], common["node_id"]])
         if checkpoints_after(trial, epoch):
             _report_with_state(
                 metrics,
-                {"phase": "finetune", "epoch": epoch, "pretext": pretext_info},
+                {"phase": "finetune", "epoch": epoch, "pretext": pretext_info, "ran_on": ran_on},
                 write_files=lambda d: save_state(d / "finetune"),
             )
-        else:
+        elif reports_after(trial, epoch):
             tune.report(metrics)
         _maybe_inject_fault("finetune", epoch, trial.task)
         _maybe_pause("finetune", epoch, common["node_id"])
@@ -357,6 +371,11 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             "finetune_epochs_run": len(result.history),
             "finetune_epochs_resumed": int(state.get("epoch", 0)) if state.get("phase") == "finetune" else 0,
             "regimes": result.regimes,
+            # Every epoch's logs, also those not reported on their own (`reports_after`): the run's history.
+            "finetune_history": [
+                {**logs, "pid": pid, "node_id": node}
+                for logs, (pid, node) in zip(result.history, ran_on, strict=True)
+            ],
             **result.probe,
             **common,
             **pretext_info,

@@ -347,7 +347,7 @@ def _train_pretext(
         # Converted to tensors once (numpy validation data would be converted again every epoch).
         val_batches = _batched((val_x, _as_target(task.head, val_y)), EVAL_BATCH_SIZE)
         x, y = upcoming.result()
-        batches = _IndexedBatches(x, y, trial.pretext_batch_size)  # later epochs assign their pairs
+        batches = _indexed_batches(x, y, trial.pretext_batch_size)  # later epochs assign their pairs
         del x, y  # copied into the batches' variables
 
         def epoch_begin(epoch: int) -> None:
@@ -511,6 +511,26 @@ def _model_key(trial: TrialConfig, head: str, loss: Any) -> tuple:
     return (json.dumps(phase_values(trial, MODEL), sort_keys=True), head, loss_name)
 
 
+# Phases between full garbage collections (see `collect_garbage`).
+FULL_GC_EVERY = 16
+_phases_since_full_gc = 0
+
+
+def collect_garbage() -> None:
+    """Free what earlier phases left (their fresh models are reference cycles) without walking, every phase,
+    the ~0.5M objects that outlive them (TensorFlow, Keras, Ray, the remembered models, decoded data): those
+    alive after a collection are frozen (`gc.freeze`), so later collections, explicit or automatic, skip them
+    (~70 ms -> ~0 per phase for the demo). Every `FULL_GC_EVERY` phases they are thawed and collected too, so
+    a cycle that died after being frozen (a model the cache evicted) is still freed, late but freed."""
+    global _phases_since_full_gc
+    _phases_since_full_gc += 1
+    if _phases_since_full_gc >= FULL_GC_EVERY:
+        gc.unfreeze()
+        _phases_since_full_gc = 0
+    gc.collect()
+    gc.freeze()
+
+
 def _fresh_keras_state(seed: int) -> None:
     """Reseed Python's, NumPy's and Keras' generators and free earlier models: a reused worker process starts
     each phase as a fresh one would.
@@ -523,7 +543,7 @@ def _fresh_keras_state(seed: int) -> None:
     by its `SeedGenerator`s, whose seeds come from Python's `random`; TensorFlow's global seed (which op
     determinism requires to be set) is set once per process by `configure_tensorflow`.
     """
-    gc.collect()
+    collect_garbage()
     model_cache.trim_kernel_cache()
     random.seed(seed)
     np.random.seed(seed)
@@ -609,7 +629,7 @@ def run_finetune(
     # Validation and test images evaluated together, as tensor batches made once per phase (numpy inputs would
     # be converted again at every evaluation).
     x_eval = np.concatenate([x_val, x_test])
-    batches = _IndexedBatches(x_train, y_train, trial.batch_size)
+    batches = _indexed_batches(x_train, y_train, trial.batch_size)
     eval_batches = _tensor_batches(x_eval, EVAL_BATCH_SIZE)
 
     # On resume or with pretext weights the initial encoder weights are overwritten: skip the ImageNet file.
@@ -886,6 +906,31 @@ class _IndexedBatches:
         """The dataset, yielding `(x[order], y[order])` in batches (valid until the next call)."""
         self._order.assign(np.asarray(order, np.int64))
         return self._dataset
+
+
+# `_IndexedBatches` kept between phases, by array shapes, dtypes and batch size (most recent last).
+_KEPT_BATCHES: dict[tuple, _IndexedBatches] = {}
+KEEP_BATCHES = 4  # the demo's phases use three layouts (rotation pairs, image pairs, fine-tune images)
+KEEP_BATCHES_MAX_BYTES = 32 * 2**20  # larger inputs are not kept: their phases are long, the memory large
+
+
+def _indexed_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> _IndexedBatches:
+    """`_IndexedBatches(x, y, batch_size)`, reusing one of an earlier phase of this process when the layout
+    matches (its variables assigned the new arrays: the same batches, bit for bit), which saves creating the
+    variables and tracing the pipeline's map function (~20 ms a phase). Inputs over
+    `KEEP_BATCHES_MAX_BYTES` are neither kept nor reused."""
+    key = (x.shape, x.dtype.str, y.shape, y.dtype.str, batch_size)
+    if x.nbytes + y.nbytes > KEEP_BATCHES_MAX_BYTES:
+        return _IndexedBatches(x, y, batch_size)
+    batches = _KEPT_BATCHES.pop(key, None)
+    if batches is None:
+        batches = _IndexedBatches(x, y, batch_size)
+    else:
+        batches.set_data(x, y)
+    _KEPT_BATCHES[key] = batches
+    while len(_KEPT_BATCHES) > KEEP_BATCHES:
+        del _KEPT_BATCHES[next(iter(_KEPT_BATCHES))]
+    return batches
 
 
 def _binary(labels: np.ndarray) -> np.ndarray:
