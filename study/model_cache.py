@@ -17,7 +17,12 @@ bitwise identical with and without the cache (tests/test_model_cache.py, tests/t
 functions read variables, never captured values, so the new values are what they compute with. When a model
 is remembered, `fresh` is built inside `building(key)`: its layers are constructed (drawing their
 initializers' seeds) but its variables are never created, only their initial values computed (~0.2 s less
-per demo phase, and nothing left for the garbage collector).
+per demo phase, and nothing left for the garbage collector). `obtain(key, build, ...)` goes one step further:
+the first such build records how the fresh values follow from Python's `random` (how many seeds the layers
+draw, which initializer gets which); once replaying that record has given the values of two builds made from
+different states of `random`, and left `random` where they left it, the phase's layers are no longer
+constructed at all (~0.1 s less per demo phase): the seeds are drawn as construction would draw them and the
+initializers run with them.
 
 A model compiled here has its optimizer built at once: Keras would otherwise create the optimizer's slots
 inside the first trace of the train step, which makes TensorFlow trace that function twice (~2.5 s of a
@@ -46,7 +51,9 @@ seconds do not matter).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import random
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -62,6 +69,8 @@ _created_values = 0
 _MODELS: OrderedDict[Hashable, keras.Model] = OrderedDict()
 # Counters for tests and benchmarks: how often a phase got a remembered model or compiled a new one.
 stats = {"hits": 0, "misses": 0}
+# How many replay plans were verified, and how many hits of `obtain` replayed one instead of building.
+replays = {"plans": 0, "builds_skipped": 0}
 
 
 def size() -> int:
@@ -92,7 +101,11 @@ def trim_kernel_cache() -> bool:
 def clear() -> None:
     """Forget every remembered model (and reset the counters)."""
     _MODELS.clear()
+    _PLANS.clear()
+    _CANDIDATES.clear()
+    _NO_PLAN.clear()
     stats.update(hits=0, misses=0)
+    replays.update(plans=0, builds_skipped=0)
 
 
 @contextlib.contextmanager
@@ -149,14 +162,11 @@ def compiled(
     kept = _MODELS.pop(key, None)
     optimizer = make_optimizer()
     if kept is not None and capacity > 0 and _reusable(kept, fresh, optimizer):
-        for var, value, d in zip(kept.variables, fresh.variables, deferred):
-            # a deferred variable's value: what creating it would have computed (Keras' `_deferred_initialize`)
-            var.assign(value._initializer(value.shape, dtype=value.dtype) if d else value)
-        _reset_optimizer(kept.optimizer, optimizer)
-        kept.stop_training = False
-        _MODELS[key] = kept  # most recently used last
-        stats["hits"] += 1
-        return kept
+        # a deferred variable's value: what creating it would have computed (Keras' `_deferred_initialize`)
+        values = [
+            v._initializer(v.shape, dtype=v.dtype) if d else v for v, d in zip(fresh.variables, deferred)
+        ]
+        return _revive(key, kept, values, optimizer)
     for var, d in zip(fresh.variables, deferred):
         if d:  # built for a remembered model that did not fit after all: create them now, same values
             var._deferred_initialize()
@@ -174,6 +184,142 @@ def compiled(
         while len(_MODELS) > capacity:
             _MODELS.popitem(last=False)
     return fresh
+
+
+def obtain(
+    key: Hashable,
+    build: Callable[[], keras.Model],
+    make_optimizer: Callable[[], keras.optimizers.Optimizer],
+    loss: Any,
+    deferrable: bool = True,
+) -> keras.Model:
+    """`compiled(key, fresh, make_optimizer, loss)` of `fresh = build()` built inside `building(key,
+    deferrable)`, the same model in the same state; but once a replay plan of `key` is verified (see the
+    module docstring) `build` is not called: the remembered model gets the values the plan computes from
+    Python's `random`, which it advances exactly as `build` would have."""
+    plan = _PLANS.get(key) if deferrable else None
+    kept = _MODELS.get(key)
+    if plan is not None and kept is not None and size() > 0:
+        optimizer = make_optimizer()
+        if _optimizer_reusable(kept, optimizer):
+            _MODELS.pop(key)
+            replays["builds_skipped"] += 1
+            return _revive(key, kept, _replay(plan, random), optimizer)
+    before = random.getstate()
+    with building(key, deferrable):
+        fresh = build()
+    after = random.getstate()
+    deferred = deferrable and kept is not None and all(_is_deferred(v) for v in fresh.variables)
+    model = compiled(key, fresh, make_optimizer, loss)
+    if deferred and model is kept and key not in _PLANS and key not in _NO_PLAN:
+        # A plan made from one build is trusted once a second build, from another state of `random`, gives
+        # what it computes: a value that depends on `random` other than through seeds then differs.
+        plan = _CANDIDATES.pop(key, None)
+        if plan is not None:
+            if _plan_holds(plan, before, after, model.variables):
+                _PLANS[key] = plan
+                replays["plans"] += 1
+            else:
+                _NO_PLAN.add(key)
+        else:
+            plan = _make_plan(fresh.variables, before, after)
+            if plan is not None and _plan_holds(plan, before, after, model.variables):
+                _CANDIDATES[key] = plan
+            else:
+                _NO_PLAN.add(key)
+    return model
+
+
+# Replay plans by key: (seeds drawn, one entry per variable). An entry is ("random", initializer, i) (a
+# seeded Keras initializer, to be run with the i-th seed drawn), ("seed", i) (a SeedGenerator's state,
+# [i-th seed, 0]) or ("fixed", initializer) (one that draws nothing: zeros, ones, constants).
+_PLANS: dict[Hashable, tuple[int, list[tuple]]] = {}
+_CANDIDATES: dict[Hashable, tuple[int, list[tuple]]] = {}  # made from one build, awaiting a second
+_NO_PLAN: set[Hashable] = set()  # keys whose builds are not replayable
+
+
+def _draw_seeds(n: int, rng: Any) -> list[int]:
+    """The `n` seeds Keras' layers draw when constructed without one (`keras.random.make_default_seed`)."""
+    return [rng.randint(1, int(1e9)) for _ in range(n)]
+
+
+def _make_plan(variables: list, before: tuple, after: tuple) -> tuple[int, list[tuple]] | None:
+    """The replay plan of a deferred build that left Python's `random` from state `before` at `after`, or
+    None when its values do not follow from seeds drawn that way alone."""
+    from keras.src.initializers.random_initializers import RandomInitializer
+
+    rng = random.Random()
+    rng.setstate(before)
+    draws: list[int] = []
+    while rng.getstate() != after:
+        if len(draws) > 10 * len(variables) + 100:
+            return None  # `random` was used otherwise than for seeds
+        draws.extend(_draw_seeds(1, rng))
+    where = {}
+    for i, d in enumerate(draws):
+        if d in where:
+            return None  # two equal seeds: which went where is ambiguous
+        where[d] = i
+    entries: list[tuple] = []
+    for var in variables:
+        init = var._initializer
+        if isinstance(init, RandomInitializer):
+            if not isinstance(init.seed, int) or init.seed not in where:
+                return None
+            entries.append(("random", init, where[init.seed]))
+        elif isinstance(init, keras.initializers.Initializer):
+            entries.append(("fixed", init))
+        elif getattr(init, "__name__", "") == "seed_initializer" and "seed" in init.__code__.co_freevars:
+            seed = init.__closure__[init.__code__.co_freevars.index("seed")].cell_contents
+            if seed not in where:
+                return None
+            entries.append(("seed", where[seed]))
+        else:
+            return None
+        entries[-1] = (*entries[-1], tuple(var.shape), var.dtype)
+    return len(draws), entries
+
+
+def _replay(plan: tuple[int, list[tuple]], rng: Any) -> list[Any]:
+    """A plan's values with seeds drawn from `rng` (the `random` module itself when replaying for real)."""
+    n, entries = plan
+    seeds = _draw_seeds(n, rng)
+    values = []
+    for entry in entries:
+        kind, shape, dtype = entry[0], entry[-2], entry[-1]
+        if kind == "random":
+            init = copy.copy(entry[1])
+            init.seed = seeds[entry[2]]
+            values.append(init(shape, dtype=dtype))
+        elif kind == "seed":
+            values.append(keras.ops.convert_to_tensor([seeds[entry[1]], 0], dtype=dtype))
+        else:
+            values.append(entry[1](shape, dtype=dtype))
+    return values
+
+
+def _plan_holds(plan: tuple[int, list[tuple]], before: tuple, after: tuple, variables: list) -> bool:
+    """Replayed from `before`, the plan ends at `after` and gives `variables`' values bit for bit."""
+    rng = random.Random()
+    rng.setstate(before)
+    values = _replay(plan, rng)
+    return rng.getstate() == after and all(
+        np.array_equal(np.asarray(v), np.asarray(var), equal_nan=True) for v, var in zip(values, variables)
+    )
+
+
+def _revive(
+    key: Hashable, kept: keras.Model, values: list, optimizer: keras.optimizers.Optimizer
+) -> keras.Model:
+    """`kept` (popped from the cache) with `values` assigned to its variables and `optimizer`'s fresh state,
+    remembered again as the most recently used."""
+    for var, value in zip(kept.variables, values, strict=True):
+        var.assign(value)
+    _reset_optimizer(kept.optimizer, optimizer)
+    kept.stop_training = False
+    _MODELS[key] = kept  # most recently used last
+    stats["hits"] += 1
+    return kept
 
 
 # A built optimizer's slot variables (those `build` creates: Adam's moments) as they started, per remembered
@@ -205,7 +351,12 @@ def _reset_optimizer(kept: keras.optimizers.Optimizer, new: keras.optimizers.Opt
 def _reusable(kept: keras.Model, fresh: keras.Model, optimizer: keras.optimizers.Optimizer) -> bool:
     """Same variables (count, shapes, dtypes) and an optimizer that differs at most in its learning rate
     (a variable; the other hyperparameters are constants of the traced graph)."""
-    if not _same_layout(kept.variables, fresh.variables) or type(kept.optimizer) is not type(optimizer):
+    return _same_layout(kept.variables, fresh.variables) and _optimizer_reusable(kept, optimizer)
+
+
+def _optimizer_reusable(kept: keras.Model, optimizer: keras.optimizers.Optimizer) -> bool:
+    """`optimizer` (new, unbuilt) differs from `kept`'s at most in its learning rate."""
+    if type(kept.optimizer) is not type(optimizer):
         return False
     if kept.optimizer not in _INITIAL_SLOTS:
         return False

@@ -318,11 +318,18 @@ def _train_pretext(
         val_x, val_y = task.make_batch(data.train.images[val_index], val_rng, **params)
         loss = _pretext_loss(task)
         key = _model_key(trial, task.head, loss)
-        with model_cache.building(key, deferrable=trial.weights == "random"):
+
+        def build() -> keras.Model:
             encoder = _build_encoder(trial, trial.weights, trial.weights_path)
-            fresh = models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
-        model = model_cache.compiled(key, fresh, lambda: keras.optimizers.Adam(trial.pretext_lr), loss)
-        del fresh
+            return models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
+
+        model = model_cache.obtain(
+            key,
+            build,
+            lambda: keras.optimizers.Adam(trial.pretext_lr),
+            loss,
+            deferrable=trial.weights == "random",
+        )
         encoder = models.encoder_of(model)  # the remembered model's, when the cache returned one
         flops_per_image = models.forward_flops(model)
 
@@ -635,13 +642,20 @@ def run_finetune(
     # On resume or with pretext weights the initial encoder weights are overwritten: skip the ImageNet file.
     overwritten = encoder_weights is not None or resume_dir is not None
     key = _model_key(trial, "classification", "binary_crossentropy")
-    with model_cache.building(key, deferrable=overwritten or trial.weights == "random"):
+
+    def build() -> keras.Model:
         encoder = _build_encoder(
             trial, "random" if overwritten else trial.weights, None if overwritten else trial.weights_path
         )
-        fresh = models.build_model("classification", encoder, mixed_precision=trial.mixed_precision)
-    model = model_cache.compiled(key, fresh, lambda: keras.optimizers.Adam(trial.lr), "binary_crossentropy")
-    del fresh, encoder
+        return models.build_model("classification", encoder, mixed_precision=trial.mixed_precision)
+
+    model = model_cache.obtain(
+        key,
+        build,
+        lambda: keras.optimizers.Adam(trial.lr),
+        "binary_crossentropy",
+        deferrable=overwritten or trial.weights == "random",
+    )
     if encoder_weights is not None:
         models.set_encoder_weights(models.encoder_of(model), encoder_weights)
     bce = keras.losses.BinaryCrossentropy()

@@ -259,3 +259,77 @@ def test_a_reused_ray_worker_trains_its_kept_models_and_gives_a_fresh_workers_re
     assert first["pretext_seconds"] > 0 and again["pretext_seconds"] > 0
     assert first["probe_auc"] == again["probe_auc"]
     assert first["regimes"] != other["regimes"]  # a different seed does differ
+
+
+def _obtain(seed: int, build=None, deferrable: bool = True) -> keras.Model:
+    """`obtain` as a phase calls it: reseeded first (as `training._fresh_keras_state`), then built."""
+    import random
+
+    keras.utils.set_random_seed(seed)
+    random.seed(seed)
+    return model_cache.obtain(
+        "k",
+        build or (lambda: _model_unseeded()),
+        lambda: keras.optimizers.Adam(0.1),
+        "mse",
+        deferrable=deferrable,
+    )
+
+
+def _model_unseeded(width: int = 4) -> keras.Model:
+    inputs = keras.Input((3,))
+    x = keras.layers.Dropout(0.5)(keras.layers.Dense(width, activation="relu")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1, bias_initializer="ones")(x))
+
+
+def test_a_verified_replay_skips_the_build_and_gives_its_values_and_random_state_bit_for_bit():
+    import random
+
+    first = _obtain(0)  # a miss: compiled and remembered
+    _train(first)
+    assert _obtain(1) is first and model_cache.replays == {"plans": 0, "builds_skipped": 0}  # a plan made
+    _train(first)
+    assert _obtain(3) is first and model_cache.replays == {"plans": 1, "builds_skipped": 0}  # and checked
+    calls = []
+
+    def build():
+        calls.append(1)
+        return _model_unseeded()
+
+    got = _obtain(2, build)
+    assert got is first and not calls and model_cache.replays == {"plans": 1, "builds_skipped": 1}
+    after_replay = random.getstate()
+    # what a normal build with the same seeds holds (kernels, biases of ones, the dropout seed state), and
+    # Python's `random` where that build leaves it
+    keras.utils.set_random_seed(2)
+    random.seed(2)
+    wanted = _model_unseeded()
+    assert random.getstate() == after_replay
+    assert len(wanted.variables) == 5
+    for a, b in zip(_values(got.variables), _values(wanted.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    wanted.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    _train(wanted)
+    _train(got)
+    for a, b in zip(_values(got.variables), _values(wanted.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_replay_plan_when_the_build_uses_random_otherwise_or_is_not_deferrable():
+    import random
+
+    def noisy():
+        inputs = keras.Input((3,))
+        x = keras.layers.Dense(4)(inputs)
+        # a value drawn from `random` but not as a seed: a plan would replay the first build's constant
+        return keras.Model(
+            inputs, keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(random.random()))(x)
+        )
+
+    for seed in range(4):
+        _obtain(seed, noisy)
+    assert model_cache.replays == {"plans": 0, "builds_skipped": 0} and model_cache.stats["hits"] == 3
+    model_cache.clear()
+    for seed in range(4):
+        _obtain(seed, deferrable=False)
+    assert model_cache.replays == {"plans": 0, "builds_skipped": 0} and model_cache.stats["hits"] == 3
