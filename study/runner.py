@@ -6,7 +6,7 @@ missing ImageNet weights for a `weights = "imagenet"` study before it starts (`p
 Run directory (= Tune's experiment directory, `STORAGE/NAME`; STORAGE is a folder or an `s3://` URI):
     study.json       the preset as run (for `study resume`)
     results.csv      one row per trial x early-stopping regime (the analysis contract)
-    history.csv      one row per reported epoch of each trial
+    history.csv      one row per epoch of each trial (fine-tune epochs from the final result)
     manifest.json    config, versions, data fingerprint and check, git revision, errors
     examples/        pretext inputs/targets/outputs of image tasks, for the report
     pretext_cache/   pretext weights shared between trials
@@ -730,6 +730,8 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
         if df is not None and "phase" in df:
             h = df[df["phase"].isin(["pretext", "finetune"])]
             logged = metrics.get("finetune_history") if done else None
+            if isinstance(logged, str):
+                logged = json.loads(logged)
             if isinstance(logged, list):
                 # Every fine-tune epoch's logs, from the final result (intermediate results come only every
                 # `report_every` epochs): they replace the reported fine-tune rows.

@@ -372,10 +372,13 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             "finetune_epochs_resumed": int(state.get("epoch", 0)) if state.get("phase") == "finetune" else 0,
             "regimes": result.regimes,
             # Every epoch's logs, also those not reported on their own (`reports_after`): the run's history.
-            "finetune_history": [
-                {**logs, "pid": pid, "node_id": node}
-                for logs, (pid, node) in zip(result.history, ran_on, strict=True)
-            ],
+            # A JSON string: a list would reach TensorBoard's logger, which warns about it.
+            "finetune_history": json.dumps(
+                [
+                    {**logs, "pid": pid, "node_id": node}
+                    for logs, (pid, node) in zip(result.history, ran_on, strict=True)
+                ]
+            ),
             **result.probe,
             **common,
             **pretext_info,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_fine_tune_epochs_are_reported_every_report_every_and_with_checkpoints_a
     assert [m["phase"] for m, _ in fake.reports].count("pretext") == config["pretext_epochs"]
     done = fake.reports[-1][0]
     assert done["phase"] == "done" and done["finetune_epochs_run"] == 5
-    history = done["finetune_history"]
+    history = json.loads(done["finetune_history"])
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert all(h["node_id"] == "node-a" and h["pid"] == done["pid"] for h in history)
     for m, _ in _finetune(fake):  # a reported epoch's logs are the history's for that epoch
@@ -105,11 +106,10 @@ def test_fine_tune_epochs_are_reported_every_report_every_and_with_checkpoints_a
     again = resumed.reports[-1][0]
     assert again["finetune_epochs_resumed"] == 4 and again["restored"]
     assert [m["epoch"] for m, _ in _finetune(resumed)] == [5]
-    assert [h["node_id"] for h in again["finetune_history"]] == ["node-a"] * 4 + ["node-b"]
+    again_history = json.loads(again["finetune_history"])
+    assert [h["node_id"] for h in again_history] == ["node-a"] * 4 + ["node-b"]
     strip = [{k: v for k, v in h.items() if k not in ("pid", "node_id")} for h in history]
-    assert [
-        {k: v for k, v in h.items() if k not in ("pid", "node_id")} for h in again["finetune_history"]
-    ] == strip
+    assert [{k: v for k, v in h.items() if k not in ("pid", "node_id")} for h in again_history] == strip
 
     # The runner's history table has every fine-tune epoch although only some were reported as results.
     rows = [m for m, _ in fake.reports]

@@ -119,5 +119,12 @@ def test_the_console_of_a_study_is_short_and_says_what_happened(smoke_run):
     assert f"Report: {smoke_run / 'report.html'}" in text
     hints = [line for line in lines if "tensorboard --logdir" in line]
     assert hints == [f"Curves:  tensorboard --logdir {smoke_run}"], hints
-    for noise in ("Checkpoint successfully created", "Trial status", "Configuration for experiment", "╭"):
+    noises = (
+        "Checkpoint successfully created",
+        "Trial status",
+        "Configuration for experiment",
+        "╭",
+        "invalid value",
+    )
+    for noise in noises:
         assert noise not in text, noise
