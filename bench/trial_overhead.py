@@ -6,10 +6,11 @@ compiles and traces a new model) and `fresh` (`reuse_actors=False`: a new worker
 Run from the repository root:
 
     .venv/bin/python bench/trial_overhead.py                        # demo, 2 seeds x 3 settings x 3, ~12 min
-    .venv/bin/python bench/trial_overhead.py --seeds 8 --repeats 1  # the whole demo grid, ~15 min
+    .venv/bin/python bench/trial_overhead.py --seeds 9 --repeats 1  # the whole demo grid, 3 settings, ~5-15 min
     .venv/bin/python bench/trial_overhead.py --quick                # smoke preset, 1 seed, 1 repeat, ~1 min
 
 Default: the demo preset with 2 seeds (8 trials) per study, 3 studies per setting (order rotated per repeat).
+`--records FILE` also writes every trial's record and breakdown (JSON) for a closer look.
 
 Each study is the preset's grid (study.search_spaces, `--seeds` of them) run by a Tuner built like
 `study.runner.run_study` builds it (`runner._tuner_configs`: same RunConfig, FailureConfig, CheckpointConfig;
@@ -580,7 +581,7 @@ def shares(records: list[dict], full_trials: int, fixed_tracing: bool) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="demo")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per study (the demo has 8)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per study (the demo has 9)")
     parser.add_argument("--repeats", type=int, default=3, help="studies per setting")
     parser.add_argument("--quick", action="store_true", help="smoke preset, 1 seed, 1 repeat")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
