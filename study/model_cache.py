@@ -201,7 +201,7 @@ def obtain(
     kept = _MODELS.get(key)
     if plan is not None and kept is not None and size() > 0:
         optimizer = make_optimizer()
-        if _optimizer_reusable(kept, optimizer):
+        if _optimizer_reusable(kept, optimizer) and _fits_plan(kept.variables, plan):
             _MODELS.pop(key)
             replays["builds_skipped"] += 1
             return _revive(key, kept, _replay(plan, random), optimizer)
@@ -232,7 +232,8 @@ def obtain(
 
 # Replay plans by key: (seeds drawn, one entry per variable). An entry is ("random", initializer, i) (a
 # seeded Keras initializer, to be run with the i-th seed drawn), ("seed", i) (a SeedGenerator's state,
-# [i-th seed, 0]) or ("fixed", initializer) (one that draws nothing: zeros, ones, constants).
+# [i-th seed, 0]) or ("fixed", initializer) (one that draws nothing: zeros, ones, constants), followed by the
+# variable's shape and dtype.
 _PLANS: dict[Hashable, tuple[int, list[tuple]]] = {}
 _CANDIDATES: dict[Hashable, tuple[int, list[tuple]]] = {}  # made from one build, awaiting a second
 _NO_PLAN: set[Hashable] = set()  # keys whose builds are not replayable
@@ -278,6 +279,15 @@ def _make_plan(variables: list, before: tuple, after: tuple) -> tuple[int, list[
             return None
         entries[-1] = (*entries[-1], tuple(var.shape), var.dtype)
     return len(draws), entries
+
+
+def _fits_plan(variables: list, plan: tuple[int, list[tuple]]) -> bool:
+    """The remembered model's variables have the plan's shapes and dtypes (a wrong key never gets values
+    of another layout)."""
+    entries = plan[1]
+    return len(variables) == len(entries) and all(
+        tuple(v.shape) == e[-2] and v.dtype == e[-1] for v, e in zip(variables, entries)
+    )
 
 
 def _replay(plan: tuple[int, list[tuple]], rng: Any) -> list[Any]:
