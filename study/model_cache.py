@@ -255,7 +255,7 @@ def _make_plan(variables: list, before: tuple, after: tuple) -> tuple[int, list[
     while rng.getstate() != after:
         if len(draws) > 10 * len(variables) + 100:
             return None  # `random` was used otherwise than for seeds
-        draws.extend(_draw_seeds(1, rng))
+        draws += _draw_seeds(1, rng)
     where = {}
     for i, d in enumerate(draws):
         if d in where:

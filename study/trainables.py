@@ -325,8 +325,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             **common,
             **logs,
         }
-        del ran_on[epoch - 1 :]
-        ran_on.append([common["pid"], common["node_id"]])
+        ran_on.append([common["pid"], common["node_id"]])  # epochs come in order, after the kept ones
         if checkpoints_after(trial, epoch):
             _report_with_state(
                 metrics,

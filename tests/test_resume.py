@@ -48,14 +48,21 @@ def tune_state(run_dir: Path) -> dict:
     return json.loads(sorted(run_dir.glob("experiment_state-*.json"))[-1].read_text())
 
 
+def _trial_entries(state: dict):
+    """(trial fields, run metadata JSON text) per trial of an experiment state."""
+    for trial, meta in state["trial_data"]:
+        yield (
+            (json.loads(trial) if isinstance(trial, str) else trial),
+            (meta if isinstance(meta, str) else json.dumps(meta)),
+        )
+
+
 def trial_states(state: dict) -> dict[str, tuple[str, dict]]:
     """{trial id: (Tune's status, the last result it recorded)} from an experiment state."""
-    out = {}
-    for trial, meta in state["trial_data"]:
-        trial = json.loads(trial) if isinstance(trial, str) else trial
-        meta = json.loads(meta) if isinstance(meta, str) else meta
-        out[trial["trial_id"]] = (trial["status"], meta.get("last_result") or {})
-    return out
+    return {
+        trial["trial_id"]: (trial["status"], json.loads(meta).get("last_result") or {})
+        for trial, meta in _trial_entries(state)
+    }
 
 
 def latest_checkpoint_results(state: dict) -> dict[str, dict | None]:
@@ -65,14 +72,18 @@ def latest_checkpoint_results(state: dict) -> dict[str, dict | None]:
     from ray.tune.utils.serialization import _loads_with_cloudpickle
 
     out = {}
-    for trial, meta in state["trial_data"]:
-        trial = json.loads(trial) if isinstance(trial, str) else trial
-        manager = _loads_with_cloudpickle(meta if isinstance(meta, str) else json.dumps(meta)).get(
-            "checkpoint_manager"
-        )
+    for trial, meta in _trial_entries(state):
+        manager = _loads_with_cloudpickle(meta).get("checkpoint_manager")
         latest = manager.latest_checkpoint_result if manager is not None else None
         out[trial["trial_id"]] = dict(latest.metrics) if latest is not None else None
     return out
+
+
+def _finetune_epochs_in(result: dict) -> int:
+    """Fine-tune epochs a result (or the checkpoint that came with it) stands for: 0 before fine-tuning."""
+    return {"finetune": result.get("epoch"), "done": result.get("finetune_epochs_run")}.get(
+        result.get("phase"), 0
+    )
 
 
 def restart_points(state: dict) -> dict[str, dict]:
@@ -96,14 +107,8 @@ def restart_points(state: dict) -> dict[str, dict]:
         if status == "TERMINATED":
             continue
         kept = checkpoints[trial_id] or {}
-        epochs = {
-            name: {"finetune": result.get("epoch"), "done": result.get("finetune_epochs_run")}.get(
-                result.get("phase"), 0
-            )
-            for name, result in (("kept", kept), ("last", last))
-        }
-        assert epochs["last"] - epochs["kept"] <= every, (trial_id, last, kept)
-        out[trial_id] = {"restored": bool(kept), "finetune_epochs_resumed": epochs["kept"]}
+        assert _finetune_epochs_in(last) - _finetune_epochs_in(kept) <= every, (trial_id, last, kept)
+        out[trial_id] = {"restored": bool(kept), "finetune_epochs_resumed": _finetune_epochs_in(kept)}
     return out
 
 
