@@ -72,8 +72,10 @@ def child(group: str, case: str, repeats: int, threads: int, all_variants: bool)
     import keras
     import numpy as np
 
-    from study import models, training
-    from study.config import TrialConfig
+    from study.train import models
+
+    from study.train import phases as training
+    from study.spec.config import TrialConfig
 
     encoder, size, n_train, batch = parse_case(case)
     training.configure_tensorflow(threads, deterministic=group != "xla")

@@ -3,7 +3,7 @@
 On a machine with C cores the demo runs C one-thread trials at a time (`cpus_per_trial=1`, the preset's
 setting). The alternative gives each trial 2 cores (`--cpus-per-trial 2`: 2 TensorFlow intra-op threads) and
 runs half as many at once. Both studies run here in one embedded Ray, interleaved, through
-`study.runner.run_study` (the code path of `study run`), on the demo grid with `--seeds` seeds.
+`study.run.runner.run_study` (the code path of `study run`), on the demo grid with `--seeds` seeds.
 
     .venv/bin/python bench/concurrency.py                 # demo, 2 seeds (8 trials), 3 repeats, ~6 min
     .venv/bin/python bench/concurrency.py --preset smoke --repeats 1
@@ -34,8 +34,8 @@ def main() -> None:
     import pandas as pd
     import ray
 
-    from study.resolve import apply_flags
-    from study.runner import prepare_data, run_study
+    from study.spec.resolve import apply_flags
+    from study.run.runner import prepare_data, run_study
     from study.search_spaces import get_preset
 
     preset = get_preset(args.preset).with_seeds(args.seeds)

@@ -9,10 +9,10 @@ Run from the repository root (about 2 minutes on 2 CPU cores; `--quick` about 40
 Defaults are the demo preset's pretext phase (study.search_spaces.demo): small encoder with widths
 8/16/32/64 at 32 px, the demo's synthetic lesions (500 training images -> 400 after the validation split),
 pretext batch 32, 1 TensorFlow thread (demo trials run with threads=1). For every task in
-`study.pretext.TASKS`:
+`study.tasks.registry.TASKS`:
 
 A. The project's own phase, `training.run_pretext`, for 1 + R epochs, with timers around each
-   `task.make_batch` call (the task returned by `study.pretext.get_task` is wrapped), each `model.fit`
+   `task.make_batch` call (the task returned by `study.tasks.registry.get_task` is wrapped), each `model.fit`
    call, and the epoch boundaries (`on_epoch`). `run_pretext` makes each epoch's pairs one epoch ahead in
    a background thread; everything in an epoch outside `model.fit` — waiting for those pairs, copying them
    into the input variables, the permutation, callbacks — is time the model waits for inputs (`outside`).
@@ -47,13 +47,13 @@ import numpy as np
 
 @contextlib.contextmanager
 def timers():
-    """Wrap `study.pretext.get_task` (timed `make_batch`) and `keras.Model.fit`; yield the event log.
+    """Wrap `study.tasks.registry.get_task` (timed `make_batch`) and `keras.Model.fit`; yield the event log.
 
     Events: ("make_batch", t0, t1, n_images) and ("fit", t0, t1, 0). Restores the originals on exit.
     """
     import keras
 
-    from study import pretext
+    from study.tasks import registry as pretext
 
     events: list[tuple[str, float, float, int]] = []
     original_get_task, original_fit = pretext.get_task, keras.Model.fit
@@ -84,7 +84,7 @@ def timers():
 
 def measure_phase(trial, data) -> dict[str, list[float]]:
     """Part A: per timed epoch (2..), seconds of `epoch`, `fit`, `make_batch`, `outside` (= epoch - fit)."""
-    from study import training
+    from study.train import phases as training
 
     ends: list[float] = []
     with timers() as events:
@@ -112,8 +112,12 @@ def measure_fit_feeding(trial, data, repeats: int) -> dict[str, list[float]]:
     import keras
     import tensorflow as tf
 
-    from study import models, pretext, training
-    from study.config import resolved_task_params
+    from study.train import models
+
+    from study.tasks import registry as pretext
+
+    from study.train import phases as training
+    from study.spec.config import resolved_task_params
 
     task = pretext.get_task(trial.task)
     params = resolved_task_params(trial)
@@ -193,7 +197,9 @@ def main() -> None:
     benchutil.use_temp_cache("input-pipeline-")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    from study import pretext, training
+    from study.tasks import registry as pretext
+
+    from study.train import phases as training
     from study.search_spaces import demo
     from study.trainables import load_trial_data
 

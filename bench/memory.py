@@ -108,8 +108,8 @@ def child_trial(config_json: str) -> dict:
     import ray.tune  # noqa: F401  (loaded in every Ray worker)
 
     mark("ray.tune imported")
-    from study import training
-    from study.config import TrialConfig
+    from study.train import phases as training
+    from study.spec.config import TrialConfig
     from study.trainables import load_trial_data
 
     trial = TrialConfig.from_dict(json.loads(config_json))
@@ -209,8 +209,8 @@ def main() -> None:
     names = args.configs or list(table)
     benchutil.use_temp_cache("bench-memory-")
 
-    from study.data import check_and_cache
-    from study.sources import cache_dir, data_source
+    from study.data.dataset import check_and_cache
+    from study.data.trial_source import cache_dir, data_source
 
     script = os.path.abspath(__file__)
     print(f"peak memory per trial (MiB), min / median / max over {args.repeats} runs; task={args.task}")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from study import analysis as A
-from study import simulate as S
+from study.report import simulate as S
 
 SEED_SD, NOISE_SD = 0.05, 0.02
 SD_DIFF = NOISE_SD * math.sqrt(2)  # SD of a paired difference: d_z = effect / SD_DIFF

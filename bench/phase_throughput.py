@@ -1,4 +1,4 @@
-"""Training throughput of the fine-tune phase (study/training.py) next to a plain `model.fit`, side by side.
+"""Training throughput of the fine-tune phase (study/train/phases.py) next to a plain `model.fit`, side by side.
 
 Run from the repository root (about 8 minutes on 2 CPU cores):
 
@@ -42,7 +42,9 @@ def measure(trial, data) -> dict[str, list[float]]:
     `trial.mixed_precision`), the plain models trained one epoch after each of our epochs."""
     import keras
 
-    from study import models, training
+    from study.train import models
+
+    from study.train import phases as training
 
     precisions = ("float32", "mixed_bfloat16") if trial.mixed_precision else ("float32",)
     plain: dict[str, keras.Model] = {}
@@ -101,8 +103,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from study import training
-    from study.config import TrialConfig
+    from study.train import phases as training
+    from study.spec.config import TrialConfig
 
     training.configure_tensorflow(args.threads)
     print(

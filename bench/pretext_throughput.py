@@ -1,4 +1,4 @@
-"""Throughput of the pretext transforms (study/pretext.py) next to naive per-image reference versions.
+"""Throughput of the pretext transforms (study/tasks/registry.py) next to naive per-image reference versions.
 
 Run from the repository root:
 
@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
-from study import pretext
-from study.pretext import default_params, get_task
+from study.tasks import registry as pretext
+from study.tasks.registry import default_params, get_task
 
 CASES = ((64, 256), (224, 64))  # (image side in px, batch size)
 TASK_NAMES = ("rotation", "rotation4", "missing_patch", "corruption")

@@ -50,7 +50,7 @@ def main() -> None:
 
     import ray
 
-    from study.runner import run_study
+    from study.run.runner import run_study
     from study.search_spaces import get_preset
 
     preset = get_preset(args.preset)

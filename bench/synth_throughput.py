@@ -1,4 +1,4 @@
-"""Throughput of the synthetic lesion generator (study.synth.render_lesions) on one core.
+"""Throughput of the synthetic lesion generator (study.data.synth.render_lesions) on one core.
 
 Usage: python bench/synth_throughput.py [--repeats 5] [--n64 512] [--n224 64]
 Prints min/median/max images per second over the repeats at 64 px and 224 px, by wall clock and by this
@@ -21,7 +21,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from study.synth import render_lesions  # noqa: E402
+from study.data.synth import render_lesions  # noqa: E402
 
 
 def images_per_second(n: int, size: int, repeats: int) -> tuple[list[float], list[float]]:

@@ -1,6 +1,6 @@
 """Trial overhead: share of a trial's wall time not spent in training/evaluation steps, side by side for
 three settings: `reuse+models` (the project's default: `reuse_actors=True` and each worker keeps its
-compiled models, `study.model_cache`), `reuse` (`reuse_actors=True`, `STUDY_MODEL_CACHE=0`: every phase
+compiled models, `study.train.model_cache`), `reuse` (`reuse_actors=True`, `STUDY_MODEL_CACHE=0`: every phase
 compiles and traces a new model) and `fresh` (`reuse_actors=False`: a new worker process per trial).
 
 Run from the repository root:
@@ -13,7 +13,7 @@ Default: the demo preset with 2 seeds (8 trials) per study, 3 studies per settin
 `--records FILE` also writes every trial's record and breakdown (JSON) for a closer look.
 
 Each study is the preset's grid (study.search_spaces, `--seeds` of them) run by a Tuner built like
-`study.runner.run_study` builds it (`runner._tuner_configs`: same RunConfig, FailureConfig, CheckpointConfig;
+`study.run.runner.run_study` builds it (`runner._tuner_configs`: same RunConfig, FailureConfig, CheckpointConfig;
 `tune.with_resources` with the preset's CPUs; the same `TUNE_GLOBAL_CHECKPOINT_S=1`; data prepared on the
 driver by `runner.prepare_data`; a fresh pretext cache per study), with only the setting switched. The
 trainable is `study.trainables.two_stage_trial`, called unchanged by a wrapper that installs timers in the
@@ -141,7 +141,7 @@ def _instrumented_trial(config, out_dir: str):
     t0 = _time.perf_counter()
     import keras  # noqa: F401  (TensorFlow: the import two_stage_trial would pay)
 
-    from study import training  # noqa: F401
+    from study.train import phases as training  # noqa: F401
 
     rec["tf_import"] = _time.perf_counter() - t0
     from ray import tune
@@ -202,7 +202,13 @@ class _Probe:
         import keras
         import ray.tune
 
-        from study import models, pretext, trainables, training
+        from study import trainables
+
+        from study.train import models
+
+        from study.tasks import registry as pretext
+
+        from study.train import phases as training
 
         probe = self
         orig = {
@@ -445,8 +451,8 @@ def run_one(preset, setting: str, storage: Path, name: str) -> tuple[list[dict],
     reuse, model_cache = SETTINGS[setting]
     from ray import tune
 
-    from study import runner
-    from study.resolve import validate_study
+    from study.run import runner
+    from study.spec.resolve import validate_study
 
     run_dir = storage / name
     run_dir.mkdir(parents=True)
@@ -591,12 +597,12 @@ def main() -> None:
         args.preset, args.seeds, args.repeats = "smoke", 1, 1
 
     tmp = benchutil.use_temp_cache("trial-overhead-")
-    # as study.runner._init_ray, which run_study uses
+    # as study.run.runner._init_ray, which run_study uses
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
-    from study import runner
+    from study.run import runner
     from study.search_spaces import get_preset
 
     full = get_preset(args.preset)

@@ -11,7 +11,7 @@ interleaved per repeat: the demo preset's trials (4 arms x seeds, in Tune's orde
 epochs, pretext cache off so every pretext phase trains), through `training.run_pretext` / `run_finetune`
 as the trainable calls them.
 
-- `cache on`: the project's default (`study.model_cache`: compiled models kept, TensorFlow's kernel cache
+- `cache on`: the project's default (`study.train.model_cache`: compiled models kept, TensorFlow's kernel cache
   trimmed by `trim_kernel_cache`);
 - `cache off`: `STUDY_MODEL_CACHE=0`, every phase compiles a new model (what reused workers did before).
 
@@ -37,7 +37,7 @@ def child(n_trials: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import psutil
 
-    from study import training
+    from study.train import phases as training
     from study.search_spaces import get_preset
     from study.trainables import load_trial_data
 
@@ -76,7 +76,7 @@ def main() -> None:
         benchutil.emit_result(child(args.child))
         return
     benchutil.use_temp_cache("worker-memory-")
-    from study.runner import prepare_data
+    from study.run.runner import prepare_data
     from study.search_spaces import get_preset
 
     prepare_data(get_preset("demo"))  # synthetic lesions and the decoded cache, before the children

@@ -21,7 +21,7 @@ The design follows ``docs/STATS.md`` (shared docs):
   label fractions), so the probability that a study with no true effect lists any significant comparison
   (the study-wise false-positive rate) is at most alpha. ``family="regime"`` corrects within each
   early-stopping regime of each label fraction only (m = SSL arms); its study-wise rate is ~12 % at n = 8
-  with 3 regimes (``study.simulate``, STATISTICS.md), more with more fractions. Both adjusted p are reported (``p_holm_study``, ``p_holm_regime``). Holm is valid under
+  with 3 regimes (``study.report.simulate``, STATISTICS.md), more with more fractions. Both adjusted p are reported (``p_holm_study``, ``p_holm_regime``). Holm is valid under
   any dependence. The study family needs more seeds (an exact test reaches 0.05/9 only from n = 9).
 * Intervals, both (1 - alpha), neither adjusted for multiplicity: the Hodges-Lehmann location with its
   exact signed-rank CI (Walsh averages; the interval of the headline test: it excludes 0 exactly when the
@@ -30,7 +30,7 @@ The design follows ``docs/STATS.md`` (shared docs):
 * Secondary: paired t-test, Hedges' g_z, matched-pairs rank-biserial correlation, probability of
   improvement, all signed so that positive = arm better (also for lower-is-better metrics). Power of the
   headline procedure itself (Holm-corrected Wilcoxon at the family size) is simulated in
-  ``study.simulate``, not here.
+  ``study.report.simulate``, not here.
 * Across arms: Friedman test with Nemenyi critical difference (``friedman``); descriptive only, since the
   Nemenyi test depends on which arms are in the pool (Benavoli et al. 2016).
 
@@ -60,9 +60,9 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from study import cost as _cost
-from study import pretext as _pretext
-from study import references as _references
+from study.report import cost as _cost
+from study.tasks import registry as _pretext
+from study.tasks import references as _references
 
 BASELINE = "baseline"
 BASELINE_TITLE = "No self-supervision"
@@ -115,14 +115,14 @@ OPTIONAL_STR_COLUMNS = ("error", "encoder", "data_fingerprint", "pretext_device"
 
 def optional_int_columns() -> tuple[str, ...]:
     """Whole-number contract columns (added as missing when absent): epochs, the int task parameters of the
-    registered tasks (`study.pretext.param_names`), the image size."""
+    registered tasks (`study.tasks.registry.param_names`), the image size."""
     return ("best_epoch", "diverged_epoch", *_task_params_of(int), "image_size")
 
 
 def optional_float_columns() -> tuple[str, ...]:
     """Float contract columns (added as missing when absent): learning rates, validation loss, the float task
     parameters, the pretext metrics (`pretext_<metric>`) of the registered tasks and the pretext phase's
-    cost (`study.cost.COST_COLUMNS`)."""
+    cost (`study.report.cost.COST_COLUMNS`)."""
     metrics = dict.fromkeys(f"pretext_{m}" for task in _pretext.TASKS.values() for m in task.metrics)
     return ("lr", "pretext_lr", "val_loss", *_task_params_of(float), *metrics, *_cost.COST_COLUMNS)
 
@@ -998,7 +998,7 @@ def seeds_for_power(effect_size: float, alpha: float = 0.05, power: float = 0.8)
     """Smallest number of paired seeds for which a two-sided, *uncorrected paired t-test* has ``power``.
 
     Not the headline procedure (a Holm-corrected Wilcoxon needs more seeds): the report plans with
-    ``study.simulate.seeds_for_headline_power``. Kept as the textbook reference figure. ``inf`` when the
+    ``study.report.simulate.seeds_for_headline_power``. Kept as the textbook reference figure. ``inf`` when the
     effect is 0 (or > 1e8 seeds would be needed); NaN when d_z is undefined or infinite.
     """
     if not np.isfinite(effect_size):
@@ -1325,7 +1325,7 @@ def compare_to_baseline(
     (m = SSL arms x regimes x label fractions), so the chance that a study with no true effect lists any
     significant result stays <= alpha; ``"regime"``: the SSL arms within one regime of one label fraction
     (m = SSL arms), which lets the study-wise rate grow with the regimes and fractions (~12 % with 3 regimes;
-    ``study.simulate.null_rejection_rates``). ``"table"`` is an alias of ``"study"``. Both adjusted p are
+    ``study.report.simulate.null_rejection_rates``). ``"table"`` is an alias of ``"study"``. Both adjusted p are
     always reported (``p_holm_study``, ``p_holm_regime``).
 
     Columns (``COMPARISON_COLUMNS``): ``label_fraction`` (1.0 for a table without the column); ``n`` paired
@@ -1670,7 +1670,7 @@ def _cliques(mean_ranks: dict[str, float], cd: float) -> list[list[str]]:
 
 
 def pretext_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The pretext tables over seeds, one per `study.pretext.tables()` name: `rotation` and `image` are the
+    """The pretext tables over seeds, one per `study.tasks.registry.tables()` name: `rotation` and `image` are the
     paper's Tables 2 (rotation) and 3 (missing patch, corruption removal); a registered task names its table
     (`PretextTask.table`) and the metrics listed in it (`PretextTask.metrics`).
 

@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, search: bool = False) -> int:
-    from study import runner
-    from study.resolve import Flags, resolve_study
+    from study.run import runner
+    from study.spec.resolve import Flags, resolve_study
 
     name = args.preset or (None if args.config else args.default_preset)
     flags = Flags(
@@ -239,7 +239,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "search":
         return _run(args, search=True)
     if args.command == "resume":
-        from study import runner
+        from study.run import runner
 
         run_dir = runner.resume_study(
             args.run_dir, address=args.address, write_report=not args.no_report, trust=args.trust_run_dir
@@ -250,15 +250,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from study.search_spaces import describe_presets, get_preset
 
         if args.show:
-            from study.studyfile import to_toml
+            from study.spec.studyfile import to_toml
 
             print(to_toml(get_preset(args.show), shipped=args.show), end="")
         else:
             print(describe_presets())
         return 0
     if args.command == "report":
-        from study import runner
-        from study.report import write_report
+        from study.run import runner
+        from study.report.document import write_report
 
         run_uri, run_dir = runner.open_run(args.run_dir)
         if not (run_dir / "results.csv").exists():
@@ -270,8 +270,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "data":
         if args.data_command == "synth":
-            from study.config import ConfigError
-            from study.synth import write_dataset
+            from study.spec.config import ConfigError
+            from study.data.synth import write_dataset
 
             try:
                 counts = write_dataset(
@@ -287,7 +287,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 raise ConfigError(_synth_flags(str(exc))) from None
             print(f"Wrote {args.out}: {counts}")
             return 0
-        from study.data import DataSource, check_dataset
+        from study.data.dataset import DataSource, check_dataset
 
         report = check_dataset(DataSource(args.dir, args.images, tuple(args.malignant)))
         print(report.format(all_warnings=args.all))
@@ -316,10 +316,10 @@ def _synth_flags(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from study.analysis import AnalysisError
-    from study.config import ConfigError
+    from study.spec.config import ConfigError
 
     try:
-        from study.data import DataError
+        from study.data.dataset import DataError
     except ImportError:  # pragma: no cover - data layer always present in releases
         DataError = ConfigError  # type: ignore[misc,assignment]
     try:

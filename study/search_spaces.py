@@ -16,14 +16,14 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from study.config import TrialConfig
+from study.spec.config import TrialConfig
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     """Optuna search over task parameters and learning rates (`study search`).
 
-    Each task parameter is searched over its registered range (`study.pretext.Param.search`);
+    Each task parameter is searched over its registered range (`study.tasks.registry.Param.search`);
     `param_ranges` replaces a range by parameter name, `(low, high)` in the registered range's units
     (fractions of the image side for a relative one, such as `patch_size`). `pretext_batch_sizes`: choices of
     the pretext phase's batch size, searched for every task but the baseline (SimCLR's negatives per view are
@@ -201,7 +201,7 @@ def demo() -> StudyPreset:
     )
 
 
-# The paper's arms and its proposed future work (SimCLR, BYOL: study.ssl_tasks), for the cost-benefit study.
+# The paper's arms and its proposed future work (SimCLR, BYOL: study.tasks.contrastive), for the cost-benefit study.
 SIX_ARMS = (*PAPER_ARMS, {"task": "simclr"}, {"task": "byol"})
 
 
@@ -211,7 +211,7 @@ def six_arms() -> StudyPreset:
     Launch: `study run --preset six-arms` (add `--data DIR` for real images).
     Expected runtime: about 10-12 minutes on 2 CPU cores (BENCHMARKS.md, "Six arms"), no GPU, no download.
     The demo's settings (small encoder at 32 px, 4 pretext and 16 fine-tune epochs); SimCLR and BYOL with
-    their registry defaults (batch 32, mild views for small images: study.ssl_tasks). The report adds each
+    their registry defaults (batch 32, mild views for small images: study.tasks.contrastive). The report adds each
     task's learned-vs-reference verdict (contrastive top-1 against the encoder before its phase) and the
     cost-benefit table (pretext CPU-hours, paired AUC gain with its CI, gain per CPU-hour). 10 seeds: the
     smallest n at which an exact Wilcoxon can pass Holm over the study's 15 comparisons (2/2^10 < 0.05/15).
@@ -350,7 +350,7 @@ PRESETS: dict[str, Callable[[], StudyPreset]] = {
 
 def get_preset(name: str) -> StudyPreset:
     if name not in PRESETS:
-        from study.config import ConfigError
+        from study.spec.config import ConfigError
 
         raise ConfigError(
             f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (see `study presets`)"
@@ -387,7 +387,7 @@ class OptunaSpace:
     image_size: int
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
-        from study.pretext import get_task
+        from study.tasks.registry import get_task
 
         s, size = self.settings, self.image_size
         task = trial.suggest_categorical("task", list(s.tasks))

@@ -1,6 +1,6 @@
 """The two-stage Ray Tune trainable: pretext phase (cached, shared) then fine-tune phase, with checkpoints.
 
-TensorFlow is imported inside `two_stage_trial` (via `study.training`), never at module import, so the driver
+TensorFlow is imported inside `two_stage_trial` (via `study.train.phases`), never at module import, so the driver
 can import this module to build the Tuner without starting TensorFlow.
 
 Inside the trainable only `ray.tune.*` APIs are used (`tune.report`, `tune.get_checkpoint`, `tune.Checkpoint`):
@@ -22,9 +22,9 @@ from typing import Any
 from ray import tune
 
 import study
-from study import storage as store
-from study.config import PRETEXT, TrialConfig, phase_values, regime_name
-from study.sources import cache_dir, data_source, pretext_root
+from study.io import storage as store
+from study.spec.config import PRETEXT, TrialConfig, phase_values, regime_name
+from study.data.trial_source import cache_dir, data_source, pretext_root
 
 # Decoded datasets of this worker process, keyed by where they come from. With `reuse_actors=True` a worker
 # runs many trials, and each loads the arrays once.
@@ -49,7 +49,7 @@ def trial_config_from(config: dict[str, Any]) -> TrialConfig:
 
 def load_trial_data(trial: TrialConfig):
     """The decoded dataset for `trial`, decoded at most once per process (and once per machine via the cache)."""
-    from study.data import load_dataset
+    from study.data.dataset import load_dataset
 
     source = data_source(trial)
     key = (repr(source), trial.image_size)
@@ -100,7 +100,7 @@ def cached_pretext(
     from filelock import FileLock
 
     if train is None or load is None:
-        from study.training import PretextResult, run_pretext
+        from study.train.phases import PretextResult, run_pretext
 
         train, load = train or run_pretext, load or PretextResult.load
     key = pretext_key(trial, data.fingerprint)
@@ -240,7 +240,7 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     tf_logger = logging.getLogger("tensorflow")
     if not any(isinstance(f, _ExpectedRetracing) for f in tf_logger.filters):
         tf_logger.addFilter(_ExpectedRetracing())
-    from study import training
+    from study.train import phases as training
 
     training.configure_tensorflow(trial.threads)
     data = load_trial_data(trial)
@@ -255,7 +255,7 @@ def two_stage_trial(config: dict[str, Any]) -> None:
 def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: Path | None) -> None:
     import ray
 
-    from study import training
+    from study.train import phases as training
 
     # Provenance: which worker process and which cluster node ran this attempt.
     common = {

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from study.synth import write_dataset
+from study.data.synth import write_dataset
 
-# The key that signs run directories (study.integrity) is per user: tests use their own, never ~/.config's.
+# The key that signs run directories (study.run.integrity) is per user: tests use their own, never ~/.config's.
 # Set at import so that every CLI subprocess and in-process run of the session shares it.
 os.environ["STUDY_CONFIG_DIR"] = tempfile.mkdtemp(prefix="study-config-")
 
@@ -88,7 +88,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, study_env: dict[str, str
 def cli_error(tmp_path, capsys, monkeypatch):
     """`cli_error(args)`: run `study run ARGS` in-process and return its one-line error, asserting exit code 2,
     no traceback, and that neither Ray nor a run directory was started."""
-    from study import cli, runner
+    from study import cli
+    from study.run import runner
 
     def no_ray(*a, **kw):
         raise AssertionError("Ray was started: the bad input was not rejected before the study ran")

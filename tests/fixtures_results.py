@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from study.analysis import CLASSIFICATION_METRICS
-from study.pretext import get_task
+from study.tasks.registry import get_task
 
 ROTATION_METRICS = tuple(f"pretext_{m}" for m in get_task("rotation").metrics)
 ROTATION4_METRICS = tuple(f"pretext_{m}" for m in get_task("rotation4").metrics)

@@ -14,7 +14,7 @@ from scipy import stats
 from statsmodels.stats.power import TTestPower
 
 from study import analysis as A
-from study import simulate as S
+from study.report import simulate as S
 
 
 def tidy(**kw) -> pd.DataFrame:
@@ -664,7 +664,7 @@ def test_item6_effect_sizes_share_one_sign_for_lower_is_better_metrics():
 
 
 def test_item8_negative_infinity_is_not_na():
-    from study.report import _num
+    from study.report.document import _num
 
     assert _num(-math.inf) == "\u2212\u221e" and _num(math.inf) == "\u221e" and _num(math.nan) == "n/a"
 
@@ -676,7 +676,7 @@ FRACTIONS = (0.05, 0.2, 1.0)
 
 @pytest.fixture(scope="module", autouse=True)
 def _private_simulation_cache(tmp_path_factory):
-    """Simulation results are cached on disk (study.simulate.disk_cache_dir): keep these tests' away from
+    """Simulation results are cached on disk (study.report.simulate.disk_cache_dir): keep these tests' away from
     ~/.cache."""
     mp = pytest.MonkeyPatch()
     mp.setenv("STUDY_CACHE_DIR", str(tmp_path_factory.mktemp("sim-cache")))

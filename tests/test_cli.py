@@ -162,8 +162,8 @@ def test_unusable_data_exits_1_before_any_trial(tiny_dataset_copy, tmp_path, stu
 
 def test_driver_modules_do_not_import_tensorflow():
     code = (
-        "import sys, study.cli, study.runner, study.trainables, study.search_spaces, study.analysis, "
-        "study.report, study.data, study.synth, study.pretext, study.metrics; "
+        "import sys, study.cli, study.run.runner, study.trainables, study.search_spaces, study.analysis, "
+        "study.report.document, study.data.dataset, study.data.synth, study.tasks.registry, study.tasks.metrics; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

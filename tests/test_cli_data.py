@@ -25,7 +25,7 @@ from conftest import run_cli
 from PIL import Image
 from test_data import _png16_rgb, run_as_nobody, world_readable_copy
 
-from study import runner
+from study.run import runner
 from study.cli import main
 
 

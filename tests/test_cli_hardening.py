@@ -98,8 +98,8 @@ def test_a_newline_in_a_file_name_prints_as_one_escaped_line(tiny_dataset_copy, 
 def test_a_start_that_fails_leaves_the_name_free(tmp_path, monkeypatch, capsys):
     """A start refused after validation (here: the cluster check at Ray start) writes no study record, so the
     same `study run --name` works next time instead of sending the user to `study resume`."""
-    from study import runner
-    from study.config import ConfigError
+    from study.run import runner
+    from study.spec.config import ConfigError
 
     def refused(address, preset):
         raise ConfigError("--gpus-per-trial 1: the Ray cluster has 0 GPUs")

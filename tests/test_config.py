@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
-from study.pretext import get_task
-from study.resolve import apply_flags, validate_study
-from study.runner import check_storage
+from study.spec.config import ConfigError, TrialConfig, regime_name, resolved_task_params, validate_trial
+from study.tasks.registry import get_task
+from study.spec.resolve import apply_flags, validate_study
+from study.run.runner import check_storage
 from study.search_spaces import PRESETS, arm_name, describe_presets, get_preset, optuna_space
 
 
@@ -172,7 +172,8 @@ def test_overrides_are_validated():
 
 
 def test_cli_mixed_precision_switch_reaches_the_trials(monkeypatch):
-    from study import cli, runner
+    from study import cli
+    from study.run import runner
 
     seen = []
     monkeypatch.setattr(runner, "run_study", lambda preset, **kw: seen.append(preset) or Path("x"))

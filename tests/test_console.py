@@ -1,4 +1,4 @@
-"""The study console (study.console.StudyProgress), driven through Tune's callback hooks with stand-in trials."""
+"""The study console (study.run.console.StudyProgress), driven through Tune's callback hooks with stand-in trials."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from study import console
+from study.run import console
 
 
 class _Tty(io.StringIO):

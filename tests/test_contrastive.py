@@ -1,4 +1,4 @@
-"""SimCLR / BYOL building blocks (`study.contrastive`): losses, EMA schedule, learned-or-not metrics, and tiny
+"""SimCLR / BYOL building blocks (`study.train.contrastive`): losses, EMA schedule, learned-or-not metrics, and tiny
 training runs on synthetic lesions (32 px, a 8..64-channel small encoder, 1 TensorFlow thread)."""
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ from scipy.special import logsumexp
 
 keras = pytest.importorskip("keras")
 
-from study import contrastive, model_cache, models, synth, training, views  # noqa: E402
+from study.train import contrastive  # noqa: E402
+
+from study.train import model_cache
+
+from study.train import models
+
+from study.data import synth
+
+from study.train import phases as training
+
+from study.tasks import views
 
 SIZE = 32
 WIDTHS = (8, 16, 32, 64)

@@ -1,4 +1,4 @@
-"""The cost-benefit table (study.cost): costs counted once per pretext phase, gains taken from the paired
+"""The cost-benefit table (study.report.cost): costs counted once per pretext phase, gains taken from the paired
 comparisons, gain per device-hour as their ratio."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from study import analysis as A
-from study import cost as C
+from study.report import cost as C
 from tests.fixtures_results import make_results
 
 SECONDS = {"rotation": 36.0, "missing_patch": 72.0, "corruption": 144.0}

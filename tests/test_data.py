@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from study import data
-from study.data import (
+from study.data import dataset as data
+from study.data.dataset import (
     CheckReport,
     DataError,
     check_dataset,

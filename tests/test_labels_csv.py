@@ -1,4 +1,4 @@
-"""Labels-CSV datasets (`study.labels_csv` through `study.data`): columns, labels, groups, splits, the
+"""Labels-CSV datasets (`study.data.labels_csv` through `study.data.dataset`): columns, labels, groups, splits, the
 checks' lines, the fingerprint, and equality with the folder layout."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from study import data, labels_csv
-from study.data import DataError, DataSource, check_dataset, fingerprint, label_subset, load_dataset
-from study.labels_csv import hashed_test_split, read_labels_csv
+from study.data import dataset as data
+
+from study.data import labels_csv
+from study.data.dataset import DataError, DataSource, check_dataset, fingerprint, label_subset, load_dataset
+from study.data.labels_csv import hashed_test_split, read_labels_csv
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:

@@ -1,4 +1,4 @@
-"""Properties of the metrics (study/metrics.py)."""
+"""Properties of the metrics (study/tasks/metrics.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.stats import mannwhitneyu
 
-from study.metrics import classification_metrics, image_metrics, rotation4_metrics, rotation_metrics
+from study.tasks.metrics import classification_metrics, image_metrics, rotation4_metrics, rotation_metrics
 
 CLASSIFICATION_KEYS = {
     "soft_accuracy",
@@ -221,7 +221,7 @@ def test_uint8_and_float_reconstructions_agree_and_ssim_falls_with_noise():
 def test_ssim_of_a_mosaic_is_skimages_ssim_of_each_image(monkeypatch, n, height, width, win_size):
     from skimage.metrics import structural_similarity
 
-    from study import metrics
+    from study.tasks import metrics
 
     rng = np.random.default_rng(n)
     a = rng.uniform(0, 255, (n, height, width, 3))

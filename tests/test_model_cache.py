@@ -1,4 +1,4 @@
-"""`study.model_cache`: which remembered model a phase gets, and in what state (tiny Keras models)."""
+"""`study.train.model_cache`: which remembered model a phase gets, and in what state (tiny Keras models)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from study import model_cache, training  # noqa: E402
+from study.train import model_cache  # noqa: E402
+
+from study.train import phases as training
 
 
 @pytest.fixture(autouse=True)
@@ -219,7 +221,7 @@ def test_a_reused_ray_worker_trains_its_kept_models_and_gives_a_fresh_workers_re
         import json
         import os
 
-        from study import model_cache
+        from study.train import model_cache
         from study.trainables import two_stage_trial
 
         before = dict(model_cache.stats)

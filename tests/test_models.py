@@ -1,4 +1,4 @@
-"""Encoders, heads and preprocessing of `study.models` (tiny sizes: whole file ~15 s on 2 CPU cores)."""
+"""Encoders, heads and preprocessing of `study.train.models` (tiny sizes: whole file ~15 s on 2 CPU cores)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from hypothesis.extra.numpy import arrays
 
 keras = pytest.importorskip("keras")
 
-from study import models, training  # noqa: E402
+from study.train import models  # noqa: E402
+
+from study.train import phases as training
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from test_resume import assert_same_results, trial_id_of, trial_states, tune_state
 
-from study.runner import run_study
+from study.run.runner import run_study
 from study.search_spaces import get_preset
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]

@@ -1,4 +1,4 @@
-"""Properties of the pretext transforms and their registry (study/pretext.py)."""
+"""Properties of the pretext transforms and their registry (study/tasks/registry.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from scipy import stats
 from skimage.transform import rotate as skimage_rotate
 
-from study import pretext
-from study.pretext import PretextTask, default_params, get_task, register
+from study.tasks import registry as pretext
+from study.tasks.registry import PretextTask, default_params, get_task, register
 
 
 def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -326,7 +326,7 @@ def test_swap_pairs_disjoint_and_inside(size, side_frac, seed):
 
 
 def test_rotation_by_zero_is_the_identity_and_by_90_matches_rot90():
-    from study.pretext import rotate_images
+    from study.tasks.registry import rotate_images
 
     rng = np.random.default_rng(5)
     x = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from study.config import TrialConfig
+from study.spec.config import TrialConfig
 from study.trainables import cached_pretext, pretext_key
 
 
@@ -170,7 +170,7 @@ def test_cache_key_changes_with_what_determines_the_pretext_only():
         assert pretext_key(changed, "fp") != key
     assert pretext_key(base, "other data") != key
     # Unset parameters resolve to the paper defaults: the explicit default value gives the same key.
-    from study.config import resolved_task_params
+    from study.spec.config import resolved_task_params
 
     assert pretext_key(base.replace(**resolved_task_params(base)), "fp") == key
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.data import check_dataset, load_dataset
+from study.data.dataset import check_dataset, load_dataset
 
 ISIC = Path(__file__).parents[1] / ".." / "shared" / "data" / "isic9_binary"
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from study import metrics, pretext, references
-from study.probe import linear_probe
+from study.tasks import metrics
+
+from study.tasks import registry as pretext
+
+from study.tasks import references
+from study.train.probe import linear_probe
 
 
 def _images(n=6, size=32, seed=0):

@@ -1,4 +1,4 @@
-"""Early-stopping replay (study/regimes.py): hand-made curves, properties, equality with real Keras."""
+"""Early-stopping replay (study/train/regimes.py): hand-made curves, properties, equality with real Keras."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from study.regimes import replay_early_stopping as replay
+from study.train.regimes import replay_early_stopping as replay
 
 # ---------------------------------------------------------------- hand-made curves
 

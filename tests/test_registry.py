@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 
 from study import analysis as A
-from study import config, pretext, studyfile
-from study.config import (
+from study.spec import config
+from study.tasks import registry as pretext
+from study.spec import studyfile
+from study.spec.config import (
     DATA,
     EXECUTION,
     FINETUNE,
@@ -28,8 +30,8 @@ from study.config import (
     setting,
     validate_trial,
 )
-from study.pretext import Param, PretextTask, Search
-from study.runner import _arm_fields, _varied_params, preset_from_dict, write_search_summary
+from study.tasks.registry import Param, PretextTask, Search
+from study.run.runner import _arm_fields, _varied_params, preset_from_dict, write_search_summary
 from study.search_spaces import OptunaSpace, SearchSettings, get_preset
 from study.trainables import pretext_key
 
@@ -134,7 +136,7 @@ def test_a_registered_image_task_reaches_every_module(registry, tmp_path):
 
 
 def test_a_task_may_bring_a_table_title_and_colour_of_its_own(registry):
-    from study import plots
+    from study.report import plots
 
     task = dataclasses.replace(JIGSAW, name="tiles", title="Tile order", table="tiles", color="#123456")
     pretext.register(task)
@@ -268,7 +270,7 @@ def _written(tmp_path, text):
 
 
 def test_bad_search_ranges_are_one_line_errors(tmp_path):
-    from study.resolve import validate_study
+    from study.spec.resolve import validate_study
 
     search = get_preset("search")
     for ranges, match in [

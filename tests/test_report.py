@@ -15,7 +15,7 @@ import pytest
 from fixtures_results import make_history, make_manifest, make_results, write_run_dir
 
 from study import analysis as A
-from study.report import analyse_run, write_report
+from study.report.document import analyse_run, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -71,7 +71,7 @@ def parse(path: Path) -> ReportParser:
 
 @pytest.fixture(scope="module", autouse=True)
 def _private_simulation_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Reports cache simulation results on disk (study.simulate.disk_cache_dir): not in ~/.cache here."""
+    """Reports cache simulation results on disk (study.report.simulate.disk_cache_dir): not in ~/.cache here."""
     mp = pytest.MonkeyPatch()
     mp.setenv("STUDY_CACHE_DIR", str(tmp_path_factory.mktemp("sim-cache")))
     yield
@@ -441,7 +441,7 @@ def test_html_scrolls_tables_and_folds_the_config(full_run):
 
 
 def test_forest_plot_keeps_raw_units_for_non_fraction_metrics(tmp_path, monkeypatch):
-    from study import plots
+    from study.report import plots
 
     scales = []
     real = plots.forest_plot
@@ -494,7 +494,7 @@ def test_method_names_interval_kinds_family_and_its_studywise_rate(tmp_path):
     """Items 2 and 4: the Method paragraph says which intervals are shown, which family Holm uses and the
     study-wise false-positive rate it implies (from the simulation); with the per-regime family the
     robustness paragraph says when the study-wide check cannot reject, and never "0 of 0" (item 8)."""
-    from study import simulate as S
+    from study.report import simulate as S
 
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=8, noise_sd=0.02))
     write_report(run)
@@ -523,7 +523,7 @@ def test_method_names_interval_kinds_family_and_its_studywise_rate(tmp_path):
 
 def test_forest_plot_default_scale_follows_the_metric():
     """Item 7: without an explicit scale, a non-fraction metric (stop epoch) is drawn in its own units."""
-    from study import plots
+    from study.report import plots
 
     df = A.tidy_results(make_results(n_seeds=8))
     comp = A.compare_to_baseline(df, metric="stop_epoch")
@@ -535,7 +535,7 @@ def test_forest_plot_default_scale_follows_the_metric():
 
 
 def test_underpowered_warnings_with_one_reason_are_one_line():
-    from study.report import _grouped_warnings
+    from study.report.document import _grouped_warnings
 
     under = pd.DataFrame(
         {
@@ -627,7 +627,7 @@ def test_summary_says_per_fraction_whether_an_arm_beats_the_baseline(multi_run):
 
 
 def test_method_states_the_family_over_fractions_and_its_size(multi_run):
-    from study import simulate as S
+    from study.report import simulate as S
 
     run, _ = multi_run
     md = (run / "report.md").read_text()
@@ -704,7 +704,7 @@ def test_history_without_the_column_takes_the_fraction_from_results(tmp_path):
 
 
 def test_label_efficiency_intervals_on_few_seeds_stay_in_the_metrics_range(tmp_path, monkeypatch):
-    from study import plots
+    from study.report import plots
 
     drawn = []
     real = plots.label_efficiency_plot
@@ -727,7 +727,7 @@ def test_a_registered_task_with_a_table_of_its_own_gets_it_and_unregistered_ones
     named instead of silently left out."""
     import dataclasses
 
-    from study import pretext
+    from study.tasks import registry as pretext
 
     monkeypatch.setattr(pretext, "TASKS", dict(pretext.TASKS))
     tiles = dataclasses.replace(

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from fixtures_results import make_results, write_run_dir
 
-from study import cli, files
-from study.report import write_report
+from study import cli
+
+from study.io import files
+from study.report.document import write_report
 
 OUTPUTS = (
     "summary.csv",

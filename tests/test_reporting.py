@@ -15,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from study import runner, trainables
+from study import trainables
+
+from study.run import runner
 from study.search_spaces import get_preset
 
 

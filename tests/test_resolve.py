@@ -1,4 +1,4 @@
-"""One resolution step (study.resolve): preset or file, then --set, then flags; label-fraction grids; the
+"""One resolution step (study.spec.resolve): preset or file, then --set, then flags; label-fraction grids; the
 data table of a study file; ImageNet weights checked on the driver before any trial starts."""
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ import urllib.error
 
 import pytest
 
-from study import cli, studyfile
-from study.config import ConfigError
-from study.resolve import Flags, apply_flags, resolve_study, validate_study
+from study import cli
+
+from study.spec import studyfile
+from study.spec.config import ConfigError
+from study.spec.resolve import Flags, apply_flags, resolve_study, validate_study
 from study.search_spaces import get_preset
 
 
@@ -128,7 +130,7 @@ def test_bad_data_settings_are_rejected_naming_the_key(tmp_path, text, message, 
 
 def test_imagenet_weights_missing_offline_stop_the_cli_before_ray_in_one_line(tmp_path, monkeypatch, capsys):
     """weights = "imagenet" with no file and no network: exit 2 with one line, before any trial or Ray."""
-    from study import models
+    from study.train import models
 
     def offline(*args, **kw):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
@@ -169,7 +171,7 @@ def test_a_label_fraction_study_round_trips_through_its_run_record():
     """`study resume` rebuilds the study from study.json: label fractions and CSV settings included."""
     import json
 
-    from study.runner import preset_from_dict
+    from study.run.runner import preset_from_dict
 
     study = get_preset("smoke").replace(label_fractions=(0.2, 1.0))
     study = study.replace(base=study.base.replace(data_path="/d/meta.csv", data_malignant=("mel",)))

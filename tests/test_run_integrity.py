@@ -12,10 +12,14 @@ import time
 import pandas as pd
 import pytest
 
-from study import cli, integrity, runner
-from study.config import ConfigError, TrialConfig
-from study.sources import pretext_root
-from study.tune_state import STATE_BACKUP, backup_state, check_remote_signatures, repair_state
+from study import cli
+
+from study.run import integrity
+
+from study.run import runner
+from study.spec.config import ConfigError, TrialConfig
+from study.data.trial_source import pretext_root
+from study.run.tune_state import STATE_BACKUP, backup_state, check_remote_signatures, repair_state
 
 
 class _Touch:

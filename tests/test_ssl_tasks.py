@@ -1,5 +1,5 @@
-"""The `simclr` and `byol` registrations (`study.ssl_tasks`): registry, study files, the pretext cache key and
-a tiny pretext phase of each through `study.training.run_pretext` (32 px, a 4..16-channel encoder)."""
+"""The `simclr` and `byol` registrations (`study.tasks.contrastive`): registry, study files, the pretext cache key and
+a tiny pretext phase of each through `study.train.phases.run_pretext` (32 px, a 4..16-channel encoder)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from study import pretext
-from study.config import ConfigError, TrialConfig
-from study.studyfile import resolve
+from study.tasks import registry as pretext
+from study.spec.config import ConfigError, TrialConfig
+from study.spec.studyfile import resolve
 
 SIZE = 32
 
@@ -30,10 +30,10 @@ BASE = TrialConfig(
 
 @pytest.fixture(scope="module", autouse=True)
 def _registered():
-    """Both tasks registered for this module (`study.ssl_tasks` registers them when first imported), and the
-    registry put back afterwards, so later test modules see only what `study.pretext` registers itself."""
+    """Both tasks registered for this module (`study.tasks.contrastive` registers them when first imported), and the
+    registry put back afterwards, so later test modules see only what `study.tasks.registry` registers itself."""
     before = dict(pretext.TASKS)
-    from study import ssl_tasks
+    from study.tasks import contrastive as ssl_tasks
 
     for task in (ssl_tasks.SIMCLR, ssl_tasks.BYOL):
         pretext.TASKS.setdefault(task.name, task)
@@ -61,7 +61,7 @@ def test_both_tasks_are_registered_with_one_contrastive_table():
 
 def test_importing_the_registry_imports_no_tensorflow():
     code = (
-        "import sys, study.ssl_tasks, study.pretext as p; assert {'simclr', 'byol'} <= set(p.TASKS); "
+        "import sys, study.tasks.contrastive, study.tasks.registry as p; assert {'simclr', 'byol'} <= set(p.TASKS); "
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -94,7 +94,7 @@ def test_parameters_validate_with_one_line_messages():
 
 
 def test_a_study_file_names_them_as_arms(tmp_path):
-    from study.resolve import validate_study
+    from study.spec.resolve import validate_study
 
     path = tmp_path / "ssl.toml"
     path.write_text(
@@ -145,8 +145,8 @@ def test_results_columns_include_parameters_and_metrics():
 # ------------------------------------------------------------------------------------ a tiny pretext phase
 @pytest.fixture(scope="module")
 def data():
-    from study.data import DecodedData, Split
-    from study.synth import render_lesions
+    from study.data.dataset import DecodedData, Split
+    from study.data.synth import render_lesions
 
     rng = np.random.default_rng(5)
 
@@ -168,7 +168,7 @@ def data():
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["simclr", "byol"])
 def test_a_tiny_pretext_phase_is_finite_judged_and_bitwise_reproducible(task, data):
-    from study import training
+    from study.train import phases as training
 
     training.configure_tensorflow(1)
     trial = BASE.replace(task=task)
@@ -223,9 +223,9 @@ def test_study_search_draws_each_methods_own_parameters():
 
 def test_the_pretext_batch_size_is_searched_when_the_study_gives_choices(tmp_path):
     """SimCLR's negatives are 2B - 2 per view: `[search] pretext_batch_sizes` makes B a searched setting."""
-    from study.config import ConfigError
-    from study.resolve import validate_study
-    from study.runner import _search_constants
+    from study.spec.config import ConfigError
+    from study.spec.resolve import validate_study
+    from study.run.runner import _search_constants
     from study.search_spaces import OptunaSpace, SearchSettings, get_preset, searched_settings
 
     settings = SearchSettings(tasks=("none", "simclr"), pretext_batch_sizes=(16, 64))
@@ -239,7 +239,7 @@ def test_the_pretext_batch_size_is_searched_when_the_study_gives_choices(tmp_pat
     assert "pretext_batch_size" not in _search_constants(preset)
     assert "pretext_batch_size" in _search_constants(get_preset("search"))
     validate_study(preset)
-    from study.studyfile import resolve
+    from study.spec.studyfile import resolve
 
     path = tmp_path / "search.toml"
     path.write_text(
@@ -253,9 +253,9 @@ def test_the_pretext_batch_size_is_searched_when_the_study_gives_choices(tmp_pat
 
 # ------------------------------------------------------------------------------------------- a whole study
 def _registered_by_the_cli() -> bool:
-    """Whether a fresh process (the `study` CLI, a Ray worker) has the tasks: `study.pretext` imports
-    `study.ssl_tasks` at its end."""
-    code = "import study.pretext as p; print('simclr' in p.TASKS)"
+    """Whether a fresh process (the `study` CLI, a Ray worker) has the tasks: `study.tasks.registry` imports
+    `study.tasks.contrastive` at its end."""
+    code = "import study.tasks.registry as p; print('simclr' in p.TASKS)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return out.stdout.strip() == "True"
 
@@ -271,7 +271,7 @@ def test_a_six_arm_study_reports_every_verdict_and_the_cost_benefit_table(tmp_pa
     from conftest import run_cli
 
     if not _registered_by_the_cli():
-        pytest.skip("study.pretext does not import study.ssl_tasks: the CLI does not know simclr")
+        pytest.skip("study.tasks.registry does not import study.tasks.contrastive: the CLI does not know simclr")
     arms = "".join(f'[[arms]]\ntask = "{t}"\n' for t in ("none", "rotation", "missing_patch", "corruption"))
     path = tmp_path / "six-arms.toml"
     path.write_text(

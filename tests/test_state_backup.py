@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 
-from study import integrity
-from study.config import ConfigError
-from study.tune_state import STATE_BACKUP, backup_state, repair_state
+from study.run import integrity
+from study.spec.config import ConfigError
+from study.run.tune_state import STATE_BACKUP, backup_state, repair_state
 
 
 def _plant_state(run_dir, n_trials: int) -> None:
@@ -51,7 +51,7 @@ def test_intact_state_is_left_alone(tmp_path):
 
 def test_a_fit_that_returns_fewer_trials_than_planned_writes_no_results(tmp_path):
     """A damaged experiment state makes Tune run another (smaller) experiment: never report it as the study."""
-    from study.runner import finish_run
+    from study.run.runner import finish_run
     from study.search_spaces import get_preset
 
     with pytest.raises(ConfigError, match="returned 0 trials but the study has 8"):

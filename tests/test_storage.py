@@ -21,8 +21,8 @@ from conftest import run_cli
 from test_pretext_cache import FakeData, FakeResult
 from test_resume import assert_same_results, restart_points, signal_session, trial_states
 
-from study import storage as store
-from study.config import ConfigError, TrialConfig
+from study.io import storage as store
+from study.spec.config import ConfigError, TrialConfig
 from study.trainables import REMOTE_COMPLETE, cached_pretext
 
 moto_server = pytest.importorskip("moto.server")

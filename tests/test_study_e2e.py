@@ -8,8 +8,8 @@ import re
 import pandas as pd
 import pytest
 
-from study.resolve import apply_flags
-from study.runner import run_study
+from study.spec.resolve import apply_flags
+from study.run.runner import run_study
 from study.search_spaces import get_preset
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from study import cli, studyfile
+from study import cli
+
+from study.spec import studyfile
 from study.search_spaces import PRESETS, get_preset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -221,7 +223,7 @@ def test_a_label_efficiency_study_file_runs_end_to_end_shares_pretexts_and_is_re
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_example_study_files_resolve_and_validate(path):
-    from study.resolve import validate_study
+    from study.spec.resolve import validate_study
 
     study = studyfile.resolve(config=path)
     assert study.name == path.stem and study.arms
@@ -236,7 +238,7 @@ def test_the_readme_example_study_file_resolves(tmp_path):
     study = studyfile.resolve(config=_write(tmp_path, block, "readme.toml"))
     assert study.name == "corruption-64px" and study.seeds == tuple(range(10))
     assert study.label_fractions == (0.1, 1.0) and study.arms[1]["swap_count"] == 50
-    from study.resolve import validate_study
+    from study.spec.resolve import validate_study
 
     validate_study(study.replace(base=study.base.replace(data_path=None)))  # runs as written (data aside)
 

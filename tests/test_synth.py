@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from scipy.stats import mannwhitneyu
 
-from study import synth
-from study.synth import MARKER_NAME, bayes_auc_bound, render_lesions, synthetic_dataset, write_dataset
+from study.data import synth
+from study.data.synth import MARKER_NAME, bayes_auc_bound, render_lesions, synthetic_dataset, write_dataset
 
 
 def _labels(n: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Pretext and fine-tune phases of `study.training` on tiny synthetic data (32 px, a 4..16-channel encoder).
+"""Pretext and fine-tune phases of `study.train.phases` on tiny synthetic data (32 px, a 4..16-channel encoder).
 
 Everything runs on 1 TensorFlow thread so results are bitwise reproducible (docs RAY.md).
 """
@@ -13,9 +13,15 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from study import models, pretext, references, training  # noqa: E402
-from study.config import TrialConfig, regime_name  # noqa: E402
-from study.data import DecodedData, Split  # noqa: E402
+from study.train import models  # noqa: E402
+
+from study.tasks import registry as pretext
+
+from study.tasks import references
+
+from study.train import phases as training
+from study.spec.config import TrialConfig, regime_name  # noqa: E402
+from study.data.dataset import DecodedData, Split  # noqa: E402
 
 SIZE = 32
 
@@ -183,7 +189,7 @@ def test_validation_split_and_label_subset_keep_lesions_whole(data):
     assert np.isin(groups[val], groups[ft_val]).sum() == len(ft_val)
     # folder data (no groups): the ungrouped split, as before
     plain = training.validation_split(trial, data)
-    from study.data import stratified_split
+    from study.data.dataset import stratified_split
 
     np.testing.assert_array_equal(
         plain[1], stratified_split(data.train.labels, trial.val_fraction, trial.seed)[1]
@@ -261,9 +267,9 @@ def _per_epoch_reference(trial, data, encoder_weights=None):
     probe's features by `model.predict`. Returns (history, diverged_epoch, final weights, probe scores)."""
     import tensorflow as tf
 
-    from study import metrics as study_metrics
-    from study import model_cache
-    from study.probe import linear_probe
+    from study.tasks import metrics as study_metrics
+    from study.train import model_cache
+    from study.train.probe import linear_probe
 
     training.configure_tensorflow(trial.threads)
     training._fresh_keras_state(trial.seed)
@@ -335,7 +341,7 @@ def test_one_fit_call_per_phase_equals_the_per_epoch_loop_bit_for_bit(trial, dat
     through the model's predict function: the history, regimes, probe and weights equal those of the
     former loop (a `fit` and a `predict` call per epoch) exactly; also from pretext weights, with the
     model cache on (the reference then trains the same remembered model)."""
-    from study import model_cache
+    from study.train import model_cache
 
     monkeypatch.setenv("STUDY_MODEL_CACHE", "4")
     pre = _pretext("rotation", data)[0].encoder_weights if trial is BASE else None
@@ -385,7 +391,7 @@ def _per_epoch_pretext_reference(trial, data):
     """The pretext loop as it was up to commit 566eda6, the reference for the one-`fit` loop: `model.fit`
     for one epoch per epoch on that epoch's pairs, with the validation pairs; Keras' EarlyStopping driven by
     hand. Returns (history, diverged_epoch, final encoder weights)."""
-    from study import model_cache
+    from study.train import model_cache
 
     task = pretext.get_task(trial.task)
     params = training.resolved_task_params(trial)
@@ -541,7 +547,7 @@ def test_pretext_is_deterministic_and_its_weights_seed_the_finetune(straight, da
 def test_pretext_pairs_made_ahead_are_the_pairs_made_in_line(data, monkeypatch):
     """Pairs are made one epoch ahead in a thread; after an early stop the pending epoch is dropped and the
     test pairs are still the seed's (the scored inputs equal a direct `make_batch`)."""
-    from study.config import resolved_task_params
+    from study.spec.config import resolved_task_params
 
     class StopAfterFirstEpoch(keras.callbacks.EarlyStopping):
         def on_epoch_end(self, epoch, logs=None):
@@ -644,12 +650,12 @@ def test_a_training_step_must_return_a_pretext_result_of_its_task(data, monkeypa
     task = _halving_task([])
     wrong = dataclasses.replace(task, train=lambda run: task.train(run).encoder_weights)
     monkeypatch.setitem(pretext.TASKS, "halving", wrong)
-    with pytest.raises(TypeError, match="must return a study.training.PretextResult"):
+    with pytest.raises(TypeError, match="must return a study.train.phases.PretextResult"):
         training.run_pretext(BASE.replace(task="halving", pretext_epochs=1), data)
 
 
 def test_the_model_cache_key_follows_the_model_fields():
-    from study.config import MODEL, fields_of
+    from study.spec.config import MODEL, fields_of
 
     key = training._model_key(BASE, "image", "mse")
     for name in fields_of(MODEL):
@@ -681,7 +687,7 @@ def test_a_remembered_compiled_model_gives_the_results_of_a_new_one(data, monkey
     """Seed 0, then another task/seed/lr of the same architectures, then seed 0 again in this process: the
     third run trains the remembered models (no new compile, hence no re-tracing) and matches the first bit
     for bit, as does a run with the cache off."""
-    from study import model_cache
+    from study.train import model_cache
 
     def trial_pair(trial):
         pre = training.run_pretext(trial, data)
@@ -730,7 +736,7 @@ def test_a_remembered_compiled_model_gives_the_results_of_a_new_one(data, monkey
 def test_a_remembered_model_resumes_from_saved_state_exactly(straight, data, tmp_path, monkeypatch):
     """Resume (weights and optimizer state loaded into a remembered model that trained another seed) ends
     where the uninterrupted run ends."""
-    from study import model_cache
+    from study.train import model_cache
 
     monkeypatch.setenv("STUDY_MODEL_CACHE", "4")
     result, _ = straight
@@ -758,7 +764,7 @@ def test_a_labels_csv_copy_of_a_folder_dataset_gives_the_same_results(tiny_datas
     folder layout: only the fingerprint (which covers the CSV's labels) differs."""
     import csv
 
-    from study.data import DataSource, load_dataset
+    from study.data.dataset import DataSource, load_dataset
 
     folder = load_dataset(tiny_dataset, SIZE, cache_dir=tmp_path / "cache")
     table = tmp_path / "labels.csv"

@@ -1,4 +1,4 @@
-"""Augmented views for SimCLR / BYOL (`study.views`): reproducibility, exactness of each step, validation."""
+"""Augmented views for SimCLR / BYOL (`study.tasks.views`): reproducibility, exactness of each step, validation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 from skimage.filters import gaussian
 from skimage.transform import resize
 
-from study import synth, views
+from study.data import synth
+
+from study.tasks import views
 
 SIZE = 32
 

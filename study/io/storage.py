@@ -17,7 +17,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from study.config import ConfigError
+from study.spec.config import ConfigError
 
 # What a user must check when a URI does not work: named in every error about remote storage.
 _REMOTE_FIX = (

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from study import metrics
+from study.tasks import metrics
 
 TRIVIAL = ("constant", "chance", "majority", "identity", "meanfill")
 CLASSICAL = ("biharmonic",)
@@ -72,7 +72,7 @@ def pretext_scores(
 ) -> dict[str, Any]:
     """Model metrics, references and the learned verdict for one pretext phase's test pairs.
 
-    `task`: a `study.pretext.PretextTask`. By head:
+    `task`: a `study.tasks.registry.PretextTask`. By head:
     - `angle`: `targets` `(N,)` angle/360 in [0, 1), `predictions` `(N,)` any finite value.
     - `rotation4`: `targets` `(N,)` int 0..3, `predictions` `(N, 4)` probabilities.
     - `image`: `targets` uint8 `(N, S, S, 3)` originals, `predictions` uint8 reconstructions (de-processed),

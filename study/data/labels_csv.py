@@ -1,8 +1,8 @@
 """Labels-CSV datasets: read a CSV of image ids and labels and resolve every row to an image file.
 
-`study.data` is the entry point (`DataSource`, `check_dataset`, `load_dataset`); this module only parses and
+`study.data.dataset` is the entry point (`DataSource`, `check_dataset`, `load_dataset`); this module only parses and
 resolves the CSV, into rows (image path, split, label, group) plus problems and warnings, one line each
-naming the CSV line and the fix. Decoding and every image check are `study.data`'s.
+naming the CSV line and the fix. Decoding and every image check are `study.data.dataset`'s.
 
 Columns are matched by name, in any capitalisation, with the conventions of public sets (ISIC 2020, the ISIC
 archive, HAM10000):

@@ -6,8 +6,8 @@ JSON value. Validation happens on the driver, before any trial starts (`validate
 Every field is tagged with the phases whose results it changes (`dataclasses.field(metadata=...)`, see
 `PHASES`), and the cache and resume keys are computed from the tags, never from lists written by hand:
 `pretext_key` (the shared pretext cache, `study.trainables`) holds every `PRETEXT` field, the compiled-model
-cache key (`study.training._model_key`) every `MODEL` field, and a fine-tune checkpoint is resumed only under
-the same `PRETEXT` and `FINETUNE` fields (`study.training`). A new field without a tag fails at import and in
+cache key (`study.train.phases._model_key`) every `MODEL` field, and a fine-tune checkpoint is resumed only under
+the same `PRETEXT` and `FINETUNE` fields (`study.train.phases`). A new field without a tag fails at import and in
 tests/test_registry.py, so a setting that changes pretext training cannot reuse stale cached weights (a new
 `PRETEXT` field enters every pretext key, so caches written before it are trained again, never reused).
 """
@@ -74,7 +74,7 @@ def setting(default: Any, *phases: str, key: str | None = None) -> Any:
 class TrialConfig:
     """Everything one two-stage trial needs. Units: sizes in pixels, lr per Adam step.
 
-    `task_params`: the parameters of `task` that its arm sets (`study.pretext.Param`); a parameter left out
+    `task_params`: the parameters of `task` that its arm sets (`study.tasks.registry.Param`); a parameter left out
     takes the task's default at `image_size` when the trial runs (`resolved_task_params`), so an image size
     changed after the arm was written scales the defaults with it. One mapping rather than a field per
     parameter, so a newly registered task brings its parameters without a change here; the flat keys of
@@ -92,7 +92,7 @@ class TrialConfig:
     # None: synthetic lesions (see synth_*); a folder or a labels CSV
     data_path: str | None = setting(None, DATA)
     # Labels CSV only: the images folder (default: next to the CSV) and, for a diagnosis column (`dx`,
-    # `diagnosis`), the classes counted as malignant (e.g. ("mel",)); see study.data.DataSource.
+    # `diagnosis`), the classes counted as malignant (e.g. ("mel",)); see study.data.dataset.DataSource.
     data_images: str | None = setting(None, DATA)
     data_malignant: tuple[str, ...] = setting((), DATA)
     image_size: int = setting(64, DATA, PRETEXT, FINETUNE, MODEL)
@@ -184,7 +184,7 @@ class TrialConfig:
 
 
 def _param_names() -> tuple[str, ...]:
-    from study import pretext
+    from study.tasks import registry as pretext
 
     return pretext.param_names()
 
@@ -244,7 +244,7 @@ def validate_trial(trial: TrialConfig) -> None:
 
     Runs on the driver before any trial starts; imports no TensorFlow.
     """
-    from study import pretext
+    from study.tasks import registry as pretext
 
     def bad(msg: str) -> None:
         raise ConfigError(msg)
@@ -335,7 +335,7 @@ def validate_trial(trial: TrialConfig) -> None:
 
 def resolved_task_params(trial: TrialConfig) -> dict[str, Any]:
     """The parameters the trial's task runs with: the arm's, and the task's defaults at the trial's image size
-    where the arm leaves one out (`study.pretext.resolve_params`, validated; `{}` for the baseline)."""
-    from study import pretext
+    where the arm leaves one out (`study.tasks.registry.resolve_params`, validated; `{}` for the baseline)."""
+    from study.tasks import registry as pretext
 
     return pretext.resolve_params(trial.task, trial.image_size, trial.task_params)

@@ -3,7 +3,7 @@
 Tune rewrites its state files in place about once a second; a driver killed in the middle leaves them cut
 short, and Tune would then silently start a new experiment, so local runs keep a backup (`backup_state`,
 `repair_state`). The same files are pickles that `Tuner.restore` executes, so the driver signs them as Tune
-writes them (`RunGuard`) and `study resume` checks the signatures first (`study.integrity`).
+writes them (`RunGuard`) and `study resume` checks the signatures first (`study.run.integrity`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from ray import tune
 
-from study import integrity
-from study import storage as store
-from study.config import ConfigError
+from study.run import integrity
+from study.io import storage as store
+from study.spec.config import ConfigError
 
 # Ray Tune's experiment state in a run directory. Tune rewrites these files in place about once a second; a
 # driver killed in the middle leaves them cut short, and Tune would then silently start a new experiment.
@@ -48,7 +48,7 @@ class RunGuard(tune.Callback):
 
     Tune calls `get_state` from inside its experiment-state save, after writing the experiment and searcher
     state into its driver staging folder and before uploading that folder to the run: the moment to record
-    their HMACs (`study.integrity`) in the same folder, so both travel together. Local runs also keep a copy of
+    their HMACs (`study.run.integrity`) in the same folder, so both travel together. Local runs also keep a copy of
     each intact, signed state file in `.state-backup`, refreshed as trials end (`backup_state`).
 
     Where the run lives is read from the trials' storage, never stored: `Tuner.restore` unpickles this
@@ -134,7 +134,7 @@ def backup_state(run_dir: Path) -> None:
 
 def repair_state(run_dir: Path, *, trust: bool = False) -> None:
     """Before `Tuner.restore` of a local run: every file Tune will unpickle must be whole and signed by this
-    user (`study.integrity`), else its signed backup is put back, else stop with one line.
+    user (`study.run.integrity`), else its signed backup is put back, else stop with one line.
 
     `trust` (`--trust-run-dir`) accepts whole files that carry no signature (a run copied from another machine
     or user); a file cut short still needs its backup.

@@ -272,7 +272,7 @@ def render_lesions(malignant: np.ndarray, size: int, rng: np.random.Generator) -
 def _class_counts(n: int, malignant_fraction: float, split: str) -> tuple[int, int]:
     n_mal = int(math.floor(n * malignant_fraction + 0.5))
     n_ben = n - n_mal
-    # Train needs 2 per class: the validation split takes at least one of each (study.data refuses fewer).
+    # Train needs 2 per class: the validation split takes at least one of each (study.data.dataset refuses fewer).
     least = 2 if split == "train" else 1
     if n_mal < least or n_ben < least:
         raise ValueError(
@@ -362,7 +362,7 @@ def write_dataset(
             cls = "malignant" if is_mal else "benign"
             Image.fromarray(image).save(out / split / cls / f"{split}_{i:05d}.jpg", quality=JPEG_QUALITY)
     marker = {
-        "generator": "study.synth",
+        "generator": "study.data.synth",
         "version": SYNTH_VERSION,
         "n_train": int(n_train),
         "n_test": int(n_test),

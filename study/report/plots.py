@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from study import pretext
+from study.tasks import registry as pretext
 from study.analysis import BASELINE, FRACTION_METRICS, arm_title, base_task, fraction_title
-from study.files import write_replacing
+from study.io.files import write_replacing
 
 # One colour per pretext task (`PretextTask.color`), shared by every figure, so an arm is recognisable across
 # the report; the baseline's is grey.

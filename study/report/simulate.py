@@ -43,7 +43,7 @@ SIM_VERSION = 1
 
 
 def disk_cache_dir() -> Path:
-    """Where simulation results are kept between processes (as ``study.data.default_cache_dir``, which is
+    """Where simulation results are kept between processes (as ``study.data.dataset.default_cache_dir``, which is
     not imported here: it pulls in the image stack)."""
     env = os.environ.get("STUDY_CACHE_DIR")
     return (Path(env) if env else Path.home() / ".cache" / "melanoma-ssl-study") / "simulate"

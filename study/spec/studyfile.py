@@ -2,7 +2,7 @@
 
 Resolution order (one way, one place): a shipped preset (the file's `preset = "NAME"`, or `--preset`), then
 the file's keys, then each `--set key=value` (dotted keys reach tables: `trial.finetune_epochs=5`), then the
-dedicated flags (`--seeds`, `--data`, ...). `study.resolve.resolve_study` runs these steps and validates the
+dedicated flags (`--seeds`, `--data`, ...). `study.spec.resolve.resolve_study` runs these steps and validates the
 result, one immutable `StudyPreset`, before Ray starts; the runner records it in `study.json` and `study
 resume` uses that record, never the file again. This module parses files and `--set` expressions.
 
@@ -15,7 +15,7 @@ Format (`study presets --show demo` prints every shipped preset in it):
     data = "../shared/data/isic9_binary"   # a dataset folder or a labels CSV (relative to where you run)
     cpus_per_trial = 1              # also gpus_per_trial, max_concurrent_trials, max_failures
     # or, for a labels CSV:  [data]  path = "meta.csv"  images = "imgs/"  malignant = ["mel"]
-    [trial]                         # any TrialConfig field (`study.config.TrialConfig`)
+    [trial]                         # any TrialConfig field (`study.spec.config.TrialConfig`)
     image_size = 64
     finetune_epochs = 30
     [[arms]]                        # the arms compared: a task and that task's parameters
@@ -24,7 +24,7 @@ Format (`study presets --show demo` prints every shipped preset in it):
     task = "corruption"
     swap_count = 50
 
-An arm's keys are `task` and the parameters of the registered tasks (`study.pretext.param_names`), typed as
+An arm's keys are `task` and the parameters of the registered tasks (`study.tasks.registry.param_names`), typed as
 the registry declares them; one the arm leaves out takes its task's default at the trial's image size.
 `[search]` may replace a parameter's search range: `[search.param_ranges]` `patch_size = [0.1, 0.3]`.
 
@@ -41,8 +41,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from study import pretext
-from study.config import ConfigError, TrialConfig, resolved_task_params, validate_trial
+from study.tasks import registry as pretext
+from study.spec.config import ConfigError, TrialConfig, resolved_task_params, validate_trial
 from study.search_spaces import SearchSettings, StudyPreset, get_preset, upgrade_search_keys
 
 # Top-level keys that map one-to-one onto StudyPreset fields.

@@ -30,13 +30,13 @@ from typing import Any
 import pandas as pd
 
 import study
-from study import storage as store
-from study.config import ConfigError, TrialConfig, regime_name, resolved_task_params
-from study.files import write_replacing, write_text_replacing
-from study.pretext import param_names
-from study.resolve import check_local_resources, validate_run_name, validate_study
+from study.io import storage as store
+from study.spec.config import ConfigError, TrialConfig, regime_name, resolved_task_params
+from study.io.files import write_replacing, write_text_replacing
+from study.tasks.registry import param_names
+from study.spec.resolve import check_local_resources, validate_run_name, validate_study
 from study.search_spaces import StudyPreset, arm_name, get_preset, optuna_space, searched_settings
-from study.sources import check_cache_writable, check_command, source_label
+from study.data.trial_source import check_cache_writable, check_command, source_label
 
 STUDY_FILE = "study.json"
 PRETEXT_CACHE = "pretext_cache"  # the run's pretext cache, relative to the run
@@ -95,8 +95,8 @@ def prepare_data(preset: StudyPreset) -> tuple[Any, Any]:
 
     The same decoding pass fills the decoded-array cache, so trials on this machine never decode images.
     """
-    from study.data import DataError, check_and_cache, format_problems
-    from study.sources import cache_dir, data_source
+    from study.data.dataset import DataError, check_and_cache, format_problems
+    from study.data.trial_source import cache_dir, data_source
 
     source = data_source(preset.base)
     report = check_and_cache(source, preset.base.image_size, cache_dir(preset.base))
@@ -118,7 +118,7 @@ def prepare_weights(preset: StudyPreset) -> None:
     paths = {t.weights_path for t in trials if t.weights == "imagenet"}
     if not paths:
         return
-    from study.models import imagenet_weights_file
+    from study.train.models import imagenet_weights_file
 
     for path in paths:
         try:
@@ -240,12 +240,12 @@ def _quiet_tune_console() -> None:
 
 
 def _tuner_configs(preset: StudyPreset, run_uri: str, *, verbose: bool = False):
-    """Tune's configs for the study. The console is `study.console.StudyProgress` (a line per trial, one
+    """Tune's configs for the study. The console is `study.run.console.StudyProgress` (a line per trial, one
     progress display); `verbose` brings back Tune's own trial tables and result dumps instead."""
     from ray import tune
 
-    from study.console import StudyProgress
-    from study.tune_state import RunGuard
+    from study.run.console import StudyProgress
+    from study.run.tune_state import RunGuard
 
     total = len(preset.trial_configs()) if preset.search is None else preset.search.num_samples
     console = [] if verbose else [StudyProgress(total, max_concurrent=preset.max_concurrent_trials)]
@@ -334,7 +334,7 @@ def run_study(
     source, check = prepare_data(preset)
     root = source_label(source)
     if check.warnings:
-        from study.data import format_problems
+        from study.data.dataset import format_problems
 
         shown = 20
         print(f"Data warnings for {root} ({len(check.warnings)}; the study runs):", flush=True)
@@ -423,12 +423,12 @@ def resume_study(
     """Continue an interrupted study with `Tuner.restore`; finished trials are not run again.
 
     `run_dir` is the run folder or URI that `study run` printed. Tune's state there is restored only when it
-    carries this user's signatures (`study.tune_state`), or with `trust` (`--trust-run-dir`). Returns the
+    carries this user's signatures (`study.run.tune_state`), or with `trust` (`--trust-run-dir`). Returns the
     local copy with the results.
     """
     from ray import tune
 
-    from study.tune_state import check_remote_signatures, repair_state
+    from study.run.tune_state import check_remote_signatures, repair_state
 
     run_uri, local = open_run(run_dir)
     preset, _ = load_study(local, run_uri)
@@ -578,7 +578,7 @@ def finish_run(
     if preset.search is not None:
         write_search_summary(run_dir, results)
     elif write_report:
-        from study.report import write_report as _write_report
+        from study.report.document import write_report as _write_report
 
         md, html = _write_report(run_dir)
         print(f"Report: {html}")
@@ -676,7 +676,7 @@ def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.Da
             "restored": metrics.get("restored"),
             "diverged_epoch": metrics.get("diverged_epoch"),
             "diverged_phase": metrics.get("diverged_phase"),
-            # Linear probe of the encoder the fine-tune started from (study.probe).
+            # Linear probe of the encoder the fine-tune started from (study.train.probe).
             **{k: metrics.get(k) for k in ("probe_auc", "probe_val_auc", "probe_c", "probe_s")},
             **pretext,
         }
@@ -797,7 +797,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset, run_uri: str) -> None:
-    from study.sources import pretext_root
+    from study.data.trial_source import pretext_root
 
     if not len(results) or "pretext_key" not in results or not preset.base.pretext_cache_dir:
         return

@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 
 from study import analysis as A
-from study import cost as C
-from study import plots, pretext
-from study import simulate as S
-from study.files import write_text_replacing
+from study.report import cost as C
+from study.report import plots
+from study.tasks import registry as pretext
+from study.report import simulate as S
+from study.io.files import write_text_replacing
 
 # The paper's Table 1 (soft accuracy, %, one run per cell), for comparison with the repeated-seed results.
 PAPER_TABLE1 = {
@@ -336,7 +337,7 @@ def _read_history(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
 
 IMAGE_EXAMPLE_KEYS = ("inputs", "targets", "outputs")
 ANGLE_EXAMPLE_KEYS = ("inputs", "angle_true_deg", "angle_pred_deg")
-VIEW_EXAMPLE_KEYS = ("images", "view1", "view2")  # tasks with their own two-view step (study.contrastive)
+VIEW_EXAMPLE_KEYS = ("images", "view1", "view2")  # tasks with their own two-view step (study.train.contrastive)
 
 
 @dataclass(frozen=True)
@@ -1650,12 +1651,12 @@ def _reference_blocks(refs: pd.DataFrame, kind: str) -> list[Block]:
         "seeds; model / reference is the mean over seeds of the per-seed ratio; \u201clearned\u201d: the "
         "model beats the reference on the task's headline metric."
     )
-    if (refs["reference"] == "initial").any():  # the two-view tasks' reference (study.contrastive)
+    if (refs["reference"] == "initial").any():  # the two-view tasks' reference (study.train.contrastive)
         caption += (
             " Initial: the same encoder before its pretext phase (random weights unless the trial starts "
             "from ImageNet), scored on the same test views; chance top-1 is 1/(2B−1) for groups of B images."
         )
-    if kind == "image":  # the image tasks' references (study.references)
+    if kind == "image":  # the image tasks' references (study.tasks.references)
         caption += (
             " Identity: the corrupted input itself; mean fill: the hole filled with the mean colour; the "
             "composite keeps the visible pixels and takes only the hole from the model; the biharmonic "

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from study.config import ConfigError, validate_trial
+from study.spec.config import ConfigError, validate_trial
 from study.search_spaces import StudyPreset
 
 
@@ -40,7 +40,7 @@ def resolve_study(
     flags: Flags = Flags(),
 ) -> StudyPreset:
     """The validated study: preset or file, then `--set`, then flags. Raises ConfigError naming the setting."""
-    from study import studyfile
+    from study.spec import studyfile
 
     study = studyfile.resolve(preset, config, sets)
     study = apply_flags(study, **dataclasses.asdict(flags))
@@ -194,7 +194,7 @@ def validate_study(preset: StudyPreset) -> None:
 
 def _validate_param_ranges(ranges: dict[str, Any]) -> None:
     """`[search.param_ranges]`: each a searched task parameter's `[low, high]`, in its registered units."""
-    from study import pretext
+    from study.tasks import registry as pretext
 
     for name, value in ranges.items():
         searched = [n for n in pretext.param_names() if pretext.param_spec(n).search is not None]
@@ -213,7 +213,7 @@ def _validate_param_ranges(ranges: dict[str, Any]) -> None:
 
 def _validate_synth(base: Any) -> None:
     """The synthetic lesions a study without data generates: counts that give each class enough images."""
-    from study import synth
+    from study.data import synth
 
     for split, n in (("train", base.synth_n_train), ("test", base.synth_n_test)):
         if isinstance(n, int) and n >= 1:

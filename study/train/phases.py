@@ -5,12 +5,12 @@ Both phases know nothing about Ray: the trainable passes `on_epoch` callbacks an
 Reproducibility (see docs RAY.md, "TensorFlow inside trials"): `configure_tensorflow` fixes intra-op threads,
 inter-op = 1 and op determinism; each phase reseeds Python, NumPy and Keras from `trial.seed`
 (`_fresh_keras_state`), so the same seed gives bitwise-identical weights and metrics.
-Models come through `study.model_cache`: a reused worker trains a remembered, already traced model of the
+Models come through `study.train.model_cache`: a reused worker trains a remembered, already traced model of the
 same architecture, set to exactly the state a new one would start in (same results, no re-tracing).
 All data randomness is derived per epoch, `np.random.default_rng([seed, stream, epoch])`, never drawn from a
 running generator, so a phase resumed at epoch k replays exactly. The stream ids are below.
 
-Splits: both phases use `study.data.stratified_split(train labels, val_fraction, seed, groups)` (groups: the
+Splits: both phases use `study.data.dataset.stratified_split(train labels, val_fraction, seed, groups)` (groups: the
 lesion ids of a labels CSV, kept whole; None for folders), so for one seed every arm (and the pretext phase)
 sees the same validation images; the pretext phase trains on all non-validation training images (it uses no
 labels), the fine-tune phase on `label_fraction` of them (`finetune_split`).
@@ -49,9 +49,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from study import metrics as study_metrics
-from study import model_cache, models, pretext, references, regimes
-from study.config import (
+from study.tasks import metrics as study_metrics
+from study.train import model_cache
+from study.train import models
+from study.tasks import registry as pretext
+from study.tasks import references
+from study.train import regimes
+from study.spec.config import (
     FINETUNE,
     MODEL,
     PRETEXT,
@@ -120,7 +124,7 @@ def configure_tensorflow(threads: int, deterministic: bool = True) -> None:
             raise RuntimeError(
                 f"TensorFlow already started in this process with intra-op threads={current[0]} and "
                 f"inter-op threads={current[1]} (0 = TensorFlow's default), and cannot switch to "
-                f"threads={threads}, inter-op=1. Call study.training.configure_tensorflow(threads) before "
+                f"threads={threads}, inter-op=1. Call study.train.phases.configure_tensorflow(threads) before "
                 "building any model, and keep TrialConfig.threads the same for all trials of a study "
                 "(a reused Ray worker keeps the first trial's threads)."
             ) from exc
@@ -141,7 +145,7 @@ class PretextResult:
 
     `encoder_weights`: `encoder.get_weights()` after training (best validation epoch when
     `pretext_patience` is set), `[]` when diverged. `metrics`: test-set metrics beside their learning-free
-    references and the `learned` verdict (`study.references.pretext_scores`; floats, plus the str `headline`
+    references and the `learned` verdict (`study.tasks.references.pretext_scores`; floats, plus the str `headline`
     and `ref_name` and the bools `learned`, `beats_classical`), `{}` when diverged. `history`: per epoch
     `{"epoch" (1-based), "loss", "val_loss"}`. `examples`: for image tasks, uint8 `(4, S, S, 3)` arrays
     `inputs` (corrupted), `targets` (originals), `outputs` (reconstructions); for the rotation tasks
@@ -214,7 +218,7 @@ class FinetuneResult:
     """Outcome of a fine-tune phase.
 
     `history`: per completed epoch `{"epoch" (1-based), "loss", "val_loss", "val_<metric>"...,
-    "test_<metric>"...}` with the metrics of `study.metrics.classification_metrics`; `val_loss` is Keras'
+    "test_<metric>"...}` with the metrics of `study.tasks.metrics.classification_metrics`; `val_loss` is Keras'
     binary cross-entropy on the validation images (what `EarlyStopping(monitor="val_loss")` would see).
     `regimes`: per `regime_name(patience)`: `patience`, `stop_epoch`, `best_epoch`, `epoch_used`,
     `diverged`, `val_loss` and `test_<metric>` at `epoch_used` (see `run_finetune`).
@@ -222,7 +226,7 @@ class FinetuneResult:
     `train_index` / `val_index`: rows of `data.train` used for training / validation.
     `timings`: per epoch run by this call, `{"epoch", "fit_s", "eval_s"}` wall seconds of training and of
     the validation + test evaluation (kept out of `history` so histories stay comparable bit for bit).
-    `probe`: the linear probe of the encoder the fine-tune started from (`study.probe.linear_probe`:
+    `probe`: the linear probe of the encoder the fine-tune started from (`study.train.probe.linear_probe`:
     `probe_auc`, `probe_val_auc`, `probe_c`, and `probe_s`, its wall seconds).
     """
 
@@ -457,7 +461,7 @@ def _train_pretext(
 
 @dataclass(frozen=True)
 class PretextRun:
-    """What `run_pretext` hands a task's own training step (`PretextTask.train`; `study.pretext` docstring).
+    """What `run_pretext` hands a task's own training step (`PretextTask.train`; `study.tasks.registry` docstring).
 
     `params`: the task's resolved parameters. `encoder`: the trial's encoder, built after Python, NumPy and
     Keras were reseeded from `trial.seed` and initialised as `trial.weights` says; train it in place.
@@ -490,7 +494,7 @@ def _run_own_step(
     result = task.train(PretextRun(trial, dict(params), encoder, x_train, x_val, data.test.images, on_epoch))
     if not isinstance(result, PretextResult) or result.task != trial.task:
         raise TypeError(
-            f"task {trial.task!r}: train must return a study.training.PretextResult with task={trial.task!r}; "
+            f"task {trial.task!r}: train must return a study.train.phases.PretextResult with task={trial.task!r}; "
             f"got {type(result).__name__}{'' if not isinstance(result, PretextResult) else f' of {result.task!r}'}"
         )
     return result
@@ -513,7 +517,7 @@ def _build_encoder(trial: TrialConfig, weights: str, weights_path: str | None) -
 
 def _model_key(trial: TrialConfig, head: str, loss: Any) -> tuple:
     """What a compiled model's traced functions depend on, apart from input shapes and the optimizer (both
-    checked by `study.model_cache` itself): every field tagged `config.MODEL` (architecture, image size,
+    checked by `study.train.model_cache` itself): every field tagged `config.MODEL` (architecture, image size,
     precision; BatchNorm's momentum is a constant of the traced train step), the head and the loss."""
     loss_name = loss if isinstance(loss, str) else f"{loss.__module__}.{loss.__qualname__}"
     return (json.dumps(phase_values(trial, MODEL), sort_keys=True), head, loss_name)
@@ -545,7 +549,7 @@ def _fresh_keras_state(seed: int) -> None:
 
     As `keras.utils.set_random_seed` and `keras.backend.clear_session`, minus the two calls that clear
     TensorFlow's caches of instantiated functions (`tf.random.set_seed` and the session's kernel-cache
-    reset), which cost a remembered model (`study.model_cache`) ~0.8 s of re-instantiation per phase. Neither
+    reset), which cost a remembered model (`study.train.model_cache`) ~0.8 s of re-instantiation per phase. Neither
     is needed for reproducibility (and `model_cache.trim_kernel_cache` bounds the memory TensorFlow would
     otherwise keep): Keras draws every initial weight and dropout mask from stateless ops seeded
     by its `SeedGenerator`s, whose seeds come from Python's `random`; TensorFlow's global seed (which op
@@ -748,12 +752,12 @@ _FEATURE_MODELS: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref
 
 
 def _probe_encoder(model: keras.Model, train_batches, labels, eval_batches) -> dict[str, float]:
-    """Linear probe (`study.probe`) on the classifier's pooled encoder features, before fine-tuning.
+    """Linear probe (`study.train.probe`) on the classifier's pooled encoder features, before fine-tuning.
 
     `train_batches`: the training images (with labels, ignored by `predict`); `labels`: `(y_train, y_val,
     y_test)`; `eval_batches`: the validation then the test images.
     """
-    from study.probe import linear_probe
+    from study.train.probe import linear_probe
 
     started = time.perf_counter()
     features = _FEATURE_MODELS.get(model)
@@ -1062,7 +1066,7 @@ def _fingerprint(data: Any) -> str | None:
 def validation_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train/validation rows of `data.train` for this seed (the same in every arm); whole groups
     (lesions) when `data.train.groups` is set, so no group is in both."""
-    from study.data import stratified_split
+    from study.data.dataset import stratified_split
 
     groups = getattr(data.train, "groups", None)
     train_index, val_index = stratified_split(
@@ -1073,7 +1077,7 @@ def validation_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndar
 
 def finetune_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of `data.train` for the fine-tune phase: `validation_split`, then
-    `label_fraction` of the training rows and, separately, of the validation rows (`study.data.label_subset`:
+    `label_fraction` of the training rows and, separately, of the validation rows (`study.data.dataset.label_subset`:
     stratified, whole groups when `data.train.groups` is set, nested across fractions for one seed).
 
     Both shrink because a label budget covers every label the fine-tune sees: with 5 % of the labels, early
@@ -1081,7 +1085,7 @@ def finetune_split(trial: TrialConfig, data: Any) -> tuple[np.ndarray, np.ndarra
     """
     train_index, val_index = validation_split(trial, data)
     if trial.label_fraction < 1.0:
-        from study.data import label_subset
+        from study.data.dataset import label_subset
 
         groups = getattr(data.train, "groups", None)
 

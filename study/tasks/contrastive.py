@@ -1,26 +1,26 @@
-"""The `simclr` and `byol` pretext tasks (issue 17): registrations of `study.contrastive`'s training step.
+"""The `simclr` and `byol` pretext tasks (issue 17): registrations of `study.train.contrastive`'s training step.
 
-Each task is one `PretextTask` definition with a training step of its own (`train=`, `study.pretext` module
-docstring): two augmented views per image (`study.views`), the method's loss, and the verdict of
-`study.contrastive.contrastive_scores` (contrastive top-1 of the pooled encoder features on two test views
+Each task is one `PretextTask` definition with a training step of its own (`train=`, `study.tasks.registry` module
+docstring): two augmented views per image (`study.tasks.views`), the method's loss, and the verdict of
+`study.train.contrastive.contrastive_scores` (contrastive top-1 of the pooled encoder features on two test views
 per image, against chance and against the encoder before the phase). Both go to one report table,
 `contrastive`.
 
 The pretext phase's own settings stay trial settings: the step reads `trial.pretext_batch_size`,
 `trial.pretext_lr`, `trial.pretext_epochs`, `trial.pretext_patience` and `trial.seed`; the task parameters are
 the method's own (`temperature`, `ema_base`), the projection head's and the two view parameters
-(`view_strength`, `crop_scale_min`, turned into `study.views` parameters by `contrastive.view_params_for`).
+(`view_strength`, `crop_scale_min`, turned into `study.tasks.views` parameters by `contrastive.view_params_for`).
 
-Importing this module registers both (once; after the paper's four tasks when `study.pretext` imports it at
+Importing this module registers both (once; after the paper's four tasks when `study.tasks.registry` imports it at
 its end, which puts them in every study, CLI and Ray worker). TensorFlow is not imported here:
-`study.contrastive` is imported when a step runs.
+`study.train.contrastive` is imported when a step runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from study.pretext import Param, PretextTask, Search, register
+from study.tasks.registry import Param, PretextTask, Search, register
 
 # --------------------------------------------------------------------------------------------------------
 # Parameters (one namespace over all tasks: the two methods share the head and view parameters).
@@ -65,7 +65,7 @@ VIEW_STRENGTH = Param(
     float,
     0.5,
     minimum=0.0,
-    limit="it scales the colour-jitter strengths (study.views.default_view_params); 0 turns jitter off",
+    limit="it scales the colour-jitter strengths (study.tasks.views.default_view_params); 0 turns jitter off",
     search=Search(0.0, 1.5),
     doc="colour-jitter strength of the views (1: SimCLR-like dermoscopy jitter, 0: no jitter)",
 )
@@ -103,8 +103,8 @@ METRIC_LABELS = (
 
 
 def _check_views(image_size: int, params: dict[str, Any]) -> None:
-    """The two view parameters give valid `study.views` parameters at `image_size` px."""
-    from study import views  # numpy and scikit-image only; imported here as views imports study.pretext
+    """The two view parameters give valid `study.tasks.views` parameters at `image_size` px."""
+    from study.tasks import views  # numpy and scikit-image only; imported here as views imports study.tasks.registry
 
     base = views.default_view_params(image_size, params["view_strength"])
     views.validate_view_params(image_size, **{**base, "crop_scale": (params["crop_scale_min"], 1.0)})
@@ -112,10 +112,10 @@ def _check_views(image_size: int, params: dict[str, Any]) -> None:
 
 def train_ssl(run: Any, kind: str) -> Any:
     """The pretext phase of `simclr` / `byol` (`kind`): `contrastive.train_contrastive` on the run's images,
-    scored on two views of its test images; a `study.training.PretextResult` of `run.trial.task`."""
+    scored on two views of its test images; a `study.train.phases.PretextResult` of `run.trial.task`."""
     import dataclasses
 
-    from study import contrastive  # TensorFlow: only where a trial trains
+    from study.train import contrastive  # TensorFlow: only where a trial trains
 
     trial, p = run.trial, run.params
     size = int(run.encoder.input.shape[1])

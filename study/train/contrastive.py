@@ -5,7 +5,7 @@ registered as tasks here: `train_contrastive` is the custom training step a task
 training (two views, EMA update) calls instead of a batch transform.
 
 Methods
-- SimCLR (Chen et al. 2020): the 2B views of a batch (two per image, `study.views.two_views`) go through the
+- SimCLR (Chen et al. 2020): the 2B views of a batch (two per image, `study.tasks.views.two_views`) go through the
   encoder (in one pass: BatchNorm sees all 2B, SimCLR's "global BN" on one device), global average pooling
   and a projection MLP (`build_projector`: Dense, BN, ReLU, Dense, BN without centre, as SimCLR's code);
   loss `nt_xent_loss` with temperature over the 2B - 1 other views.
@@ -24,11 +24,11 @@ thread; batch order `default_rng([seed, STREAM_ORDER, e]).permutation`; batches 
 (the remainder of a permutation is left out of that epoch: the loss depends on the batch size); validation
 views once, from `default_rng([seed, STREAM_VAL])`; test views from `default_rng([seed, STREAM_TEST])`, the
 same for every run with that seed. Head weights come from `keras.initializers` seeded from
-`default_rng([seed, STREAM_INIT])`. With op determinism on (`study.training.configure_tensorflow`, which
+`default_rng([seed, STREAM_INIT])`. With op determinism on (`study.train.phases.configure_tensorflow`, which
 the caller runs first, as `run_pretext` does) the same seed gives bitwise-identical weights and history.
-The stream ids are distinct from `study.training`'s `STREAM_*` (a test checks).
+The stream ids are distinct from `study.train.phases`'s `STREAM_*` (a test checks).
 
-The compiled model comes from `study.model_cache` (a reused worker does not re-trace it): the model wraps a
+The compiled model comes from `study.train.model_cache` (a reused worker does not re-trace it): the model wraps a
 clone of the given encoder, and the trained weights are copied into the given encoder at the end, so the
 cache never holds (or later trains) a caller's encoder. Temperature, EMA base and step count are variables,
 so one traced model serves every value.
@@ -49,7 +49,7 @@ Cost, measured on this project's 2-core CPU machine (shared with other jobs, so 
 thread, small encoder (widths 16-128, stride 32), batch 32: at 32 px a SimCLR step (64 views forward and
 backward) takes ~0.06 s (~1.9 ms per image), BYOL ~0.065-0.1 s (predictor, target pass, EMA update); at
 64 px ~0.2 s and ~0.15 s. The first call of a process also traces the model: 8-12 s on top (more under
-load); `study.model_cache` keeps it, so later calls with the same architecture do not.
+load); `study.train.model_cache` keeps it, so later calls with the same architecture do not.
 """
 
 from __future__ import annotations
@@ -66,13 +66,17 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from study import model_cache, models, views
-from study.pretext import check_images
+from study.train import model_cache
+
+from study.train import models
+
+from study.tasks import views
+from study.tasks.registry import check_images
 
 KINDS = ("simclr", "byol")
 
 # Random streams: `default_rng([seed, STREAM, epoch])` per epoch, `default_rng([seed, STREAM])` when fixed.
-# Distinct from study.training's STREAM_* (11-14, 21).
+# Distinct from study.train.phases's STREAM_* (11-14, 21).
 STREAM_VIEWS = 31  # training views, fresh each epoch
 STREAM_ORDER = 32  # batch order within an epoch
 STREAM_VAL = 33  # validation views, once per phase
@@ -83,7 +87,7 @@ STREAM_INIT = 35  # seeds of the projector / predictor initialisers
 EMBED_BATCH_SIZE = 64
 #: BatchNorm momentum of the projector and predictor (Keras' 0.99 is too slow for short phases, SSL.md).
 HEAD_BN_MOMENTUM = 0.9
-#: One-sided level of the learned verdict (as `study.references.LEARNED_ALPHA`).
+#: One-sided level of the learned verdict (as `study.tasks.references.LEARNED_ALPHA`).
 LEARNED_ALPHA = 0.05
 
 #: The task parameters of each method, for a task registration. `batch_size` and `lr` are the pretext
@@ -388,7 +392,7 @@ EpochLogs = dict[str, Any]
 
 @dataclass
 class ContrastiveResult:
-    """Outcome of `train_contrastive`; fields as `study.training.PretextResult` where they overlap.
+    """Outcome of `train_contrastive`; fields as `study.train.phases.PretextResult` where they overlap.
 
     `history`: per epoch `{"epoch" (1-based), "loss", "val_loss"}`. `metrics`: `contrastive_scores` on the
     test views (`{}` without test images or after a divergence). `encoder_weights`: the trained encoder's
@@ -396,7 +400,7 @@ class ContrastiveResult:
     the first test images (`{}` without test images). `cost`: `seconds` (wall, the whole call),
     `fit_seconds`, `view_seconds` (making training views, in the background thread), `steps`,
     `images_seen` (steps x batch size), `views_seen` (twice that), `epochs_run`, `flops` (estimated
-    training FLOPs, as `study.training.PretextResult.cost` defines them). `timings`: per epoch
+    training FLOPs, as `study.train.phases.PretextResult.cost` defines them). `timings`: per epoch
     `{"epoch", "fit_s"}`.
     """
 
@@ -412,9 +416,9 @@ class ContrastiveResult:
     timings: list[dict[str, float]] = field(default_factory=list)
 
     def as_pretext_result(self):
-        """The same outcome as a `study.training.PretextResult` (task = kind; of the cost, `images_seen`
+        """The same outcome as a `study.train.phases.PretextResult` (task = kind; of the cost, `images_seen`
         and `flops`, which `run_pretext` completes with the phase's time and device; timings dropped)."""
-        from study.training import PretextResult
+        from study.train.phases import PretextResult
 
         return PretextResult(
             task=self.kind,
@@ -457,7 +461,7 @@ def train_contrastive(
     `encoder`: a built `keras.Model` taking preprocessed `(N, S, S, 3)` float input (`models.build_encoder`),
     output `(N, h, w, C)`. `images_train`, `images_val`: uint8 `(N, S, S, 3)` (at least `batch_size`
     training images and 2 validation images). `temperature`: SimCLR only; `ema_base`: BYOL only.
-    `view_params`: `study.views` parameters (missing ones default for S). `preprocess`: the layer that maps
+    `view_params`: `study.tasks.views` parameters (missing ones default for S). `preprocess`: the layer that maps
     uint8 images to the encoder's input (default `models.ImagePreprocess`, ResNet50's caffe preprocessing).
     `images_test`: when given, `metrics` are `contrastive_scores` on two test views per image (groups of
     `batch_size`), beside the encoder as it came in. `patience`: Keras `EarlyStopping(val_loss,
@@ -627,7 +631,7 @@ def _compiled_model(
     total_steps,
     head_bn_momentum,
 ) -> _ContrastiveModel:
-    """The phase's compiled model, through `study.model_cache` (key: everything the traced steps depend on
+    """The phase's compiled model, through `study.train.model_cache` (key: everything the traced steps depend on
     apart from shapes, the optimizer and the variables)."""
     online = _clone(encoder, "online_encoder")
     channels = int(online.output.shape[-1])
@@ -831,7 +835,7 @@ def contrastive_scores(
     the same views through the encoder before training (optional; `(N, D')`). `group_size`: see
     `contrastive_hits` (the training batch size makes chance 1/(2B - 1)).
 
-    Returns, shaped as `study.references.pretext_scores` (floats unless noted): `top1` (hits over all 2M
+    Returns, shaped as `study.tasks.references.pretext_scores` (floats unless noted): `top1` (hits over all 2M
     anchors), `align`, `uniform` (mean of both views' uniformity); references `ref_chance_top1` =
     1/(2G - 1) and, with `init*`, `ref_initial_top1`, `ref_initial_align`, `ref_initial_uniform`; best
     reference per metric `ref_top1` (the higher of chance and initial), `ref_align`, `ref_uniform`

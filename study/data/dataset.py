@@ -8,7 +8,7 @@ A dataset is given as a path (str/Path) or a `DataSource`, in one of two forms:
   groups.
 - a labels CSV (`DataSource(path="labels.csv", images=..., malignant=...)`, or just the .csv path) with its
   images folder: columns, label rules, groups (`lesion_id`/`patient_id`) and the seed-independent hashed test
-  split are described in `study.labels_csv`, which parses and resolves the CSV; everything else is here.
+  split are described in `study.data.labels_csv`, which parses and resolves the CSV; everything else is here.
 
 `check_dataset` lists everything wrong with a dataset (problems make it unusable; warnings do not); the image
 checks are the same for both forms. `load_dataset` runs the same checks, decodes every image once and caches
@@ -34,7 +34,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from study import labels_csv
+from study.data import labels_csv
 
 __all__ = [
     "CLASSES",
@@ -107,7 +107,7 @@ class DataSource:
     """Where a dataset is. path: a dataset folder, or a labels `.csv` file. For a CSV only: images, the folder
     holding the images (relative: to the CSV's folder; default `<csv folder>/images` when it exists, else the
     CSV's folder), and malignant, the diagnosis classes counted as malignant when labels come from a `dx` /
-    `diagnosis` column (e.g. ("mel",); matched in any capitalisation). See `study.labels_csv`.
+    `diagnosis` column (e.g. ("mel",); matched in any capitalisation). See `study.data.labels_csv`.
 
     The trial config maps onto it: `DataSource(trial.data_path, trial.data_images, trial.data_malignant)`.
     Giving images or malignant with a folder is a problem (the class folders give the labels)."""
@@ -1031,7 +1031,7 @@ def check_dataset(source: str | Path | DataSource) -> CheckReport:
     data with which validation can lack benign images for some seeds. Symlinked folders are followed only at
     the fixed layout depth, so symlink loops cannot recurse.
     A labels CSV gets the same image checks (each line names the file and its CSV line), plus its own
-    (`study.labels_csv`): problems for columns that cannot be matched, rows whose image is missing or
+    (`study.data.labels_csv`): problems for columns that cannot be matched, rows whose image is missing or
     ambiguous, empty cells, label or split values outside the accepted ones, conflicting labels for one image,
     a malignant class that does not occur, a diagnosis column without malignant classes, a group (lesion or
     patient) with rows in both train and test (test leakage), a split without images of a class; warnings

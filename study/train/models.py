@@ -34,7 +34,7 @@ import numpy as np
 from filelock import FileLock
 from keras import layers, ops
 
-from study.config import ENCODER_STRIDES
+from study.spec.config import ENCODER_STRIDES
 
 ENCODER_NAMES = ("small", "resnet50")
 HEADS = ("angle", "rotation4", "image", "classification")

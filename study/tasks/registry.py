@@ -9,7 +9,7 @@ The four tasks of the paper (section II.B), registered by name in `TASKS`:
 | `missing_patch` | one black `patch_size` square           | the original image, uint8 | `image`     |
 | `corruption`    | `swap_count` swaps of two squares       | the original image, uint8 | `image`     |
 
-`"none"` is the baseline arm of the study (no pretext phase); it is not a task here. `study.ssl_tasks`
+`"none"` is the baseline arm of the study (no pretext phase); it is not a task here. `study.tasks.contrastive`
 (imported at the end of this module) registers `simclr` and `byol`, two tasks with their own training step.
 
 Conventions: images are `uint8` arrays of shape `(N, S, S, 3)` (RGB, channels-last); sizes are in pixels;
@@ -29,7 +29,7 @@ registration order decide where and how the report shows it.
 Registering a task is one definition plus its test. A task is trained in one of two ways:
 
 1. A batch transform (`make_batch`, with a `head` from `HEADS` and a `loss` from `LOSSES`): the standard
-   pretext loop of `study.training.run_pretext` trains the encoder and the head on fresh pairs every epoch.
+   pretext loop of `study.train.phases.run_pretext` trains the encoder and the head on fresh pairs every epoch.
    An image task also gives `region` (the pixels its transform corrupts, drawn from the same rng state), so
    that the report scores the corrupted region on its own. Colorization (predict the colours of a grey
    image quantised to `grey_levels` levels):
@@ -51,11 +51,11 @@ Registering a task is one definition plus its test. A task is trained in one of 
 >>> inputs.shape, targets.dtype
 ((2, 8, 8, 3), dtype('uint8'))
 
-2. Its own training step (`train`, e.g. SimCLR's two views or BYOL's EMA update, `study.contrastive`):
+2. Its own training step (`train`, e.g. SimCLR's two views or BYOL's EMA update, `study.train.contrastive`):
    `make_batch` and `head` may then be None, `loss` names the task's own loss (free text, e.g. "nt_xent"),
    and `metrics` and `headline` must be given. The signature is
 
-       train(run: study.training.PretextRun) -> study.training.PretextResult
+       train(run: study.train.phases.PretextRun) -> study.train.phases.PretextResult
 
    `run_pretext` has already resolved and validated the parameters, checked the data, reseeded Python,
    NumPy and Keras from `trial.seed`, split validation images as for every task, and built the trial's
@@ -64,10 +64,10 @@ Registering a task is one definition plus its test. A task is trained in one of 
    `encoder` (a `keras.Model` to train in place), `train_images`, `val_images`, `test_images` (uint8
    `(N, S, S, 3)`) and `on_epoch(epoch, logs)` (call it after each completed epoch, 1-based, with
    `{"epoch", "loss", "val_loss"}`). The step draws its randomness from `np.random.default_rng([trial.seed,
-   STREAM, epoch])` with stream ids of its own (not `study.training`'s `STREAM_*`), so the phase is
+   STREAM, epoch])` with stream ids of its own (not `study.train.phases`'s `STREAM_*`), so the phase is
    reproducible bit for bit and resumable, and returns a `PretextResult` with `task = trial.task`, the trained
    `encoder_weights` (`[]` and `diverged=True` when it diverged), `history`, `examples` and `metrics`: the
-   keys listed in `metrics`, plus `headline` and `learned` as `study.references.verdict` gives them, and
+   keys listed in `metrics`, plus `headline` and `learned` as `study.tasks.references.verdict` gives them, and
    `cost` with `images_seen` and `flops` (estimated training FLOPs, `models.forward_flops`; the cost-benefit
    table reads them; `run_pretext` adds the phase's seconds and device). The
    pretext cache, checkpoints, resume, the fine-tune phase and the CLI need no change: the cache key holds the
@@ -275,7 +275,7 @@ class PretextTask:
 
     How it is judged: `metrics` (its `pretext_<metric>` results columns shown in its report table),
     `headline` (the metric that decides whether the pretext learned), `references` (the learning-free
-    references it is scored against, `study.references`), `reference_pairs` ((model metric, reference
+    references it is scored against, `study.tasks.references`), `reference_pairs` ((model metric, reference
     metric) set side by side in the report), `higher_is_better` (metrics beyond
     `references.HIGHER_IS_BETTER` where larger is better). None: the head's defaults (`DEFAULT_*`).
     How it is shown: `title` (tables and figures), `table` (the report's pretext table: `rotation` and
@@ -403,7 +403,7 @@ TASKS: dict[str, PretextTask] = {}
 def register(task: PretextTask) -> PretextTask:
     """Add `task` to `TASKS` and return it; `ValueError` for a name already registered (or `"none"`), a
     parameter named like a `TrialConfig` field, or a parameter another task registered with another type."""
-    from study.config import TrialConfig
+    from study.spec.config import TrialConfig
 
     if not isinstance(task, PretextTask):
         raise ValueError(f"register expects a PretextTask; got {type(task).__name__}")
@@ -843,4 +843,4 @@ CORRUPTION = register(
 )
 
 # The contrastive tasks (`simclr`, `byol`) are registered in a module of their own, after the paper's four.
-from study import ssl_tasks as _ssl_tasks  # noqa: E402,F401
+from study.tasks import contrastive as _ssl_tasks  # noqa: E402,F401

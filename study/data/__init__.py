@@ -1,0 +1,1 @@
+"""Datasets: folder and labels-CSV sources, checks, decode cache, splits, synthetic lesions."""

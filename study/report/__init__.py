@@ -1,0 +1,1 @@
+"""The report: section tables, sentences, plots, markdown / HTML, power simulation, cost."""

@@ -1,0 +1,1 @@
+"""The study's specification: one trial's settings, presets, study files, the one resolution step."""

@@ -1,0 +1,1 @@
+"""Pretext tasks: the registry and every registered task (numpy only)."""
