@@ -70,11 +70,11 @@ def run_child(argv: Sequence[str], env: dict[str, str] | None = None, timeout: f
 
 
 def synthetic_data(image_size: int, n_train: int, n_test: int | None = None, seed: int = 0):
-    """A random-pixel `study.data.dataset.DecodedData` whose training part (after the 0.2 validation split) has
+    """A random-pixel `study.data.DecodedData` whose training part (after the 0.2 validation split) has
     `n_train` images; labels alternate 0/1."""
     import numpy as np
 
-    from study.data.dataset import DecodedData, Split
+    from study.data import DecodedData, Split
 
     rng = np.random.default_rng(seed)
 

@@ -72,10 +72,9 @@ def child(group: str, case: str, repeats: int, threads: int, all_variants: bool)
     import keras
     import numpy as np
 
-    from study.train import models
-
-    from study.train import phases as training
     from study.spec.config import TrialConfig
+    from study.train import models, splits
+    from study.train import phases as training
 
     encoder, size, n_train, batch = parse_case(case)
     training.configure_tensorflow(threads, deterministic=group != "xla")
@@ -91,7 +90,7 @@ def child(group: str, case: str, repeats: int, threads: int, all_variants: bool)
         threads=threads,
         seed=0,
     )
-    train_rows, _ = training.validation_split(base, data)
+    train_rows, _ = splits.validation_split(base, data)
     x, y = data.train.images[train_rows], data.train.labels[train_rows].astype(np.float32)
 
     def plain(mixed: bool, jit: bool = False) -> keras.Model:

@@ -34,9 +34,9 @@ def main() -> None:
     import pandas as pd
     import ray
 
-    from study.spec.resolve import apply_flags
     from study.run.runner import prepare_data, run_study
-    from study.search_spaces import get_preset
+    from study.spec.presets import get_preset
+    from study.spec.resolve import apply_flags, finalize_study
 
     preset = get_preset(args.preset).with_seeds(args.seeds)
     cores = os.cpu_count() or 1
@@ -56,7 +56,7 @@ def main() -> None:
         for label in order:
             t0 = time.perf_counter()
             run_dir = run_study(
-                apply_flags(preset, cpus_per_trial=settings[label]),
+                finalize_study(apply_flags(preset, cpus_per_trial=settings[label])),
                 storage=tmp / "runs",
                 name=f"r{r}-{settings[label]}t",
                 write_report=False,

@@ -62,8 +62,8 @@ def timed_epochs(run, n_epochs: int) -> list[float]:
 
 def measure(size: int, n_images: int, epochs: int, mixed: bool) -> dict[str, dict[str, float]]:
     """Per phase: training images/s (median over timed epochs) and, for the fine-tune, evaluation seconds."""
-    from study.train import phases as training
     from study.spec.config import TrialConfig
+    from study.train import phases as training
 
     data = benchutil.synthetic_data(size, n_images, n_test=max(32, n_images // 4))
     trial = TrialConfig(

@@ -6,7 +6,7 @@ Run from the repository root (about 2 minutes on 2 CPU cores; `--quick` about 40
     .venv/bin/python bench/input_pipeline.py --quick         # 2 timed epochs, 100 synthetic images
     .venv/bin/python bench/input_pipeline.py --encoder resnet50 --size 224 --n-train 80 --batch 16 --repeats 3
 
-Defaults are the demo preset's pretext phase (study.search_spaces.demo): small encoder with widths
+Defaults are the demo preset's pretext phase (study.spec.presets.demo): small encoder with widths
 8/16/32/64 at 32 px, the demo's synthetic lesions (500 training images -> 400 after the validation split),
 pretext batch 32, 1 TensorFlow thread (demo trials run with threads=1). For every task in
 `study.tasks.registry.TASKS`:
@@ -18,9 +18,9 @@ A. The project's own phase, `training.run_pretext`, for 1 + R epochs, with timer
    into the input variables, the permutation, callbacks — is time the model waits for inputs (`outside`).
    `make_batch` is reported for scale (it runs mostly in the background). Epoch 1 (tracing) is dropped.
 B. Inside `fit`: one epoch of a fresh model of the same task fed three ways, interleaved R times:
-   the project's feed (`training._IndexedBatches` as run_pretext uses it: one pipeline per phase, each
+   the project's feed (`batches.IndexedBatches` as run_pretext uses it: one pipeline per phase, each
    epoch's arrays assigned to its variables and batches gathered in the epoch's order), plain numpy arrays (Keras' array
-   adapter, rebuilt every call: what training.py passed before), and the same batches as a `tf.data`
+   adapter, rebuilt every call: what the pretext phase passed before), and the same batches as a `tf.data`
    dataset cached in memory and prefetched (warmed by one pass: the ideal feed). `feed` = median(project -
    cached), the project's feeding cost inside fit (noise can make it negative).
 C. Per batch: `make_batch` of one batch vs one training step on a batch (cached epoch / batches).
@@ -112,27 +112,24 @@ def measure_fit_feeding(trial, data, repeats: int) -> dict[str, list[float]]:
     import keras
     import tensorflow as tf
 
-    from study.train import models
-
-    from study.tasks import registry as pretext
-
-    from study.train import phases as training
     from study.spec.config import resolved_task_params
+    from study.tasks import registry as pretext
+    from study.train import batches, models, pretext_phase, splits
 
     task = pretext.get_task(trial.task)
     params = resolved_task_params(trial)
     keras.backend.clear_session()
     keras.utils.set_random_seed(trial.seed)
-    train_index, _ = training.validation_split(trial, data)
+    train_index, _ = splits.validation_split(trial, data)
     images = data.train.images[train_index]
     x, y = task.make_batch(images, np.random.default_rng([trial.seed, 1]), **params)
     order = np.random.default_rng([trial.seed, 2]).permutation(len(x))
-    x, y = x[order], training._as_target(task.head, y[order])
+    x, y = x[order], pretext_phase._as_target(task.head, y[order])
     encoder = models.build_encoder(
         trial.encoder, trial.image_size, trial.encoder_widths, mixed_precision=trial.mixed_precision
     )
     model = models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
-    model.compile(optimizer=keras.optimizers.Adam(trial.pretext_lr), loss=training._pretext_loss(task))
+    model.compile(optimizer=keras.optimizers.Adam(trial.pretext_lr), loss=pretext_phase._pretext_loss(task))
     batch = trial.pretext_batch_size
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().prefetch(tf.data.AUTOTUNE)
     for _ in ds:  # fill the cache
@@ -144,7 +141,7 @@ def measure_fit_feeding(trial, data, repeats: int) -> dict[str, list[float]]:
     def cached_epoch():
         model.fit(ds, epochs=1, shuffle=False, verbose=0)
 
-    feed = training._IndexedBatches(x, y, batch)
+    feed = batches.IndexedBatches(x, y, batch)
 
     def project_epoch():  # run_pretext's feed (x, y are in the epoch's order already)
         feed.set_data(x, y)  # a new epoch's pairs are assigned to the pipeline's variables
@@ -197,10 +194,10 @@ def main() -> None:
     benchutil.use_temp_cache("input-pipeline-")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+    from study.spec.presets import demo
     from study.tasks import registry as pretext
-
     from study.train import phases as training
-    from study.search_spaces import demo
+    from study.train import splits
     from study.trainables import load_trial_data
 
     base = demo().base
@@ -219,7 +216,7 @@ def main() -> None:
     base = base.replace(**changes)
     training.configure_tensorflow(base.threads)
     data = load_trial_data(base)
-    n_train = len(training.validation_split(base, data)[0])
+    n_train = len(splits.validation_split(base, data)[0])
     print(
         f"pretext input wait: encoder={base.encoder} widths={list(base.encoder_widths)} "
         f"{base.image_size} px, {n_train} training images, batch {base.pretext_batch_size}, "

@@ -75,7 +75,7 @@ QUICK = {  # same names, fewer images (the table prints the real counts)
 
 
 def trial_for(name: str, table: dict, task: str):
-    from study.search_spaces import get_preset
+    from study.spec.presets import get_preset
 
     preset, changes = table[name]
     base = get_preset(preset).base
@@ -108,8 +108,9 @@ def child_trial(config_json: str) -> dict:
     import ray.tune  # noqa: F401  (loaded in every Ray worker)
 
     mark("ray.tune imported")
-    from study.train import phases as training
     from study.spec.config import TrialConfig
+    from study.train import phases as training
+    from study.train import splits
     from study.trainables import load_trial_data
 
     trial = TrialConfig.from_dict(json.loads(config_json))
@@ -127,7 +128,7 @@ def child_trial(config_json: str) -> dict:
             trial, data, encoder_weights=weights, on_epoch=lambda e, logs, save: save(Path(tmp) / f"e{e}")
         )
     mark("fine-tune phase")
-    return {"stages": stages, "n_train_images": len(training.validation_split(trial, data)[0])}
+    return {"stages": stages, "n_train_images": len(splits.validation_split(trial, data)[0])}
 
 
 def child_ray() -> dict:
@@ -209,7 +210,7 @@ def main() -> None:
     names = args.configs or list(table)
     benchutil.use_temp_cache("bench-memory-")
 
-    from study.data.dataset import check_and_cache
+    from study.data import check_and_cache
     from study.data.trial_source import cache_dir, data_source
 
     script = os.path.abspath(__file__)

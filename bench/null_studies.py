@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from study import analysis as A
+from study import stats
 from study.report import simulate as S
 
 SEED_SD, NOISE_SD = 0.05, 0.02
@@ -44,7 +45,7 @@ def bca_coverage(c: pd.DataFrame, truth: float, n_resamples: int) -> float:
         m, _, arms = A.paired_matrix(df, "test_auc", regime)
         j = arms.index(arm)
         rng = np.random.default_rng([study, j])
-        low, high, _ = A.bootstrap_mean_diff_ci(m[:, j], m[:, 0], 0.95, n_resamples, rng)
+        low, high, _ = stats.bootstrap_mean_diff_ci(m[:, j], m[:, 0], 0.95, n_resamples, rng)
         hits += low <= truth <= high
         total += 1
     return hits / total
@@ -89,8 +90,8 @@ def main() -> None:
         )
         for dz in (0.5, 1.0, 1.5):
             eff = dz * SD_DIFF
-            p = run(args.power_studies, n, 15, args.grid, {"corruption": eff})
-            hit = p[p.arm == "corruption"]
+            p = run(args.power_studies, n, 15, args.grid, {S.SIM_ARMS[-1]: eff})
+            hit = p[p.arm == S.SIM_ARMS[-1]]
             cov = np.mean((hit.hl_ci_low <= eff) & (hit.hl_ci_high >= eff))
             print(
                 f"power at d_z = {dz:g} (one arm, +{100 * eff:.1f} pp, {args.power_studies} studies): "
@@ -104,7 +105,7 @@ def main() -> None:
     for m in (1, 3, 9):
         row = ", ".join(f"d_z {e:g}: {S.seeds_for_headline_power(e, m):g}" for e in (0.5, 0.8, 1.0, 1.5, 2.0))
         print(
-            f"  Holm over m = {m}: {row}   (paired t-test, uncorrected: d_z 1 -> {A.seeds_for_power(1.0):g})"
+            f"  Holm over m = {m}: {row}   (paired t-test, uncorrected: d_z 1 -> {stats.seeds_for_power(1.0):g})"
         )
 
 

@@ -42,15 +42,14 @@ def measure(trial, data) -> dict[str, list[float]]:
     `trial.mixed_precision`), the plain models trained one epoch after each of our epochs."""
     import keras
 
-    from study.train import models
-
+    from study.train import models, splits
     from study.train import phases as training
 
     precisions = ("float32", "mixed_bfloat16") if trial.mixed_precision else ("float32",)
     plain: dict[str, keras.Model] = {}
     seconds: dict[str, list[float]] = {f"plain_{p}": [] for p in precisions}
     arrays: dict[str, np.ndarray] = {}
-    val_rows = training.validation_split(trial, data)[1]
+    val_rows = splits.validation_split(trial, data)[1]
 
     def plain_epochs(epoch, logs, save_state):
         if not plain:  # built here, after run_finetune's clear_session, on our training rows
@@ -103,8 +102,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from study.train import phases as training
     from study.spec.config import TrialConfig
+    from study.train import phases as training
+    from study.train import splits
 
     training.configure_tensorflow(args.threads)
     print(
@@ -134,7 +134,7 @@ def main() -> None:
                 seed=0,
             )
             s = measure(trial, data)
-            n = len(training.validation_split(trial, data)[0])
+            n = len(splits.validation_split(trial, data)[0])
             cols = [
                 fmt(*rates(n, s[k])) if k in s else "-"
                 for k in ("ours_fit", "ours_epoch", "plain_float32", "plain_mixed_bfloat16")

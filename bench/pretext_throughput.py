@@ -1,4 +1,4 @@
-"""Throughput of the pretext transforms (study/tasks/registry.py) next to naive per-image reference versions.
+"""Throughput of the pretext transforms (study/tasks/paper.py) next to naive per-image reference versions.
 
 Run from the repository root:
 
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
-from study.tasks import registry as pretext
+from study.tasks import paper
 from study.tasks.registry import default_params, get_task
 
 CASES = ((64, 256), (224, 64))  # (image side in px, batch size)
@@ -64,7 +64,7 @@ def naive_corruption(
     images: np.ndarray, rng: np.random.Generator, swap_count: int, swap_patch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     q = swap_patch_size
-    pairs = pretext._disjoint_square_pairs(rng, (swap_count, len(images)), images.shape[1], q)
+    pairs = paper._disjoint_square_pairs(rng, (swap_count, len(images)), images.shape[1], q)
     out = images.copy()
     for i, img in enumerate(out):
         for ra, ca, rb, cb in pairs[:, i]:

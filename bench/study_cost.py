@@ -51,7 +51,8 @@ def main() -> None:
     import ray
 
     from study.run.runner import run_study
-    from study.search_spaces import get_preset
+    from study.spec.presets import get_preset
+    from study.spec.resolve import finalize_study
 
     preset = get_preset(args.preset)
     if args.seeds:
@@ -62,7 +63,7 @@ def main() -> None:
     rows = []
     for label, p in (("ours", preset), ("naive", naive_preset(preset))):
         t0 = time.perf_counter()
-        run_dir = run_study(p, storage=tmp / "runs", name=label, write_report=False)
+        run_dir = run_study(finalize_study(p), storage=tmp / "runs", name=label, write_report=False)
         wall = time.perf_counter() - t0
         results = pd.read_csv(run_dir / "results.csv")
         assert (results["status"] == "ok").all(), results[results["status"] != "ok"]

@@ -13,7 +13,7 @@ Default: the demo preset with 2 seeds (8 trials) per study, 3 studies per settin
 `--records FILE` also writes every trial's record and breakdown (JSON) for a closer look.
 
 Each study is the preset's grid (study.search_spaces, `--seeds` of them) run by a Tuner built like
-`study.run.runner.run_study` builds it (`runner._tuner_configs`: same RunConfig, FailureConfig, CheckpointConfig;
+`study.run.runner.run_study` builds it (`runner.tuner_configs`: same RunConfig, FailureConfig, CheckpointConfig;
 `tune.with_resources` with the preset's CPUs; the same `TUNE_GLOBAL_CHECKPOINT_S=1`; data prepared on the
 driver by `runner.prepare_data`; a fresh pretext cache per study), with only the setting switched. The
 trainable is `study.trainables.two_stage_trial`, called unchanged by a wrapper that installs timers in the
@@ -24,9 +24,9 @@ worker (patched attributes, restored after the trial):
   training-step time and the validation time inside fit (a call may run one epoch or a whole phase); the
   predict loop time; the call's set-up outside them. What runs between two epochs of one call (the
   fine-tune's epoch-end work: evaluation, metrics, reports, checkpoints) is timed on its own, never as
-  set-up; `training._predict_batches` (evaluation through the model's predict function, where it exists)
+  set-up; `batches.predict_batches` (evaluation through the model's predict function, where it exists)
   is timed as a predict loop;
-- `trainables.load_trial_data`, `models.build_encoder` / `build_model`, `training._fresh_keras_state`
+- `trainables.load_trial_data`, `models.build_encoder` / `build_model`, `backend.fresh_keras_state`
   (each phase's reset: a garbage collection, reseeding, the occasional kernel-cache trim), `make_batch` of
   the task that `pretext.get_task` returns when called on the trial's thread (validation pairs; training
   pairs are made ahead in run_pretext's background thread, and the trial's waits for them are timed
@@ -97,7 +97,7 @@ PARTS = (
 
 # ------------------------------------------------------------------------------------------ worker side
 def _n_images(x) -> int:
-    """Images in an array, a list of batches or a batched tf.data dataset (what training.py predicts on)."""
+    """Images in an array, a list of batches or a batched tf.data dataset (what the phases predict on)."""
     if isinstance(x, list):
         return sum(int(b.shape[0]) for b in x)
     if hasattr(x, "__len__") and not hasattr(x, "element_spec"):
@@ -203,11 +203,9 @@ class _Probe:
         import ray.tune
 
         from study import trainables
-
-        from study.train import models
-
         from study.tasks import registry as pretext
-
+        from study.train import backend, models, pretext_phase
+        from study.train import batches as train_batches
         from study.train import phases as training
 
         probe = self
@@ -218,18 +216,18 @@ class _Probe:
             (trainables, "_report_with_state"): trainables._report_with_state,
             (models, "build_encoder"): models.build_encoder,
             (models, "build_model"): models.build_model,
-            (training, "_fresh_keras_state"): training._fresh_keras_state,
+            (backend, "fresh_keras_state"): backend.fresh_keras_state,
             (pretext, "get_task"): pretext.get_task,
             (ray.tune, "report"): ray.tune.report,
             (training.PretextResult, "save"): training.PretextResult.save,
             (training.PretextResult, "load"): training.PretextResult.load.__func__,
             (futures.Future, "result"): futures.Future.result,
-            (training, "ThreadPoolExecutor"): training.ThreadPoolExecutor,
+            (pretext_phase, "ThreadPoolExecutor"): pretext_phase.ThreadPoolExecutor,
         }
         # one fit per phase: its evaluations call the model's predict function through this helper
-        has_predict_batches = hasattr(training, "_predict_batches")
+        has_predict_batches = hasattr(train_batches, "predict_batches")
         if has_predict_batches:
-            orig[(training, "_predict_batches")] = training._predict_batches
+            orig[(train_batches, "predict_batches")] = train_batches.predict_batches
         trial_thread = threading.current_thread()
 
         class Hooks(keras.callbacks.Callback):
@@ -314,7 +312,7 @@ class _Probe:
             # the model's predict function called per batch: no set-up, the whole call is the loop
             probe._begin("predict")
             try:
-                return orig[(training, "_predict_batches")](model, batches)
+                return orig[(train_batches, "predict_batches")](model, batches)
             finally:
                 wall = probe._end() - probe.last_nested
                 probe.predicts.append(
@@ -367,16 +365,16 @@ class _Probe:
             (trainables, "_report_with_state"): self.timed("ckpt_files", trainables._report_with_state),
             (models, "build_encoder"): self.timed("model_build", models.build_encoder),
             (models, "build_model"): self.timed("model_build", models.build_model),
-            (training, "_fresh_keras_state"): self.timed("session_reset", training._fresh_keras_state),
+            (backend, "fresh_keras_state"): self.timed("session_reset", backend.fresh_keras_state),
             (pretext, "get_task"): get_task,
             (ray.tune, "report"): report,
             (training.PretextResult, "save"): save,
             (training.PretextResult, "load"): classmethod(load),
             (futures.Future, "result"): result,
-            (training, "ThreadPoolExecutor"): MarkingExecutor,
+            (pretext_phase, "ThreadPoolExecutor"): MarkingExecutor,
         }
         if has_predict_batches:
-            replacements[(training, "_predict_batches")] = predict_batches
+            replacements[(train_batches, "predict_batches")] = predict_batches
 
         @contextlib.contextmanager
         def patched():
@@ -452,6 +450,8 @@ def run_one(preset, setting: str, storage: Path, name: str) -> tuple[list[dict],
     from ray import tune
 
     from study.run import runner
+    from study.run.results import collect_results
+    from study.search_spaces import grid_space
     from study.spec.resolve import validate_study
 
     run_dir = storage / name
@@ -473,11 +473,11 @@ def run_one(preset, setting: str, storage: Path, name: str) -> tuple[list[dict],
         def on_trial_error(self, iteration, trials, trial, **info):
             events.setdefault(trial.trial_id, {})["complete"] = time.time()
 
-    # runner._tuner_configs takes the run directory as a Path (older runner) or as a location string
+    # runner.tuner_configs takes the run directory as a Path (older runner) or as a location string
     import inspect
 
-    second = list(inspect.signature(runner._tuner_configs).parameters)[1]
-    tune_config, run_config = runner._tuner_configs(preset, str(run_dir) if second == "run_uri" else run_dir)
+    second = list(inspect.signature(runner.tuner_configs).parameters)[1]
+    tune_config, run_config = runner.tuner_configs(preset, str(run_dir) if second == "run_uri" else run_dir)
     tune_config = dataclasses.replace(tune_config, reuse_actors=reuse)
     run_config = dataclasses.replace(run_config, callbacks=[Times()], verbose=0)
     trainable = tune.with_resources(
@@ -486,14 +486,14 @@ def run_one(preset, setting: str, storage: Path, name: str) -> tuple[list[dict],
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=preset.param_space(),
+        param_space=grid_space(preset),
         tune_config=tune_config,
         run_config=run_config,
     )
     t0 = time.time()
     grid = tuner.fit()
     wall = time.time() - t0
-    results, _, errors = runner.collect_results(grid, preset)
+    results, _, errors = collect_results(grid, preset)
     if errors or not (results["status"] == "ok").all():
         raise RuntimeError(f"trials failed: {errors or results[results['status'] != 'ok']}")
     import ray
@@ -597,13 +597,13 @@ def main() -> None:
         args.preset, args.seeds, args.repeats = "smoke", 1, 1
 
     tmp = benchutil.use_temp_cache("trial-overhead-")
-    # as study.run.runner._init_ray, which run_study uses
+    # as study.run.runner.init_ray, which run_study uses
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
     from study.run import runner
-    from study.search_spaces import get_preset
+    from study.spec.presets import get_preset
 
     full = get_preset(args.preset)
     preset = full.with_seeds(args.seeds)

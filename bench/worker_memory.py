@@ -37,8 +37,8 @@ def child(n_trials: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import psutil
 
+    from study.spec.presets import get_preset
     from study.train import phases as training
-    from study.search_spaces import get_preset
     from study.trainables import load_trial_data
 
     preset = get_preset("demo")
@@ -77,7 +77,7 @@ def main() -> None:
         return
     benchutil.use_temp_cache("worker-memory-")
     from study.run.runner import prepare_data
-    from study.search_spaces import get_preset
+    from study.spec.presets import get_preset
 
     prepare_data(get_preset("demo"))  # synthetic lesions and the decoded cache, before the children
     settings = {"cache on": {}, "cache off": {"STUDY_MODEL_CACHE": "0"}}

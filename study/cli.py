@@ -8,6 +8,17 @@ import re
 import sys
 from textwrap import dedent
 
+from study.analysis import AnalysisError
+from study.data import DataError, DataSource, check_dataset
+from study.data.synth import write_dataset
+from study.report.write import write_report
+from study.run.results import collect_from_experiment
+from study.run.rundir import open_run, publish
+from study.spec.config import ConfigError
+from study.spec.presets import describe_presets, get_preset
+from study.spec.resolve import Flags, resolve_study
+from study.spec.studyfile import to_toml
+
 EXIT_BAD_CONFIG = 2
 EXIT_BAD_DATA = 1
 
@@ -205,10 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, search: bool = False) -> int:
-    from study.run import runner
-    from study.spec.resolve import Flags, resolve_study
+    from study.run import runner  # imports Ray: only for the commands that run a study
 
-    name = args.preset or (None if args.config else args.default_preset)
     flags = Flags(
         data=args.data,
         seeds=args.seeds,
@@ -218,7 +227,9 @@ def _run(args: argparse.Namespace, search: bool = False) -> int:
         samples=args.samples if search else None,
         asha=(args.asha or None) if search else None,
     )
-    preset = resolve_study(name, args.config, args.set, flags)
+    preset = resolve_study(
+        args.preset or None, args.config, args.set, flags, default_preset=args.default_preset
+    )
     run_dir = runner.run_study(
         preset,
         storage=args.storage,
@@ -239,7 +250,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "search":
         return _run(args, search=True)
     if args.command == "resume":
-        from study.run import runner
+        from study.run import runner  # imports Ray: only for the commands that run a study
 
         run_dir = runner.resume_study(
             args.run_dir, address=args.address, write_report=not args.no_report, trust=args.trust_run_dir
@@ -247,32 +258,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"Results: {run_dir / 'results.csv'}")
         return 0
     if args.command == "presets":
-        from study.search_spaces import describe_presets, get_preset
-
         if args.show:
-            from study.spec.studyfile import to_toml
-
             print(to_toml(get_preset(args.show), shipped=args.show), end="")
         else:
             print(describe_presets())
         return 0
     if args.command == "report":
-        from study.run import runner
-        from study.report.document import write_report
-
-        run_uri, run_dir = runner.open_run(args.run_dir)
+        run_uri, run_dir = open_run(args.run_dir)
         if not (run_dir / "results.csv").exists():
             # A run whose driver stopped before writing its tables: read them from Tune's JSON trial records.
-            runner.collect_from_experiment(run_uri)
+            collect_from_experiment(run_uri)
         md, html = write_report(run_dir, metric=args.metric)
         print(f"Report: {md}\n        {html}")
-        runner.publish(run_dir, run_uri)
+        publish(run_dir, run_uri)
         return 0
     if args.command == "data":
         if args.data_command == "synth":
-            from study.spec.config import ConfigError
-            from study.data.synth import write_dataset
-
             try:
                 counts = write_dataset(
                     args.out,
@@ -287,8 +288,6 @@ def _dispatch(args: argparse.Namespace) -> int:
                 raise ConfigError(_synth_flags(str(exc))) from None
             print(f"Wrote {args.out}: {counts}")
             return 0
-        from study.data.dataset import DataSource, check_dataset
-
         report = check_dataset(DataSource(args.dir, args.images, tuple(args.malignant)))
         print(report.format(all_warnings=args.all))
         return 0 if report.ok else EXIT_BAD_DATA
@@ -315,13 +314,6 @@ def _synth_flags(message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from study.analysis import AnalysisError
-    from study.spec.config import ConfigError
-
-    try:
-        from study.data.dataset import DataError
-    except ImportError:  # pragma: no cover - data layer always present in releases
-        DataError = ConfigError  # type: ignore[misc,assignment]
     try:
         return _dispatch(args)
     except ConfigError as exc:

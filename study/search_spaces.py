@@ -1,370 +1,24 @@
-"""Study presets and their Ray Tune search spaces (plain dicts).
+"""Ray Tune param spaces of a resolved study, and its Optuna/ASHA search space (plain dicts and callables).
 
-A preset is one `StudyPreset` built by a function whose docstring gives the launch command and the expected
-runtime (`study presets` prints them). A study's param space is the fixed trial settings plus the grid
-dimensions `arm` (a dict holding `task` and only the parameters that task uses), `seed` (one value per
-paired repetition) and, for a label-efficiency study, `subset` (a dict holding one `label_fraction`).
-Early-stopping regimes are not a grid dimension: they are replayed from one fine-tune run per trial
-(`TrialConfig.patiences`). Tune orders a grid by key name, the first varying fastest: so every arm and seed
-of the first fraction runs before the next fraction, whose trials then load their pretext from the cache.
+A grid study's param space (`param_space`) is the fixed trial settings plus the grid dimensions `arm` (a dict
+holding `task` and only the parameters that task uses), `seed` (one value per paired repetition) and, for a
+label-efficiency study, `subset` (a dict holding one `label_fraction`). Early-stopping regimes are not a grid
+dimension: they are replayed from one fine-tune run per trial (`TrialConfig.patiences`). Tune orders a grid by
+key name, the first varying fastest: so every arm and seed of the first fraction runs before the next
+fraction, whose trials then load their pretext from the cache. A search study's param space is the fixed
+settings only; `OptunaSpace` suggests the rest per trial. Task facts (parameters, search ranges) come from
+the task registry.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from study.spec.config import TrialConfig
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Optuna search over task parameters and learning rates (`study search`).
-
-    Each task parameter is searched over its registered range (`study.tasks.registry.Param.search`);
-    `param_ranges` replaces a range by parameter name, `(low, high)` in the registered range's units
-    (fractions of the image side for a relative one, such as `patch_size`). `pretext_batch_sizes`: choices of
-    the pretext phase's batch size, searched for every task but the baseline (SimCLR's negatives per view are
-    2B - 2, so B matters to it more than to the paper's tasks); empty: every trial keeps the preset's
-    `pretext_batch_size`.
-    """
-
-    num_samples: int = 20
-    tasks: tuple[str, ...] = ("rotation", "missing_patch", "corruption")
-    lr_range: tuple[float, float] = (1e-4, 1e-2)
-    pretext_lr_range: tuple[float, float] = (1e-4, 1e-2)
-    param_ranges: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
-    pretext_batch_sizes: tuple[int, ...] = ()
-    asha: bool = False
-    # Optimise validation AUC of the fine-tune phase at the epoch this patience regime keeps; never a test metric.
-    metric: str = "val_auc"
-    searcher_seed: int = 0
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Tune checkpoints the searcher with these settings pickled in it: `study resume` of a search run made
-        # before the ranges moved into `param_ranges` unpickles the fields of then.
-        state = upgrade_search_keys(state)
-        state["param_ranges"] = {k: tuple(v) for k, v in (state.get("param_ranges") or {}).items()}
-        self.__dict__.update(state)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchSettings":
-        """From `dataclasses.asdict` output (a run's `study.json`), lists back to tuples; see `upgrade_search_keys`."""
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in upgrade_search_keys(d).items()}
-        d["param_ranges"] = {k: tuple(v) for k, v in (d.get("param_ranges") or {}).items()}
-        return cls(**d)
-
-
-#: Search settings of earlier versions, one range per parameter before ranges came from the task registry.
-LEGACY_RANGE_KEYS = {
-    "patch_fraction_range": "patch_size",
-    "swap_count_range": "swap_count",
-    "swap_fraction_range": "swap_patch_size",
-}
-
-
-def upgrade_search_keys(d: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a `[search]` table or saved `SearchSettings` dict with the ranges of earlier versions
-    (`patch_fraction_range = [0.15, 0.5]`, ...) moved into `param_ranges`, in the same units."""
-    d = dict(d)
-    ranges = dict(d.get("param_ranges") or {})
-    for old, name in LEGACY_RANGE_KEYS.items():
-        if old in d:
-            ranges.setdefault(name, d.pop(old))
-    if ranges:
-        d["param_ranges"] = ranges
-    return d
-
-
-@dataclass(frozen=True)
-class StudyPreset:
-    """A complete study: fixed trial settings, the arms compared, the seeds, and how to schedule trials."""
-
-    name: str
-    base: TrialConfig
-    arms: tuple[dict[str, Any], ...]
-    seeds: tuple[int, ...]
-    cpus_per_trial: float = 1
-    gpus_per_trial: float = 0
-    max_concurrent_trials: int | None = None
-    needs_gpu: bool = False
-    needs_data: bool = False
-    search: SearchSettings | None = None
-    max_failures: int = 2
-    runtime_note: str = ""
-    # Label-efficiency grid: fine-tune on each fraction of the training labels (None: `base.label_fraction`).
-    label_fractions: tuple[float, ...] | None = None
-
-    def replace(self, **changes: Any) -> "StudyPreset":
-        return dataclasses.replace(self, **changes)
-
-    def with_seeds(self, n: int) -> "StudyPreset":
-        return self.replace(seeds=tuple(range(n)))
-
-    def fractions(self) -> tuple[float, ...]:
-        """The label fractions the study fine-tunes on (one, `base.label_fraction`, unless a grid is set)."""
-        return self.label_fractions or (self.base.label_fraction,)
-
-    def trial_configs(self) -> list[TrialConfig]:
-        """Every trial of the grid, in Tune's order (arm fastest, then seed, then fraction)."""
-        return [
-            self.base.replace(**arm, seed=s, label_fraction=f)
-            for f in self.fractions()
-            for s in self.seeds
-            for arm in self.arms
-        ]
-
-    def param_space(self) -> dict[str, Any]:
-        """The Tune param space: fixed settings plus `arm`, `seed` (and `subset`) grid dimensions.
-
-        Task parameters come with their arm (flat keys, `{"task": "corruption", "swap_count": 50}`), so a
-        rotation trial never sees swap_count; `base.task_params` (empty in every shipped preset) stays in the
-        fixed part, under the arm's."""
-        from ray import tune
-
-        fixed = self.base.to_dict()
-        for key in ("task", "seed"):
-            fixed.pop(key)
-        space = {
-            **fixed,
-            "arm": tune.grid_search(list(self.arms)),
-            "seed": tune.grid_search(list(self.seeds)),
-        }
-        if self.label_fractions is not None:
-            space.pop("label_fraction")
-            space["subset"] = tune.grid_search([{"label_fraction": f} for f in self.label_fractions])
-        return space
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["base"] = self.base.to_dict()
-        return d
-
-
-def arm_name(arm: dict[str, Any], varied: set[str] = frozenset()) -> str:
-    """The label of an arm in tables: `baseline`, a task name, or `task(param=value)` when parameters vary."""
-    task = arm["task"]
-    shown = [f"{k}={arm[k]}" for k in sorted(arm) if k != "task" and k in varied and arm.get(k) is not None]
-    if task == "none":
-        return f"baseline({', '.join(shown)})" if shown else "baseline"
-    return f"{task}({', '.join(shown)})" if shown else task
-
-
-# The paper's four arms. Their task parameters are left to the registry's defaults (75 px patch, 100 swaps of
-# 30 px at 224 px), scaled to the trial's image size when the trial runs.
-PAPER_ARMS = tuple({"task": t} for t in ("none", "rotation", "missing_patch", "corruption"))
-
-
-def demo() -> StudyPreset:
-    """Embedded default study on synthetic lesions: 4 arms x 3 regimes x 9 seeds, small encoder at 32 px.
-
-    Launch: `study run` (same as `study run --preset demo`).
-    Expected runtime: about 4-5 minutes on 2 CPU cores (BENCHMARKS.md, "Demo study"), no GPU, no data
-    download (the lesions are generated into the cache directory on first use). 9 seeds is the smallest n at
-    which an exact Wilcoxon can pass Holm over the study's 9 comparisons (2/2^9 < 0.05/9). Both image
-    pretexts beat their learning-free references on every seed; rotation cannot on these rotation-symmetric
-    lesions, and the report says so.
-    """
-    size = 32
-    return StudyPreset(
-        name="demo",
-        base=TrialConfig(
-            image_size=size,
-            synth_n_train=500,
-            synth_n_test=200,
-            encoder="small",
-            encoder_widths=(8, 16, 32, 64),
-            # Stride 8 keeps a 4x4 map at 32 px (stride 32 left 1x1, from which no decoder rebuilds an image),
-            # and BatchNorm momentum 0.9 lets the moving statistics settle within ~50 pretext steps: with
-            # both, each image pretext beats its learning-free reference (references.py); without, none did.
-            encoder_stride=8,
-            bn_momentum=0.9,
-            pretext_epochs=4,
-            pretext_lr=1e-3,
-            finetune_epochs=16,
-            # A checkpoint costs ~10-20 % of a fine-tune epoch here: every 4 epochs (a resume redoes at most 4).
-            checkpoint_every=4,
-            # An intermediate result (~10 ms round trip to the driver) with each checkpoint, not every ~0.1 s
-            # epoch; the final result holds every epoch's logs (the learning curves are complete).
-            report_every=4,
-            lr=1e-3,
-            batch_size=32,
-            patiences=(0, 3, 10),
-            threads=1,
-        ),
-        arms=PAPER_ARMS,
-        seeds=tuple(range(9)),
-        cpus_per_trial=1,
-        runtime_note="~4-5 min on 2 CPU cores",
-    )
-
-
-# The paper's arms and its proposed future work (SimCLR, BYOL: study.tasks.contrastive), for the cost-benefit study.
-SIX_ARMS = (*PAPER_ARMS, {"task": "simclr"}, {"task": "byol"})
-
-
-def six_arms() -> StudyPreset:
-    """The paper's four arms plus SimCLR and BYOL on the demo's synthetic lesions: 6 arms x 3 regimes x 10 seeds.
-
-    Launch: `study run --preset six-arms` (add `--data DIR` for real images).
-    Expected runtime: about 10-12 minutes on 2 CPU cores (BENCHMARKS.md, "Six arms"), no GPU, no download.
-    The demo's settings (small encoder at 32 px, 4 pretext and 16 fine-tune epochs); SimCLR and BYOL with
-    their registry defaults (batch 32, mild views for small images: study.tasks.contrastive). The report adds each
-    task's learned-vs-reference verdict (contrastive top-1 against the encoder before its phase) and the
-    cost-benefit table (pretext CPU-hours, paired AUC gain with its CI, gain per CPU-hour). 10 seeds: the
-    smallest n at which an exact Wilcoxon can pass Holm over the study's 15 comparisons (2/2^10 < 0.05/15).
-    """
-    base = demo()
-    return base.replace(
-        name="six-arms",
-        arms=SIX_ARMS,
-        seeds=tuple(range(10)),
-        runtime_note="~10-12 min on 2 CPU cores",
-    )
-
-
-def smoke() -> StudyPreset:
-    """The demo's code path shrunk for tests: 4 arms x 2 seeds, tiny data, 1 pretext and 3 fine-tune epochs.
-
-    Launch: `study run --preset smoke`.
-    Expected runtime: well under a minute of training; about 1 minute with Ray start-up on 2 CPU cores.
-    """
-    base = demo()
-    return base.replace(
-        name="smoke",
-        base=base.base.replace(
-            synth_n_train=80,
-            synth_n_test=40,
-            encoder_widths=(4, 8, 8, 16),
-            pretext_epochs=1,
-            finetune_epochs=3,
-            batch_size=16,
-            pretext_batch_size=16,
-            patiences=(0, 1, 2),
-            checkpoint_every=1,  # every epoch of its 3: the resume tests restart from each
-        ),
-        seeds=(0, 1),
-        runtime_note="<1 min of training",
-    )
-
-
-def cpu_real() -> StudyPreset:
-    """A real dermoscopy dataset of ~1-6k images on a 2-core machine: 4 arms x 3 regimes x 9 seeds at 64 px.
-
-    Launch: `study run --preset cpu-real --data DIR_OR_LABELS_CSV` (e.g. `--data ../shared/data/isic9_binary`).
-    Expected runtime: about 30 minutes on 2 CPU cores for the 1,331 training images of the ISIC sample
-    (README, "A real dataset on a CPU"); time grows about linearly with the number of training images.
-    Small encoder (widths 8-64, output stride 8, BatchNorm momentum 0.9), 5 pretext and 16 fine-tune epochs
-    at lr 1e-3; the paper's task parameters scaled to 64 px. Both image pretexts beat their learning-free
-    references on the ISIC sample; rotation does not (dermoscopy has no canonical orientation), and the
-    report says so. 9 seeds: the smallest n at which an exact Wilcoxon can pass Holm over 9 comparisons.
-    """
-    size = 64
-    demo_base = demo().base
-    return StudyPreset(
-        name="cpu-real",
-        base=demo_base.replace(
-            image_size=size,
-            encoder_widths=(8, 16, 32, 64),
-            pretext_epochs=5,
-            finetune_epochs=16,
-        ),
-        arms=PAPER_ARMS,
-        seeds=tuple(range(9)),
-        cpus_per_trial=1,
-        needs_data=True,
-        runtime_note="~30 min on 2 CPU cores for ~1.3k training images; --data required",
-    )
-
-
-def paper() -> StudyPreset:
-    """The paper's design repeated over seeds: ResNet50 at 224 px, Adam lr 0.01, MSE, 100 epochs.
-
-    Patch 75 px, 100 swaps of 30 px, validation split 0.2, regimes none / patience 3 / patience 10,
-    4 arms x 10 seeds = 40 trials (30 pretext phases + 40 fine-tunes).
-    Launch: `study run --preset paper --data /data/melanoma --storage /shared/runs --address auto`
-    (on a GPU cluster; see README "Run on a cluster").
-    Expected runtime (estimate, BENCHMARKS.md): 1-2 GPU-hours per trial on one A10G-class GPU, about 67
-    GPU-hours in all: 9-10 hours on 8 GPU workers.
-    Needs a real dataset (`--data`) and GPUs (`--gpus-per-trial 1` is the default).
-    """
-    size = 224
-    return StudyPreset(
-        name="paper",
-        base=TrialConfig(
-            image_size=size,
-            encoder="resnet50",
-            weights="random",
-            pretext_epochs=100,
-            pretext_lr=0.01,
-            finetune_epochs=100,
-            lr=0.01,
-            batch_size=32,
-            pretext_batch_size=32,
-            patiences=(0, 3, 10),
-            threads=4,
-            mixed_precision=True,
-        ),
-        arms=PAPER_ARMS,
-        seeds=tuple(range(10)),
-        cpus_per_trial=4,
-        gpus_per_trial=1,
-        needs_gpu=True,
-        needs_data=True,
-        runtime_note="~1-2 GPU-hours per trial (~10 h on 8 GPUs); GPU cluster and --data required",
-    )
-
-
-def search() -> StudyPreset:
-    """Optuna search over pretext-task parameters and learning rates, scored on validation AUC.
-
-    Launch: `study search --preset search --samples 20` (add `--data DIR` for real images).
-    Expected runtime: about 30 s per sample on 2 CPU cores (small encoder, 32 px synthetic lesions).
-    Selects on the fine-tune phase's validation AUC at the epoch the first patience regime keeps; test
-    metrics are recorded but never optimised. Confirm the chosen configuration afterwards with a seeded
-    `study run` (a searched optimum is a biased estimate of its own performance).
-    """
-    base = demo().base.replace(patiences=(3,))
-    return StudyPreset(
-        name="search",
-        base=base,
-        arms=(),
-        seeds=(0,),
-        cpus_per_trial=1,
-        search=SearchSettings(),
-        runtime_note="~30 s per sample on 2 CPU cores",
-    )
-
-
-PRESETS: dict[str, Callable[[], StudyPreset]] = {
-    "demo": demo,
-    "smoke": smoke,
-    "six-arms": six_arms,
-    "cpu-real": cpu_real,
-    "paper": paper,
-    "search": search,
-}
-
-
-def get_preset(name: str) -> StudyPreset:
-    if name not in PRESETS:
-        from study.spec.config import ConfigError
-
-        raise ConfigError(
-            f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (see `study presets`)"
-        )
-    return PRESETS[name]()
-
-
-def describe_presets() -> str:
-    """Each preset's name and docstring, for `study presets`."""
-    parts = []
-    for name, fn in PRESETS.items():
-        parts.append(f"{name}\n" + "\n".join("    " + line for line in inspect.getdoc(fn).splitlines()))
-    return "\n\n".join(parts)
-
+# `study.search_spaces.SearchSettings` is also the name the pickled searchers of earlier search runs use:
+# imported here, `study resume` of such a run unpickles it.
+from study.spec.presets import SearchSettings, StudyPreset
+from study.tasks.registry import get_task
 
 #: The trial settings every search trial's suggestions set (`OptunaSpace`), besides its task's parameters.
 SEARCHED_SETTINGS = ("task", "lr", "pretext_lr")
@@ -374,6 +28,41 @@ def searched_settings(settings: SearchSettings) -> tuple[str, ...]:
     """The trial settings a search with `settings` suggests: `SEARCHED_SETTINGS`, and `pretext_batch_size`
     when `pretext_batch_sizes` gives choices."""
     return SEARCHED_SETTINGS + (("pretext_batch_size",) if settings.pretext_batch_sizes else ())
+
+
+def param_space(preset: StudyPreset) -> dict[str, Any]:
+    """Tune's param space of the study: the grid (`grid_space`) or a search's fixed settings."""
+    return grid_space(preset) if preset.search is None else search_constants(preset)
+
+
+def grid_space(preset: StudyPreset) -> dict[str, Any]:
+    """The Tune param space of a grid study: fixed settings plus `arm`, `seed` (and `subset`) grid dimensions.
+
+    Task parameters come with their arm (flat keys, `{"task": "corruption", "swap_count": 50}`), so a
+    rotation trial never sees swap_count; `base.task_params` (empty in every shipped preset) stays in the
+    fixed part, under the arm's."""
+    from ray import tune  # the driver imports Ray only to run a study
+
+    fixed = preset.base.to_dict()
+    for key in ("task", "seed"):
+        fixed.pop(key)
+    space = {
+        **fixed,
+        "arm": tune.grid_search(list(preset.arms)),
+        "seed": tune.grid_search(list(preset.seeds)),
+    }
+    if preset.label_fractions is not None:
+        space.pop("label_fraction")
+        space["subset"] = tune.grid_search([{"label_fraction": f} for f in preset.label_fractions])
+    return space
+
+
+def search_constants(preset: StudyPreset) -> dict[str, Any]:
+    """The fixed settings of every trial of a search study (what `OptunaSpace` suggests left out)."""
+    fixed = preset.base.to_dict()
+    for key in searched_settings(preset.search):
+        fixed.pop(key)
+    return fixed
 
 
 @dataclass(frozen=True)
@@ -387,8 +76,6 @@ class OptunaSpace:
     image_size: int
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
-        from study.tasks.registry import get_task
-
         s, size = self.settings, self.image_size
         task = trial.suggest_categorical("task", list(s.tasks))
         trial.suggest_float("lr", *s.lr_range, log=True)

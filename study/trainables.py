@@ -4,27 +4,30 @@ TensorFlow is imported inside `two_stage_trial` (via `study.train.phases`), neve
 can import this module to build the Tuner without starting TensorFlow.
 
 Inside the trainable only `ray.tune.*` APIs are used (`tune.report`, `tune.get_checkpoint`, `tune.Checkpoint`):
-`ray.train.*` calls fail in Tune function trainables on Ray >= 2.50.
+`ray.train.*` calls fail in Tune function trainables on Ray >= 2.50. Tests reach into a running trial through
+one hook only (`TEST_HOOK`: a module the trial calls after each epoch), never through code here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 import study
-from study.io import storage as store
-from study.spec.config import PRETEXT, TrialConfig, phase_values, regime_name
+from study.data import load_dataset
 from study.data.trial_source import cache_dir, data_source, pretext_root
+from study.io import storage as store
+from study.spec import schema
+from study.spec.config import PRETEXT, TrialConfig, phase_values, regime_name, trial_config_from
 
 # Decoded datasets of this worker process, keyed by where they come from. With `reuse_actors=True` a worker
 # runs many trials, and each loads the arrays once.
@@ -35,22 +38,16 @@ STATE_FILE = "trial_state.json"
 REMOTE_COMPLETE = "COMPLETE"
 
 
-# Grid dimensions whose values are dicts of TrialConfig fields (search_spaces.StudyPreset.param_space).
-GRID_TABLES = ("arm", "subset")
+def _training():
+    """`study.train.phases`, imported on first use: it imports TensorFlow, which the driver (that imports this
+    module to build the Tuner) never starts."""
+    from study.train import phases
 
-
-def trial_config_from(config: dict[str, Any]) -> TrialConfig:
-    """Flatten a Tune config (fixed settings + `arm` / `subset` dicts, or flat search suggestions)."""
-    flat = {k: v for k, v in config.items() if k not in GRID_TABLES}
-    for table in GRID_TABLES:
-        flat.update(config.get(table) or {})
-    return TrialConfig.from_dict(flat)
+    return phases
 
 
 def load_trial_data(trial: TrialConfig):
     """The decoded dataset for `trial`, decoded at most once per process (and once per machine via the cache)."""
-    from study.data.dataset import load_dataset
-
     source = data_source(trial)
     key = (repr(source), trial.image_size)
     if key not in _DATA:
@@ -100,9 +97,8 @@ def cached_pretext(
     from filelock import FileLock
 
     if train is None or load is None:
-        from study.train.phases import PretextResult, run_pretext
-
-        train, load = train or run_pretext, load or PretextResult.load
+        training = _training()
+        train, load = train or training.run_pretext, load or training.PretextResult.load
     key = pretext_key(trial, data.fingerprint)
     if not trial.share_pretext:
         return train(trial, data, on_epoch=on_epoch), False, key
@@ -194,15 +190,13 @@ def _restore_checkpoint() -> tuple[dict[str, Any], Path | None]:
     return json.loads((local / STATE_FILE).read_text()), local
 
 
-# The pretext phase's cost (`training.PretextResult.cost`) as results columns `pretext_<name>`.
-PRETEXT_COST_FIELDS = ("seconds", "device", "devices", "images_seen", "flops")
 
 
 def _pretext_fields(result: Any, reused: bool, key: str) -> dict[str, Any]:
     """The results columns of a pretext phase: its metrics, its cost (that of the phase that trained the
     weights, also when this trial reused them from the cache) and how this trial got it."""
     fields = {f"pretext_{k}": v for k, v in result.metrics.items()}
-    fields.update({f"pretext_{k}": result.cost[k] for k in PRETEXT_COST_FIELDS if k in result.cost})
+    fields.update({f"pretext_{k}": result.cost[k] for k in schema.PRETEXT_COST_FIELDS if k in result.cost})
     fields.update(
         pretext_cached=reused,
         pretext_key=key,
@@ -240,8 +234,7 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     tf_logger = logging.getLogger("tensorflow")
     if not any(isinstance(f, _ExpectedRetracing) for f in tf_logger.filters):
         tf_logger.addFilter(_ExpectedRetracing())
-    from study.train import phases as training
-
+    training = _training()
     training.configure_tensorflow(trial.threads)
     data = load_trial_data(trial)
     state, restored = _restore_checkpoint()
@@ -255,8 +248,6 @@ def two_stage_trial(config: dict[str, Any]) -> None:
 def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: Path | None) -> None:
     import ray
 
-    from study.train import phases as training
-
     # Provenance: which worker process and which cluster node ran this attempt.
     common = {
         "pid": os.getpid(),
@@ -267,31 +258,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
     pretext_info: dict[str, Any] = state.get("pretext", {})
     encoder_weights = None
     if trial.task != "none" and state.get("phase") != "finetune":
-        if state.get("phase") == "pretext_done":
-            result = training.PretextResult.load(restored / "pretext")
-        else:
-
-            def on_pretext_epoch(epoch: int, logs: dict[str, Any]) -> None:
-                tune.report(
-                    {
-                        "phase": "pretext",
-                        "epoch": epoch,
-                        "finetune_epoch": 0,
-                        "search_score": 0.0,
-                        **common,
-                        **logs,
-                    }
-                )
-                _maybe_inject_fault("pretext", epoch, trial.task)
-                _maybe_delay("pretext")
-
-            result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch)
-            pretext_info = _pretext_fields(result, reused, key)
-            _report_with_state(
-                {"phase": "pretext_done", "finetune_epoch": 0, "search_score": 0.0, **common, **pretext_info},
-                {"phase": "pretext_done", "pretext": pretext_info},
-                write_files=lambda d: result.save(d / "pretext"),
-            )
+        result, pretext_info = _pretext_phase(trial, data, state, restored, common)
         if result.diverged:
             tune.report(
                 {
@@ -308,7 +275,45 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             )
             return
         encoder_weights = result.encoder_weights
+    _finetune_phase(trial, data, state, restored, common, pretext_info, encoder_weights)
 
+
+def _pretext_phase(
+    trial: TrialConfig, data: Any, state: dict[str, Any], restored: Path | None, common: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """(PretextResult, its results fields): from the checkpoint, else from the cache or trained (reported
+    per epoch, then checkpointed)."""
+    training = _training()
+    if state.get("phase") == "pretext_done":
+        return training.PretextResult.load(restored / "pretext"), state.get("pretext", {})
+
+    def on_pretext_epoch(epoch: int, logs: dict[str, Any]) -> None:
+        tune.report(
+            {"phase": "pretext", "epoch": epoch, "finetune_epoch": 0, "search_score": 0.0, **common, **logs}
+        )
+        _test_event("pretext", epoch=epoch, task=trial.task, node_id=common["node_id"])
+
+    result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch)
+    pretext_info = _pretext_fields(result, reused, key)
+    _report_with_state(
+        {"phase": "pretext_done", "finetune_epoch": 0, "search_score": 0.0, **common, **pretext_info},
+        {"phase": "pretext_done", "pretext": pretext_info},
+        write_files=lambda d: result.save(d / "pretext"),
+    )
+    return result, pretext_info
+
+
+def _finetune_phase(
+    trial: TrialConfig,
+    data: Any,
+    state: dict[str, Any],
+    restored: Path | None,
+    common: dict[str, Any],
+    pretext_info: dict[str, Any],
+    encoder_weights: Any,
+) -> None:
+    """The fine-tune phase (resumed from the checkpoint's epoch), reported per epoch, then the final result."""
+    training = _training()
     resume_dir = restored / "finetune" if state.get("phase") == "finetune" else None
     # Where each fine-tune epoch ran ([pid, node id]; the epochs kept by a checkpoint ran on earlier attempts,
     # unknown for a checkpoint written before this was recorded).
@@ -334,106 +339,78 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             )
         elif reports_after(trial, epoch):
             tune.report(metrics)
-        _maybe_inject_fault("finetune", epoch, trial.task)
-        _maybe_pause("finetune", epoch, common["node_id"])
-        _maybe_delay("finetune")
+        _test_event("finetune", epoch=epoch, task=trial.task, node_id=common["node_id"])
 
-    callbacks = []
-    if trial.early_stop_training:
-        import keras
-
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=trial.patiences[0], start_from_epoch=trial.start_from_epoch
-            )
-        )
     result = training.run_finetune(
         trial,
         data,
         encoder_weights=encoder_weights,
         on_epoch=on_finetune_epoch,
         resume_dir=resume_dir,
-        callbacks=callbacks,
+        callbacks=_early_stopping(trial),
     )
+    resumed = int(state.get("epoch", 0)) if state.get("phase") == "finetune" else 0
+    tune.report(_final_result(result, ran_on, resumed, common, pretext_info, trial))
+
+
+def _early_stopping(trial: TrialConfig) -> list[Any]:
+    """Keras' EarlyStopping for a trial that stops training early (`early_stop_training`), else none."""
+    if not trial.early_stop_training:
+        return []
+    import keras
+
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=trial.patiences[0], start_from_epoch=trial.start_from_epoch
+        )
+    ]
+
+
+def _final_result(
+    result: Any,
+    ran_on: list[list[Any]],
+    resumed: int,
+    common: dict[str, Any],
+    pretext_info: dict[str, Any],
+    trial: TrialConfig,
+) -> dict[str, Any]:
+    """The trial's last result (`phase` = "done"): regimes, every epoch's logs, probe, provenance, pretext."""
     first = result.regimes.get(regime_name(trial.patiences[0]), {})
     used = first.get("epoch_used")
     score = result.history[used - 1].get("val_auc", float("nan")) if used else float("nan")
-    tune.report(
-        {
-            # A diverged or unscorable trial scores 0 so that Optuna ranks it last instead of failing it.
-            "search_score": score if score == score else 0.0,
-            "finetune_epoch": len(result.history),
-            "phase": "done",
-            "status": "diverged" if result.diverged else "ok",
-            "diverged_phase": "finetune" if result.diverged else None,
-            "diverged_epoch": result.diverged_epoch,
-            "finetune_epochs_run": len(result.history),
-            "finetune_epochs_resumed": int(state.get("epoch", 0)) if state.get("phase") == "finetune" else 0,
-            "regimes": result.regimes,
-            # Every epoch's logs, also those not reported on their own (`reports_after`): the run's history.
-            # A JSON string: a list would reach TensorBoard's logger, which warns about it.
-            "finetune_history": json.dumps(
-                [
-                    {**logs, "pid": pid, "node_id": node}
-                    for logs, (pid, node) in zip(result.history, ran_on, strict=True)
-                ]
-            ),
-            **result.probe,
-            **common,
-            **pretext_info,
-        }
-    )
+    return {
+        # A diverged or unscorable trial scores 0 so that Optuna ranks it last instead of failing it.
+        "search_score": score if score == score else 0.0,
+        "finetune_epoch": len(result.history),
+        "phase": "done",
+        "status": "diverged" if result.diverged else "ok",
+        "diverged_phase": "finetune" if result.diverged else None,
+        "diverged_epoch": result.diverged_epoch,
+        "finetune_epochs_run": len(result.history),
+        "finetune_epochs_resumed": resumed,
+        "regimes": result.regimes,
+        # Every epoch's logs, also those not reported on their own (`reports_after`): the run's history.
+        # A JSON string: a list would reach TensorBoard's logger, which warns about it.
+        "finetune_history": json.dumps(
+            [
+                {**logs, "pid": pid, "node_id": node}
+                for logs, (pid, node) in zip(result.history, ran_on, strict=True)
+            ]
+        ),
+        **result.probe,
+        **common,
+        **pretext_info,
+    }
 
 
-class InjectedFault(RuntimeError):
-    """Raised by the fault-injection test hook (`STUDY_INJECT_FAULT`, see `_maybe_inject_fault`)."""
+#: Test-only hook: the name of a module, importable by the trial's worker process (Ray workers inherit the
+#: driver's environment, PYTHONPATH included), whose `on_event(phase, *, epoch, task, node_id)` the trial
+#: calls after each pretext epoch's report (`phase` "pretext") and each fine-tune epoch's ("finetune"). It may
+#: raise (a failing trial), sleep or pause. Unset in normal use; the tests' module is tests/support/faults.py.
+TEST_HOOK = "STUDY_TEST_HOOK"
 
 
-def _maybe_inject_fault(phase: str, epoch: int, task: str) -> None:
-    """Test hook: `STUDY_INJECT_FAULT="PHASE:EPOCH[:TASK[:always]][,...]"` fails a trial right after that epoch.
-
-    `finetune:2` fails every trial once after fine-tune epoch 2 (a marker file in the trial directory makes
-    it fire once), so tests can prove a retry resumes from the last checkpoint; `pretext:1:rotation:always`
-    fails the rotation trials on every attempt (a retry repeats the unfinished pretext phase), so tests can
-    prove a persistently failing trial is recorded as errored while the study completes. Comma-separated
-    specs apply together. Unset in normal use.
-    """
-    for spec in filter(None, os.environ.get("STUDY_INJECT_FAULT", "").split(",")):
-        parts = spec.split(":")
-        if parts[:2] != [phase, str(epoch)] or (len(parts) > 2 and parts[2] not in ("*", task)):
-            continue
-        marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
-        if marker.exists() and parts[3:] != ["always"]:
-            continue
-        marker.write_text(spec)
-        raise InjectedFault(f"injected fault after {phase} epoch {epoch} (STUDY_INJECT_FAULT={spec})")
-
-
-def _maybe_delay(phase: str) -> None:
-    """Test hook: `STUDY_TEST_EPOCH_DELAY="PHASE:SECONDS[,PHASE:SECONDS]"` sleeps after each reported epoch of
-    that phase, so that a test interrupting a study at a phase finds it there (the smoke study's epochs take
-    a few hundredths of a second). Unset in normal use."""
-    for item in filter(None, os.environ.get("STUDY_TEST_EPOCH_DELAY", "").split(",")):
-        want, seconds = item.split(":")
-        if want == phase:
-            time.sleep(float(seconds))
-
-
-def _maybe_pause(phase: str, epoch: int, node_id: str) -> None:
-    """Test hook: `STUDY_TEST_PAUSE="PHASE:EPOCH:DIR"` makes the first trial that completes (and checkpoints)
-    that epoch write `DIR/paused.json` (its trial id and node) and sleep, so that a test can remove its node at
-    a known moment. Off while DIR does not exist; unset in normal use."""
-    spec = os.environ.get("STUDY_TEST_PAUSE")
-    if not spec:
-        return
-    want_phase, want_epoch, folder = spec.split(":", 2)
-    if (want_phase, want_epoch) != (phase, str(epoch)):
-        return
-    try:
-        fd = os.open(Path(folder) / "paused.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except (FileExistsError, FileNotFoundError):
-        return  # another trial paused already, or the test did not create DIR (pausing is off)
-    trial_id = tune.get_context().get_trial_id()
-    with os.fdopen(fd, "w") as f:
-        json.dump({"trial_id": trial_id, "node_id": node_id, "epoch": epoch}, f)
-    time.sleep(120)
+def _test_event(phase: str, **info: Any) -> None:
+    module = os.environ.get(TEST_HOOK)
+    if module:
+        importlib.import_module(module).on_event(phase, **info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,13 @@ from study.data.synth import write_dataset
 # The key that signs run directories (study.run.integrity) is per user: tests use their own, never ~/.config's.
 # Set at import so that every CLI subprocess and in-process run of the session shares it.
 os.environ["STUDY_CONFIG_DIR"] = tempfile.mkdtemp(prefix="study-config-")
+# The trainable's test hook (study.trainables.TEST_HOOK): tests/support/faults.py, off unless a test sets its
+# STUDY_INJECT_FAULT / STUDY_TEST_EPOCH_DELAY / STUDY_TEST_PAUSE. Set at import so that Ray workers and CLI
+# subprocesses inherit it and find the module on PYTHONPATH.
+SUPPORT = Path(__file__).parent / "support"
+os.environ["STUDY_TEST_HOOK"] = "faults"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(SUPPORT))  # and trials run in this process (tests/report/test_reporting.py)
 
 # Small on purpose: 60 JPEGs of 32 px take well under a second to write and to decode.
 TINY = {"n_train": 40, "n_test": 20, "size": 32, "seed": 7}
@@ -52,6 +60,16 @@ def tiny_dataset_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
 def cache_dir(tmp_path: Path) -> Path:
     """An empty per-test cache folder (keeps tests away from ~/.cache)."""
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def private_simulation_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Simulation results are cached on disk (study.report.simulate.disk_cache_dir): keep a module's tests away
+    from ~/.cache (use with `pytestmark = pytest.mark.usefixtures("private_simulation_cache")`)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDY_CACHE_DIR", str(tmp_path_factory.mktemp("sim-cache")))
+    yield
+    mp.undo()
 
 
 # --------------------------------------------------------------------------------- end-to-end study runs
@@ -94,7 +112,7 @@ def cli_error(tmp_path, capsys, monkeypatch):
     def no_ray(*a, **kw):
         raise AssertionError("Ray was started: the bad input was not rejected before the study ran")
 
-    monkeypatch.setattr(runner, "_init_ray", no_ray)
+    monkeypatch.setattr(runner, "init_ray", no_ray)
 
     def run(args: list[str]) -> str:
         storage = tmp_path / "cli-error-runs"

@@ -37,7 +37,7 @@ def test_every_command_has_help_with_examples(command, capsys):
 def test_presets_lists_launch_commands_and_runtimes(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    from study.search_spaces import PRESETS
+    from study.spec.presets import PRESETS
 
     for name in PRESETS:
         assert f"\n{name}\n" in f"\n{out}"
@@ -163,7 +163,7 @@ def test_unusable_data_exits_1_before_any_trial(tiny_dataset_copy, tmp_path, stu
 def test_driver_modules_do_not_import_tensorflow():
     code = (
         "import sys, study.cli, study.run.runner, study.trainables, study.search_spaces, study.analysis, "
-        "study.report.document, study.data.dataset, study.data.synth, study.tasks.registry, study.tasks.metrics; "
+        "study.report.document, study.data, study.data.synth, study.tasks.registry, study.tasks.metrics; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -104,7 +104,7 @@ def test_a_start_that_fails_leaves_the_name_free(tmp_path, monkeypatch, capsys):
     def refused(address, preset):
         raise ConfigError("--gpus-per-trial 1: the Ray cluster has 0 GPUs")
 
-    monkeypatch.setattr(runner, "_init_ray", refused)
+    monkeypatch.setattr(runner, "init_ray", refused)
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
     argv = ["run", "--preset", "smoke", "--storage", str(tmp_path), "--name", "again"]
     assert cli.main(argv) == cli.EXIT_BAD_CONFIG

@@ -8,9 +8,9 @@ import re
 import pandas as pd
 import pytest
 
-from study.spec.resolve import apply_flags
 from study.run.runner import run_study
-from study.search_spaces import get_preset
+from study.spec.presets import get_preset
+from study.spec.resolve import apply_flags, finalize_study
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_pretext_is_trained_once_when_trials_share_it(ray_session, tmp_path, mon
         seeds=(0,),
         base=smoke.base.replace(pretext_epochs=2),
     )
-    run_dir = run_study(preset, storage=tmp_path / "runs", name="shared", write_report=False)
+    run_dir = run_study(finalize_study(preset), storage=tmp_path / "runs", name="shared", write_report=False)
     results = pd.read_csv(run_dir / "results.csv")
     rot = results[(results["task"] == "rotation") & (results["regime"] == "none")]
     assert len(rot) == 2 and set(rot["arm"]) == {"rotation(lr=0.001)", "rotation(lr=0.003)"}
@@ -82,7 +82,8 @@ def test_search_runs_optuna_on_validation_auc(ray_session, tmp_path, monkeypatch
     monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
     smoke, search = get_preset("smoke"), get_preset("search")
     preset = search.replace(base=smoke.base.replace(patiences=(1,)))
-    run_dir = run_study(apply_flags(preset, samples=3, asha=True), storage=tmp_path / "runs", name="search")
+    study = finalize_study(apply_flags(preset, samples=3, asha=True))
+    run_dir = run_study(study, storage=tmp_path / "runs", name="search")
     table = pd.read_csv(run_dir / "search.csv")
     assert len(table) == 3 and table["search_score"].is_monotonic_decreasing
     assert table["search_score"].between(0, 1).all()
@@ -97,7 +98,7 @@ def test_search_runs_optuna_on_validation_auc(ray_session, tmp_path, monkeypatch
 def test_smoke_report_html_is_self_contained_with_embedded_figures(smoke_run):
     import base64
 
-    from test_report import parse
+    from report_html import parse
 
     page = parse(smoke_run / "report.html")
     assert not page.external

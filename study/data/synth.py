@@ -34,6 +34,10 @@ import numpy as np
 from PIL import Image
 from scipy.special import expit
 
+# The class-count rule is the study's (its validation checks synth_n_train / synth_n_test with it).
+from study.spec.config import SYNTH_MALIGNANT_FRACTION
+from study.spec.config import synth_class_counts as _class_counts
+
 __all__ = [
     "CLASS_SEPARATION",
     "MARKER_NAME",
@@ -51,7 +55,7 @@ CLASS_SEPARATION = 2.5
 # Written last by write_dataset: its presence marks a complete synthetic dataset that may be replaced.
 MARKER_NAME = "synth.json"
 MIN_SIZE = 16
-DEFAULT_MALIGNANT_FRACTION = 0.35  # share of malignant images when a caller gives none
+DEFAULT_MALIGNANT_FRACTION = SYNTH_MALIGNANT_FRACTION  # share of malignant images when a caller gives none
 JPEG_QUALITY = 95
 
 _N_HARMONICS = 16  # border harmonics k = 1..16: 1-3 shape the outline (asymmetry), 4-16 make it ragged
@@ -267,20 +271,6 @@ def render_lesions(malignant: np.ndarray, size: int, rng: np.random.Generator) -
 
 # ----------------------------------------------------------------------------------------------------------
 # Writing datasets
-
-
-def _class_counts(n: int, malignant_fraction: float, split: str) -> tuple[int, int]:
-    n_mal = int(math.floor(n * malignant_fraction + 0.5))
-    n_ben = n - n_mal
-    # Train needs 2 per class: the validation split takes at least one of each (study.data.dataset refuses fewer).
-    least = 2 if split == "train" else 1
-    if n_mal < least or n_ben < least:
-        raise ValueError(
-            f"write_dataset: n_{split}={n} with malignant_fraction={malignant_fraction} gives {n_ben} benign "
-            f"and {n_mal} malignant images; each class needs at least {least} — raise n_{split} or change "
-            "the fraction"
-        )
-    return n_ben, n_mal
 
 
 def _validate_args(n_train: Any, n_test: Any, size: Any, seed: Any, malignant_fraction: Any) -> None:

@@ -7,36 +7,36 @@ and decodes the same source the trials then load, so both go through these two f
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from study.spec.config import TrialConfig
+from study.data import synth
+from study.data.cache import default_cache_dir
+from study.data.source import DataSource
+from study.io import storage as store
+from study.spec.config import ConfigError, TrialConfig
 
 
 def cache_dir(trial: TrialConfig) -> Path:
     """`trial.cache_dir`, else $STUDY_CACHE_DIR, else ~/.cache/melanoma-ssl-study."""
-    from study.data.dataset import default_cache_dir
-
     return Path(trial.cache_dir) if trial.cache_dir else default_cache_dir()
 
 
 def data_source(trial: TrialConfig) -> Any:
-    """What `study.data.dataset.load_dataset` reads for `trial`: a `DataSource` (a folder or a labels CSV), or the
-    folder of synthetic lesions.
+    """What `study.data.cache.load_dataset` reads for `trial`: a `DataSource` (a folder or a labels CSV), or
+    the folder of synthetic lesions.
 
     Synthetic lesions (no `data_path`) are generated on first use into `cache_dir(trial)/synthetic/...`.
     """
     if trial.data_path is None:
-        from study.data import synth
-
         return Path(
             synth.synthetic_dataset(
                 cache_dir(trial), trial.synth_n_train, trial.synth_n_test, trial.image_size, trial.synth_seed
             )
         )
-    from study.data.dataset import DataSource
-
     return DataSource(trial.data_path, trial.data_images, tuple(trial.data_malignant))
 
 
@@ -59,8 +59,6 @@ def pretext_root(trial: TrialConfig, run_uri: str | Callable[[], str]) -> str:
     """Where `trial`'s pretext cache lives: `pretext_cache_dir`, read relative to the run `run_uri` (a
     location, or a function giving it) when relative, as the runner sets it so that a moved run directory
     keeps its cache with it; the user's cache folder when unset."""
-    from study.io import storage as store
-
     root = trial.pretext_cache_dir
     if root is None:
         return str(cache_dir(trial) / "pretext")
@@ -72,11 +70,6 @@ def pretext_root(trial: TrialConfig, run_uri: str | Callable[[], str]) -> str:
 def check_cache_writable(trial: TrialConfig) -> None:
     """Fail before any trial when the cache folder (decoded images, synthetic data, ImageNet weights) cannot
     be written, naming where its location came from."""
-    import os
-    import tempfile
-
-    from study.spec.config import ConfigError
-
     folder = cache_dir(trial)
     origin = (
         "cache_dir"

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from study.spec.config import ConfigError
 
+# pyarrow.fs is imported inside the functions that use it: the import takes about 0.2 s, and the modules that
+# import this one for its path helpers (is_uri, join) would otherwise pay it where no file is touched.
+
 # What a user must check when a URI does not work: named in every error about remote storage.
 _REMOTE_FIX = (
     "check the bucket exists and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws or an "

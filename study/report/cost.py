@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-#: Results columns of the recorded cost, per pretext phase.
-COST_COLUMNS = ("pretext_seconds", "pretext_devices", "pretext_images_seen", "pretext_flops")
+from study.spec.schema import COST_COLUMNS
 
 PHASE_COLUMNS = [
     "arm",

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from study.tasks import registry as pretext
-from study.analysis import BASELINE, FRACTION_METRICS, arm_title, base_task, fraction_title
+from study.analysis import BASELINE, FRACTION_METRICS, base_task
 from study.io.files import write_replacing
+from study.report.labels import arm_title, fraction_title
+from study.tasks import registry as pretext
 
 # One colour per pretext task (`PretextTask.color`), shared by every figure, so an arm is recognisable across
 # the report; the baseline's is grey.
@@ -58,7 +59,7 @@ def forest_plot(
     estimate (dot) with its exact signed-rank CI (bar; the interval of the headline test) and the mean
     (cross). The title names both and the interval's level.
 
-    ``comparisons``: rows of ``analysis.compare_to_baseline`` (uses ``regime_title, arm, arm_title, metric,
+    ``comparisons``: rows of ``tables.comparison_table`` (uses ``regime_title, arm, arm_title, metric,
     hl_estimate, hl_ci_low, hl_ci_high, mean_diff, p_holm, significant``). ``scale`` converts units for
     display; default from the metric: 100 for fractions (percentage points), 1 for metrics in their own
     units (epochs, losses). Filled markers: Holm p < alpha.
@@ -153,7 +154,7 @@ def paired_seeds_plot(
 
 
 def learning_curves_plot(curves: pd.DataFrame, panels: Sequence[tuple[str, str]]) -> Figure:
-    """Mean +- SD over seeds per epoch and arm. ``curves``: ``analysis.learning_curves`` output;
+    """Mean +- SD over seeds per epoch and arm. ``curves``: ``tables.learning_curves`` output;
     ``panels``: ``(metric, axis label)`` pairs, one subplot each (metrics absent from ``curves`` are skipped);
     one row of them per label fraction when ``curves`` has several (``label_fraction`` column)."""
     panels = [(m, lab) for m, lab in panels if (curves["metric"] == m).any()]
@@ -201,8 +202,8 @@ def label_efficiency_plot(
     fractions as ticks.
 
     Top row: each arm's mean over seeds with its t-interval, one line per arm (baseline included).
-    ``levels``: ``analysis.label_efficiency`` rows (``label_fraction, regime, regime_title, arm, mean,
-    ci_low, ci_high``). Bottom row (when ``differences`` is given: ``analysis.compare_to_baseline`` rows):
+    ``levels``: ``tables.label_efficiency`` rows (``label_fraction, regime, regime_title, arm, mean,
+    ci_low, ci_high``). Bottom row (when ``differences`` is given: ``tables.comparison_table`` rows):
     each SSL arm's paired difference from the baseline, Hodges-Lehmann estimate with its exact signed-rank
     CI, filled when Holm p < ``alpha``. Arms are shifted slightly along x so their bars do not overlap.
     ``scale``: 100 for fractions (% and percentage points), 1 for metrics in their own units.
@@ -217,50 +218,13 @@ def label_efficiency_plot(
     # Multiplicative offsets: equal steps on the log axis, centred on each fraction.
     dodge = {a: 1.06 ** (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}
     for j, regime in enumerate(regimes):
-        ax = axes[0, j]
         sub = levels[levels["regime"] == regime]
-        for arm in arms:
-            g = sub[sub["arm"] == arm].sort_values("label_fraction")
-            if g.empty:
-                continue
-            x = g["label_fraction"].to_numpy(dtype=float) * dodge[arm]
-            m = g["mean"].to_numpy(dtype=float) * scale
-            lo, hi = g["ci_low"].to_numpy(dtype=float) * scale, g["ci_high"].to_numpy(dtype=float) * scale
-            err = np.vstack([m - lo, hi - m])
-            c = arm_color(arm)
-            ax.errorbar(
-                x,
-                m,
-                yerr=np.where(np.isfinite(err), err, 0),
-                color=c,
-                marker="o",
-                ms=4,
-                lw=1.5,
-                capsize=3,
-                label=arm_title(arm),
-            )
-        ax.set_title(str(sub["regime_title"].iloc[0]) if len(sub) else regime, fontsize=10)
+        _level_panel(axes[0, j], sub, arms, dodge, scale)
+        axes[0, j].set_title(str(sub["regime_title"].iloc[0]) if len(sub) else regime, fontsize=10)
         if n_rows == 2:
-            dax = axes[1, j]
-            d = differences[differences["regime"] == regime]
-            for arm in arms[1:]:
-                g = d[d["arm"] == arm].sort_values("label_fraction")
-                if g.empty:
-                    continue
-                x = g["label_fraction"].to_numpy(dtype=float) * dodge[arm]
-                est = g["hl_estimate"].to_numpy(dtype=float) * scale
-                lo = g["hl_ci_low"].to_numpy(dtype=float) * scale
-                hi = g["hl_ci_high"].to_numpy(dtype=float) * scale
-                err = np.vstack([est - lo, hi - est])
-                c = arm_color(arm)
-                dax.errorbar(
-                    x, est, yerr=np.where(np.isfinite(err), err, 0), color=c, lw=1.2, capsize=3, fmt="-"
-                )
-                sig = g["significant"].astype(bool).to_numpy()
-                dax.scatter(
-                    x, est, s=30, color=c, zorder=3, facecolors=np.where(sig, c, "white"), linewidths=1.5
-                )
-            dax.axhline(0, color="black", lw=0.8, ls="--")
+            _difference_panel(
+                axes[1, j], differences[differences["regime"] == regime], arms[1:], dodge, scale
+            )
     for ax in axes.ravel():
         ax.set_xscale("log")
         ax.set_xticks(fractions, [f"{100 * f:.3g} %" for f in fractions])
@@ -287,12 +251,59 @@ def label_efficiency_plot(
     return fig
 
 
+def _level_panel(
+    ax: Any, sub: pd.DataFrame, arms: Sequence[str], dodge: Mapping[str, float], scale: float
+) -> None:
+    """One regime's top panel: each arm's mean with its t-interval per label fraction."""
+    for arm in arms:
+        g = sub[sub["arm"] == arm].sort_values("label_fraction")
+        if g.empty:
+            continue
+        x = g["label_fraction"].to_numpy(dtype=float) * dodge[arm]
+        m = g["mean"].to_numpy(dtype=float) * scale
+        lo, hi = g["ci_low"].to_numpy(dtype=float) * scale, g["ci_high"].to_numpy(dtype=float) * scale
+        err = np.vstack([m - lo, hi - m])
+        c = arm_color(arm)
+        ax.errorbar(
+            x,
+            m,
+            yerr=np.where(np.isfinite(err), err, 0),
+            color=c,
+            marker="o",
+            ms=4,
+            lw=1.5,
+            capsize=3,
+            label=arm_title(arm),
+        )
+
+
+def _difference_panel(
+    dax: Any, d: pd.DataFrame, arms: Sequence[str], dodge: Mapping[str, float], scale: float
+) -> None:
+    """One regime's bottom panel: each SSL arm's Hodges-Lehmann difference with its CI, filled when
+    significant, and the zero line."""
+    for arm in arms:
+        g = d[d["arm"] == arm].sort_values("label_fraction")
+        if g.empty:
+            continue
+        x = g["label_fraction"].to_numpy(dtype=float) * dodge[arm]
+        est = g["hl_estimate"].to_numpy(dtype=float) * scale
+        lo = g["hl_ci_low"].to_numpy(dtype=float) * scale
+        hi = g["hl_ci_high"].to_numpy(dtype=float) * scale
+        err = np.vstack([est - lo, hi - est])
+        c = arm_color(arm)
+        dax.errorbar(x, est, yerr=np.where(np.isfinite(err), err, 0), color=c, lw=1.2, capsize=3, fmt="-")
+        sig = g["significant"].astype(bool).to_numpy()
+        dax.scatter(x, est, s=30, color=c, zorder=3, facecolors=np.where(sig, c, "white"), linewidths=1.5)
+    dax.axhline(0, color="black", lw=0.8, ls="--")
+
+
 def mean_rank_plot(results: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure:
     """Critical-difference diagram per regime (Demsar 2006 layout): mean ranks (1 = best, on the right) on
     an axis, arm names on elbow lines (worse half to the left, better half to the right, so close ranks do
     not collide), the Nemenyi CD as a scale bar, and thick bars joining arms within one CD of each other.
 
-    ``results``: ``(regime_title, analysis.friedman(...) dict)`` pairs.
+    ``results``: ``(regime_title, tables.friedman_result(...) dict)`` pairs.
     """
     n_panels = max(1, len(results))
     rows = max([math.ceil(len(r.get("mean_ranks", {})) / 2) for _, r in results] + [1])
@@ -401,10 +412,10 @@ def example_grid(
     return fig
 
 
-def rotation_example_grid(
+def angle_example_grid(
     title: str, inputs: np.ndarray, true_deg: np.ndarray, pred_deg: np.ndarray, max_images: int = 4
 ) -> Figure:
-    """Rotation pretext examples: one rotated test input per panel, titled with the true and predicted angle.
+    """Angle-head pretext examples: one rotated test input per panel, titled with the true and predicted angle.
 
     ``inputs``: uint8 ``(N, S, S, 3)`` RGB (the rotated images the model saw); ``true_deg``, ``pred_deg``:
     ``(N,)`` angles in degrees, as saved in ``examples/<task>_seed<seed>.npz``.
@@ -438,6 +449,6 @@ __all__ = [
     "learning_curves_plot",
     "mean_rank_plot",
     "paired_seeds_plot",
-    "rotation_example_grid",
+    "angle_example_grid",
     "save_figure",
 ]

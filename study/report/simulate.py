@@ -33,7 +33,15 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from study import analysis as A
+from study.analysis import BASELINE, CLASSIFICATION_METRICS
+from study.stats import (
+    EXACT_MAX_N,
+    holm,
+    min_n_for_significance,
+    signed_rank_exact_p,
+    signed_rank_pvalues,
+)
+from study.tasks import registry
 
 SEEDS_MAX = 40  # planning search limit: "> 40 seeds" is beyond any study this tool runs
 EFFECT_GRID = np.round(np.arange(0.2, 3.0001, 0.05), 2)  # d_z values the power tables are computed at
@@ -43,7 +51,7 @@ SIM_VERSION = 1
 
 
 def disk_cache_dir() -> Path:
-    """Where simulation results are kept between processes (as ``study.data.dataset.default_cache_dir``, which is
+    """Where simulation results are kept between processes (as ``study.data.default_cache_dir``, which is
     not imported here: it pulls in the image stack)."""
     env = os.environ.get("STUDY_CACHE_DIR")
     return (Path(env) if env else Path.home() / ".cache" / "melanoma-ssl-study") / "simulate"
@@ -98,7 +106,7 @@ def _wplus(d: np.ndarray) -> np.ndarray:
 
 def _wplus_p(d: np.ndarray) -> np.ndarray:
     """Exact two-sided signed-rank p along the last axis of continuous (untied, non-zero) ``d`` (..., n)."""
-    return A.signed_rank_exact_p(_wplus(d), d.shape[-1])
+    return signed_rank_exact_p(_wplus(d), d.shape[-1])
 
 
 @lru_cache(maxsize=64)
@@ -106,7 +114,7 @@ def null_rejection_rates(
     n: int, n_arms: int, n_regimes: int, alpha: float = 0.05, n_sim: int = 4000, seed: int = 0
 ) -> dict[str, float]:
     """False-positive rates of the headline procedure in null studies of ``n_regimes`` x ``n_arms``
-    comparisons at ``n`` seeds, through the exact signed-rank distribution and ``analysis.holm``.
+    comparisons at ``n`` seeds, through the exact signed-rank distribution and ``study.stats.holm``.
     ``n_regimes``: independent families (a study of several label fractions passes regimes x fractions).
 
     Keys: ``per_comparison`` (uncorrected p < alpha), ``familywise_regime`` (any Holm-per-regime rejection
@@ -123,12 +131,12 @@ def _null_rejection_rates(
     rng = np.random.default_rng([seed, n, n_arms, n_regimes])
     d = _null_diffs(rng, n_sim * n_regimes, n_arms, n).reshape(-1, n)  # (studies * regimes * arms, n)
     # Continuous differences have no ties or zeros (with probability 1): the exact test from W+ directly is
-    # what analysis.signed_rank_pvalues returns for them (tests check it), ~10x faster; beyond its exact
+    # what study.stats.signed_rank_pvalues returns for them (tests check it), ~10x faster; beyond its exact
     # range that function's normal approximation is kept.
-    p = _wplus_p(d) if n <= A.EXACT_MAX_N else A.signed_rank_pvalues(d)[0]
+    p = _wplus_p(d) if n <= EXACT_MAX_N else signed_rank_pvalues(d)[0]
     p = p.reshape(n_sim, n_regimes, n_arms)
-    per_regime = A.holm(p) < alpha
-    whole = A.holm(p.reshape(n_sim, -1)) < alpha
+    per_regime = holm(p) < alpha
+    whole = holm(p.reshape(n_sim, -1)) < alpha
     return {
         "per_comparison": float(np.mean(p < alpha)),
         "familywise_regime": float(per_regime.any(axis=2).mean()),
@@ -163,7 +171,7 @@ def _power_curve(n: int, m: int, alpha: float, n_sim: int = N_SIM, seed: int = 0
     """Power ``(len(EFFECT_GRID),)`` of the Holm-corrected (over m) exact Wilcoxon for one comparison with
     true d_z = each grid effect, the other m - 1 null and sharing its baseline. Common random numbers."""
     w, e0 = _target_wplus(n, n_sim, seed)
-    p_target = A.signed_rank_exact_p(w, n)  # (effects, n_sim)
+    p_target = signed_rank_exact_p(w, n)  # (effects, n_sim)
     rng = np.random.default_rng([seed, n, m])
     others = (rng.standard_normal((n_sim, m - 1, n)) - e0[:, None, :]) / math.sqrt(2)
     o = np.sort(_wplus_p(others), axis=1)  # (n_sim, m - 1)
@@ -199,7 +207,7 @@ def _seeds_table(m: int, alpha: float, power: float) -> np.ndarray:
 
 def _compute_seeds_table(m: int, alpha: float, power: float) -> np.ndarray:
     need = np.full(EFFECT_GRID.size, np.inf)
-    for n in range(A.min_n_for_significance(alpha, m), SEEDS_MAX + 1):
+    for n in range(min_n_for_significance(alpha, m), SEEDS_MAX + 1):
         ok = (_power_curve(n, m, alpha) >= power) & ~np.isfinite(need)
         need[ok] = n
         if np.isfinite(need).all():
@@ -271,7 +279,8 @@ def power_planning(comp: pd.DataFrame, alpha: float = 0.05, power: float = 0.8) 
 
 # ------------------------------------------------------------------------------------ simulated studies
 
-SIM_ARMS = ("baseline", "rotation", "missing_patch", "corruption")
+# The paper's design: the baseline and the tasks the paper ran (`PretextTask.paper_table1`), in registry order.
+SIM_ARMS = (BASELINE, *(t.name for t in registry.TASKS.values() if t.paper_table1))
 SIM_REGIMES = {"none": 0, "patience3": 3, "patience10": 10}
 
 
@@ -287,7 +296,7 @@ def simulated_results(
     metric: str = "test_auc",
     base: float = 0.80,
 ) -> pd.DataFrame:
-    """A tidy results table (``analysis.tidy_results``'s output shape, status ok) of one simulated study.
+    """A tidy results table (``results_table.tidy_results``'s output shape, status ok) of one simulated study.
 
     ``metric`` value of (arm, seed, regime) = ``base + seed effect (SD seed_sd, shared by a seed's arms)
     + effects[arm] + noise (SD noise_sd)``, independent across regimes, rounded to multiples of ``grid``
@@ -310,7 +319,7 @@ def simulated_results(
         {
             "trial_id": [f"{a}_s{s}" for a, s in zip(arm, seeds)],
             "arm": arm,
-            "task": ["none" if a == A.BASELINE else a for a in arm],
+            "task": ["none" if a == BASELINE else a for a in arm],
             "seed": seeds.astype(np.int64),
             "regime": reg,
             "patience": pd.array(np.repeat(list(regimes.values()), n_seeds * n_arms), dtype="Int64"),
@@ -318,6 +327,6 @@ def simulated_results(
         }
     )
     values = x.reshape(-1)
-    for col in {metric, *A.CLASSIFICATION_METRICS}:
+    for col in {metric, *CLASSIFICATION_METRICS}:
         df[col] = values
     return df

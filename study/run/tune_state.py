@@ -16,8 +16,8 @@ from typing import Any
 
 from ray import tune
 
-from study.run import integrity
 from study.io import storage as store
+from study.run import integrity
 from study.spec.config import ConfigError
 
 # Ray Tune's experiment state in a run directory. Tune rewrites these files in place about once a second; a

@@ -6,18 +6,21 @@ JSON value. Validation happens on the driver, before any trial starts (`validate
 Every field is tagged with the phases whose results it changes (`dataclasses.field(metadata=...)`, see
 `PHASES`), and the cache and resume keys are computed from the tags, never from lists written by hand:
 `pretext_key` (the shared pretext cache, `study.trainables`) holds every `PRETEXT` field, the compiled-model
-cache key (`study.train.phases._model_key`) every `MODEL` field, and a fine-tune checkpoint is resumed only under
-the same `PRETEXT` and `FINETUNE` fields (`study.train.phases`). A new field without a tag fails at import and in
-tests/test_registry.py, so a setting that changes pretext training cannot reuse stale cached weights (a new
+cache key (`study.train.models.model_key`) every `MODEL` field, and a fine-tune checkpoint is resumed only under
+the same `PRETEXT` and `FINETUNE` fields (`study.train.state`). A new field without a tag fails at import and in
+tests/tasks/test_registry.py, so a setting that changes pretext training cannot reuse stale cached weights (a new
 `PRETEXT` field enters every pretext key, so caches written before it are trained again, never reused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from study.tasks import registry as task_registry
 
 ENCODERS = ("small", "resnet50")
 #: Output strides each encoder can be built with (`models.build_encoder`); ResNet50's is fixed by Keras.
@@ -92,7 +95,7 @@ class TrialConfig:
     # None: synthetic lesions (see synth_*); a folder or a labels CSV
     data_path: str | None = setting(None, DATA)
     # Labels CSV only: the images folder (default: next to the CSV) and, for a diagnosis column (`dx`,
-    # `diagnosis`), the classes counted as malignant (e.g. ("mel",)); see study.data.dataset.DataSource.
+    # `diagnosis`), the classes counted as malignant (e.g. ("mel",)); see study.data.DataSource.
     data_images: str | None = setting(None, DATA)
     data_malignant: tuple[str, ...] = setting((), DATA)
     image_size: int = setting(64, DATA, PRETEXT, FINETUNE, MODEL)
@@ -126,12 +129,12 @@ class TrialConfig:
     # Weights differ between 1 and 2 TensorFlow threads, and mixed precision changes every number.
     threads: int = setting(1, PRETEXT, FINETUNE)
     mixed_precision: bool = setting(False, PRETEXT, FINETUNE, MODEL)
-    # Where pretext weights are shared between trials (set by the runner under the run's storage).
+    # Where pretext weights are shared between trials (the run's own, set by `resolve.finalize_study`).
     pretext_cache_dir: str | None = setting(None, EXECUTION)
     checkpoint_every: int = setting(1, EXECUTION)  # fine-tune epochs between checkpoints
     # Fine-tune epochs between intermediate results (each is a ~10 ms round trip to Tune's driver); a result
     # also comes with every checkpoint and the last epoch, and the final one holds every epoch's history.
-    # ASHA decides on every epoch's: with a scheduler the runner reports every epoch whatever this says.
+    # ASHA decides on every epoch's: resolution sets 1 for an ASHA search (`resolve.finalize_study`).
     report_every: int = setting(1, EXECUTION)
     # False: the trial trains its own pretext instead of sharing it (the naive study of bench/study_cost.py).
     share_pretext: bool = setting(True, EXECUTION)
@@ -183,10 +186,20 @@ class TrialConfig:
         return dataclasses.replace(self, **kw)
 
 
-def _param_names() -> tuple[str, ...]:
-    from study.tasks import registry as pretext
+# Grid dimensions of a Tune config whose values are dicts of TrialConfig fields (`search_spaces.grid_space`).
+GRID_TABLES = ("arm", "subset")
 
-    return pretext.param_names()
+
+def trial_config_from(config: dict[str, Any]) -> TrialConfig:
+    """Flatten a Tune config (fixed settings + `arm` / `subset` dicts, or flat search suggestions)."""
+    flat = {k: v for k, v in config.items() if k not in GRID_TABLES}
+    for table in GRID_TABLES:
+        flat.update(config.get(table) or {})
+    return TrialConfig.from_dict(flat)
+
+
+def _param_names() -> tuple[str, ...]:
+    return task_registry.param_names()
 
 
 def _split_task_params(d: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -232,6 +245,8 @@ def phase_values(trial: TrialConfig, *phases: str, keys: bool = False) -> dict[s
 
 
 fields_of(*PHASES)  # every field is tagged: fail at import, not with a stale cache
+# Arms and study files give task parameters and fields by name: no task parameter may take a field's.
+task_registry.reserve_settings((f.name for f in dataclasses.fields(TrialConfig)), "TrialConfig")
 
 
 def regime_name(patience: int) -> str:
@@ -244,39 +259,14 @@ def validate_trial(trial: TrialConfig) -> None:
 
     Runs on the driver before any trial starts; imports no TensorFlow.
     """
-    from study.tasks import registry as pretext
 
     def bad(msg: str) -> None:
         raise ConfigError(msg)
 
-    if trial.task != "none" and trial.task not in pretext.TASKS:
-        bad(
-            f"task: unknown task {trial.task!r}; choose 'none' (baseline) or one of {', '.join(pretext.TASKS)}"
-        )
-    if trial.encoder not in ENCODERS:
-        bad(f"encoder: unknown encoder {trial.encoder!r}; choose one of {', '.join(ENCODERS)}")
-    if trial.weights not in WEIGHTS:
-        bad(f"weights: unknown init {trial.weights!r}; choose one of {', '.join(WEIGHTS)}")
-    if trial.weights_path is not None and trial.weights != "imagenet":
-        bad(
-            "weights_path: a weight file is only read with weights='imagenet'; set weights='imagenet' or drop it"
-        )
-    if trial.weights == "imagenet" and trial.encoder != "resnet50":
-        bad(
-            "weights: 'imagenet' exists only for encoder 'resnet50'; use weights='random' for the small encoder"
-        )
-    if trial.encoder_stride not in ENCODER_STRIDES[trial.encoder]:
-        fixed = "; ResNet50's is fixed, as in the paper (or use encoder='small')"
-        bad(
-            f"encoder_stride: {trial.encoder} is built with stride {list(ENCODER_STRIDES[trial.encoder])} "
-            f"(got {trial.encoder_stride!r}){fixed if trial.encoder == 'resnet50' else ''}"
-        )
-    stride = trial.encoder_stride
-    if trial.image_size < max(32, stride) or trial.image_size % stride:
-        bad(
-            f"image_size: {trial.image_size} px cannot go through the {trial.encoder} encoder (stride "
-            f"{stride}); use a multiple of {stride} that is at least 32, such as 32, 64 or 224"
-        )
+    if trial.task != "none" and trial.task not in task_registry.TASKS:
+        tasks = ", ".join(task_registry.TASKS)
+        bad(f"task: unknown task {trial.task!r}; choose 'none' (baseline) or one of {tasks}")
+    _validate_encoder(trial, bad)
     if not 0 <= trial.bn_momentum < 1:
         bad(f"bn_momentum: must be in [0, 1) (got {trial.bn_momentum}; Keras' default is 0.99)")
     if not isinstance(trial.seed, int) or trial.seed < 0:
@@ -320,7 +310,7 @@ def validate_trial(trial: TrialConfig) -> None:
     if any(w < 1 for w in trial.encoder_widths) or len(trial.encoder_widths) != 4:
         bad(f"encoder_widths: need 4 positive stage widths (got {list(trial.encoder_widths)})")
     # A task parameter the task does not use would be silently dropped: most likely a mix-up.
-    used = () if trial.task == "none" else pretext.get_task(trial.task).param_names
+    used = () if trial.task == "none" else task_registry.get_task(trial.task).param_names
     ignored = [k for k in trial.task_params if k not in used]
     if ignored:
         bad(
@@ -333,9 +323,58 @@ def validate_trial(trial: TrialConfig) -> None:
         bad(f"{trial.task}: {exc}")
 
 
+def _validate_encoder(trial: TrialConfig, bad: Any) -> None:
+    """The encoder, its initial weights, stride and the image size it can take."""
+    if trial.encoder not in ENCODERS:
+        bad(f"encoder: unknown encoder {trial.encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if trial.weights not in WEIGHTS:
+        bad(f"weights: unknown init {trial.weights!r}; choose one of {', '.join(WEIGHTS)}")
+    if trial.weights_path is not None and trial.weights != "imagenet":
+        bad(
+            "weights_path: a weight file is only read with weights='imagenet'; set weights='imagenet' or drop it"
+        )
+    if trial.weights == "imagenet" and trial.encoder != "resnet50":
+        bad(
+            "weights: 'imagenet' exists only for encoder 'resnet50'; use weights='random' for the small encoder"
+        )
+    if trial.encoder_stride not in ENCODER_STRIDES[trial.encoder]:
+        fixed = "; ResNet50's is fixed, as in the paper (or use encoder='small')"
+        bad(
+            f"encoder_stride: {trial.encoder} is built with stride {list(ENCODER_STRIDES[trial.encoder])} "
+            f"(got {trial.encoder_stride!r}){fixed if trial.encoder == 'resnet50' else ''}"
+        )
+    stride = trial.encoder_stride
+    if trial.image_size < max(32, stride) or trial.image_size % stride:
+        bad(
+            f"image_size: {trial.image_size} px cannot go through the {trial.encoder} encoder (stride "
+            f"{stride}); use a multiple of {stride} that is at least 32, such as 32, 64 or 224"
+        )
+
+
 def resolved_task_params(trial: TrialConfig) -> dict[str, Any]:
     """The parameters the trial's task runs with: the arm's, and the task's defaults at the trial's image size
     where the arm leaves one out (`study.tasks.registry.resolve_params`, validated; `{}` for the baseline)."""
-    from study.tasks import registry as pretext
+    return task_registry.resolve_params(trial.task, trial.image_size, trial.task_params)
 
-    return pretext.resolve_params(trial.task, trial.image_size, trial.task_params)
+
+#: Share of malignant images among the synthetic lesions of a study without data (`study.data.synth`).
+SYNTH_MALIGNANT_FRACTION = 0.35
+
+
+def synth_class_counts(
+    n: int, malignant_fraction: float = SYNTH_MALIGNANT_FRACTION, split: str = "train"
+) -> tuple[int, int]:
+    """(benign, malignant) image counts of `n` synthetic lesions; `ValueError` when a class gets too few.
+
+    Train needs 2 per class: the validation split takes at least one of each (the data checks refuse fewer).
+    """
+    n_mal = int(math.floor(n * malignant_fraction + 0.5))
+    n_ben = n - n_mal
+    least = 2 if split == "train" else 1
+    if n_mal < least or n_ben < least:
+        raise ValueError(
+            f"write_dataset: n_{split}={n} with malignant_fraction={malignant_fraction} gives {n_ben} benign "
+            f"and {n_mal} malignant images; each class needs at least {least} — raise n_{split} or change "
+            "the fraction"
+        )
+    return n_ben, n_mal

@@ -1,10 +1,11 @@
 """One resolution step from what a user typed to the study that runs.
 
-Order, each step overriding the last: a shipped preset (`--preset`, or the study file's `preset = ...`), the
-study file's keys (`--config`), each `--set key=value`, then the dedicated flags (`--seeds`, `--data`,
-`--cpus-per-trial`, ...). `resolve_study` returns one immutable, validated `StudyPreset`; the runner only
-consumes it, records it in the run's `study.json` and manifest, and `study resume` runs the recorded one.
-Everything here runs before Ray starts and imports no TensorFlow.
+Order, each step overriding the last: a shipped preset (`--preset`, the study file's `preset = ...`, else the
+command's default), the study file's keys (`--config`), each `--set key=value`, the dedicated flags
+(`--seeds`, `--data`, `--cpus-per-trial`, ...), then what every run needs (`finalize_study`: the run's own
+pretext cache, every fine-tune epoch reported to ASHA). `resolve_study` returns one immutable, validated
+`StudyPreset`; the runner only consumes it, records it in the run's `study.json` and manifest, and `study
+resume` runs the recorded one. Everything here runs before Ray starts and imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from study.spec.config import ConfigError, validate_trial
-from study.search_spaces import StudyPreset
+from study.spec import studyfile
+from study.spec.config import ConfigError, synth_class_counts, validate_trial
+from study.spec.presets import StudyPreset
+from study.tasks import registry
+
+#: The run's pretext cache, relative to the run: trials read it against the run they belong to, so a moved
+#: run keeps its cache (`study.data.trial_source.pretext_root`).
+PRETEXT_CACHE = "pretext_cache"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +45,34 @@ def resolve_study(
     config: str | Path | None = None,
     sets: list[str] | tuple[str, ...] = (),
     flags: Flags = Flags(),
+    default_preset: str = "demo",
 ) -> StudyPreset:
-    """The validated study: preset or file, then `--set`, then flags. Raises ConfigError naming the setting."""
-    from study.spec import studyfile
-
+    """The study that runs: preset or file (`default_preset` when neither is given), then `--set`, then
+    flags, then `finalize_study`. Raises ConfigError naming the setting."""
+    if preset is None and config is None:
+        preset = default_preset
     study = studyfile.resolve(preset, config, sets)
-    study = apply_flags(study, **dataclasses.asdict(flags))
+    return finalize_study(apply_flags(study, **dataclasses.asdict(flags)))
+
+
+def finalize_study(preset: StudyPreset) -> StudyPreset:
+    """`preset` as it runs, validated: its pretext cache is the run's (`PRETEXT_CACHE`), and an ASHA search
+    reports every fine-tune epoch (ASHA compares trials at fine-tune epochs). The last step of
+    `resolve_study`; for studies built in code (tests, benchmarks) the only one."""
+    base = preset.base.replace(pretext_cache_dir=PRETEXT_CACHE)
+    if preset.search is not None and preset.search.asha:
+        base = base.replace(report_every=1)
+    study = preset.replace(base=base)
     validate_study(study)
     return study
+
+
+def check_resolved(preset: StudyPreset) -> None:
+    """`TypeError` for a study that did not go through `finalize_study` (a caller's mistake, not the user's)."""
+    if preset.base.pretext_cache_dir != PRETEXT_CACHE:
+        raise TypeError(
+            "run_study runs a resolved study: pass it through study.spec.resolve.resolve_study or finalize_study"
+        )
 
 
 def apply_flags(
@@ -194,15 +221,13 @@ def validate_study(preset: StudyPreset) -> None:
 
 def _validate_param_ranges(ranges: dict[str, Any]) -> None:
     """`[search.param_ranges]`: each a searched task parameter's `[low, high]`, in its registered units."""
-    from study.tasks import registry as pretext
-
     for name, value in ranges.items():
-        searched = [n for n in pretext.param_names() if pretext.param_spec(n).search is not None]
-        spec = pretext.param_spec(name) if name in searched else None
+        searched = [n for n in registry.param_names() if registry.param_spec(n).search is not None]
+        spec = registry.param_spec(name) if name in searched else None
         if spec is None or spec.search.choices:
             raise ConfigError(
                 f"search.param_ranges.{name}: not a task parameter searched over a range; use one of "
-                f"{[n for n in searched if not pretext.param_spec(n).search.choices]}"
+                f"{[n for n in searched if not registry.param_spec(n).search.choices]}"
             )
         try:
             dataclasses.replace(spec.search, low=value[0], high=value[1])
@@ -213,12 +238,10 @@ def _validate_param_ranges(ranges: dict[str, Any]) -> None:
 
 def _validate_synth(base: Any) -> None:
     """The synthetic lesions a study without data generates: counts that give each class enough images."""
-    from study.data import synth
-
     for split, n in (("train", base.synth_n_train), ("test", base.synth_n_test)):
         if isinstance(n, int) and n >= 1:
             try:
-                synth._class_counts(n, synth.DEFAULT_MALIGNANT_FRACTION, split)
+                synth_class_counts(n, split=split)
             except ValueError as exc:
                 raise ConfigError(
                     str(exc).removeprefix("write_dataset: ").replace(f"n_{split}", f"synth_n_{split}")

@@ -41,9 +41,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from study.tasks import registry as pretext
 from study.spec.config import ConfigError, TrialConfig, resolved_task_params, validate_trial
-from study.search_spaces import SearchSettings, StudyPreset, get_preset, upgrade_search_keys
+from study.spec.presets import SearchSettings, StudyPreset, get_preset, upgrade_search_keys
+from study.tasks import registry as pretext
 
 # Top-level keys that map one-to-one onto StudyPreset fields.
 STUDY_KEYS = ("name", "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "max_failures")
@@ -103,9 +103,12 @@ def resolve(
 ) -> StudyPreset:
     """The study from a preset name and/or a study file, with `--set` overrides applied in order.
 
-    `preset`: a shipped preset's name (None: the file's `preset`, else "demo" when no file is given).
-    Validation of the whole study (arms, image sizes, task parameters) is `resolve.validate_study`'s.
+    `preset`: a shipped preset's name (None: the file's `preset`; one of the two is needed: the command's
+    default preset is `resolve.resolve_study`'s). Validation of the whole study (arms, image sizes, task
+    parameters) is `resolve.validate_study`'s.
     """
+    if preset is None and config is None:
+        raise TypeError("studyfile.resolve needs a preset name or a study file")
     study: dict[str, Any] = {}
     source = _Source("--set")
     if config is not None:
@@ -117,7 +120,7 @@ def resolve(
                 f"{preset!r}; give the preset in one place"
             )
         preset = preset or named
-    base = get_preset(preset) if preset is not None else (None if config is not None else get_preset("demo"))
+    base = get_preset(preset) if preset is not None else None
     if base is None:  # a file that names no preset: every setting not given takes the TrialConfig default
         base = StudyPreset(name=Path(config).stem, base=TrialConfig(), arms=(), seeds=())
     elif config is not None:

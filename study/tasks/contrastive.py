@@ -1,26 +1,30 @@
-"""The `simclr` and `byol` pretext tasks (issue 17): registrations of `study.train.contrastive`'s training step.
+"""The `simclr` and `byol` pretext tasks (issue 17): two-view methods declared by what they are.
 
-Each task is one `PretextTask` definition with a training step of its own (`train=`, `study.tasks.registry` module
-docstring): two augmented views per image (`study.tasks.views`), the method's loss, and the verdict of
-`study.train.contrastive.contrastive_scores` (contrastive top-1 of the pooled encoder features on two test views
-per image, against chance and against the encoder before the phase). Both go to one report table,
+Each task is one `PretextTask` definition with a declared step (`step=TwoViewStep(...)`, `study.tasks.steps`):
+two augmented views per image (`study.tasks.views`), whether the method has a predictor and an EMA target,
+its loss (`nt_xent` for SimCLR, `normalized_mse` for BYOL), and `two_view_settings`, which turns the task's
+resolved parameters into the phase's settings. `study.train.contrastive` implements the step and judges it
+with `study.tasks.references.contrastive_scores` (contrastive top-1 of the pooled encoder features on two
+test views per image, against chance and against the encoder before the phase). Both go to one report table,
 `contrastive`.
 
 The pretext phase's own settings stay trial settings: the step reads `trial.pretext_batch_size`,
 `trial.pretext_lr`, `trial.pretext_epochs`, `trial.pretext_patience` and `trial.seed`; the task parameters are
 the method's own (`temperature`, `ema_base`), the projection head's and the two view parameters
-(`view_strength`, `crop_scale_min`, turned into `study.tasks.views` parameters by `contrastive.view_params_for`).
+(`view_strength`, `crop_scale_min`, turned into `study.tasks.views` parameters by `view_params_for`). These
+registrations are the only place that defines them: their defaults, bounds and search ranges.
 
-Importing this module registers both (once; after the paper's four tasks when `study.tasks.registry` imports it at
-its end, which puts them in every study, CLI and Ray worker). TensorFlow is not imported here:
-`study.train.contrastive` is imported when a step runs.
+Importing `study.tasks` registers both, after the paper's four tasks. TensorFlow is not imported here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from study.tasks import views
 from study.tasks.registry import Param, PretextTask, Search, register
+from study.tasks.steps import TwoViewSettings, TwoViewStep
 
 # --------------------------------------------------------------------------------------------------------
 # Parameters (one namespace over all tasks: the two methods share the head and view parameters).
@@ -102,53 +106,33 @@ METRIC_LABELS = (
 )
 
 
+def view_params_for(image_size: int, view_strength: float, crop_scale_min: float) -> dict[str, Any]:
+    """The view parameters of the two task parameters: `views.default_view_params(image_size,
+    view_strength)` with `crop_scale=(crop_scale_min, 1.0)` (validated; `ValueError` ending with the fix)."""
+    base = views.default_view_params(image_size, view_strength)
+    return views.validate_view_params(image_size, **{**base, "crop_scale": (crop_scale_min, 1.0)})
+
+
 def _check_views(image_size: int, params: dict[str, Any]) -> None:
     """The two view parameters give valid `study.tasks.views` parameters at `image_size` px."""
-    from study.tasks import views  # numpy and scikit-image only; imported here as views imports study.tasks.registry
-
-    base = views.default_view_params(image_size, params["view_strength"])
-    views.validate_view_params(image_size, **{**base, "crop_scale": (params["crop_scale_min"], 1.0)})
+    view_params_for(image_size, params["view_strength"], params["crop_scale_min"])
 
 
-def train_ssl(run: Any, kind: str) -> Any:
-    """The pretext phase of `simclr` / `byol` (`kind`): `contrastive.train_contrastive` on the run's images,
-    scored on two views of its test images; a `study.train.phases.PretextResult` of `run.trial.task`."""
-    import dataclasses
-
-    from study.train import contrastive  # TensorFlow: only where a trial trains
-
-    trial, p = run.trial, run.params
-    size = int(run.encoder.input.shape[1])
-    method = {"temperature": p["temperature"]} if kind == "simclr" else {"ema_base": p["ema_base"]}
-    result = contrastive.train_contrastive(
-        kind,
-        run.encoder,
-        run.train_images,
-        run.val_images,
-        seed=trial.seed,
-        epochs=trial.pretext_epochs,
-        batch_size=trial.pretext_batch_size,
-        lr=trial.pretext_lr,
-        projection_width=p["projection_width"],
-        projection_dim=p["projection_dim"],
-        view_params=contrastive.view_params_for(size, p["view_strength"], p["crop_scale_min"]),
-        on_epoch=run.on_epoch,
-        images_test=run.test_images,
-        patience=trial.pretext_patience,
-        **method,
+def two_view_settings(image_size: int, params: Mapping[str, Any]) -> TwoViewSettings:
+    """The two-view phase's settings from a task's resolved parameters at `image_size` px (the method's own
+    parameter: `temperature` or `ema_base`, whichever the task has)."""
+    return TwoViewSettings(
+        projection_width=params["projection_width"],
+        projection_dim=params["projection_dim"],
+        view_params=view_params_for(image_size, params["view_strength"], params["crop_scale_min"]),
+        temperature=params.get("temperature"),
+        ema_base=params.get("ema_base"),
     )
-    return dataclasses.replace(result.as_pretext_result(), task=trial.task)
 
 
-def _train_simclr(run: Any) -> Any:
-    return train_ssl(run, "simclr")
-
-
-def _train_byol(run: Any) -> Any:
-    return train_ssl(run, "byol")
-
-
-def _contrastive_task(name: str, title: str, loss: str, param: Any, train: Any, color: str, description: str):
+def _contrastive_task(
+    name: str, title: str, loss: str, param: Param, step: TwoViewStep, color: str, description: str
+) -> PretextTask:
     """One of the two methods: they share views, metrics, references and the report table."""
     return register(
         PretextTask(
@@ -156,7 +140,7 @@ def _contrastive_task(name: str, title: str, loss: str, param: Any, train: Any, 
             title,
             loss=loss,
             params=(param, *VIEW_PARAMS),
-            train=train,
+            step=step,
             check=_check_views,
             headline="top1",
             references=("chance", "initial"),
@@ -176,10 +160,16 @@ SIMCLR = _contrastive_task(
     "SimCLR",
     "nt_xent",
     TEMPERATURE,
-    _train_simclr,
+    TwoViewStep(predictor=False, ema_target=False, projector_bn=True, settings=two_view_settings),
     "#9467bd",
     "SimCLR (contrastive, two views, NT-Xent)",
 )
 BYOL = _contrastive_task(
-    "byol", "BYOL", "byol", EMA_BASE, _train_byol, "#8c564b", "BYOL (two views, predictor, EMA target)"
+    "byol",
+    "BYOL",
+    "normalized_mse",
+    EMA_BASE,
+    TwoViewStep(predictor=True, ema_target=True, projector_bn=False, settings=two_view_settings),
+    "#8c564b",
+    "BYOL (two views, predictor, EMA target)",
 )

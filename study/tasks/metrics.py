@@ -1,17 +1,19 @@
-"""Classification and pretext metrics on numpy arrays (paper section III; docs/STATS.md).
+"""Pretext metrics on numpy arrays (paper section III; docs/STATS.md): the paper's tasks' and the two-view
+tasks' (`contrastive_hits`, `alignment`, `uniformity`). The classification metrics of the fine-tune phase
+are `study.train.metrics`.
 
-Every function is pure: numpy arrays in, a dict of Python floats out. Classification metrics are fractions
-in [0, 1] (the report renders % and pp); a metric that is undefined for the given labels is `nan`, never a
-silently chosen number, except F1 (see `classification_metrics`). Bad input raises `ValueError` naming
-the argument and the fix.
+Every function is pure: numpy arrays in, a dict of Python floats out (or per-image arrays). Bad input
+raises `ValueError` naming the argument and the fix.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.spatial.distance import pdist
+from scipy.special import logsumexp
 from skimage.metrics import structural_similarity
 
 # Keras' `backend.epsilon()`: its cross-entropies clip probabilities to [EPS, 1 - EPS], so `loss` here
@@ -20,60 +22,6 @@ EPS = 1e-7
 
 # scikit-image's default SSIM window; smaller images use the largest odd window that fits.
 SSIM_WIN_SIZE = 7
-
-
-def classification_metrics(y_true: Any, p: Any) -> dict[str, float]:
-    """Binary melanoma metrics from labels and predicted malignant probabilities.
-
-    Args:
-        y_true: `(N,)` labels, 0 = benign, 1 = malignant (integer or bool; floats must be exactly 0/1).
-        p: `(N,)` predicted probability of malignant, finite, in [0, 1].
-
-    Returns a dict of fractions in [0, 1] (`loss` excepted):
-        soft_accuracy: the paper's accuracy, 1 - mean |p - y| (no threshold).
-        accuracy: share of correct hard predictions, malignant when p > 0.5 (Keras' BinaryAccuracy rule).
-        balanced_accuracy: (sensitivity + specificity) / 2; nan when one class is absent.
-        auc: ROC AUC as the Mann-Whitney statistic P(p_malignant > p_benign) + P(tie) / 2 (average ranks);
-            nan when one class is absent.
-        sensitivity: malignant recall TP / (TP + FN); nan without malignant images.
-        specificity: benign recall TN / (TN + FP); nan without benign images.
-        f1: 2TP / (2TP + FP + FN); 0 when that is 0/0 (no malignant images and none predicted), as
-            scikit-learn's `zero_division=0`, so a classifier that never finds a melanoma scores 0.
-        loss: mean binary cross-entropy in nats, p clipped to [1e-7, 1 - 1e-7] as Keras does.
-    """
-    y = _binary_labels(y_true, "y_true")
-    prob = _float_vector(p, "p", len(y))
-    if np.any((prob < 0) | (prob > 1)):
-        raise ValueError("p must be probabilities in [0, 1]; apply a sigmoid to logits first")
-    positive = y == 1
-    predicted = prob > 0.5
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    tp = int(np.sum(predicted & positive))
-    tn = int(np.sum(~predicted & ~positive))
-    fp, fn = n_neg - tn, n_pos - tp
-    sensitivity = tp / n_pos if n_pos else float("nan")
-    specificity = tn / n_neg if n_neg else float("nan")
-    clipped = np.clip(prob, EPS, 1 - EPS)
-    loss = -np.mean(np.where(positive, np.log(clipped), np.log1p(-clipped)))
-    return {
-        "soft_accuracy": float(1.0 - np.mean(np.abs(prob - y))),
-        "accuracy": (tp + tn) / len(y),
-        "balanced_accuracy": (sensitivity + specificity) / 2,
-        "auc": _rank_auc(prob, positive, n_pos, n_neg),
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "f1": 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0,
-        "loss": float(loss),
-    }
-
-
-def _rank_auc(scores: np.ndarray, positive: np.ndarray, n_pos: int, n_neg: int) -> float:
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    # Mann-Whitney U of the positives; average ranks give ties half credit.
-    ranks = rankdata(scores, method="average")
-    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
 
 
 def rotation_metrics(target01: Any, pred01: Any) -> dict[str, float]:
@@ -93,8 +41,8 @@ def rotation_metrics(target01: Any, pred01: Any) -> dict[str, float]:
         sd_deg, sd_circ_deg: population SD (divide by N, the paper's formula) of the absolute error in
             degrees, plain and circular.
     """
-    target = _float_vector(target01, "target01")
-    pred = _float_vector(pred01, "pred01", len(target))
+    target = float_vector(target01, "target01")
+    pred = float_vector(pred01, "pred01", len(target))
     if np.any((target < 0) | (target >= 1)):
         raise ValueError("target01 must be angle / 360 in [0, 1); divide degrees by 360 and wrap with % 1")
     abs_err = np.abs(pred - target)
@@ -214,18 +162,7 @@ def ssim_per_image(originals: np.ndarray, reconstructions: np.ndarray, win_size:
     return np.concatenate(out)
 
 
-def _binary_labels(y_true: Any, name: str) -> np.ndarray:
-    y = np.asarray(y_true)
-    if y.ndim != 1 or len(y) == 0:
-        raise ValueError(f"{name} must be a non-empty (N,) array of 0/1 labels; got shape {y.shape}")
-    if not (y.dtype == bool or np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise ValueError(f"{name} must hold 0/1 labels; got dtype {y.dtype}")
-    if not np.all((y == 0) | (y == 1)):
-        raise ValueError(f"{name} must hold only 0 (benign) and 1 (malignant); threshold or map labels first")
-    return y.astype(np.int64)
-
-
-def _float_vector(values: Any, name: str, n: int | None = None) -> np.ndarray:
+def float_vector(values: Any, name: str, n: int | None = None) -> np.ndarray:
     try:
         v = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -299,7 +236,7 @@ def best_constant_rotation(target01: Any) -> dict[str, float]:
     `{"mse": ..., "aad": ..., "aad_circ": ...}` = the mean (MSE), the median (AAD) and the circular
     median searched on a 3600-point grid (circular AAD). Scored on the test targets themselves, the
     reference is optimistic, so a model that beats it beats every constant."""
-    target = _float_vector(target01, "target01")
+    target = float_vector(target01, "target01")
     grid = np.arange(3600) / 3600.0
     d = np.abs(grid[:, None] - target[None, :])
     circ = np.minimum(d, 1.0 - d).mean(axis=1)
@@ -308,3 +245,63 @@ def best_constant_rotation(target01: Any) -> dict[str, float]:
         "aad": float(np.median(target)),
         "aad_circ": float(grid[circ.argmin()]),
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Two-view tasks: on embeddings of two views per image (docs SSL.md "Did the pretext learn?").
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of float `(N, D)` scaled to unit length (a zero row stays zero); float64 `(N, D)`."""
+    x = np.asarray(x, np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def contrastive_hits(e1: np.ndarray, e2: np.ndarray, group_size: int | None = None) -> np.ndarray:
+    """Whether each view finds its positive: bool `(2M,)`, views 1 of the M scored images then views 2.
+
+    `e1`, `e2`: embeddings `(N, D)` of the two views of N images (row i of each is image i). Images are
+    scored in consecutive groups of `group_size` (None: one group of all N); with N >= `group_size`, the
+    last N mod `group_size` images are left out (M = N - N mod G), so every anchor has the same 2G - 1
+    candidates; with N < `group_size`, one group of all N. Anchor a hits when the cosine similarity to
+    its positive is strictly larger than to every other view of its group (a tie is a miss, so a collapsed
+    embedding scores 0, not chance).
+    """
+    a, b = np.asarray(e1, np.float64), np.asarray(e2, np.float64)
+    if a.ndim != 2 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(
+            f"e1 and e2 must be (N, D) arrays of the same shape with N >= 2; got {a.shape} and {b.shape}"
+        )
+    n = len(a)
+    g = n if group_size is None or group_size > n else int(group_size)
+    if g < 2:
+        raise ValueError(f"group_size must be >= 2; got {group_size!r}; use e.g. the training batch size")
+    m = n - n % g
+    hits1, hits2 = [], []
+    for start in range(0, m, g):
+        z = l2_normalize(np.concatenate([a[start : start + g], b[start : start + g]]))
+        sim = z @ z.T
+        np.fill_diagonal(sim, -np.inf)
+        partner = np.concatenate([np.arange(g, 2 * g), np.arange(g)])
+        pos = sim[np.arange(2 * g), partner]
+        sim[np.arange(2 * g), partner] = -np.inf
+        hit = pos > sim.max(axis=1)
+        hits1.append(hit[:g])
+        hits2.append(hit[g:])
+    return np.concatenate(hits1 + hits2)
+
+
+def alignment(e1: np.ndarray, e2: np.ndarray, alpha: float = 2.0) -> float:
+    """Wang & Isola's alignment `E ||f(x) - f(y)||^alpha` over positive pairs, on L2-normalised rows of
+    `e1`, `e2` `(N, D)` (0 = the two views coincide; 4 = opposite; lower is better)."""
+    d = l2_normalize(e1) - l2_normalize(e2)
+    return float(np.mean(np.linalg.norm(d, axis=1) ** alpha))
+
+
+def uniformity(e: np.ndarray, t: float = 2.0) -> float:
+    """Wang & Isola's uniformity `log E exp(-t ||f(x) - f(y)||^2)` over all pairs of distinct rows of
+    `e (N, D)`, L2-normalised (0 = all equal, the worst; about -2t for spread-out points in high dimension;
+    lower is better). `scipy.spatial.distance.pdist` for the pair distances; `scipy.special.logsumexp`."""
+    d2 = pdist(l2_normalize(e), "sqeuclidean")
+    return float(logsumexp(-t * d2) - math.log(len(d2)))

@@ -35,6 +35,9 @@ model metrics (`mse_mean`, `ssim_mean`, ..., `region_mse`, `composite_mse`, `com
 headline); `headline` (str); `ratio` (model / best reference on the headline); `learned_p`; `learned` (bool);
 for missing patch `ref_biharmonic_region_mse`, `biharmonic_subset_region_mse` (the model on the same images),
 `biharmonic_n`, `biharmonic_seconds`, `beats_classical` (bool).
+
+Tasks with a two-view step (`study.tasks.steps.TwoViewStep`) are judged by `contrastive_scores` instead:
+contrastive top-1 of the pooled encoder features against chance and against the encoder before the phase.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import time
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 
 from study.tasks import metrics
 
@@ -210,3 +214,77 @@ def _image_scores(
         scores["biharmonic_subset_region_mse"] = model
         scores["beats_classical"] = bool(model < ref)
     return scores, per_image
+
+
+# --------------------------------------------------------------------------------------------------------
+# Two-view tasks (`study.tasks.steps.TwoViewStep`): the encoder's features beside chance and beside the
+# encoder before the phase.
+
+
+def contrastive_scores(
+    e1: np.ndarray,
+    e2: np.ndarray,
+    init1: np.ndarray | None = None,
+    init2: np.ndarray | None = None,
+    *,
+    group_size: int | None = None,
+    alpha: float = LEARNED_ALPHA,
+) -> dict[str, Any]:
+    """Did the encoder learn? Metrics of two views' embeddings beside learning-free references.
+
+    `e1`, `e2`: `(N, D)` embeddings of the two views of N test images after training; `init1`, `init2`:
+    the same views through the encoder before training (optional; `(N, D')`). `group_size`: see
+    `metrics.contrastive_hits` (the training batch size makes chance 1/(2B - 1)).
+
+    Returns, shaped as `study.tasks.references.pretext_scores` (floats unless noted): `top1` (hits over all 2M
+    anchors), `align`, `uniform` (mean of both views' uniformity); references `ref_chance_top1` =
+    1/(2G - 1) and, with `init*`, `ref_initial_top1`, `ref_initial_align`, `ref_initial_uniform`; best
+    reference per metric `ref_top1` (the higher of chance and initial), `ref_align`, `ref_uniform`
+    (initial); `headline` (str, "top1"), `ref_name` (str, "chance" or "initial"), `ratio` (top1 / ref_top1),
+    `learned_p`, `learned` (bool), `n_images` (M), `group_size` (G).
+
+    `learned`: `top1` beats the best reference and a one-sided exact test says so at `alpha` on the M
+    view-1 anchors (one per image: the two anchors of a pair are not independent): against chance
+    `scipy.stats.binomtest(hits, M, 1/(2G - 1), "greater")`; against the initial encoder the exact
+    McNemar test on the images where the two disagree (`binomtest(model-only hits, discordant, 0.5,
+    "greater")`). Alignment and uniformity have no verdict (alignment alone is perfect for a collapsed
+    encoder; uniformity alone for a random one).
+    """
+    hits = metrics.contrastive_hits(e1, e2, group_size)
+    m = len(hits) // 2
+    n = len(np.asarray(e1))
+    g = n if group_size is None or group_size > n else int(group_size)
+    chance = 1.0 / (2 * g - 1)
+    scores: dict[str, Any] = {
+        "top1": float(hits.mean()),
+        "align": metrics.alignment(e1, e2),
+        "uniform": 0.5 * (metrics.uniformity(e1) + metrics.uniformity(e2)),
+        "ref_chance_top1": chance,
+    }
+    refs = {"chance": chance}
+    p_values = {"chance": float(binomtest(int(hits[:m].sum()), m, chance, alternative="greater").pvalue)}
+    if init1 is not None and init2 is not None:
+        init_hits = metrics.contrastive_hits(init1, init2, group_size)
+        scores["ref_initial_top1"] = float(init_hits.mean())
+        scores["ref_initial_align"] = metrics.alignment(init1, init2)
+        scores["ref_initial_uniform"] = 0.5 * (metrics.uniformity(init1) + metrics.uniformity(init2))
+        scores["ref_align"] = scores["ref_initial_align"]
+        scores["ref_uniform"] = scores["ref_initial_uniform"]
+        refs["initial"] = scores["ref_initial_top1"]
+        only_model = int(np.sum(hits[:m] & ~init_hits[:m]))
+        discordant = only_model + int(np.sum(~hits[:m] & init_hits[:m]))
+        p_values["initial"] = (
+            float(binomtest(only_model, discordant, 0.5, alternative="greater").pvalue) if discordant else 1.0
+        )
+    best = max(refs, key=lambda k: (refs[k], k == "initial"))  # the initial encoder wins a tie with chance
+    scores.update(
+        headline="top1",
+        ref_top1=refs[best],
+        ref_name=best,
+        ratio=scores["top1"] / refs[best] if refs[best] else float("nan"),
+        learned_p=p_values[best],
+        n_images=float(m),
+        group_size=float(g),
+    )
+    scores["learned"] = bool(scores["top1"] > refs[best] and p_values[best] < alpha)
+    return scores

@@ -44,9 +44,9 @@ Cost, measured on this project's 2-core machine (numpy 2.4, scikit-image 0.26, s
 `two_views` call with the defaults (both views): 32 px, 300 images ~0.12 s (0.4 ms per image); 64 px, 300
 images ~0.26 s (0.85 ms per image). A SimCLR training step of the small encoder (widths 16-128, batch 32,
 1 TensorFlow thread) costs ~1.9 ms per image at 32 px and ~5-6 ms at 64 px, so making the views costs
-about a fifth (32 px) to a sixth (64 px) of training them, and `study.train.contrastive` makes the next epoch's
-views in a background thread while the current epoch trains. (With HSV colour jitter the views cost about
-60 % of the training at 32 px.)
+about a fifth (32 px) to a sixth (64 px) of training them, and `study.train.contrastive` makes the next
+epoch's views in a background thread while the current epoch trains. (With HSV colour jitter the views cost
+about 60 % of the training at 32 px.)
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ model:
 
 The phase still builds `fresh` itself, after reseeding, so the random number streams run exactly as without
 the cache, and the remembered model starts in exactly the state `fresh` would have started in: results are
-bitwise identical with and without the cache (tests/test_model_cache.py, tests/test_training.py). Its traced
-functions read variables, never captured values, so the new values are what they compute with. When a model
-is remembered, `fresh` is built inside `building(key)`: its layers are constructed (drawing their
+bitwise identical with and without the cache (tests/train/test_model_cache.py, tests/train/test_training.py).
+Its traced functions read variables, never captured values, so the new values are what they compute with.
+When a model is remembered, `fresh` is built inside `building(key)`: its layers are constructed (drawing their
 initializers' seeds) but its variables are never created, only their initial values computed (~0.2 s less
 per demo phase, and nothing left for the garbage collector). `obtain(key, build, ...)` goes one step further:
 the first such build records how the fresh values follow from Python's `random` (how many seeds the layers
@@ -36,7 +36,7 @@ worker), and the pretext input thread of `training.run_pretext` touches no model
 0 turns the cache off). The key must name everything that changes the traced graph apart from input shapes
 (TensorFlow re-traces by itself for new shapes) and the optimizer (checked here: same type, same settings
 but the learning rate): architecture, loss, precision. The phases build it from the `TrialConfig` fields
-tagged `config.MODEL`, the head and the loss (`training._model_key`), so a new setting that changes the graph
+tagged `config.MODEL`, the head and the loss (`models.model_key`), so a new setting that changes the graph
 is tagged once and enters the key.
 
 Memory: TensorFlow (2.21) keeps an eager kernel for every Keras variable ever created, holding ~3x the
@@ -125,7 +125,7 @@ def building(key: Hashable, deferrable: bool = True) -> Iterator[None]:
         yield
         return
     # Keras registers deferred variables and creates them when the next top-level StatelessScope exits;
-    # these are never to be created (the registry is Keras' global state, as in `training._fresh_keras_state`).
+    # these are never to be created (the registry is Keras' global state, as in `backend.fresh_keras_state`).
     from keras.src.backend.common import global_state
 
     registered = list(global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True))

@@ -25,16 +25,18 @@ and reconstructions are never rounded to bfloat16's 8-bit mantissa.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 from filelock import FileLock
 from keras import layers, ops
 
-from study.spec.config import ENCODER_STRIDES
+from study.spec.config import ENCODER_STRIDES, MODEL, TrialConfig, phase_values
 
 ENCODER_NAMES = ("small", "resnet50")
 HEADS = ("angle", "rotation4", "image", "classification")
@@ -445,3 +447,28 @@ def forward_flops(model: keras.Model) -> int:
             positions = math.prod(layer.output.shape[1:-1])
             total += 2 * positions * math.prod(kernel)
     return int(total)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a trial's models
+def trial_encoder(trial: TrialConfig, weights: str, weights_path: str | None) -> keras.Model:
+    """The trial's encoder (`models.build_encoder` with the trial's architecture settings)."""
+    small = trial.encoder == "small"
+    return build_encoder(
+        trial.encoder,
+        trial.image_size,
+        trial.encoder_widths,
+        weights,
+        weights_path,
+        mixed_precision=trial.mixed_precision,
+        output_stride=trial.encoder_stride if small else None,
+        bn_momentum=trial.bn_momentum if small else DEFAULT_BN_MOMENTUM,
+    )
+
+
+def model_key(trial: TrialConfig, head: str, loss: Any) -> tuple:
+    """What a compiled model's traced functions depend on, apart from input shapes and the optimizer (both
+    checked by `study.train.model_cache` itself): every field tagged `config.MODEL` (architecture, image size,
+    precision; BatchNorm's momentum is a constant of the traced train step), the head and the loss."""
+    loss_name = loss if isinstance(loss, str) else f"{loss.__module__}.{loss.__qualname__}"
+    return (json.dumps(phase_values(trial, MODEL), sort_keys=True), head, loss_name)

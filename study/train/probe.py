@@ -19,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from study.tasks.metrics import classification_metrics
+from study.train.metrics import classification_metrics
 
 #: Inverse regularisation strengths tried, weakest regularisation last.
 C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 6))

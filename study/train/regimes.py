@@ -3,7 +3,7 @@
 A trial fine-tunes for all E epochs once; each early-stopping regime (patience 3, patience 10, ...) is then
 read off the recorded `val_loss` curve instead of being trained again. With deterministic training the
 replay picks exactly the epoch, and so the weights, that a real `keras.callbacks.EarlyStopping` run would
-end with (tests/test_regimes.py checks this against Keras bit for bit).
+end with (tests/train/test_regimes.py checks this against Keras bit for bit).
 
 The rule mirrored is Keras 3.15's `EarlyStopping(monitor="val_loss", mode="min", baseline=None)`
 (`keras/src/callbacks/early_stopping.py` and `monitor_callback.py`), with 0-based epochs e:

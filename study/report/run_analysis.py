@@ -1,0 +1,281 @@
+"""Everything a report states about one run, computed once: ``analyse_run`` reads ``results.csv``
+(required) and, when present, ``history.csv``, ``manifest.json`` and ``examples/*.npz``, and fills one
+``RunAnalysis``; the section modules only format it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from study import analysis as A
+from study.report import cost as C
+from study.report import simulate as S
+from study.report import tables as T
+from study.report.labels import metric_label
+from study.report.pretext_tables import pretext_learned, pretext_reference_table, pretext_tables
+from study.report.results_table import load_history, load_run, split_valid
+from study.tasks import registry
+
+
+@dataclass
+class RunAnalysis:
+    """Everything the report states about one run, computed once by ``analyse_run``; the section functions
+    only format it. Frames are ``analysis`` outputs as ``tables`` titles them (their docstrings give the columns)."""
+
+    run_dir: Path
+    metric: str  # results-table column of the primary metric, e.g. "test_auc"
+    alpha: float
+    family: Literal["study", "regime"]
+    df: pd.DataFrame  # load_run: every trial x regime, excluded trials included
+    excluded: pd.DataFrame  # split_valid's excluded rows, with reasons
+    summary: pd.DataFrame  # tables.summary_table
+    pairing: A.Pairing | None  # None when the table is not paired by seed (pairing_error says why)
+    pairing_error: str
+    comparisons: pd.DataFrame  # tables.comparison_table + simulate.power_planning + pretext_learned_seeds
+    null_rates: dict[str, float]  # simulate.null_rejection_rates for this design ({} without comparisons)
+    friedmans: list[dict[str, Any]]  # tables.friedman_result, one per (label fraction, regime) cell
+    pretext_tables: dict[str, pd.DataFrame]  # pretext_tables, by table name
+    pretext_refs: pd.DataFrame  # pretext_reference_table
+    learned: pd.DataFrame  # pretext_learned
+    probe: pd.DataFrame  # probe_table
+    probe_comparisons: pd.DataFrame  # probe_comparisons (empty without pairing)
+    curves: pd.DataFrame | None  # learning_curves; None when unusable (history_why says why)
+    history_why: str
+    examples: dict[str, Example]
+    example_notes: list[str]
+    manifest: dict[str, Any] | None
+    manifest_why: str
+    efficiency: pd.DataFrame = field(default_factory=pd.DataFrame)  # label_efficiency of the primary metric
+    phase_costs: pd.DataFrame = field(default_factory=pd.DataFrame)  # cost.phase_costs
+    cost_benefit: pd.DataFrame = field(default_factory=pd.DataFrame)  # cost.cost_benefit of the comparisons
+
+    @property
+    def label(self) -> str:
+        return metric_label(self.metric)
+
+    @property
+    def fractions(self) -> list[float]:
+        return A.label_fractions(self.df)
+
+    @property
+    def several_fractions(self) -> bool:
+        """A label-efficiency study: tables gain a "Labels" column, sentences name the fraction."""
+        return len(self.fractions) > 1
+
+
+def analyse_run(
+    run_dir: str | Path,
+    metric: str = "test_auc",
+    *,
+    alpha: float = 0.05,
+    family: Literal["study", "regime", "table"] = "study",
+    strict: bool = False,
+) -> RunAnalysis:
+    """Read a run dir and compute every table of its report (writes nothing). See ``write.write_report``."""
+    run_dir = Path(run_dir)
+    df = load_run(run_dir)
+    metric = A.metric_column(metric, df.columns)
+    manifest, manifest_why = _read_manifest(run_dir)
+    history, history_why = _read_history(run_dir)
+    examples, example_notes = _read_examples(run_dir)
+    _, excluded = split_valid(df)
+    pairing, pairing_error = _pairing(df, metric, strict)
+    comp, null_rates = _comparisons(df, metric, alpha, family, pairing)
+    refs = pretext_reference_table(df)
+    learned = pretext_learned(refs)
+    comp = comp.assign(
+        pretext_learned_seeds=comp["arm"].map(dict(zip(learned["arm"], learned["learned_seeds"])))
+    )
+    curves = _curves(history, df, excluded) if history is not None else None
+    if history is not None and curves is None:
+        history_why = "history.csv has no finite fine-tune validation loss/AUC values"
+    summary = T.summary_table(df)
+    return RunAnalysis(
+        run_dir=run_dir,
+        metric=metric,
+        alpha=alpha,
+        family=A.resolve_family(family),
+        df=df,
+        excluded=excluded,
+        summary=summary,
+        pairing=pairing,
+        pairing_error=pairing_error,
+        comparisons=comp,
+        null_rates=null_rates,
+        friedmans=[
+            T.friedman_result(df, metric, r, alpha, label_fraction=f, pairing=pairing)
+            for f, r in pairing.cells
+        ]
+        if pairing is not None
+        else [],
+        pretext_tables=pretext_tables(df),
+        pretext_refs=refs,
+        learned=learned,
+        probe=T.probe_table(df),
+        probe_comparisons=T.probe_comparisons(df) if pairing is not None else pd.DataFrame(),
+        curves=curves,
+        history_why=history_why,
+        examples=examples,
+        example_notes=example_notes,
+        manifest=manifest,
+        manifest_why=manifest_why,
+        efficiency=T.label_efficiency(summary, metric, 1 - alpha),
+        phase_costs=C.phase_costs(df),
+        cost_benefit=C.cost_benefit(df, comp),
+    )
+
+
+def _pairing(df: pd.DataFrame, metric: str, strict: bool) -> tuple[A.Pairing | None, str]:
+    """``(check_pairing, "")``, or ``(None, why)`` for a table not paired by seed (raised when ``strict``)."""
+    try:
+        return A.check_pairing(df, metric), ""
+    except A.PairingError as e:
+        if strict:
+            raise
+        return None, str(e)
+
+
+def _comparisons(
+    df: pd.DataFrame, metric: str, alpha: float, family: str, pairing: A.Pairing | None
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The titled comparisons with their power planning, and the simulated null rates of this design
+    (``{}`` without comparisons); no rows without a pairing."""
+    if pairing is None:
+        return T.comparison_table(pd.DataFrame(columns=A.COMPARISON_COLUMNS), alpha, False), {}
+    comp = A.compare_to_baseline(df, metric, alpha=alpha, family=family, pairing=pairing)
+    comp = T.comparison_table(comp, alpha, pairing.several_fractions)
+    if not len(comp):
+        return comp, {}
+    comp = pd.concat([comp, S.power_planning(comp, alpha)], axis=1)
+    # Each (label fraction, regime) cell is one independent family of the simulation.
+    null_rates = S.null_rejection_rates(int(comp["n"].median()), comp["arm"].nunique(), n_cells(comp), alpha)
+    return comp, null_rates
+
+
+def _curves(history: pd.DataFrame, df: pd.DataFrame, excluded: pd.DataFrame) -> pd.DataFrame | None:
+    """``tables.learning_curves`` of the trials not excluded; None when no value is finite."""
+    if A.LABEL_FRACTION not in history:  # a history.csv older than its results.csv's column
+        fractions = dict(zip(df["trial_id"], df[A.LABEL_FRACTION]))
+        history = history.assign(**{A.LABEL_FRACTION: history["trial_id"].map(fractions).fillna(1.0)})
+    curves = T.learning_curves(history, exclude_trials=excluded["trial_id"].unique())
+    return None if curves.empty else curves
+
+
+def n_cells(comp: pd.DataFrame) -> int:
+    """(label fraction, regime) cells among comparison rows."""
+    return len(comp.drop_duplicates([A.LABEL_FRACTION, "regime"]))
+
+
+# --------------------------------------------------------------------------------------------- run inputs
+
+
+def _read_manifest(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        return None, "manifest.json not found in the run dir (written by the runner when a study finishes)"
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return None, f"manifest.json could not be read ({e})"
+    if not isinstance(m, dict):
+        return None, "manifest.json is not a JSON object"
+    return m, ""
+
+
+def _read_history(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
+    if not (run_dir / "history.csv").is_file():
+        return None, "history.csv not found in the run dir"
+    try:
+        h = load_history(run_dir)
+    except A.AnalysisError as e:
+        return None, str(e)
+    if h.empty:
+        return None, "history.csv has no rows"
+    return h, ""
+
+
+IMAGE_EXAMPLE_KEYS = ("inputs", "targets", "outputs")
+
+
+ANGLE_EXAMPLE_KEYS = ("inputs", "angle_true_deg", "angle_pred_deg")
+
+
+VIEW_EXAMPLE_KEYS = (
+    "images",
+    "view1",
+    "view2",
+)  # tasks with their own two-view step (study.train.contrastive)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One seed's pretext examples. ``kind`` "image": uint8 ``(N, S, S, 3)`` ``inputs, targets, outputs``;
+    "angle": uint8 ``(N, S, S, 3)`` rotated ``inputs`` with ``(N,)`` ``angle_true_deg, angle_pred_deg``;
+    "views": uint8 ``(N, S, S, 3)`` test ``images`` and the two augmented views the task matched."""
+
+    seed: int
+    kind: Literal["image", "angle", "views"]
+    arrays: dict[str, np.ndarray]
+
+
+def _read_examples(run_dir: Path) -> tuple[dict[str, Example], list[str]]:
+    """The lowest seed's examples per task, plus notes on files that cannot be shown.
+
+    The runner copies every pretext's ``examples.npz``: an empty one (a diverged pretext) or an angle-head file
+    without recorded angles has nothing to show and is passed over without a note, since neither is a fault.
+    """
+    found: dict[str, Example] = {}
+    notes = []
+    folder = run_dir / "examples"
+    if not folder.is_dir():
+        return found, notes
+    for path in sorted(folder.glob("*_seed*.npz")):
+        task, _, seed_text = path.stem.rpartition("_seed")
+        try:
+            seed = int(seed_text)
+            with np.load(path) as z:
+                arrays = {k: np.asarray(z[k]) for k in z.files}
+        except (ValueError, OSError) as e:
+            notes.append(f"{path.name}: not a valid example file ({e})")
+            continue
+        example, problem = _example(task, seed, arrays)
+        if problem:
+            notes.append(f"{path.name}: {problem}")
+        elif example is not None and (task not in found or seed < found[task].seed):
+            found[task] = example
+    return found, notes
+
+
+def _example(task: str, seed: int, arrays: dict[str, np.ndarray]) -> tuple[Example | None, str]:
+    """``(example or None, problem or "")`` for one file's arrays."""
+    if not arrays:
+        return None, ""
+    # The pretext phase records angle examples for every head but `image` (unregistered tasks: image).
+    registered = registry.TASKS.get(task)
+    if all(k in arrays for k in VIEW_EXAMPLE_KEYS):
+        if not all(_is_image(arrays[k]) for k in VIEW_EXAMPLE_KEYS):
+            return None, "images and views must be uint8 (N, S, S, 3)"
+        return Example(seed, "views", {k: arrays[k] for k in VIEW_EXAMPLE_KEYS}), ""
+    if registered is not None and registered.head != "image":
+        if not all(k in arrays for k in ANGLE_EXAMPLE_KEYS):
+            return None, ""
+        x, t, p = (arrays[k] for k in ANGLE_EXAMPLE_KEYS)
+        if not _is_image(x) or t.ndim != 1 or p.ndim != 1:
+            return None, "inputs must be uint8 (N, S, S, 3) and angles (N,)"
+        return Example(seed, "angle", arrays), ""
+    missing = [k for k in IMAGE_EXAMPLE_KEYS if k not in arrays]
+    if missing:
+        return None, f"lacks array(s) {missing}"
+    if not all(_is_image(arrays[k]) for k in IMAGE_EXAMPLE_KEYS):
+        return None, "arrays must be uint8 (N, S, S, 3)"
+    return Example(seed, "image", {k: arrays[k] for k in IMAGE_EXAMPLE_KEYS}), ""
+
+
+def _is_image(x: np.ndarray) -> bool:
+    return x.ndim == 4 and x.shape[-1] == 3

@@ -1,0 +1,287 @@
+"""The Headline results section: one sentence per comparison with the baseline, what the seeds run can and
+cannot show (underpowered comparisons, power planning, robustness to the Holm family), per-fraction summaries
+of a label-efficiency study, pretext tasks that did not learn, and the forest plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from study import analysis as A
+from study.report import formatting as F
+from study.report import labels as L
+from study.report import plots
+from study.report import sentences as SN
+from study.report import simulate as S
+from study.report import tables as T
+from study.report.document import Block, Box, Bullets, Heading, Image, Para
+from study.report.run_analysis import RunAnalysis, n_cells
+
+
+def headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
+    comp, alpha = a.comparisons, a.alpha
+    blocks: list[Block] = [Heading(2, "Headline results")]
+    if a.pairing_error:
+        blocks.append(
+            Box(
+                "warning",
+                "the results table is not paired by seed; no comparison was computed",
+                [a.pairing_error],
+            )
+        )
+    elif comp.empty:
+        blocks.append(Para(f"{F.NA}: only the baseline arm was run, so there is nothing to compare with it."))
+    else:
+        failed = _failed_pretexts(a.learned)
+        if a.several_fractions:
+            blocks += _fraction_summary_blocks(a)
+        blocks.append(Bullets([r.headline + _learned_suffix(failed.get(r.arm)) for r in comp.itertuples()]))
+        under = comp[comp["underpowered"]]
+        if len(under):
+            need = int(under["min_n_for_significance"].max())
+            blocks.append(
+                Box(
+                    "warning",
+                    f"too few seeds: {len(under)} of {len(comp)} comparison(s) cannot reach significance "
+                    f"whatever the data; at least {need} non-zero paired differences are needed",
+                    grouped_warnings(under, len(comp)),
+                )
+            )
+        blocks.append(Para(_power_sentence(comp, alpha, a.several_fractions)))
+        if n_cells(comp) > 1:
+            blocks.append(Para(_robustness_sentence(a)))
+    not_learned = [_not_learned_sentence(r) for r in a.learned.itertuples() if r.majority_failed]
+    if not_learned:
+        blocks.append(Box("warning", "pretext tasks that did not learn", not_learned))
+    for w in SN.consistency_warnings(a.df):
+        blocks.append(Box("warning", "the arms are not comparable as run", [w]))
+    if not comp.empty:
+        fraction = a.metric in A.FRACTION_METRICS
+        # Grouped by where a comparison lives: its regime, or its label fraction and regime.
+        places = [_place(r, a.several_fractions) for r in comp.itertuples()]
+        fig = plots.forest_plot(
+            comp.assign(regime_title=places),
+            f"\u0394 {a.label}" + (" (pp)" if fraction else ""),
+            scale=100.0 if fraction else 1.0,
+            alpha=alpha,
+        )
+        path = plots.save_figure(fig, fig_dir / "forest.png")
+        level = round((1 - alpha) * 100)
+        blocks.append(
+            Image(
+                path,
+                f"Paired differences in {a.label} vs baseline: Hodges\u2013Lehmann estimate with its {level} % "
+                "exact signed-rank CI (not adjusted for multiplicity), mean as \u00d7",
+            )
+        )
+    return blocks
+
+
+def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
+    """Per label fraction: does any arm beat the baseline (significant in the table's Holm family), with its
+    effect and interval; then how the mean difference moves with the fraction (descriptive)."""
+    comp, metric = a.comparisons, a.metric
+    per = T.fraction_summary(comp)
+    family = (
+        f"Holm over all m = {len(comp)} comparisons of the study"
+        if a.family == "study"
+        else f"Holm within each regime of each fraction (m = {comp['arm'].nunique()})"
+    )
+    lines = []
+    for r in per.itertuples(index=False):
+        head = f"{L.fraction_title(r.label_fraction)}: "
+        sub = comp[comp[A.LABEL_FRACTION] == r.label_fraction]
+        better = sub[sub["significant"] & A.arm_better(sub["hl_estimate"], sub["mean_diff"], metric)]
+        if len(better):
+            listed = "; ".join(
+                f"{c.arm_title}, {c.regime_title}: {_effect_text(c, a.alpha)}" for c in better.itertuples()
+            )
+            text = f"{len(better)} of {r.m} comparisons significant with the arm better ({family}) \u2014 {listed}"
+        elif pd.notna(r.best):
+            c = comp.loc[int(r.best)]
+            text = (
+                f"no arm beats the baseline ({family}); most favourable estimate {c['arm_title']}, {c['regime_title']}: "
+                f"{_effect_text(c, a.alpha)}"
+            )
+        else:
+            text = f"no arm beats the baseline ({family}); no comparison has an estimate"
+        if r.n_worse:
+            text += f"; {r.n_worse} significant with the arm worse"
+        lines.append(head + text + ".")
+    return [
+        Para(
+            "Per label fraction (does any self-supervised arm beat the baseline at that share of the labels?):"
+        ),
+        Bullets(lines),
+        Para(_fraction_trend_sentence(per, metric)),
+    ]
+
+
+def _effect_text(r: Any, alpha: float) -> str:
+    """``"+6.1 pp AUC (Hodges–Lehmann), 95 % signed-rank CI [3.2, 8.8], Holm p = 0.003"`` for a comparison
+    row (namedtuple or Series)."""
+    get = r.__getitem__ if isinstance(r, pd.Series) else lambda k: getattr(r, k)
+    metric = get("metric")
+    pp = metric in A.FRACTION_METRICS
+    scale = 100.0 if pp else 1.0
+    low, high = float(get("hl_ci_low")), float(get("hl_ci_high"))
+    ci = (
+        f"{round((1 - alpha) * 100)} % signed-rank CI [{F.bound(low * scale, pp)}, {F.bound(high * scale, pp)}]"
+        if np.isfinite(low)
+        else f"signed-rank CI n/a (n = {int(get('n'))})"
+    )
+    return (
+        f"{F.format_diff(float(get('hl_estimate')), metric)} {L.metric_label(metric)} (Hodges\u2013Lehmann), {ci}, "
+        f"Holm p {F.format_p(float(get('p_holm')))}"
+    )
+
+
+def _fraction_trend_sentence(per: pd.DataFrame, metric: str) -> str:
+    """How the mean paired difference (over a fraction's arms and regimes) moves with the label fraction."""
+    values = "; ".join(
+        f"{L.fraction_title(f)} {F.format_diff(v, metric)}"
+        for f, v in zip(per[A.LABEL_FRACTION], per["mean_hl"])
+    )
+    text = (
+        f"Mean Hodges\u2013Lehmann difference vs the baseline over each fraction's comparisons (every arm and "
+        f"regime, so not inflated by picking the best; descriptive, not a test): {values}."
+    )
+    gain = per["mean_hl"].to_numpy(dtype=float) * (1.0 if A.higher_is_better(metric) else -1.0)
+    if not np.isfinite(gain).all() or len(gain) < 2:
+        return text
+    top = int(np.argmax(gain))
+    where = L.fraction_title(per[A.LABEL_FRACTION].iloc[top])
+    if top == 0 and gain[0] > 0:
+        shrinking = bool(np.all(np.diff(gain) <= 0))
+        text += (
+            f" The gain is largest at the fewest labels ({where})"
+            + (" and shrinks as labels are added" if shrinking else "")
+            + ", the pattern the self-supervised literature reports."
+        )
+    elif gain[top] > 0:
+        text += f" The gain is largest at {where}, not at the fewest labels."
+    else:
+        text += " No fraction shows a mean gain over the baseline."
+    return text
+
+
+def _failed_pretexts(learned: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """``{arm: (seeds not learned, seeds judged)}`` for arms whose pretext failed on most seeds."""
+    return {
+        r.arm: (int(r.n_judged - r.n_learned), int(r.n_judged))
+        for r in learned.itertuples()
+        if r.majority_failed
+    }
+
+
+def _learned_suffix(failed: tuple[int, int] | None) -> str:
+    if failed is None:
+        return ""
+    return f" \u2014 pretext did not beat its reference on {failed[0]} of {failed[1]} seeds"
+
+
+def _not_learned_sentence(r: Any) -> str:
+    """``r``: a row of ``analysis.pretext_learned``."""
+    ref = L.REFERENCE_TITLES.get(r.reference, "its best learning-free reference")
+    what = (
+        "a task that learned nothing"
+        if r.n_learned == 0
+        else f"a task that learned on only {r.n_learned} of {r.n_judged} seeds"
+    )
+    return (
+        f"{r.arm_title} did not beat {ref} on {r.n_judged - r.n_learned} of {r.n_judged} seeds: its "
+        f"fine-tune comparison tests the pretext weights of {what}."
+    )
+
+
+PLANNING_EFFECTS = (0.8, 1.0, 1.5, 2.0)
+
+
+def grouped_warnings(under: pd.DataFrame, n_comparisons: int) -> list[str]:
+    """One line per distinct reason: comparisons with the same seeds share one explanation (`warning` is
+    "<arm> vs baseline, <regime>: <reason>")."""
+    groups: dict[str, list[str]] = {}
+    for text in under["warning"]:
+        who, _, why = str(text).partition(": ")
+        groups.setdefault(why or who, []).append(who)
+    lines = []
+    for why, who in groups.items():
+        if len(who) == 1:
+            lines.append(f"{who[0]}: {why}")
+        else:
+            label = f"all {len(who)} comparisons" if len(who) == n_comparisons else "; ".join(who)
+            lines.append(f"{label[0].upper()}{label[1:]}: {why}")
+    return lines
+
+
+def _place(r: Any, with_fraction: bool) -> str:
+    """Where comparison row ``r`` (a namedtuple of comparisons) lives: its regime, with its label fraction."""
+    return L.cell_title(getattr(r, A.LABEL_FRACTION, 1.0), r.regime_title, with_fraction)
+
+
+def _power_sentence(comp: pd.DataFrame, alpha: float, with_fraction: bool = False) -> str:
+    m = int(comp["family_size"].max())
+    reference = " / ".join(F.seeds(S.seeds_for_headline_power(e, m, alpha)) for e in PLANNING_EFFECTS)
+    procedure = (
+        f"the headline procedure (two-sided exact Wilcoxon, Holm over m = {m}, \u03b1 = {alpha:g}; "
+        f"simulated, {S.N_SIM} studies per seed count)"
+    )
+    tail = (
+        f" For reference, at a true d_z of {' / '.join(f'{e:g}' for e in PLANNING_EFFECTS)} it needs "
+        f"{reference} seeds."
+    )
+    parts = [
+        f"{r.arm_title}, {_place(r, with_fraction)}: {F.seed_range(r.seeds_80_min, r.seeds_80_max)}"
+        for r in comp.itertuples(index=False)
+        if not r.significant and "seeds_80_min" in comp
+    ]
+    if not parts:
+        return f"Every comparison is significant after Holm correction.{tail}"
+    return (
+        f"Power planning: seeds {procedure} would need for 80 % power, if the true effect lay anywhere in "
+        "each non-significant comparison's 80 % CI of d_z (a range, not a point: an effect observed on few "
+        "seeds is noisy; a low end at or below the seeds run means only that such an effect is plausible): "
+        + "; ".join(parts)
+        + "."
+        + tail
+    )
+
+
+def _robustness_sentence(a: RunAnalysis) -> str:
+    comp, alpha, rates = a.comparisons, a.alpha, a.null_rates
+    m, k = len(comp), comp["arm"].nunique()
+    n = int(comp["n_nonzero"].max())
+    several = a.several_fractions
+    per = "per regime and label fraction" if several else "per regime"
+    if a.family == "study":
+        alt = comp[comp["p_holm_regime"] < alpha]
+        listed = "; ".join(f"{r.arm_title}, {_place(r, several)}" for r in alt.itertuples())
+        return (
+            f"Robustness: with Holm {per} instead (over the {k} arm(s) of each regime"
+            + (" of each fraction" if several else "")
+            + "; study-wise "
+            f"false-positive rate {F.rate(rates.get('studywise_regime'))} for this design), "
+            + (f"{len(alt)} comparison(s) would be significant: {listed}" if len(alt) else "none would be")
+            + " (p_holm_regime in comparisons.csv)."
+        )
+    sig = comp[comp["significant"]]
+    need = A.min_n_for_significance(alpha, m)
+    floor = f"; that family needs at least {need} non-zero paired differences"
+    if n < need:
+        floor += f", more than this run's {n}, so it cannot reject here"
+    if sig.empty:
+        return (
+            f"Robustness: no comparison is significant with Holm {per}, so none is with Holm across all "
+            f"{m} comparisons of the study either (p_holm_study in comparisons.csv{floor})."
+        )
+    strict = sig[sig["p_holm_study"] < alpha]
+    listed = "; ".join(f"{r.arm_title}, {_place(r, several)}" for r in strict.itertuples())
+    return (
+        f"Robustness: with Holm across all {m} comparisons of the study instead of {per}, "
+        f"{len(strict)} of {len(sig)} significant comparison(s) remain significant"
+        + (f": {listed}" if listed else "")
+        + f" (p_holm_study in comparisons.csv{floor})."
+    )

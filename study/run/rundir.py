@@ -1,0 +1,175 @@
+"""A run directory's driver files: where they live, the study record, the manifest and the examples.
+
+Run directory (= Tune's experiment directory, `STORAGE/NAME`; STORAGE is a folder or an `s3://` URI):
+    study.json       the study as run (for `study resume`)
+    results.csv      one row per trial x early-stopping regime (the analysis contract, `study.spec.schema`)
+    history.csv      one row per epoch of each trial (fine-tune epochs from the final result)
+    manifest.json    config, versions, data fingerprint and check, git revision, errors
+    examples/        pretext inputs/targets/outputs of image tasks, for the report
+    pretext_cache/   pretext weights shared between trials
+
+With an object-store STORAGE the driver writes its files into a local copy (`runs/NAME` under the working
+directory) and uploads them to the run URI; `study resume` / `study report` accept the URI.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import study
+from study.data.trial_source import pretext_root
+from study.io import storage as store
+from study.io.files import write_replacing, write_text_replacing
+from study.spec.config import ConfigError
+from study.spec.presets import StudyPreset
+
+STUDY_FILE = "study.json"
+# The driver's own files of a run (the rest of a run directory is Ray Tune's): fetched for resume/report.
+DRIVER_FILES = [STUDY_FILE, "results.csv", "history.csv", "manifest.json", "examples"]
+
+
+def check_storage(storage: str | Path) -> None:
+    """Fail at start, not mid-study, when results cannot be written (unwritable path or bucket, full disk)."""
+    store.check_writable(store.normalize(storage))
+
+
+def local_copy(run_uri: str) -> Path:
+    """Where the driver writes a run's tables and report: the run itself, or `runs/NAME` for a URI."""
+    return Path("runs").resolve() / store.basename(run_uri) if store.is_uri(run_uri) else Path(run_uri)
+
+
+def open_run(run_dir: str | Path) -> tuple[str, Path]:
+    """(run URI, local copy) of an existing run; for a URI the driver's files are downloaded first."""
+    run_uri = store.normalize(run_dir)
+    local = local_copy(run_uri)
+    if store.is_uri(run_uri):
+        store.download(run_uri, local, DRIVER_FILES)
+    return run_uri, local
+
+
+def publish(local: Path, run_uri: str) -> None:
+    """Upload the driver's files of a run (tables, manifest, report) to its URI; nothing to do for folders."""
+    if store.is_uri(run_uri):
+        store.upload(local, run_uri)
+        print(f"Uploaded results and report to {run_uri}", flush=True)
+
+
+def holds_study(run_uri: str, local: Path) -> bool:
+    """Whether a run (at its URI or in its local copy) was started already."""
+    return store.exists(store.join(run_uri, STUDY_FILE)) or (local / STUDY_FILE).exists()
+
+
+def write_study_record(local: Path, preset: StudyPreset, run_uri: str, data_root: str, check: Any) -> None:
+    """`study.json`: the study as run, when it started, and the data it runs on (with the data check)."""
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    (local / STUDY_FILE).write_text(
+        json.dumps(
+            {
+                "preset": preset.to_dict(),
+                "started": started,
+                "run_uri": run_uri,
+                "data_root": data_root,
+                "data_check": check.to_dict(),
+                "data_check_summary": check.format(),
+            },
+            indent=2,
+            default=str,
+        )
+    )
+
+
+def load_study(run_dir: Path, run_uri: str | None = None) -> tuple[StudyPreset, dict[str, Any]]:
+    """The study a run directory (its local copy `run_dir`, fetched from `run_uri`) was started with."""
+    path = Path(run_dir) / STUDY_FILE
+    if not path.exists():
+        raise ConfigError(
+            f"{run_uri or run_dir} is not a study run directory (no {STUDY_FILE}); "
+            "pass the folder or URI `study run` printed, e.g. runs/demo-20260101-120000"
+        )
+    saved = json.loads(path.read_text())
+    return StudyPreset.from_dict(saved["preset"]), saved
+
+
+def write_manifest(
+    run_dir: Path, preset: StudyPreset, results: pd.DataFrame, errors: list[dict], run_uri: str
+) -> None:
+    """`manifest.json`: the study, versions, data and its check, git revision, timing and errors."""
+    saved = json.loads((run_dir / STUDY_FILE).read_text())
+    manifest = {
+        "preset": preset.name,
+        "config": preset.to_dict(),
+        "versions": versions(),
+        "run_uri": run_uri,
+        "data_root": saved.get("data_root"),
+        "data_fingerprint": next(iter(results["data_fingerprint"].dropna()), None) if len(results) else None,
+        "git_revision": git_revision(),
+        "data_check": {"summary": saved.get("data_check_summary"), **(saved.get("data_check") or {})},
+        "started": saved.get("started"),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "n_trials": int(results["trial_id"].nunique()) if len(results) else 0,
+        "errors": errors,
+    }
+    write_text_replacing(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+
+
+def versions() -> dict[str, str]:
+    out = {"melanoma-ssl-study": study.__version__}
+    for dist in (
+        "ray",
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "numpy",
+        "pandas",
+        "scipy",
+        "statsmodels",
+        "scikit-image",
+        "optuna",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_revision() -> str | None:
+    try:
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+                check=True,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset, run_uri: str) -> None:
+    """`examples/TASK_seedS.npz`: each pretext phase's examples from the run's pretext cache, for the report."""
+    if not len(results) or "pretext_key" not in results or not preset.base.pretext_cache_dir:
+        return
+    cache = pretext_root(preset.base, run_uri)
+    out = run_dir / "examples"
+    if out.is_symlink():  # never write through a link planted in the run directory
+        out.unlink()
+    for (task, seed, key), _ in results.groupby(["task", "seed", "pretext_key"], dropna=True):
+        src = store.join(cache, str(key), "examples.npz")
+        if store.exists(src):
+            out.mkdir(exist_ok=True)
+            fs, path = store.filesystem(src)
+            with fs.open_input_stream(path) as f:
+                data = f.read()
+            write_replacing(out / f"{task}_seed{seed}.npz", lambda w, data=data: w.write(data))
