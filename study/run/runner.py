@@ -29,7 +29,7 @@ from study.run.rundir import (
     publish,
     write_study_record,
 )
-from study.run.tune_state import RunGuard, check_remote_signatures, repair_state
+from study.run.tune_state import RunGuard, check_remote_signatures, moved_modules, repair_state
 from study.search_spaces import optuna_space, param_space
 from study.spec.config import ConfigError
 from study.spec.presets import StudyPreset
@@ -245,9 +245,10 @@ def resume_study(
     prepare_weights(preset)
     init_ray(address, preset)
     _quiet_tune_console()  # the restored run config keeps the study's console (verbose=0 + StudyProgress)
-    tuner = tune.Tuner.restore(
-        run_uri, trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
-    )
+    with moved_modules():
+        tuner = tune.Tuner.restore(
+            run_uri, trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
+        )
     grid = tuner.fit()
     _raise_if_interrupted(run_uri, grid, preset)
     finish_run(local, grid, preset, write_report=write_report, run_uri=run_uri)

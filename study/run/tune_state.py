@@ -8,9 +8,13 @@ writes them (`RunGuard`) and `study resume` checks the signatures first (`study.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,9 @@ from study.spec.config import ConfigError
 # driver killed in the middle leaves them cut short, and Tune would then silently start a new experiment.
 STATE_PATTERNS = integrity.STATE_PATTERNS
 STATE_BACKUP = ".state-backup"
+# Modules that runs written before the packages-by-stage layout (commit 16ab4ad) name in their tuner.pkl (the
+# study's console and signing callbacks), and the modules that hold those classes now.
+MOVED_MODULES = {"study.console": "study.run.console", "study.tune_state": "study.run.tune_state"}
 
 
 def _state_intact(path: Path) -> bool:
@@ -211,3 +218,18 @@ def check_remote_signatures(run_uri: str, *, trust: bool) -> None:
     for name in integrity.protected_names(names):
         if not integrity.signed(signatures, key, name, read(name)):
             raise ConfigError(untrusted_message(f"{run_uri}/{name}", run_uri))
+
+
+@contextmanager
+def moved_modules() -> Iterator[None]:
+    """While `Tuner.restore` unpickles a run's state, the module names of `MOVED_MODULES` lead to the modules
+    that hold those classes now, so a run written before the move resumes (Tune then saves it with the new
+    names). Only names that nothing else provides are set, and they are removed afterwards."""
+    added = [old for old in MOVED_MODULES if old not in sys.modules]
+    for old in added:
+        sys.modules[old] = importlib.import_module(MOVED_MODULES[old])
+    try:
+        yield
+    finally:
+        for old in added:
+            sys.modules.pop(old, None)
