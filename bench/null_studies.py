@@ -79,8 +79,8 @@ def main() -> None:
         )
         rates = S.null_rejection_rates(n, 3, 3)
         print(f"  simulate.null_rejection_rates (continuous, what the report states): {rates}")
-        ties = np.mean(c.wilcoxon_method == "permutation (exact, ties)")
-        print(f"comparisons with tied |differences| (permutation test): {ties:.3f}")
+        ties = np.mean(c.wilcoxon_method == "exact, ties or zeros (conservative)")
+        print(f"comparisons with tied |differences| or zeros: {ties:.3f}")
         hl = np.mean((c.hl_ci_low <= 0) & (c.hl_ci_high >= 0))
         t = np.mean((c.mean_ci_low <= 0) & (c.mean_ci_high >= 0))
         print(

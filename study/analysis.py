@@ -20,8 +20,10 @@ The design follows ``docs/STATS.md`` (shared docs); the tests, intervals and eff
   0.05/9 only from n = 9).
 * Intervals (1 - alpha, not adjusted for multiplicity) and effect sizes (positive = arm better) are
   ``study.stats``'; power of the headline procedure is simulated in ``study.report.simulate``.
-* Across arms: Friedman test with Nemenyi critical difference (``friedman``); descriptive only, since the
-  Nemenyi test depends on which arms are in the pool (Benavoli et al. 2016).
+* Across arms: Friedman test with the Iman–Davenport F from ``study.stats.FRIEDMAN_MIN_BLOCKS`` (5)
+  complete seeds up, and each arm against the baseline from the mean ranks, Holm over those k - 1
+  (``friedman``); secondary, since mean-rank comparisons depend on which arms are in the pool (Benavoli et
+  al. 2016).
 
 Tables: the tidy results table (``study.report.results_table.load_run``) has one row per trial x regime
 (a trial is one arm x seed x label fraction). Matrices are ``(n_seeds, n_arms)`` for one (label fraction,
@@ -45,14 +47,13 @@ import pandas as pd
 from study.spec import schema
 from study.stats import (
     AnalysisError,
-    cliques,
+    control_comparisons,
     friedman_test,
     hedges_gz,
     hodges_lehmann_ci,
     holm_planned,
     mean_t_ci,
     min_n_for_significance,
-    nemenyi_q,
     prob_improvement,
     rank_biserial,
     signed_rank_pvalues,
@@ -67,7 +68,6 @@ CLASSIFICATION_METRICS = schema.CLASSIFICATION_METRICS
 SUMMARY_METRICS = CLASSIFICATION_METRICS + ("stop_epoch",)
 # Fractions in [0, 1]: rendered as % and differences as percentage points.
 FRACTION_METRICS = frozenset(CLASSIFICATION_METRICS)
-LOWER_IS_BETTER = frozenset({"test_loss", "val_loss"})
 # Share of the training labels a trial's fine-tune saw: a design column, 1.0 when the table has none (older
 # runs, and studies of one fraction written before the runner recorded it).
 LABEL_FRACTION = "label_fraction"
@@ -161,17 +161,17 @@ def metric_column(metric: str, columns: Iterable[str] | None = None) -> str:
     )
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
+metric_direction = schema.metric_direction  # declared once: higher / lower is better, or none
+orientation = schema.orientation
+higher_is_better = schema.higher_is_better
 
 
 def arm_better(hl_estimate: Any, mean_diff: Any, metric: str) -> Any:
-    """Whether the arm beats the baseline, by the sign of the Hodges-Lehmann estimate (the estimate that goes
-    with the signed-rank test, which decides significance; the mean difference only where it is undefined).
-    Scalars or aligned arrays/Series in, bool(s) out."""
+    """Whether the arm beats the baseline (is higher, for a metric without a direction), by the sign of the
+    Hodges-Lehmann estimate (the estimate of the signed-rank test, which decides significance; the mean
+    difference only where it is undefined). Scalars or aligned arrays/Series in, bool(s) out."""
     hl, mean = np.asarray(hl_estimate, dtype=float), np.asarray(mean_diff, dtype=float)
-    diff = np.where(np.isfinite(hl), hl, mean)
-    return (diff > 0) if higher_is_better(metric) else (diff < 0)
+    return np.where(np.isfinite(hl), hl, mean) * orientation(metric) > 0
 
 
 # ------------------------------------------------------------------------------------------------ pairing
@@ -404,70 +404,20 @@ def _paired_matrix(
 # -------------------------------------------------------------------------------------- descriptive tables
 
 
-SUMMARY_COLUMNS = [
-    LABEL_FRACTION,
-    "regime",
-    "arm",
-    "metric",
-    "n",
-    "mean",
-    "sd",
-    "median",
-    "q1",
-    "q3",
-]
-
-
-def summarise(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
-    """Per label fraction x regime x arm x metric: ``n, mean, sd, median, q1, q3`` over seeds, status-ok rows.
-
-    Long format, columns ``SUMMARY_COLUMNS`` (``label_fraction, regime, arm, metric, n, mean, sd, median, q1,
-    q3``); rows ordered by label fraction, regime, arm (baseline first), then ``metrics`` order.
-    SD uses ddof=1 (NaN when n < 2). Descriptive: all valid seeds of an arm count, also those whose pair was
-    dropped from a comparison.
-    """
-    cols = [metric_column(m, df.columns) for m in metrics]
-    df = with_label_fraction(df)
-    valid = df[df["status"] == "ok"]
-    groups = {(float(f), r, a): g for (f, r, a), g in valid.groupby([LABEL_FRACTION, "regime", "arm"])}
-    rows = []
-    for f, regime in cells(df):
-        for arm in arm_order(df["arm"]):
-            g = groups.get((f, regime, arm), valid.iloc[0:0])
-            for col in cols:
-                x = g[col].to_numpy(dtype=float, na_value=np.nan)
-                x = x[np.isfinite(x)]
-                n = x.size
-                rows.append(
-                    {
-                        LABEL_FRACTION: f,
-                        "regime": regime,
-                        "arm": arm,
-                        "metric": col,
-                        "n": n,
-                        "mean": x.mean() if n else np.nan,
-                        "sd": x.std(ddof=1) if n > 1 else np.nan,
-                        "median": np.median(x) if n else np.nan,
-                        "q1": np.quantile(x, 0.25) if n else np.nan,
-                        "q3": np.quantile(x, 0.75) if n else np.nan,
-                    }
-                )
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
 # ------------------------------------------------------------------------------- comparisons with the baseline
 
 
-FAMILIES = ("study", "regime")
+FAMILIES = ("primary", "study", "regime")
 
 
 def resolve_family(family: str) -> str:
-    """The Holm family's canonical name: ``"study"`` or ``"regime"`` (``AnalysisError`` otherwise)."""
+    """The Holm family's canonical name: ``"primary"``, ``"study"`` or ``"regime"`` (``AnalysisError`` otherwise)."""
     # "table" was this setting's earlier name for the study-wide family.
     f = "study" if family == "table" else family
     if f not in FAMILIES:
         raise AnalysisError(
-            f"family must be 'study' (Holm over every comparison) or 'regime'; got {family!r}"
+            "family must be 'primary' (Holm over the declared primary cell, the rest a secondary family), "
+            f"'study' (Holm over every comparison) or 'regime'; got {family!r}"
         )
     return f
 
@@ -512,9 +462,10 @@ def compare_to_baseline(
     df: pd.DataFrame,
     metric: str = "test_auc",
     alpha: float = 0.05,
-    family: Literal["study", "regime", "table"] = "study",
+    family: Literal["primary", "study", "regime", "table"] = "study",
     *,
     pairing: Pairing | None = None,
+    primary: Cell | None = None,
 ) -> pd.DataFrame:
     """Each SSL arm vs the baseline within each regime of each label fraction, paired by seed. One row per
     (label fraction, regime, arm), fractions ascending, then regimes, then arms.
@@ -530,7 +481,9 @@ def compare_to_baseline(
     significant result stays <= alpha; ``"regime"``: the SSL arms within one regime of one label fraction
     (m = SSL arms), which lets the study-wise rate grow with the regimes and fractions (~12 % with 3 regimes;
     ``study.report.simulate.null_rejection_rates``). ``"table"`` is an alias of ``"study"``. Both adjusted p are
-    always reported (``p_holm_study``, ``p_holm_regime``).
+    always reported (``p_holm_study``, ``p_holm_regime``). ``"primary"``: the declared ``primary`` cell
+    (label fraction, regime) is the headline family (m = SSL arms); every other comparison is one secondary
+    family (``holm_family`` "secondary"), exploratory.
 
     Columns (``COMPARISON_COLUMNS``): ``label_fraction`` (1.0 for a table without the column); ``n`` paired
     seeds; ``n_nonzero`` non-zero differences (the Wilcoxon
@@ -569,15 +522,25 @@ def compare_to_baseline(
     p = out["p_wilcoxon"].to_numpy(dtype=float)
     per_cell = list(out.groupby([LABEL_FRACTION, "regime"], sort=False).indices.values())
     out["p_holm_study"], out["p_holm_regime"] = holm_planned(p), holm_planned(p, per_cell)
-    out = _holm_family(out, family, pairing.several_fractions)
+    out = _holm_family(out, family, pairing.several_fractions, primary)
     out["min_n_for_significance"] = [min_n_for_significance(alpha, int(m)) for m in out["family_size"]]
     out["underpowered"] = out["n_nonzero"] < out["min_n_for_significance"]
     out["significant"] = out["p_holm"] < alpha
     return out[COMPARISON_COLUMNS]
 
 
-def _holm_family(out: pd.DataFrame, family: str, several: bool) -> pd.DataFrame:
+def _holm_family(out: pd.DataFrame, family: str, several: bool, primary: Cell | None) -> pd.DataFrame:
     """``out`` with the chosen family's ``holm_family``, ``family_size`` and headline ``p_holm``."""
+    if family == "primary":
+        if primary is None:
+            raise AnalysisError("family 'primary' needs the declared primary cell (label fraction, regime)")
+        is_primary = np.isclose(out[LABEL_FRACTION].astype(float), primary[0]) & (out["regime"] == primary[1])
+        groups = [np.flatnonzero(is_primary), np.flatnonzero(~is_primary)]
+        p = out["p_wilcoxon"].to_numpy(dtype=float)
+        out["p_holm"] = holm_planned(p, [g for g in groups if g.size])
+        out["holm_family"] = np.where(is_primary, "primary", "secondary")
+        out["family_size"] = np.where(is_primary, groups[0].size, groups[1].size)
+        return out
     if family == "study":
         out["holm_family"] = "study"
         out["family_size"] = len(out)
@@ -596,7 +559,7 @@ def _holm_family(out: pd.DataFrame, family: str, several: bool) -> pd.DataFrame:
 def _compare_one(
     regime: str, arm: str, col: str, a: np.ndarray, b: np.ndarray, dropped: np.ndarray, alpha: float
 ) -> dict[str, Any]:
-    higher = higher_is_better(col)
+    higher = orientation(col) > 0
     d = snap_ties(a - b, tie_tolerance(a, b))
     n = d.size
     p_w, n_eff, method = (
@@ -643,17 +606,19 @@ def friedman(
     label_fraction: float | None = None,
     pairing: Pairing | None = None,
 ) -> dict[str, Any]:
-    """Friedman test over all arms in one regime (of ``label_fraction``: required when the table has several),
-    with mean ranks and the Nemenyi critical difference. ``pairing``: as in ``paired_matrix``.
+    """Friedman test (Iman–Davenport F) over all arms in one regime (of ``label_fraction``: required when the
+    table has several), mean ranks, and each arm against the baseline only (``stats.control_comparisons``,
+    Holm over k - 1). ``pairing``: as in ``paired_matrix``; ``alpha`` is unused (kept for callers).
 
     Complete blocks only: a seed with any excluded/missing cell is dropped (listwise; ``dropped_seeds``).
-    Rank 1 = best (highest metric; lowest for losses); ties get average ranks.
+    Rank 1 = best (``orientation``: lowest for lower-is-better metrics; highest without a direction); ties
+    get average ranks.
 
-    Returns a dict: ``label_fraction, regime, metric, arms`` (list), ``n`` (blocks), ``k``, ``statistic``, ``p``,
-    ``mean_ranks`` (dict arm -> mean rank), ``q_alpha``, ``cd`` = q_alpha*sqrt(k(k+1)/(6n)), ``cliques``
-    (lists of arms, in rank order, whose mean ranks lie within one CD: no difference detected),
-    ``dropped_seeds`` (list). Statistic and p are NaN for k < 3 (use the paired comparison), n < 2 or when
-    every arm ties on every seed (``study.report.sentences.friedman_note`` says which).
+    Returns a dict: ``label_fraction, regime, metric, arms``, ``n`` (blocks), ``k``, ``chi2, f_statistic,
+    df1, df2, p`` (``stats.friedman_test``), ``mean_ranks`` (arm -> mean rank, also when not run), ``control``
+    (the baseline, or None), ``vs_control`` (per other arm: ``arm, rank_diff`` = its mean rank - the
+    control's (< 0: ranks better), ``z, p, p_holm``), ``dropped_seeds``. Not run (NaN, no ``vs_control``) for
+    k < 3, n < ``stats.FRIEDMAN_MIN_BLOCKS`` or all arms tied on every seed (``sentences.friedman_note``).
     """
     pairing = check_pairing(df, metric) if pairing is None else pairing
     fraction = pairing._fraction(label_fraction)
@@ -662,6 +627,9 @@ def friedman(
     complete = np.isfinite(matrix).all(axis=1)
     x = matrix[complete]
     n, k = x.shape
+    res = friedman_test(x, orientation(col) > 0)
+    ranks = res.pop("mean_ranks")
+    control = pairing.baseline if pairing.baseline in arms else None
     result: dict[str, Any] = {
         LABEL_FRACTION: fraction,
         "regime": regime,
@@ -669,19 +637,16 @@ def friedman(
         "arms": arms,
         "n": int(n),
         "k": int(k),
-        "statistic": np.nan,
-        "p": np.nan,
-        "mean_ranks": {},
-        "q_alpha": nemenyi_q(k, alpha),
-        "cd": np.nan,
-        "cliques": [],
+        **res,
+        "mean_ranks": {a: float(r) for a, r in zip(arms, ranks)} if ranks.size else {},
+        "control": control,
+        "vs_control": [],
         "dropped_seeds": [int(s) for s in seeds[~complete]],
     }
-    ranks, statistic, p, cd = friedman_test(x, higher_is_better(col), alpha)
-    if ranks.size:
-        result["mean_ranks"] = {a: float(r) for a, r in zip(arms, ranks)}
-    if np.isfinite(cd):
-        result["cd"] = cd
-        result["cliques"] = cliques(result["mean_ranks"], cd)
-    result["statistic"], result["p"] = statistic, p
+    if control is not None and np.isfinite(result["p"]):
+        c = arms.index(control)
+        post = zip(np.delete(ranks, c) - ranks[c], *control_comparisons(ranks, c, n))
+        keys = ("rank_diff", "z", "p", "p_holm")
+        others = [a for a in arms if a != control]
+        result["vs_control"] = [{"arm": a, **dict(zip(keys, map(float, v)))} for a, v in zip(others, post)]
     return result

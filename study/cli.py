@@ -161,7 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  study report runs/demo-20260101-120000 --metric test_auc\n",
     )
     report.add_argument("run_dir", metavar="RUN_DIR")
-    report.add_argument("--metric", default="test_auc", help="headline metric (default: test_auc)")
+    report.add_argument(
+        "--metric", default=None, help="headline metric (default: the run's declared one, else test_auc)"
+    )
+    report.add_argument(
+        "--primary",
+        metavar="REGIME[@FRACTION]",
+        help="override the run's declared primary cell, e.g. patience3 or none@0.1 (the report says so)",
+    )
+    report.add_argument(
+        "--margin", type=float, metavar="DELTA", help="override the declared equivalence margin (metric units)"
+    )
 
     data = sub.add_parser(
         "data",
@@ -268,7 +278,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not (run_dir / "results.csv").exists():
             # A run whose driver stopped before writing its tables: read them from Tune's JSON trial records.
             collect_from_experiment(run_uri)
-        md, html = write_report(run_dir, metric=args.metric)
+        primary = _primary_flag(args.primary)
+        if primary is not None or args.margin is not None:
+            print("Note: --primary/--margin override the primary analysis the run declared; the report says so.")
+        md, html = write_report(run_dir, metric=args.metric, primary=primary, margin=args.margin)
         print(f"Report: {md}\n        {html}")
         publish(run_dir, run_uri)
         return 0
@@ -303,6 +316,17 @@ _SYNTH_FLAGS = {
     "size": "--size",
     "seed": "--seed",
 }
+
+
+def _primary_flag(value: str | None) -> tuple[str, float | None] | None:
+    """`--primary REGIME[@FRACTION]` as (regime, fraction or None)."""
+    if value is None:
+        return None
+    regime, _, fraction = value.partition("@")
+    try:
+        return regime, float(fraction) if fraction else None
+    except ValueError:
+        raise ConfigError(f"--primary: {value!r} is not REGIME[@FRACTION], e.g. patience3 or none@0.1") from None
 
 
 def _synth_flags(message: str) -> str:

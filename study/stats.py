@@ -4,13 +4,13 @@ applies them to a study's results table; the design is in ``docs/STATS.md``).
 * Differences are cleaned of floating-point noise before any rank, tie, zero or spread check
   (``snap_ties``: values within ``TIE_RTOL`` of each other are one value), so 0.86 - 0.84 and
   0.815 - 0.795 are a tie, as they are in exact arithmetic.
-* Headline test: the two-sided Wilcoxon signed-rank test (``signed_rank_pvalues``). Exact null distribution
-  when there are no ties or zero differences (n <= 50); an exhaustive sign-flip permutation test when there
-  are ties or zeros and n <= 13; the normal approximation otherwise. Zero differences are dropped
-  (``zero_method="wilcox"``: a zero carries no sign); differences that are all zero give p = 1.
-  ``holm`` corrects a family of them (valid under any dependence).
+* Headline test: the two-sided Wilcoxon signed-rank test (``signed_rank_pvalues``) in Tukey's form (counts
+  of Walsh averages below and above 0), with the exact untied null distribution: the exact Wilcoxon test
+  without ties or zero differences, exact and conservative with them; differences that are all zero give
+  p = 1. ``holm`` corrects a family of them (valid under any dependence).
 * Intervals: the Hodges-Lehmann location with its exact signed-rank CI (``hodges_lehmann_ci``, Walsh
-  averages: the interval of the headline test) and the t-interval of the mean difference (``mean_t_ci``).
+  averages: the inversion of the headline test, zeros and ties handled alike, so p < alpha exactly when the
+  1 - alpha interval excludes 0) and the t-interval of the mean difference (``mean_t_ci``).
   The BCa bootstrap of the mean (``bootstrap_mean_diff_ci``) covered ~90 % at n = 8 in the project's
   simulation and is not reported.
 * Effect sizes: Hedges' g_z, matched-pairs rank-biserial correlation, probability of improvement, all
@@ -26,15 +26,16 @@ import math
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-ZERO_METHOD = "wilcox"
-EXACT_MAX_N = 50  # scipy's own limit for the exact signed-rank distribution
-PERMUTATION_MAX_N = 13  # 2**13 = 8192 sign flips: an exhaustive, hence exact, permutation test
+# scipy's own limit for the exact signed-rank distribution (study.report.simulate's fast path)
+EXACT_MAX_N = 50
+WALSH_CHUNK = 2**22  # Walsh averages held at once by signed_rank_pvalues (rows x n(n+1)/2)
 
 
 class AnalysisError(ValueError):
@@ -208,66 +209,50 @@ def signed_rank_exact_p(w_plus: np.ndarray, n: int) -> np.ndarray:
 def signed_rank_pvalues(
     diffs: np.ndarray, tol: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two-sided Wilcoxon signed-rank p-values for each row of ``diffs`` ``(n_tests, n_pairs)``.
+    """Two-sided Wilcoxon signed-rank p-values for each row of ``diffs`` ``(n_tests, n_pairs)``: the test
+    ``hodges_lehmann_ci`` inverts, so p < alpha exactly when the (1 - alpha) interval excludes 0.
 
     Differences are first snapped (``snap_ties`` with ``tol``, default ``tie_tolerance(diffs)``), so ties
-    and zeros are those of the exact values. NaN cells are dropped pairs; zeros are dropped
-    (``zero_method="wilcox"``). Per row: exact null distribution without ties and n_eff <= 50; an
-    exhaustive sign-flip permutation test with ties and n_eff <= 13 (exact given the ties); the normal
-    approximation with tie correction otherwise. Rows that share a shape and need the exact test are tested
-    in one vectorised call, so a (studies x seeds) simulation runs in seconds.
+    and zeros are those of the exact values. NaN cells are dropped pairs. The statistic is Tukey's form of
+    W+: of the n(n+1)/2 Walsh averages (d_i + d_j)/2, i <= j, ``W- = #{<= 0}`` and ``W+ = #{>= 0}`` (a zero
+    average counts on both sides); p = ``min(1, 2 min(P(W <= W-), P(W <= W+)))`` under the exact untied null
+    of n differences. Without ties or zeros this is the exact Wilcoxon test (``scipy.stats.wilcoxon(method=
+    "exact")``); with them it is exact and conservative (breaking every tie against the arm gives untied
+    data with the same null distribution), zeros and ties handled as the interval handles them (the
+    zero-dropping, mid-rank test gave "significant" beside its own interval that included 0). Vectorised
+    over the rows of each n.
 
-    Returns ``(p (n_tests,), n_eff (n_tests,), method (n_tests,) str)``: p = 1 when every difference is
-    zero (no evidence either way; the comparison still counts in its Holm family), NaN when a row has no
-    finite difference.
+    Returns ``(p (n_tests,), n_eff (n_tests,) non-zero differences, method (n_tests,) str)``: p = 1 when every
+    difference is zero (no evidence either way; the comparison still counts in its Holm family), NaN when a
+    row has no finite difference.
     """
     diffs = snap_ties(np.atleast_2d(np.asarray(diffs, dtype=float)), tol)
     n_tests = diffs.shape[0]
     p = np.full(n_tests, np.nan)
     methods = np.full(n_tests, "n/a (no pairs)", dtype=object)
-    nonzero = np.isfinite(diffs) & (diffs != 0)
-    n_eff = nonzero.sum(axis=1)
-    all_zero = (n_eff == 0) & np.isfinite(diffs).any(axis=1)
+    finite = np.isfinite(diffs)
+    n_fin, n_eff = finite.sum(axis=1), (finite & (diffs != 0)).sum(axis=1)
+    for n in np.unique(n_fin[n_fin > 0]):
+        every = np.flatnonzero(n_fin == n)
+        for rows in np.array_split(every, -(-every.size * n * (n + 1) // 2 // WALSH_CHUNK)):
+            p[rows], methods[rows] = _walsh_test(diffs[rows], finite[rows], int(n))
+    all_zero = (n_eff == 0) & (n_fin > 0)
     p[all_zero] = 1.0
     methods[all_zero] = "all differences zero (p = 1)"
-    absd = np.abs(np.where(nonzero, diffs, np.nan))
-    s = np.sort(absd, axis=1)
-    has_ties = np.any(s[:, 1:] == s[:, :-1], axis=1)
-    full = nonzero.all(axis=1)
-    fast = full & ~has_ties & (n_eff <= EXACT_MAX_N) & (n_eff > 0)
-    if fast.any():
-        p[fast] = stats.wilcoxon(diffs[fast], zero_method=ZERO_METHOD, method="exact", axis=1).pvalue
-        methods[fast] = "exact"
-    rest = np.flatnonzero(~fast & (n_eff > 0))
-    flips = rest[has_ties[rest] & (n_eff[rest] <= PERMUTATION_MAX_N)]
-    for k in np.unique(n_eff[flips]):
-        rows = flips[n_eff[flips] == k]
-        d = np.stack([diffs[i, nonzero[i]] for i in rows])
-        p[rows] = _sign_flip_p(d)
-        methods[rows] = "permutation (exact, ties)"
-    for i in np.setdiff1d(rest, flips):
-        d = diffs[i, nonzero[i]]
-        exact = not has_ties[i] and d.size <= EXACT_MAX_N
-        p[i] = stats.wilcoxon(d, zero_method=ZERO_METHOD, method="exact" if exact else "asymptotic").pvalue
-        methods[i] = "exact" if exact else "normal approximation"
     return p, n_eff, methods
 
 
-@lru_cache(maxsize=16)
-def _sign_patterns(n: int) -> np.ndarray:
-    return ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(float)  # (2**n, n)
-
-
-def _sign_flip_p(d: np.ndarray) -> np.ndarray:
-    """Two-sided p of the exhaustive sign-flip test of W+ (mid-ranks of |d|) for rows of non-zero ``d``
-    ``(rows, n)``: what ``scipy.stats.wilcoxon(d, method=PermutationMethod(n_resamples=2**n))`` returns
-    (tests check it), computed for all rows at once (scipy takes ~50 ms per row)."""
-    r = stats.rankdata(np.abs(d), axis=1)
-    observed = np.where(d > 0, r, 0.0).sum(axis=1)
-    null = r @ _sign_patterns(d.shape[1]).T  # (rows, 2**n); mid-ranks are halves: sums are exact
-    less = (null <= observed[:, None]).mean(axis=1)
-    greater = (null >= observed[:, None]).mean(axis=1)
-    return np.minimum(1.0, 2 * np.minimum(less, greater))
+def _walsh_test(d: np.ndarray, finite: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``signed_rank_pvalues`` (p, method) for rows of snapped ``d`` with ``n`` finite values each."""
+    x = np.sort(np.where(finite, d, np.inf), axis=1)[:, :n]  # the finite values of each row
+    i, j = np.triu_indices(n)
+    walsh = x[:, i] + x[:, j]  # twice the Walsh averages: the same signs
+    below, above = (walsh <= 0).sum(axis=1), (walsh >= 0).sum(axis=1)
+    cdf = _signed_rank_cdf(n)
+    absx = np.sort(np.abs(x), axis=1)
+    tied = (absx[:, 0] == 0) | np.any(absx[:, 1:] == absx[:, :-1], axis=1)
+    method = np.where(tied, "exact, ties or zeros (conservative)", "exact").astype(object)
+    return np.minimum(1.0, 2 * np.minimum(cdf[below], cdf[above])), method
 
 
 def holm(pvalues: np.ndarray) -> np.ndarray:
@@ -324,12 +309,12 @@ def hodges_lehmann_ci(d: np.ndarray, confidence: float = 0.95) -> tuple[float, f
     """Hodges-Lehmann location of ``d`` (n,) with its exact signed-rank confidence interval.
 
     The estimate is the median of the n(n+1)/2 Walsh averages (d_i + d_j)/2, i <= j; the interval is
-    ``[W_(k), W_(M+1-k)]`` of the sorted Walsh averages, k the largest integer with P(W+ <= k-1) <=
+    ``[W_(k), W_(M+1-k)]`` of the sorted Walsh averages, k the largest integer with P(W+ <= k-1) <
     (1 - confidence)/2 under the exact untied null (``_signed_rank_cdf``). It is the set of shifts the
-    two-sided signed-rank test does not reject, so without ties or zeros it excludes 0 exactly when the
-    uncorrected exact Wilcoxon p is <= 1 - confidence. Zeros and ties (after ``snap_ties``) are kept in the
-    Walsh averages; with ties the achieved level is approximate (labelled). Assumes differences symmetric
-    about their centre (then centre = median = mean).
+    two-sided test of ``signed_rank_pvalues`` does not reject, zeros and ties (after ``snap_ties``) handled
+    the same way (kept in the Walsh averages), so it excludes 0 exactly when that test's uncorrected p is
+    < 1 - confidence. With ties or zeros the achieved level is at least the stated one (labelled). Assumes
+    differences symmetric about their centre (then centre = median = mean).
 
     Returns ``(estimate, low, high, achieved_confidence, method)``; bounds NaN (with the reason in
     ``method``) when n is too small for any finite interval at ``confidence`` (n < 6 at 95 %).
@@ -342,7 +327,8 @@ def hodges_lehmann_ci(d: np.ndarray, confidence: float = 0.95) -> tuple[float, f
     walsh = np.sort((d[i] + d[j]) / 2)
     est = float(np.median(walsh))
     cdf = _signed_rank_cdf(n)
-    k = int(np.searchsorted(cdf, (1 - confidence) / 2 * (1 + 1e-12), side="right"))  # P(W+ <= k-1) <= a/2
+    # P(W+ <= k-1) < a/2, as signed_rank_pvalues' p < alpha (1e-12: 1 - (1 - alpha) is not alpha in floats)
+    k = int(np.searchsorted(cdf, (1 - confidence) / 2 * (1 - 1e-12), side="right"))
     if k == 0:
         return (
             est,
@@ -354,7 +340,7 @@ def hodges_lehmann_ci(d: np.ndarray, confidence: float = 0.95) -> tuple[float, f
     m = walsh.size
     achieved = 1 - 2 * float(cdf[k - 1])
     has_ties = np.any(np.diff(np.sort(np.abs(d[d != 0]))) == 0) or np.any(d == 0)
-    method = "exact signed-rank (Walsh averages)" + ("; ties or zeros: level approximate" if has_ties else "")
+    method = "exact signed-rank (Walsh averages)" + ("; ties or zeros: conservative" if has_ties else "")
     return est, float(walsh[k - 1]), float(walsh[m - k]), achieved, method
 
 
@@ -419,44 +405,56 @@ def bootstrap_mean_diff_ci(
     return low, high, "percentile (BCa undefined for these data)"
 
 
-def nemenyi_q(k: int, alpha: float = 0.05) -> float:
-    """Nemenyi's q_alpha for k arms: studentized range quantile (infinite df) / sqrt(2). k=4 -> 2.569."""
-    if k < 2:
-        return np.nan
-    return float(stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
+FRIEDMAN_MIN_BLOCKS = 5  # complete seeds a Friedman test needs here (below, its p is not reported)
 
 
-def friedman_test(
-    x: np.ndarray, higher_better: bool = True, alpha: float = 0.05
-) -> tuple[np.ndarray, float, float, float]:
-    """Friedman test over complete blocks ``x`` ``(n seeds, k arms)``: ``(mean_ranks (k,), statistic, p, cd)``.
+def friedman_test(x: np.ndarray, higher_better: bool = True) -> dict[str, Any]:
+    """Friedman test over complete blocks ``x`` ``(n seeds, k arms)`` with the Iman–Davenport F.
 
-    Rank 1 = best (highest; lowest when not ``higher_better``), ties get average ranks; ``mean_ranks`` is
-    empty for n < 1 or k < 2. ``cd``: the Nemenyi critical difference q_alpha*sqrt(k(k+1)/(6n)), NaN for
-    k < 3 or n < 2, as are statistic and p (also when every arm ties on every seed: no ranking to test).
+    Returns ``mean_ranks`` ``(k,)`` (rank 1 = best: highest, lowest when not ``higher_better``; ties get
+    average ranks; empty for n < 1 or k < 2), ``chi2`` (Friedman's statistic, tie-corrected, from
+    ``scipy.stats.friedmanchisquare``), ``f_statistic`` = (n-1) chi2 / (n(k-1) - chi2) on ``df1`` = k-1 and
+    ``df2`` = (k-1)(n-1) degrees of freedom and its ``p`` (Iman & Davenport 1980, the form Demšar 2006,
+    JMLR 7, recommends over the conservative chi-square; inf and p = 0 when every seed ranks the arms
+    alike). All NaN for k < 3, for n < ``FRIEDMAN_MIN_BLOCKS`` (on 2 blocks the chi-square p of a perfect
+    4-arm concordance is 0.11 where the exact one is 1/4! = 0.042: the approximations do not hold, and so few
+    blocks say little about a ranking) and when every arm ties on every seed (no ranking to test).
     """
     n, k = x.shape
-    ranks = np.array([])
+    out: dict[str, Any] = {
+        "mean_ranks": np.array([]),
+        "chi2": np.nan,
+        "f_statistic": np.nan,
+        "df1": np.nan,
+        "df2": np.nan,
+        "p": np.nan,
+    }
     if n >= 1 and k >= 2:
-        ranks = stats.rankdata(-x if higher_better else x, axis=1).mean(axis=0)
-    if k < 3 or n < 2:
-        return ranks, np.nan, np.nan, np.nan
-    cd = float(nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n)))
-    if np.all(np.ptp(x, axis=1) == 0):
-        return ranks, np.nan, np.nan, cd
-    res = stats.friedmanchisquare(*x.T)
-    return ranks, float(res.statistic), float(res.pvalue), cd
+        out["mean_ranks"] = stats.rankdata(-x if higher_better else x, axis=1).mean(axis=0)
+    if k < 3 or n < FRIEDMAN_MIN_BLOCKS or np.all(np.ptp(x, axis=1) == 0):
+        return out
+    chi2 = float(stats.friedmanchisquare(*x.T).statistic)
+    df1, df2 = k - 1, (k - 1) * (n - 1)
+    room = n * (k - 1) - chi2  # 0 when every seed ranks the arms alike (no ties): F is infinite
+    f = math.inf if room <= 1e-12 * n * k else (n - 1) * chi2 / room
+    p = 0.0 if math.isinf(f) else float(stats.f.sf(f, df1, df2))
+    return out | {"chi2": chi2, "f_statistic": float(f), "df1": df1, "df2": df2, "p": p}
 
 
-def cliques(mean_ranks: dict[str, float], cd: float) -> list[list[str]]:
-    """Maximal runs of rank-ordered arms whose mean-rank range is below ``cd`` (a CD diagram's bars)."""
-    items = sorted(mean_ranks.items(), key=lambda kv: kv[1])
-    runs = []
-    for i in range(len(items)):
-        j = i
-        while j + 1 < len(items) and items[j + 1][1] - items[i][1] < cd:
-            j += 1
-        if j > i:
-            runs.append((i, j))
-    maximal = [r for r in runs if not any(o != r and o[0] <= r[0] and r[1] <= o[1] for o in runs)]
-    return [[items[t][0] for t in range(i, j + 1)] for i, j in maximal]
+def control_comparisons(
+    mean_ranks: np.ndarray, control: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each arm against the control (index ``control`` of ``mean_ranks`` (k,), over n complete blocks) from
+    the Friedman mean ranks: ``z = (R_control - R_arm) / sqrt(k(k+1)/(6n))`` (> 0: the arm ranks better;
+    rank 1 = best), two-sided normal ``p`` and Holm-adjusted ``p_holm`` over the k - 1 comparisons with the
+    control (Demšar 2006, JMLR 7, section 3.2.2: comparisons with a control, Holm's step-down on these
+    z-statistics; the Bonferroni–Dunn test is its single-step form). Arrays of the k - 1 other arms, in
+    order; empty for k < 2 or n < 1."""
+    ranks = np.asarray(mean_ranks, dtype=float)
+    k = ranks.size
+    if k < 2 or n < 1:
+        return np.array([]), np.array([]), np.array([])
+    others = np.delete(np.arange(k), control)
+    z = (ranks[control] - ranks[others]) / math.sqrt(k * (k + 1) / (6 * n))
+    p = 2 * stats.norm.sf(np.abs(z))
+    return z, p, holm(p)

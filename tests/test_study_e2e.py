@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -129,3 +130,41 @@ def test_the_console_of_a_study_is_short_and_says_what_happened(smoke_run):
     )
     for noise in noises:
         assert noise not in text, noise
+
+
+def test_the_report_opens_with_one_verdict_per_declared_primary_comparison(smoke_run):
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    plan = manifest["config"]["analysis"]
+    assert plan["primary_regime"] == "patience2" and plan["equivalence_margin"] == 0.02  # declared, recorded
+    md = (smoke_run / "report.md").read_text()
+    answer = md.split("## The answer", 1)[1].split("\n## ", 1)[0]
+    assert md.index("## The answer") < md.index("## Method")
+    assert "Question:" in answer and "primary cell declared before the run: patience 2" in answer
+    rows = [line for line in answer.splitlines() if line.startswith("| ") and "Verdict" not in line]
+    verdicts = {"arm better", "baseline better", "equivalent within ±δ", "undecided"}
+    assert len(rows) == 3 and all(sum(v in r for v in verdicts) == 1 for r in rows)
+    assert "figures/verdicts.png" in answer
+    comp = pd.read_csv(smoke_run / "comparisons.csv")
+    primary = comp[comp["primary"]]
+    assert len(primary) == 3 and set(primary["regime"]) == {"patience2"}
+    cols = ["p_tost", "p_tost_holm", "p_bayes_better", "p_bayes_equivalent", "p_bayes_worse"]
+    assert primary[cols].notna().all().all()
+    assert primary[["p_bayes_better", "p_bayes_equivalent", "p_bayes_worse"]].sum(axis=1).round(6).eq(1).all()
+    assert comp.loc[~comp["primary"], "verdict"].isna().all()
+
+
+def test_report_says_when_the_primary_analysis_is_overridden(smoke_run, tmp_path, study_env):
+    from conftest import run_cli
+
+    run = tmp_path / "smoke"
+    shutil.copytree(smoke_run, run)
+    proc = run_cli("report", str(run), "--primary", "none", "--margin", "0.05", env=study_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "override the primary analysis the run declared" in proc.stdout
+    md = (run / "report.md").read_text()
+    assert "overrides the declared primary analysis" in md and "regime none" in md
+    comp = pd.read_csv(run / "comparisons.csv")
+    assert set(comp.loc[comp["primary"], "regime"]) == {"none"}
+    bad = run_cli("report", str(run), "--primary", "patience7", env=study_env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--primary patience7: not a cell of this run" in bad.stderr

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from study.spec.schema import COST_COLUMNS
+from study.spec.schema import COST_COLUMNS, orientation
 
 PHASE_COLUMNS = [
     "arm",
@@ -122,7 +122,9 @@ def cost_benefit(df: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
     (`study.analysis.compare_to_baseline`), with the arm's `phase_costs` and its paired gain.
 
     `gain`, `gain_ci_low/high`: the mean paired difference arm - baseline and its (1 - alpha) t-interval
-    (metric units, fractions for AUC); `gain_per_device_hour`: `gain / device_hours_mean` (NaN without a
+    (metric units, fractions for AUC), oriented so that a positive gain is an improvement (for a
+    lower-is-better metric, baseline - arm: a loss that falls is a gain; `study.analysis.orientation`);
+    `gain_per_device_hour`: `gain / device_hours_mean` (NaN without a
     recorded cost or a zero one), with the gain's interval divided the same way (the cost taken as known:
     it varies far less over seeds than the gain). Columns `COST_BENEFIT_COLUMNS`; empty without comparisons.
     """
@@ -134,7 +136,9 @@ def cost_benefit(df: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
         c = costs.loc[r["arm"]].to_dict() if r["arm"] in costs.index else {}
         hours = c.get("device_hours_mean", np.nan)
         per_hour = 1.0 / hours if np.isfinite(hours) and hours > 0 else np.nan
-        gain = r["mean_diff"]
+        sign = orientation(r["metric"])  # positive gain = improvement
+        gain, low, high = r["mean_diff"] * sign, r["mean_ci_low"] * sign, r["mean_ci_high"] * sign
+        low, high = (low, high) if sign > 0 else (high, low)
         rows.append(
             {
                 "label_fraction": r["label_fraction"],
@@ -147,11 +151,11 @@ def cost_benefit(df: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFrame:
                 "metric": r["metric"],
                 "n": r["n"],
                 "gain": gain,
-                "gain_ci_low": r["mean_ci_low"],
-                "gain_ci_high": r["mean_ci_high"],
+                "gain_ci_low": low,
+                "gain_ci_high": high,
                 "gain_per_device_hour": gain * per_hour,
-                "gain_per_device_hour_ci_low": r["mean_ci_low"] * per_hour,
-                "gain_per_device_hour_ci_high": r["mean_ci_high"] * per_hour,
+                "gain_per_device_hour_ci_low": low * per_hour,
+                "gain_per_device_hour_ci_high": high * per_hour,
             }
         )
     return pd.DataFrame(rows, columns=COST_BENEFIT_COLUMNS)

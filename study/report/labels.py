@@ -10,7 +10,7 @@ import re
 
 import pandas as pd
 
-from study.analysis import arm_stem, base_task
+from study.analysis import arm_stem, base_task, metric_direction
 from study.tasks import registry
 
 BASELINE_TITLE = "No self-supervision"
@@ -29,6 +29,12 @@ METRIC_LABELS = {
     "stop_epoch": "stop epoch",
     "best_epoch": "best epoch",
 }
+
+
+def direction_words(metric: str) -> tuple[str, str]:
+    """How an arm compares with the baseline on ``metric``: ``("better", "worse")`` for a metric with a
+    direction (``analysis.metric_direction``), ``("higher", "lower")`` for one without (stop epoch)."""
+    return ("better", "worse") if metric_direction(metric) else ("higher", "lower")
 
 
 def task_title(task: str) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from study.analysis import BASELINE, FRACTION_METRICS, base_task
+from study.analysis import BASELINE, FRACTION_METRICS, base_task, metric_direction, orientation
 from study.io.files import write_replacing
 from study.report.labels import arm_title, fraction_title
 from study.tasks import registry as pretext
@@ -53,20 +53,32 @@ def _fmt_p(p: float) -> str:
 
 
 def forest_plot(
-    comparisons: pd.DataFrame, xlabel: str, scale: float | None = None, alpha: float = 0.05
+    comparisons: pd.DataFrame,
+    xlabel: str,
+    scale: float | None = None,
+    alpha: float = 0.05,
+    margin: float | None = None,
 ) -> Figure:
     """Paired differences (arm - baseline), one row per comparison, grouped by regime: the Hodges-Lehmann
     estimate (dot) with its exact signed-rank CI (bar; the interval of the headline test) and the mean
     (cross). The title names both and the interval's level.
+
+    Direction (``analysis.metric_direction`` of the rows' metric): for a metric with one, the x-axis label
+    gets "favours baseline <- -> favours arm", and a lower-is-better metric is drawn as baseline - arm (said
+    in the label) so that right favours the arm; a metric without one (stop epoch) is drawn as arm -
+    baseline with no side named. ``margin``: a shaded band +-margin (metric units, as the differences; drawn
+    scaled), e.g. the equivalence margin; None draws none.
 
     ``comparisons``: rows of ``tables.comparison_table`` (uses ``regime_title, arm, arm_title, metric,
     hl_estimate, hl_ci_low, hl_ci_high, mean_diff, p_holm, significant``). ``scale`` converts units for
     display; default from the metric: 100 for fractions (percentage points), 1 for metrics in their own
     units (epochs, losses). Filled markers: Holm p < alpha.
     """
+    metric = str(comparisons["metric"].iloc[0]) if len(comparisons) else ""
     if scale is None:
-        fraction = len(comparisons) and comparisons["metric"].iloc[0] in FRACTION_METRICS
-        scale = 100.0 if fraction else 1.0
+        scale = 100.0 if metric in FRACTION_METRICS else 1.0
+    direction, sign = metric_direction(metric), orientation(metric)
+    xscale = scale * sign  # right = favours the arm (the arm higher, without a direction)
     groups = list(dict.fromkeys(comparisons["regime_title"]))
     n_rows = len(comparisons) + len(groups)
     fig = Figure(figsize=(8.0, 1.1 + 0.38 * n_rows))
@@ -80,11 +92,11 @@ def forest_plot(
         for r in comparisons[comparisons["regime_title"] == g].itertuples(index=False):
             c = arm_color(r.arm)
             if np.isfinite(r.hl_ci_low):
-                ax.plot([r.hl_ci_low * scale, r.hl_ci_high * scale], [y, y], color=c, lw=2)
+                ax.plot([r.hl_ci_low * xscale, r.hl_ci_high * xscale], [y, y], color=c, lw=2)
             ax.plot(
-                [r.hl_estimate * scale], [y], "o", ms=7, color=c, mfc=c if r.significant else "white", mew=2
+                [r.hl_estimate * xscale], [y], "o", ms=7, color=c, mfc=c if r.significant else "white", mew=2
             )
-            ax.plot([r.mean_diff * scale], [y], "x", ms=6, color="#333333", mew=1.2)
+            ax.plot([r.mean_diff * xscale], [y], "x", ms=6, color="#333333", mew=1.2)
             ax.annotate(
                 f"Holm {_fmt_p(r.p_holm)}",
                 (1.01, y),
@@ -97,11 +109,17 @@ def forest_plot(
             labels.append(f"  {r.arm_title}")
             y -= 1
     ax.axvline(0, color="black", lw=0.8, ls="--")
+    if margin is not None and np.isfinite(margin):
+        ax.axvspan(-abs(margin) * scale, abs(margin) * scale, color="#2ca02c", alpha=0.12, lw=0, zorder=0)
     ax.set_yticks(ticks, labels, fontsize=9)
     for tick, label in zip(ax.get_yticklabels(), labels):
         if not label.startswith("  "):
             tick.set_fontweight("bold")
     ax.set_ylim(y + 0.5, 0.5)
+    if sign < 0:
+        xlabel += ", drawn as baseline \u2212 arm (lower is better)"
+    if direction:
+        xlabel += "\n\u2190 favours baseline        favours arm \u2192"
     ax.set_xlabel(xlabel)
     ax.set_title(
         f"Paired difference vs baseline: Hodges\u2013Lehmann estimate (dot) with its {round((1 - alpha) * 100)} % "
@@ -123,7 +141,7 @@ def paired_seeds_plot(
 
     ``panels``: ``(title, matrix (n_seeds, n_arms), arms, means (n_arms,))``, baseline first; NaN cells
     (excluded trials) are left as gaps. Grey lines join one seed's arms (the pairing); black bars are the
-    given arm means (``analysis.summarise``). ``ncols``: panels per row (default all in one row; a study of
+    given arm means (``tables.summarise``). ``ncols``: panels per row (default all in one row; a study of
     several label fractions passes its regime count: one row per fraction).
     """
     k = max(1, len(panels))
@@ -298,10 +316,12 @@ def _difference_panel(
     dax.axhline(0, color="black", lw=0.8, ls="--")
 
 
-def mean_rank_plot(results: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure:
-    """Critical-difference diagram per regime (Demsar 2006 layout): mean ranks (1 = best, on the right) on
-    an axis, arm names on elbow lines (worse half to the left, better half to the right, so close ranks do
-    not collide), the Nemenyi CD as a scale bar, and thick bars joining arms within one CD of each other.
+def mean_rank_plot(results: Sequence[tuple[str, Mapping[str, Any]]], alpha: float = 0.05) -> Figure:
+    """Mean ranks per regime (Demsar 2006 layout): mean ranks (1 = best, on the right) on an axis, arm names
+    on elbow lines (worse half to the left, better half to the right, so close ranks do not collide), the
+    baseline (the control) in bold and a * after an arm whose comparison with it (``vs_control``, Holm) has
+    p < ``alpha``. No critical-difference bars: arms are compared with the control only, and a difference
+    not detected is no equivalence.
 
     ``results``: ``(regime_title, tables.friedman_result(...) dict)`` pairs.
     """
@@ -322,6 +342,7 @@ def mean_rank_plot(results: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure:
             ax.text(t, 0.12, str(t), ha="center", va="bottom", fontsize=8)
         ax.axis("off")
         items = sorted(ranks.items(), key=lambda kv: kv[1], reverse=True)  # worst first
+        differs = {c["arm"] for c in res.get("vs_control", []) if c["p_holm"] < alpha}
         half = math.ceil(len(items) / 2)
         for i, (arm, r) in enumerate(items):
             left = i < half
@@ -334,25 +355,20 @@ def mean_rank_plot(results: Sequence[tuple[str, Mapping[str, Any]]]) -> Figure:
             ax.text(
                 end,
                 y,
-                f" {arm_title(arm)} ({r:.2f}) ",
+                f" {arm_title(arm)}{'*' if arm in differs else ''} ({r:.2f}) ",
                 ha="right" if left else "left",
                 va="center",
                 fontsize=8,
+                fontweight="bold" if arm == res.get("control") else "normal",
                 clip_on=False,
             )
-        for depth, clique in enumerate(res.get("cliques", [])):
-            lo, hi = min(ranks[a] for a in clique), max(ranks[a] for a in clique)
-            yy = -0.1 - 0.07 * depth
-            ax.plot([lo - 0.03, hi + 0.03], [yy, yy], color="black", lw=3, solid_capstyle="round")
-        cd = res.get("cd", math.nan)
         p = res.get("p", math.nan)
-        if np.isfinite(cd):
-            ax.plot([k, k - cd], [0.6, 0.6], color="firebrick", lw=2)
-            ax.text(
-                k - cd / 2, 0.64, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8, color="firebrick"
-            )
         note = res.get("note") or ""
-        stat = f"Friedman {_fmt_p(p)}, n = {res.get('n', 0)} seeds" if np.isfinite(p) else note
+        stat = (
+            f"Friedman (Iman\u2013Davenport) {_fmt_p(p)}, n = {res.get('n', 0)} seeds"
+            if np.isfinite(p)
+            else note
+        )
         ax.set_title(f"{title}: {stat}", fontsize=9, loc="left")
     fig.tight_layout()
     return fig

@@ -149,7 +149,7 @@ def pretext_reference_table(df: pd.DataFrame) -> pd.DataFrame:
         if head not in [m for m, _ in pairs]:  # a headline the runner chose that this table does not list
             pairs.append((head, head))
         for model_metric, ref_metric in sorted(pairs, key=lambda pr: pr[0] != head):
-            higher = ref_metric in references.HIGHER_IS_BETTER or ref_metric in spec.higher_is_better
+            higher = spec.metric_higher_is_better(ref_metric)
             ref, names = _best_reference(g, ref_metric, higher, spec.references or ())
             is_head = model_metric == head
             if is_head and "pretext_ref_name" in g:

@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 
 from study import analysis as A
+from study import verdicts as V
 from study.report import cost as C
 from study.report import simulate as S
 from study.report import tables as T
 from study.report.labels import metric_label
 from study.report.pretext_tables import pretext_learned, pretext_reference_table, pretext_tables
 from study.report.results_table import load_history, load_run, split_valid
+from study.spec.presets import AnalysisPlan
 from study.tasks import registry
 
 
@@ -54,6 +56,9 @@ class RunAnalysis:
     efficiency: pd.DataFrame = field(default_factory=pd.DataFrame)  # label_efficiency of the primary metric
     phase_costs: pd.DataFrame = field(default_factory=pd.DataFrame)  # cost.phase_costs
     cost_benefit: pd.DataFrame = field(default_factory=pd.DataFrame)  # cost.cost_benefit of the comparisons
+    plan: AnalysisPlan | None = None  # the primary analysis: declared, or given to `study report` (plan_note)
+    plan_note: str = ""  # "" when the run's declaration is used as is; else what was changed and why
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # verdicts.decide: the primary comparisons
 
     @property
     def label(self) -> str:
@@ -71,17 +76,20 @@ class RunAnalysis:
 
 def analyse_run(
     run_dir: str | Path,
-    metric: str = "test_auc",
+    metric: str | None = None,
     *,
     alpha: float = 0.05,
     family: Literal["study", "regime", "table"] = "study",
     strict: bool = False,
+    primary: tuple[str, float | None] | None = None,
+    margin: float | None = None,
 ) -> RunAnalysis:
-    """Read a run dir and compute every table of its report (writes nothing). See ``write.write_report``."""
+    """Read a run dir and compute every table of its report (writes nothing). See ``write.write_report``;
+    ``primary`` (regime, label fraction or None) and ``margin`` override the run's declared primary analysis."""
     run_dir = Path(run_dir)
     df = load_run(run_dir)
-    metric = A.metric_column(metric, df.columns)
     manifest, manifest_why = _read_manifest(run_dir)
+    metric = A.metric_column(metric or declared_plan(df, manifest)[0].metric, df.columns)
     history, history_why = _read_history(run_dir)
     examples, example_notes = _read_examples(run_dir)
     _, excluded = split_valid(df)
@@ -128,6 +136,78 @@ def analyse_run(
         efficiency=T.label_efficiency(summary, metric, 1 - alpha),
         phase_costs=C.phase_costs(df),
         cost_benefit=C.cost_benefit(df, comp),
+        **_primary_analysis(df, metric, alpha, pairing, manifest, primary, margin),
+    )
+
+
+def declared_plan(df: pd.DataFrame, manifest: dict[str, Any] | None) -> tuple[AnalysisPlan, str]:
+    """The run's declared primary analysis (manifest.json's study), or, for a run made before studies
+    declared one, the defaults the resolution step would have filled in, with a note saying so."""
+    saved = ((manifest or {}).get("config") or {}).get("analysis")
+    if saved:
+        return AnalysisPlan.from_dict(saved), ""
+    regimes = [r for r in df["regime"].dropna().unique()]
+    longest = max(regimes, key=lambda r: 0 if r == "none" else int(str(r).removeprefix("patience")))
+    fractions = A.label_fractions(df)
+    fraction = min(fractions)
+    note = (
+        "this run declared no primary analysis (it predates the declaration); the defaults are used: the "
+        f"longest-patience regime ({longest})"
+        + (f" at the smallest label fraction ({100 * fraction:g} % of the labels)" if len(fractions) > 1 else "")
+    )
+    return AnalysisPlan(primary_regime=longest, primary_fraction=fraction), note
+
+
+def _primary_analysis(
+    df: pd.DataFrame,
+    metric: str,
+    alpha: float,
+    pairing: A.Pairing | None,
+    manifest: dict[str, Any] | None,
+    primary: tuple[str, float | None] | None,
+    margin: float | None,
+) -> dict[str, Any]:
+    """``RunAnalysis``'s plan, plan_note and verdicts (``verdicts.decide`` on the primary family)."""
+    plan, note = declared_plan(df, manifest)
+    declared = plan
+    changes: dict[str, Any] = {}
+    if primary is not None:
+        regimes, fractions = sorted(set(df["regime"].dropna())), A.label_fractions(df)
+        if primary[0] not in regimes or (primary[1] is not None and primary[1] not in fractions):
+            raise A.AnalysisError(
+                f"--primary {primary[0]}" + (f"@{primary[1]:g}" if primary[1] is not None else "")
+                + f": not a cell of this run; regimes: {', '.join(regimes)}; label fractions: "
+                + ", ".join(f"{f:g}" for f in fractions)
+            )
+        changes.update(primary_regime=primary[0], primary_fraction=primary[1] or plan.primary_fraction)
+    if margin is not None:
+        changes["equivalence_margin"] = margin
+    if metric != plan.metric:
+        changes["metric"] = metric
+    if alpha != plan.alpha:
+        changes["alpha"] = alpha
+    if changes:
+        plan = AnalysisPlan(**{**plan.__dict__, **changes})
+        note = (note + "; " if note else "") + (
+            f"`study report` overrides the declared primary analysis ({_plan_text(declared)}) with "
+            f"{_plan_text(plan)}: the verdicts below are not the pre-declared ones"
+        )
+    if pairing is None or plan.primary_regime not in set(df["regime"]) or not A.metric_direction(metric):
+        return {"plan": plan, "plan_note": note, "verdicts": pd.DataFrame()}
+    cell = (float(plan.primary_fraction or 1.0), plan.primary_regime)
+    comp = A.compare_to_baseline(df, metric, plan.alpha, "primary", pairing=pairing, primary=cell)
+    comp = comp[comp["holm_family"] == "primary"].reset_index(drop=True)
+    if comp.empty:
+        return {"plan": plan, "plan_note": note, "verdicts": pd.DataFrame()}
+    comp = T.comparison_table(comp, plan.alpha, pairing.several_fractions)
+    comp = pd.concat([comp, S.power_planning(comp, plan.alpha)], axis=1)
+    return {"plan": plan, "plan_note": note, "verdicts": V.decide(df, comp, plan, pairing)}
+
+
+def _plan_text(plan: AnalysisPlan) -> str:
+    return (
+        f"{plan.metric}, regime {plan.primary_regime}, label fraction {plan.primary_fraction:g}, "
+        f"margin \u00b1{plan.equivalence_margin:g}, \u03b1 = {plan.alpha:g}"
     )
 
 

@@ -90,6 +90,8 @@ def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
         if a.family == "study"
         else f"Holm within each regime of each fraction (m = {comp['arm'].nunique()})"
     )
+    up, down = L.direction_words(metric)
+    beats = "beats" if A.metric_direction(metric) else "is higher than"
     lines = []
     for r in per.itertuples(index=False):
         head = f"{L.fraction_title(r.label_fraction)}: "
@@ -99,24 +101,22 @@ def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
             listed = "; ".join(
                 f"{c.arm_title}, {c.regime_title}: {_effect_text(c, a.alpha)}" for c in better.itertuples()
             )
-            text = f"{len(better)} of {r.m} comparisons significant with the arm better ({family}) \u2014 {listed}"
+            text = f"{len(better)} of {r.m} comparisons significant with the arm {up} ({family}) \u2014 "
+            text += listed
         elif pd.notna(r.best):
-            c = comp.loc[int(r.best)]
-            text = (
-                f"no arm beats the baseline ({family}); most favourable estimate {c['arm_title']}, {c['regime_title']}: "
-                f"{_effect_text(c, a.alpha)}"
-            )
+            # No "most favourable estimate": picked after looking, its unadjusted interval would overstate it.
+            text = f"no arm {beats} the baseline ({family})"
         else:
-            text = f"no arm beats the baseline ({family}); no comparison has an estimate"
+            text = f"no arm {beats} the baseline ({family}); no comparison has an estimate"
         if r.n_worse:
-            text += f"; {r.n_worse} significant with the arm worse"
+            text += f"; {r.n_worse} significant with the arm {down}"
         lines.append(head + text + ".")
     return [
         Para(
             "Per label fraction (does any self-supervised arm beat the baseline at that share of the labels?):"
         ),
         Bullets(lines),
-        Para(_fraction_trend_sentence(per, metric)),
+        Para(_fraction_trend_sentence(per, metric, T.fraction_trend(a.df, metric, a.pairing), a.alpha)),
     ]
 
 
@@ -139,8 +139,10 @@ def _effect_text(r: Any, alpha: float) -> str:
     )
 
 
-def _fraction_trend_sentence(per: pd.DataFrame, metric: str) -> str:
-    """How the mean paired difference (over a fraction's arms and regimes) moves with the label fraction."""
+def _fraction_trend_sentence(per: pd.DataFrame, metric: str, trend: dict[str, Any], alpha: float) -> str:
+    """How the mean paired difference (over a fraction's arms and regimes) moves with the label fraction
+    (descriptive), then the declared trend test (``tables.fraction_trend``): a trend is stated only when that
+    test is significant at ``alpha``."""
     values = "; ".join(
         f"{L.fraction_title(f)} {F.format_diff(v, metric)}"
         for f, v in zip(per[A.LABEL_FRACTION], per["mean_hl"])
@@ -149,23 +151,24 @@ def _fraction_trend_sentence(per: pd.DataFrame, metric: str) -> str:
         f"Mean Hodges\u2013Lehmann difference vs the baseline over each fraction's comparisons (every arm and "
         f"regime, so not inflated by picking the best; descriptive, not a test): {values}."
     )
-    gain = per["mean_hl"].to_numpy(dtype=float) * (1.0 if A.higher_is_better(metric) else -1.0)
-    if not np.isfinite(gain).all() or len(gain) < 2:
-        return text
-    top = int(np.argmax(gain))
-    where = L.fraction_title(per[A.LABEL_FRACTION].iloc[top])
-    if top == 0 and gain[0] > 0:
-        shrinking = bool(np.all(np.diff(gain) <= 0))
-        text += (
-            f" The gain is largest at the fewest labels ({where})"
-            + (" and shrinks as labels are added" if shrinking else "")
-            + ", the pattern the self-supervised literature reports."
+    gain = "gain" if A.metric_direction(metric) else "difference (arm higher)"
+    test = (
+        f"Trend test across the label fractions (declared: per seed, the slope of the {gain} averaged over "
+        "every arm and regime against the fraction's rank; two-sided Wilcoxon signed-rank test of the "
+        f"{trend['n']} seeds' slopes)"
+    )
+    p, slope = trend["p"], trend["slope"]
+    if not np.isfinite(p):
+        return f"{text} {test}: n/a (it needs at least 2 seeds complete at every fraction)."
+    shown = f"slope {F.format_diff(slope, metric)} per fraction step, p {F.format_p(p)}"
+    if p >= alpha or slope == 0:
+        return f"{text} {test}: {shown}, not significant at \u03b1 = {alpha:g}, so no trend is claimed."
+    if slope < 0:
+        literature = (
+            ", the pattern the self-supervised literature reports" if A.metric_direction(metric) else ""
         )
-    elif gain[top] > 0:
-        text += f" The gain is largest at {where}, not at the fewest labels."
-    else:
-        text += " No fraction shows a mean gain over the baseline."
-    return text
+        return f"{text} {test}: {shown}: the {gain} shrinks as labels are added{literature}."
+    return f"{text} {test}: {shown}: the {gain} grows as labels are added."
 
 
 def _failed_pretexts(learned: pd.DataFrame) -> dict[str, tuple[int, int]]:
@@ -234,7 +237,7 @@ def _power_sentence(comp: pd.DataFrame, alpha: float, with_fraction: bool = Fals
         f"{reference} seeds."
     )
     parts = [
-        f"{r.arm_title}, {_place(r, with_fraction)}: {F.seed_range(r.seeds_80_min, r.seeds_80_max)}"
+        f"{r.arm_title}, {_place(r, with_fraction)}: {_planning_range(r)}"
         for r in comp.itertuples(index=False)
         if not r.significant and "seeds_80_min" in comp
     ]
@@ -250,6 +253,14 @@ def _power_sentence(comp: pd.DataFrame, alpha: float, with_fraction: bool = Fals
     )
 
 
+def _planning_range(r: Any) -> str:
+    """A comparison's seeds-for-80 %-power range, or "n/a (why)" when it has none (``planning_note``)."""
+    note = getattr(r, "planning_note", "")
+    if isinstance(note, str) and note:
+        return f"{F.NA} ({note})"
+    return F.seed_range(r.seeds_80_min, r.seeds_80_max)
+
+
 def _robustness_sentence(a: RunAnalysis) -> str:
     comp, alpha, rates = a.comparisons, a.alpha, a.null_rates
     m, k = len(comp), comp["arm"].nunique()
@@ -263,7 +274,8 @@ def _robustness_sentence(a: RunAnalysis) -> str:
             f"Robustness: with Holm {per} instead (over the {k} arm(s) of each regime"
             + (" of each fraction" if several else "")
             + "; study-wise "
-            f"false-positive rate {F.rate(rates.get('studywise_regime'))} for this design), "
+            f"false-positive rate {F.sim_rate(rates.get('studywise_regime'), rates.get('n_sim', 0))} for this "
+            "design), "
             + (f"{len(alt)} comparison(s) would be significant: {listed}" if len(alt) else "none would be")
             + " (p_holm_regime in comparisons.csv)."
         )

@@ -11,6 +11,7 @@ from study.report import labels as L
 from study.report import pretext_tables as PT
 from study.report.document import Block, Heading, Para
 from study.report.run_analysis import RunAnalysis
+from study.stats import FRIEDMAN_MIN_BLOCKS
 from study.tasks import registry
 
 TITLE = "Self-supervised pre-training for melanoma classification: study report"
@@ -66,6 +67,10 @@ def _comparison_method(a: RunAnalysis) -> str:
     m, n_ssl, n_reg = len(comp), comp["arm"].nunique(), comp["regime"].nunique()
     several, n_frac = a.several_fractions, comp[A.LABEL_FRACTION].nunique()
     level = round((1 - alpha) * 100)
+    directed = A.metric_direction(a.metric)
+    sign_text = f"higher ({a.label}: no direction)"
+    sign_text = "better (also for lower-is-better metrics)" if directed else sign_text
+    beats = "beats" if directed else "is higher than"
     if a.family == "study":
         family = (
             f"all m = {m} comparisons of the study ({n_ssl} self-supervised arm(s) \u00d7 {n_reg} regime(s)"
@@ -85,17 +90,18 @@ def _comparison_method(a: RunAnalysis) -> str:
         f"{design} Each self-supervised arm is compared with the no-self-supervision baseline through "
         f"per-seed paired differences (arm \u2212 baseline) of test {a.label}, {where}; "
         "differences equal up to floating-point error (relative 1e-9) count as ties or zeros. Headline test: "
-        "two-sided Wilcoxon signed-rank test on the paired differences (exact null distribution without "
-        "ties, an exhaustive sign-flip permutation test with ties and n \u2264 13, the normal approximation "
-        "otherwise; zero differences dropped, a comparison whose differences are all zero has p = 1), "
+        "two-sided Wilcoxon signed-rank test on the paired differences, counted over Walsh averages with "
+        "the exact null distribution (exact without ties; with ties or zero differences exact and "
+        "conservative, zeros and ties handled as in the Hodges\u2013Lehmann interval, which is the test "
+        "inverted; a comparison whose differences are all zero has p = 1), "
         f"Holm-corrected across {family} at \u03b1 = {alpha:g}. {_studywise_text(a)} Intervals "
         f"({level} %, not adjusted for multiplicity): the Hodges\u2013Lehmann estimate of the paired "
         "difference with its exact signed-rank confidence interval (Walsh averages), the interval that "
-        f"belongs to the headline test (without ties or zeros it excludes 0 exactly when the uncorrected "
-        f"Wilcoxon p \u2264 {alpha:g}; achieved level in comparisons.csv, hl_ci_level), and the t-interval of "
+        f"belongs to the headline test (its inversion: it excludes 0 exactly when the uncorrected Wilcoxon "
+        f"p < {alpha:g}; achieved level in comparisons.csv, hl_ci_level), and the t-interval of "
         "the mean difference. Also reported: paired t-test, Hedges' g_z, matched-pairs rank-biserial "
-        "correlation r_rb and the share of seeds on which the arm beats the baseline (ties count half), all "
-        "positive when the arm is better (also for lower-is-better metrics), and a planning range of seeds "
+        f"correlation r_rb and the share of seeds on which the arm {beats} the baseline (ties count half), all "
+        f"positive when the arm is {sign_text}, and a planning range of seeds "
         "for 80 % power of the headline procedure itself (simulated). Seeds whose trial diverged or failed "
         "are dropped pairwise and listed under Excluded trials. Other metrics are descriptive only."
     )
@@ -126,8 +132,9 @@ def _studywise_text(a: RunAnalysis) -> str:
     text = (
         "Study-wise false-positive rate (the chance that a study with no true effect lists at least one "
         f"significant comparison), simulated for this design ({n} seeds, {design}, "
-        f"{r['n_sim']} null studies, normal differences, {independent}): {F.rate(r[chosen])} with this "
-        f"family, {F.rate(r[other])} with Holm {other_name}."
+        f"{r['n_sim']:,} null studies, normal differences, {independent}): "
+        f"{F.sim_rate(r[chosen], r['n_sim'])} with this family, {F.sim_rate(r[other], r['n_sim'])} with Holm "
+        f"{other_name}."
     )
     need = int(comp["min_n_for_significance"].max())
     if a.family == "study" and n < need:
@@ -140,8 +147,9 @@ def _friedman_method(a: RunAnalysis) -> str:
         return ""
     return (
         f"Across all arms: a Friedman test per regime{' and label fraction' if a.several_fractions else ''} on "
-        "the seeds complete for every arm, with mean "
-        f"ranks and the Nemenyi critical difference at \u03b1 = {a.alpha:g} (descriptive)."
+        f"the seeds complete for every arm (from {FRIEDMAN_MIN_BLOCKS} complete seeds up), as the "
+        "Iman\u2013Davenport F, with mean ranks and each self-supervised arm compared with the baseline from "
+        f"them (Holm over those comparisons, \u03b1 = {a.alpha:g}; Dem\u0161ar 2006); secondary to the paired tests."
     )
 
 

@@ -15,6 +15,7 @@ from study.report import labels as L
 from study.report import plots
 from study.report.document import Block, Heading, Image, Para, Table
 from study.report.run_analysis import RunAnalysis
+from study.stats import FRIEDMAN_MIN_BLOCKS
 from study.tasks import registry
 
 # The paper's Table 1 (soft accuracy, %, one run per cell) for the baseline, by regime; each task's own row is
@@ -135,21 +136,33 @@ def _friedman_table(results: list[dict[str, Any]], with_fraction: bool = False) 
     for res in results:
         ranks = res["mean_ranks"]
         order = sorted(ranks, key=ranks.get)
+        best = "best" if A.metric_direction(res["metric"]) else "highest"
         rows.append(
             F.cell_columns(res.get(A.LABEL_FRACTION, 1.0), res["regime"], with_fraction)
             | {
                 "k arms": res["k"],
                 "n seeds": res["n"],
-                "\u03c7\u00b2": F.num(res["statistic"], 4),
+                "\u03c7\u00b2": F.num(res["chi2"], 4),
+                "Iman\u2013Davenport F": _f_text(res),
                 "p": F.p_value(res["p"]),
-                "Nemenyi CD": F.num(res["cd"], 3),
-                "mean ranks (1 = best)": ", ".join(f"{L.arm_title(a)} {ranks[a]:.2f}" for a in order) or F.NA,
-                "within one CD": "; ".join(" \u2248 ".join(L.arm_title(a) for a in c) for c in res["cliques"])
+                f"mean ranks (1 = {best})": ", ".join(f"{L.arm_title(a)} {ranks[a]:.2f}" for a in order)
+                or F.NA,
+                "vs baseline: rank difference (Holm p)": "; ".join(
+                    f"{L.arm_title(c['arm'])} {F.num(c['rank_diff'], 2)} ({F.p_value(c['p_holm'])})"
+                    for c in res["vs_control"]
+                )
                 or F.NA,
                 "note": res["note"] or "",
             }
         )
     return pd.DataFrame(rows)
+
+
+def _f_text(res: dict[str, Any]) -> str:
+    """``"3.42 (3, 27)"``: the Iman–Davenport F with its degrees of freedom; n/a when not run."""
+    if not np.isfinite(res["f_statistic"]):
+        return F.NA
+    return f"{F.num(res['f_statistic'], 4)} ({int(res['df1'])}, {int(res['df2'])})"
 
 
 def table1_blocks(a: RunAnalysis) -> list[Block]:
@@ -276,7 +289,7 @@ def comparison_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
                 "Means in % for fractions; differences and intervals in percentage points. HL: "
                 "Hodges\u2013Lehmann estimate with its exact signed-rank CI (Walsh averages), the interval of "
                 "the headline test; t-CI: t-interval of the mean difference; neither adjusted for "
-                "multiplicity. Holm p is the headline. g_z, r_rb, P(improve): positive = arm better. Seeds for "
+                f"multiplicity. Holm p is the headline. g_z, r_rb, P(improve): positive = arm {L.direction_words(a.metric)[0]}. Seeds for "
                 "80 % power: the headline procedure simulated across the 80 % CI of the effect (a planning "
                 "range). Full precision in comparisons.csv.",
             )
@@ -309,10 +322,14 @@ def friedman_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         Para(
             "Friedman test over all arms per regime"
             + (" and label fraction" if a.several_fractions else "")
-            + " (complete seeds only), with the Nemenyi critical "
-            f"difference CD = q\u03b1\u221a(k(k+1)/(6N)) at \u03b1 = {a.alpha:g}. Descriptive: Nemenyi "
-            "depends on which arms are in the pool, so the pairwise Holm-corrected Wilcoxon tests above are "
-            "the headline."
+            + f" (complete seeds only; run from {FRIEDMAN_MIN_BLOCKS} complete seeds up), as the "
+            "Iman\u2013Davenport F (less conservative than Friedman's \u03c7\u00b2, also shown), then each "
+            "self-supervised arm against the baseline from the mean ranks: z = (R_baseline \u2212 R_arm) / "
+            "\u221a(k(k+1)/(6N)), Holm over the k \u2212 1 comparisons with the baseline (Dem\u0161ar 2006, "
+            f"section 3.2.2), at \u03b1 = {a.alpha:g}. A rank difference below 0 means the arm ranks better; a "
+            "non-significant one does not mean the arms are equivalent. Secondary: mean-rank comparisons "
+            "depend on which arms are in the pool (Benavoli et al. 2016), so the pairwise Holm-corrected "
+            "Wilcoxon tests above are the headline."
         )
     )
     several = a.several_fractions
@@ -321,10 +338,15 @@ def friedman_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         titles = [
             L.cell_title(f[A.LABEL_FRACTION], L.regime_title(f["regime"]), several) for f in a.friedmans
         ]
-        fig = plots.mean_rank_plot(list(zip(titles, a.friedmans)))
+        fig = plots.mean_rank_plot(list(zip(titles, a.friedmans)), a.alpha)
         path = plots.save_figure(fig, fig_dir / "mean_ranks.png")
         per = "per regime and label fraction" if several else "per regime"
-        blocks.append(Image(path, f"Mean ranks and critical difference {per}"))
+        blocks.append(
+            Image(
+                path,
+                f"Mean ranks {per}; * an arm that differs from the baseline (Holm, \u03b1 = {a.alpha:g})",
+            )
+        )
     return blocks
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 
 from study.analysis import DEFAULT_LABEL_FRACTION, FRACTION_METRICS, LABEL_FRACTION, Pairing, arm_better
 from study.report.formatting import bound, format_diff, format_p
-from study.report.labels import arm_title, cell_title, metric_label, regime_title
+from study.report.labels import arm_title, cell_title, direction_words, metric_label, regime_title
+from study.stats import FRIEDMAN_MIN_BLOCKS
 
 
 def underpowered_text(row: dict[str, Any], alpha: float, with_fraction: bool = False) -> str:
@@ -65,8 +66,8 @@ def headline(row: pd.Series | dict[str, Any], alpha: float = 0.05, *, with_fract
         n_text += f" ({len(str(dropped).split(','))} excluded)"
     verdict = "significant" if r["significant"] else "not significant"
     if r["significant"]:
-        better = bool(arm_better(r["hl_estimate"], r["mean_diff"], metric))
-        verdict += " (arm better)" if better else " (arm worse)"
+        up, down = direction_words(metric)
+        verdict += f" (arm {up if arm_better(r['hl_estimate'], r['mean_diff'], metric) else down})"
     if r.get("underpowered"):
         k = int(r.get("n_nonzero", n))
         verdict += (
@@ -139,8 +140,11 @@ def friedman_note(result: dict[str, Any]) -> str:
     k, n = result["k"], result["n"]
     if k < 3:
         return f"Friedman needs at least 3 arms (this regime has {k}); see the paired comparison"
-    if n < 2:
-        return f"Friedman needs at least 2 complete seeds (this regime has {n})"
-    if not np.isfinite(result["statistic"]):
+    if n < FRIEDMAN_MIN_BLOCKS:
+        return (
+            f"Friedman needs at least {FRIEDMAN_MIN_BLOCKS} complete seeds (this regime has {n}): on fewer "
+            "blocks its p-value approximations do not hold"
+        )
+    if not np.isfinite(result["chi2"]):
         return "all arms tie on every seed: no ranking to test"
     return ""

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+from statsmodels.stats.proportion import proportion_confint
 
 from study.analysis import BASELINE, CLASSIFICATION_METRICS
 from study.stats import (
@@ -46,6 +47,9 @@ from study.tasks import registry
 SEEDS_MAX = 40  # planning search limit: "> 40 seeds" is beyond any study this tool runs
 EFFECT_GRID = np.round(np.arange(0.2, 3.0001, 0.05), 2)  # d_z values the power tables are computed at
 N_SIM = 2000  # simulated studies per (n, m, alpha): power SE <= 1.1 %, seeds needed +-1 near the threshold
+# Null studies behind a stated study-wise rate: its 95 % Monte-Carlo interval is +-0.25 pp at 3 %, +-0.4 pp at
+# 10 % (``mc_interval``); ~0.7 s once for a 6-arm x 3-regime x 3-fraction design, then cached on disk.
+N_SIM_NULL = 20000
 # Part of every disk-cache key: bump it when a change alters what a simulation returns.
 SIM_VERSION = 1
 
@@ -111,7 +115,7 @@ def _wplus_p(d: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def null_rejection_rates(
-    n: int, n_arms: int, n_regimes: int, alpha: float = 0.05, n_sim: int = 4000, seed: int = 0
+    n: int, n_arms: int, n_regimes: int, alpha: float = 0.05, n_sim: int = N_SIM_NULL, seed: int = 0
 ) -> dict[str, float]:
     """False-positive rates of the headline procedure in null studies of ``n_regimes`` x ``n_arms``
     comparisons at ``n`` seeds, through the exact signed-rank distribution and ``study.stats.holm``.
@@ -144,6 +148,15 @@ def _null_rejection_rates(
         "studywise_study": float(whole.any(axis=1).mean()),
         "n_sim": n_sim,
     }
+
+
+def mc_interval(rate: float, n_sim: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Monte-Carlo (Wilson) ``confidence`` interval of a rate simulated from ``n_sim`` studies
+    (``statsmodels.stats.proportion.proportion_confint``); NaN for an undefined rate."""
+    if not (np.isfinite(rate) and n_sim > 0):
+        return np.nan, np.nan
+    low, high = proportion_confint(round(rate * n_sim), n_sim, alpha=1 - confidence, method="wilson")
+    return float(low), float(high)
 
 
 @lru_cache(maxsize=128)
@@ -228,27 +241,63 @@ def seeds_for_headline_power(effect: float, m: int, alpha: float = 0.05, power: 
     return float(_seeds_table(int(m), float(alpha), float(power))[i])
 
 
+def dz_undefined(mean: float, sd: float, n: int) -> str:
+    """Why the d_z interval of n differences with this mean and SD is undefined; "" when it is defined."""
+    if n < 3:
+        return f"fewer than 3 paired seeds: n = {n}"
+    if not (np.isfinite(mean) and np.isfinite(sd)):
+        return "no finite mean or SD of the differences"
+    if sd <= 0:
+        return "no spread in the differences (d_z undefined)"
+    return ""
+
+
+NCT_FAILED = "the noncentral-t inversion failed numerically (scipy's nct.cdf returned NaN)"
+
+
 def dz_interval(mean: float, sd: float, n: int, confidence: float = 0.8) -> tuple[float, float]:
     """Confidence interval of the true d_z from an observed mean and SD of n differences, by inverting the
-    noncentral t (``scipy.stats.nct``). NaN when undefined (n < 3, no spread)."""
-    if n < 3 or not (np.isfinite(mean) and np.isfinite(sd)) or sd <= 0:
+    noncentral t (``scipy.stats.nct``). NaN when undefined (``dz_undefined``) and when the inversion fails
+    (``NCT_FAILED``: scipy's ``nct.cdf`` returns NaN in its saturated tails for some inputs, e.g. t = 4.09,
+    df = 8, nc = -5.9). The root is bracketed by steps out from the observed t that start at 1 and double,
+    and halve on a NaN, so the bracket stays near the root, where the cdf is finite."""
+    if dz_undefined(mean, sd, n):
         return np.nan, np.nan
     t_obs, df = mean / sd * math.sqrt(n), n - 1
     q = (1 - confidence) / 2
 
     def solve(target: float) -> float:
-        f = lambda nc: stats.nct.cdf(t_obs, df, nc) - target  # noqa: E731 (decreasing in nc)
-        lo, hi = t_obs - 10, t_obs + 10
-        while f(lo) < 0:
-            lo -= 10
-        while f(hi) > 0:
-            hi += 10
-        return optimize.brentq(f, lo, hi, xtol=1e-6)
+        f = lambda nc: float(stats.nct.cdf(t_obs, df, nc)) - target  # noqa: E731 (decreasing in nc)
+        lo, hi = _bracket_end(f, t_obs, -1.0), _bracket_end(f, t_obs, 1.0)
+        if lo is None or hi is None:
+            return np.nan
+        try:
+            return optimize.brentq(f, lo, hi, xtol=1e-6)
+        except (ValueError, RuntimeError):  # a NaN inside the bracket, or no convergence
+            return np.nan
 
     return solve(1 - q) / math.sqrt(n), solve(q) / math.sqrt(n)
 
 
-PLANNING_COLUMNS = ["dz_ci80_low", "dz_ci80_high", "seeds_80_min", "seeds_80_max"]
+def _bracket_end(f: Callable[[float], float], start: float, direction: float) -> float | None:
+    """A point in ``direction`` from ``start`` where decreasing ``f`` is >= 0 (going down) or <= 0 (going up),
+    reached by steps that double and halve on a NaN; None when there is none (NaN or no sign change)."""
+    x, step = start, 1.0
+    for _ in range(200):
+        v = f(x + direction * step)
+        if np.isnan(v):
+            step /= 2
+            if step < 1e-3:
+                return None
+            continue
+        x += direction * step
+        if (v >= 0) if direction < 0 else (v <= 0):
+            return x
+        step *= 2
+    return None
+
+
+PLANNING_COLUMNS = ["dz_ci80_low", "dz_ci80_high", "seeds_80_min", "seeds_80_max", "planning_note"]
 
 
 def power_planning(comp: pd.DataFrame, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
@@ -257,12 +306,14 @@ def power_planning(comp: pd.DataFrame, alpha: float = 0.05, power: float = 0.8) 
     family size would need for ``power`` if the true effect lay at its more favourable end
     (``seeds_80_min``) or its less favourable end (``seeds_80_max``; inf when the CI reaches 0 or more than
     ``SEEDS_MAX`` are needed). A planning range, not a point: at n = 8 the observed effect is noisy.
+    ``planning_note``: why the range is NaN (``dz_undefined`` or ``NCT_FAILED``), else "".
     Same index as ``comp``."""
     rows = []
     for r in comp.itertuples(index=False):
         lo, hi = dz_interval(r.mean_diff, r.sd_diff, int(r.n))
-        if not np.isfinite(lo):
-            rows.append(dict.fromkeys(PLANNING_COLUMNS, np.nan))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            why = dz_undefined(r.mean_diff, r.sd_diff, int(r.n)) or NCT_FAILED
+            rows.append(dict.fromkeys(PLANNING_COLUMNS[:-1], np.nan) | {"planning_note": why})
             continue
         far, near = max(abs(lo), abs(hi)), (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)))
         m = int(r.family_size)
@@ -272,6 +323,7 @@ def power_planning(comp: pd.DataFrame, alpha: float = 0.05, power: float = 0.8) 
                 "dz_ci80_high": hi,
                 "seeds_80_min": seeds_for_headline_power(far, m, alpha, power),
                 "seeds_80_max": seeds_for_headline_power(near, m, alpha, power),
+                "planning_note": "",
             }
         )
     return pd.DataFrame(rows, columns=PLANNING_COLUMNS, index=comp.index)

@@ -17,19 +17,69 @@ from study.analysis import (
     arm_better,
     arm_order,
     baseline_arm,
-    higher_is_better,
     label_fractions,
+    orientation,
     with_label_fraction,
 )
 from study.report.labels import arm_title, regime_title, titled
 from study.report.pretext_tables import float_column
 from study.report.sentences import friedman_note, headline, underpowered_text
-from study.stats import holm, prob_improvement, signed_rank_pvalues
+from study.stats import hodges_lehmann_ci, holm, prob_improvement, signed_rank_pvalues
+
+SUMMARY_COLUMNS = [
+    A.LABEL_FRACTION,
+    "regime",
+    "arm",
+    "metric",
+    "n",
+    "mean",
+    "sd",
+    "median",
+    "q1",
+    "q3",
+]
+
+
+def summarise(df: pd.DataFrame, metrics: Sequence[str] = A.SUMMARY_METRICS) -> pd.DataFrame:
+    """Per label fraction x regime x arm x metric: ``n, mean, sd, median, q1, q3`` over seeds, status-ok rows.
+
+    Long format, columns ``SUMMARY_COLUMNS`` (``label_fraction, regime, arm, metric, n, mean, sd, median, q1,
+    q3``); rows ordered by label fraction, regime, arm (baseline first), then ``metrics`` order.
+    SD uses ddof=1 (NaN when n < 2). Descriptive: all valid seeds of an arm count, also those whose pair was
+    dropped from a comparison.
+    """
+    cols = [A.metric_column(m, df.columns) for m in metrics]
+    df = A.with_label_fraction(df)
+    valid = df[df["status"] == "ok"]
+    groups = {(float(f), r, a): g for (f, r, a), g in valid.groupby([A.LABEL_FRACTION, "regime", "arm"])}
+    rows = []
+    for f, regime in A.cells(df):
+        for arm in A.arm_order(df["arm"]):
+            g = groups.get((f, regime, arm), valid.iloc[0:0])
+            for col in cols:
+                x = g[col].to_numpy(dtype=float, na_value=np.nan)
+                x = x[np.isfinite(x)]
+                n = x.size
+                rows.append(
+                    {
+                        A.LABEL_FRACTION: f,
+                        "regime": regime,
+                        "arm": arm,
+                        "metric": col,
+                        "n": n,
+                        "mean": x.mean() if n else np.nan,
+                        "sd": x.std(ddof=1) if n > 1 else np.nan,
+                        "median": np.median(x) if n else np.nan,
+                        "q1": np.quantile(x, 0.25) if n else np.nan,
+                        "q3": np.quantile(x, 0.75) if n else np.nan,
+                    }
+                )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """``analysis.summarise`` with each arm's title (``arm_title``, after ``arm``): summary.csv."""
-    return titled(A.summarise(df), keys=("arm",))
+    """``summarise`` with each arm's title (``arm_title``, after ``arm``): summary.csv."""
+    return titled(summarise(df), keys=("arm",))
 
 
 def comparison_table(comp: pd.DataFrame, alpha: float, with_fraction: bool) -> pd.DataFrame:
@@ -92,12 +142,14 @@ def fraction_summary(comp: pd.DataFrame) -> pd.DataFrame:
     the table's family) with the arm better / worse; ``mean_hl`` and ``mean_diff`` the mean over the
     fraction's comparisons (arms x regimes) of the Hodges-Lehmann estimate and the mean difference (arm -
     baseline, metric units): averaged over every arm and regime, so not inflated by picking the best one;
-    ``best`` the index label in ``comp`` of the comparison with the most favourable HL estimate (the largest
-    for higher-is-better metrics; NaN when none is finite).
+    ``best`` the index label in ``comp`` of the comparison with the most favourable HL estimate (the smallest
+    for lower-is-better metrics, else the largest; NaN when none is finite; picked after looking, so the report
+    does not print it with its unadjusted interval). For a metric without a direction
+    (``analysis.metric_direction``: stop epoch) "better" / "worse" read "higher" / "lower".
     """
     rows = []
     for f, g in with_label_fraction(comp).groupby(LABEL_FRACTION, sort=True):
-        sign = 1.0 if higher_is_better(str(g["metric"].iloc[0])) else -1.0
+        sign = orientation(str(g["metric"].iloc[0]))
         better = arm_better(g["hl_estimate"], g["mean_diff"], str(g["metric"].iloc[0]))
         sig = g["significant"].astype(bool).to_numpy()
         hl = g["hl_estimate"].astype(float) * sign
@@ -113,6 +165,48 @@ def fraction_summary(comp: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=FRACTION_SUMMARY_COLUMNS)
+
+
+def gain_trend(gains: np.ndarray) -> dict[str, Any]:
+    """The trend test of ``fraction_trend`` on ``gains`` ``(n_seeds, n_fractions)`` (fractions ascending; rows
+    with a NaN are dropped): per seed the least-squares slope of the gain on the fraction's rank 1..F (with
+    two fractions, the difference), then the two-sided Wilcoxon signed-rank test of the headline
+    (``signed_rank_pvalues``) on the slopes, and their Hodges-Lehmann estimate ``slope``. Keys ``n``,
+    ``n_fractions``, ``slope``, ``p``; NaN slope and p below 2 fractions or 2 complete seeds."""
+    g = np.asarray(gains, dtype=float)
+    g = g[np.isfinite(g).all(axis=1)]
+    n, f = g.shape
+    out = {"n": int(n), "n_fractions": int(f), "slope": np.nan, "p": np.nan}
+    if f < 2 or n < 2:
+        return out
+    x = np.arange(1, f + 1) - (f + 1) / 2
+    slopes = (g - g.mean(axis=1, keepdims=True)) @ x / (x @ x)
+    p = float(signed_rank_pvalues(slopes[None, :])[0][0])
+    return out | {"slope": float(hodges_lehmann_ci(slopes)[0]), "p": p}
+
+
+def fraction_trend(df: pd.DataFrame, metric: str, pairing: A.Pairing | None = None) -> dict[str, Any]:
+    """The declared trend test of the gain across label fractions: one test per study, always this one.
+
+    Per seed and label fraction, the gain = the mean over every self-supervised arm and regime of the paired
+    difference arm - baseline, oriented so that + = arm better (``orientation``; higher for a metric
+    without a direction); seeds complete in every cell only. Then ``gain_trend``: the per-seed slope over
+    the fractions' ranks and a signed-rank test of the slopes (``slope`` < 0: the gain shrinks as labels are
+    added). Averaging over the arms and regimes first picks nothing after looking. Keys as ``gain_trend``.
+    """
+    pairing = A.check_pairing(df, metric) if pairing is None else pairing
+    fractions = sorted(pairing.fractions)
+    seeds = sorted({int(s) for cell in pairing.seeds.values() for s in cell})
+    gains = np.full((len(seeds), len(fractions)), np.nan)
+    for j, f in enumerate(fractions if len(pairing.arms) > 1 else []):
+        per_regime = []
+        for regime in pairing.regimes:
+            x, cell_seeds, _ = A.paired_matrix(df, metric, regime, label_fraction=f, pairing=pairing)
+            d = pd.DataFrame(x[:, 1:] - x[:, :1], index=cell_seeds).reindex(seeds)
+            per_regime.append(d.to_numpy())
+        # A seed missing any arm or regime of the fraction gets NaN (dropped): every gain averages the same cells.
+        gains[:, j] = np.concatenate(per_regime, axis=1).mean(axis=1) * orientation(metric)
+    return gain_trend(gains)
 
 
 def probe_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -21,8 +21,16 @@ from typing import Literal
 import pandas as pd
 
 from study import analysis as A
+from study import verdicts as V
 from study.io.files import write_text_replacing
-from study.report import sections_headline, sections_intro, sections_pretext, sections_results, sections_run
+from study.report import (
+    sections_answer,
+    sections_headline,
+    sections_intro,
+    sections_pretext,
+    sections_results,
+    sections_run,
+)
 from study.report.document import Block, render_html, render_markdown
 from study.report.run_analysis import RunAnalysis, analyse_run
 
@@ -59,13 +67,17 @@ def write_tables(a: RunAnalysis) -> None:
     d = a.run_dir
     _write_csv(a.summary, d / "summary.csv")
     _write_csv(a.excluded, d / "excluded.csv")
-    _write_csv(a.comparisons, d / "comparisons.csv")
+    _write_csv(_with_verdicts(a.comparisons, a.verdicts), d / "comparisons.csv")
     friedman = pd.DataFrame(
         [
             {
-                **{k: v for k, v in f.items() if k not in ("mean_ranks", "cliques", "arms", "dropped_seeds")},
+                **{
+                    k: v
+                    for k, v in f.items()
+                    if k not in ("mean_ranks", "vs_control", "arms", "dropped_seeds")
+                },
                 "mean_ranks": json.dumps(f["mean_ranks"]),
-                "cliques": json.dumps(f["cliques"]),
+                "vs_control": json.dumps(f["vs_control"]),
                 "dropped_seeds": json.dumps(f["dropped_seeds"]),
             }
             for f in a.friedmans
@@ -96,20 +108,32 @@ def write_tables(a: RunAnalysis) -> None:
         _remove_output(d / "label_efficiency.csv")  # a fraction-grid report's table must not linger
 
 
+def _with_verdicts(comp: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """comparisons.csv: every comparison, with the primary ones' TOST, Bayesian probabilities and verdict."""
+    keys = [A.LABEL_FRACTION, "regime", "arm"]
+    if verdicts.empty or comp.empty:
+        return comp.assign(**{c: pd.Series(dtype=float) for c in V.VERDICT_COLUMNS})
+    return comp.merge(verdicts[[*keys, *V.VERDICT_COLUMNS]], on=keys, how="left").assign(
+        primary=lambda f: f["primary"].fillna(False).astype(bool)
+    )
+
+
 def write_report(
     run_dir: str | Path,
-    metric: str = "test_auc",
+    metric: str | None = None,
     *,
     alpha: float = 0.05,
     family: Literal["study", "regime", "table"] = "study",
     strict: bool = False,
+    primary: tuple[str, float | None] | None = None,
+    margin: float | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html``, ``summary.csv``, ``comparisons.csv`` (and ``friedman.csv``,
     ``pretext_<table>.csv`` of each of the paper's pretext tables and of another registered task table the
     run has arms in, ``pretext_reference.csv``, ``probe.csv``, ``excluded.csv``) and
     ``figures/*.png`` into ``run_dir``.
 
-    ``metric``: the primary metric for the inferential comparisons (other metrics are descriptive only, so
+    ``metric``: the primary metric for the inferential comparisons (default: the run's declared one) (other metrics are descriptive only, so
     the multiple-comparison family stays the one stated). ``family``: the Holm family of the headline p,
     ``"study"`` (default: every comparison, study-wise false-positive rate <= alpha) or ``"regime"``
     (``analysis.compare_to_baseline``); the report states the study-wise rate either implies.
@@ -117,9 +141,11 @@ def write_report(
     Nothing is written outside ``run_dir``: a symlink at an output's name is replaced by the file (never written
     through), a ``figures`` symlink by a real folder, and only figure names the report draws are deleted; a
     folder where an output goes is an ``AnalysisError``.
+    ``primary`` (regime, label fraction or None) and ``margin`` replace the run's declared primary analysis;
+    the report then says that its verdicts are not the pre-declared ones.
     Returns ``(md_path, html_path)``.
     """
-    a = analyse_run(run_dir, metric, alpha=alpha, family=family, strict=strict)
+    a = analyse_run(run_dir, metric, alpha=alpha, family=family, strict=strict, primary=primary, margin=margin)
     md_path, html_path = _output_path(a.run_dir / "report.md"), _output_path(a.run_dir / "report.html")
     fig_dir = _figure_dir(a.run_dir)
     write_tables(a)
@@ -135,7 +161,7 @@ def _is_figure_name(name: str) -> bool:
 
 
 FIGURE_NAMES = frozenset(
-    {"forest.png", "label_efficiency.png", "paired_seeds.png", "mean_ranks.png", "learning_curves.png"}
+    {"verdicts.png", "forest.png", "label_efficiency.png", "paired_seeds.png", "mean_ranks.png", "learning_curves.png"}
 )
 
 
@@ -164,6 +190,7 @@ def report_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     """The whole document, section by section; figures are drawn into ``fig_dir``."""
     return [
         *sections_intro.title_blocks(a),
+        *sections_answer.answer_blocks(a, fig_dir),
         *sections_intro.method_blocks(a),
         *sections_headline.headline_blocks(a, fig_dir),
         *sections_results.table1_blocks(a),

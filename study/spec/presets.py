@@ -80,6 +80,31 @@ def upgrade_search_keys(d: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class AnalysisPlan:
+    """The primary analysis, declared before the study runs (a study file's `[analysis]` table).
+
+    `metric`: the results column the verdicts are about. `primary_regime`: the early-stopping regime of the
+    primary comparisons (`none`, `patience3`, ...; None: the longest patience the study runs, filled in when the
+    study is resolved). `primary_fraction`: with label fractions, the fraction of the primary comparisons (None:
+    the smallest, where pre-training is expected to matter most). The primary family is every SSL arm against
+    the baseline in that one cell (m = SSL arms); every other cell is secondary and exploratory.
+    `equivalence_margin` (delta, in the metric's units: 0.02 = 2 AUC points): a difference within +-delta does
+    not matter in practice; an arm whose paired difference is shown to lie within it is "equivalent".
+    `alpha`: the level of every test of the verdicts.
+    """
+
+    metric: str = "test_auc"
+    primary_regime: str | None = None
+    primary_fraction: float | None = None
+    equivalence_margin: float = 0.02
+    alpha: float = 0.05
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "AnalysisPlan":
+        return cls(**(d or {}))
+
+
+@dataclass(frozen=True)
 class StudyPreset:
     """A complete study: fixed trial settings, the arms compared, the seeds, and how to schedule trials."""
 
@@ -97,6 +122,8 @@ class StudyPreset:
     runtime_note: str = ""
     # Label-efficiency grid: fine-tune on each fraction of the training labels (None: `base.label_fraction`).
     label_fractions: tuple[float, ...] | None = None
+    # The declared primary analysis (`AnalysisPlan`); a run's study.json without one (older runs) gets the defaults.
+    analysis: AnalysisPlan = AnalysisPlan()  # DEFAULT_ANALYSIS
 
     def replace(self, **changes: Any) -> "StudyPreset":
         return dataclasses.replace(self, **changes)
@@ -133,7 +160,18 @@ class StudyPreset:
             d["label_fractions"] = tuple(d["label_fractions"])
         if d.get("search") is not None:
             d["search"] = SearchSettings.from_dict(d["search"])
+        d["analysis"] = AnalysisPlan.from_dict(d.get("analysis"))
         return cls(**d)
+
+
+#: The primary analysis every comparison preset declares: test AUC in the longest-patience regime (early
+#: stopping on validation loss with a generous patience is how a practitioner would train the classifier, and
+#: it is the regime least moved by one noisy epoch), at the smallest label fraction when there are several
+#: (where pre-training is expected to matter most), and an equivalence margin of +-2 AUC points: a pretext
+#: phase costs 1.3-2x a fine-tune's compute (README, "SimCLR, BYOL and what pre-training costs"), and a gain
+#: below 2 points is within the seed-to-seed spread of one test set of a few hundred images, too small to
+#: change which model a clinic would deploy. Override per study in `[analysis]`.
+DEFAULT_ANALYSIS = AnalysisPlan()
 
 
 def arm_name(arm: dict[str, Any], varied: set[str] = frozenset()) -> str:
@@ -158,7 +196,8 @@ def demo() -> StudyPreset:
     download (the lesions are generated into the cache directory on first use). 9 seeds is the smallest n at
     which an exact Wilcoxon can pass Holm over the study's 9 comparisons (2/2^9 < 0.05/9). Both image
     pretexts beat their learning-free references on every seed; rotation cannot on these rotation-symmetric
-    lesions, and the report says so.
+    lesions, and the report says so. Primary analysis (`DEFAULT_ANALYSIS`): test AUC at patience 10, margin
+    +-2 AUC points, so the verdicts are Holm over the 3 SSL arms.
     """
     size = 32
     return StudyPreset(

@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from study.spec import studyfile
-from study.spec.config import ConfigError, synth_class_counts, validate_trial
-from study.spec.presets import StudyPreset
+from study.spec import schema, studyfile
+from study.spec.config import ConfigError, regime_name, synth_class_counts, validate_trial
+from study.spec.presets import AnalysisPlan, StudyPreset
 from study.tasks import registry
 
 #: The run's pretext cache, relative to the run: trials read it against the run they belong to, so a moved
@@ -64,7 +64,37 @@ def finalize_study(preset: StudyPreset) -> StudyPreset:
         base = base.replace(report_every=1)
     study = preset.replace(base=base)
     validate_study(study)
-    return study
+    return study.replace(analysis=declared_analysis(study))
+
+
+def declared_analysis(preset: StudyPreset) -> AnalysisPlan:
+    """`preset.analysis` with its defaults filled in (the longest patience's regime; the smallest label
+    fraction) and checked against the study, so the run records the primary analysis it declared."""
+    plan = preset.analysis
+    regimes = [regime_name(p) for p in preset.base.patiences]
+    regime = plan.primary_regime or regime_name(max(preset.base.patiences))
+    if regime not in regimes:
+        raise ConfigError(
+            f"analysis.primary_regime: {regime!r} is not a regime of this study; choose one of "
+            f"{', '.join(regimes)} (from trial.patiences)"
+        )
+    fraction = min(preset.fractions()) if plan.primary_fraction is None else plan.primary_fraction
+    if fraction not in preset.fractions():
+        raise ConfigError(
+            f"analysis.primary_fraction: {fraction:g} is not a label fraction of this study; choose one of "
+            f"{', '.join(f'{f:g}' for f in preset.fractions())}"
+        )
+    metrics = (*schema.CLASSIFICATION_METRICS, "test_loss")
+    if plan.metric not in metrics:
+        raise ConfigError(f"analysis.metric: {plan.metric!r} is not a results metric; choose one of {', '.join(metrics)}")
+    if not (math.isfinite(plan.equivalence_margin) and plan.equivalence_margin > 0):
+        raise ConfigError(
+            f"analysis.equivalence_margin: must be a positive number in the metric's units (0.02 = 2 AUC "
+            f"points); got {plan.equivalence_margin}"
+        )
+    if not 0 < plan.alpha < 0.5:
+        raise ConfigError(f"analysis.alpha: must lie in (0, 0.5); got {plan.alpha}")
+    return dataclasses.replace(plan, primary_regime=regime, primary_fraction=fraction)
 
 
 def check_resolved(preset: StudyPreset) -> None:

@@ -32,6 +32,22 @@ CLASSIFICATION_METRICS = (
     "test_specificity",
     "test_f1",
 )
+#: Which way a metric is better, declared here for every column that is not a task's `pretext_<metric>` (those
+#: are the task registry's, `registry.metric_direction`): HIGHER (larger is better), LOWER (smaller is better)
+#: or NO_DIRECTION (epochs, costs, settings: an arm is then higher or lower, never better or worse). A column
+#: not listed has no direction; a `val_<m>` column has the direction of `test_<m>`.
+HIGHER, LOWER, NO_DIRECTION = 1, -1, 0
+METRIC_DIRECTIONS = {
+    **dict.fromkeys(CLASSIFICATION_METRICS, HIGHER),
+    "test_loss": LOWER,
+    "val_loss": LOWER,
+    "probe_auc": HIGHER,
+    "probe_val_auc": HIGHER,
+    "stop_epoch": NO_DIRECTION,
+    "best_epoch": NO_DIRECTION,
+    "epoch_used": NO_DIRECTION,
+}
+
 #: The early-stopping regime and what its replay kept (`study.train.phases.replay_regimes`).
 REGIME_COLUMNS = (
     "regime",
@@ -135,3 +151,24 @@ def optional_float_columns() -> tuple[str, ...]:
     parameters, the pretext metrics (`pretext_<metric>`) of the registered tasks and the pretext cost."""
     metrics = dict.fromkeys(f"pretext_{m}" for task in registry.TASKS.values() for m in task.metrics)
     return ("lr", "pretext_lr", "val_loss", *task_params_of(float), *metrics, *COST_COLUMNS)
+
+
+def metric_direction(column: str) -> int:
+    """HIGHER (1), LOWER (-1) or NO_DIRECTION (0) for a results or history column, from the one table that
+    declares it: `METRIC_DIRECTIONS`, or the task registry for `pretext_<metric>` columns."""
+    if column.startswith(PRETEXT_PREFIX):
+        return registry.metric_direction(column.removeprefix(PRETEXT_PREFIX))
+    if column.startswith("val_") and column not in METRIC_DIRECTIONS:
+        column = "test_" + column.removeprefix("val_")
+    return METRIC_DIRECTIONS.get(column, NO_DIRECTION)
+
+
+def higher_is_better(column: str) -> bool:
+    """True only for a column whose larger values are better (`metric_direction` HIGHER)."""
+    return metric_direction(column) == HIGHER
+
+
+def orientation(column: str) -> float:
+    """-1.0 for a lower-is-better column, else 1.0: times a difference (arm - baseline), positive = the arm
+    better (for a column without a direction: the arm higher)."""
+    return -1.0 if metric_direction(column) == LOWER else 1.0

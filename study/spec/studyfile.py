@@ -155,7 +155,7 @@ def _check_arms(preset: StudyPreset, source: _Source) -> None:
 
 def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> StudyPreset:
     """`preset` with the keys of one study-file dict applied (see the module docstring for the keys)."""
-    known = {"preset", "seeds", "data", "trial", "arms", "search", "label_fractions", *STUDY_KEYS}
+    known = {"preset", "seeds", "data", "trial", "arms", "search", "analysis", "label_fractions", *STUDY_KEYS}
     for key in d:
         if key not in known:
             raise ConfigError(
@@ -189,6 +189,8 @@ def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> Study
         table = upgrade_search_keys(_table(d["search"], "search", source))
         current = preset.search or SearchSettings()
         changes["search"] = _apply_dataclass(current, table, "search", source)
+    if "analysis" in d:
+        changes["analysis"] = _apply_dataclass(preset.analysis, _table(d["analysis"], "analysis", source), "analysis", source)
     return preset.replace(base=base, **changes)
 
 
@@ -363,6 +365,8 @@ def to_toml(preset: StudyPreset, shipped: str | None = None) -> str:
     for key, value in base.to_dict().items():
         if value is not None and key not in skip:
             lines.append(f"{key} = {_value(value)}")
+    lines += ["", "[analysis]  # the primary analysis, declared before the run (README, \"What a verdict means\")"]
+    lines += [f"{k} = {_value(v)}" for k, v in dataclasses.asdict(preset.analysis).items() if v is not None]
     if preset.search is not None:
         lines += ["", "[search]"]
         lines += [f"{k} = {_value(v)}" for k, v in dataclasses.asdict(preset.search).items()]

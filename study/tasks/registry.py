@@ -93,6 +93,7 @@ from typing import Any
 
 import numpy as np
 
+from study.tasks import references
 from study.tasks.steps import TWO_VIEW_LOSSES, TwoViewStep
 
 HEADS = ("angle", "rotation4", "image")
@@ -366,6 +367,11 @@ class PretextTask:
         if self.color is not None and not (isinstance(self.color, str) and _COLOR.fullmatch(self.color)):
             raise ValueError(f"task {name!r}: color must be '#rrggbb' or None; got {self.color!r}")
 
+    def metric_higher_is_better(self, metric: str) -> bool:
+        """Whether a larger value of its pretext `metric` is better: `references.HIGHER_IS_BETTER` or the
+        task's own `higher_is_better`; every other scored metric is an error (smaller is better)."""
+        return metric in references.HIGHER_IS_BETTER or metric in self.higher_is_better
+
     def _check_step(self) -> None:
         """A declared step: no batch transform or own step beside it, a loss the declaration supports."""
         name = self.name
@@ -463,6 +469,17 @@ def register(task: PretextTask) -> PretextTask:
             )
     TASKS[task.name] = task
     return task
+
+
+def metric_direction(metric: str) -> int:
+    """1 (higher is better) or -1 (lower is better) for a pretext metric a registered task scores (its
+    `metrics`, by `PretextTask.metric_higher_is_better`); 0 (no direction) for anything else of the pretext
+    phase (references, cost, settings). The one source of `pretext_<metric>` directions
+    (`study.spec.schema.metric_direction`)."""
+    for task in TASKS.values():
+        if metric in (task.metrics or ()):
+            return 1 if task.metric_higher_is_better(metric) else -1
+    return 0
 
 
 def get_task(name: str) -> PretextTask:

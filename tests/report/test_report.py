@@ -16,6 +16,7 @@ from report_html import ReportParser, parse
 
 from study import analysis as A
 from study import stats as ST
+from study.report import formatting as F
 from study.report import pretext_tables as PT
 from study.report import results_table as R
 from study.report import tables as T
@@ -108,7 +109,7 @@ def test_headlines_tables_and_sections_present(full_run):
     table1 = next(t for t in p.tables if t and t[0][:2] == ["Regime", "No self-supervision"])
     assert [row[0] for row in table1[1:]] == ["no early stopping", "patience 3", "patience 10"]
     assert any("Holm p (study)" in h for h in headers)  # the full comparison table
-    assert any("Nemenyi CD" in h for h in headers)  # Friedman summary
+    assert any("Iman\u2013Davenport F" in h for h in headers)  # Friedman summary
     assert any("SSIM (mean over images)" in h for h in headers)  # Table 3
     assert any("MSE (angle/360)" in h for h in headers)  # Table 2
     for section in (
@@ -323,6 +324,9 @@ def test_alpha_reaches_every_sentence(tmp_path):
     write_report(run, alpha=0.1)
     md = (run / "report.md").read_text()
     assert "Holm over m = 9, \u03b1 = 0.1; simulated" in md
+    # The note that the report's alpha overrides the declared one names both.
+    assert "overrides the declared primary analysis" in md
+    md = "\n".join(line for line in md.splitlines() if "overrides the declared primary analysis" not in line)
     assert "\u03b1 = 0.05" not in md and "0.05" not in section(md, "Method")
     assert "90 % signed-rank CI" in md and "Intervals (90 %" in md and "BCa" not in md
 
@@ -351,6 +355,11 @@ def test_history_with_a_bad_metric_value_is_still_an_error(tmp_path):
         R.load_history(tmp_path)
 
 
+def _notes(md: str) -> list[str]:
+    """The report's note boxes, but the one saying that a run without a manifest declared no primary analysis."""
+    return [line for line in md.splitlines() if "Note:" in line and "primary analysis" not in line]
+
+
 def test_rotation_examples_show_angles_and_never_a_note(tmp_path):
     results = make_results(n_seeds=2)
     run = write_run_dir(tmp_path / "run", results, example_tasks=("corruption",))
@@ -358,7 +367,7 @@ def test_rotation_examples_show_angles_and_never_a_note(tmp_path):
     np.savez(run / "examples" / "missing_patch_seed0.npz")  # a diverged pretext's empty file
     write_report(run)
     md = (run / "report.md").read_text()
-    assert "Note:" not in md and "could not be shown" not in md
+    assert _notes(md) == [] and "could not be shown" not in md
     assert not (run / "figures" / "examples_rotation.png").exists()
     # With recorded angles, the rotated inputs are shown, titled with true and predicted angle.
     x = np.zeros((3, 16, 16, 3), np.uint8)
@@ -370,7 +379,7 @@ def test_rotation_examples_show_angles_and_never_a_note(tmp_path):
     )
     write_report(run)
     md = (run / "report.md").read_text()
-    assert "Note:" not in md
+    assert _notes(md) == []
     assert "figures/examples_rotation.png" in md and (run / "figures" / "examples_rotation.png").is_file()
     assert "Rotation prediction: rotated inputs with true and predicted angle" in md
 
@@ -396,15 +405,15 @@ def test_forest_plot_keeps_raw_units_for_non_fraction_metrics(tmp_path, monkeypa
     scales = []
     real = plots.forest_plot
 
-    def spy(comp, xlabel, scale=100.0, alpha=0.05):
+    def spy(comp, xlabel, scale=100.0, alpha=0.05, **kw):
         scales.append(scale)
-        return real(comp, xlabel, scale=scale, alpha=alpha)
+        return real(comp, xlabel, scale=scale, alpha=alpha, **kw)
 
     monkeypatch.setattr(plots, "forest_plot", spy)
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=4))
-    write_report(run, metric="stop_epoch")
-    write_report(run, metric="auc")
-    assert scales == [1.0, 100.0]
+    write_report(run, metric="stop_epoch")  # no direction: no verdicts, one forest plot
+    write_report(run, metric="auc")  # the verdicts' plot, then the forest plot of every comparison
+    assert scales == [1.0, 100.0, 100.0]
 
 
 def test_reference_table_finds_the_best_reference_without_the_runners_summary_columns():
@@ -454,12 +463,13 @@ def test_method_names_interval_kinds_family_and_its_studywise_rate(tmp_path):
     assert "Hodges\u2013Lehmann estimate" in method and "exact signed-rank confidence interval" in method
     assert "t-interval of the mean difference" in method and "BCa" not in md
     assert "Holm-corrected across all m = 9 comparisons of the study" in method
-    assert f"{100 * rates['studywise_study']:.1f} % with this family" in method
-    assert f"{100 * rates['studywise_regime']:.1f} % with Holm per regime" in method
+    rate = {k: F.sim_rate(rates[k], rates["n_sim"]) for k in ("studywise_study", "studywise_regime")}
+    assert f"{rate['studywise_study']} with this family" in method
+    assert f"{rate['studywise_regime']} with Holm per regime" in method
     assert "With 8 seeds no comparison can be significant in this family (it needs at least 9)" in method
     write_report(run, family="regime")
     md = (run / "report.md").read_text()
-    assert f"{100 * rates['studywise_regime']:.1f} % with this family" in section(md, "Method")
+    assert f"{rate['studywise_regime']} with this family" in section(md, "Method")
     head = section(md, "Headline results")
     assert "0 of 0" not in head
     assert "more than this run's 8, so it cannot reject here" in head
@@ -566,10 +576,10 @@ def test_summary_says_per_fraction_whether_an_arm_beats_the_baseline(multi_run):
     assert "- 5 % labels: 6 of 9 comparisons significant with the arm better (Holm over all m = 27 " in head
     assert "Corruption removal, no early stopping: +6." in head and "95 % signed-rank CI [" in head
     assert (
-        "- 100 % labels: no arm beats the baseline (Holm over all m = 27 comparisons of the study); " in head
+        "- 100 % labels: no arm beats the baseline (Holm over all m = 27 comparisons of the study)." in head
     )
-    assert "most favourable estimate Corruption removal, " in head
-    assert "The gain is largest at the fewest labels (5 % labels) and shrinks as labels are added" in head
+    assert "most favourable" not in head  # picked after looking (tests/report/test_fraction_trend.py)
+    assert "the gain shrinks as labels are added, the pattern the self-supervised literature reports" in head
     for h in comp["headline"]:
         assert h in head
     assert "Corruption removal vs baseline, 5 % labels, patience 10: +" in head
@@ -588,8 +598,8 @@ def test_method_states_the_family_over_fractions_and_its_size(multi_run):
     )
     assert "separately in each regime of each label fraction (paired on seed and fraction" in method
     rates = S.null_rejection_rates(12, 3, 9)
-    assert f"{100 * rates['studywise_study']:.1f} % with this family" in method
-    assert "3 arm(s) \u00d7 3 regime(s) \u00d7 3 label fractions, 4000 null studies" in method
+    assert f"{F.sim_rate(rates['studywise_study'], rates['n_sim'])} with this family" in method
+    assert f"3 arm(s) \u00d7 3 regime(s) \u00d7 3 label fractions, {S.N_SIM_NULL:,} null studies" in method
     assert "\u00d7 3 label fractions (5 %, 20 %, 100 % of the training labels" in md.split("\n## ", 1)[0]
 
 
@@ -599,7 +609,7 @@ def test_tables_gain_a_labels_column_and_pretext_is_counted_once(multi_run):
     table1 = next(t for t in p.tables if t and t[0][:3] == ["Labels", "Regime", "No self-supervision"])
     assert [r[0] for r in table1[1:]] == ["5 %"] * 3 + ["20 %"] * 3 + ["100 %"] * 3
     assert table_with(p, "Holm p (study)")[0][:3] == ["Labels", "Regime", "Arm"]
-    assert table_with(p, "Nemenyi CD")[0][:2] == ["Labels", "Regime"]
+    assert table_with(p, "Iman\u2013Davenport F")[0][:2] == ["Labels", "Regime"]
     assert table_with(p, "probe AUC (%)")[0][:2] == ["Labels", "Arm"]
     assert table_with(p, "n pairs")[0][:2] == ["Labels", "Arm"]
     # One pretext per arm x seed, shared by the fractions: 12 seeds, not 36.
