@@ -1,4 +1,4 @@
-"""The Headline results section: one sentence per comparison with the baseline, what the seeds run can and
+"""The Every comparison (secondary, exploratory) section (after the verdicts): one sentence per comparison with the baseline, what the seeds run can and
 cannot show (underpowered comparisons, power planning, robustness to the Holm family), per-fraction summaries
 of a label-efficiency study, pretext tasks that did not learn, and the forest plot."""
 
@@ -21,9 +21,20 @@ from study.report.document import Block, Box, Bullets, Heading, Image, Para
 from study.report.run_analysis import RunAnalysis, n_cells
 
 
+def _secondary_sentence(a: RunAnalysis) -> str:
+    """What this section is beside the verdicts: every comparison, under the report's own Holm family."""
+    family = "over the whole study" if a.family == "study" else "within each regime"
+    return (
+        f"Every self-supervised arm in every regime{' and label fraction' if a.several_fractions else ''}, Holm "
+        f"{family} (m = {int(a.comparisons['family_size'].max())}). These are exploratory: they can suggest "
+        "the next study's declared analysis, not settle this one; the verdicts above are the declared primary "
+        "analysis."
+    )
+
+
 def headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     comp, alpha = a.comparisons, a.alpha
-    blocks: list[Block] = [Heading(2, "Headline results")]
+    blocks: list[Block] = [Heading(2, "Every comparison (secondary, exploratory)")]
     if a.pairing_error:
         blocks.append(
             Box(
@@ -35,6 +46,8 @@ def headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     elif comp.empty:
         blocks.append(Para(f"{F.NA}: only the baseline arm was run, so there is nothing to compare with it."))
     else:
+        if a.plan is not None and not a.verdicts.empty:
+            blocks.append(Para(_secondary_sentence(a)))
         failed = _failed_pretexts(a.learned)
         if a.several_fractions:
             blocks += _fraction_summary_blocks(a)

@@ -247,7 +247,7 @@ def probe_blocks(a: RunAnalysis) -> list[Block]:
         )
     elif a.pairing_error:
         blocks.append(
-            Para("No paired probe comparison: the table is not paired by seed (see Headline results).")
+            Para("No paired probe comparison: the table is not paired by seed (see Every comparison (secondary, exploratory)).")
         )
     return blocks
 

@@ -191,8 +191,8 @@ def report_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     return [
         *sections_intro.title_blocks(a),
         *sections_answer.answer_blocks(a, fig_dir),
-        *sections_intro.method_blocks(a),
         *sections_headline.headline_blocks(a, fig_dir),
+        *sections_intro.method_blocks(a),
         *sections_results.table1_blocks(a),
         *sections_results.label_efficiency_blocks(a, fig_dir),
         *sections_results.comparison_blocks(a, fig_dir),

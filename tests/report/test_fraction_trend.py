@@ -63,7 +63,7 @@ def _headline(tmp_path, results: pd.DataFrame) -> str:
     run = write_run_dir(tmp_path / "run", results)
     md, _ = write_report(run)
     text = md.read_text()
-    start = text.index("## Headline results\n")
+    start = text.index("## Every comparison (secondary, exploratory)\n")
     return text[start : text.find("\n## ", start + 3)]
 
 

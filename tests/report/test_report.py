@@ -266,7 +266,7 @@ def test_headlines_of_a_pretext_that_did_not_learn_say_so(ref_run):
         assert rendered == (r.arm == "rotation"), r.headline  # missing patch failed on a minority only
     learned = comp.drop_duplicates("arm").set_index("arm")["pretext_learned_seeds"]
     assert learned.to_dict() == {"rotation": "0/8", "missing_patch": "5/8", "corruption": "8/8"}
-    headline = section(md, "Headline results")
+    headline = section(md, "Every comparison (secondary, exploratory)")
     assert (
         "Rotation prediction did not beat a constant prediction on 8 of 8 seeds: its fine-tune comparison "
         "tests the pretext weights of a task that learned nothing" in headline
@@ -470,7 +470,7 @@ def test_method_names_interval_kinds_family_and_its_studywise_rate(tmp_path):
     write_report(run, family="regime")
     md = (run / "report.md").read_text()
     assert f"{rate['studywise_regime']} with this family" in section(md, "Method")
-    head = section(md, "Headline results")
+    head = section(md, "Every comparison (secondary, exploratory)")
     assert "0 of 0" not in head
     assert "more than this run's 8, so it cannot reject here" in head
     # Item 3: the planning range is the headline procedure's, not a paired t-test's.
@@ -570,7 +570,7 @@ def test_label_efficiency_figure_is_written_linked_and_embedded(multi_run):
 
 def test_summary_says_per_fraction_whether_an_arm_beats_the_baseline(multi_run):
     run, _ = multi_run
-    head = section((run / "report.md").read_text(), "Headline results")
+    head = section((run / "report.md").read_text(), "Every comparison (secondary, exploratory)")
     comp = pd.read_csv(run / "comparisons.csv")
     assert len(comp) == 27 and (comp["family_size"] == 27).all()
     assert "- 5 % labels: 6 of 9 comparisons significant with the arm better (Holm over all m = 27 " in head
