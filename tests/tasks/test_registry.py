@@ -419,3 +419,16 @@ def test_search_summary_lists_every_registered_parameter(registry, tmp_path):
     )
     table = write_search_summary(tmp_path, results)
     assert list(table.columns) == ["trial_id", "task", "tile_count", "jitter", "lr", "search_score"]
+
+
+def test_the_registrys_old_import_path_still_registers_a_task_and_says_where_it_moved():
+    import importlib
+    import sys
+
+    sys.modules.pop("study.pretext", None)
+    with pytest.warns(DeprecationWarning, match="study.tasks.registry"):
+        old = importlib.import_module("study.pretext")
+    from study.tasks import registry
+
+    assert old.register is registry.register and old.PretextTask is registry.PretextTask
+    assert old.TASKS is registry.TASKS
