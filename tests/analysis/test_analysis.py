@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_results import make_results
+from fixtures_results import compare, make_results, tidy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -22,15 +22,6 @@ from study.report import tables as T
 
 pytestmark = pytest.mark.usefixtures("private_simulation_cache")
 
-
-def tidy(**kw) -> pd.DataFrame:
-    return R.tidy_results(make_results(**kw))
-
-
-def compare(df: pd.DataFrame, metric: str = "test_auc", alpha: float = 0.05, **kw) -> pd.DataFrame:
-    """``analysis.compare_to_baseline`` as the report writes it: with titles, warnings and headlines."""
-    comp = A.compare_to_baseline(df, metric, alpha, **kw)
-    return T.comparison_table(comp, alpha, len(A.label_fractions(df)) > 1)
 
 
 def test_analysis_returns_numbers_and_the_report_adds_the_words():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_results import make_results
+from fixtures_results import compare, make_results, tidy
 from scipy import stats
 
 from study import analysis as A
@@ -21,15 +21,6 @@ FRACTIONS = (0.05, 0.2, 1.0)
 
 pytestmark = pytest.mark.usefixtures("private_simulation_cache")
 
-
-def tidy(**kw) -> pd.DataFrame:
-    return R.tidy_results(make_results(**kw))
-
-
-def compare(df: pd.DataFrame, metric: str = "test_auc", alpha: float = 0.05, **kw) -> pd.DataFrame:
-    """``analysis.compare_to_baseline`` as the report writes it: with titles, warnings and headlines."""
-    comp = A.compare_to_baseline(df, metric, alpha, **kw)
-    return T.comparison_table(comp, alpha, len(A.label_fractions(df)) > 1)
 
 
 def fractions_table(**kw) -> pd.DataFrame:

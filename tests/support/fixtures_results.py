@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from study import analysis as A
 from study.analysis import CLASSIFICATION_METRICS
+from study.report import results_table as R
+from study.report import tables as T
 from study.tasks.registry import get_task
 
 ROTATION_METRICS = tuple(f"pretext_{m}" for m in get_task("rotation").metrics)
@@ -325,3 +328,14 @@ def write_run_dir(
             run_dir / "examples" / f"{task}_seed0.npz", inputs=inputs, targets=targets, outputs=targets // 2
         )
     return run_dir
+
+
+def tidy(**kw) -> pd.DataFrame:
+    """``make_results(**kw)`` as the report reads it (``results_table.tidy_results``)."""
+    return R.tidy_results(make_results(**kw))
+
+
+def compare(df: pd.DataFrame, metric: str = "test_auc", alpha: float = 0.05, **kw) -> pd.DataFrame:
+    """``analysis.compare_to_baseline`` as the report writes it: with titles, warnings and headlines."""
+    comp = A.compare_to_baseline(df, metric, alpha, **kw)
+    return T.comparison_table(comp, alpha, len(A.label_fractions(df)) > 1)
