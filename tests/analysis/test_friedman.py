@@ -74,7 +74,7 @@ def test_post_hoc_compares_each_arm_with_the_control_only():
 
 def test_iman_davenport_and_control_comparisons_hold_their_level_on_null_blocks():
     rng = np.random.default_rng(0)
-    n_sim, n, k = 1500, 6, 4
+    n_sim, n, k = 1000, 6, 4
     reject, familywise = 0, 0
     for _ in range(n_sim):
         res = ST.friedman_test(rng.standard_normal((n, k)))
