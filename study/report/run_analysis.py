@@ -21,6 +21,7 @@ from study.report import tables as T
 from study.report.labels import metric_label
 from study.report.pretext_tables import pretext_learned, pretext_reference_table, pretext_tables
 from study.report.results_table import load_history, load_run, split_valid
+from study.spec.config import ConfigError
 from study.spec.presets import AnalysisPlan
 from study.tasks import registry
 
@@ -174,7 +175,7 @@ def _primary_analysis(
     if primary is not None:
         regimes, fractions = sorted(set(df["regime"].dropna())), A.label_fractions(df)
         if primary[0] not in regimes or (primary[1] is not None and primary[1] not in fractions):
-            raise A.AnalysisError(
+            raise ConfigError(  # a flag the user gave, not a table the report cannot read
                 f"--primary {primary[0]}" + (f"@{primary[1]:g}" if primary[1] is not None else "")
                 + f": not a cell of this run; regimes: {', '.join(regimes)}; label fractions: "
                 + ", ".join(f"{f:g}" for f in fractions)
