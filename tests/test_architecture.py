@@ -51,8 +51,8 @@ def _imported(module: str, path: Path, node: ast.AST) -> set[str]:
             base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
         else:
             base = node.module or ""
-        submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
-        names = submodules or [base]  # `from package import module` imports the module (and runs __init__)
+        # `from package import module` imports the module and first runs the package's __init__: both count.
+        names = [base] + [f"{base}.{a.name}" for a in node.names]
     else:
         return set()
     return {n for n in names if n in MODULES and n != module and not module.startswith(n + ".") and n != "study"}
@@ -68,8 +68,8 @@ def _imports() -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
             for target in _imported(module, path, node):
                 if id(node) in top:
                     graph[module].add(target)
-                else:
-                    inner.append((module, node.lineno, target))
+                elif not any(other.startswith(target + ".") for other in _imported(module, path, node)):
+                    inner.append((module, node.lineno, target))  # the module imported, not its package
     return graph, inner
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from study.tasks import views
+import study.tasks.views as views
 from study.tasks.registry import Param, PretextTask, Search, register
 from study.tasks.steps import TwoViewSettings, TwoViewStep
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from study.tasks import metrics
+import study.tasks.metrics as metrics
 
 TRIVIAL = ("constant", "chance", "majority", "identity", "meanfill")
 CLASSICAL = ("biharmonic",)

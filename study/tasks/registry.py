@@ -93,7 +93,7 @@ from typing import Any
 
 import numpy as np
 
-from study.tasks import references
+import study.tasks.references as references
 from study.tasks.steps import TWO_VIEW_LOSSES, TwoViewStep
 
 HEADS = ("angle", "rotation4", "image")
