@@ -106,7 +106,8 @@ def test_smoke_report_html_is_self_contained_with_embedded_figures(smoke_run):
     figures = [src for src in page.images if src.startswith("data:image/png;base64,")]
     assert len(figures) >= 4 and len(figures) == len(page.images)
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in figures)
-    assert "Corruption removal vs baseline" in page.full_text and "Table 1" in page.full_text
+    assert "Corruption removal" in page.full_text and "Secondary comparisons (exploratory)" in page.full_text
+    assert "Table 1" in page.full_text
 
 
 def test_the_console_of_a_study_is_short_and_says_what_happened(smoke_run):

@@ -90,6 +90,8 @@ def verdict_table(v: pd.DataFrame, a: RunAnalysis) -> pd.DataFrame:
                 f"Estimate{', pp' if pp else ''} [{level} % CI]": (
                     f"{F.format_diff(r.hl_estimate, a.metric)} [{F.bound(_pp(r.hl_ci_low, pp), pp)}, "
                     f"{F.bound(_pp(r.hl_ci_high, pp), pp)}]"
+                    if np.isfinite(r.hl_ci_low)
+                    else f"{F.format_diff(r.hl_estimate, a.metric)} [no CI at n = {int(r.n)}]"
                 ),
                 "Holm p": F.p_value(r.p_holm_primary),
                 "TOST p (Holm)": F.p_value(r.p_tost_holm),
@@ -114,7 +116,10 @@ def _seeds_to_decide(r) -> tuple[str, str]:
     if np.isfinite(r.seeds_equivalence):
         return f"~{int(r.seeds_equivalence)}", "(equivalence)"
     planned = F.seed_range(getattr(r, "seeds_80_min", np.nan), getattr(r, "seeds_80_max", np.nan))
-    return (planned, "(superiority)") if planned != F.NA else (F.NA, "")
+    if planned != F.NA:
+        return planned, "(superiority)"
+    note = getattr(r, "planning_note", "")
+    return F.NA, f"({note})" if isinstance(note, str) and note else ""
 
 
 def _table_caption(a: RunAnalysis) -> str:
@@ -150,7 +155,9 @@ def _what_would_decide(v: pd.DataFrame, a: RunAnalysis) -> str:
     if open_.empty:
         return "Every primary comparison is decided."
     parts = [
-        f"{r.arm_title}: {seeds} seeds {to_show.replace('(', 'to show ').rstrip(')')}".rstrip()
+        f"{r.arm_title}: {seeds} {to_show}"
+        if seeds == F.NA
+        else f"{r.arm_title}: {seeds} seeds {to_show.replace('(', 'to show ').rstrip(')')}".rstrip()
         for r in open_.itertuples(index=False)
         for seeds, to_show in [_seeds_to_decide(r)]
     ]

@@ -1,6 +1,7 @@
-"""The Every comparison (secondary, exploratory) section (after the verdicts): one sentence per comparison with the baseline, what the seeds run can and
-cannot show (underpowered comparisons, power planning, robustness to the Holm family), per-fraction summaries
-of a label-efficiency study, pretext tasks that did not learn, and the forest plot."""
+"""The secondary comparisons section (after the verdicts): a table of the comparisons outside the declared
+primary cell (every comparison under another Holm family), what the seeds run can and cannot show
+(underpowered comparisons, power planning, robustness to the Holm family), per-fraction summaries of a
+label-efficiency study, pretext tasks that did not learn, and the forest plot of every comparison."""
 
 from __future__ import annotations
 
@@ -17,24 +18,47 @@ from study.report import plots
 from study.report import sentences as SN
 from study.report import simulate as S
 from study.report import tables as T
-from study.report.document import Block, Box, Bullets, Heading, Image, Para
+from study.report.document import Block, Box, Bullets, Heading, Image, Para, Table
 from study.report.run_analysis import RunAnalysis, n_cells
 
+SECONDARY_HEADING = "Secondary comparisons (exploratory)"
+ALL_HEADING = "Every comparison (secondary, exploratory)"
 
-def _secondary_sentence(a: RunAnalysis) -> str:
-    """What this section is beside the verdicts: every comparison, under the report's own Holm family."""
+
+def section_heading(a: RunAnalysis) -> str:
+    """The section's title: the comparisons beside the primary cell, or every comparison when the report's
+    Holm family is not the declared primary one."""
+    return SECONDARY_HEADING if a.family == "primary" else ALL_HEADING
+
+
+def shown_comparisons(a: RunAnalysis) -> pd.DataFrame:
+    """The comparisons this section lists: the secondary family's, or every one under another family."""
+    comp = a.comparisons
+    return comp[comp["holm_family"] != "primary"] if a.family == "primary" else comp
+
+
+def _secondary_sentence(a: RunAnalysis, shown: pd.DataFrame) -> str:
+    """What this section is beside the verdicts."""
+    if a.family == "primary":
+        where = "regime and label fraction" if a.several_fractions else "regime"
+        return (
+            f"Every self-supervised arm in every other {where}: {len(shown)} comparison(s), Holm-corrected as one "
+            "secondary family of their own. These are exploratory: they can suggest the next study's declared "
+            "analysis, not settle this one; the verdicts above are the declared primary analysis."
+        )
     family = "over the whole study" if a.family == "study" else "within each regime"
     return (
         f"Every self-supervised arm in every regime{' and label fraction' if a.several_fractions else ''}, Holm "
-        f"{family} (m = {int(a.comparisons['family_size'].max())}). These are exploratory: they can suggest "
-        "the next study's declared analysis, not settle this one; the verdicts above are the declared primary "
-        "analysis."
+        f"{family} (m = {int(shown['family_size'].max())}). These are exploratory: they can suggest "
+        "the next study's declared analysis, not settle this one"
+        + ("; the verdicts above are the declared primary analysis." if not a.verdicts.empty else ".")
     )
 
 
 def headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     comp, alpha = a.comparisons, a.alpha
-    blocks: list[Block] = [Heading(2, "Every comparison (secondary, exploratory)")]
+    blocks: list[Block] = [Heading(2, section_heading(a))]
+    shown = shown_comparisons(a)
     if a.pairing_error:
         blocks.append(
             Box(
@@ -45,25 +69,25 @@ def headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
         )
     elif comp.empty:
         blocks.append(Para(f"{F.NA}: only the baseline arm was run, so there is nothing to compare with it."))
+    elif shown.empty:
+        blocks.append(Para("None: the declared primary cell is the only cell this study ran."))
     else:
-        if a.plan is not None and not a.verdicts.empty:
-            blocks.append(Para(_secondary_sentence(a)))
-        failed = _failed_pretexts(a.learned)
+        blocks.append(Para(_secondary_sentence(a, shown)))
         if a.several_fractions:
             blocks += _fraction_summary_blocks(a)
-        blocks.append(Bullets([r.headline + _learned_suffix(failed.get(r.arm)) for r in comp.itertuples()]))
-        under = comp[comp["underpowered"]]
+        blocks.append(Table(_secondary_table(shown, a), _secondary_caption(a, shown)))
+        under = shown[shown["underpowered"]]
         if len(under):
             need = int(under["min_n_for_significance"].max())
             blocks.append(
                 Box(
                     "warning",
-                    f"too few seeds: {len(under)} of {len(comp)} comparison(s) cannot reach significance "
+                    f"too few seeds: {len(under)} of {len(shown)} comparison(s) cannot reach significance "
                     f"whatever the data; at least {need} non-zero paired differences are needed",
-                    grouped_warnings(under, len(comp)),
+                    grouped_warnings(under, len(shown)),
                 )
             )
-        blocks.append(Para(_power_sentence(comp, alpha, a.several_fractions)))
+        blocks.append(Para(_power_sentence(shown, alpha, a.several_fractions)))
         if n_cells(comp) > 1:
             blocks.append(Para(_robustness_sentence(a)))
     not_learned = [_not_learned_sentence(r) for r in a.learned.itertuples() if r.majority_failed]
@@ -72,25 +96,66 @@ def headline_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     for w in SN.consistency_warnings(a.df):
         blocks.append(Box("warning", "the arms are not comparable as run", [w]))
     if not comp.empty:
-        fraction = a.metric in A.FRACTION_METRICS
-        # Grouped by where a comparison lives: its regime, or its label fraction and regime.
-        places = [_place(r, a.several_fractions) for r in comp.itertuples()]
-        fig = plots.forest_plot(
-            comp.assign(regime_title=places),
-            f"\u0394 {a.label}" + (" (pp)" if fraction else ""),
-            scale=100.0 if fraction else 1.0,
-            alpha=alpha,
-        )
-        path = plots.save_figure(fig, fig_dir / "forest.png")
-        level = round((1 - alpha) * 100)
-        blocks.append(
-            Image(
-                path,
-                f"Paired differences in {a.label} vs baseline: Hodges\u2013Lehmann estimate with its {level} % "
-                "exact signed-rank CI (not adjusted for multiplicity), mean as \u00d7",
-            )
-        )
+        blocks.append(_forest_image(a, fig_dir))
     return blocks
+
+
+def _secondary_table(shown: pd.DataFrame, a: RunAnalysis) -> pd.DataFrame:
+    """One row per comparison: where, which arm, the estimate with its interval, Holm p and what it shows."""
+    failed = _failed_pretexts(a.learned)
+    up, down = L.direction_words(a.metric)
+    rows = []
+    for r in shown.itertuples(index=False):
+        better = bool(A.arm_better(r.hl_estimate, r.mean_diff, a.metric))
+        reading = (f"significant, arm {up if better else down}" if r.significant else "not significant") + (
+            " (underpowered)" if r.underpowered else ""
+        )
+        lost = failed.get(r.arm)
+        rows.append(
+            {
+                "Where": _place(r, a.several_fractions),
+                "Arm": r.arm_title,
+                "Estimate": _estimate_text(r, a.alpha),
+                "Holm p": F.p_value(r.p_holm),
+                "Reading": reading,
+                "Pretext learned": f"{lost[1] - lost[0]} of {lost[1]} seeds" if lost else "",
+            }
+        )
+    table = pd.DataFrame(rows)
+    return table if table["Pretext learned"].astype(bool).any() else table.drop(columns="Pretext learned")
+
+
+def _secondary_caption(a: RunAnalysis, shown: pd.DataFrame) -> str:
+    m = int(shown["family_size"].max())
+    family = {"primary": "the secondary family", "study": "the whole study", "regime": "each regime"}[
+        a.family
+    ]
+    return (
+        f"Paired difference arm \u2212 baseline of test {a.label}: Hodges\u2013Lehmann estimate with its "
+        f"{round((1 - a.alpha) * 100)} % exact signed-rank CI (not adjusted for multiplicity); Holm p over "
+        f"{family} (m = {m}), \u03b1 = {a.alpha:g}. \u201cNot significant\u201d is not \u201cno effect\u201d: "
+        "only the primary verdicts test equivalence. Every column in comparisons.csv."
+    )
+
+
+def _forest_image(a: RunAnalysis, fig_dir: Path) -> Image:
+    comp = a.comparisons
+    fraction = a.metric in A.FRACTION_METRICS
+    # Grouped by where a comparison lives: its regime, or its label fraction and regime.
+    places = [_place(r, a.several_fractions) for r in comp.itertuples()]
+    fig = plots.forest_plot(
+        comp.assign(regime_title=places),
+        f"\u0394 {a.label}" + (" (pp)" if fraction else ""),
+        scale=100.0 if fraction else 1.0,
+        alpha=a.alpha,
+    )
+    path = plots.save_figure(fig, fig_dir / "forest.png")
+    level = round((1 - a.alpha) * 100)
+    return Image(
+        path,
+        f"Paired differences in {a.label} vs baseline, every comparison: Hodges\u2013Lehmann estimate with "
+        f"its {level} % exact signed-rank CI (not adjusted for multiplicity), mean as \u00d7",
+    )
 
 
 def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
@@ -98,11 +163,13 @@ def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
     effect and interval; then how the mean difference moves with the fraction (descriptive)."""
     comp, metric = a.comparisons, a.metric
     per = T.fraction_summary(comp)
-    family = (
-        f"Holm over all m = {len(comp)} comparisons of the study"
-        if a.family == "study"
-        else f"Holm within each regime of each fraction (m = {comp['arm'].nunique()})"
-    )
+    sizes = comp.groupby("holm_family")["family_size"].max()
+    family = {
+        "study": f"Holm over all m = {len(comp)} comparisons of the study",
+        "regime": f"Holm within each regime of each fraction (m = {comp['arm'].nunique()})",
+        "primary": f"Holm within the primary cell (m = {sizes.get('primary', 0)}) or the secondary family "
+        f"(m = {sizes.get('secondary', 0)})",
+    }[a.family]
     up, down = L.direction_words(metric)
     beats = "beats" if A.metric_direction(metric) else "is higher than"
     lines = []
@@ -136,6 +203,12 @@ def _fraction_summary_blocks(a: RunAnalysis) -> list[Block]:
 def _effect_text(r: Any, alpha: float) -> str:
     """``"+6.1 pp AUC (Hodges–Lehmann), 95 % signed-rank CI [3.2, 8.8], Holm p = 0.003"`` for a comparison
     row (namedtuple or Series)."""
+    p = float(r["p_holm"] if isinstance(r, pd.Series) else r.p_holm)
+    return f"{_estimate_text(r, alpha)}, Holm p {F.format_p(p)}"
+
+
+def _estimate_text(r: Any, alpha: float) -> str:
+    """``"+6.1 pp AUC (Hodges–Lehmann), 95 % signed-rank CI [3.2, 8.8]"`` for a comparison row."""
     get = r.__getitem__ if isinstance(r, pd.Series) else lambda k: getattr(r, k)
     metric = get("metric")
     pp = metric in A.FRACTION_METRICS
@@ -146,10 +219,7 @@ def _effect_text(r: Any, alpha: float) -> str:
         if np.isfinite(low)
         else f"signed-rank CI n/a (n = {int(get('n'))})"
     )
-    return (
-        f"{F.format_diff(float(get('hl_estimate')), metric)} {L.metric_label(metric)} (Hodges\u2013Lehmann), {ci}, "
-        f"Holm p {F.format_p(float(get('p_holm')))}"
-    )
+    return f"{F.format_diff(float(get('hl_estimate')), metric)} {L.metric_label(metric)} (Hodges\u2013Lehmann), {ci}"
 
 
 def _fraction_trend_sentence(per: pd.DataFrame, metric: str, trend: dict[str, Any], alpha: float) -> str:
@@ -280,6 +350,8 @@ def _robustness_sentence(a: RunAnalysis) -> str:
     n = int(comp["n_nonzero"].max())
     several = a.several_fractions
     per = "per regime and label fraction" if several else "per regime"
+    if a.family == "primary":
+        per = "in the primary and the secondary family"
     if a.family == "study":
         alt = comp[comp["p_holm_regime"] < alpha]
         listed = "; ".join(f"{r.arm_title}, {_place(r, several)}" for r in alt.itertuples())

@@ -71,7 +71,14 @@ def _comparison_method(a: RunAnalysis) -> str:
     sign_text = f"higher ({a.label}: no direction)"
     sign_text = "better (also for lower-is-better metrics)" if directed else sign_text
     beats = "beats" if directed else "is higher than"
-    if a.family == "study":
+    if a.family == "primary":
+        primary = comp[comp["holm_family"] == "primary"]
+        cell = L.cell_title(primary[A.LABEL_FRACTION].iloc[0], primary["regime_title"].iloc[0], several)
+        family = (
+            f"the m = {len(primary)} comparison(s) of the declared primary cell ({cell}); the other "
+            f"{m - len(primary)} comparison(s) are one secondary, exploratory family, Holm-corrected on their own"
+        )
+    elif a.family == "study":
         family = (
             f"all m = {m} comparisons of the study ({n_ssl} self-supervised arm(s) \u00d7 {n_reg} regime(s)"
             + (f" \u00d7 {n_frac} label fractions)" if several else ")")
@@ -114,6 +121,8 @@ def _studywise_text(a: RunAnalysis) -> str:
         return ""
     n, k, n_reg = int(comp["n"].median()), comp["arm"].nunique(), comp["regime"].nunique()
     n_frac = comp[A.LABEL_FRACTION].nunique()
+    if a.family == "primary":
+        return _primary_rates_text(a, n, k)
     chosen, other = (
         ("studywise_study", "studywise_regime")
         if a.family == "study"
@@ -139,6 +148,24 @@ def _studywise_text(a: RunAnalysis) -> str:
     need = int(comp["min_n_for_significance"].max())
     if a.family == "study" and n < need:
         text += f" With {n} seeds no comparison can be significant in this family (it needs at least {need})."
+    return text
+
+
+def _primary_rates_text(a: RunAnalysis, n: int, k: int) -> str:
+    """The false-positive rates of the primary family and of the secondary one, from the simulation."""
+    r = a.null_rates
+    text = (
+        "False-positive rates (the chance that a study with no true effect lists at least one significant "
+        f"comparison), simulated for this design ({n} seeds, {k} arm(s) per cell, {r['n_sim']:,} null studies, "
+        f"normal differences, cells independent): {F.sim_rate(r['familywise_regime'], r['n_sim'])} in the "
+        "primary family (what the verdicts risk)"
+    )
+    if np.isfinite(r.get("studywise_secondary", np.nan)):
+        text += f", {F.sim_rate(r['studywise_secondary'], r['n_sim'])} in the secondary family"
+    text += "."
+    need = int(a.comparisons["min_n_for_significance"].min())
+    if n < need:
+        text += f" With {n} seeds no comparison can be significant (it needs at least {need})."
     return text
 
 

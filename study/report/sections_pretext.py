@@ -155,7 +155,8 @@ def _reference_blocks(refs: pd.DataFrame, kind: str) -> list[Block]:
     caption = (
         "Model vs the best trivial (learning-free) reference on the same test pairs, mean \u00b1 SD over "
         "seeds; model / reference is the mean over seeds of the per-seed ratio; \u201clearned\u201d: the "
-        "model beats the reference on the task's headline metric."
+        "model beats the reference on the task's headline metric. A check of the pretext phase (secondary): "
+        "counts of seeds, not a test, so it is outside every Holm family."
     )
     if (refs["reference"] == "initial").any():  # the two-view tasks' reference (study.train.contrastive)
         caption += (
@@ -240,14 +241,15 @@ def probe_blocks(a: RunAnalysis) -> list[Block]:
         blocks.append(
             Table(
                 _probe_comparison_display(comp, several),
-                "Paired by seed (arm \u2212 baseline, percentage points); two-sided Wilcoxon signed-rank "
+                "Secondary analysis (exploratory), its own Holm family: paired by seed (arm \u2212 baseline, "
+                "percentage points); two-sided Wilcoxon signed-rank "
                 f"test, Holm-corrected across {family}, \u03b1 = {a.alpha:g}. "
                 "Full precision in probe.csv.",
             )
         )
     elif a.pairing_error:
         blocks.append(
-            Para("No paired probe comparison: the table is not paired by seed (see Every comparison (secondary, exploratory)).")
+            Para("No paired probe comparison: the table is not paired by seed (see the comparisons above).")
         )
     return blocks
 

@@ -62,6 +62,8 @@ def _comparison_display(comp: pd.DataFrame, alpha: float, with_fraction: bool = 
     scale, unit = (100, " (pp)") if metric in A.FRACTION_METRICS else (1, "")
     level = round((1 - alpha) * 100)
     family = "study" if (comp["holm_family"] == "study").all() else "regime"
+    if comp["holm_family"].isin(["primary", "secondary"]).all():
+        family = "primary/secondary"
     rows = []
     for r in comp.itertuples(index=False):
 
@@ -86,7 +88,8 @@ def _comparison_display(comp: pd.DataFrame, alpha: float, with_fraction: bool = 
                 f"{level} % t-CI (mean)": interval(r.mean_ci_low, r.mean_ci_high),
                 "p Wilcoxon": F.p_value(r.p_wilcoxon),
                 "p t-test": F.p_value(r.p_ttest),
-                f"Holm p ({family})": F.p_value(r.p_holm),
+                f"Holm p ({family})": F.p_value(r.p_holm)
+                + (f" ({r.holm_family})" if family == "primary/secondary" else ""),
                 "g_z": F.num(r.hedges_gz, 2),
                 "r_rb": F.num(r.rank_biserial, 2),
                 "P(improve)": F.num(r.prob_improvement, 2),
@@ -246,11 +249,20 @@ def label_efficiency_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
                 "Hodges\u2013Lehmann difference arm \u2212 baseline"
                 + (" in percentage points" if pp else "")
                 + f" with its {level} % exact signed-rank CI, per label fraction; * significant after Holm "
-                f"({'all ' + str(len(comp)) + ' comparisons of the study' if a.family == 'study' else 'per regime and fraction'}). "
+                f"({_family_words(a, len(comp))}). "
                 "Full precision in comparisons.csv; per-arm means in label_efficiency.csv.",
             )
         )
     return blocks
+
+
+def _family_words(a: RunAnalysis, m: int) -> str:
+    """The report's Holm family, in a few words."""
+    return {
+        "study": f"all {m} comparisons of the study",
+        "regime": "per regime and fraction",
+        "primary": "within the primary cell, the other cells as one secondary family",
+    }[a.family]
 
 
 def _fraction_difference_table(comp: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -63,7 +63,7 @@ def _headline(tmp_path, results: pd.DataFrame) -> str:
     run = write_run_dir(tmp_path / "run", results)
     md, _ = write_report(run)
     text = md.read_text()
-    start = text.index("## Every comparison (secondary, exploratory)\n")
+    start = text.index("## Secondary comparisons (exploratory)\n")
     return text[start : text.find("\n## ", start + 3)]
 
 
@@ -87,7 +87,10 @@ def test_null_study_whose_means_fall_with_the_labels_gets_no_trend_sentence(tmp_
     assert "shrinks as labels are added" not in head
     assert "not significant at \u03b1 = 0.05, so no trend is claimed" in head
     assert "most favourable" not in head
-    assert "- 5 % labels: no arm beats the baseline (Holm over all m = 27 comparisons of the study)." in head
+    assert (
+        "- 5 % labels: no arm beats the baseline (Holm within the primary cell (m = 3) or the secondary family "
+        "(m = 24))." in head
+    )
 
 
 def test_a_true_trend_is_stated_with_its_test(tmp_path):

@@ -150,5 +150,7 @@ def test_report_on_stop_epoch_says_higher_or_lower(tmp_path):
     run = write_run_dir(tmp_path / "run", df.assign(stop_epoch=df["stop_epoch"].round()))
     write_report(run, metric="stop_epoch")
     md = (run / "report.md").read_text()
-    assert "(arm lower)" in md and "positive = arm higher" in md and "mean ranks (1 = highest)" in md
+    assert (
+        "significant, arm lower" in md and "positive = arm higher" in md and "mean ranks (1 = highest)" in md
+    )
     assert "(arm better)" not in md and "(arm worse)" not in md and "beats the baseline" not in md

@@ -44,7 +44,8 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
         manifest=make_manifest(results),
         example_tasks=("missing_patch", "corruption"),
     )
-    md, html_path = write_report(run)
+    # The study-wide Holm family (`study report --family study`); the default primary family has its own tests.
+    md, html_path = write_report(run, family="study")
     return run, md, html_path, results
 
 
@@ -100,10 +101,12 @@ def test_headlines_tables_and_sections_present(full_run):
     run, _, html_path, _ = full_run
     p = parse(html_path)
     text = p.full_text
-    comp = pd.read_csv(run / "comparisons.csv")
-    for h in comp["headline"]:
-        assert h in text
-    assert "Corruption removal vs baseline, patience 10: +" in text
+    # Every comparison is one row of the section's table (the sentence of each stays in comparisons.csv).
+    every = table_with(p, "Reading")
+    assert every[0][:5] == ["Where", "Arm", "Estimate", "Holm p", "Reading"] and len(every) == 1 + 9
+    corr = [r for r in every[1:] if r[1] == "Corruption removal"]
+    assert len(corr) == 3 and all(r[4] == "significant, arm better" for r in corr)
+    assert all(r[2].startswith("+") for r in corr)
     headers = [t[0] for t in p.tables if t]
     # Table 1 in paper layout: regimes as rows, arm titles as columns.
     table1 = next(t for t in p.tables if t and t[0][:2] == ["Regime", "No self-supervision"])
@@ -123,7 +126,6 @@ def test_headlines_tables_and_sections_present(full_run):
     assert "2 of 40 trials excluded (1 diverged, 1 errored)" in text
     assert "diverged at epoch 7" in text and "RuntimeError: out of memory" in text
     assert "2 near-duplicate pairs" in text and "abc123" in text
-    assert "significant (arm better)" in text
     assert "Robustness: with Holm per regime instead (over the 3 arm(s) of each regime; study-wise" in text
     assert p.warning_boxes >= 1 and "possible train/test leakage" in text
 
@@ -150,7 +152,7 @@ def test_one_seed_with_arms_is_underpowered_not_crashing(tmp_path):
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=1), manifest={"preset": "tiny"})
     _, html_path = write_report(run)
     p = parse(html_path)
-    assert p.warning_boxes >= 1 and "n = 1 seed" in p.full_text
+    assert p.warning_boxes >= 1 and "signed-rank CI n/a (n = 1)" in p.full_text
     assert all(src.startswith("data:image/png;base64,") for src in p.images)
     assert "the manifest has no data_check" in p.full_text
 
@@ -260,13 +262,16 @@ def test_headlines_of_a_pretext_that_did_not_learn_say_so(ref_run):
     run, _ = ref_run
     md = (run / "report.md").read_text()
     comp = pd.read_csv(run / "comparisons.csv")
-    suffix = " \u2014 pretext did not beat its reference on 8 of 8 seeds"
-    for r in comp.itertuples():
-        rendered = f"- {r.headline}{suffix}" in md
-        assert rendered == (r.arm == "rotation"), r.headline  # missing patch failed on a minority only
+    rows = [line.split(" | ") for line in section(md, "Secondary comparisons (exploratory)").splitlines()]
+    head = next(r for r in rows if "Pretext learned" in r[-1])
+    at = head.index("Arm")
+    table = [r for r in rows if len(r) == len(head) and r[at] in ("Rotation prediction", "Missing patch")]
+    assert len(table) == 4  # two secondary regimes each
+    for r in table:  # missing patch failed on a minority only: its cell stays empty
+        assert r[-1].strip(" |") == ("0 of 8 seeds" if r[at] == "Rotation prediction" else "")
     learned = comp.drop_duplicates("arm").set_index("arm")["pretext_learned_seeds"]
     assert learned.to_dict() == {"rotation": "0/8", "missing_patch": "5/8", "corruption": "8/8"}
-    headline = section(md, "Every comparison (secondary, exploratory)")
+    headline = section(md, "Secondary comparisons (exploratory)")
     assert (
         "Rotation prediction did not beat a constant prediction on 8 of 8 seeds: its fine-tune comparison "
         "tests the pretext weights of a task that learned nothing" in headline
@@ -323,7 +328,7 @@ def test_alpha_reaches_every_sentence(tmp_path):
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=6, noise_sd=0.02), manifest={"preset": "x"})
     write_report(run, alpha=0.1)
     md = (run / "report.md").read_text()
-    assert "Holm over m = 9, \u03b1 = 0.1; simulated" in md
+    assert "Holm over m = 6, \u03b1 = 0.1; simulated" in md  # the secondary family: 3 arms x 2 regimes
     # The note that the report's alpha overrides the declared one names both.
     assert "overrides the declared primary analysis" in md
     md = "\n".join(line for line in md.splitlines() if "overrides the declared primary analysis" not in line)
@@ -456,7 +461,7 @@ def test_method_names_interval_kinds_family_and_its_studywise_rate(tmp_path):
     from study.report import simulate as S
 
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=8, noise_sd=0.02))
-    write_report(run)
+    write_report(run, family="study")
     md = (run / "report.md").read_text()
     method = section(md, "Method")
     rates = S.null_rejection_rates(8, 3, 3)
@@ -543,7 +548,7 @@ def multi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFr
         manifest=make_manifest(results),
         example_tasks=("corruption",),
     )
-    write_report(run)
+    write_report(run, family="study")  # the study-wide family; primary: test_primary_family.py
     return run, results
 
 
@@ -580,9 +585,9 @@ def test_summary_says_per_fraction_whether_an_arm_beats_the_baseline(multi_run):
     )
     assert "most favourable" not in head  # picked after looking (tests/report/test_fraction_trend.py)
     assert "the gain shrinks as labels are added, the pattern the self-supervised literature reports" in head
-    for h in comp["headline"]:
-        assert h in head
-    assert "Corruption removal vs baseline, 5 % labels, patience 10: +" in head
+    rows = [r.split(" | ") for r in head.splitlines() if r.startswith("| 5 % labels, patience 10 |")]
+    corr = next(r for r in rows if r[1] == "Corruption removal")
+    assert corr[2].startswith("+") and corr[4].rstrip(" |") == "significant, arm better"
     assert "Robustness: with Holm per regime and label fraction instead" in head
 
 

@@ -34,7 +34,7 @@ def test_mc_interval_is_wilson_and_brackets_the_rate():
 
 def test_the_report_states_studywise_rates_with_their_monte_carlo_interval(tmp_path):
     run = write_run_dir(tmp_path / "run", make_results(n_seeds=9, noise_sd=0.02))
-    md, _ = write_report(run)
+    md, _ = write_report(run, family="study")
     text = md.read_text()
     rates = S.null_rejection_rates(9, 3, 3)
     assert rates["n_sim"] == S.N_SIM_NULL >= 20000
@@ -45,3 +45,8 @@ def test_the_report_states_studywise_rates_with_their_monte_carlo_interval(tmp_p
     )
     # No simulated study-wise rate is printed to 0.1 % (20,000 studies do not support it at these rates).
     assert not re.search(r"\d\.\d % with (this family|Holm)", text)
+    # The default (primary) family states the primary family's rate and the secondary family's.
+    text = write_report(run)[0].read_text()
+    secondary = S.null_rejection_rates(9, 3, 2)["studywise_study"]
+    assert f"{F.sim_rate(rates['familywise_regime'], rates['n_sim'])} in the primary family" in text
+    assert f"{F.sim_rate(secondary, rates['n_sim'])} in the secondary family" in text
