@@ -12,7 +12,7 @@ from study.analysis import AnalysisError
 from study.data import DataError, DataSource, check_dataset
 from study.data.synth import write_dataset
 from study.report.write import write_report
-from study.run.results import collect_from_experiment
+from study.run.results import collect_from_experiment, edited_results
 from study.run.rundir import open_run, publish
 from study.spec.config import ConfigError
 from study.spec.presets import describe_presets, get_preset
@@ -78,7 +78,10 @@ def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
         "and on Ampere+ GPUs (default: the preset's; on in `paper`)",
     )
     p.add_argument(
-        "--address", metavar="ADDR", help="join a running Ray cluster ('auto'); default: embedded Ray"
+        "--address",
+        metavar="ADDR",
+        help="join a Ray cluster you started: HOST:PORT of its head, ray://HOST:PORT, or 'auto' (RAY_ADDRESS, "
+        "else the `ray start` cluster of this machine); default: an embedded Ray on loopback",
     )
     p.add_argument("--no-report", action="store_true", help="skip writing report.md/report.html at the end")
 
@@ -170,7 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="override the run's declared primary cell, e.g. patience3 or none@0.1 (the report says so)",
     )
     report.add_argument(
-        "--margin", type=float, metavar="DELTA", help="override the declared equivalence margin (metric units)"
+        "--margin",
+        type=float,
+        metavar="DELTA",
+        help="override the declared equivalence margin (metric units)",
+    )
+    report.add_argument(
+        "--family",
+        choices=("primary", "study", "regime"),
+        default="primary",
+        help="Holm family of the comparison tables: the declared primary cell and one secondary family "
+        "(default), every comparison of the study, or each regime; the verdicts always use the primary cell",
     )
 
     data = sub.add_parser(
@@ -190,9 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out", metavar="OUT")
     synth.add_argument("--n-train", type=int, default=400)
     synth.add_argument("--n-test", type=int, default=100)
-    synth.add_argument("--size", type=int, default=64)
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels, 16 to 1024 (default 64)")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--malignant-fraction", type=float, default=0.35)
+    synth.add_argument(
+        "--malignant-fraction",
+        type=float,
+        default=0.35,
+        help="share of malignant images, 0.05 to 0.95 (default 0.35)",
+    )
     synth.add_argument(
         "--overwrite", action="store_true", help="replace an existing synthetic dataset in OUT"
     )
@@ -275,13 +293,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "report":
         run_uri, run_dir = open_run(args.run_dir)
+        warnings: list[str] = []
         if not (run_dir / "results.csv").exists():
             # A run whose driver stopped before writing its tables: read them from Tune's JSON trial records.
             collect_from_experiment(run_uri)
+        else:  # a table edited after the run is reported as such (README, "Security")
+            warnings = edited_results(run_uri, run_dir)
+        for line in warnings:
+            print(f"study: warning: {line}", file=sys.stderr)
         primary = _primary_flag(args.primary)
         if primary is not None or args.margin is not None:
-            print("Note: --primary/--margin override the primary analysis the run declared; the report says so.")
-        md, html = write_report(run_dir, metric=args.metric, primary=primary, margin=args.margin)
+            print(
+                "Note: --primary/--margin override the primary analysis the run declared; the report says so."
+            )
+        md, html = write_report(
+            run_dir,
+            metric=args.metric,
+            family=args.family,
+            primary=primary,
+            margin=args.margin,
+            warnings=warnings,
+        )
         print(f"Report: {md}\n        {html}")
         publish(run_dir, run_uri)
         return 0
@@ -326,7 +358,9 @@ def _primary_flag(value: str | None) -> tuple[str, float | None] | None:
     try:
         return regime, float(fraction) if fraction else None
     except ValueError:
-        raise ConfigError(f"--primary: {value!r} is not REGIME[@FRACTION], e.g. patience3 or none@0.1") from None
+        raise ConfigError(
+            f"--primary: {value!r} is not REGIME[@FRACTION], e.g. patience3 or none@0.1"
+        ) from None
 
 
 def _synth_flags(message: str) -> str:
@@ -350,7 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study: results error: {exc}", file=sys.stderr)
         return EXIT_BAD_DATA
     except KeyboardInterrupt as exc:
-        run_dir = getattr(exc, "run_dir", None) or "RUN_DIR (the run directory printed above)"
+        # Only a run whose Tune state exists can be resumed: the runner names it (StudyInterrupted), or it is
+        # the run being resumed. Stopped earlier (checks, data, Ray's start), there is nothing to resume.
+        run_dir = getattr(exc, "run_dir", None) or (args.run_dir if args.command == "resume" else None)
+        if run_dir is None:
+            print("\nstudy: interrupted before any trial started; nothing to resume.", file=sys.stderr)
+            return 130
         print(
             f"\nstudy: interrupted; finished trials and checkpoints are kept. Continue with:\n"
             f"  study resume {run_dir}",

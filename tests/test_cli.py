@@ -99,14 +99,18 @@ def test_gpu_preset_on_a_machine_without_gpus_is_rejected_before_any_trial(
     gpus, tiny_dataset, tmp_path, monkeypatch, capsys
 ):
     """The paper preset (4 cores + 1 GPU per trial) on the embedded Ray of a machine whose Ray sees no GPU
-    stops with one line, before any trial. The machine is simulated — 16 cores, and what Ray reports
-    (`ray.cluster_resources`) — so the test means the same on a laptop, a 2-core CI runner or a GPU box; the
-    `one-gpu` case shows that the GPU count Ray reports is what decides."""
+    stops with one line, before Ray starts. The machine is simulated — 16 cores, the GPUs Ray would detect
+    (`study.run.cluster.detected_gpus`) and what Ray reports once started (`ray.cluster_resources`) — so the
+    test means the same on a laptop, a 2-core CI runner or a GPU box; the `one-gpu` case shows that the GPU
+    count Ray detects is what decides."""
     import ray
     from ray import tune
 
+    from study.run import cluster
+
     seen = []
     monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr(cluster, "detected_gpus", lambda: gpus)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda *a, **kw: None)
     monkeypatch.setattr(ray, "shutdown", lambda: seen.append("shutdown"))
@@ -140,7 +144,7 @@ def test_gpu_preset_on_a_machine_without_gpus_is_rejected_before_any_trial(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith("study: error: --gpus-per-trial") and "0 GPUs" in err[0], err
-    assert seen == ["resources", "shutdown"]
+    assert seen == []  # refused before Ray starts
     assert not (tmp_path / "gpu" / "study.json").exists() and not list((tmp_path / "gpu").glob("two_stage_*"))
 
 

@@ -124,6 +124,14 @@ def _records(path: Path, name: str, table: CsvTable) -> list[tuple[int, list[str
         what = "does not exist" if not path.exists() else "is not a file"
         table.problems.append(f"{path}: labels CSV {what}; pass an existing .csv file or a dataset folder")
         return None
+    target, folder = os.path.realpath(path), os.path.realpath(path.parent)
+    if path.is_symlink() and not target.startswith(folder.rstrip(os.sep) + os.sep):
+        # Not read: a problem quoting its header or cells would print a file that is not the user's data.
+        table.problems.append(
+            f"{path}: labels CSV is a symlink to a file outside its folder ({target}); not read, so nothing of "
+            "it is printed: copy the CSV into the dataset folder"
+        )
+        return None
     records = _read_records(path, name, table)
     if records is None:
         return None
@@ -188,9 +196,7 @@ def _list_images(folder: Path, extensions: tuple[str, ...]) -> tuple[list[str], 
 
 
 def _listed(names: list[str]) -> str:
-    return ", ".join(names[:MAX_LISTED]) + (
-        f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else ""
-    )
+    return ", ".join(names[:MAX_LISTED]) + (f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else "")
 
 
 def _match_columns(

@@ -34,8 +34,9 @@ import numpy as np
 from PIL import Image
 from scipy.special import expit
 
-# The class-count rule is the study's (its validation checks synth_n_train / synth_n_test with it).
-from study.spec.config import SYNTH_MALIGNANT_FRACTION
+# The class-count rule and size bounds are the study's (its validation checks synth_n_train / synth_n_test
+# and image_size with them).
+from study.spec.config import MAX_IMAGE_SIZE, MAX_SYNTH_IMAGES, SYNTH_MALIGNANT_FRACTION, synth_size_problem
 from study.spec.config import synth_class_counts as _class_counts
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "MARKER_NAME",
     "SYNTH_VERSION",
     "bayes_auc_bound",
+    "is_synth_marker",
     "render_lesions",
     "synthetic_dataset",
     "write_dataset",
@@ -55,6 +57,11 @@ CLASS_SEPARATION = 2.5
 # Written last by write_dataset: its presence marks a complete synthetic dataset that may be replaced.
 MARKER_NAME = "synth.json"
 MIN_SIZE = 16
+MAX_SIZE = MAX_IMAGE_SIZE
+#: The share of malignant images `write_dataset` accepts: rarer classes give AUCs from a handful of images.
+MALIGNANT_FRACTION_RANGE = (0.05, 0.95)
+#: The largest `synth.json` read back (a marker written by `write_dataset` is a few hundred bytes).
+MAX_MARKER_BYTES = 64 * 1024
 DEFAULT_MALIGNANT_FRACTION = SYNTH_MALIGNANT_FRACTION  # share of malignant images when a caller gives none
 JPEG_QUALITY = 95
 
@@ -274,19 +281,57 @@ def render_lesions(malignant: np.ndarray, size: int, rng: np.random.Generator) -
 
 
 def _validate_args(n_train: Any, n_test: Any, size: Any, seed: Any, malignant_fraction: Any) -> None:
+    """Every argument within its bounds, before anything is created or allocated."""
     for name, value in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 2 <= value <= MAX_SYNTH_IMAGES
+        ):
             raise ValueError(
-                f"write_dataset: {name} must be an integer >= 2 (one image per class), got {value!r}"
+                f"write_dataset: {name} must be an integer >= 2 (one image per class) and <= "
+                f"{MAX_SYNTH_IMAGES}, got {value!r}"
             )
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-        raise ValueError(f"write_dataset: size must be an integer >= {MIN_SIZE} pixels, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(
+            f"write_dataset: size must be an integer >= {MIN_SIZE} and <= {MAX_SIZE} pixels, got {size!r}"
+        )
+    problem = synth_size_problem(n_train, n_test, size)
+    if problem is not None:
+        raise ValueError(f"write_dataset: {problem}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"write_dataset: seed must be a non-negative integer, got {seed!r}")
     if not isinstance(malignant_fraction, (int, float)) or not 0.0 < malignant_fraction < 1.0:
         raise ValueError(
             f"write_dataset: malignant_fraction must be a number in (0, 1), got {malignant_fraction!r}"
         )
+
+
+def _check_fraction(malignant_fraction: float) -> None:
+    low, high = MALIGNANT_FRACTION_RANGE
+    if not low <= malignant_fraction <= high:
+        raise ValueError(
+            f"write_dataset: malignant_fraction must be in [{low}, {high}] (a rarer class leaves the AUC to a "
+            f"handful of images), got {malignant_fraction!r}"
+        )
+
+
+def is_synth_marker(path: Path) -> bool:
+    """Whether `path` is a `synth.json` that `write_dataset` wrote: a regular file (not a link), small, holding
+    the generator's name, version and counts. Only such a marker makes a folder a synthetic dataset whose
+    split folders may be replaced (an empty `{}` or a planted file does not)."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_MARKER_BYTES:
+            return False
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("generator") == "study.data.synth"
+        and isinstance(marker.get("version"), int)
+        and isinstance(marker.get("counts"), dict)
+    )
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -299,11 +344,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     entries = list(out.iterdir())
     if not entries:
         return
-    if not (out / MARKER_NAME).is_file() and not overwrite:
+    if not is_synth_marker(out / MARKER_NAME) and not overwrite:
+        found = (
+            "a synth.json this tool did not write" if (out / MARKER_NAME).exists() else f"no {MARKER_NAME}"
+        )
         raise ValueError(
-            f"write_dataset: {out} is not empty and is not a synthetic dataset written earlier (no "
-            f"{MARKER_NAME}); choose an empty or new directory, or pass overwrite=True to replace its train/ "
-            "and test/ folders"
+            f"write_dataset: {out} is not empty and is not a synthetic dataset written earlier ({found}); "
+            "choose an empty or new directory, or pass overwrite=True to replace its train/ and test/ folders"
         )
     # Only the split folders and the marker are ours to replace; anything else in `out` is left alone.
     for entry in entries:
@@ -341,16 +388,14 @@ def write_dataset(
         split: dict(zip(("benign", "malignant"), _class_counts(int(n), malignant_fraction, split)))
         for split, n in (("train", n_train), ("test", n_test))
     }
+    _check_fraction(malignant_fraction)  # after the class counts, whose message names the images a class gets
+    created = not out.exists()
     _prepare_out(out, overwrite)
-    for stream, split in enumerate(("train", "test")):
-        n_ben, n_mal = counts[split]["benign"], counts[split]["malignant"]
-        labels = np.repeat(np.array([False, True]), [n_ben, n_mal])
-        images = render_lesions(labels, int(size), np.random.default_rng([int(seed), stream]))
-        for cls in ("benign", "malignant"):
-            (out / split / cls).mkdir(parents=True, exist_ok=True)
-        for i, (image, is_mal) in enumerate(zip(images, labels)):
-            cls = "malignant" if is_mal else "benign"
-            Image.fromarray(image).save(out / split / cls / f"{split}_{i:05d}.jpg", quality=JPEG_QUALITY)
+    try:
+        _write_images(out, counts, size, seed)
+    except BaseException:  # a failed or interrupted write leaves no half-written dataset behind
+        _discard(out, created)
+        raise
     marker = {
         "generator": "study.data.synth",
         "version": SYNTH_VERSION,
@@ -365,6 +410,29 @@ def write_dataset(
     }
     (out / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return counts
+
+
+def _write_images(out: Path, counts: dict[str, dict[str, int]], size: int, seed: int) -> None:
+    """The JPEG files of both splits (train and test from separate streams of `seed`)."""
+    for stream, split in enumerate(("train", "test")):
+        n_ben, n_mal = counts[split]["benign"], counts[split]["malignant"]
+        labels = np.repeat(np.array([False, True]), [n_ben, n_mal])
+        images = render_lesions(labels, int(size), np.random.default_rng([int(seed), stream]))
+        for cls in ("benign", "malignant"):
+            (out / split / cls).mkdir(parents=True, exist_ok=True)
+        for i, (image, is_mal) in enumerate(zip(images, labels)):
+            cls = "malignant" if is_mal else "benign"
+            Image.fromarray(image).save(out / split / cls / f"{split}_{i:05d}.jpg", quality=JPEG_QUALITY)
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Remove what a failed `write_dataset` wrote: `out` itself when it created it, else its split folders."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for split in ("train", "test"):
+        if (out / split).is_dir() and not (out / split).is_symlink():
+            shutil.rmtree(out / split, ignore_errors=True)
 
 
 def synthetic_dataset(
@@ -385,12 +453,12 @@ def synthetic_dataset(
     cache_dir = Path(cache_dir)
     name = f"synth-v{SYNTH_VERSION}-train{n_train}-test{n_test}-{size}px-seed{seed}-mal{malignant_fraction:g}"
     final = cache_dir / name
-    if (final / MARKER_NAME).is_file():
+    if is_synth_marker(final / MARKER_NAME):
         return final
     if final.exists():
         raise ValueError(
-            f"synthetic_dataset: {final} exists but has no {MARKER_NAME} (not written by this function, or "
-            "damaged); delete that folder and run again"
+            f"synthetic_dataset: {final} exists but has no valid {MARKER_NAME} (not written by this function, "
+            "or damaged); delete that folder and run again"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tmp-{name}-"))
@@ -400,7 +468,7 @@ def synthetic_dataset(
             os.rename(tmp, final)
         except OSError:
             # Another process renamed its identical copy first.
-            if not (final / MARKER_NAME).is_file():
+            if not is_synth_marker(final / MARKER_NAME):
                 raise
     finally:
         if tmp.exists():

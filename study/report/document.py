@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,34 +67,52 @@ Block = Heading | Para | Bullets | Box | Table | Image | Pre
 # ------------------------------------------------------------------------------------------------ renderers
 
 
+# Text that would open raw HTML in a Markdown viewer: a tag, a closing tag, a comment or a declaration.
+_RAW_HTML = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def _md_text(s: Any) -> str:
+    """Text (run data included: arm names, error messages, parameters) as Markdown shows it, never as HTML:
+    every ``<`` that would open a tag is written ``&lt;``, as report.html escapes it."""
+    return _RAW_HTML.sub("&lt;", str(s))
+
+
 def _md_cell(s: Any) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    return _md_text(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_fence(text: str) -> str:
+    """``text`` in a code fence longer than any run of backticks inside it, so it cannot close the fence."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
 
 
 def render_markdown(blocks: Sequence[Block], run_dir: Path) -> str:
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {b.text}")
+            out.append(f"{'#' * b.level} {_md_text(b.text)}")
         elif isinstance(b, Para):
-            out.append(b.text)
+            out.append(_md_text(b.text))
         elif isinstance(b, Bullets):
-            out.append("\n".join(f"- {i}" for i in b.items))
+            out.append("\n".join(f"- {_md_text(i)}" for i in b.items))
         elif isinstance(b, Box):
             label = "Warning" if b.kind == "warning" else "Note"
-            lines = [f"> **{label}: {b.title}**"] + [f"> - {i}" for i in b.items]
+            lines = [f"> **{label}: {_md_text(b.title)}**"] + [f"> - {_md_text(i)}" for i in b.items]
             out.append("\n".join(lines))
         elif isinstance(b, Table):
             f = b.frame
             lines = ["| " + " | ".join(_md_cell(c) for c in f.columns) + " |", "|" + "---|" * len(f.columns)]
             lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in f.itertuples(index=False)]
             if b.caption:
-                lines.append(f"\n*{b.caption}*")
+                lines.append(f"\n*{_md_text(b.caption)}*")
             out.append("\n".join(lines))
         elif isinstance(b, Image):
-            out.append(f"![{b.caption}]({b.path.relative_to(run_dir).as_posix()})\n\n*{b.caption}*")
+            caption = _md_text(b.caption)
+            out.append(f"![{caption}]({b.path.relative_to(run_dir).as_posix()})\n\n*{caption}*")
         elif isinstance(b, Pre):
-            fence = "```\n" + b.text + "\n```"
+            fence = _md_fence(b.text)
             # GitHub and most Markdown viewers fold <details>; a blank line lets the fence render inside it.
             out.append(
                 f"<details><summary>{html.escape(b.summary, quote=False)}</summary>\n\n{fence}\n\n</details>"

@@ -7,6 +7,7 @@ that breaks the contract raises ``ResultsTableError`` naming the column, row or 
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from study.analysis import (
     regime_order,
     with_label_fraction,
 )
+from study.io.files import UnsafeFileError, read_regular
 from study.report.sentences import exclusion_reason
 from study.spec.schema import (
     HISTORY_REQUIRED_COLUMNS,
@@ -249,9 +251,14 @@ def load_run(run_dir: str | Path) -> pd.DataFrame:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    """A CSV of the run as text columns; an empty or unparsable file is a `ResultsTableError` naming it."""
+    """A CSV of the run as text columns; an empty or unparsable file, or one that is not a regular file (a
+    FIFO, a symlink: it comes with the run), is a `ResultsTableError` naming it."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        data = read_regular(path)
+    except (OSError, UnsafeFileError) as exc:
+        raise ResultsTableError(f"{path} cannot be read ({exc})") from None
+    try:
+        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise ResultsTableError(
             f"{path} is empty; rebuild it from Ray's records: delete it and run `study report` on the run"

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-import json
+import io
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ import pandas as pd
 
 from study import analysis as A
 from study import verdicts as V
+from study.io.files import UnsafeFileError, read_json, read_regular
 from study.report import cost as C
 from study.report import simulate as S
 from study.report import tables as T
@@ -34,7 +36,7 @@ class RunAnalysis:
     run_dir: Path
     metric: str  # results-table column of the primary metric, e.g. "test_auc"
     alpha: float
-    family: Literal["study", "regime"]
+    family: Literal["primary", "study", "regime"]
     df: pd.DataFrame  # load_run: every trial x regime, excluded trials included
     excluded: pd.DataFrame  # split_valid's excluded rows, with reasons
     summary: pd.DataFrame  # tables.summary_table
@@ -80,7 +82,7 @@ def analyse_run(
     metric: str | None = None,
     *,
     alpha: float = 0.05,
-    family: Literal["study", "regime", "table"] = "study",
+    family: Literal["primary", "study", "regime", "table"] = "primary",
     strict: bool = False,
     primary: tuple[str, float | None] | None = None,
     margin: float | None = None,
@@ -95,7 +97,10 @@ def analyse_run(
     examples, example_notes = _read_examples(run_dir)
     _, excluded = split_valid(df)
     pairing, pairing_error = _pairing(df, metric, strict)
-    comp, null_rates = _comparisons(df, metric, alpha, family, pairing)
+    planned = _primary_analysis(df, metric, alpha, pairing, manifest, primary, margin)
+    comp, null_rates, family = _comparisons(
+        df, metric, alpha, A.resolve_family(family), pairing, planned["plan"]
+    )
     refs = pretext_reference_table(df)
     learned = pretext_learned(refs)
     comp = comp.assign(
@@ -109,7 +114,7 @@ def analyse_run(
         run_dir=run_dir,
         metric=metric,
         alpha=alpha,
-        family=A.resolve_family(family),
+        family=family,
         df=df,
         excluded=excluded,
         summary=summary,
@@ -137,7 +142,7 @@ def analyse_run(
         efficiency=T.label_efficiency(summary, metric, 1 - alpha),
         phase_costs=C.phase_costs(df),
         cost_benefit=C.cost_benefit(df, comp),
-        **_primary_analysis(df, metric, alpha, pairing, manifest, primary, margin),
+        **planned,
     )
 
 
@@ -154,7 +159,11 @@ def declared_plan(df: pd.DataFrame, manifest: dict[str, Any] | None) -> tuple[An
     note = (
         "this run declared no primary analysis (it predates the declaration); the defaults are used: the "
         f"longest-patience regime ({longest})"
-        + (f" at the smallest label fraction ({100 * fraction:g} % of the labels)" if len(fractions) > 1 else "")
+        + (
+            f" at the smallest label fraction ({100 * fraction:g} % of the labels)"
+            if len(fractions) > 1
+            else ""
+        )
     )
     return AnalysisPlan(primary_regime=longest, primary_fraction=fraction), note
 
@@ -176,7 +185,8 @@ def _primary_analysis(
         regimes, fractions = sorted(set(df["regime"].dropna())), A.label_fractions(df)
         if primary[0] not in regimes or (primary[1] is not None and primary[1] not in fractions):
             raise ConfigError(  # a flag the user gave, not a table the report cannot read
-                f"--primary {primary[0]}" + (f"@{primary[1]:g}" if primary[1] is not None else "")
+                f"--primary {primary[0]}"
+                + (f"@{primary[1]:g}" if primary[1] is not None else "")
                 + f": not a cell of this run; regimes: {', '.join(regimes)}; label fractions: "
                 + ", ".join(f"{f:g}" for f in fractions)
             )
@@ -223,20 +233,32 @@ def _pairing(df: pd.DataFrame, metric: str, strict: bool) -> tuple[A.Pairing | N
 
 
 def _comparisons(
-    df: pd.DataFrame, metric: str, alpha: float, family: str, pairing: A.Pairing | None
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The titled comparisons with their power planning, and the simulated null rates of this design
-    (``{}`` without comparisons); no rows without a pairing."""
+    df: pd.DataFrame, metric: str, alpha: float, family: str, pairing: A.Pairing | None, plan: AnalysisPlan
+) -> tuple[pd.DataFrame, dict[str, float], str]:
+    """The titled comparisons with their power planning, the simulated null rates of this design (``{}``
+    without comparisons) and the Holm family used; no rows without a pairing. Family ``"primary"``: Holm within the plan's
+    primary cell, the other cells one secondary family (a run lacking that cell falls back to ``"study"``)."""
     if pairing is None:
-        return T.comparison_table(pd.DataFrame(columns=A.COMPARISON_COLUMNS), alpha, False), {}
-    comp = A.compare_to_baseline(df, metric, alpha=alpha, family=family, pairing=pairing)
+        return T.comparison_table(pd.DataFrame(columns=A.COMPARISON_COLUMNS), alpha, False), {}, family
+    cell = (float(plan.primary_fraction or 1.0), plan.primary_regime)
+    if family == "primary" and not any(np.isclose(f, cell[0]) and r == cell[1] for f, r in pairing.cells):
+        family = "study"
+    primary = cell if family == "primary" else None
+    comp = A.compare_to_baseline(df, metric, alpha=alpha, family=family, pairing=pairing, primary=primary)
     comp = T.comparison_table(comp, alpha, pairing.several_fractions)
     if not len(comp):
-        return comp, {}
+        return comp, {}, family
     comp = pd.concat([comp, S.power_planning(comp, alpha)], axis=1)
     # Each (label fraction, regime) cell is one independent family of the simulation.
-    null_rates = S.null_rejection_rates(int(comp["n"].median()), comp["arm"].nunique(), n_cells(comp), alpha)
-    return comp, null_rates
+    n, k, cells = int(comp["n"].median()), comp["arm"].nunique(), n_cells(comp)
+    if n < 2:  # no finite pairs to compare (e.g. every value of the metric is NaN): nothing to simulate
+        return comp, {}, family
+    null_rates = dict(S.null_rejection_rates(n, k, cells, alpha))
+    # The secondary family: Holm over every arm of the cells other than the primary one.
+    null_rates["studywise_secondary"] = (
+        S.null_rejection_rates(n, k, cells - 1, alpha)["studywise_study"] if cells > 1 else np.nan
+    )
+    return comp, null_rates, family
 
 
 def _curves(history: pd.DataFrame, df: pd.DataFrame, excluded: pd.DataFrame) -> pd.DataFrame | None:
@@ -257,12 +279,13 @@ def n_cells(comp: pd.DataFrame) -> int:
 
 
 def _read_manifest(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """manifest.json as data: a bounded regular file (never a FIFO or a link), JSON bounded in depth."""
     path = run_dir / "manifest.json"
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         return None, "manifest.json not found in the run dir (written by the runner when a study finishes)"
     try:
-        m = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        m = read_json(path, limit=MAX_MANIFEST_BYTES)
+    except (OSError, UnsafeFileError) as e:
         return None, f"manifest.json could not be read ({e})"
     if not isinstance(m, dict):
         return None, "manifest.json is not a JSON object"
@@ -282,6 +305,9 @@ def _read_history(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
 
 
 IMAGE_EXAMPLE_KEYS = ("inputs", "targets", "outputs")
+# Bounds on the run files a report reads (they come with the run): the manifest, and each example file.
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_EXAMPLE_BYTES = 256 << 20
 
 
 ANGLE_EXAMPLE_KEYS = ("inputs", "angle_true_deg", "angle_pred_deg")
@@ -314,15 +340,16 @@ def _read_examples(run_dir: Path) -> tuple[dict[str, Example], list[str]]:
     found: dict[str, Example] = {}
     notes = []
     folder = run_dir / "examples"
+    if folder.is_symlink():  # a run's examples are its own files: never read from elsewhere
+        return found, ["examples/: is a symbolic link, not the run's own folder; not read"]
     if not folder.is_dir():
         return found, notes
     for path in sorted(folder.glob("*_seed*.npz")):
         task, _, seed_text = path.stem.rpartition("_seed")
         try:
             seed = int(seed_text)
-            with np.load(path) as z:
-                arrays = {k: np.asarray(z[k]) for k in z.files}
-        except (ValueError, OSError) as e:
+            arrays = _load_npz(path)
+        except (ValueError, OSError, zipfile.BadZipFile) as e:  # UnsafeFileError is a ValueError
             notes.append(f"{path.name}: not a valid example file ({e})")
             continue
         example, problem = _example(task, seed, arrays)
@@ -331,6 +358,16 @@ def _read_examples(run_dir: Path) -> tuple[dict[str, Example], list[str]]:
         elif example is not None and (task not in found or seed < found[task].seed):
             found[task] = example
     return found, notes
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """An example file's arrays: a bounded regular file, its arrays no larger unpacked than
+    ``MAX_EXAMPLE_BYTES`` (a small zip may unpack to gigabytes), never unpickled."""
+    data = read_regular(path, limit=MAX_EXAMPLE_BYTES)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        if sum(i.file_size for i in z.zip.infolist()) > MAX_EXAMPLE_BYTES:
+            raise ValueError(f"its arrays unpack to more than {MAX_EXAMPLE_BYTES:,} bytes")
+        return {k: np.asarray(z[k]) for k in z.files}
 
 
 def _example(task: str, seed: int, arrays: dict[str, np.ndarray]) -> tuple[Example | None, str]:

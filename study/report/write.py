@@ -15,6 +15,7 @@ sentence about a test appears only when that test ran.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +32,7 @@ from study.report import (
     sections_results,
     sections_run,
 )
-from study.report.document import Block, render_html, render_markdown
+from study.report.document import Block, Box, render_html, render_markdown
 from study.report.run_analysis import RunAnalysis, analyse_run
 
 
@@ -123,10 +124,11 @@ def write_report(
     metric: str | None = None,
     *,
     alpha: float = 0.05,
-    family: Literal["study", "regime", "table"] = "study",
+    family: Literal["primary", "study", "regime", "table"] = "primary",
     strict: bool = False,
     primary: tuple[str, float | None] | None = None,
     margin: float | None = None,
+    warnings: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html``, ``summary.csv``, ``comparisons.csv`` (and ``friedman.csv``,
     ``pretext_<table>.csv`` of each of the paper's pretext tables and of another registered task table the
@@ -135,21 +137,27 @@ def write_report(
 
     ``metric``: the primary metric for the inferential comparisons (default: the run's declared one) (other metrics are descriptive only, so
     the multiple-comparison family stays the one stated). ``family``: the Holm family of the headline p,
-    ``"study"`` (default: every comparison, study-wise false-positive rate <= alpha) or ``"regime"``
-    (``analysis.compare_to_baseline``); the report states the study-wise rate either implies.
+    ``"primary"`` (default: the declared primary cell's arms, the other cells one secondary family),
+    ``"study"`` (every comparison) or ``"regime"`` (``analysis.compare_to_baseline``); the report states the
+    study-wise rate each implies.
     A table that is not paired by seed is reported as a warning with descriptive tables only, unless ``strict`` (then ``PairingError`` is raised).
     Nothing is written outside ``run_dir``: a symlink at an output's name is replaced by the file (never written
     through), a ``figures`` symlink by a real folder, and only figure names the report draws are deleted; a
     folder where an output goes is an ``AnalysisError``.
     ``primary`` (regime, label fraction or None) and ``margin`` replace the run's declared primary analysis;
     the report then says that its verdicts are not the pre-declared ones.
+    ``warnings``: lines the report shows first, in a warning box (e.g. a results.csv edited after the run).
     Returns ``(md_path, html_path)``.
     """
-    a = analyse_run(run_dir, metric, alpha=alpha, family=family, strict=strict, primary=primary, margin=margin)
+    a = analyse_run(
+        run_dir, metric, alpha=alpha, family=family, strict=strict, primary=primary, margin=margin
+    )
     md_path, html_path = _output_path(a.run_dir / "report.md"), _output_path(a.run_dir / "report.html")
     fig_dir = _figure_dir(a.run_dir)
     write_tables(a)
     blocks = report_blocks(a, fig_dir)
+    if warnings:  # right under the title, before any number the warning is about
+        blocks.insert(1, Box("warning", "the results table does not match the run's records", list(warnings)))
     _write_text(md_path, render_markdown(blocks, a.run_dir))
     _write_text(html_path, render_html(blocks, sections_intro.TITLE))
     return md_path, html_path
@@ -161,7 +169,14 @@ def _is_figure_name(name: str) -> bool:
 
 
 FIGURE_NAMES = frozenset(
-    {"verdicts.png", "forest.png", "label_efficiency.png", "paired_seeds.png", "mean_ranks.png", "learning_curves.png"}
+    {
+        "verdicts.png",
+        "forest.png",
+        "label_efficiency.png",
+        "paired_seeds.png",
+        "mean_ranks.png",
+        "learning_curves.png",
+    }
 )
 
 

@@ -79,6 +79,7 @@ class StudyProgress(tune.Callback):
         self._started_at: dict[str, float] = {}
         self._durations: list[float] = []
         self._bar: Any = None
+        self._begun = False
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl; a resumed driver makes a new one
         return {"total": self.total, "plain_interval_s": self.plain_interval_s}
@@ -141,13 +142,38 @@ class StudyProgress(tune.Callback):
         total = self.total if self.total is not None else "?"
         return f"[{self._done + self._failed:>{width}}/{total}]"
 
+    def _begin(self, trials: list, show: bool = True) -> None:
+        """Once, at the first hook that sees Tune's trials: count the trials a resumed study finished before
+        (Tune calls no hook for them), then show the first progress."""
+        if self._begun:
+            return
+        self._begun = True
+        for t in trials:
+            status = getattr(t, "status", None)
+            if status == "TERMINATED" and (getattr(t, "last_result", None) or {}).get("phase") == "done":
+                self._done += 1
+            elif status == "ERROR":
+                self._failed += 1
+        if self._done or self._failed:
+            failed = f" ({self._failed} failed)" if self._failed else ""
+            self._write(
+                f"resumed: {self._done + self._failed}{failed} of {self.total or '?'} trials had finished"
+            )
+            if self._bar is not None:
+                self._bar.update(self._done + self._failed)
+        if show:
+            self._refresh(force=not self.live)
+
     # ------------------------------------------------------------------------------------------ Tune hooks
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info: Any) -> None:
         if self.total is None and total_num_samples:
             self.total = int(total_num_samples)
-        self._refresh(force=not self.live)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self._begin(trials)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._begin(trials)
         self._labels[trial.trial_id] = trial_label(trial.config or {})
         self._running[trial.trial_id] = "starting"
         self._started_at[trial.trial_id] = time.monotonic()
@@ -196,6 +222,7 @@ class StudyProgress(tune.Callback):
         self._refresh()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._begin(trials, show=False)  # a resumed study with nothing left to run has no step
         if self._bar is not None:
             self._bar.close()
             self._bar = None

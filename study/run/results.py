@@ -8,21 +8,30 @@ rebuilds them for a run whose driver died. No Ray here: `study report` reads run
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from study.io import storage as store
-from study.io.files import write_text_replacing
+from study.io.files import MAX_READ_BYTES, UnsafeFileError, parse_json, read_regular, write_text_replacing
 from study.report.write import write_report as _write_report
-from study.run.rundir import copy_examples, load_study, open_run, publish, write_manifest
+from study.run.rundir import STUDY_FILE, copy_examples, load_study, open_run, publish, write_manifest
 from study.search_spaces import searched_settings
 from study.spec import schema
-from study.spec.config import ConfigError, regime_name, resolved_task_params, trial_config_from
+from study.spec.config import (
+    ConfigError,
+    regime_name,
+    resolved_task_params,
+    trial_config_from,
+    validate_trial,
+)
 from study.spec.presets import StudyPreset, arm_name
 from study.tasks.registry import param_names
 
@@ -42,52 +51,90 @@ class TrialFailed(Exception):
     """A trial's failure as Tune recorded it in the trial's error.txt."""
 
 
-def read_trial_records(run_uri: str) -> list[TrialRecord]:
+def read_trial_records(run_uri: str, *, history: bool = True) -> list[TrialRecord]:
     """Every trial folder of a run (folder or URI) with a result.json, read as JSON text only.
 
     The same tables as `Tuner.restore(...).get_results()` would give (the metrics frame is built the way
-    Tune's ExperimentAnalysis builds it), without unpickling tuner.pkl or the experiment state.
+    Tune's ExperimentAnalysis builds it), without unpickling tuner.pkl or the experiment state. The records
+    come with the run: each file is read as a bounded regular file (never through a symlink, never a FIFO),
+    its JSON bounded in depth, and each trial's config validated as a study's trials are
+    (`validate_trial`: types and ranges), so no value read here can name a path or size an allocation;
+    `ConfigError`, one line naming the file, otherwise. `history=False` reads each trial's last result only
+    (no metrics frame): enough for results.csv.
     """
     import pyarrow.fs as pafs  # with Ray, so only where a run is read back
 
     fs, root = store.filesystem(run_uri)
     root = root.rstrip("/")
+    local = isinstance(fs, pafs.LocalFileSystem)
 
     def read(path: str) -> str | None:
         try:
-            with fs.open_input_stream(path) as f:
-                return f.read().decode("utf-8")
+            if local:
+                data = read_regular(path)
+            else:
+                with fs.open_input_stream(path) as f:
+                    data = f.read(MAX_READ_BYTES + 1)
+                if len(data) > MAX_READ_BYTES:
+                    raise UnsafeFileError(
+                        f"{path}: more than the {MAX_READ_BYTES:,} bytes a run file may hold"
+                    )
+            return data.decode("utf-8")
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: is not UTF-8 text; the run is damaged") from None
+        except UnsafeFileError as exc:
+            raise ConfigError(f"{exc}; move it out of the run folder") from None
 
     records = []
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     for info in sorted(infos, key=lambda i: i.base_name):
-        if info.type != pafs.FileType.Directory:
+        # Trial folders are the run's own: dot-folders and (local) symbolic links are not read.
+        if info.type != pafs.FileType.Directory or info.base_name.startswith("."):
+            continue
+        if local and os.path.islink(info.path):
             continue
         text = read(f"{info.path}/result.json")
         if text is None:
             continue
-        try:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-            params = read(f"{info.path}/params.json")
-            config = json.loads(params) if params else (rows[-1].get("config") if rows else None)
-        except ValueError as exc:
-            raise ConfigError(
-                f"{info.path}: Tune's trial record is not JSON ({exc}); the run is damaged"
-            ) from None
-        if not isinstance(config, dict):
-            raise ConfigError(
-                f"{info.path}: Tune's trial record has no config (params.json); the run is damaged"
-            )
-        metrics = rows[-1] if rows else {}
-        failure = read(f"{info.path}/error.txt")
-        error = None
-        if failure is not None and metrics.get("phase") != "done":
-            error = TrialFailed(failure.strip() or "trial failed (empty error.txt)")
-        frame = pd.json_normalize(rows, sep="/") if rows else None
-        records.append(TrialRecord(info.path, config, metrics, frame, error))
+        if not history:
+            text = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+        records.append(_trial_record(info.path, text, read(f"{info.path}/params.json"), read))
     return records
+
+
+def _trial_record(path: str, text: str, params: str | None, read: Any) -> TrialRecord:
+    """One trial's record from its result.json `text` and params.json `params` (validated, see
+    `read_trial_records`); `read(path)` reads its error.txt."""
+    try:
+        rows = [parse_json(line, f"{path}/result.json") for line in text.splitlines() if line.strip()]
+        config = (
+            parse_json(params, f"{path}/params.json")
+            if params
+            else (rows[-1].get("config") if rows else None)
+        )
+    except (UnsafeFileError, AttributeError) as exc:
+        raise ConfigError(f"{exc}; Tune's trial record is damaged") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise ConfigError(f"{path}/result.json: a line is not a JSON object; Tune's trial record is damaged")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: Tune's trial record has no config (params.json); the run is damaged")
+    try:
+        validate_trial(trial_config_from(config))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}/params.json: {exc}; Tune's trial record is damaged") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path}/params.json: not a trial config ({exc}); Tune's trial record is damaged"
+        ) from None
+    metrics = rows[-1] if rows else {}
+    failure = read(f"{path}/error.txt")
+    error = None
+    if failure is not None and metrics.get("phase") != "done":
+        error = TrialFailed(failure.strip() or "trial failed (empty error.txt)")
+    frame = pd.json_normalize(rows, sep="/") if rows else None
+    return TrialRecord(path, config, metrics, frame, error)
 
 
 def write_search_summary(run_dir: Path, results: pd.DataFrame) -> pd.DataFrame:
@@ -206,7 +253,7 @@ def _trial_history(result: Any, ident: dict[str, Any]) -> pd.DataFrame | None:
     h = df[df["phase"].isin(["pretext", "finetune"])]
     logged = metrics.get("finetune_history") if metrics.get("phase") == "done" else None
     if isinstance(logged, str):
-        logged = json.loads(logged)
+        logged = parse_json(logged, "finetune_history")
     if isinstance(logged, list):
         # Every fine-tune epoch's logs, from the final result (intermediate results come only every
         # `report_every` epochs): they replace the reported fine-tune rows.
@@ -267,6 +314,88 @@ def _one_line(error: BaseException) -> str:
     return tail[0][:300]
 
 
+#: The columns of results.csv that `study report` checks against the trials' own records (`edited_results`):
+#: the design a row belongs to and every value a trial measured (regime outcome, divergence, probe, pretext).
+CHECKED_COLUMNS = (
+    "task",
+    "seed",
+    "label_fraction",
+    # The status and the regime's outcome; not the error text, which Tune words differently in its records.
+    *(c for c in schema.REGIME_COLUMNS[2:] if c != "error"),
+    *schema.TRIAL_COLUMNS,
+)
+
+
+def edited_results(run_uri: str, local: Path) -> list[str]:
+    """Where `local/results.csv` says something the trials' own records (result.json, params.json) do not:
+    one line per kind of difference, each with an example and the fix; [] when they agree, or when the run
+    has no study record and trial records to check it against (a results table given on its own). A run whose
+    records cannot be read gets one line saying the table was not checked."""
+    path = local / "results.csv"
+    if not (local / STUDY_FILE).exists():
+        return []
+    try:
+        preset, _ = load_study(local, run_uri)
+        records = read_trial_records(run_uri, history=False)
+        if not records:
+            return []
+        expected, _, _ = collect_results(records, preset)
+        table = read_regular(path)
+    except (ConfigError, OSError, UnsafeFileError) as exc:
+        return [f"{path} was not checked against the trials' own records ({exc})"]
+    try:
+        actual = pd.read_csv(io.BytesIO(table), dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError):
+        return []  # the report's own reading of results.csv says what is wrong with it
+    recorded = pd.read_csv(io.StringIO(expected.to_csv(index=False)), dtype=str, keep_default_na=False)
+    return _table_differences(path, actual, recorded)
+
+
+def _table_differences(path: Path, actual: pd.DataFrame, recorded: pd.DataFrame) -> list[str]:
+    key = ["trial_id", "regime"]
+    if not set(key) <= set(actual.columns):
+        return []
+    fix = "delete it and run `study report` again to rebuild it from the records"
+    merged = actual.merge(recorded, on=key, how="outer", suffixes=("", " recorded"), indicator=True)
+    out = []
+    extra = merged[merged["_merge"] == "left_only"]
+    missing = merged[merged["_merge"] == "right_only"]
+    if len(extra):
+        r = extra.iloc[0]
+        out.append(
+            f"{path}: {len(extra)} row(s) match no trial's record (e.g. trial {r['trial_id']}, regime "
+            f"{r['regime']}): rows were added after the run; {fix}"
+        )
+    if len(missing):
+        r = missing.iloc[0]
+        out.append(
+            f"{path}: {len(missing)} recorded trial row(s) are missing (e.g. trial {r['trial_id']}, regime "
+            f"{r['regime']}): rows were removed after the run; {fix}"
+        )
+    both = merged[merged["_merge"] == "both"]
+    changed = []
+    for col in [c for c in CHECKED_COLUMNS if c in actual.columns and c in recorded.columns]:
+        differs = ~_same_values(both[col], both[f"{col} recorded"])
+        changed += [(r, col) for _, r in both[differs].iterrows()]
+    if changed:
+        r, col = changed[0]
+        out.append(
+            f"{path}: {len(changed)} value(s) differ from the trials' own records, e.g. trial {r['trial_id']}, "
+            f"regime {r['regime']}: {col} = {r[col] or 'empty'} here but {r[col + ' recorded'] or 'empty'} in "
+            f"its result.json; the table was edited after the run and the report shows the edited values; {fix}"
+        )
+    return out
+
+
+def _same_values(a: pd.Series, b: pd.Series) -> pd.Series:
+    """Cell by cell: the same number (to 1e-9), both empty, or the same text."""
+    x, y = pd.to_numeric(a, errors="coerce"), pd.to_numeric(b, errors="coerce")
+    numbers = x.notna() & y.notna()
+    close = pd.Series(np.isclose(x.fillna(0), y.fillna(0), rtol=1e-9, atol=1e-12), index=a.index)
+    text = a.fillna("").str.strip() == b.fillna("").str.strip()
+    return (numbers & close) | (~numbers & text)
+
+
 def collect_from_experiment(run_dir: str | Path) -> Path:
     """Rebuild results.csv, history.csv and manifest.json of a run from Tune's per-trial JSON records.
 
@@ -294,7 +423,15 @@ def finish_run(
 ) -> None:
     """Write results.csv, history.csv, examples/ and manifest.json from a ResultGrid into the local copy
     `run_dir`, then the report; upload them when the run lives at a URI."""
-    results, history, errors = collect_results(grid, preset)
+    try:
+        results, history, errors = collect_results(grid, preset)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        if complete:  # Tune's own ResultGrid: a fault of ours, shown as such
+            raise
+        raise ConfigError(  # trial records read back from a run folder: data that came with the run
+            f"{run_uri or run_dir}: the trials' records (result.json) do not hold what a trial of this study "
+            f"reports ({type(exc).__name__}: {str(exc)[:200]}); the run is damaged"
+        ) from None
     # After a finished fit every planned trial must be there (a run read back by `study report` may be partial).
     if preset.search is None and complete:
         expected, got = len(preset.trial_configs()), int(results["trial_id"].nunique()) if len(results) else 0

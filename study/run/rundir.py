@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -26,13 +27,25 @@ import pandas as pd
 import study
 from study.data.trial_source import pretext_root
 from study.io import storage as store
-from study.io.files import write_replacing, write_text_replacing
-from study.spec.config import ConfigError
+from study.io.files import (
+    UnsafeFileError,
+    child_path,
+    read_json,
+    read_regular,
+    write_replacing,
+    write_text_replacing,
+)
+from study.spec.config import ConfigError, check_bounds
 from study.spec.presets import StudyPreset
+from study.spec.resolve import PRETEXT_CACHE
 
 STUDY_FILE = "study.json"
 # The driver's own files of a run (the rest of a run directory is Ray Tune's): fetched for resume/report.
 DRIVER_FILES = [STUDY_FILE, "results.csv", "history.csv", "manifest.json", "examples"]
+# A pretext cache key (`study.trainables`: a hex digest), the name of its folder in the run's pretext cache.
+PRETEXT_KEY = re.compile(r"[0-9a-f]{8,64}")
+# A study record holds the study and its data check (a few KB; a large dataset's warnings, a few MB).
+MAX_STUDY_BYTES = 64 << 20
 
 
 def check_storage(storage: str | Path) -> None:
@@ -69,7 +82,8 @@ def holds_study(run_uri: str, local: Path) -> bool:
 def write_study_record(local: Path, preset: StudyPreset, run_uri: str, data_root: str, check: Any) -> None:
     """`study.json`: the study as run, when it started, and the data it runs on (with the data check)."""
     started = _dt.datetime.now(_dt.timezone.utc).isoformat()
-    (local / STUDY_FILE).write_text(
+    write_text_replacing(
+        local / STUDY_FILE,
         json.dumps(
             {
                 "preset": preset.to_dict(),
@@ -81,27 +95,57 @@ def write_study_record(local: Path, preset: StudyPreset, run_uri: str, data_root
             },
             indent=2,
             default=str,
-        )
+        ),
     )
 
 
 def load_study(run_dir: Path, run_uri: str | None = None) -> tuple[StudyPreset, dict[str, Any]]:
-    """The study a run directory (its local copy `run_dir`, fetched from `run_uri`) was started with."""
+    """The study a run directory (its local copy `run_dir`, fetched from `run_uri`) was started with.
+
+    `study.json` comes with the run: it is read as a bounded regular file, the study it records is rebuilt
+    and checked like a study file's (every field within its bounds), and its pretext cache must be the run's
+    own (`study resume` also needs its signature: `study.run.tune_state.repair_state`). `ConfigError`, one
+    line naming the file, for anything else."""
     path = Path(run_dir) / STUDY_FILE
-    if not path.exists():
+    where = f"{run_uri}/{STUDY_FILE}" if run_uri and store.is_uri(run_uri) else str(path)
+    if not path.exists() and not path.is_symlink():
         raise ConfigError(
             f"{run_uri or run_dir} is not a study run directory (no {STUDY_FILE}); "
             "pass the folder or URI `study run` printed, e.g. runs/demo-20260101-120000"
         )
-    saved = json.loads(path.read_text())
-    return StudyPreset.from_dict(saved["preset"]), saved
+    try:
+        saved = read_json(path, limit=MAX_STUDY_BYTES)
+    except (OSError, UnsafeFileError) as exc:
+        raise ConfigError(f"{where}: cannot be read as the run's study record ({exc})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("preset"), dict):
+        raise ConfigError(
+            f"{where}: not a study record (a JSON object whose 'preset' is the study, as `study run` writes it)"
+        )
+    try:
+        preset = StudyPreset.from_dict(saved["preset"])
+        check_bounds(preset)
+        check_bounds(preset.base, "trial.")
+        if preset.search is not None:
+            check_bounds(preset.search, "search.")
+        if preset.base.pretext_cache_dir not in (None, PRETEXT_CACHE):
+            raise ConfigError(
+                f"trial.pretext_cache_dir: {preset.base.pretext_cache_dir!r}; a run's pretext cache is its own "
+                f"{PRETEXT_CACHE!r} folder"
+            )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: preset: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ConfigError(
+            f"{where}: preset: not a study this version can read ({type(exc).__name__}: {exc})"
+        ) from None
+    return preset, saved
 
 
 def write_manifest(
     run_dir: Path, preset: StudyPreset, results: pd.DataFrame, errors: list[dict], run_uri: str
 ) -> None:
     """`manifest.json`: the study, versions, data and its check, git revision, timing and errors."""
-    saved = json.loads((run_dir / STUDY_FILE).read_text())
+    _, saved = load_study(run_dir)
     manifest = {
         "preset": preset.name,
         "config": preset.to_dict(),
@@ -158,7 +202,10 @@ def git_revision() -> str | None:
 
 
 def copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset, run_uri: str) -> None:
-    """`examples/TASK_seedS.npz`: each pretext phase's examples from the run's pretext cache, for the report."""
+    """`examples/TASK_seedS.npz`: each pretext phase's examples from the run's pretext cache, for the report.
+
+    Task, seed and cache key come from the trials' records: a name built from them must be one plain file
+    name inside `examples/` (and the key a cache key), else `ConfigError`; nothing is written elsewhere."""
     if not len(results) or "pretext_key" not in results or not preset.base.pretext_cache_dir:
         return
     cache = pretext_root(preset.base, run_uri)
@@ -166,10 +213,28 @@ def copy_examples(run_dir: Path, results: pd.DataFrame, preset: StudyPreset, run
     if out.is_symlink():  # never write through a link planted in the run directory
         out.unlink()
     for (task, seed, key), _ in results.groupby(["task", "seed", "pretext_key"], dropna=True):
+        if not PRETEXT_KEY.fullmatch(str(key)):
+            raise ConfigError(
+                f"{run_uri}: a trial's pretext_key {str(key)[:80]!r} is not a cache key; the run is damaged"
+            )
+        try:
+            target = child_path(out, f"{task}_seed{seed}.npz")
+        except UnsafeFileError as exc:
+            raise ConfigError(f"{run_uri}: a trial's task and seed make {exc}") from None
         src = store.join(cache, str(key), "examples.npz")
         if store.exists(src):
             out.mkdir(exist_ok=True)
-            fs, path = store.filesystem(src)
-            with fs.open_input_stream(path) as f:
-                data = f.read()
-            write_replacing(out / f"{task}_seed{seed}.npz", lambda w, data=data: w.write(data))
+            data = _read_cached(src)
+            write_replacing(target, lambda w, data=data: w.write(data))
+
+
+def _read_cached(src: str) -> bytes:
+    """A pretext cache file's bytes: a local one as a bounded regular file (never a FIFO or a link)."""
+    if store.is_uri(src):
+        fs, path = store.filesystem(src)
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    try:
+        return read_regular(src)
+    except UnsafeFileError as exc:
+        raise ConfigError(f"{exc}; remove it from the run's pretext cache") from None

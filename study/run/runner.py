@@ -29,7 +29,13 @@ from study.run.rundir import (
     publish,
     write_study_record,
 )
-from study.run.tune_state import RunGuard, check_remote_signatures, moved_modules, repair_state
+from study.run.tune_state import (
+    RunGuard,
+    check_remote_signatures,
+    moved_modules,
+    repair_state,
+    restored_or_stop,
+)
 from study.search_spaces import optuna_space, param_space
 from study.spec.config import ConfigError
 from study.spec.presets import StudyPreset
@@ -189,14 +195,15 @@ def run_study(
     validate_run_name(name)
     run_uri = store.join(storage_uri, name)
     local = local_copy(run_uri)
+    # Within seconds and before anything is written: the cluster answers, or this machine can run a trial.
+    check_local_resources(preset, address)
+    check_address(address, preset)
     check_storage(storage_uri)
     if holds_study(run_uri, local):
         raise ConfigError(
             f"--name: {run_uri} already holds a study; resume it with `study resume {run_uri}` "
             "or choose another --name"
         )
-    check_local_resources(preset, address)
-    check_address(address)
     check_cache_writable(preset.base)
     prepare_weights(preset)
     source, check = prepare_data(preset)
@@ -214,7 +221,10 @@ def run_study(
     tuner = tune.Tuner(
         _trainable(preset), param_space=param_space(preset), tune_config=tune_config, run_config=run_config
     )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C inside Tune: its state is there, `study resume` continues
+        raise StudyInterrupted(run_uri) from None
     _raise_if_interrupted(run_uri, grid, preset)
     finish_run(local, grid, preset, write_report=write_report, run_uri=run_uri)
     return local
@@ -240,16 +250,23 @@ def resume_study(
         check_remote_signatures(run_uri, trust=trust)
     else:
         repair_state(local, trust=trust)
-    check_address(address)
+    check_address(address, preset)
     check_cache_writable(preset.base)
     prepare_weights(preset)
     init_ray(address, preset)
     _quiet_tune_console()  # the restored run config keeps the study's console (verbose=0 + StudyProgress)
     with moved_modules():
-        tuner = tune.Tuner.restore(
-            run_uri, trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
-        )
-    grid = tuner.fit()
+        try:
+            tuner = tune.Tuner.restore(
+                run_uri, trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
+            )
+        except Exception as exc:  # noqa: BLE001 - tuner.pkl came with the run (signed, or --trust-run-dir)
+            raise ConfigError(
+                f"{run_uri}/tuner.pkl: Ray Tune could not restore the study from it ({type(exc).__name__}: "
+                f"{(str(exc).strip().splitlines() or [''])[0][:200]}); start the study again with `study run`"
+            ) from None
+    with restored_or_stop(run_uri):  # never a fresh experiment in place of a state that did not restore
+        grid = tuner.fit()
     _raise_if_interrupted(run_uri, grid, preset)
     finish_run(local, grid, preset, write_report=write_report, run_uri=run_uri)
     return local

@@ -9,9 +9,7 @@ writes them (`RunGuard`) and `study resume` checks the signatures first (`study.
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import shutil
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,33 +19,44 @@ from typing import Any
 from ray import tune
 
 from study.io import storage as store
+from study.io.files import MAX_READ_BYTES, UnsafeFileError, parse_json, read_regular, write_replacing
 from study.run import integrity
+from study.run.rundir import STUDY_FILE
 from study.spec.config import ConfigError
 
-# Ray Tune's experiment state in a run directory. Tune rewrites these files in place about once a second; a
-# driver killed in the middle leaves them cut short, and Tune would then silently start a new experiment.
-STATE_PATTERNS = integrity.STATE_PATTERNS
 STATE_BACKUP = ".state-backup"
+# Signed files of a run that Tune does not rewrite as it runs (no backup kept): the Tuner and the study record.
+WRITTEN_ONCE = ("tuner.pkl", STUDY_FILE)
 # Modules that runs written before the packages-by-stage layout (commit 16ab4ad) name in their tuner.pkl (the
 # study's console and signing callbacks), and the modules that hold those classes now.
 MOVED_MODULES = {"study.console": "study.run.console", "study.tune_state": "study.run.tune_state"}
 
 
-def _state_intact(path: Path) -> bool:
-    """Whether a state file is whole: JSON that parses, or a pickle whose opcodes end in STOP. Nothing is
-    unpickled: a run directory from elsewhere may hold a crafted pickle."""
+def _whole(data: bytes) -> bool:
+    """Whether a state file's bytes are whole: JSON that parses (within the depth bound), or a pickle whose
+    opcodes end in STOP. Nothing is unpickled: a run directory from elsewhere may hold a crafted pickle."""
+    if integrity.pickle_complete(data):
+        return True
     try:
-        raw = path.read_bytes()
-        if path.name.startswith("experiment_state-"):
-            json.loads(raw)
-            return bool(raw)
-        return integrity.pickle_complete(raw)
-    except (OSError, ValueError):  # unreadable, or not JSON (UnicodeDecodeError is a ValueError)
+        parse_json(data, "state")
+        return bool(data)
+    except UnsafeFileError:
         return False
 
 
-def _state_files(run_dir: Path) -> list[Path]:
-    return sorted(p for pattern in STATE_PATTERNS for p in run_dir.glob(pattern))
+def _read(path: Path) -> bytes | None:
+    """A regular file's bytes; None when missing, unreadable or not a regular file."""
+    try:
+        return read_regular(path)
+    except (OSError, UnsafeFileError):
+        return None
+
+
+def _state_files(run_dir: Path, signatures: dict[str, list[str]]) -> list[Path]:
+    """Tune's state files of a run: every top-level file the run signed that Tune rewrites as it runs,
+    whatever its name."""
+    names = integrity.protected_files(run_dir)
+    return [run_dir / n for n in names if "/" not in n and n in signatures and n not in WRITTEN_ONCE]
 
 
 class RunGuard(tune.Callback):
@@ -64,7 +73,8 @@ class RunGuard(tune.Callback):
 
     def __init__(self) -> None:
         self._storage: Any = None
-        self._tuner_digest: str | None = None
+        self._written_once: dict[str, str] | None = None
+        self._memo: dict[str, tuple[int, int, str]] = {}
         self._unsigned_save = False
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: nothing of this driver's session
@@ -87,11 +97,18 @@ class RunGuard(tune.Callback):
     def _sign(self) -> None:
         key = integrity.load_key()
         storage = self._storage
-        if self._tuner_digest is None:  # written once, before the first trial
-            with storage.storage_filesystem.open_input_stream(f"{storage.experiment_fs_path}/tuner.pkl") as f:
-                self._tuner_digest = integrity.digest(key, f.read())
+        if self._written_once is None:  # tuner.pkl and study.json: written before the first trial
+            self._written_once = {}
+            for name in WRITTEN_ONCE:
+                try:
+                    path = f"{storage.experiment_fs_path}/{name}"
+                    with storage.storage_filesystem.open_input_stream(path) as f:
+                        self._written_once[name] = integrity.digest(key, f.read())
+                except FileNotFoundError:  # a Tuner run without the study's driver (tests)
+                    pass
         staging = Path(storage.experiment_driver_staging_path)
-        integrity.sign_dir(staging, key, extra={"tuner.pkl": self._tuner_digest})
+        # Every file Tune staged, whatever its name (the search algorithm's state included), is signed.
+        integrity.sign_dir(staging, key, extra=self._written_once, memo=self._memo)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         self._learn_storage(trials)
@@ -120,104 +137,158 @@ class RunGuard(tune.Callback):
 
 
 def backup_state(run_dir: Path) -> None:
-    """Copy each intact state file of `run_dir` that carries this user's signature into `run_dir/.state-backup`
+    """Copy each whole state file of `run_dir` that carries this user's signature into `run_dir/.state-backup`
     (atomically, by rename), and sign the copies there."""
-    files = _state_files(run_dir)
-    if not files or not all(_state_intact(f) for f in files):
+    signatures = integrity.read_signatures(run_dir / integrity.SIGNATURES)
+    files = _state_files(run_dir, signatures)
+    contents = {f.name: _read(f) for f in files}
+    if not files or not all(data is not None and _whole(data) for data in contents.values()):
         return
     key = integrity.load_key()
-    signatures = integrity.read_signatures(run_dir / integrity.SIGNATURES)
     backup = run_dir / STATE_BACKUP
     backup.mkdir(exist_ok=True)
-    for f in files:
-        if not integrity.signed(signatures, key, f.name, f.read_bytes()):
+    for name, data in contents.items():
+        if not integrity.signed(signatures, key, name, data):
             continue  # not (yet) the version this run signed: keep the older backup
-        tmp = backup / f"{f.name}.tmp"
-        shutil.copyfile(f, tmp)
-        if _state_intact(tmp):
-            os.replace(tmp, backup / f.name)
+        write_replacing(backup / name, lambda f, data=data: f.write(data))
     integrity.sign_dir(backup, key)
 
 
 def repair_state(run_dir: Path, *, trust: bool = False) -> None:
-    """Before `Tuner.restore` of a local run: every file Tune will unpickle must be whole and signed by this
-    user (`study.run.integrity`), else its signed backup is put back, else stop with one line.
+    """Before `Tuner.restore` of a local run: every file Tune or the study will read back as code or settings
+    (`integrity.must_sign`: whatever its name) must be a regular file, whole and signed by this user, else its
+    signed backup is put back, else stop with one line naming the file.
 
-    `trust` (`--trust-run-dir`) accepts whole files that carry no signature (a run copied from another machine
-    or user); a file cut short still needs its backup.
+    `trust` (`--trust-run-dir`) accepts files that carry no signature (a run copied from another machine or
+    user); a state file cut short still needs its backup, and a symlink or FIFO is refused all the same.
     """
+    found = integrity.must_sign(integrity.scan_local(run_dir))
+    for name, why in found.refused.items():
+        raise ConfigError(f"{run_dir}/{name}: {why}; move it out of the run folder and resume again")
     key = integrity.load_key()
     signatures = integrity.read_signatures(run_dir / integrity.SIGNATURES)
-    backup = run_dir / STATE_BACKUP
-    saved_signatures = integrity.read_signatures(backup / integrity.SIGNATURES)
-    for name in integrity.protected_files(run_dir):
+    for name in found.signed:
         f = run_dir / name
-        intact = _state_intact(f) if "/" not in name else integrity.pickle_complete(f.read_bytes())
-        if intact and (trust or integrity.signed(signatures, key, name, f.read_bytes())):
+        try:
+            data = read_regular(f)
+        except UnsafeFileError as exc:
+            raise ConfigError(f"{exc}; move it out of the run folder and resume again") from None
+        whole = _whole(data)
+        if whole and integrity.signed(signatures, key, name, data):
             continue
-        saved = backup / name
-        if (
-            saved.is_file()
-            and _state_intact(saved)
-            and integrity.signed(saved_signatures, key, name, saved.read_bytes())
-        ):
-            shutil.copyfile(saved, f)
-            why = "was cut short" if not intact else "is not the version this run last signed"
-            print(
-                f"Restored {name} from its backup ({name} {why}): trials that finished after the backup run "
-                "again.",
-                flush=True,
-            )
+        if _restore_backup(run_dir, name, key, "was cut short" if not whole else None):
             continue
-        if not intact:
+        if not whole and name in signatures:
             raise ConfigError(
                 f"{run_dir}: Ray Tune's state file {name} was cut short (the driver was killed while saving "
-                "it) and has no intact backup; start the study again with `study run` (pretexts are cached)"
+                "it) or damaged, and has no intact backup; start the study again with `study run` (pretexts "
+                "are cached)"
             )
-        raise ConfigError(untrusted_message(f"{run_dir}/{name}", str(run_dir)))
+        if not trust:
+            raise ConfigError(untrusted_message(f"{run_dir}/{name}", str(run_dir)))
+
+
+def _restore_backup(run_dir: Path, name: str, key: bytes, why: str | None) -> bool:
+    """Put the signed, whole backup of state file `name` back in place; whether there was one."""
+    if "/" in name or name in WRITTEN_ONCE:
+        return False
+    backup = run_dir / STATE_BACKUP
+    saved = _read(backup / name)
+    if saved is None or not _whole(saved):
+        return False
+    if not integrity.signed(integrity.read_signatures(backup / integrity.SIGNATURES), key, name, saved):
+        return False
+    write_replacing(run_dir / name, lambda f: f.write(saved))
+    why = why or "is not the version this run last signed"
+    print(
+        f"Restored {name} from its backup ({name} {why}): trials that finished after the backup run again.",
+        flush=True,
+    )
+    return True
 
 
 def untrusted_message(file: str, run: str) -> str:
     return (
         f"{file}: not written by your own study runs (no matching signature); a Ray Tune run directory holds "
-        "pickled code that `study resume` would run. Resume it only if you trust where it came from: "
+        "pickled code and settings that `study resume` would run (a run started before study.json and every "
+        "Tune file were signed needs the flag too). Resume it only if you trust where it came from: "
         f"`study resume {run} --trust-run-dir`"
     )
 
 
 def check_remote_signatures(run_uri: str, *, trust: bool) -> None:
-    """For a run at a URI: every file Tune will unpickle must carry this user's signature (see `repair_state`)."""
+    """For a run at a URI: every file Tune or the study will read back (`integrity.must_sign`) must carry this
+    user's signature (see `repair_state`)."""
     import pyarrow.fs as pafs
 
     if trust:
         return
     fs, root = store.filesystem(run_uri)
     root = root.rstrip("/")
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = [i.base_name for i in infos if i.type == pafs.FileType.File]
-    candidates = [
-        f"{i.base_name}/{n}"
-        for i in infos
-        if i.type == pafs.FileType.Directory
-        for n in integrity.TRIAL_PICKLES
-    ]
-    found = fs.get_file_info([f"{root}/{c}" for c in candidates]) if candidates else []
-    names += [c for c, i in zip(candidates, found) if i.type == pafs.FileType.File]
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=True))
+    kinds = {pafs.FileType.File: integrity.FILE, pafs.FileType.Directory: integrity.DIR}
+    entries = {i.path[len(root) + 1 :]: i for i in infos if i.path.startswith(root + "/")}
+    found = integrity.must_sign(
+        (name, kinds.get(i.type, integrity.OTHER)) for name, i in entries.items() if name.count("/") <= 1
+    )
+    for name, why in found.refused.items():
+        raise ConfigError(f"{run_uri}/{name}: {why}")
 
     def read(name: str) -> bytes:
+        if (entries[name].size or 0) > MAX_READ_BYTES:
+            raise ConfigError(
+                f"{run_uri}/{name}: larger than the {MAX_READ_BYTES:,} bytes a run file may hold"
+            )
         with fs.open_input_stream(f"{root}/{name}") as f:
             return f.read()
 
     key = integrity.load_key()
     signatures = {}
-    if integrity.SIGNATURES in names:
+    if integrity.SIGNATURES in entries:
         try:
             signatures = integrity.parse_signatures(read(integrity.SIGNATURES))
         except ValueError:
             signatures = {}
-    for name in integrity.protected_names(names):
+    for name in found.signed:
         if not integrity.signed(signatures, key, name, read(name)):
             raise ConfigError(untrusted_message(f"{run_uri}/{name}", run_uri))
+
+
+class RestoreFailed(Exception):
+    """Tune failed to restore a run's experiment state (raised from `restored_or_stop`'s log filter)."""
+
+
+#: The logger of Tune's controller, and the start of what it logs when a run's state does not restore.
+_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+_RESTORE_FAILED = "Failed to restore the run state"
+
+
+@contextmanager
+def restored_or_stop(run_uri: str) -> Iterator[None]:
+    """While Tune restores and continues a run: where Tune would log a traceback for a state it cannot restore
+    and silently start the experiment afresh (every trial run again, the old ones lost from the results), the
+    resume stops with one line (`ConfigError`, exit 2). Tune's fallback is seen as the log record it writes;
+    a filter on that logger raises before any handler prints it."""
+
+    def stop(record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(_RESTORE_FAILED):
+            raise RestoreFailed(record.exc_info[1] if record.exc_info else record.getMessage())
+        return True
+
+    logger = logging.getLogger(_CONTROLLER_LOGGER)
+    logger.addFilter(stop)
+    try:
+        yield
+    except RestoreFailed as exc:
+        cause = exc.args[0] if exc.args else exc
+        why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        raise ConfigError(
+            f"{run_uri}: Ray Tune could not restore the run's experiment state ({type(cause).__name__}: {why}); "
+            "nothing was run. Its state files are damaged: start the study again with `study run` (pretexts "
+            "are cached)"
+        ) from None
+    finally:
+        logger.removeFilter(stop)
 
 
 @contextmanager

@@ -40,6 +40,11 @@ EXECUTION = "execution"
 PHASES = (DATA, PRETEXT, FINETUNE, MODEL, EXECUTION)
 
 
+#: The run's pretext cache, relative to the run: trials read it against the run they belong to, so a moved
+#: run keeps its cache (`study.data.trial_source.pretext_root`); `resolve.finalize_study` sets it.
+PRETEXT_CACHE = "pretext_cache"
+
+
 class ConfigError(ValueError):
     """A config value the study cannot run with; the message names the field and the fix."""
 
@@ -67,10 +72,134 @@ class TaskParams(Mapping):
         return f"TaskParams({self._items!r})"
 
 
-def setting(default: Any, *phases: str, key: str | None = None) -> Any:
+#: Sane maxima of the numeric settings (a value past them is a typo, or would exhaust memory or time before
+#: anything useful ran): the image side (the paper's is 224), epochs, batch sizes, encoder stage widths
+#: (ResNet50's widest is 2048), seeds (NumPy's legacy seeding, which Keras' reseeding uses, takes < 2**32).
+MAX_IMAGE_SIZE = 1024
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
+MAX_WIDTH = 2048
+MAX_SEED = 2**32 - 1
+MAX_THREADS = 1024
+#: Synthetic lesions of a study without data: at most this many per split, and at most this many bytes of
+#: decoded arrays for both splits together (`synth_array_bytes`).
+MAX_SYNTH_IMAGES = 100_000
+MAX_SYNTH_BYTES = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting may take, declared once in its field's metadata (`setting(...,
+    bounds=...)`, `bounded(...)`) and checked by `check_bounds` in the one resolution step, before anything
+    is built from the value.
+
+    `low` / `high`: inclusive limits, exclusive where `low_open` / `high_open`; every value must also be
+    finite. `integer`: a Python int (never a bool); `whole`: a number equal to a whole number (resources that
+    Ray counts as floats). `optional`: None is allowed. A tuple-valued field has each item checked, and
+    `distinct` refuses an item given twice (`item` names one in that message: "a patience"). `rule`: the
+    message's wording where the default ("must be an integer in [1, 10000]") would be unclear; `hint`: why,
+    appended to the message.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    whole: bool = False
+    optional: bool = False
+    distinct: bool = False
+    item: str = "a value"
+    rule: str = ""
+    hint: str = ""
+
+    def describe(self) -> str:
+        """What a valid value is, in words: `must be an integer in [1, 10000]`."""
+        if self.rule:
+            return self.rule
+        kind = "an integer " if self.integer else "a whole number " if self.whole else ""
+        low = None if self.low is None else ("(" if self.low_open else "[") + _num(self.low)
+        high = None if self.high is None else _num(self.high) + (")" if self.high_open else "]")
+        if low is not None and high is not None:
+            return f"must be {kind}in {low}, {high}"
+        if low is not None:
+            return f"must be {kind or 'a finite number '}{'>' if self.low_open else '>='} {_num(self.low)}"
+        if high is not None:
+            return f"must be {kind or 'a finite number '}{'<' if self.high_open else '<='} {_num(self.high)}"
+        return f"must be {kind or 'a finite number'}".rstrip()
+
+    def accepts(self, value: Any) -> bool:
+        """Whether one value (an item, for a tuple-valued field) lies within these bounds."""
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.whole and value != int(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or not (value >= self.high if self.high_open else value > self.high)
+
+    def problem(self, value: Any) -> str | None:
+        """None when `value` is valid, else what is wrong with it, in one line (without the field's name)."""
+        why = f"; {self.hint}" if self.hint else ""
+        if isinstance(value, (tuple, list)):
+            for item in value:
+                if not self.accepts(item):
+                    return f"each {self.describe()} (got {item!r} in {list(value)}){why}"
+            seen: set[Any] = set()
+            for item in value if self.distinct else ():
+                if item in seen:
+                    return f"{list(value)} lists {self.item} twice ({item!r}); give each once{why}"
+                seen.add(item)
+            return None
+        return None if self.accepts(value) else f"{self.describe()} (got {value!r}){why}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def bounded(default: Any, bounds: Bounds, **field_kw: Any) -> Any:
+    """A dataclass field (of a study, its search or analysis) whose values `bounds` limits."""
+    return dataclasses.field(default=default, metadata={"bounds": bounds}, **field_kw)
+
+
+def check_bounds(obj: Any, prefix: str = "") -> None:
+    """`ConfigError` naming (`prefix` + name) the first field of the dataclass instance `obj` whose value lies
+    outside the `Bounds` in its metadata."""
+    for f in dataclasses.fields(obj):
+        bounds = f.metadata.get("bounds")
+        problem = bounds.problem(getattr(obj, f.name)) if bounds is not None else None
+        if problem is not None:
+            raise ConfigError(f"{prefix}{f.name}: {problem}")
+
+
+def field_bounds(cls: type, name: str) -> Bounds:
+    """The `Bounds` of field `name` of the dataclass `cls` (for a flag that sets it)."""
+    return next(f.metadata["bounds"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def setting(default: Any, *phases: str, key: str | None = None, bounds: Bounds | None = None) -> Any:
     """A `TrialConfig` field affecting `phases`; `key`: its name in the pretext cache key where that differs
-    (names kept from before the key was derived from the tags, so existing caches stay valid)."""
-    return dataclasses.field(default=default, metadata={"phases": frozenset(phases), "key": key})
+    (names kept from before the key was derived from the tags, so existing caches stay valid); `bounds`: the
+    values a numeric field may take (`check_bounds`, run by `validate_trial`)."""
+    metadata = {"phases": frozenset(phases), "key": key, **({"bounds": bounds} if bounds else {})}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _count(low: int, high: int, **kw: Any) -> Bounds:
+    return Bounds(low=low, high=high, integer=True, **kw)
+
+
+_EPOCHS = _count(1, MAX_EPOCHS)
+_LR = Bounds(low=0, high=1, low_open=True, hint="a learning rate of Adam")
+_BATCH = _count(1, MAX_BATCH_SIZE)
+_SEED = _count(0, MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -89,7 +218,7 @@ class TrialConfig:
     """
 
     task: str = setting("none", PRETEXT)
-    seed: int = setting(0, PRETEXT, FINETUNE)
+    seed: int = setting(0, PRETEXT, FINETUNE, bounds=_SEED)
     task_params: TaskParams = setting(TaskParams(), PRETEXT, key="params")
     # data
     # None: synthetic lesions (see synth_*); a folder or a labels CSV
@@ -98,44 +227,59 @@ class TrialConfig:
     # `diagnosis`), the classes counted as malignant (e.g. ("mel",)); see study.data.DataSource.
     data_images: str | None = setting(None, DATA)
     data_malignant: tuple[str, ...] = setting((), DATA)
-    image_size: int = setting(64, DATA, PRETEXT, FINETUNE, MODEL)
-    val_fraction: float = setting(0.2, PRETEXT, FINETUNE)
-    label_fraction: float = setting(1.0, FINETUNE)
-    synth_n_train: int = setting(600, DATA)
-    synth_n_test: int = setting(200, DATA)
-    synth_seed: int = setting(1234, DATA)
+    image_size: int = setting(
+        64, DATA, PRETEXT, FINETUNE, MODEL, bounds=_count(32, MAX_IMAGE_SIZE, hint="the paper's is 224 px")
+    )
+    val_fraction: float = setting(
+        0.2, PRETEXT, FINETUNE, bounds=Bounds(0, 1, True, True, hint="the paper uses 0.2")
+    )
+    label_fraction: float = setting(1.0, FINETUNE, bounds=Bounds(0, 1, low_open=True))
+    synth_n_train: int = setting(600, DATA, bounds=_count(1, MAX_SYNTH_IMAGES))
+    synth_n_test: int = setting(200, DATA, bounds=_count(1, MAX_SYNTH_IMAGES))
+    synth_seed: int = setting(1234, DATA, bounds=_SEED)
     cache_dir: str | None = setting(None, EXECUTION)
     # model
     encoder: str = setting("small", PRETEXT, FINETUNE, MODEL)
-    encoder_widths: tuple[int, ...] = setting((16, 32, 64, 128), PRETEXT, FINETUNE, MODEL)
+    encoder_widths: tuple[int, ...] = setting(
+        (16, 32, 64, 128), PRETEXT, FINETUNE, MODEL, bounds=_count(1, MAX_WIDTH, hint="filters per stage")
+    )
     # Small encoder only: total downsampling (8, 16 or 32) and BatchNorm momentum (see models.build_encoder).
-    encoder_stride: int = setting(32, PRETEXT, FINETUNE, MODEL)
-    bn_momentum: float = setting(0.99, PRETEXT, FINETUNE, MODEL)
+    encoder_stride: int = setting(32, PRETEXT, FINETUNE, MODEL, bounds=_count(8, 32))
+    bn_momentum: float = setting(
+        0.99, PRETEXT, FINETUNE, MODEL, bounds=Bounds(0, 1, high_open=True, hint="Keras' default is 0.99")
+    )
     weights: str = setting("random", PRETEXT, FINETUNE)
     weights_path: str | None = setting(None, PRETEXT, FINETUNE)
     # pretext phase
-    pretext_epochs: int = setting(5, PRETEXT, key="epochs")
-    pretext_lr: float = setting(1e-3, PRETEXT, key="lr")
-    pretext_batch_size: int = setting(32, PRETEXT, key="batch_size")
-    pretext_patience: int | None = setting(None, PRETEXT, key="patience")
+    pretext_epochs: int = setting(5, PRETEXT, key="epochs", bounds=_EPOCHS)
+    pretext_lr: float = setting(1e-3, PRETEXT, key="lr", bounds=_LR)
+    pretext_batch_size: int = setting(32, PRETEXT, key="batch_size", bounds=_BATCH)
+    pretext_patience: int | None = setting(
+        None, PRETEXT, key="patience", bounds=_count(1, MAX_EPOCHS, optional=True, hint="or leave it unset")
+    )
     # fine-tune phase
-    finetune_epochs: int = setting(15, FINETUNE)
-    lr: float = setting(1e-3, FINETUNE)
-    batch_size: int = setting(32, FINETUNE)
-    patiences: tuple[int, ...] = setting((0, 3, 10), FINETUNE)
-    start_from_epoch: int = setting(0, FINETUNE)
+    finetune_epochs: int = setting(15, FINETUNE, bounds=_EPOCHS)
+    lr: float = setting(1e-3, FINETUNE, bounds=_LR)
+    batch_size: int = setting(32, FINETUNE, bounds=_BATCH)
+    # Each regime once: a repeated one would be two results.csv rows of one measurement.
+    patiences: tuple[int, ...] = setting(
+        (0, 3, 10),
+        FINETUNE,
+        bounds=_count(0, MAX_EPOCHS, distinct=True, item="a patience", hint="0 means no early stopping"),
+    )
+    start_from_epoch: int = setting(0, FINETUNE, bounds=_count(0, MAX_EPOCHS))
     restore_best_weights: bool = setting(False, FINETUNE)
     # execution
     # Weights differ between 1 and 2 TensorFlow threads, and mixed precision changes every number.
-    threads: int = setting(1, PRETEXT, FINETUNE)
+    threads: int = setting(1, PRETEXT, FINETUNE, bounds=_count(1, MAX_THREADS))
     mixed_precision: bool = setting(False, PRETEXT, FINETUNE, MODEL)
     # Where pretext weights are shared between trials (the run's own, set by `resolve.finalize_study`).
     pretext_cache_dir: str | None = setting(None, EXECUTION)
-    checkpoint_every: int = setting(1, EXECUTION)  # fine-tune epochs between checkpoints
+    checkpoint_every: int = setting(1, EXECUTION, bounds=_EPOCHS)  # fine-tune epochs between checkpoints
     # Fine-tune epochs between intermediate results (each is a ~10 ms round trip to Tune's driver); a result
     # also comes with every checkpoint and the last epoch, and the final one holds every epoch's history.
     # ASHA decides on every epoch's: resolution sets 1 for an ASHA search (`resolve.finalize_study`).
-    report_every: int = setting(1, EXECUTION)
+    report_every: int = setting(1, EXECUTION, bounds=_EPOCHS)
     # False: the trial trains its own pretext instead of sharing it (the naive study of bench/study_cost.py).
     share_pretext: bool = setting(True, EXECUTION)
     # True (with exactly one patience > 0): stop fine-tuning where Keras' EarlyStopping would, saving the
@@ -263,51 +407,19 @@ def validate_trial(trial: TrialConfig) -> None:
     def bad(msg: str) -> None:
         raise ConfigError(msg)
 
+    check_bounds(trial)  # every numeric field within the bounds its metadata declares, first
     if trial.task != "none" and trial.task not in task_registry.TASKS:
         tasks = ", ".join(task_registry.TASKS)
         bad(f"task: unknown task {trial.task!r}; choose 'none' (baseline) or one of {tasks}")
     _validate_encoder(trial, bad)
-    if not 0 <= trial.bn_momentum < 1:
-        bad(f"bn_momentum: must be in [0, 1) (got {trial.bn_momentum}; Keras' default is 0.99)")
-    if not isinstance(trial.seed, int) or trial.seed < 0:
-        bad(f"seed: {trial.seed!r} is not a non-negative integer")
-    for name in ("lr", "pretext_lr"):
-        value = getattr(trial, name)
-        if not value > 0:
-            bad(f"{name}: learning rate must be > 0 (got {value})")
-    for name in (
-        "finetune_epochs",
-        "pretext_epochs",
-        "batch_size",
-        "pretext_batch_size",
-        "threads",
-        "synth_n_train",
-        "synth_n_test",
-        "checkpoint_every",
-        "report_every",
-    ):
-        value = getattr(trial, name)
-        if not isinstance(value, int) or value < 1:
-            bad(f"{name}: must be an integer >= 1 (got {value!r})")
     if not trial.patiences:
         bad("patiences: give at least one early-stopping regime (0 = no early stopping)")
-    for p in trial.patiences:
-        if p < 0:
-            bad(f"patiences: patience must be >= 0 (got {p}; 0 means no early stopping)")
     if trial.early_stop_training and (len(trial.patiences) != 1 or trial.patiences[0] == 0):
         bad(
             f"early_stop_training: needs exactly one patience > 0 (got patiences={list(trial.patiences)}); "
             "replaying several regimes needs the full run"
         )
-    if trial.pretext_patience is not None and trial.pretext_patience < 1:
-        bad(f"pretext_patience: must be >= 1 or unset (got {trial.pretext_patience})")
-    if trial.start_from_epoch < 0:
-        bad(f"start_from_epoch: must be >= 0 (got {trial.start_from_epoch})")
-    if not 0 < trial.val_fraction < 1:
-        bad(f"val_fraction: must be in (0, 1) (got {trial.val_fraction}; the paper uses 0.2)")
-    if not 0 < trial.label_fraction <= 1:
-        bad(f"label_fraction: must be in (0, 1] (got {trial.label_fraction})")
-    if any(w < 1 for w in trial.encoder_widths) or len(trial.encoder_widths) != 4:
+    if len(trial.encoder_widths) != 4:
         bad(f"encoder_widths: need 4 positive stage widths (got {list(trial.encoder_widths)})")
     # A task parameter the task does not use would be silently dropped: most likely a mix-up.
     used = () if trial.task == "none" else task_registry.get_task(trial.task).param_names
@@ -359,6 +471,23 @@ def resolved_task_params(trial: TrialConfig) -> dict[str, Any]:
 
 #: Share of malignant images among the synthetic lesions of a study without data (`study.data.synth`).
 SYNTH_MALIGNANT_FRACTION = 0.35
+
+
+def synth_array_bytes(n_train: int, n_test: int, size: int) -> int:
+    """Bytes of the decoded uint8 arrays of `n_train + n_test` synthetic lesions of `size` px (both splits are
+    held at once while rendering, caching and training); at most `MAX_SYNTH_BYTES`."""
+    return (int(n_train) + int(n_test)) * int(size) ** 2 * 3
+
+
+def synth_size_problem(n_train: int, n_test: int, size: int) -> str | None:
+    """None, or why `n_train + n_test` lesions of `size` px are too many bytes (names: n_train, n_test, size)."""
+    nbytes = synth_array_bytes(n_train, n_test, size)
+    if nbytes <= MAX_SYNTH_BYTES:
+        return None
+    return (
+        f"n_train + n_test = {int(n_train) + int(n_test)} images of {int(size)} px take {nbytes / 2**30:.1f} GiB "
+        f"as arrays, over the limit of {MAX_SYNTH_BYTES // 2**30} GiB; lower n_train, n_test or size"
+    )
 
 
 def synth_class_counts(

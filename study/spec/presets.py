@@ -9,15 +9,37 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from study.spec.config import ConfigError, TrialConfig
+from study.spec.config import (
+    MAX_BATCH_SIZE,
+    MAX_SEED,
+    MAX_THREADS,
+    PHASES,
+    Bounds,
+    ConfigError,
+    TrialConfig,
+    bounded,
+    phase_values,
+)
 from study.tasks.contrastive import BYOL, SIMCLR
 from study.tasks.paper import CORRUPTION, MISSING_PATCH, ROTATION
 
 #: The pretext tasks the paper compares (its Table 1), from their registered definitions.
 PAPER_TASKS = (ROTATION.name, MISSING_PATCH.name, CORRUPTION.name)
+
+#: The largest grid a study may have, and the most trials of a search. Ray builds every trial up front (400,000
+#: trials take minutes, ignoring Ctrl-C); a paired study needs tens of seeds, not thousands.
+MAX_TRIALS = 2000
+#: The most GPUs one trial may ask for (a node's worth); fractions are refused (`StudyPreset.gpus_per_trial`).
+MAX_GPUS_PER_TRIAL = 16
+#: Retries of a failed trial: Ray's -1 (retry forever) would never end a study whose trial always fails.
+MAX_FAILURES = 100
+_LR_RANGE = Bounds(
+    low=0, high=1, low_open=True, rule="must be a range [low, high] of learning rates in (0, 1]"
+)
 
 
 @dataclass(frozen=True)
@@ -32,16 +54,18 @@ class SearchSettings:
     `pretext_batch_size`.
     """
 
-    num_samples: int = 20
+    num_samples: int = bounded(20, Bounds(1, MAX_TRIALS, integer=True))
     tasks: tuple[str, ...] = PAPER_TASKS
-    lr_range: tuple[float, float] = (1e-4, 1e-2)
-    pretext_lr_range: tuple[float, float] = (1e-4, 1e-2)
+    lr_range: tuple[float, float] = bounded((1e-4, 1e-2), _LR_RANGE)
+    pretext_lr_range: tuple[float, float] = bounded((1e-4, 1e-2), _LR_RANGE)
     param_ranges: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
-    pretext_batch_sizes: tuple[int, ...] = ()
+    pretext_batch_sizes: tuple[int, ...] = bounded(
+        (), Bounds(1, MAX_BATCH_SIZE, integer=True, distinct=True, item="a batch size")
+    )
     asha: bool = False
     # Optimise validation AUC of the fine-tune phase at the epoch this patience regime keeps; never a test metric.
     metric: str = "val_auc"
-    searcher_seed: int = 0
+    searcher_seed: int = bounded(0, Bounds(0, MAX_SEED, integer=True))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Tune checkpoints the searcher with these settings pickled in it: `study resume` of a search run made
@@ -95,9 +119,14 @@ class AnalysisPlan:
 
     metric: str = "test_auc"
     primary_regime: str | None = None
-    primary_fraction: float | None = None
-    equivalence_margin: float = 0.02
-    alpha: float = 0.05
+    primary_fraction: float | None = bounded(None, Bounds(0, 1, low_open=True, optional=True))
+    equivalence_margin: float = bounded(
+        0.02,
+        Bounds(
+            0, low_open=True, rule="must be a positive number in the metric's units (0.02 = 2 AUC points)"
+        ),
+    )
+    alpha: float = bounded(0.05, Bounds(0, 0.5, True, True, rule="must lie in (0, 0.5)"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "AnalysisPlan":
@@ -111,17 +140,59 @@ class StudyPreset:
     name: str
     base: TrialConfig
     arms: tuple[dict[str, Any], ...]
-    seeds: tuple[int, ...]
-    cpus_per_trial: float = 1
-    gpus_per_trial: float = 0
-    max_concurrent_trials: int | None = None
+    seeds: tuple[int, ...] = bounded(
+        dataclasses.MISSING, Bounds(0, MAX_SEED, integer=True, distinct=True, item="a seed")
+    )
+    # A fraction would pack several 1-thread trials on a core, slower than one at a time.
+    cpus_per_trial: float = bounded(
+        1,
+        Bounds(
+            1,
+            MAX_THREADS,
+            whole=True,
+            rule=f"give a whole number of cores from 1 to {MAX_THREADS}",
+            hint="each trial runs that many TensorFlow threads",
+        ),
+    )
+    # The same rule for a study file and --gpus-per-trial: TensorFlow cannot share a GPU between processes
+    # reliably (ray issue #10677), so a fraction is refused wherever it is given.
+    gpus_per_trial: float = bounded(
+        0,
+        Bounds(
+            0,
+            MAX_GPUS_PER_TRIAL,
+            whole=True,
+            rule=f"give 0 or a whole number of GPUs up to {MAX_GPUS_PER_TRIAL}",
+            hint="fractional GPUs fail with TensorFlow (ray issue #10677)",
+        ),
+    )
+    max_concurrent_trials: int | None = bounded(
+        None,
+        Bounds(1, MAX_TRIALS, integer=True, optional=True, hint="or leave it unset (as resources allow)"),
+    )
     needs_gpu: bool = False
     needs_data: bool = False
     search: SearchSettings | None = None
-    max_failures: int = 2
+    max_failures: int = bounded(
+        2,
+        Bounds(
+            0, MAX_FAILURES, integer=True, hint="retries of a failed trial (Ray's -1, forever, is refused)"
+        ),
+    )
     runtime_note: str = ""
     # Label-efficiency grid: fine-tune on each fraction of the training labels (None: `base.label_fraction`).
-    label_fractions: tuple[float, ...] | None = None
+    label_fractions: tuple[float, ...] | None = bounded(
+        None,
+        Bounds(
+            0,
+            1,
+            low_open=True,
+            optional=True,
+            distinct=True,
+            item="a fraction",
+            rule="must be in (0, 1], e.g. [0.05, 0.2, 1.0]",
+        ),
+    )
     # The declared primary analysis (`AnalysisPlan`); a run's study.json without one (older runs) gets the defaults.
     analysis: AnalysisPlan = AnalysisPlan()  # DEFAULT_ANALYSIS
 
@@ -181,6 +252,19 @@ def arm_name(arm: dict[str, Any], varied: set[str] = frozenset()) -> str:
     if task == "none":
         return f"baseline({', '.join(shown)})" if shown else "baseline"
     return f"{task}({', '.join(shown)})" if shown else task
+
+
+def repeated_arm(base: TrialConfig, arms: tuple[dict[str, Any], ...]) -> tuple[int, int] | None:
+    """(i, j), 1-based, of the first arm j that trains what an earlier arm i does (the same trial settings:
+    task, task parameters with defaults filled in at the image size, and any other setting an arm built in code
+    holds, such as `lr`); None when every arm differs. Arms must be valid."""
+    seen: dict[str, int] = {}
+    for j, arm in enumerate(arms, start=1):
+        key = json.dumps(phase_values(base.replace(**arm), *PHASES), sort_keys=True, default=str)
+        if key in seen:
+            return seen[key], j
+        seen[key] = j
+    return None
 
 
 # The paper's four arms. Their task parameters are left to the registry's defaults (75 px patch, 100 swaps of

@@ -11,20 +11,24 @@ resume` runs the recorded one. Everything here runs before Ray starts and import
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from study.spec import schema, studyfile
-from study.spec.config import ConfigError, regime_name, synth_class_counts, validate_trial
-from study.spec.presets import AnalysisPlan, StudyPreset
+from study.spec.config import (  # PRETEXT_CACHE: re-exported, where it was defined before
+    PRETEXT_CACHE,
+    ConfigError,
+    check_bounds,
+    field_bounds,
+    regime_name,
+    synth_class_counts,
+    synth_size_problem,
+    validate_trial,
+)
+from study.spec.presets import MAX_TRIALS, AnalysisPlan, SearchSettings, StudyPreset, repeated_arm
 from study.tasks import registry
-
-#: The run's pretext cache, relative to the run: trials read it against the run they belong to, so a moved
-#: run keeps its cache (`study.data.trial_source.pretext_root`).
-PRETEXT_CACHE = "pretext_cache"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,13 @@ def resolve_study(
 def finalize_study(preset: StudyPreset) -> StudyPreset:
     """`preset` as it runs, validated: its pretext cache is the run's (`PRETEXT_CACHE`), and an ASHA search
     reports every fine-tune epoch (ASHA compares trials at fine-tune epochs). The last step of
-    `resolve_study`; for studies built in code (tests, benchmarks) the only one."""
+    `resolve_study`; for studies built in code (tests, benchmarks) the only one. A pretext cache set elsewhere
+    is refused, not silently replaced."""
+    if preset.base.pretext_cache_dir not in (None, PRETEXT_CACHE):
+        raise ConfigError(
+            f"trial.pretext_cache_dir: {preset.base.pretext_cache_dir!r} would be replaced: each run shares "
+            f"pretext weights between its own trials in RUN_DIR/{PRETEXT_CACHE}; leave it unset"
+        )
     base = preset.base.replace(pretext_cache_dir=PRETEXT_CACHE)
     if preset.search is not None and preset.search.asha:
         base = base.replace(report_every=1)
@@ -71,6 +81,7 @@ def declared_analysis(preset: StudyPreset) -> AnalysisPlan:
     """`preset.analysis` with its defaults filled in (the longest patience's regime; the smallest label
     fraction) and checked against the study, so the run records the primary analysis it declared."""
     plan = preset.analysis
+    check_bounds(plan, "analysis.")
     regimes = [regime_name(p) for p in preset.base.patiences]
     regime = plan.primary_regime or regime_name(max(preset.base.patiences))
     if regime not in regimes:
@@ -86,14 +97,9 @@ def declared_analysis(preset: StudyPreset) -> AnalysisPlan:
         )
     metrics = (*schema.CLASSIFICATION_METRICS, "test_loss")
     if plan.metric not in metrics:
-        raise ConfigError(f"analysis.metric: {plan.metric!r} is not a results metric; choose one of {', '.join(metrics)}")
-    if not (math.isfinite(plan.equivalence_margin) and plan.equivalence_margin > 0):
         raise ConfigError(
-            f"analysis.equivalence_margin: must be a positive number in the metric's units (0.02 = 2 AUC "
-            f"points); got {plan.equivalence_margin}"
+            f"analysis.metric: {plan.metric!r} is not a results metric; choose one of {', '.join(metrics)}"
         )
-    if not 0 < plan.alpha < 0.5:
-        raise ConfigError(f"analysis.alpha: must lie in (0, 0.5); got {plan.alpha}")
     return dataclasses.replace(plan, primary_regime=regime, primary_fraction=fraction)
 
 
@@ -116,38 +122,28 @@ def apply_flags(
     asha: bool | None = None,
     mixed_precision: bool | None = None,
 ) -> StudyPreset:
-    """The preset with command-line flags applied (validated afterwards by `validate_study`)."""
+    """The preset with command-line flags applied (validated afterwards by `validate_study`; each flag that
+    sets a bounded field is checked against the field's bounds here, before anything is built from it)."""
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds: need at least 1 seed (got {seeds}); paired tests need >= 7")
+        check_trial_count(preset, seeds, "--seeds")  # before the seed tuple is built
         preset = preset.with_seeds(seeds)
     if data is not None:
         preset = preset.replace(base=preset.base.replace(data_path=str(Path(data).expanduser().resolve())))
     if cpus_per_trial is not None:
-        if not math.isfinite(cpus_per_trial) or cpus_per_trial < 1 or cpus_per_trial != int(cpus_per_trial):
-            # A fraction would pack several 1-thread trials on a core, slower than one at a time.
-            raise ConfigError(
-                f"--cpus-per-trial: give a whole number of cores >= 1 (got {cpus_per_trial}); each trial "
-                "runs that many TensorFlow threads"
-            )
+        _check_flag("--cpus-per-trial", cpus_per_trial, StudyPreset, "cpus_per_trial")
         threads = max(1, int(cpus_per_trial))
         preset = preset.replace(cpus_per_trial=cpus_per_trial, base=preset.base.replace(threads=threads))
     if gpus_per_trial is not None:
-        if not math.isfinite(gpus_per_trial) or gpus_per_trial < 0:
-            raise ConfigError(f"--gpus-per-trial: must be >= 0 (got {gpus_per_trial})")
-        if 0 < gpus_per_trial < 1:
-            # TensorFlow cannot share a GPU between processes reliably (ray issue #10677).
-            raise ConfigError(
-                "--gpus-per-trial: fractional GPUs fail with TensorFlow; use 0 or a whole number"
-            )
+        _check_flag("--gpus-per-trial", gpus_per_trial, StudyPreset, "gpus_per_trial")
         preset = preset.replace(gpus_per_trial=gpus_per_trial)
     if mixed_precision is not None:
         preset = preset.replace(base=preset.base.replace(mixed_precision=mixed_precision))
     if samples is not None:
         if preset.search is None:
             raise ConfigError(f"--samples applies to search presets only; {preset.name!r} is a fixed grid")
-        if samples < 1:
-            raise ConfigError(f"--samples: must be >= 1 (got {samples})")
+        _check_flag("--samples", samples, SearchSettings, "num_samples")
         preset = preset.replace(search=dataclasses.replace(preset.search, num_samples=samples))
     if asha:
         if preset.search is None:
@@ -159,9 +155,25 @@ def apply_flags(
     return preset
 
 
-#: The largest grid a study may have. Ray builds every trial up front (400,000 trials take minutes, ignoring
-#: Ctrl-C); a paired study needs tens of seeds, not thousands.
-MAX_TRIALS = 2000
+def _check_flag(flag: str, value: Any, cls: type, name: str) -> None:
+    """A flag's value within the bounds of the field it sets (the same rule as in a study file)."""
+    problem = field_bounds(cls, name).problem(value)
+    if problem is not None:
+        raise ConfigError(f"{flag}: {problem}")
+
+
+def check_trial_count(preset: StudyPreset, n_seeds: int, where: str = "seeds") -> None:
+    """Refuse a grid of more than `MAX_TRIALS` trials from its sizes alone, before any per-seed object exists
+    (`MAX_TRIALS` is re-exported here: `study.spec.presets.MAX_TRIALS`)."""
+    n_trials = max(1, len(preset.arms)) * n_seeds * len(preset.fractions())
+    if n_trials > MAX_TRIALS:
+        raise ConfigError(
+            f"{where}: {n_seeds} seeds x {len(preset.arms)} arms x {len(preset.fractions())} label "
+            f"fraction(s) = {n_trials} trials, over the limit of {MAX_TRIALS} (a study of {n_trials} trials "
+            "would train for weeks on one machine); paired tests need tens of seeds, e.g. --seeds 10"
+        )
+
+
 #: `--name`: one folder name; nothing that climbs out of --storage, nests, or hides.
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -195,17 +207,14 @@ def validate_study(preset: StudyPreset) -> None:
     """Reject a study that cannot run, before Ray starts: one line saying what to change."""
     if not preset.seeds:
         raise ConfigError("seeds: need at least 1 seed")
-    cpus = preset.cpus_per_trial
-    if not math.isfinite(cpus) or cpus < 1 or cpus != int(cpus):
-        raise ConfigError(f"cpus_per_trial: give a whole number of cores >= 1 (got {cpus})")
-    n_trials = max(1, len(preset.arms)) * len(preset.seeds) * len(preset.fractions())
-    if preset.search is None and n_trials > MAX_TRIALS:
-        raise ConfigError(
-            f"seeds: {len(preset.seeds)} seeds x {len(preset.arms)} arms x {len(preset.fractions())} label "
-            f"fraction(s) = {n_trials} trials, over the limit of {MAX_TRIALS} (a study of {n_trials} trials "
-            "would train for weeks on one machine); paired tests need tens of seeds, e.g. --seeds 10"
-        )
+    check_trial_count(preset, len(preset.seeds))
+    # Every bounded field (study, search, trial settings) first: nothing below builds from an unchecked value.
+    check_bounds(preset)
+    if preset.search is not None:
+        check_bounds(preset.search, "search.")
+        _validate_search(preset)
     base = preset.base
+    check_bounds(base, "trial.")
     if preset.needs_data and base.data_path is None:
         raise ConfigError(
             f"--data: the {preset.name!r} preset needs a real dataset: a folder "
@@ -232,8 +241,6 @@ def validate_study(preset: StudyPreset) -> None:
         )
     if preset.search is None and not preset.arms:
         raise ConfigError(f"preset {preset.name!r} has no arms to compare")
-    if preset.search is not None:
-        _validate_param_ranges(preset.search.param_ranges)
     configs = (
         preset.trial_configs()
         if preset.search is None
@@ -247,6 +254,28 @@ def validate_study(preset: StudyPreset) -> None:
         validate_trial(trial)
     if preset.search is None and not any(a["task"] == "none" for a in preset.arms):
         raise ConfigError("arms: the study needs the baseline arm (task 'none') to compare against")
+    repeated = repeated_arm(base, preset.arms)
+    if repeated is not None:
+        first, again = repeated
+        raise ConfigError(
+            f"arms: arm {again} ({preset.arms[again - 1]['task']}) trains what arm {first} does (the same "
+            "settings, task parameters' defaults filled in); give each arm once, or change its settings"
+        )
+
+
+def _validate_search(preset: StudyPreset) -> None:
+    """A search: no arms (it picks tasks from `search.tasks`), ordered learning-rate ranges, parameter ranges."""
+    search = preset.search
+    if preset.arms:
+        raise ConfigError(
+            "arms: a search picks its tasks from search.tasks and ignores arms; drop the [[arms]] tables, or "
+            "run them as a grid without [search]"
+        )
+    for name in ("lr_range", "pretext_lr_range"):
+        low, high = getattr(search, name)
+        if low > high:
+            raise ConfigError(f"search.{name}: give [low, high] with low <= high (got {[low, high]})")
+    _validate_param_ranges(search.param_ranges)
 
 
 def _validate_param_ranges(ranges: dict[str, Any]) -> None:
@@ -267,7 +296,14 @@ def _validate_param_ranges(ranges: dict[str, Any]) -> None:
 
 
 def _validate_synth(base: Any) -> None:
-    """The synthetic lesions a study without data generates: counts that give each class enough images."""
+    """The synthetic lesions a study without data generates: counts that give each class enough images, and
+    arrays that fit the memory limit (`config.MAX_SYNTH_BYTES`)."""
+    problem = synth_size_problem(base.synth_n_train, base.synth_n_test, base.image_size)
+    if problem is not None:
+        words = {"n_train": "synth_n_train", "n_test": "synth_n_test", "size": "image_size"}
+        raise ConfigError(
+            "trial.synth_n_train: " + re.sub(r"\b(n_train|n_test|size)\b", lambda m: words[m[1]], problem)
+        )
     for split, n in (("train", base.synth_n_train), ("test", base.synth_n_test)):
         if isinstance(n, int) and n >= 1:
             try:
@@ -282,12 +318,8 @@ def _validate_fractions(preset: StudyPreset) -> None:
     fractions: Any = preset.label_fractions
     if fractions is None:
         return
-    if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise ConfigError(
-            f"label_fractions: each must be in (0, 1], e.g. [0.05, 0.2, 1.0] (got {list(fractions)})"
-        )
-    if len(set(fractions)) != len(fractions):
-        raise ConfigError(f"label_fractions: {list(fractions)} lists a fraction twice")
+    if not fractions:  # each in (0, 1] and none twice: the field's bounds (`check_bounds`)
+        raise ConfigError("label_fractions: give a list of fractions, e.g. [0.05, 0.2, 1.0]")
     if preset.base.label_fraction != 1.0:
         raise ConfigError(
             "label_fractions: give the fractions in one place: either label_fractions = [...] or "

@@ -41,12 +41,28 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from study.spec.config import ConfigError, TrialConfig, resolved_task_params, validate_trial
-from study.spec.presets import SearchSettings, StudyPreset, get_preset, upgrade_search_keys
+from study.spec.config import (
+    PRETEXT_CACHE,
+    ConfigError,
+    TrialConfig,
+    check_bounds,
+    resolved_task_params,
+    validate_trial,
+)
+from study.spec.presets import (
+    MAX_TRIALS,
+    SearchSettings,
+    StudyPreset,
+    get_preset,
+    repeated_arm,
+    upgrade_search_keys,
+)
 from study.tasks import registry as pretext
 
 # Top-level keys that map one-to-one onto StudyPreset fields.
 STUDY_KEYS = ("name", "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "max_failures")
+#: A study file is a few kilobytes of TOML; a larger one is not a study file.
+MAX_FILE_BYTES = 1 << 20
 
 
 def arm_keys() -> tuple[str, ...]:
@@ -62,8 +78,9 @@ class _Source:
 
     def where(self, key: str) -> str:
         leaf = re.escape(key.rsplit(".", 1)[-1])
+        table = re.escape(key)
         for number, line in enumerate(self.text.splitlines(), start=1):
-            if re.match(rf"\s*(\"?){leaf}\1\s*=", line):
+            if re.match(rf"\s*(\"?){leaf}\1\s*=|\s*\[+\s*{table}\s*\]", line):  # `key =` or `[key]`
                 return f"{self.label}:{number}: {key}"
         return f"{self.label}: {key}"
 
@@ -75,11 +92,26 @@ def load_file(path: str | Path) -> tuple[dict[str, Any], _Source]:
         raise ConfigError(
             f"--config: {p} is not a file; give a study file such as examples/corruption-sweep.toml"
         )
-    text = p.read_text(encoding="utf-8")
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the study file ({exc.strerror or exc})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{p}: over {MAX_FILE_BYTES >> 20} MiB, not a study file (a few KB of TOML)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{p}:{line}: not UTF-8 text (byte {exc.start}); a study file is TOML saved as UTF-8"
+        ) from None
     try:
         return tomllib.loads(text), _Source(str(p), text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    except RecursionError:  # arrays or tables nested thousands deep
+        raise ConfigError(f"{p}: not a study file (values nested too deep to read)") from None
 
 
 def parse_set(expr: str) -> tuple[list[str], Any]:
@@ -125,7 +157,8 @@ def resolve(
         base = StudyPreset(name=Path(config).stem, base=TrialConfig(), arms=(), seeds=())
     elif config is not None:
         base = base.replace(name=Path(config).stem)
-    result = apply_dict(base, study, source)
+    # A file that names no preset declares the whole study: its [search] table makes it a search.
+    result = apply_dict(base, study, source, declares_search=preset is None)
     for expr in sets:
         path, value = parse_set(expr)
         nested: dict[str, Any] = value
@@ -137,24 +170,42 @@ def resolve(
 
 
 def _check_arms(preset: StudyPreset, source: _Source) -> None:
-    """The trial settings, then each arm on them, validated; errors name the setting or arm and the file."""
-    try:
-        validate_trial(preset.base.replace(task="none", seed=0))
-    except ConfigError as exc:
-        field, _, rest = str(exc).partition(": ")
-        if field.isidentifier() and source.text:
-            raise ConfigError(f"{source.where('trial.' + field)}: {rest}") from None
-        raise
+    """The study's bounded settings, the trial settings, then each arm on them, validated; errors name the
+    setting or arm and the file."""
+    checks = (
+        (check_bounds, preset, ""),
+        (validate_trial, preset.base.replace(task="none", seed=0), "trial."),
+    )
+    for check, obj, prefix in checks:
+        try:
+            check(obj)
+        except ConfigError as exc:
+            field, _, rest = str(exc).partition(": ")
+            if field.isidentifier():  # the file and line, or `--set`, and the key as written there
+                raise ConfigError(f"{source.where(prefix + field)}: {rest}") from None
+            raise
+    where = source.label if source.text else "the study"
     for i, arm in enumerate(preset.arms, start=1):
         try:
             validate_trial(preset.base.replace(**arm, seed=0))
         except ConfigError as exc:
-            where = source.label if source.text else "the study"
             raise ConfigError(f"{where}: arm {i} (task {arm.get('task')!r}): {exc}") from None
+    repeated = repeated_arm(preset.base, preset.arms)
+    if repeated is not None:
+        first, again = repeated
+        raise ConfigError(
+            f"{where}: arm {again} (task {preset.arms[again - 1]['task']!r}) repeats arm {first} (the same "
+            "task and parameters, defaults filled in); give each arm once, or change its parameters"
+        )
 
 
-def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> StudyPreset:
-    """`preset` with the keys of one study-file dict applied (see the module docstring for the keys)."""
+def apply_dict(
+    preset: StudyPreset, d: dict[str, Any], source: _Source, declares_search: bool = False
+) -> StudyPreset:
+    """`preset` with the keys of one study-file dict applied (see the module docstring for the keys).
+
+    A `search` key changes a study that declares a search (the `search` preset, or a file of its own with a
+    `[search]` table: `declares_search`); on a grid it is refused, never turning the grid into a search."""
     known = {"preset", "seeds", "data", "trial", "arms", "search", "analysis", "label_fractions", *STUDY_KEYS}
     for key in d:
         if key not in known:
@@ -187,10 +238,17 @@ def apply_dict(preset: StudyPreset, d: dict[str, Any], source: _Source) -> Study
         changes["arms"] = _arms(d["arms"], source)
     if "search" in d:
         table = upgrade_search_keys(_table(d["search"], "search", source))
+        if preset.search is None and not declares_search:
+            raise ConfigError(
+                f"{source.where('search')}: {preset.name!r} is a grid study, not a search; a search key "
+                'applies only to a study that declares one (preset = "search", or --preset search)'
+            )
         current = preset.search or SearchSettings()
         changes["search"] = _apply_dataclass(current, table, "search", source)
     if "analysis" in d:
-        changes["analysis"] = _apply_dataclass(preset.analysis, _table(d["analysis"], "analysis", source), "analysis", source)
+        changes["analysis"] = _apply_dataclass(
+            preset.analysis, _table(d["analysis"], "analysis", source), "analysis", source
+        )
     return preset.replace(base=base, **changes)
 
 
@@ -234,6 +292,12 @@ def _apply_trial(base: TrialConfig, table: dict[str, Any], source: _Source) -> T
             )
     if "seed" in table:
         raise ConfigError(f"{source.where('trial.seed')}: seeds are a study setting: use top-level seeds = N")
+    if table.get("pretext_cache_dir", PRETEXT_CACHE) != PRETEXT_CACHE:  # the run's own (a resolved study's)
+        raise ConfigError(
+            f"{source.where('trial.pretext_cache_dir')}: set by the run itself (its trials share pretext "
+            "weights in RUN_DIR/pretext_cache, which moves with the run); remove it. The cache of decoded "
+            "images and synthetic lesions is trial.cache_dir (or STUDY_CACHE_DIR)"
+        )
     for key in ("data_path", "data_images", "data_malignant"):
         if key in table:
             raise ConfigError(
@@ -268,8 +332,15 @@ def _seeds(value: Any, source: _Source) -> tuple[int, ...]:
     if is_int(value):
         if value < 1:
             raise ConfigError(f"{at}: need at least 1 seed (got {value}); paired tests need >= 7")
+        if value > MAX_TRIALS:  # before the seed tuple is built (the grid's own count is checked later)
+            raise ConfigError(
+                f"{at}: {value} seeds would be over the limit of {MAX_TRIALS} trials; paired tests need "
+                "tens of seeds, e.g. seeds = 10"
+            )
         return tuple(range(value))
     if isinstance(value, list) and value and all(is_int(v) for v in value):
+        if len(value) > MAX_TRIALS:
+            raise ConfigError(f"{at}: {len(value)} seeds would be over the limit of {MAX_TRIALS} trials")
         if len(set(value)) != len(value) or min(value) < 0:
             raise ConfigError(f"{at}: seeds must be distinct non-negative integers (got {value})")
         return tuple(value)
@@ -279,6 +350,10 @@ def _seeds(value: Any, source: _Source) -> tuple[int, ...]:
 def _arms(value: Any, source: _Source) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not value or not all(isinstance(a, dict) for a in value):
         raise ConfigError(f'{source.where("arms")}: give the arms as [[arms]] tables, each with task = "..."')
+    if len(value) > MAX_TRIALS:
+        raise ConfigError(
+            f"{source.where('arms')}: {len(value)} arms would be over the limit of {MAX_TRIALS} trials"
+        )
     arms = []
     keys = arm_keys()
     for i, arm in enumerate(value, start=1):
@@ -365,7 +440,10 @@ def to_toml(preset: StudyPreset, shipped: str | None = None) -> str:
     for key, value in base.to_dict().items():
         if value is not None and key not in skip:
             lines.append(f"{key} = {_value(value)}")
-    lines += ["", "[analysis]  # the primary analysis, declared before the run (README, \"What a verdict means\")"]
+    lines += [
+        "",
+        '[analysis]  # the primary analysis, declared before the run (README, "What a verdict means")',
+    ]
     lines += [f"{k} = {_value(v)}" for k, v in dataclasses.asdict(preset.analysis).items() if v is not None]
     if preset.search is not None:
         lines += ["", "[search]"]

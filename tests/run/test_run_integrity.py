@@ -202,20 +202,19 @@ def test_a_malformed_address_is_refused(cli_error):
     assert "expected HOST:PORT" in cli_error(["--preset", "smoke", "--address", "headnode"])
 
 
-def test_address_auto_with_no_cluster_is_one_line(monkeypatch):
+def test_address_auto_with_no_cluster_is_one_line(monkeypatch, tmp_path):
+    """No `ray start` record in Ray's temp folder and no RAY_ADDRESS: one line at once, never Ray's own `auto`
+    (which joins any Ray process it finds on the machine). tests/run/test_network_hostile.py has the rest."""
     import ray
 
-    def no_cluster(*a, **kw):
-        raise ConnectionError(
-            "Could not find any running Ray instance. Please specify the one to connect to."
-        )
-
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", no_cluster)
+    monkeypatch.setattr(ray, "init", lambda *a, **kw: pytest.fail("ray.init was called"))
     from study.spec.presets import get_preset
 
     with pytest.raises(
-        ConfigError, match=r"--address auto: Could not find any running Ray instance.*ray start"
+        ConfigError, match=r"--address auto: no Ray cluster was started on this machine.*ray start"
     ):
         runner.init_ray("auto", get_preset("smoke"))
 
