@@ -235,7 +235,7 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     if not any(isinstance(f, _ExpectedRetracing) for f in tf_logger.filters):
         tf_logger.addFilter(_ExpectedRetracing())
     training = _training()
-    training.configure_tensorflow(trial.threads)
+    training.configure(trial.threads)
     data = load_trial_data(trial)
     state, restored = _restore_checkpoint()
     try:
