@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+from study.spec.backend import keras_backend
 from study.spec.config import ConfigError
 from study.spec.presets import StudyPreset
 
@@ -42,7 +43,10 @@ def init_ray(address: str | None, preset: StudyPreset) -> None:
         return
     if address:
         try:
-            ray.init(address=address, log_to_driver=True)
+            # Workers of a cluster do not inherit this process's environment: tell them the Keras backend
+            # (an embedded Ray's workers inherit it).
+            env = {"env_vars": {"KERAS_BACKEND": keras_backend()}}
+            ray.init(address=address, log_to_driver=True, runtime_env=env)
         except ConnectionError as exc:  # `--address auto` with no cluster on this machine
             raise ConfigError(
                 f"--address {address}: {str(exc).splitlines()[0]} Start one (`ray start --head` or `ray up "

@@ -27,6 +27,7 @@ import study
 from study.data.trial_source import pretext_root
 from study.io import storage as store
 from study.io.files import write_replacing, write_text_replacing
+from study.spec.backend import backend_version
 from study.spec.config import ConfigError
 from study.spec.presets import StudyPreset
 
@@ -120,11 +121,16 @@ def write_manifest(
 
 
 def versions() -> dict[str, str]:
-    out = {"melanoma-ssl-study": study.__version__}
+    """Versions of the code and the libraries it ran on; `keras_backend`: the backend the trials computed on,
+    with its version (`spec.backend.backend_version`, e.g. "jax 0.10.2")."""
+    out = {"melanoma-ssl-study": study.__version__, "keras_backend": backend_version()}
     for dist in (
         "ray",
         "tensorflow-cpu",
         "tensorflow",
+        "jax",
+        "jaxlib",
+        "torch",
         "keras",
         "numpy",
         "pandas",

@@ -20,20 +20,13 @@ import random
 import warnings
 import weakref
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 import keras
 import numpy as np
 
+from study.spec import backend as spec_backend
 from study.train import model_cache
-
-#: The distributions whose version names each backend (the first one installed is recorded).
-BACKEND_DISTRIBUTIONS = {
-    "tensorflow": ("tensorflow-cpu", "tensorflow"),
-    "jax": ("jaxlib", "jax"),
-    "torch": ("torch",),
-}
 
 
 def name() -> str:
@@ -42,15 +35,9 @@ def name() -> str:
 
 
 def version() -> str:
-    """`"<backend> <version>"` of the backend Keras runs on (e.g. "jax 0.10.2"); part of the pretext-cache
-    key and of the manifest, since numbers differ between backends and their versions."""
-    backend = name()
-    for dist in BACKEND_DISTRIBUTIONS.get(backend, (backend,)):
-        try:
-            return f"{backend} {metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return f"{backend} unknown"
+    """`"<backend> <version>"` of the backend Keras runs on (e.g. "jax 0.10.2"): `spec.backend`'s name for
+    it, which the manifest and the pretext-cache key hold."""
+    return spec_backend.backend_version(name())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -311,10 +311,12 @@ class EmaTargetModel(_ContrastiveModel):
         for v in target:
             v.trainable = False
         self.ema_base = keras.Variable(float(ema_base), trainable=False, dtype="float32", name="ema_base")
+        # JAX computes in 32 bits unless told otherwise (its int64 would be int32 with a warning)
+        counter = "int64" if backend.name() == "tensorflow" else "int32"
         self.total_steps = keras.Variable(
-            int(total_steps), trainable=False, dtype="int64", name="total_steps"
+            int(total_steps), trainable=False, dtype=counter, name="total_steps"
         )
-        self.steps_done = keras.Variable(0, trainable=False, dtype="int64", name="steps_done")
+        self.steps_done = keras.Variable(0, trainable=False, dtype=counter, name="steps_done")
         self.tau = keras.Variable(float(ema_base), trainable=False, dtype="float32", name="tau")
 
     def _loss(self, v1, v2, training: bool):
