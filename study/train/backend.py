@@ -123,8 +123,10 @@ _jax_flags: tuple[str, ...] | None = None
 
 
 def jax_flags(threads: int, deterministic: bool) -> tuple[str, ...]:
-    """XLA flags for `threads` intra-op threads (one thread: XLA's CPU kernels run single-threaded, as
-    TensorFlow with one intra-op thread) and, with `deterministic`, deterministic GPU kernels."""
+    """XLA flags for `threads` intra-op threads (one thread: XLA's CPU kernels single-threaded, as TensorFlow
+    with one intra-op thread) and, with `deterministic`, deterministic GPU kernels. On jaxlib 0.10's CPU
+    client they change little: its convolutions ran on one core with or without them, and a matmul's CPU
+    time over wall time was 1.3 either way (2-core machine); same machine, same results regardless."""
     flags = (
         f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}",
         f"intra_op_parallelism_threads={threads}",
@@ -155,18 +157,27 @@ def _flag_names(flags: tuple[str, ...]) -> set[str]:
     return {f.split("=")[0] for f in flags} | {"--xla_gpu_deterministic_ops"}
 
 
+# The intra-op threads `_configure_torch` set, once per process (PyTorch could change them later, but results
+# differ between thread counts: a trial must not run with other threads than it records).
+_torch_threads: int | None = None
+
+
 def _configure_torch(threads: int, deterministic: bool) -> None:
+    global _torch_threads
     import torch
 
-    if (torch.get_num_threads(), torch.get_num_interop_threads()) != (threads, 1):
+    if _torch_threads not in (None, threads):
+        raise _already_started("PyTorch", f"intra-op threads={_torch_threads}", threads)
+    if _torch_threads is None:
         _first_configuration()
+        if torch.get_num_interop_threads() != 1:
+            try:
+                torch.set_num_interop_threads(1)
+            except RuntimeError as exc:  # only possible before PyTorch's first parallel work
+                now = f"{torch.get_num_interop_threads()} inter-op threads"
+                raise _already_started("PyTorch", now, threads) from exc
         torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError as exc:
-            raise _already_started(
-                "PyTorch", f"{torch.get_num_interop_threads()} inter-op threads", threads
-            ) from exc
+        _torch_threads = threads
     # cuBLAS needs a fixed workspace to be deterministic (read when CUDA starts).
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic)
@@ -245,12 +256,17 @@ def fresh_keras_state(seed: int) -> None:
     Neither is needed for reproducibility (and `trim_kernel_cache` bounds the memory TensorFlow would
     otherwise keep): Keras draws every initial weight and dropout mask from stateless ops seeded by its
     `SeedGenerator`s, whose seeds come from Python's `random`; TensorFlow's global seed (which op
-    determinism requires to be set) is set once per process by `configure`.
+    determinism requires to be set) is set once per process by `configure`. PyTorch's global generator is
+    reseeded (as `keras.utils.set_random_seed` does): Keras' dropout layers without a seed draw from it there.
     """
     collect_garbage()
     trim_kernel_cache()
     random.seed(seed)
     np.random.seed(seed)
+    if name() == "torch":  # Keras' PyTorch dropout without a seed draws from torch's global generator
+        import torch
+
+        torch.manual_seed(seed)
     # Keras' global SeedGenerator (unseeded `keras.random` calls) is recreated from `random` on next use.
     from keras.src.backend.common import global_state
     from keras.src.random import seed_generator

@@ -82,7 +82,9 @@ def size() -> int:
         n = -1
     if n < 0:
         raise ValueError(f"STUDY_MODEL_CACHE={raw!r}: use a whole number of models >= 0 (0 turns reuse off)")
-    return n
+    # PyTorch runs eagerly (nothing to re-trace), and a remembered model did not train bit for bit like a
+    # new one there: off.
+    return 0 if keras.backend.backend() == "torch" else n
 
 
 def created_values() -> int:
