@@ -6,6 +6,7 @@ encoder, 1 backend thread; on the backend Keras runs on, `KERAS_BACKEND`)."""
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def lesions() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def initial_weights() -> list[np.ndarray]:
+    random.seed(0)  # Keras' initializers draw their seeds from `random`: the same weights in every process
     return models.build_encoder("small", SIZE, WIDTHS, bn_momentum=0.9).get_weights()
 
 
@@ -304,7 +306,7 @@ def test_simclr_is_bitwise_reproducible_and_learns(lesions, initial_weights):
     _, early = _run("simclr", lesions, initial_weights, lr=3e-2, epochs=6, patience=1)
     assert len(early.history) <= 6
     if early.stopped_epoch is not None:
-        assert early.stopped_epoch == len(early.history) < 6
+        assert early.stopped_epoch == len(early.history) <= 6  # Keras may also stop at the last epoch
 
     scores, long = _learned_on_training_images("simclr", lesions, initial_weights)
     assert scores["top1"] > scores["ref_chance_top1"] and scores["learned"], scores
