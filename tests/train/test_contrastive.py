@@ -79,7 +79,9 @@ def test_nt_xent_matches_its_definition_and_limits():
     b = 16
     z1, z2 = rng.normal(size=(b, 8)).astype(np.float32), rng.normal(size=(b, 8)).astype(np.float32)
     for t in (0.1, 0.5, 1.0):
-        assert float(cm.nt_xent_loss(z1, z2, t)) == pytest.approx(_nt_xent_reference(z1, z2, t), rel=1e-4)
+        assert float(cm.nt_xent_loss(z1, z2, t)) == pytest.approx(
+            _nt_xent_reference(z1, z2, t), rel=1e-4
+        )
     # well-separated pairs, identical views: about 0
     eye = np.eye(b, 32, dtype=np.float32)
     assert float(cm.nt_xent_loss(eye, eye, 0.05)) < 1e-6
@@ -153,7 +155,9 @@ def test_hits_alignment_uniformity_on_known_embeddings():
 
 def test_random_embeddings_score_chance():
     rng = np.random.default_rng(5)
-    hits = [metrics.contrastive_hits(*rng.normal(size=(2, 64, 16)), group_size=8).mean() for _ in range(200)]
+    hits = [
+        metrics.contrastive_hits(*rng.normal(size=(2, 64, 16)), group_size=8).mean() for _ in range(200)
+    ]
     assert np.mean(hits) == pytest.approx(1 / 15, abs=0.01)
 
 
@@ -201,9 +205,7 @@ def test_the_phase_takes_its_settings_from_the_tasks_resolved_parameters(kind, o
         raise _Stop
 
     monkeypatch.setattr(contrastive, "train_contrastive", record)
-    trial = TrialConfig(
-        task=kind, image_size=SIZE, seed=3, pretext_epochs=4, pretext_batch_size=8, pretext_lr=0.01
-    )
+    trial = TrialConfig(task=kind, image_size=SIZE, seed=3, pretext_epochs=4, pretext_batch_size=8, pretext_lr=0.01)
     trial = trial.replace(**own)
     params = resolve_params(kind, SIZE, own)
     run = PretextRun(trial, params, _encoder_of_size(), lesions[:40], lesions[40:50], lesions[50:60])
@@ -212,16 +214,9 @@ def test_the_phase_takes_its_settings_from_the_tasks_resolved_parameters(kind, o
     settings = seen["settings"]
     assert seen["task"] is get_task(kind)
     assert (settings.temperature, settings.ema_base) == (params.get("temperature"), params.get("ema_base"))
-    assert (settings.projection_width, settings.projection_dim) == (
-        params["projection_width"],
-        params["projection_dim"],
-    )
+    assert (settings.projection_width, settings.projection_dim) == (params["projection_width"], params["projection_dim"])
     view_params = views.validate_view_params(
-        SIZE,
-        **{
-            **views.default_view_params(SIZE, params["view_strength"]),
-            "crop_scale": (params["crop_scale_min"], 1.0),
-        },
+        SIZE, **{**views.default_view_params(SIZE, params["view_strength"]), "crop_scale": (params["crop_scale_min"], 1.0)}
     )
     assert settings.view_params == view_params
     # the registered defaults: mild views for small images (study.tasks.contrastive)
@@ -237,9 +232,7 @@ def _encoder_of_size() -> keras.Model:
 
 def test_stream_ids_are_distinct_from_the_other_phases():
     ours = {v for k, v in vars(contrastive).items() if k.startswith("STREAM_")}
-    theirs = {
-        v for m in (pretext_phase, finetune_phase) for k, v in vars(m).items() if k.startswith("STREAM_")
-    }
+    theirs = {v for m in (pretext_phase, finetune_phase) for k, v in vars(m).items() if k.startswith("STREAM_")}
     assert len(ours) == 5 and len(theirs) == 5 and not ours & theirs
 
 
@@ -249,13 +242,7 @@ def _run(kind, lesions, weights, **kw):
     settings = _settings(kind, **{k: kw.pop(k) for k in SETTING_NAMES if k in kw})
     args = {**RUN, "seed": 0, "epochs": 3, **kw}
     result = contrastive.train_contrastive(
-        get_task(kind),
-        encoder,
-        lesions[:64],
-        lesions[64:80],
-        images_test=lesions[64:],
-        settings=settings,
-        **args,
+        get_task(kind), encoder, lesions[:64], lesions[64:80], images_test=lesions[64:], settings=settings, **args
     )
     return encoder, result
 
@@ -357,9 +344,7 @@ def test_byol_target_follows_the_online_network_by_ema(lesions, initial_weights)
     tau = float(cm.ema_momentum(0, 1000, 0.99))
     assert float(np.asarray(model.tau)) == pytest.approx(tau, rel=1e-7)
     for t, before, o in zip(target, t0, online):
-        np.testing.assert_allclose(
-            np.asarray(t), tau * before + (1 - tau) * np.asarray(o), rtol=1e-5, atol=1e-7
-        )
+        np.testing.assert_allclose(np.asarray(t), tau * before + (1 - tau) * np.asarray(o), rtol=1e-5, atol=1e-7)
     # base 0 at step 0 of 1: tau = 0, the target becomes the online network exactly
     model.ema_base.assign(0.0)
     model.total_steps.assign(1)
@@ -414,13 +399,6 @@ def test_image_size_must_match_the_encoder(lesions, initial_weights):
     big = np.repeat(np.repeat(lesions[:20], 2, axis=1), 2, axis=2)
     with pytest.raises(ValueError, match="64 px but the encoder takes 32 px"):
         contrastive.train_contrastive(
-            get_task("byol"),
-            _encoder(initial_weights),
-            big,
-            big,
-            settings=_settings("byol"),
-            seed=0,
-            epochs=1,
-            batch_size=8,
-            lr=1e-3,
+            get_task("byol"), _encoder(initial_weights), big, big, settings=_settings("byol"), seed=0, epochs=1,
+            batch_size=8, lr=1e-3,
         )
