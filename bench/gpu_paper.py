@@ -1,8 +1,12 @@
 """The paper preset's cost on the machine at hand: ResNet50 at 224 px through the project's own training path.
 
-Run from the repository root on a GPU machine (about 5-10 minutes on one modern GPU):
+Run from the repository root on a GPU machine (about 5-10 minutes on one modern GPU), on the Keras backend
+`KERAS_BACKEND` names (TensorFlow by default; JAX or PyTorch where TensorFlow is not installed: this script,
+the phases and the data need neither TensorFlow nor Ray):
 
     .venv/bin/python bench/gpu_paper.py                       # 512 images, 3 epochs per case
+    KERAS_BACKEND=jax python bench/gpu_paper.py               # the same on JAX
+    KERAS_BACKEND=jax python bench/gpu_paper.py --quick       # CPU-sized: 32 px, 32 images, batch 16
     .venv/bin/python bench/gpu_paper.py --images 1024 --epochs 4
     .venv/bin/python bench/gpu_paper.py --image-size 32 --images 32 --epochs 2   # a CPU smoke run
 
@@ -35,14 +39,11 @@ PAPER_TRAIN, PAPER_TEST, VAL_FRACTION, PAPER_EPOCHS = 9600, 1000, 0.2, 100
 
 
 def device_name() -> str:
-    """'cpu', or the first GPU's name as TensorFlow reports it."""
-    import tensorflow as tf
+    """'cpu', or the first GPU's name as the Keras backend reports it (`study.train.backend`)."""
+    from study.train import backend
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return "cpu"
-    details = tf.config.experimental.get_device_details(gpus[0])
-    return str(details.get("device_name", gpus[0].name))
+    device = backend.device_in_use(1)["device"]
+    return "cpu" if device == "CPU" else str(device)
 
 
 def timed_epochs(run, n_epochs: int) -> list[float]:
@@ -60,7 +61,9 @@ def timed_epochs(run, n_epochs: int) -> list[float]:
     return seconds[1:]
 
 
-def measure(size: int, n_images: int, epochs: int, mixed: bool) -> dict[str, dict[str, float]]:
+def measure(
+    size: int, n_images: int, epochs: int, mixed: bool, batch: int = 32
+) -> dict[str, dict[str, float]]:
     """Per phase: training images/s (median over timed epochs) and, for the fine-tune, evaluation seconds."""
     from study.spec.config import TrialConfig
     from study.train import phases as training
@@ -71,8 +74,8 @@ def measure(size: int, n_images: int, epochs: int, mixed: bool) -> dict[str, dic
         image_size=size,
         weights="random",
         mixed_precision=mixed,
-        batch_size=32,
-        pretext_batch_size=32,
+        batch_size=batch,
+        pretext_batch_size=batch,
         pretext_epochs=epochs,
         finetune_epochs=epochs,
         patiences=(0,),
@@ -124,22 +127,40 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=3, help="epochs per phase; the first is not timed")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--batch", type=int, default=32, help="batch size of every phase (the paper preset's: 32)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a CPU-sized run of the same measurement: 32 px, 32 images, batch 16",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.image_size, args.images, args.epochs, args.batch = 32, 32, 2, 16
     if args.epochs < 2:
         parser.error("--epochs: at least 2 (the first epoch is tracing and is not timed)")
 
-    device = device_name()
     import keras
-    import tensorflow as tf
 
+    from study.train import backend
+
+    backend.configure(os.cpu_count() or 1)  # the threads `measure`'s phases run with, before anything starts
+    device = device_name()
     print(
-        f"device={device}  tensorflow={tf.__version__}  keras={keras.__version__}  python={platform.python_version()}"
-        f"  image_size={args.image_size}  images={args.images}  epochs={args.epochs} (first not timed)"
+        f"device={device}  backend={backend.version()}  keras={keras.__version__}  "
+        f"python={platform.python_version()}  image_size={args.image_size}  images={args.images}  "
+        f"batch={args.batch}  epochs={args.epochs} (first not timed)"
     )
-    figures: dict[str, object] = {"device": device, "measured_on": "cpu" if device == "cpu" else "gpu"}
+    figures: dict[str, object] = {
+        "device": device,
+        "measured_on": "cpu" if device == "cpu" else "gpu",
+        "backend": backend.version(),
+        "keras": keras.__version__,
+    }
     for precision, mixed in (("float32", False), ("mixed_bfloat16", True)):
-        rates = measure(args.image_size, args.images, args.epochs, mixed)
+        rates = measure(args.image_size, args.images, args.epochs, mixed, args.batch)
         figures[precision] = rates
         for phase, r in rates.items():
             print(f"{precision:<15} {phase:<22} {r['img_s']:8.1f} img/s")

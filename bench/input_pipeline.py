@@ -107,14 +107,14 @@ def measure_phase(trial, data) -> dict[str, list[float]]:
 
 
 def measure_fit_feeding(trial, data, repeats: int) -> dict[str, list[float]]:
-    """Part B and C: seconds of one epoch from numpy arrays vs from a cached, prefetched tf.data copy of the
-    same batches (interleaved), and of `make_batch` on one batch."""
+    """Part B and C: seconds of one epoch from the project's feed, the backend-neutral `PyDataset` feed, numpy
+    arrays and (TensorFlow) a cached, prefetched tf.data copy of the same batches (interleaved), and of
+    `make_batch` on one batch."""
     import keras
-    import tensorflow as tf
 
     from study.spec.config import resolved_task_params
     from study.tasks import registry as pretext
-    from study.train import batches, models, pretext_phase, splits
+    from study.train import backend, batches, models, pretext_phase, splits
 
     task = pretext.get_task(trial.task)
     params = resolved_task_params(trial)
@@ -131,26 +131,33 @@ def measure_fit_feeding(trial, data, repeats: int) -> dict[str, list[float]]:
     model = models.build_model(task.head, encoder, mixed_precision=trial.mixed_precision)
     model.compile(optimizer=keras.optimizers.Adam(trial.pretext_lr), loss=pretext_phase._pretext_loss(task))
     batch = trial.pretext_batch_size
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().prefetch(tf.data.AUTOTUNE)
-    for _ in ds:  # fill the cache
-        pass
+    cached = _cached_dataset(x, y, batch)
 
     def numpy_epoch():
         model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
 
     def cached_epoch():
-        model.fit(ds, epochs=1, shuffle=False, verbose=0)
+        model.fit(cached, epochs=1, shuffle=False, verbose=0)
 
-    feed = batches.IndexedBatches(x, y, batch)
+    def feeding(feed):
+        def epoch():  # run_pretext's feed (x, y are in the epoch's order already)
+            feed.set_data(x, y)  # a new epoch's pairs are assigned to the pipeline
+            model.fit(feed.in_order(np.arange(len(x))), epochs=1, shuffle=False, verbose=0)
 
-    def project_epoch():  # run_pretext's feed (x, y are in the epoch's order already)
-        feed.set_data(x, y)  # a new epoch's pairs are assigned to the pipeline's variables
-        model.fit(feed.in_order(np.arange(len(x))), epochs=1, shuffle=False, verbose=0)
+        return epoch
 
-    numpy_epoch(), cached_epoch(), project_epoch()  # warm-up: tracing
-    out: dict[str, list[float]] = {"numpy": [], "cached": [], "project": [], "batch_make": []}
+    feeds = {
+        "numpy": numpy_epoch,
+        "project": feeding(batches.IndexedBatches(x, y, batch)),  # the backend's own (TF: tf.data variables)
+        "pydataset": feeding(backend.NumpyIndexedBatches(x, y, batch)),  # the backend-neutral feed
+    }
+    if cached is not None:
+        feeds["cached"] = cached_epoch
+    for fn in feeds.values():  # warm-up: tracing
+        fn()
+    out: dict[str, list[float]] = {name: [] for name in feeds} | {"batch_make": []}
     for r in range(repeats):
-        order = (("numpy", numpy_epoch), ("cached", cached_epoch), ("project", project_epoch))
+        order = tuple(feeds.items())
         for name, fn in order if r % 2 == 0 else order[::-1]:  # alternate the order against drift
             t0 = time.perf_counter()
             fn()
@@ -163,6 +170,21 @@ def measure_fit_feeding(trial, data, repeats: int) -> dict[str, list[float]]:
         out["batch_make"].append((time.perf_counter() - t0) / calls)
     out["batches"] = [math.ceil(len(x) / batch)]
     return out
+
+
+def _cached_dataset(x, y, batch: int):
+    """The batches as a `tf.data` dataset cached in memory and prefetched (the ideal feed), on TensorFlow;
+    None on other backends."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache().prefetch(tf.data.AUTOTUNE)
+    for _ in ds:  # fill the cache
+        pass
+    return ds
 
 
 def _time(fn) -> float:
@@ -194,11 +216,12 @@ def main() -> None:
     benchutil.use_temp_cache("input-pipeline-")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+    from study.data import load_dataset
+    from study.data.trial_source import cache_dir, data_source
     from study.spec.presets import demo
     from study.tasks import registry as pretext
+    from study.train import backend, splits
     from study.train import phases as training
-    from study.train import splits
-    from study.trainables import load_trial_data
 
     base = demo().base
     changes = {"pretext_epochs": args.repeats + 1, "mixed_precision": args.mixed_precision}
@@ -214,8 +237,8 @@ def main() -> None:
     if args.threads:
         changes["threads"] = args.threads
     base = base.replace(**changes)
-    training.configure_tensorflow(base.threads)
-    data = load_trial_data(base)
+    training.configure(base.threads)
+    data = load_dataset(data_source(base), base.image_size, cache_dir=cache_dir(base))
     n_train = len(splits.validation_split(base, data)[0])
     print(
         f"pretext input wait: encoder={base.encoder} widths={list(base.encoder_widths)} "
@@ -224,25 +247,28 @@ def main() -> None:
         f"cores={len(os.sched_getaffinity(0))}; seconds, "
         f"min / median / max over {args.repeats} timed epochs"
     )
-    shares = {}
+    shares, ratios = {}, {}
     for name in args.tasks or list(pretext.TASKS):
         trial = base.replace(task=name)
         a = measure_phase(trial, data)
         b = measure_fit_feeding(trial, data, args.repeats)
         epoch, outside = benchutil.median(a["epoch"]), benchutil.median(a["outside"])
-        feed = [p - c for p, c in zip(b["project"], b["cached"])]
-        step = benchutil.median(b["cached"]) / b["batches"][0]
+        ideal = b.get("cached", b["project"])  # without TensorFlow, the project's feed is the reference
+        feed = [p - c for p, c in zip(b["project"], ideal)]
+        step = benchutil.median(ideal) / b["batches"][0]
         shares[name] = (outside + max(0.0, benchutil.median(feed))) / epoch
+        ratios[name] = benchutil.median(b["pydataset"]) / benchutil.median(b["project"])
         rows = (
             ("A run_pretext epoch", a["epoch"]),
             ("  model.fit (train + validation)", a["fit"]),
             ("  make_batch (epoch's pairs)", a["make_batch"]),
             ("  outside fit = input wait", a["outside"]),
             ("B fit, project feed", b["project"]),
-            ("  fit from cached tf.data (ideal)", b["cached"]),
-            ("  feed = project - cached", feed),
+            ("  fit from cached tf.data (ideal)", b.get("cached", [])),
+            ("  feed = project - cached", feed if "cached" in b else []),
+            ("  fit, PyDataset feed (neutral)", b["pydataset"]),
             ("  fit from numpy arrays (before)", b["numpy"]),
-            ("  numpy - cached", [n - c for n, c in zip(b["numpy"], b["cached"])]),
+            ("  numpy - cached", [n - c for n, c in zip(b["numpy"], ideal)] if "cached" in b else []),
         )
         print(f"{name}")
         for label, values in rows:
@@ -258,7 +284,10 @@ def main() -> None:
         )
     for name, share in shares.items():
         print(f"input_wait_share_{name}={share:.3f}")
+    for name, ratio in ratios.items():
+        print(f"pydataset_over_project_{name}={ratio:.3f}")
     print(f"input_wait_share={max(shares.values()):.3f}")
+    print(f"backend={backend.version()}")
 
 
 if __name__ == "__main__":

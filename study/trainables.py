@@ -27,6 +27,7 @@ from study.data import load_dataset
 from study.data.trial_source import cache_dir, data_source, pretext_root
 from study.io import storage as store
 from study.spec import schema
+from study.spec.backend import backend_version
 from study.spec.config import PRETEXT, TrialConfig, phase_values, regime_name, trial_config_from
 
 # Decoded datasets of this worker process, keyed by where they come from. With `reuse_actors=True` a worker
@@ -57,18 +58,21 @@ def load_trial_data(trial: TrialConfig):
 
 # Bump when what a pretext phase computes or stores changes (its metrics, references, examples), so that
 # cache entries written by older code are not read as current ones.
-PRETEXT_CACHE_FORMAT = 5  # 4: entries hold the phase's cost; 5: SSIM from mosaics (equal to rounding)
+# 4: entries hold the phase's cost; 5: SSIM from mosaics (equal to rounding); 6: the key holds the backend
+PRETEXT_CACHE_FORMAT = 6
 
 
-def pretext_key(trial: TrialConfig, fingerprint: str) -> str:
+def pretext_key(trial: TrialConfig, fingerprint: str, backend: str | None = None) -> str:
     """Hash of everything that determines a pretext phase's weights and metrics: every field tagged
     `config.PRETEXT` (task parameters resolved), the dataset's fingerprint (which covers the `config.DATA`
-    fields), the cache format and the code version."""
+    fields), the cache format, the code version and the Keras backend with its version (`backend`, default
+    this process's `spec.backend.backend_version()`: numbers differ between backends)."""
     ident = {
         "format": PRETEXT_CACHE_FORMAT,
         **phase_values(trial, PRETEXT, keys=True),
         "data": fingerprint,
         "version": study.__version__,
+        "backend": backend or backend_version(),
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -235,7 +239,7 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     if not any(isinstance(f, _ExpectedRetracing) for f in tf_logger.filters):
         tf_logger.addFilter(_ExpectedRetracing())
     training = _training()
-    training.configure_tensorflow(trial.threads)
+    training.configure(trial.threads)
     data = load_trial_data(trial)
     state, restored = _restore_checkpoint()
     try:

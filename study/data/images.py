@@ -12,7 +12,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -173,6 +172,10 @@ def inspect_file(root: Path, entry: Entry, image_size: int | None) -> FileResult
         notes.append(
             f"{rel}: very small image ({res.width}x{res.height} < {SMALL_IMAGE_PX} px); upsampled when loaded"
         )
+    # Imported here: only reading image files needs it; training on decoded arrays (a GPU machine with
+    # nothing but the backend and the scientific stack) does not.
+    import imagehash
+
     bits = imagehash.phash(rgb, hash_size=NEAR_DUPLICATE_HASH_SIZE).hash.reshape(-1)
     res.phash = np.packbits(bits).view(">u8").astype(np.uint64)
     if image_size is not None:

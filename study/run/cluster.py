@@ -25,6 +25,7 @@ import stat
 from pathlib import Path
 from typing import Any, Iterator
 
+from study.spec.backend import keras_backend
 from study.spec.config import ConfigError
 from study.spec.presets import StudyPreset
 
@@ -365,7 +366,10 @@ def init_ray(address: str | None, preset: StudyPreset) -> None:
         _check_embedded_gpus(preset)
         return
     try:
-        ray.init(address=joined, log_to_driver=True)
+        # Workers of a cluster do not inherit this process's environment: tell them the Keras backend
+        # (an embedded Ray's workers inherit it).
+        env = {"env_vars": {"KERAS_BACKEND": keras_backend()}}
+        ray.init(address=joined, log_to_driver=True, runtime_env=env)
     except ConnectionError as exc:
         raise ConfigError(f"--address {address}: {str(exc).splitlines()[0]} {_FIX}") from None
     check_cluster_resources(joined, preset)

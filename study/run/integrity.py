@@ -165,6 +165,25 @@ def scan_local(root: Path) -> list[tuple[str, str]]:
     return entries
 
 
+def foreign_entries(root: Path, limit: int = 1_000_000) -> list[str]:
+    """Run-relative names of every entry under local run `root`, at any depth (dot-folders, checkpoints and
+    the pretext cache included), that is a symbolic link or neither a regular file nor a folder (a FIFO, a
+    socket, a device): Tune and the trainable write through such entries or block on them, and a run never
+    makes one. Stops looking after `limit` entries."""
+    out: list[str] = []
+    seen = 0
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            seen += 1
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                out.append(os.path.relpath(path, root).replace(os.sep, "/"))
+        if seen > limit:
+            break
+    return sorted(out)
+
+
 def protected_files(root: Path) -> list[str]:
     """The files of local run directory `root` that must carry a signature (see `must_sign`)."""
     return must_sign(scan_local(root)).signed

@@ -333,6 +333,8 @@ def edited_results(run_uri: str, local: Path) -> list[str]:
     records cannot be read gets one line saying the table was not checked."""
     path = local / "results.csv"
     if not (local / STUDY_FILE).exists():
+        if any(local.glob("*/params.json")):  # trial records without the study record that reads them
+            return [f"{path} was not checked against the trials' own records ({STUDY_FILE} is missing)"]
         return []
     try:
         preset, _ = load_study(local, run_uri)

@@ -35,6 +35,7 @@ from study.io.files import (
     write_replacing,
     write_text_replacing,
 )
+from study.spec.backend import backend_version
 from study.spec.config import ConfigError, check_bounds
 from study.spec.presets import StudyPreset
 from study.spec.resolve import PRETEXT_CACHE
@@ -164,11 +165,16 @@ def write_manifest(
 
 
 def versions() -> dict[str, str]:
-    out = {"melanoma-ssl-study": study.__version__}
+    """Versions of the code and the libraries it ran on; `keras_backend`: the backend the trials computed on,
+    with its version (`spec.backend.backend_version`, e.g. "jax 0.10.2")."""
+    out = {"melanoma-ssl-study": study.__version__, "keras_backend": backend_version()}
     for dist in (
         "ray",
         "tensorflow-cpu",
         "tensorflow",
+        "jax",
+        "jaxlib",
+        "torch",
         "keras",
         "numpy",
         "pandas",

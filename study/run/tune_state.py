@@ -162,6 +162,13 @@ def repair_state(run_dir: Path, *, trust: bool = False) -> None:
     `trust` (`--trust-run-dir`) accepts files that carry no signature (a run copied from another machine or
     user); a state file cut short still needs its backup, and a symlink or FIFO is refused all the same.
     """
+    foreign = integrity.foreign_entries(run_dir)
+    if foreign:  # at any depth: Tune and the trainable would write through a link or block on a FIFO
+        raise ConfigError(
+            f"{run_dir}/{foreign[0]}: is a symbolic link or not a regular file (a FIFO, a socket)"
+            + (f", and {len(foreign) - 1} more" if len(foreign) > 1 else "")
+            + "; a run folder holds its own files only: move it out of the run folder and resume again"
+        )
     found = integrity.must_sign(integrity.scan_local(run_dir))
     for name, why in found.refused.items():
         raise ConfigError(f"{run_dir}/{name}: {why}; move it out of the run folder and resume again")

@@ -1,4 +1,5 @@
-"""Batches of one phase as TensorFlow sees them, and predictions without `model.predict`'s per-call set-up.
+"""Batches of one phase as the backend sees them, and predictions without `model.predict`'s per-call set-up
+(the backend-specific part of each in `study.train.backend`).
 
 `IndexedBatches` holds a phase's training arrays once and yields them in each epoch's order (bit for bit
 the batches of `model.fit(x[order], y[order], shuffle=False)`); `EpochHooks` runs a phase's per-epoch work
@@ -14,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from study.train import backend
 from study.train.results import EpochLogs
 
 # Prediction batch size: fixed (not the training batch size) so evaluation numbers do not depend on it.
@@ -38,33 +40,25 @@ def predict_chunked(
 
 def predict_batches(model: keras.Model, batches: Any) -> np.ndarray:
     """`model.predict(batches)`, bit for bit, without its per-call set-up (~10-20 ms: data adapter, epoch
-    iterator, callbacks): the model's own compiled predict function, called once per batch.
+    iterator, callbacks): `backend.predict_function`, called once per batch.
 
-    `batches`: a sequence of input batches (`tensor_batches`) or a batched `tf.data.Dataset` (of images, or
-    of `(images, labels)` pairs, labels ignored). Each batch's images go to the function as `model.predict`
-    passes them (a list of one batch), so the same traced function computes them.
+    `batches`: a sequence of input batches (`tensor_batches`) or batches made by `batched` (of images, or of
+    `(images, labels)` pairs, labels ignored).
     """
-    import tensorflow as tf
-
-    model.make_predict_function()
-    predict = model.predict_function
+    predict = None
     out = []
     for batch in batches:
         x = batch[0] if isinstance(batch, tuple) else batch
-        if not out and hasattr(predict, "get_concrete_function"):
-            # Traced once for any batch size, as `model.predict`'s dataset would have it traced: a first call
-            # with a full batch would trace for that size and the last, smaller batch trace it again.
-            predict.get_concrete_function([tf.TensorSpec((None, *x.shape[1:]), x.dtype)])
-        out.append(np.asarray(predict([x])))
+        if predict is None:
+            predict = backend.predict_function(model, x)
+        out.append(predict(x))
     return np.concatenate(out)
 
 
 def tensor_batches(x: np.ndarray, batch_size: int) -> list[Any]:
-    """`x` in batches of `batch_size` as tensors, converted once per phase (the batches a
-    `tf.data.Dataset.from_tensor_slices(x).batch(batch_size)` would yield)."""
-    import tensorflow as tf
-
-    return [tf.constant(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    """`x` in batches of `batch_size` as the backend's tensors, converted once per phase (the batches
+    `batched(x, batch_size)` would yield)."""
+    return [backend.host_tensor(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 class EpochHooks(keras.callbacks.Callback):
@@ -83,49 +77,31 @@ class EpochHooks(keras.callbacks.Callback):
         self._end(epoch, dict(logs or {}))
 
 
-def batched(x: Any, batch_size: int):
-    """Array `x` (or a tuple of arrays) as a `tf.data.Dataset` of batches, converted to tensors once and
-    reusable for every fit/predict."""
-    import tensorflow as tf
-
-    tensors = tuple(tf.constant(a) for a in x) if isinstance(x, tuple) else tf.constant(x)
-    return tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
+def batched(x: Any, batch_size: int, drop_remainder: bool = False) -> Any:
+    """Array `x` (or a tuple of arrays) in batches, converted to tensors once and reusable for every
+    fit/predict (`backend.dataset`: a `tf.data.Dataset` on TensorFlow, a `keras.utils.PyDataset` elsewhere)."""
+    return backend.dataset(x, batch_size, drop_remainder)
 
 
 class IndexedBatches:
     """Training batches in a given order, gathered from arrays held once per phase.
 
-    Same batches as `model.fit(x[order], y[order], batch_size, shuffle=False)`, bit for bit. The arrays and
-    the order live in CPU variables read by one `tf.data` pipeline built here: a new epoch assigns them
-    (`in_order`, `set_data`) instead of converting the arrays and building (and tracing) a new pipeline
-    every epoch, which cost ~11 ms per epoch of the demo's ~0.1 s fine-tune epochs.
+    Same batches as `model.fit(x[order], y[order], batch_size, shuffle=False)`, bit for bit. A new epoch
+    assigns its arrays (`set_data`) and order (`in_order`) to the one pipeline built here
+    (`backend.indexed_batches_class()`: variables read by a `tf.data` pipeline on TensorFlow, a
+    `keras.utils.PyDataset` elsewhere) instead of building a new one every epoch.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> None:
-        import tensorflow as tf
-
-        n = len(x)
-        with tf.device("/CPU:0"):  # input data stay in host memory, also on GPU machines
-            self._x = tf.Variable(x, trainable=False)
-            self._y = tf.Variable(y, trainable=False)
-            self._order = tf.Variable(np.arange(n, dtype=np.int64), trainable=False)
-
-        def batch(b):
-            index = self._order[b * batch_size : (b + 1) * batch_size]
-            return tf.gather(self._x, index), tf.gather(self._y, index)
-
-        steps = -(-n // batch_size)
-        self._dataset = tf.data.Dataset.range(steps).map(batch).prefetch(1)
+        self._pipeline = backend.indexed_batches_class()(x, y, batch_size)
 
     def set_data(self, x: np.ndarray, y: np.ndarray) -> None:
         """New arrays of the same shapes and dtypes (the next epoch's pretext pairs)."""
-        self._x.assign(x)
-        self._y.assign(y)
+        self._pipeline.set_data(x, y)
 
-    def in_order(self, order: np.ndarray):
+    def in_order(self, order: np.ndarray) -> Any:
         """The dataset, yielding `(x[order], y[order])` in batches (valid until the next call)."""
-        self._order.assign(np.asarray(order, np.int64))
-        return self._dataset
+        return self._pipeline.in_order(order)
 
 
 # `IndexedBatches` kept between phases, by array shapes, dtypes and batch size (most recent last).

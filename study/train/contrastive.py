@@ -14,7 +14,7 @@ batch order `default_rng([seed, STREAM_ORDER, e]).permutation`; batches of exact
 remainder of a permutation is left out of that epoch: the loss depends on the batch size); validation views
 once, from `default_rng([seed, STREAM_VAL])`; test views from `default_rng([seed, STREAM_TEST])`, the same
 for every run with that seed. Head weights come from `keras.initializers` seeded from `default_rng([seed,
-STREAM_INIT])`. With op determinism on (`study.train.backend.configure_tensorflow`, which the caller runs
+STREAM_INIT])`. With op determinism on (`study.train.backend.configure`, which the caller runs
 first, as `run_pretext` does) the same seed gives bitwise-identical weights and history. The stream ids are
 distinct from `study.train.pretext_phase`'s `STREAM_*` (a test checks).
 
@@ -59,6 +59,7 @@ from study.tasks.references import contrastive_scores
 from study.tasks.registry import PretextTask, check_images
 from study.tasks.steps import TwoViewSettings, TwoViewStep
 from study.train import model_cache, models
+from study.train.batches import batched
 from study.train.contrastive_models import (
     HEAD_BN_MOMENTUM,
     EmaTargetModel,
@@ -250,9 +251,7 @@ class _EpochLoop:
         self._ahead.shutdown(wait=False, cancel_futures=True)
 
     def run(self, model: _ContrastiveModel, val_views: tuple, val_batch: int, patience: int | None) -> None:
-        import tensorflow as tf
-
-        val_data = tf.data.Dataset.from_tensor_slices(val_views).batch(val_batch, drop_remainder=True)
+        val_data = batched(tuple(val_views), val_batch, drop_remainder=True)
         self.early = (
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
             if patience
@@ -269,9 +268,7 @@ class _EpochLoop:
             order = np.random.default_rng([self.seed, STREAM_ORDER, epoch]).permutation(len(v1))[
                 : steps * self.batch_size
             ]
-            data = tf.data.Dataset.from_tensor_slices((v1[order], v2[order])).batch(
-                self.batch_size, drop_remainder=True
-            )
+            data = batched((v1[order], v2[order]), self.batch_size, drop_remainder=True)
             if not self._fit_epoch(model, data, val_data, epoch) or model.stop_training:
                 break
 

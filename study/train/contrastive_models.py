@@ -27,6 +27,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from study.train import backend
+
 #: BatchNorm momentum of the projector and predictor (Keras' 0.99 is too slow for short phases, SSL.md).
 HEAD_BN_MOMENTUM = 0.9
 
@@ -139,7 +141,7 @@ class _ContrastiveModel(keras.Model):
     """uint8 views -> `preprocess` -> encoder -> global average pool -> projector (shared by both methods).
 
     `fit` data: batches `(view1, view2)` uint8 `(B, S, S, 3)`. `predict` data: images; returns `(h, z)`,
-    pooled encoder features `(N, C)` and projections `(N, D)` float32, in inference mode.
+    pooled encoder features `(N, C)` and projections `(N, D)` float32, in inference mode (as `call`).
     """
 
     def __init__(self, encoder: keras.Model, projector: keras.Model, preprocess: keras.layers.Layer, **kw):
@@ -158,12 +160,8 @@ class _ContrastiveModel(keras.Model):
         return ops.mean(ops.cast(h, "float32"), axis=(1, 2))
 
     def call(self, x, training=False):
-        return self._pooled(self.encoder, x, training)
-
-    def predict_step(self, data):
-        x = data[0] if isinstance(data, (tuple, list)) else data
-        h = self._pooled(self.encoder, x, False)
-        return h, self.projector(h, training=False)
+        h = self._pooled(self.encoder, x, training)
+        return h, self.projector(h, training=training)
 
     def _loss(self, v1: Any, v2: Any, training: bool) -> Any:
         """The method's loss on a batch of view pairs: defined by each method (NtXentModel, EmaTargetModel);
@@ -173,22 +171,97 @@ class _ContrastiveModel(keras.Model):
     def _after_step(self) -> None:
         """Called after each optimizer step (the EMA target's update)."""
 
-    def train_step(self, data):
-        import tensorflow as tf
+    # The steps, one small one per backend (`_STEPS`): JAX's are stateless (state in, state out).
+    def train_step(self, *args):
+        return _STEPS[backend.name()][0](self, *args)
 
-        v1, v2 = data
-        with tf.GradientTape() as tape:
-            loss = self._loss(v1, v2, True)
-        variables = self.trainable_variables
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
-        self._after_step()
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+    def test_step(self, *args):
+        return _STEPS[backend.name()][1](self, *args)
 
-    def test_step(self, data):
-        v1, v2 = data
-        self.loss_tracker.update_state(self._loss(v1, v2, False))
-        return {"loss": self.loss_tracker.result()}
+    def predict_step(self, *args):
+        if backend.name() == "jax":  # Keras' stateless predict step runs `call`
+            return super().predict_step(*args)
+        data = args[0]
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        h = self._pooled(self.encoder, x, False)
+        return h, self.projector(h, training=False)
+
+
+def _stateful_train_step(model: _ContrastiveModel, data: Any) -> dict[str, Any]:
+    """TensorFlow's and PyTorch's step: the loss, its gradients and the optimizer's step in place
+    (`backend.optimizer_step`), then `_after_step` on the updated weights."""
+    v1, v2 = data
+    loss = backend.optimizer_step(
+        lambda: model._loss(v1, v2, True), model.trainable_variables, model.optimizer
+    )
+    model._after_step()
+    model.loss_tracker.update_state(loss)
+    return {"loss": model.loss_tracker.result()}
+
+
+def _stateful_test_step(model: _ContrastiveModel, data: Any) -> dict[str, Any]:
+    v1, v2 = data
+    model.loss_tracker.update_state(model._loss(v1, v2, False))
+    return {"loss": model.loss_tracker.result()}
+
+
+def _scope(model: _ContrastiveModel, trainable: list, non_trainable: list) -> keras.StatelessScope:
+    """Keras' variables of `model` reading the given values; what is assigned is kept in the scope."""
+    mapping = list(zip(model.trainable_variables, trainable)) + list(
+        zip(model.non_trainable_variables, non_trainable)
+    )
+    return keras.StatelessScope(state_mapping=mapping)
+
+
+def _values(scope: keras.StatelessScope, variables: list) -> list:
+    return [scope.get_current_value(v) for v in variables]
+
+
+def _jax_tracked(model: _ContrastiveModel, metric_values: list, loss: Any) -> tuple[dict, list]:
+    """The loss tracker updated with `loss`, statelessly: (logs, new metric values)."""
+    with keras.StatelessScope(state_mapping=list(zip(model.metrics_variables, metric_values))) as scope:
+        model.loss_tracker.update_state(loss)
+        logs = {"loss": model.loss_tracker.result()}
+    return logs, _values(scope, model.metrics_variables)
+
+
+def _jax_train_step(model: _ContrastiveModel, state: tuple, data: Any) -> tuple[dict, tuple]:
+    """The TensorFlow step's computation in JAX's stateless form: loss and its gradients (BatchNorm updates
+    carried out of the gradient as aux), the optimizer's step, then `_after_step` on the updated weights."""
+    trainable, non_trainable, optimizer_values, metric_values = state
+    v1, v2 = data
+
+    def loss_and_updates(trainable, non_trainable):
+        with _scope(model, trainable, non_trainable) as scope:
+            loss = model._loss(v1, v2, True)
+        return loss, _values(scope, model.non_trainable_variables)
+
+    gradients = backend.value_and_grad(loss_and_updates, has_aux=True)
+    (loss, non_trainable), grads = gradients(trainable, non_trainable)
+    trainable, optimizer_values = model.optimizer.stateless_apply(optimizer_values, grads, trainable)
+    with _scope(model, trainable, non_trainable) as scope:
+        model._after_step()
+    non_trainable = _values(scope, model.non_trainable_variables)
+    logs, metric_values = _jax_tracked(model, metric_values, loss)
+    return logs, (trainable, non_trainable, optimizer_values, metric_values)
+
+
+def _jax_test_step(model: _ContrastiveModel, state: tuple, data: Any) -> tuple[dict, tuple]:
+    trainable, non_trainable, metric_values = state
+    v1, v2 = data
+    with _scope(model, trainable, non_trainable) as scope:
+        loss = model._loss(v1, v2, False)
+    non_trainable = _values(scope, model.non_trainable_variables)
+    logs, metric_values = _jax_tracked(model, metric_values, loss)
+    return logs, (trainable, non_trainable, metric_values)
+
+
+#: (train step, test step) per backend.
+_STEPS = {
+    "tensorflow": (_stateful_train_step, _stateful_test_step),
+    "jax": (_jax_train_step, _jax_test_step),
+    "torch": (_stateful_train_step, _stateful_test_step),
+}
 
 
 class NtXentModel(_ContrastiveModel):
@@ -238,10 +311,12 @@ class EmaTargetModel(_ContrastiveModel):
         for v in target:
             v.trainable = False
         self.ema_base = keras.Variable(float(ema_base), trainable=False, dtype="float32", name="ema_base")
+        # JAX computes in 32 bits unless told otherwise (its int64 would be int32 with a warning)
+        counter = "int64" if backend.name() == "tensorflow" else "int32"
         self.total_steps = keras.Variable(
-            int(total_steps), trainable=False, dtype="int64", name="total_steps"
+            int(total_steps), trainable=False, dtype=counter, name="total_steps"
         )
-        self.steps_done = keras.Variable(0, trainable=False, dtype="int64", name="steps_done")
+        self.steps_done = keras.Variable(0, trainable=False, dtype=counter, name="steps_done")
         self.tau = keras.Variable(float(ema_base), trainable=False, dtype="float32", name="tau")
 
     def _loss(self, v1, v2, training: bool):

@@ -65,7 +65,7 @@ def run_finetune(
     the epoch's logs, `on_train_end`); if one sets `model.stop_training` the loop ends there. Meant for
     tests (a real `EarlyStopping`) and tools; their state is not saved by `save_state`.
     """
-    backend.configure_tensorflow(trial.threads)
+    backend.configure(trial.threads)
     check_data(trial, data)
     backend.fresh_keras_state(trial.seed)
 

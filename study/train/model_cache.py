@@ -42,8 +42,8 @@ is tagged once and enters the key.
 Memory: TensorFlow (2.21) keeps an eager kernel for every Keras variable ever created, holding ~3x the
 variable's bytes, until its kernel cache is cleared; Keras' `clear_session` and `tf.random.set_seed` clear it,
 but that also drops the instantiated functions of remembered models (~0.8 s to rebuild per model, per
-phase). So phases no longer call them; instead `trim_kernel_cache()` clears the cache once the values created
-since the last clear (the fresh weights that were created, a new model's optimizer slots) pass
+phase). So phases no longer call them; instead `backend.trim_kernel_cache()` clears the cache once the values
+created since the last clear (the fresh weights that were created, a new model's optimizer slots) pass
 `CLEAR_KERNELS_AFTER`: for the demo's small encoder about every 15 phases, for ResNet50 every phase (where
 seconds do not matter).
 """
@@ -82,20 +82,21 @@ def size() -> int:
         n = -1
     if n < 0:
         raise ValueError(f"STUDY_MODEL_CACHE={raw!r}: use a whole number of models >= 0 (0 turns reuse off)")
-    return n
+    # PyTorch runs eagerly (nothing to re-trace), and a remembered model did not train bit for bit like a
+    # new one there: off.
+    return 0 if keras.backend.backend() == "torch" else n
 
 
-def trim_kernel_cache() -> bool:
-    """Clear TensorFlow's eager kernel cache when enough variables were created since the last clear (see
-    the module docstring). Returns whether it cleared. Call between phases, never during training."""
+def created_values() -> int:
+    """Values (weights, optimizer slots) created since TensorFlow's kernel cache was last cleared: what
+    `backend.trim_kernel_cache` compares with `CLEAR_KERNELS_AFTER` (see the module docstring)."""
+    return _created_values
+
+
+def kernels_cleared() -> None:
+    """`backend.trim_kernel_cache` cleared the kernel cache: count from zero again."""
     global _created_values
-    if _created_values < CLEAR_KERNELS_AFTER:
-        return False
-    from tensorflow.python.eager import context  # what keras.backend.clear_session calls
-
-    context.context().clear_kernel_cache()
     _created_values = 0
-    return True
 
 
 def clear() -> None:

@@ -87,7 +87,7 @@ def _train_pretext(
 ) -> PretextResult:
     """`run_pretext` without the cost's time and device: the result's `cost` holds `images_seen` and
     `flops` (the standard loop's, or what a task's step put there)."""
-    backend.configure_tensorflow(trial.threads)
+    backend.configure(trial.threads)
     if trial.task == "none":
         raise ValueError("task='none' is the baseline arm and has no pretext phase; call run_finetune only")
     task = registry.get_task(trial.task)

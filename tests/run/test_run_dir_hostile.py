@@ -213,6 +213,47 @@ def test_a_symlink_out_of_the_run_is_refused(run_copy, tmp_path, capsys, no_ray)
     assert f"{run_copy}/tuner.pkl: is a symbolic link or not a regular file" in line
 
 
+def _trial_dir(run: pathlib.Path) -> pathlib.Path:
+    return next(p for p in sorted(run.iterdir()) if p.is_dir() and (p / "params.json").exists())
+
+
+@pytest.mark.parametrize("where", ["dot-file", "trial-file", "checkpoint-fifo"])
+def test_a_link_or_fifo_anywhere_in_the_run_is_refused(run_copy, tmp_path, capsys, no_ray, where):
+    """The re-probe's variants: Tune writes its storage marker (a dot-file) and a trial's progress.csv through
+    a symlink, and a FIFO in a checkpoint blocked the restore; every depth is checked, trusted or not."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    if where == "dot-file":
+        link = run_copy / ".validate_storage_marker"
+        link.unlink(missing_ok=True)
+        link.symlink_to(victim)
+    elif where == "trial-file":
+        link = _trial_dir(run_copy) / "progress.csv"
+        link.unlink(missing_ok=True)
+        link.symlink_to(victim)
+    else:
+        folder = _trial_dir(run_copy) / "checkpoint_planted"
+        folder.mkdir()
+        link = folder / "trial_state.json"
+        os.mkfifo(link)
+    line = _resume_error(run_copy, capsys, "--trust-run-dir")
+    assert f"{link}: is a symbolic link or not a regular file" in line
+    assert victim.read_text() == "precious"
+
+
+def test_an_edited_results_table_without_its_study_record_is_not_called_checked(
+    run_copy, capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "cache"))
+    table = pd.read_csv(run_copy / "results.csv")
+    table["test_auc"] = (table["test_auc"] + 0.388).clip(upper=1.0)
+    table.to_csv(run_copy / "results.csv", index=False)
+    (run_copy / "study.json").unlink()
+    assert cli.main(["report", str(run_copy)]) == 0
+    err = capsys.readouterr().err
+    assert "was not checked against the trials' own records (study.json is missing)" in err
+
+
 # ------------------------------------------------------------------------------------ 4. one line, no traceback
 @pytest.mark.parametrize(
     "study_json, why",

@@ -380,16 +380,18 @@ def test_a_new_pretext_field_enters_the_key_and_an_execution_field_does_not():
 
 def test_the_pretext_key_of_an_existing_config_is_unchanged(monkeypatch):
     """Keys derived from the tags equal the hand-written key of before: the smoke preset's corruption trial,
-    seed 0, as the code before issue 17's registry computed it (db5e9d0ed84e12d324b54655 at cache format 3),
-    here at format 5 (4: entries gained the phase's cost; 5: SSIM from mosaics): the same fields, only the
-    format differs."""
+    seed 0, as the code before issue 17's registry computed it (db5e9d0ed84e12d324b54655 at cache format 3;
+    05278731b1aa04ade9edea9a at format 5), here at format 6, whose key also holds the Keras backend and its
+    version: the same fields otherwise, and another backend or version gives another key."""
     from study import trainables
 
     trial = [t for t in get_preset("smoke").trial_configs() if t.task == "corruption"][0]
-    assert trainables.PRETEXT_CACHE_FORMAT == 5
-    assert pretext_key(trial, "fp") == "05278731b1aa04ade9edea9a"
-    monkeypatch.setattr(trainables, "PRETEXT_CACHE_FORMAT", 4)
-    assert pretext_key(trial, "fp") == "7aa29a27d36aba4a19685ffd"
+    assert trainables.PRETEXT_CACHE_FORMAT == 6
+    assert pretext_key(trial, "fp", backend="tensorflow 2.21.0") == "52451389f31be58ef16cad3d"
+    assert pretext_key(trial, "fp", backend="jax 0.10.2") == "6b71b1d8e949cbe98aa1a849"
+    assert pretext_key(trial, "fp", backend="tensorflow 2.21.1") != "52451389f31be58ef16cad3d"
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # this process's backend by default, as Keras resolves it
+    assert pretext_key(trial, "fp") == pretext_key(trial, "fp", backend=trainables.backend_version("jax"))
 
 
 def test_resume_compares_every_field_the_finetune_depends_on():

@@ -1,12 +1,16 @@
 """Pretext and fine-tune phases (`study.train.pretext_phase`, `study.train.finetune_phase`) on tiny synthetic data (32 px, a 4..16-channel encoder).
 
-Everything runs on 1 TensorFlow thread so results are bitwise reproducible (docs RAY.md).
+Everything runs on 1 backend thread so results are bitwise reproducible (docs RAY.md). The phases run on the
+backend Keras runs on (`KERAS_BACKEND`; CI runs this file on TensorFlow and on JAX); tests of one backend's own
+machinery are marked `tensorflow_only`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -29,11 +33,14 @@ from study.train import phases as training  # noqa: E402
 from study.train import results as train_results  # noqa: E402
 
 SIZE = 32
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TensorFlow's own machinery (KERAS_BACKEND=tensorflow)"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _tensorflow_threads():
-    training.configure_tensorflow(1)
+def _backend_threads():
+    training.configure(1)
 
 
 def _split(rng: np.random.Generator, n: int, name: str) -> Split:
@@ -72,9 +79,8 @@ BASE = TrialConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def straight(data, tmp_path_factory):
-    """One uninterrupted 6-epoch run; its model weights after every epoch are kept via `save_state`."""
+def _run_with_snapshots(trial, data, tmp_path_factory):
+    """(result, model weights after every epoch, kept via `save_state`) of an uninterrupted run."""
     snapshots = []
 
     def on_epoch(epoch, logs, save_state):
@@ -82,8 +88,21 @@ def straight(data, tmp_path_factory):
         save_state(d)
         snapshots.append(train_results.load_arrays(d / "weights.npz"))
 
-    result = training.run_finetune(BASE, data, on_epoch=on_epoch)
+    result = training.run_finetune(trial, data, on_epoch=on_epoch)
     return result, snapshots
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """One uninterrupted 6-epoch run; its model weights after every epoch are kept via `save_state`."""
+    return _run_with_snapshots(BASE, data, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def stopping(data, tmp_path_factory):
+    """A 6-epoch run whose validation loss rises after epoch 1 on TensorFlow and on JAX (seed 1; seed 0's
+    curve falls throughout on JAX), so that early stopping with patience 1 or 2 fires."""
+    return _run_with_snapshots(BASE.replace(seed=1), data, tmp_path_factory)
 
 
 def _assert_weights_equal(a, b):
@@ -205,9 +224,9 @@ def test_validation_split_and_label_subset_keep_lesions_whole(data):
 
 
 @pytest.mark.parametrize(("restore_best_weights", "patience"), [(False, 1), (True, 2)])
-def test_replayed_regimes_equal_real_keras_early_stopping(straight, data, restore_best_weights, patience):
-    result, snapshots = straight
-    trial = BASE.replace(restore_best_weights=restore_best_weights)
+def test_replayed_regimes_equal_real_keras_early_stopping(stopping, data, restore_best_weights, patience):
+    result, snapshots = stopping
+    trial = BASE.replace(seed=1, restore_best_weights=restore_best_weights)
     regime = finetune_phase.replay_regimes(trial, result.history, None)[regime_name(patience)]
     assert regime["stop_epoch"] < trial.finetune_epochs, "no early stop: the comparison would be vacuous"
     early = keras.callbacks.EarlyStopping(
@@ -270,22 +289,18 @@ def _per_epoch_reference(trial, data, encoder_weights=None):
     """The fine-tune loop as it was up to commit 6ad10cb, kept here as the reference for the one-`fit` loop:
     `model.fit` for one epoch and `model.predict` on validation + test images after each epoch, the linear
     probe's features by `model.predict`. Returns (history, diverged_epoch, final weights, probe scores)."""
-    import tensorflow as tf
-
     from study.train import metrics as study_metrics
     from study.train import model_cache
     from study.train.probe import linear_probe
 
-    training.configure_tensorflow(trial.threads)
+    training.configure(trial.threads)
     backend.fresh_keras_state(trial.seed)
     train_index, val_index = splits.finetune_split(trial, data)
     x_train, y_train = data.train.images[train_index], finetune_phase._binary(data.train.labels[train_index])
     x_val, y_val = data.train.images[val_index], data.train.labels[val_index]
     x_test, y_test = data.test.images, data.test.labels
     batches = train_batches.IndexedBatches(x_train, y_train, trial.batch_size)
-    eval_batches = tf.data.Dataset.from_tensor_slices(tf.constant(np.concatenate([x_val, x_test]))).batch(
-        train_batches.EVAL_BATCH_SIZE
-    )
+    eval_batches = train_batches.batched(np.concatenate([x_val, x_test]), train_batches.EVAL_BATCH_SIZE)
     encoder = models.trial_encoder(
         trial, "random" if encoder_weights is not None else trial.weights, trial.weights_path
     )
@@ -365,16 +380,19 @@ def test_one_fit_call_per_phase_equals_the_per_epoch_loop_bit_for_bit(trial, dat
 
 
 def test_predicting_through_the_predict_function_equals_model_predict(data):
-    import tensorflow as tf
-
-    training.configure_tensorflow(1)
+    training.configure(1)
     backend.fresh_keras_state(0)
     model = models.build_model("classification", models.trial_encoder(BASE, "random", None))
     x = data.test.images
-    expected = model.predict(tf.data.Dataset.from_tensor_slices(tf.constant(x)).batch(5), verbose=0)
+    expected = model.predict(train_batches.batched(x, 5), verbose=0)
     np.testing.assert_array_equal(train_batches.predict_batches(model, train_batches.tensor_batches(x, 5)), expected)
-    pairs = tf.data.Dataset.from_tensor_slices((tf.constant(x), tf.zeros(len(x)))).batch(5)
+    pairs = train_batches.batched((x, np.zeros(len(x), np.float32)), 5)
     np.testing.assert_array_equal(train_batches.predict_batches(model, pairs), expected)
+    # after training, the predictions follow the trained weights
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+    model.fit(x, np.ones((len(x), 1), np.float32), batch_size=8, epochs=1, verbose=0)
+    expected = model.predict(x, batch_size=5, verbose=0)
+    np.testing.assert_array_equal(train_batches.predict_batches(model, train_batches.tensor_batches(x, 5)), expected)
 
 
 # ----------------------------------------------------------------------------------------------- pretext
@@ -400,7 +418,7 @@ def _per_epoch_pretext_reference(trial, data):
 
     task = pretext.get_task(trial.task)
     params = resolved_task_params(trial)
-    training.configure_tensorflow(trial.threads)
+    training.configure(trial.threads)
     backend.fresh_keras_state(trial.seed)
     train_index, val_index = splits.validation_split(trial, data)
     x_train = data.train.images[train_index]
@@ -673,6 +691,7 @@ def test_the_model_cache_key_follows_the_model_fields():
 
 
 # ----------------------------------------------------------------------------------------------- set-up
+@tensorflow_only
 def test_configure_tensorflow_is_idempotent_and_refuses_other_threads():
     import tensorflow as tf
 
@@ -686,6 +705,40 @@ def test_configure_tensorflow_is_idempotent_and_refuses_other_threads():
 
 
 # --------------------------------------------------------------------------------------- model cache
+def test_configure_is_idempotent_and_refuses_other_threads_once_the_backend_started():
+    training.configure(1)
+    keras.ops.convert_to_numpy(keras.ops.ones(2) * 2)  # the backend has started
+    training.configure(1)  # same values: fine
+    with pytest.raises(RuntimeError, match=r"cannot switch to threads=2"):
+        training.configure(2)
+    with pytest.raises(ValueError, match="threads"):
+        training.configure(0)
+    if keras.backend.backend() == "jax":  # one thread: XLA's CPU kernels single-threaded
+        assert set(backend.jax_flags(1, True)) <= set(os.environ["XLA_FLAGS"].split())
+        assert "--xla_cpu_multi_thread_eigen=false" in backend.jax_flags(1, True)
+
+
+def test_the_backend_and_its_version_are_named():
+    name, version = backend.version().split(" ")
+    assert name == keras.backend.backend() == backend.name() and version[0].isdigit()
+
+
+@contextlib.contextmanager
+def _variables_created(names):
+    """Appends the name of every variable created inside to `names` (TensorFlow; other backends: none)."""
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    def creator(next_creator, **kwargs):
+        names.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        yield
+
+
 def test_a_remembered_compiled_model_gives_the_results_of_a_new_one(data, monkeypatch):
     """Seed 0, then another task/seed/lr of the same architectures, then seed 0 again in this process: the
     third run trains the remembered models (no new compile, hence no re-tracing) and matches the first bit
@@ -705,20 +758,14 @@ def test_a_remembered_compiled_model_gives_the_results_of_a_new_one(data, monkey
     first = trial_pair(rotation)
     assert model_cache.stats == {"hits": 0, "misses": 2}
     trial_pair(rotation.replace(seed=3, lr=0.05, pretext_lr=0.01))  # moves every variable elsewhere
-    import tensorflow as tf
-
     created = []
-
-    def creator(next_creator, **kwargs):
-        created.append(kwargs.get("name"))
-        return next_creator(**kwargs)
-
-    with tf.variable_creator_scope(creator):
+    with _variables_created(created):
         again = trial_pair(rotation)
     assert model_cache.stats == {"hits": 4, "misses": 2}
     # the fresh models built for the remembered ones created no weights (`model_cache.building`)
     weights = {"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"}
-    assert created and not weights & set(created)
+    assert not weights & set(created)
+    assert created or keras.backend.backend() != "tensorflow"
     # TensorFlow's kernel cache cleared before every phase (as happens every ~20 phases of the demo and
     # every phase of ResNet50): the remembered models' functions are re-instantiated, with the same results
     monkeypatch.setattr(model_cache, "CLEAR_KERNELS_AFTER", 1)
