@@ -15,6 +15,7 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
+from crafted import crafted
 from fixtures_results import make_results, write_run_dir
 
 from study import cli
@@ -22,20 +23,6 @@ from study.report.document import Box, Para, Pre, Table, render_markdown
 from study.run import integrity, runner
 from study.run.tune_state import STATE_BACKUP, repair_state
 from study.spec.config import ConfigError
-
-
-class _Touch:
-    """Unpickling this runs code: it creates `marker` (a stand-in for whatever a crafted pickle would do)."""
-
-    def __init__(self, marker: pathlib.Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (self.marker,))
-
-
-def _crafted(marker: pathlib.Path) -> bytes:
-    return pickle.dumps(_Touch(marker))
 
 
 @pytest.fixture
@@ -81,7 +68,7 @@ def test_a_planted_state_file_of_any_name_is_refused_by_name(run_copy, tmp_path,
     """The signed set was a hand-kept list of Tune's file names (without `search_gen_state-*`); it is now every
     file at the top of the run, so an unsigned one is refused before anything is unpickled."""
     marker = tmp_path / "ran"
-    (run_copy / name).write_bytes(_crafted(marker))
+    (run_copy / name).write_bytes(crafted(marker))
     line = _resume_error(run_copy, capsys)
     assert f"{run_copy}/{name}: not written by your own study runs" in line
     assert not marker.exists()
@@ -138,7 +125,7 @@ def test_a_real_search_run_signs_its_search_state_and_refuses_a_planted_one(tmp_
     repair_state(run)  # the run's own files pass as they are
     marker = tmp_path / "ran"
     planted = "search_gen_state-2099-01-01_00-00-00.json"
-    (run / planted).write_bytes(_crafted(marker))
+    (run / planted).write_bytes(crafted(marker))
     monkeypatch.setattr(runner, "init_ray", lambda *a, **kw: pytest.fail("Ray started for a planted state"))
     line = _resume_error(run, capsys)
     assert f"{planted}: not written by your own study runs" in line and not marker.exists()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import pickle
 import shutil
 import time
 
 import pandas as pd
 import pytest
+from crafted import crafted
 
 from study import cli
 from study.data.trial_source import pretext_root
@@ -19,20 +19,6 @@ from study.run.cluster import ADDRESS_PROBE_S
 from study.run.tune_state import STATE_BACKUP, backup_state, check_remote_signatures, repair_state
 from study.spec.config import ConfigError, TrialConfig
 from study.spec.resolve import PRETEXT_CACHE
-
-
-class _Touch:
-    """Unpickling this runs code: it creates `marker` (a stand-in for whatever a crafted pickle would do)."""
-
-    def __init__(self, marker: pathlib.Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (self.marker,))
-
-
-def _crafted(marker: pathlib.Path) -> bytes:
-    return pickle.dumps(_Touch(marker))
 
 
 def _copy_run(smoke_run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
@@ -60,7 +46,7 @@ def test_signing_key_is_private_and_stable(tmp_path, monkeypatch):
 
 def test_whole_pickles_are_told_from_cut_ones_without_running_them(tmp_path):
     marker = tmp_path / "ran"
-    data = _crafted(marker)
+    data = crafted(marker)
     assert integrity.pickle_complete(data) and not integrity.pickle_complete(data[:-1])
     assert not integrity.pickle_complete(b"") and not integrity.pickle_complete(data + b"junk")
     assert not marker.exists()
@@ -72,7 +58,7 @@ def test_state_checks_and_backups_never_unpickle(tmp_path):
     run.mkdir()
     marker = tmp_path / "ran"
     (run / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
-    (run / "basic-variant-state-2026-01-01_00-00-00.json").write_bytes(_crafted(marker))
+    (run / "basic-variant-state-2026-01-01_00-00-00.json").write_bytes(crafted(marker))
     integrity.sign_dir(run, integrity.load_key())
     backup_state(run)
     repair_state(run)
@@ -95,7 +81,7 @@ def test_resume_refuses_a_run_another_user_signed_in_one_line(
 ):
     copy = _copy_run(smoke_run, tmp_path)
     marker = tmp_path / "ran"
-    (copy / "tuner.pkl").write_bytes(_crafted(marker))
+    (copy / "tuner.pkl").write_bytes(crafted(marker))
 
     def no_ray(*a, **kw):
         raise AssertionError("Ray was started for an untrusted run")
@@ -135,7 +121,7 @@ def test_a_replaced_state_file_is_put_back_from_the_signed_backup(smoke_run, tmp
 def test_an_unsigned_trial_error_pickle_is_refused(smoke_run, tmp_path):
     copy = _copy_run(smoke_run, tmp_path)
     trial = next(p for p in copy.iterdir() if p.name.startswith("two_stage_trial_"))
-    (trial / "error.pkl").write_bytes(_crafted(tmp_path / "ran"))
+    (trial / "error.pkl").write_bytes(crafted(tmp_path / "ran"))
     with pytest.raises(ConfigError, match=r"error\.pkl: not written by your own study runs"):
         repair_state(copy)
     with pytest.raises(ConfigError, match=r"error\.pkl: not written by your own study runs"):
@@ -152,7 +138,7 @@ def test_report_reads_only_json_and_equals_the_original_tables(smoke_run, tmp_pa
         (copy / name).unlink()
     marker = tmp_path / "ran"
     for name in ("tuner.pkl", _state_name(copy, "basic-variant-state")):
-        (copy / name).write_bytes(_crafted(marker))
+        (copy / name).write_bytes(crafted(marker))
     (copy / _state_name(copy, "experiment_state")).write_text("{not json")
     # Links planted where the rebuild writes: replaced, never written through.
     outside = tmp_path / "outside"
