@@ -26,6 +26,7 @@ import study
 from study.data import load_dataset
 from study.data.trial_source import cache_dir, data_source, pretext_root
 from study.io import storage as store
+from study.io.files import read_json
 from study.spec import schema
 from study.spec.backend import backend_version
 from study.spec.config import PRETEXT, TrialConfig, phase_values, regime_name, trial_config_from
@@ -189,11 +190,15 @@ def _restore_checkpoint() -> tuple[dict[str, Any], Path | None]:
     if checkpoint is None:
         return {}, None
     local = Path(tempfile.mkdtemp(prefix="study-restore-"))
-    with checkpoint.as_directory() as d:
-        shutil.copytree(d, local, dirs_exist_ok=True)
-    return json.loads((local / STATE_FILE).read_text()), local
-
-
+    try:
+        with checkpoint.as_directory() as d:
+            # Links are copied as links, never followed (a link to /dev/zero would copy forever); the
+            # bounded reader then refuses them, and a FIFO, as it refuses anything but a regular file.
+            shutil.copytree(d, local, dirs_exist_ok=True, symlinks=True)
+        return read_json(local / STATE_FILE), local
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
 
 
 def _pretext_fields(result: Any, reused: bool, key: str) -> dict[str, Any]:

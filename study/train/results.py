@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from study.io.files import read_json
 from study.spec.config import TrialConfig
 
 EpochLogs = dict[str, Any]
@@ -73,7 +74,7 @@ class PretextResult:
         d = Path(directory)
         if not (d / "pretext.json").is_file():
             raise FileNotFoundError(f"{d} holds no saved pretext result (pretext.json missing)")
-        meta = json.loads((d / "pretext.json").read_text())
+        meta = read_json(d / "pretext.json")  # bounded: a cache entry is a file anyone could have written
         weights = load_arrays(d / "encoder_weights.npz")
         if len(weights) != meta["n_weights"]:
             raise ValueError(

@@ -13,6 +13,7 @@ from typing import Any
 
 import keras
 
+from study.io.files import read_json
 from study.spec.config import FINETUNE, PRETEXT, TrialConfig, phase_values
 from study.train.results import EpochLogs, load_arrays, save_arrays
 
@@ -55,7 +56,7 @@ def load_state(
     """Restore weights and optimizer state from `d`; returns the history and probe saved with them."""
     if not (d / STATE_JSON).is_file():
         raise FileNotFoundError(f"resume_dir={str(d)!r} holds no fine-tune state ({STATE_JSON} missing)")
-    state = json.loads((d / STATE_JSON).read_text())
+    state = read_json(d / STATE_JSON)
     now = phase_values(trial, *_RESUME_PHASES)
     # A state written before a field was compared lacks it: compared on the fields it holds.
     changed = sorted(k for k in now if k in state["config"] and state["config"][k] != now[k])

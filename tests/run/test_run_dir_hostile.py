@@ -19,6 +19,7 @@ from crafted import crafted
 from fixtures_results import make_results, write_run_dir
 
 from study import cli
+from study.io.files import UnsafeFileError
 from study.report.document import Box, Para, Pre, Table, render_markdown
 from study.run import integrity, runner
 from study.run.tune_state import STATE_BACKUP, repair_state
@@ -391,3 +392,29 @@ def test_markdown_text_of_every_block_kind_never_opens_html(tmp_path):
     assert md.count("&lt;img") == 6  # five texts, and the summary (already escaped as HTML)
     assert "````\n```\n<img" in md  # a fence inside the text cannot close the block's fence
     assert "p < 0.05" in render_markdown([Para("p < 0.05")], tmp_path)  # a comparison stays as written
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_a_checkpoint_link_or_fifo_is_never_read_and_no_temp_folder_is_left(tmp_path, monkeypatch, kind):
+    """What a trial restores from: a state file linked to /dev/zero was copied until the disk filled, and a
+    FIFO left one /tmp/study-restore-* folder per attempt (re-probe of #27)."""
+    import tempfile
+
+    from ray import tune
+
+    from study import trainables
+
+    checkpoint = tmp_path / "checkpoint_000001"
+    checkpoint.mkdir()
+    state = checkpoint / trainables.STATE_FILE
+    if kind == "link":
+        state.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(state)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(trainables.tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(checkpoint))
+    with pytest.raises((UnsafeFileError, shutil.Error)):
+        trainables._restore_checkpoint()
+    assert list(scratch.iterdir()) == []
