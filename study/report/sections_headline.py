@@ -135,6 +135,12 @@ def _secondary_caption(a: RunAnalysis, shown: pd.DataFrame) -> str:
         f"{round((1 - a.alpha) * 100)} % exact signed-rank CI (not adjusted for multiplicity); Holm p over "
         f"{family} (m = {m}), \u03b1 = {a.alpha:g}. \u201cNot significant\u201d is not \u201cno effect\u201d: "
         "only the primary verdicts test equivalence. Every column in comparisons.csv."
+        + (
+            " Pretext learned: given only for an arm whose pretext beat its learning-free reference on fewer "
+            "than half of the seeds (its comparison then tests the weights of a task that barely learned)."
+            if _failed_pretexts(a.learned)
+            else ""
+        )
     )
 
 
