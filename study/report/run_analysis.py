@@ -97,10 +97,11 @@ def analyse_run(
     examples, example_notes = _read_examples(run_dir)
     _, excluded = split_valid(df)
     pairing, pairing_error = _pairing(df, metric, strict)
-    planned = _primary_analysis(df, metric, alpha, pairing, manifest, primary, margin)
-    comp, null_rates, family = _comparisons(
-        df, metric, alpha, A.resolve_family(family), pairing, planned["plan"]
-    )
+    plan, plan_note = _primary_plan(df, metric, alpha, manifest, primary, margin)
+    comp, null_rates, family = _comparisons(df, metric, alpha, A.resolve_family(family), pairing, plan)
+    # The primary family's rows are the verdicts' comparisons already; other families recompute them.
+    reuse = comp[comp["holm_family"] == "primary"].reset_index(drop=True) if family == "primary" else None
+    planned = {"plan": plan, "plan_note": plan_note, "verdicts": _verdicts(df, metric, pairing, plan, reuse)}
     refs = pretext_reference_table(df)
     learned = pretext_learned(refs)
     comp = comp.assign(
@@ -168,16 +169,16 @@ def declared_plan(df: pd.DataFrame, manifest: dict[str, Any] | None) -> tuple[An
     return AnalysisPlan(primary_regime=longest, primary_fraction=fraction), note
 
 
-def _primary_analysis(
+def _primary_plan(
     df: pd.DataFrame,
     metric: str,
     alpha: float,
-    pairing: A.Pairing | None,
     manifest: dict[str, Any] | None,
     primary: tuple[str, float | None] | None,
     margin: float | None,
-) -> dict[str, Any]:
-    """``RunAnalysis``'s plan, plan_note and verdicts (``verdicts.decide`` on the primary family)."""
+) -> tuple[AnalysisPlan, str]:
+    """``RunAnalysis``'s plan and plan_note: the declared primary analysis, with what `study report`
+    overrides."""
     plan, note = declared_plan(df, manifest)
     declared = plan
     changes: dict[str, Any] = {}
@@ -203,16 +204,29 @@ def _primary_analysis(
             f"`study report` overrides the declared primary analysis ({_plan_text(declared)}) with "
             f"{_plan_text(plan)}: the verdicts below are not the pre-declared ones"
         )
+    return plan, note
+
+
+def _verdicts(
+    df: pd.DataFrame,
+    metric: str,
+    pairing: A.Pairing | None,
+    plan: AnalysisPlan,
+    primary_rows: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """``verdicts.decide`` on the primary family: ``primary_rows`` when the report's comparisons are that
+    family (titled and planned), else computed here; empty without a pairing, the cell or a direction."""
     if pairing is None or plan.primary_regime not in set(df["regime"]) or not A.metric_direction(metric):
-        return {"plan": plan, "plan_note": note, "verdicts": pd.DataFrame()}
-    cell = (float(plan.primary_fraction or 1.0), plan.primary_regime)
-    comp = A.compare_to_baseline(df, metric, plan.alpha, "primary", pairing=pairing, primary=cell)
-    comp = comp[comp["holm_family"] == "primary"].reset_index(drop=True)
-    if comp.empty:
-        return {"plan": plan, "plan_note": note, "verdicts": pd.DataFrame()}
-    comp = T.comparison_table(comp, plan.alpha, pairing.several_fractions)
-    comp = pd.concat([comp, S.power_planning(comp, plan.alpha)], axis=1)
-    return {"plan": plan, "plan_note": note, "verdicts": V.decide(df, comp, plan, pairing)}
+        return pd.DataFrame()
+    comp = primary_rows
+    if comp is None:
+        cell = (float(plan.primary_fraction or 1.0), plan.primary_regime)
+        comp = A.compare_to_baseline(df, metric, plan.alpha, "primary", pairing=pairing, primary=cell)
+        comp = comp[comp["holm_family"] == "primary"].reset_index(drop=True)
+        if not comp.empty:
+            comp = T.comparison_table(comp, plan.alpha, pairing.several_fractions)
+            comp = pd.concat([comp, S.power_planning(comp, plan.alpha)], axis=1)
+    return pd.DataFrame() if comp.empty else V.decide(df, comp, plan, pairing)
 
 
 def _plan_text(plan: AnalysisPlan) -> str:
