@@ -13,10 +13,14 @@ pretext batch 32, 1 TensorFlow thread (demo trials run with threads=1). For ever
 
 A. The project's own phase, `training.run_pretext`, for 1 + R epochs, with timers around each
    `task.make_batch` call (the task returned by `study.tasks.registry.get_task` is wrapped), each `model.fit`
-   call, and the epoch boundaries (`on_epoch`). `run_pretext` makes each epoch's pairs one epoch ahead in
-   a background thread; everything in an epoch outside `model.fit` — waiting for those pairs, copying them
-   into the input variables, the permutation, callbacks — is time the model waits for inputs (`outside`).
-   `make_batch` is reported for scale (it runs mostly in the background). Epoch 1 (tracing) is dropped.
+   call, each call of the phase's epoch hooks (`EpochHooks`) and the epoch boundaries (`on_epoch`).
+   `run_pretext` makes each epoch's pairs one epoch ahead in a background thread; everything in an epoch
+   outside Keras' training and validation — waiting for those pairs, copying them into the input
+   variables, the permutation, callbacks — is time the model waits for inputs (`outside`). The phase trains
+   all its epochs in one `fit` call and does that work in its epoch hooks (the contrastive tasks: one `fit`
+   per epoch, the work between the calls), so per epoch `fit` = the time inside `fit` calls less the time
+   in the hooks, and `outside` = epoch - `fit`. `make_batch` is reported for scale (it runs mostly in the
+   background). Epoch 1 (tracing) is dropped.
 B. Inside `fit`: one epoch of a fresh model of the same task fed three ways, interleaved R times:
    the project's feed (`batches.IndexedBatches` as run_pretext uses it: one pipeline per phase, each
    epoch's arrays assigned to its variables and batches gathered in the epoch's order), plain numpy arrays (Keras' array
@@ -47,16 +51,31 @@ import numpy as np
 
 @contextlib.contextmanager
 def timers():
-    """Wrap `study.tasks.registry.get_task` (timed `make_batch`) and `keras.Model.fit`; yield the event log.
+    """Wrap `study.tasks.registry.get_task` (timed `make_batch`), `keras.Model.fit` and the pretext phase's
+    `EpochHooks`; yield the event log.
 
-    Events: ("make_batch", t0, t1, n_images) and ("fit", t0, t1, 0). Restores the originals on exit.
+    Events: ("make_batch", t0, t1, n_images), ("fit", t0, t1, 0) and ("hook", t0, t1, epoch). Restores the
+    originals on exit.
     """
     import keras
 
     from study.tasks import registry as pretext
+    from study.train import pretext_phase
 
     events: list[tuple[str, float, float, int]] = []
     original_get_task, original_fit = pretext.get_task, keras.Model.fit
+    original_hooks = pretext_phase.EpochHooks
+
+    class TimedHooks(original_hooks):
+        def on_epoch_begin(self, epoch, logs=None):
+            t0 = time.perf_counter()
+            super().on_epoch_begin(epoch, logs)
+            events.append(("hook", t0, time.perf_counter(), epoch))
+
+        def on_epoch_end(self, epoch, logs=None):
+            t0 = time.perf_counter()
+            super().on_epoch_end(epoch, logs)
+            events.append(("hook", t0, time.perf_counter(), epoch))
 
     def get_task(name):
         task = original_get_task(name)
@@ -75,15 +94,22 @@ def timers():
         events.append(("fit", t0, time.perf_counter(), 0))
         return out
 
-    pretext.get_task, keras.Model.fit = get_task, fit
+    pretext.get_task, keras.Model.fit, pretext_phase.EpochHooks = get_task, fit, TimedHooks
     try:
         yield events
     finally:
         pretext.get_task, keras.Model.fit = original_get_task, original_fit
+        pretext_phase.EpochHooks = original_hooks
+
+
+def _overlap(events, kind: str, lo: float, hi: float) -> float:
+    """Seconds of the `kind` events that fall within [lo, hi]."""
+    return sum(max(0.0, min(t1, hi) - max(t0, lo)) for k, t0, t1, _ in events if k == kind)
 
 
 def measure_phase(trial, data) -> dict[str, list[float]]:
-    """Part A: per timed epoch (2..), seconds of `epoch`, `fit`, `make_batch`, `outside` (= epoch - fit)."""
+    """Part A: per timed epoch (2..), seconds of `epoch`, `fit` (inside `fit` calls, less the epoch hooks that
+    run there), `make_batch`, `outside` (= epoch - fit)."""
     from study.train import phases as training
 
     ends: list[float] = []
@@ -96,12 +122,10 @@ def measure_phase(trial, data) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"epoch": [], "fit": [], "make_batch": [], "outside": []}
     for e in range(2, len(bounds)):  # epoch e runs from bounds[e-1] to bounds[e]; epoch 1 traces
         lo, hi = bounds[e - 1], bounds[e]
-        inside = [ev for ev in events if lo <= ev[1] and ev[2] <= hi]
-        fit = sum(t1 - t0 for kind, t0, t1, _ in inside if kind == "fit")
-        make = sum(t1 - t0 for kind, t0, t1, _ in inside if kind == "make_batch")
+        fit = _overlap(events, "fit", lo, hi) - _overlap(events, "hook", lo, hi)
         out["epoch"].append(hi - lo)
         out["fit"].append(fit)
-        out["make_batch"].append(make)
+        out["make_batch"].append(_overlap(events, "make_batch", lo, hi))
         out["outside"].append(hi - lo - fit)
     return out
 

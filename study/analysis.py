@@ -37,7 +37,7 @@ message names the arm / seed / column at fault and the fix.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -244,14 +244,18 @@ def baseline_arm(df: pd.DataFrame) -> str:
     )
 
 
-def check_pairing(df: pd.DataFrame, metric: str = "test_auc") -> Pairing:
+def check_pairing(
+    df: pd.DataFrame, metric: str = "test_auc", not_run: Mapping[str, Collection[int]] | None = None
+) -> Pairing:
     """Check that, within each (label fraction, regime) cell, every arm ran exactly the baseline's seeds.
 
     Pass the *full* tidy table (``load_run``), excluded trials included: that is how a seed that was run
     but diverged/errored (dropped pairwise, listed in ``Pairing.dropped``) is told apart from a seed never
     run for an arm (the table is not paired: ``PairingError`` naming the arm, regime, fraction and seeds).
     Two trials for the same arm x seed x regime x label fraction are also a ``PairingError`` (which one would
-    be the pair?). A table without ``label_fraction`` is one fraction, 1.0.
+    be the pair?). A table without ``label_fraction`` is one fraction, 1.0. ``not_run``: arm -> seeds it did
+    not run by design (its comparison was decided at an earlier look, `study extend`): not a break of the
+    pairing; its cells are missing values, dropped pairwise like an excluded trial's.
     """
     metric = metric_column(metric, df.columns)
     df = with_label_fraction(df)
@@ -274,7 +278,7 @@ def check_pairing(df: pd.DataFrame, metric: str = "test_auc") -> Pairing:
         if not base:
             problems.append(f"{where(cell[1], cell[0])} has no baseline trials")
             continue
-        problems += _unpaired_seeds(sub, base, arms[1:], where(cell[1], cell[0]))
+        problems += _unpaired_seeds(sub, base, arms[1:], where(cell[1], cell[0]), not_run or {})
         seeds[cell] = tuple(sorted(base))
         unusable = sub[(sub["status"] != "ok") | sub[metric].isna()]
         dropped += [_dropped_row(cell, r) for r in unusable.itertuples(index=False)]
@@ -318,14 +322,18 @@ def _check_duplicates(df: pd.DataFrame, where: Any) -> None:
     )
 
 
-def _unpaired_seeds(sub: pd.DataFrame, base: set[int], arms: Sequence[str], where: str) -> list[str]:
-    """What breaks the pairing in one cell ``sub``: seeds the baseline (``base``) or an arm lacks."""
+def _unpaired_seeds(
+    sub: pd.DataFrame, base: set[int], arms: Sequence[str], where: str, not_run: Mapping[str, Collection[int]]
+) -> list[str]:
+    """What breaks the pairing in one cell ``sub``: seeds the baseline (``base``) or an arm lacks (``not_run``:
+    seeds an arm did not run by design)."""
     problems = []
     for arm in arms:
         have = set(sub.loc[sub["arm"] == arm, "seed"])
-        if base - have:
+        missing = base - have - {int(s) for s in not_run.get(arm, ())}
+        if missing:
             problems.append(
-                f"arm {arm!r} ({where}) has no trial for seed(s) {_seed_list(base - have)} that the baseline has"
+                f"arm {arm!r} ({where}) has no trial for seed(s) {_seed_list(missing)} that the baseline has"
             )
         if have - base:
             problems.append(

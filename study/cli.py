@@ -137,6 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
         "or user): Tune's state holds pickled code, so only for a run whose source you trust",
     )
 
+    extend = sub.add_parser(
+        "extend",
+        help="add seeds to a finished study: one more look at its primary comparisons",
+        formatter_class=_formatter,
+        epilog=dedent("""\
+                      examples:
+                        study extend runs/demo-20260101-120000 --seeds 6
+                        study extend runs/demo-20260101-120000     # the next look the study declares
+                      """),
+    )
+    extend.add_argument("run_dir", metavar="RUN_DIR")
+    extend.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="seeds in all after this look (more than the run has); default: the study's next declared look",
+    )
+    extend.add_argument("--address", metavar="ADDR")
+    extend.add_argument("--no-report", action="store_true")
+    extend.add_argument(
+        "--trust-run-dir",
+        action="store_true",
+        help="as for `study resume`: a run whose signatures are not yours",
+    )
+
     search = sub.add_parser(
         "search",
         help="Optuna search over task parameters and learning rates",
@@ -285,6 +310,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(f"Results: {run_dir / 'results.csv'}")
         return 0
+    if args.command == "extend":
+        from study.run import runner
+
+        run_dir = runner.extend_study(
+            args.run_dir,
+            args.seeds,
+            address=args.address,
+            write_report=not args.no_report,
+            trust=args.trust_run_dir,
+        )
+        print(f"Results: {run_dir / 'results.csv'}")
+        return 0
     if args.command == "presets":
         if args.show:
             print(to_toml(get_preset(args.show), shipped=args.show), end="")
@@ -386,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         # Only a run whose Tune state exists can be resumed: the runner names it (StudyInterrupted), or it is
         # the run being resumed. Stopped earlier (checks, data, Ray's start), there is nothing to resume.
-        run_dir = getattr(exc, "run_dir", None) or (args.run_dir if args.command == "resume" else None)
+        run_dir = getattr(exc, "run_dir", None) or (
+            args.run_dir if args.command in ("resume", "extend") else None
+        )
         if run_dir is None:
             print("\nstudy: interrupted before any trial started; nothing to resume.", file=sys.stderr)
             return 130

@@ -27,6 +27,7 @@ from study.data import load_dataset
 from study.data.trial_source import cache_dir, data_source, pretext_root
 from study.io import storage as store
 from study.io.files import read_json
+from study.io.seal import RunSeal
 from study.spec import schema
 from study.spec.backend import backend_version
 from study.spec.config import PRETEXT, TrialConfig, phase_values, regime_name, trial_config_from
@@ -89,7 +90,7 @@ def _experiment_location() -> str:
 
 
 def cached_pretext(
-    trial: TrialConfig, data: Any, on_epoch=None, *, train=None, load=None
+    trial: TrialConfig, data: Any, on_epoch=None, *, train=None, load=None, seal: RunSeal = RunSeal()
 ) -> tuple[Any, bool, str]:
     """(PretextResult, reused?, key): load the pretext phase from the shared cache or train and store it.
 
@@ -97,19 +98,21 @@ def cached_pretext(
     and then loads. Entries are written to a temporary folder and renamed, so a crash never leaves a
     half-written entry that looks complete. A `pretext_cache_dir` URI (`s3://...`) keeps the cache on object
     storage, shared by a cluster's nodes (`_cached_pretext_remote`). `train` / `load` default to `training.run_pretext` /
-    `training.PretextResult.load` (replaceable so the locking can be tested without TensorFlow).
+    `training.PretextResult.load` (replaceable so the locking can be tested without TensorFlow). Entries are
+    sealed with the run's key (`seal`) when written and checked before they are loaded.
     """
     from filelock import FileLock
 
     if train is None or load is None:
         training = _training()
         train, load = train or training.run_pretext, load or training.PretextResult.load
+    load = _checked_load(load, seal)
     key = pretext_key(trial, data.fingerprint)
     if not trial.share_pretext:
         return train(trial, data, on_epoch=on_epoch), False, key
     root = pretext_root(trial, _experiment_location)
     if store.is_uri(root):
-        return _cached_pretext_remote(trial, data, on_epoch, train, load, key, store.join(root, key))
+        return _cached_pretext_remote(trial, data, on_epoch, train, load, key, store.join(root, key), seal)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     entry = root / key
@@ -119,19 +122,32 @@ def cached_pretext(
         if entry.is_dir():
             return load(entry), True, key
         result = train(trial, data, on_epoch=on_epoch)
-        tmp = _save_entry(result, root, key, trial)
+        tmp = _save_entry(result, root, key, trial, seal)
         os.replace(tmp, entry)
         return result, False, key
 
 
-def _save_entry(result: Any, root: Path, key: str, trial: TrialConfig) -> Path:
+def _save_entry(result: Any, root: Path, key: str, trial: TrialConfig, seal: RunSeal) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=root))
     result.save(tmp)
     (tmp / "key.json").write_text(json.dumps({"key": key, "task": trial.task, "seed": trial.seed}))
+    seal.seal(tmp)
     return tmp
 
 
-def _cached_pretext_remote(trial, data, on_epoch, train, load, key: str, entry: str) -> tuple[Any, bool, str]:
+def _checked_load(load, seal: RunSeal):
+    """`load`, preceded by the check of the entry's seal (a planted or edited entry is refused by name)."""
+
+    def checked(entry: Path) -> Any:
+        seal.check(Path(entry), f"pretext-cache entry {entry}")
+        return load(entry)
+
+    return checked
+
+
+def _cached_pretext_remote(
+    trial, data, on_epoch, train, load, key: str, entry: str, seal: RunSeal = RunSeal()
+) -> tuple[Any, bool, str]:
     """The cache on object storage (`s3://...`): shared by every node of a cluster.
 
     Object stores have neither locks nor atomic folder renames, so an entry counts as complete once its
@@ -153,7 +169,7 @@ def _cached_pretext_remote(trial, data, on_epoch, train, load, key: str, entry: 
                 os.replace(tmp, local_entry)
             return load(local_entry), True, key
         result = train(trial, data, on_epoch=on_epoch)
-        tmp = _save_entry(result, local_root, key, trial)
+        tmp = _save_entry(result, local_root, key, trial, seal)
         store.upload(tmp, entry)
         store.write_text(marker, json.dumps({"key": key}))
         os.replace(tmp, local_entry)
@@ -175,17 +191,22 @@ def reports_after(trial: TrialConfig, epoch: int) -> bool:
     return epoch % trial.report_every == 0 or checkpoints_after(trial, epoch)
 
 
-def _report_with_state(metrics: dict[str, Any], state: dict[str, Any], write_files=None) -> None:
-    """`tune.report` with a checkpoint holding `state` (json) and whatever `write_files(dir)` writes."""
+def _report_with_state(
+    metrics: dict[str, Any], state: dict[str, Any], write_files=None, seal: RunSeal = RunSeal()
+) -> None:
+    """`tune.report` with a checkpoint holding `state` (json) and whatever `write_files(dir)` writes, sealed
+    with the run's key."""
     with tempfile.TemporaryDirectory(prefix="study-ckpt-") as tmp:
         if write_files is not None:
             write_files(Path(tmp))
         (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+        seal.seal(Path(tmp))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _restore_checkpoint() -> tuple[dict[str, Any], Path | None]:
-    """(state, local copy of the checkpoint dir) from `tune.get_checkpoint()`, or ({}, None)."""
+def _restore_checkpoint(seal: RunSeal = RunSeal()) -> tuple[dict[str, Any], Path | None]:
+    """(state, local copy of the checkpoint dir) from `tune.get_checkpoint()`, or ({}, None); the copy is
+    checked against the seal its writer put on it before anything in it is read."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return {}, None
@@ -195,6 +216,7 @@ def _restore_checkpoint() -> tuple[dict[str, Any], Path | None]:
             # Links are copied as links, never followed (a link to /dev/zero would copy forever); the
             # bounded reader then refuses them, and a FIFO, as it refuses anything but a regular file.
             shutil.copytree(d, local, dirs_exist_ok=True, symlinks=True)
+        seal.check(local, f"checkpoint {checkpoint.path}")
         return read_json(local / STATE_FILE), local
     except BaseException:
         shutil.rmtree(local, ignore_errors=True)
@@ -225,15 +247,18 @@ class _ExpectedRetracing(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-def two_stage_trial(config: dict[str, Any]) -> None:
+def two_stage_trial(config: dict[str, Any], run_seal: RunSeal | None = None) -> None:
     """One trial: pretext phase (unless `task == "none"`), then fine-tune with early-stopping replay.
 
     Reports per epoch (`phase` = "pretext" or "finetune") and a last result with `phase` = "done" holding
     `regimes` (per early-stopping regime: stop epoch and test metrics), pretext metrics and the status.
     Resumes from `tune.get_checkpoint()`: after the pretext phase, or from the last fine-tune epoch saved;
-    `restored` in every result says whether this attempt started from a checkpoint.
+    `restored` in every result says whether this attempt started from a checkpoint. `run_seal` (the run's
+    key, from the driver through `tune.with_parameters`) seals what the trial writes and checks what it reads
+    back; without it nothing is sealed or checked (a Tuner built without the study's driver).
     """
     trial = trial_config_from(config)
+    seal = run_seal or RunSeal()
     # TensorFlow 2.21's C++ logging prints spurious errors every epoch (tf.data attribute notices); Python
     # exceptions still carry real errors. Set TF_CPP_MIN_LOG_LEVEL yourself to see them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -246,15 +271,17 @@ def two_stage_trial(config: dict[str, Any]) -> None:
     training = _training()
     training.configure(trial.threads)
     data = load_trial_data(trial)
-    state, restored = _restore_checkpoint()
+    state, restored = _restore_checkpoint(seal)
     try:
-        _run_phases(trial, data, state, restored)
+        _run_phases(trial, data, state, restored, seal)
     finally:
         if restored is not None:
             shutil.rmtree(restored, ignore_errors=True)
 
 
-def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: Path | None) -> None:
+def _run_phases(
+    trial: TrialConfig, data: Any, state: dict[str, Any], restored: Path | None, seal: RunSeal
+) -> None:
     import ray
 
     # Provenance: which worker process and which cluster node ran this attempt.
@@ -267,7 +294,7 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
     pretext_info: dict[str, Any] = state.get("pretext", {})
     encoder_weights = None
     if trial.task != "none" and state.get("phase") != "finetune":
-        result, pretext_info = _pretext_phase(trial, data, state, restored, common)
+        result, pretext_info = _pretext_phase(trial, data, state, restored, common, seal)
         if result.diverged:
             tune.report(
                 {
@@ -284,11 +311,16 @@ def _run_phases(trial: TrialConfig, data: Any, state: dict[str, Any], restored: 
             )
             return
         encoder_weights = result.encoder_weights
-    _finetune_phase(trial, data, state, restored, common, pretext_info, encoder_weights)
+    _finetune_phase(trial, data, state, restored, common, pretext_info, encoder_weights, seal)
 
 
 def _pretext_phase(
-    trial: TrialConfig, data: Any, state: dict[str, Any], restored: Path | None, common: dict[str, Any]
+    trial: TrialConfig,
+    data: Any,
+    state: dict[str, Any],
+    restored: Path | None,
+    common: dict[str, Any],
+    seal: RunSeal,
 ) -> tuple[Any, dict[str, Any]]:
     """(PretextResult, its results fields): from the checkpoint, else from the cache or trained (reported
     per epoch, then checkpointed)."""
@@ -302,12 +334,13 @@ def _pretext_phase(
         )
         _test_event("pretext", epoch=epoch, task=trial.task, node_id=common["node_id"])
 
-    result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch)
+    result, reused, key = cached_pretext(trial, data, on_epoch=on_pretext_epoch, seal=seal)
     pretext_info = _pretext_fields(result, reused, key)
     _report_with_state(
         {"phase": "pretext_done", "finetune_epoch": 0, "search_score": 0.0, **common, **pretext_info},
         {"phase": "pretext_done", "pretext": pretext_info},
         write_files=lambda d: result.save(d / "pretext"),
+        seal=seal,
     )
     return result, pretext_info
 
@@ -320,6 +353,7 @@ def _finetune_phase(
     common: dict[str, Any],
     pretext_info: dict[str, Any],
     encoder_weights: Any,
+    seal: RunSeal,
 ) -> None:
     """The fine-tune phase (resumed from the checkpoint's epoch), reported per epoch, then the final result."""
     training = _training()
@@ -345,6 +379,7 @@ def _finetune_phase(
                 metrics,
                 {"phase": "finetune", "epoch": epoch, "pretext": pretext_info, "ran_on": ran_on},
                 write_files=lambda d: save_state(d / "finetune"),
+                seal=seal,
             )
         elif reports_after(trial, epoch):
             tune.report(metrics)

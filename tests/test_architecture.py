@@ -19,7 +19,7 @@ ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 # Layers, lowest first: a module may import its own package and the layers below it, never one above.
 LAYER = {
     "tasks": 0, "pretext": 0, "stats": 0, "spec": 1, "io": 2, "data": 3, "train": 4, "trainables": 5, "search_spaces": 5,
-    "analysis": 5, "verdicts": 5, "report": 6, "run": 7, "cli": 8, "__init__": 0,
+    "analysis": 5, "verdicts": 5, "looks": 5, "report": 6, "run": 7, "cli": 8, "__init__": 0,
 }  # fmt: skip
 # Packages whose import pulls in TensorFlow or Ray: the only study imports allowed inside a function.
 HEAVY = ("study.train", "study.run.runner")

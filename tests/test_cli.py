@@ -136,6 +136,22 @@ def test_gpu_preset_on_a_machine_without_gpus_is_rejected_before_any_trial(
         "gpu",
     ]
     if gpus:
+        # Next the paper's ImageNet weights, on the driver: offline without the file, one line and no Ray;
+        # with the file (an empty stand-in: only its presence is checked before Tune) the study reaches Tune.
+        import urllib.error
+
+        from study.train import models
+
+        def offline(*args, **kw):
+            raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+        monkeypatch.setattr(models.keras.utils, "get_file", offline)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and models.IMAGENET_NOTOP_FILE in err[0] and "weights='random'" in err[0], err
+        assert seen == []
+        (tmp_path / "kh" / "models" / models.IMAGENET_NOTOP_FILE).write_bytes(b"")
         with pytest.raises(_ReachedTune):
             main(argv)
         assert seen == ["resources"]

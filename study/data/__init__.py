@@ -9,7 +9,7 @@ Modules, in the order data flows through them:
   duplicates      exact and near duplicates (leakage, conflicting labels)
   fingerprinting  content fingerprint, the key of the decoded and pretext caches
   checks          check_dataset and its CheckReport
-  cache           load_dataset / check_and_cache: decode once, cached as .npz
+  cache           load_dataset / check_and_cache: decode once, cached (decoded_store: memory-mapped .npy)
   splits          stratified_split and label_subset (groups kept whole)
   synth           synthetic lesions
   trial_source    a trial's data source and cache folder

@@ -18,6 +18,7 @@ from study import analysis as A
 from study import verdicts as V
 from study.io.files import UnsafeFileError, read_json, read_regular
 from study.report import cost as C
+from study.report import sequential as SQ
 from study.report import simulate as S
 from study.report import tables as T
 from study.report.labels import metric_label
@@ -62,6 +63,9 @@ class RunAnalysis:
     plan: AnalysisPlan | None = None  # the primary analysis: declared, or given to `study report` (plan_note)
     plan_note: str = ""  # "" when the run's declaration is used as is; else what was changed and why
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)  # verdicts.decide: the primary comparisons
+    # sequential.looks_table when the study has looks (declared, or extended); verdicts then are the looks'
+    looks: pd.DataFrame | None = None
+    looks_planned: bool = False
 
     @property
     def label(self) -> str:
@@ -96,12 +100,13 @@ def analyse_run(
     history, history_why = _read_history(run_dir)
     examples, example_notes = _read_examples(run_dir)
     _, excluded = split_valid(df)
-    pairing, pairing_error = _pairing(df, metric, strict)
+    pairing, pairing_error = _pairing(df, metric, strict, SQ.not_run_by_design(manifest))
     plan, plan_note = _primary_plan(df, metric, alpha, manifest, primary, margin)
     comp, null_rates, family = _comparisons(df, metric, alpha, A.resolve_family(family), pairing, plan)
     # The primary family's rows are the verdicts' comparisons already; other families recompute them.
     reuse = comp[comp["holm_family"] == "primary"].reset_index(drop=True) if family == "primary" else None
     planned = {"plan": plan, "plan_note": plan_note, "verdicts": _verdicts(df, metric, pairing, plan, reuse)}
+    planned.update(_looks(df, pairing, plan, manifest, planned["verdicts"]))
     refs = pretext_reference_table(df)
     learned = pretext_learned(refs)
     comp = comp.assign(
@@ -229,6 +234,25 @@ def _verdicts(
     return pd.DataFrame() if comp.empty else V.decide(df, comp, plan, pairing)
 
 
+def _looks(
+    df: pd.DataFrame, pairing: A.Pairing | None, plan: AnalysisPlan, manifest: dict[str, Any] | None, verdicts
+) -> dict[str, Any]:
+    """The verdicts over the run's looks (`report.sequential`) in place of the one-look verdicts, and the looks
+    table; nothing for a study analysed once."""
+    if pairing is None or verdicts.empty:
+        return {}
+    cell = (float(plan.primary_fraction or A.DEFAULT_LABEL_FRACTION), plan.primary_regime)
+    sizes = SQ.look_sizes(manifest, plan, len(pairing.seeds.get(cell, ())))
+    looks = SQ.run_looks(df, plan, pairing, sizes) if sizes else None
+    if looks is None:
+        return {}
+    return {
+        "verdicts": SQ.apply_looks(verdicts, looks),
+        "looks": SQ.looks_table(looks),
+        "looks_planned": looks.sequential.planned,
+    }
+
+
 def _plan_text(plan: AnalysisPlan) -> str:
     return (
         f"{plan.metric}, regime {plan.primary_regime}, label fraction {plan.primary_fraction:g}, "
@@ -236,10 +260,13 @@ def _plan_text(plan: AnalysisPlan) -> str:
     )
 
 
-def _pairing(df: pd.DataFrame, metric: str, strict: bool) -> tuple[A.Pairing | None, str]:
-    """``(check_pairing, "")``, or ``(None, why)`` for a table not paired by seed (raised when ``strict``)."""
+def _pairing(
+    df: pd.DataFrame, metric: str, strict: bool, not_run: dict[str, set[int]]
+) -> tuple[A.Pairing | None, str]:
+    """``(check_pairing, "")``, or ``(None, why)`` for a table not paired by seed (raised when ``strict``);
+    ``not_run``: seeds arms closed at an earlier look did not run."""
     try:
-        return A.check_pairing(df, metric), ""
+        return A.check_pairing(df, metric, not_run), ""
     except A.PairingError as e:
         if strict:
             raise

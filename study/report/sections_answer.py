@@ -15,6 +15,7 @@ from study.report import labels as L
 from study.report import plots
 from study.report.document import Block, Box, Heading, Image, Para, Table
 from study.report.run_analysis import RunAnalysis
+from study.report.sequential import seeds_to_extend
 
 VERDICT_TITLES = {
     "better": "arm better",
@@ -35,6 +36,8 @@ def answer_blocks(a: RunAnalysis, fig_dir: Path) -> list[Block]:
     if v.empty:
         return blocks + [Para(f"No verdict: {_no_verdict(a)}.")]
     blocks += [Para(_design(a)), Table(verdict_table(v, a), _table_caption(a))]
+    if a.looks is not None:
+        blocks.append(Table(looks_table(a), _looks_caption(a)))
     blocks.append(_forest(v, a, fig_dir))
     blocks.append(Para(_what_would_decide(v, a)))
     return blocks
@@ -69,8 +72,16 @@ def _design(a: RunAnalysis) -> str:
         f"Design: {data}; {v['arm'].nunique()} self-supervised arm(s) against the baseline on {n} paired seeds; "
         f"primary cell declared before the run: {L.regime_title(plan.primary_regime)}{fraction}; "
         f"equivalence margin \u03b4 = \u00b1{_margin(a)}; Holm over the m = {len(v)} primary comparisons at "
-        f"\u03b1 = {plan.alpha:g}. Every other regime and fraction is secondary and exploratory (below)."
+        f"\u03b1 = {plan.alpha:g}{_looks_phrase(a)}. Every other regime and fraction is secondary and exploratory "
+        "(below)."
     )
+
+
+def _looks_phrase(a: RunAnalysis) -> str:
+    if a.looks is None:
+        return ""
+    kind = "declared" if a.looks_planned else "unplanned, corrected"
+    return f", in {len(a.looks)} look(s) at {', '.join(str(n) for n in a.looks['seeds'])} seeds ({kind})"
 
 
 def _margin(a: RunAnalysis) -> str:
@@ -102,7 +113,58 @@ def verdict_table(v: pd.DataFrame, a: RunAnalysis) -> pd.DataFrame:
                 "Seeds to decide": " ".join(_seeds_to_decide(r)) if r.verdict == "undecided" else "",
             }
         )
+        if a.looks is not None:
+            look = getattr(r, "look", np.nan)
+            rows[-1]["Decided at"] = _decided_at(look, a.looks) if r.verdict != "undecided" else ""
     return pd.DataFrame(rows)
+
+
+def _decided_at(look: float, looks: pd.DataFrame) -> str:
+    if not np.isfinite(look) or int(look) < 1:
+        return F.NA
+    return f"look {int(look)} ({int(looks['seeds'].iloc[int(look) - 1])} seeds)"
+
+
+def looks_table(a: RunAnalysis) -> pd.DataFrame:
+    """One row per look: its seeds, the comparisons it decided, the alpha spent by then."""
+    recorded = [x for x in (a.manifest or {}).get("looks") or [] if isinstance(x, dict)]
+    arms_run = [len(x.get("arms") or []) for x in recorded] if len(recorded) == len(a.looks) else None
+    return pd.DataFrame(
+        {
+            "Look": a.looks["look"],
+            "Seeds": a.looks["seeds"],
+            **({"Arms run": arms_run} if arms_run else {}),
+            "Decided here": a.looks["decided"],
+            "\u03b1 spent, better/worse": [f"{x:.4f}" for x in a.looks["alpha_spent"]],
+            "\u03b1 spent, equivalence": [f"{x:.4f}" for x in a.looks["alpha_spent_equivalence"]],
+        }
+    )
+
+
+def _looks_caption(a: RunAnalysis) -> str:
+    if a.looks_planned:
+        declared = ", ".join(str(n) for n in a.plan.looks)
+        return (
+            f"Looks at the primary comparisons, declared before the run at {declared} seeds. At each look a "
+            "comparison still open is tested against that look's nominal level (Lan\u2013DeMets "
+            "O'Brien\u2013Fleming alpha spending over the declared looks, group-sequential Holm over the m "
+            "comparisons), so the chance of any false better/worse or equivalence claim over all looks stays "
+            f"\u2264 \u03b1 = {a.plan.alpha:g}; a decided comparison keeps its verdict and its arm runs no "
+            "further seeds. The p-values above are "
+            "those at the last look; a verdict needs them below the look's level, stricter than \u03b1 at early "
+            'looks. Calibration: STATISTICS.md, "Planned looks".'
+        )
+    return (
+        "Looks at the primary comparisons, not declared before the run: the study was extended after it was "
+        f"analysed (`study extend`). Correction for unplanned looks: every look is judged by its own Holm at "
+        f"\u03b1 / K (K = {len(a.looks)} looks so far), so the chance of any false claim over the looks stays "
+        f"\u2264 \u03b1 = {a.plan.alpha:g} when K is fixed in advance; a verdict an earlier report gave can be "
+        "withdrawn as K grows. The first report, at the full \u03b1, was read before the study was extended: "
+        "counting every report along the way, a false equivalence claim reached 5.5 % in simulation "
+        '(STATISTICS.md, "Planned looks"). Arms run: a decided comparison\'s arm runs no further seeds (the '
+        "baseline always does). The p-values above are those at the last look. Declare `looks` in the study file "
+        "to keep every look within \u03b1."
+    )
 
 
 def _pp(x: float, pp: bool) -> float:
@@ -161,8 +223,15 @@ def _what_would_decide(v: pd.DataFrame, a: RunAnalysis) -> str:
         for r in open_.itertuples(index=False)
         for seeds, to_show in [_seeds_to_decide(r)]
     ]
+    n_now = int(v["n"].max())
+    seeds = seeds_to_extend(v, tuple(a.plan.looks), n_now)
+    command = (
+        f" To run them as a new look, keeping every finished trial: `study extend {a.run_dir} --seeds {seeds}`."
+        if seeds is not None
+        else ""
+    )
     return (
         f"What would decide the {len(open_)} undecided comparison(s): {'; '.join(parts)}, at the "
         "differences and spread seen here (a planning figure, not a promise). An undecided verdict means "
-        "the study cannot tell; it is not evidence of no effect."
+        f"the study cannot tell; it is not evidence of no effect.{command}"
     )

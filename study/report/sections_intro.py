@@ -203,8 +203,8 @@ def _probe_method(a: RunAnalysis) -> str:
         return ""
     text = (
         "Linear probe: a logistic regression on the frozen, globally pooled encoder features (after the "
-        "pretext phase; the randomly initialised encoder for the baseline), one per trial, scored by "
-        "test AUC"
+        "pretext phase; for the baseline the encoder as initialised, random or ImageNet weights), one per "
+        "trial, scored by test AUC"
     )
     k = len(a.probe_comparisons)
     if k:

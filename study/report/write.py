@@ -114,7 +114,8 @@ def _with_verdicts(comp: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     keys = [A.LABEL_FRACTION, "regime", "arm"]
     if verdicts.empty or comp.empty:
         return comp.assign(**{c: pd.Series(dtype=float) for c in V.VERDICT_COLUMNS})
-    return comp.merge(verdicts[[*keys, *V.VERDICT_COLUMNS]], on=keys, how="left").assign(
+    columns = [*V.VERDICT_COLUMNS, *(["look"] if "look" in verdicts else [])]  # the look that decided it
+    return comp.merge(verdicts[[*keys, *columns]], on=keys, how="left").assign(
         primary=lambda f: f["primary"].fillna(False).astype(bool)
     )
 

@@ -22,6 +22,8 @@ import os
 import secrets
 import socket
 import stat
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -84,9 +86,35 @@ def _host_port(address: str, label: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _resolve(host: str, port: int, label: str) -> tuple[str, int]:
+    """(IP, port) of `host`, within `ADDRESS_PROBE_S`: `getaddrinfo` itself has no timeout (a dead DNS server
+    blocks it for the resolver's whole retry cycle), so it runs in a daemon thread that may be left behind."""
+    found: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][:2])
+        except OSError as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=lookup, daemon=True, name="study-dns")
+    worker.start()
+    worker.join(ADDRESS_PROBE_S)
+    if not found:
+        raise ConfigError(
+            f"{label}: the name {host!r} did not resolve within {ADDRESS_PROBE_S} s (DNS); {_FIX}"
+        )
+    if isinstance(found[0], OSError):
+        raise ConfigError(
+            f"{label}: the name {host!r} does not resolve ({found[0].strerror or found[0]}); {_FIX}"
+        )
+    return found[0]
+
+
 def _probe_tcp(host: str, port: int, label: str) -> None:
+    address = _resolve(host, port, label)
     try:
-        socket.create_connection((host, port), timeout=ADDRESS_PROBE_S).close()
+        socket.create_connection(address, timeout=ADDRESS_PROBE_S).close()
     except OSError as exc:
         raise ConfigError(f"{label}: no Ray cluster answers there ({exc.strerror or exc}); {_FIX}") from None
 
@@ -320,6 +348,25 @@ def _private_token() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def private_temp_dir() -> str:
+    """The embedded Ray's temp folder: `study-ray-<uid>/ray` in `$RAY_TMPDIR` (default the system's temp
+    folder), the first of mode 0700. Ray's own `/tmp/ray` is mode 0777 with session folders of mode 0777, so any local user could
+    reach its logs and its object store's and raylet's Unix sockets; inside a folder only its owner can enter,
+    they cannot. A link there, or a folder of another user, is refused."""
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    path = os.path.join(base, f"study-ray-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigError(
+            f"{path}: the embedded Ray's temp folder is a link or not yours; remove it, or set RAY_TMPDIR to a "
+            "folder of your own"
+        )
+    os.chmod(path, 0o700)
+    return os.path.join(path, "ray")  # Ray makes this one 0777 itself; its parent keeps others out
+
+
 @contextlib.contextmanager
 def loopback_only() -> Iterator[None]:
     """Start Ray's processes on 127.0.0.1: with a node IP of 127.0.0.1 every Ray server binds to loopback
@@ -341,15 +388,36 @@ def loopback_only() -> Iterator[None]:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
+def _check_session_backend(backend: str) -> None:
+    """A Ray this process started before the study (tests, notebooks) keeps the environment it gave its
+    workers: refuse a study whose backend differs from theirs rather than run it on another one."""
+    import ray
+
+    told = (ray.get_runtime_context().runtime_env.get("env_vars") or {}).get("KERAS_BACKEND")
+    workers = told or keras_backend()  # without a runtime_env, an embedded Ray's workers inherit ours
+    if workers != backend:
+        raise ConfigError(
+            f"backend = {backend!r}, but the Ray this process already started runs its trials on {workers}; "
+            f"call ray.shutdown() first, or start it with runtime_env={{'env_vars': {{'KERAS_BACKEND': "
+            f"'{backend}'}}}}"
+        )
+
+
 def init_ray(address: str | None, preset: StudyPreset) -> None:
-    """Join the Ray cluster at `address`, or start an embedded Ray; refuse a study no node can run."""
+    """Join the Ray cluster at `address`, or start an embedded Ray, its workers told the study's Keras backend
+    (`KERAS_BACKEND` in `runtime_env`); refuse a study no node can run."""
     # Save Tune's experiment state every second (default: >= 10 s) so that a driver killed right after a
     # trial finished does not run that trial again on `study resume`. The state file is small.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray  # the driver imports Ray only to run a study
 
+    # Every trial runs on the study's backend: Ray's workers are told it (a cluster's do not inherit this
+    # process's environment; an embedded Ray's would inherit KERAS_BACKEND, but not a study file's backend).
+    backend = preset.backend or keras_backend()
+    env = {"env_vars": {"KERAS_BACKEND": backend}}
     if ray.is_initialized():
+        _check_session_backend(backend)
         return
     changed = protect_token_file()
     if changed is not None:
@@ -362,13 +430,16 @@ def init_ray(address: str | None, preset: StudyPreset) -> None:
         # "local": always a new embedded Ray, never a cluster someone started on this machine (`ray start`).
         _private_token()
         with loopback_only():
-            ray.init(address="local", include_dashboard=False, log_to_driver=True)
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                log_to_driver=True,
+                runtime_env=env,
+                _temp_dir=private_temp_dir(),
+            )
         _check_embedded_gpus(preset)
         return
     try:
-        # Workers of a cluster do not inherit this process's environment: tell them the Keras backend
-        # (an embedded Ray's workers inherit it).
-        env = {"env_vars": {"KERAS_BACKEND": keras_backend()}}
         ray.init(address=joined, log_to_driver=True, runtime_env=env)
     except ConnectionError as exc:
         raise ConfigError(f"--address {address}: {str(exc).splitlines()[0]} {_FIX}") from None

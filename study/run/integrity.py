@@ -92,6 +92,18 @@ def digest(key: bytes, data: bytes) -> str:
     return hmac.new(key, data, hashlib.sha256).hexdigest()
 
 
+def new_run_salt() -> str:
+    """A run's salt (recorded in its signed study.json): what makes its key its own (`run_key`)."""
+    return secrets.token_hex(16)
+
+
+def run_key(salt: str) -> bytes:
+    """The key a run's trials seal their checkpoints and pretext-cache entries with (`study.io.seal`): derived
+    from the user's key and the run's salt, so a trial never holds the user's key and one run's sealed
+    folders do not pass as another's."""
+    return hmac.new(load_key(), b"run-seal\0" + salt.encode(), hashlib.sha256).digest()
+
+
 def pickle_complete(data: bytes) -> bool:
     """Whether `data` is one whole pickle, judged by reading its opcodes; nothing is executed."""
     try:

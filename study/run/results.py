@@ -20,7 +20,15 @@ import numpy as np
 import pandas as pd
 
 from study.io import storage as store
-from study.io.files import MAX_READ_BYTES, UnsafeFileError, parse_json, read_regular, write_text_replacing
+from study.io.files import (
+    MAX_READ_BYTES,
+    UnsafeFileError,
+    parse_json,
+    read_json,
+    read_regular,
+    write_text_replacing,
+)
+from study.report.sequential import extend_hint
 from study.report.write import write_report as _write_report
 from study.run.rundir import STUDY_FILE, copy_examples, load_study, open_run, publish, write_manifest
 from study.search_spaces import searched_settings
@@ -185,7 +193,7 @@ def _arm_fields(config: dict[str, Any], varied: set[str]) -> dict[str, Any]:
     }
 
 
-def _varied_params(preset: StudyPreset) -> set[str]:
+def varied_params(preset: StudyPreset) -> set[str]:
     """Arm settings that take more than one value among the arms of one task (shown in arm names)."""
     if preset.search is not None:
         return {*param_names(), *searched_settings(preset.search)} - {"task"}
@@ -264,7 +272,7 @@ def _trial_history(result: Any, ident: dict[str, Any]) -> pd.DataFrame | None:
 
 def collect_results(grid: Any, preset: StudyPreset) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     """(results, history, errors) from a Tune ResultGrid: the tidy tables of the analysis contract."""
-    varied = _varied_params(preset)
+    varied = varied_params(preset)
     rows, hist, errors = [], [], []
     for result in grid:
         fields = _arm_fields(result.config or {}, varied)
@@ -422,9 +430,16 @@ def finish_run(
     write_report: bool = True,
     run_uri: str | None = None,
     complete: bool = True,
+    look: StudyPreset | None = None,
+    looks: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write results.csv, history.csv, examples/ and manifest.json from a ResultGrid into the local copy
-    `run_dir`, then the report; upload them when the run lives at a URI."""
+    `run_dir`, then the report; upload them when the run lives at a URI.
+
+    `look`: the trials `grid` holds are one look of an extended study (`study.run.extend`; `preset` is then the
+    whole study): their rows are appended to the tables, whose earlier lines stay as they are. `looks`: the
+    manifest's record of the study's looks."""
+    ran = look or preset
     try:
         results, history, errors = collect_results(grid, preset)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
@@ -435,22 +450,58 @@ def finish_run(
             f"reports ({type(exc).__name__}: {str(exc)[:200]}); the run is damaged"
         ) from None
     # After a finished fit every planned trial must be there (a run read back by `study report` may be partial).
-    if preset.search is None and complete:
-        expected, got = len(preset.trial_configs()), int(results["trial_id"].nunique()) if len(results) else 0
+    if ran.search is None and complete:
+        expected, got = len(ran.trial_configs()), int(results["trial_id"].nunique()) if len(results) else 0
         if got != expected:
             raise ConfigError(
                 f"{run_uri or run_dir}: Ray Tune returned {got} trials but the study has {expected}; no results "
                 "written (its experiment state is damaged); start the study again with `study run`"
             )
-    # Never through a symlink planted in the run directory (`study report` may rebuild a run from elsewhere).
-    write_text_replacing(run_dir / "results.csv", results.to_csv(index=False))
-    write_text_replacing(run_dir / "history.csv", history.to_csv(index=False))
+    if look is None:
+        # Never through a symlink planted in the run directory (`study report` may rebuild a run from elsewhere).
+        write_text_replacing(run_dir / "results.csv", results.to_csv(index=False))
+        write_text_replacing(run_dir / "history.csv", history.to_csv(index=False))
+    else:
+        errors = _earlier_errors(run_dir) + errors
+        append_rows(run_dir / "results.csv", results)
+        append_rows(run_dir / "history.csv", history)
+        results = pd.read_csv(run_dir / "results.csv")
     copy_examples(run_dir, results, preset, run_uri or str(run_dir))
-    write_manifest(run_dir, preset, results, errors, run_uri or str(run_dir))
+    write_manifest(run_dir, preset, results, errors, run_uri or str(run_dir), looks=looks)
     if preset.search is not None:
         write_search_summary(run_dir, results)
     elif write_report:
         md, html = _write_report(run_dir)
         print(f"Report: {html}")
+        hint = extend_hint(run_dir, run_uri or str(run_dir))
+        if hint:
+            print(hint)
     if run_uri is not None:
         publish(run_dir, run_uri)
+
+
+def _earlier_errors(run_dir: Path) -> list[dict]:
+    """The failed trials the manifest lists from the study's earlier looks."""
+    try:
+        errors = read_json(run_dir / "manifest.json").get("errors") or []
+    except (OSError, UnsafeFileError, AttributeError):
+        return []
+    return [e for e in errors if isinstance(e, dict)]
+
+
+def append_rows(path: Path, new: pd.DataFrame) -> None:
+    """Append `new` to the CSV at `path`, leaving its existing lines as they are (byte for byte): the new rows
+    take the file's columns; a column only they have rewrites the whole table instead."""
+    if not len(new):
+        return
+    if not path.exists():
+        write_text_replacing(path, new.to_csv(index=False))
+        return
+    text = read_regular(path).decode()
+    header = pd.read_csv(io.StringIO(text), nrows=0).columns.tolist()
+    if set(new.columns) <= set(header):
+        body = new.reindex(columns=header).to_csv(index=False, header=False)
+        write_text_replacing(path, text + ("" if text.endswith("\n") else "\n") + body)
+        return
+    old = pd.read_csv(io.StringIO(text))
+    write_text_replacing(path, pd.concat([old, new], ignore_index=True).to_csv(index=False))

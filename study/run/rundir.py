@@ -35,12 +35,17 @@ from study.io.files import (
     write_replacing,
     write_text_replacing,
 )
+from study.run.integrity import new_run_salt
 from study.spec.backend import backend_version
 from study.spec.config import ConfigError, check_bounds
 from study.spec.presets import StudyPreset
 from study.spec.resolve import PRETEXT_CACHE
 
 STUDY_FILE = "study.json"
+# The record of a study's extensions (`study.run.extend`), written before each look's trials start.
+LOOKS_FILE = "looks.json"
+# study.json's field with the run's salt, from which the key its trials seal their folders with is derived.
+RUN_SALT = "run_salt"
 # The driver's own files of a run (the rest of a run directory is Ray Tune's): fetched for resume/report.
 DRIVER_FILES = [STUDY_FILE, "results.csv", "history.csv", "manifest.json", "examples"]
 # A pretext cache key (`study.trainables`: a hex digest), the name of its folder in the run's pretext cache.
@@ -80,24 +85,22 @@ def holds_study(run_uri: str, local: Path) -> bool:
     return store.exists(store.join(run_uri, STUDY_FILE)) or (local / STUDY_FILE).exists()
 
 
-def write_study_record(local: Path, preset: StudyPreset, run_uri: str, data_root: str, check: Any) -> None:
-    """`study.json`: the study as run, when it started, and the data it runs on (with the data check)."""
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat()
-    write_text_replacing(
-        local / STUDY_FILE,
-        json.dumps(
-            {
-                "preset": preset.to_dict(),
-                "started": started,
-                "run_uri": run_uri,
-                "data_root": data_root,
-                "data_check": check.to_dict(),
-                "data_check_summary": check.format(),
-            },
-            indent=2,
-            default=str,
-        ),
-    )
+def write_study_record(
+    local: Path, preset: StudyPreset, run_uri: str, data_root: str, check: Any
+) -> dict[str, Any]:
+    """`study.json`: the study as run, when it started, the data it runs on (with the data check) and the
+    run's salt (`RUN_SALT`); returns what it wrote."""
+    record = {
+        "preset": preset.to_dict(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "run_uri": run_uri,
+        "data_root": data_root,
+        "data_check": check.to_dict(),
+        "data_check_summary": check.format(),
+        RUN_SALT: new_run_salt(),
+    }
+    write_text_replacing(local / STUDY_FILE, json.dumps(record, indent=2, default=str))
+    return record
 
 
 def load_study(run_dir: Path, run_uri: str | None = None) -> tuple[StudyPreset, dict[str, Any]]:
@@ -143,14 +146,20 @@ def load_study(run_dir: Path, run_uri: str | None = None) -> tuple[StudyPreset, 
 
 
 def write_manifest(
-    run_dir: Path, preset: StudyPreset, results: pd.DataFrame, errors: list[dict], run_uri: str
+    run_dir: Path,
+    preset: StudyPreset,
+    results: pd.DataFrame,
+    errors: list[dict],
+    run_uri: str,
+    looks: list[dict[str, Any]] | None = None,
 ) -> None:
-    """`manifest.json`: the study, versions, data and its check, git revision, timing and errors."""
+    """`manifest.json`: the study, versions, data and its check, git revision, timing, errors and (an
+    extended study) its looks."""
     _, saved = load_study(run_dir)
     manifest = {
         "preset": preset.name,
         "config": preset.to_dict(),
-        "versions": versions(),
+        "versions": versions(preset.backend),
         "run_uri": run_uri,
         "data_root": saved.get("data_root"),
         "data_fingerprint": next(iter(results["data_fingerprint"].dropna()), None) if len(results) else None,
@@ -161,13 +170,16 @@ def write_manifest(
         "n_trials": int(results["trial_id"].nunique()) if len(results) else 0,
         "errors": errors,
     }
+    if looks:
+        manifest["looks"] = looks
     write_text_replacing(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
 
 
-def versions() -> dict[str, str]:
-    """Versions of the code and the libraries it ran on; `keras_backend`: the backend the trials computed on,
-    with its version (`spec.backend.backend_version`, e.g. "jax 0.10.2")."""
-    out = {"melanoma-ssl-study": study.__version__, "keras_backend": backend_version()}
+def versions(backend: str | None = None) -> dict[str, str]:
+    """Versions of the code and the libraries it ran on; `keras_backend`: the backend the trials computed on
+    (`backend`, the study's; None: this process's, as Keras resolves it), with its version
+    (`spec.backend.backend_version`, e.g. "jax 0.10.2")."""
+    out = {"melanoma-ssl-study": study.__version__, "keras_backend": backend_version(backend)}
     for dist in (
         "ray",
         "tensorflow-cpu",

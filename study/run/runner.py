@@ -17,8 +17,21 @@ from ray import tune
 from study.data import DataError, check_and_cache, format_problems
 from study.data.trial_source import cache_dir, check_cache_writable, check_command, data_source, source_label
 from study.io import storage as store
+from study.io.seal import RunSeal
+from study.report.write import write_report as write_report_files
 from study.run.cluster import check_address, init_ray
 from study.run.console import StudyProgress
+from study.run.extend import (
+    check_same_code,
+    check_same_data,
+    full_preset,
+    look_preset,
+    manifest_looks,
+    pending_look,
+    plan_look,
+    read_looks,
+    write_looks,
+)
 from study.run.results import finish_run
 from study.run.rundir import (
     check_storage,
@@ -32,11 +45,15 @@ from study.run.rundir import (
 from study.run.tune_state import (
     RunGuard,
     check_remote_signatures,
+    check_sealed,
     moved_modules,
     repair_state,
     restored_or_stop,
+    run_seal,
+    unsealed_message,
 )
 from study.search_spaces import optuna_space, param_space
+from study.spec.backend import study_backend
 from study.spec.config import ConfigError
 from study.spec.presets import StudyPreset
 from study.spec.resolve import check_local_resources, check_resolved, validate_run_name
@@ -111,8 +128,11 @@ def prepare_weights(preset: StudyPreset) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the Tuner
-def _trainable(preset: StudyPreset):
-    return tune.with_resources(two_stage_trial, {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial})
+def _trainable(preset: StudyPreset, seal: RunSeal):
+    """The trial with its resources and the run's seal; the seal reaches the trials through Ray's object store
+    (`with_parameters`), never through a file of the run (Tune's state and tuner.pkl leave the trainable out)."""
+    trial = tune.with_parameters(two_stage_trial, run_seal=seal)
+    return tune.with_resources(trial, {"cpu": preset.cpus_per_trial, "gpu": preset.gpus_per_trial})
 
 
 def _quiet_tune_console() -> None:
@@ -215,11 +235,14 @@ def run_study(
     print(f"Run directory: {run_uri}", flush=True)
     if store.is_uri(run_uri):
         print(f"Local copy of tables and report: {local}", flush=True)
-    write_study_record(local, preset, run_uri, source_label(source), check)
+    record = write_study_record(local, preset, run_uri, source_label(source), check)
     publish(local, run_uri)
     tune_config, run_config = tuner_configs(preset, run_uri, verbose=verbose)
     tuner = tune.Tuner(
-        _trainable(preset), param_space=param_space(preset), tune_config=tune_config, run_config=run_config
+        _trainable(preset, run_seal(record)),
+        param_space=param_space(preset),
+        tune_config=tune_config,
+        run_config=run_config,
     )
     try:
         grid = tuner.fit()
@@ -228,6 +251,17 @@ def run_study(
     _raise_if_interrupted(run_uri, grid, preset)
     finish_run(local, grid, preset, write_report=write_report, run_uri=run_uri)
     return local
+
+
+def _check_run_dir(run_uri: str, local: Path, seal: RunSeal) -> None:
+    """Before Ray restores or extends a run: its signed state, and its sealed checkpoints and cache entries."""
+    if store.is_uri(run_uri):
+        check_remote_signatures(run_uri, trust=seal.trust)
+        if seal.key is None and not seal.trust:  # its trials would restore checkpoints no seal vouches for
+            raise ConfigError(unsealed_message(run_uri, run_uri))
+    else:
+        repair_state(local, trust=seal.trust)
+        check_sealed(local, seal)
 
 
 def resume_study(
@@ -240,16 +274,16 @@ def resume_study(
     local copy with the results.
     """
     run_uri, local = open_run(run_dir)
-    preset, _ = load_study(local, run_uri)
+    preset, saved = load_study(local, run_uri)
+    # The backend the run started on (a run recorded before studies named one: the environment's).
+    preset = preset.replace(backend=study_backend(preset.backend, where=f"{run_uri}/study.json: backend"))
+    seal = run_seal(saved, trust=trust)
     if not tune.Tuner.can_restore(run_uri):
         raise ConfigError(
             f"{run_uri}: no Ray Tune experiment state to restore (the study stopped before its "
             "first trial started); start it again with `study run`"
         )
-    if store.is_uri(run_uri):
-        check_remote_signatures(run_uri, trust=trust)
-    else:
-        repair_state(local, trust=trust)
+    _check_run_dir(run_uri, local, seal)
     check_address(address, preset)
     check_cache_writable(preset.base)
     prepare_weights(preset)
@@ -258,7 +292,7 @@ def resume_study(
     with moved_modules():
         try:
             tuner = tune.Tuner.restore(
-                run_uri, trainable=_trainable(preset), resume_unfinished=True, resume_errored=True
+                run_uri, trainable=_trainable(preset, seal), resume_unfinished=True, resume_errored=True
             )
         except Exception as exc:  # noqa: BLE001 - tuner.pkl came with the run (signed, or --trust-run-dir)
             raise ConfigError(
@@ -268,5 +302,87 @@ def resume_study(
     with restored_or_stop(run_uri):  # never a fresh experiment in place of a state that did not restore
         grid = tuner.fit()
     _raise_if_interrupted(run_uri, grid, preset)
-    finish_run(local, grid, preset, write_report=write_report, run_uri=run_uri)
+    looks = read_looks(local, preset)
+    if looks:  # the restored experiment is the study's last look
+        _finish_look(local, run_uri, grid, preset, saved, looks, write_report)
+    else:
+        finish_run(local, grid, preset, write_report=write_report, run_uri=run_uri)
     return local
+
+
+def extend_study(
+    run_dir: str | Path,
+    seeds: int | None = None,
+    *,
+    address: str | None = None,
+    write_report: bool = True,
+    trust: bool = False,
+) -> Path:
+    """Add seeds to a finished study as one more look (`study.run.extend`): only the new trials run, every arm
+    with the new seeds, in a new Tune experiment in the run folder; results.csv and history.csv gain their rows.
+
+    `seeds`: seeds in all after this look (default: the next look the study declares). Refused, before any
+    trial starts, for a search, a run whose Tune state or seals do not verify, other code or data, too few
+    seeds, declared looks exhausted or every primary comparison decided. An interrupted run (or look) is
+    finished first. Returns the local copy with the results."""
+    run_uri, local = open_run(run_dir)
+    preset, saved = load_study(local, run_uri)
+    if preset.search is not None:
+        raise ConfigError(f"{run_uri}: a search has no seeds to add; `study extend` extends a grid study")
+    preset = preset.replace(backend=study_backend(preset.backend, where=f"{run_uri}/study.json: backend"))
+    seal = run_seal(saved, trust=trust)
+    _check_run_dir(run_uri, local, seal)
+    looks = read_looks(local, preset)
+    if not (local / "results.csv").exists() or pending_look(local, preset, looks) is not None:
+        print(f"{run_uri} has unfinished trials: finishing them first (as `study resume` would).", flush=True)
+        resume_study(run_dir, address=address, write_report=False, trust=trust)
+        looks = read_looks(local, preset)
+    check_same_code(local, run_uri)
+    check_address(address, preset)
+    check_cache_writable(preset.base)
+    prepare_weights(preset)
+    _, check = prepare_data(preset)
+    check_same_data(saved, check, run_uri)
+    look = plan_look(local, preset, looks, seeds)
+    init_ray(address, preset)
+    looks = [*looks, look]
+    write_looks(local, looks)
+    publish(local, run_uri)
+    ran = look_preset(preset, look)
+    print(
+        f"Look {len(looks) + 1}: seeds {look.seeds[0]}-{look.seeds[-1]} for {len(look.arms)} arms "
+        f"({len(ran.trial_configs())} trials); finished trials are kept.",
+        flush=True,
+    )
+    tune_config, run_config = tuner_configs(ran, run_uri)
+    tuner = tune.Tuner(
+        _trainable(ran, seal), param_space=param_space(ran), tune_config=tune_config, run_config=run_config
+    )
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        raise StudyInterrupted(run_uri) from None
+    _raise_if_interrupted(run_uri, grid, ran)
+    _finish_look(local, run_uri, grid, preset, saved, looks, write_report)
+    return local
+
+
+def _finish_look(
+    local: Path, run_uri: str, grid: Any, preset: StudyPreset, saved: dict, looks: list, write_report: bool
+) -> None:
+    """The tables of a look's trials appended (a look already in results.csv: only the report again)."""
+    record = manifest_looks(local, preset, saved, looks)
+    if pending_look(local, preset, looks) is None:
+        if write_report:
+            print(f"Report: {write_report_files(local)[1]}")
+        publish(local, run_uri)
+        return
+    finish_run(
+        local,
+        grid,
+        full_preset(preset, looks),
+        write_report=write_report,
+        run_uri=run_uri,
+        look=look_preset(preset, looks[-1]),
+        looks=record,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,13 +21,15 @@ from ray import tune
 
 from study.io import storage as store
 from study.io.files import MAX_READ_BYTES, UnsafeFileError, parse_json, read_regular, write_replacing
+from study.io.seal import RunSeal, seal_problems
 from study.run import integrity
-from study.run.rundir import STUDY_FILE
+from study.run.rundir import LOOKS_FILE, RUN_SALT, STUDY_FILE
 from study.spec.config import ConfigError
 
 STATE_BACKUP = ".state-backup"
-# Signed files of a run that Tune does not rewrite as it runs (no backup kept): the Tuner and the study record.
-WRITTEN_ONCE = ("tuner.pkl", STUDY_FILE)
+# Signed files of a run that Tune does not rewrite as it runs (no backup kept): the Tuner, the study record and
+# the record of its looks (each rewritten only before a look's Tuner starts).
+WRITTEN_ONCE = ("tuner.pkl", STUDY_FILE, LOOKS_FILE)
 # Modules that runs written before the packages-by-stage layout (commit 16ab4ad) name in their tuner.pkl (the
 # study's console and signing callbacks), and the modules that hold those classes now.
 MOVED_MODULES = {"study.console": "study.run.console", "study.tune_state": "study.run.tune_state"}
@@ -195,6 +198,52 @@ def repair_state(run_dir: Path, *, trust: bool = False) -> None:
             raise ConfigError(untrusted_message(f"{run_dir}/{name}", str(run_dir)))
 
 
+def run_seal(saved: dict[str, Any], *, trust: bool = False) -> RunSeal:
+    """The seal a run's trials write and check (`study.io.seal`), from its study record's salt; without a salt
+    (a run started before trials sealed their folders) the trials seal and check nothing."""
+    salt = saved.get(RUN_SALT)
+    return RunSeal(integrity.run_key(salt) if isinstance(salt, str) and salt else None, trust)
+
+
+# Folders of a local run that a trial reads back: its checkpoints and complete pretext-cache entries.
+PRETEXT_CACHE_DIR = "pretext_cache/"
+_SEALED = (re.compile(r"[^/.][^/]*/checkpoint_\d+"), re.compile(PRETEXT_CACHE_DIR + r"[0-9a-f]{24}"))
+
+
+def sealed_folders(run_dir: Path) -> list[str]:
+    """Run-relative names of the folders of local run `run_dir` that trials seal (see `_SEALED`)."""
+    found = []
+    for name, kind in integrity.scan_local(run_dir):
+        if kind == integrity.DIR and any(p.fullmatch(name) for p in _SEALED):
+            found.append(name)
+    return sorted(found)
+
+
+def check_sealed(run_dir: Path, seal: RunSeal) -> None:
+    """Before `Tuner.restore` of a local run: every checkpoint and pretext-cache entry is as the trial that
+    wrote it sealed it (a trial checks again before it reads one; this stops early, with one line). A file
+    added to one or changed in one is refused by name; a folder cut short (files missing: a copy killed midway,
+    never restored by Tune) is left to that check. A run with no salt holds no seals: refused unless trusted."""
+    if seal.trust:
+        return
+    folders = sealed_folders(run_dir)
+    if seal.key is None:
+        if folders:
+            raise ConfigError(unsealed_message(f"{run_dir}/{folders[0]}", str(run_dir)))
+        return
+    for name in folders:
+        partial_ok = (
+            name.startswith(PRETEXT_CACHE_DIR) is False
+        )  # Tune may leave a checkpoint copy unfinished
+        bad = [p for p in seal_problems(run_dir / name, seal.key) if not (partial_ok and "missing" in p)]
+        if bad:
+            raise ConfigError(
+                f"{run_dir}/{name}/{bad[0]}: not written by this run as it stands, so it is not restored; move "
+                f"the folder out of the run and start the study again, or resume with --trust-run-dir if you "
+                "changed it yourself"
+            )
+
+
 def _restore_backup(run_dir: Path, name: str, key: bytes, why: str | None) -> bool:
     """Put the signed, whole backup of state file `name` back in place; whether there was one."""
     if "/" in name or name in WRITTEN_ONCE:
@@ -212,6 +261,14 @@ def _restore_backup(run_dir: Path, name: str, key: bytes, why: str | None) -> bo
         flush=True,
     )
     return True
+
+
+def unsealed_message(where: str, run: str) -> str:
+    return (
+        f"{where}: the run was started before trials sealed their checkpoints and pretext-cache entries "
+        "(study.json holds no run salt), so nothing shows they are as written; resume it only if you trust "
+        f"where it came from: `study resume {run} --trust-run-dir`"
+    )
 
 
 def untrusted_message(file: str, run: str) -> str:

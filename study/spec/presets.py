@@ -33,6 +33,9 @@ PAPER_TASKS = (ROTATION.name, MISSING_PATCH.name, CORRUPTION.name)
 #: The largest grid a study may have, and the most trials of a search. Ray builds every trial up front (400,000
 #: trials take minutes, ignoring Ctrl-C); a paired study needs tens of seeds, not thousands.
 MAX_TRIALS = 2000
+#: The most planned looks of a study (`AnalysisPlan.looks`): each look's boundary integrates over every earlier
+#: one, and a look costs an extension's start-up; a paired study of tens of seeds needs a handful.
+MAX_LOOKS = 20
 #: The most GPUs one trial may ask for (a node's worth); fractions are refused (`StudyPreset.gpus_per_trial`).
 MAX_GPUS_PER_TRIAL = 16
 #: Retries of a failed trial: Ray's -1 (retry forever) would never end a study whose trial always fails.
@@ -114,7 +117,11 @@ class AnalysisPlan:
     the baseline in that one cell (m = SSL arms); every other cell is secondary and exploratory.
     `equivalence_margin` (delta, in the metric's units: 0.02 = 2 AUC points): a difference within +-delta does
     not matter in practice; an arm whose paired difference is shown to lie within it is "equivalent".
-    `alpha`: the level of every test of the verdicts.
+    `alpha`: the level of every test of the verdicts. `looks`: planned looks, seed counts at which the primary
+    comparisons are tested as seeds accrue (`study extend`), increasing, the last the most seeds the study
+    runs; alpha is spent over them (`study.looks`) and a decided comparison's arm runs no further seeds.
+    Empty: no planned looks (one analysis; an extension then gets the conservative correction for unplanned
+    looks).
     """
 
     metric: str = "test_auc"
@@ -127,10 +134,25 @@ class AnalysisPlan:
         ),
     )
     alpha: float = bounded(0.05, Bounds(0, 0.5, True, True, rule="must lie in (0, 0.5)"))
+    looks: tuple[int, ...] = bounded(
+        (),
+        Bounds(
+            2,
+            MAX_TRIALS,
+            integer=True,
+            distinct=True,
+            item="a look",
+            rule=f"must be a seed count from 2 to {MAX_TRIALS}",
+            hint="e.g. looks = [10, 20, 30] (a paired SD needs 2 seeds)",
+        ),
+    )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "AnalysisPlan":
-        return cls(**(d or {}))
+        d = dict(d or {})
+        if "looks" in d:
+            d["looks"] = tuple(d["looks"])
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -180,6 +202,10 @@ class StudyPreset:
         ),
     )
     runtime_note: str = ""
+    # The Keras backend every trial runs on: "tensorflow", "jax" or "torch" (`spec.backend.BACKENDS`). None: the
+    # environment's (KERAS_BACKEND, else keras.json, else TensorFlow); `finalize_study` fills it in, so a run's
+    # study.json names it and `study resume` runs on it.
+    backend: str | None = None
     # Label-efficiency grid: fine-tune on each fraction of the training labels (None: `base.label_fraction`).
     label_fractions: tuple[float, ...] | None = bounded(
         None,
@@ -396,10 +422,17 @@ def cpu_real() -> StudyPreset:
 
 
 def paper() -> StudyPreset:
-    """The paper's design repeated over seeds: ResNet50 at 224 px, Adam lr 0.01, MSE, 100 epochs.
+    """The paper's design repeated over seeds: ImageNet ResNet50 at 224 px, Adam lr 0.01, MSE, 100 epochs.
 
     Patch 75 px, 100 swaps of 30 px, validation split 0.2, regimes none / patience 3 / patience 10,
     4 arms x 10 seeds = 40 trials (30 pretext phases + 40 fine-tunes).
+    Initialisation as in the paper: every encoder is "a ResNet50 utilizing pre-trained ImageNet weights" (its
+    section II.C) and the baseline is "a separate ResNet model solely utilizing ImageNet weights" (II.F). So
+    the baseline fine-tunes the ImageNet ResNet50, and each pretext arm trains its task from the ImageNet
+    weights, then fine-tunes from the pretext's weights (ImageNet + pretext). The weights file
+    comes from `weights_path`, else Keras' cache, else Keras' download on an online machine; offline without
+    the file the study stops before any trial with one line naming it. Random init is a choice in a study
+    file: `[trial] weights = "random"`.
     Launch: `study run --preset paper --data /data/melanoma --storage /shared/runs --address auto`
     (on a GPU cluster; see README "Run on a cluster").
     Expected runtime (estimate, BENCHMARKS.md): 1-2 GPU-hours per trial on one A10G-class GPU, about 67
@@ -412,7 +445,7 @@ def paper() -> StudyPreset:
         base=TrialConfig(
             image_size=size,
             encoder="resnet50",
-            weights="random",
+            weights="imagenet",
             pretext_epochs=100,
             pretext_lr=0.01,
             finetune_epochs=100,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from study.spec import schema, studyfile
+from study.spec.backend import study_backend
 from study.spec.config import (  # PRETEXT_CACHE: re-exported, where it was defined before
     PRETEXT_CACHE,
     ConfigError,
@@ -27,7 +28,7 @@ from study.spec.config import (  # PRETEXT_CACHE: re-exported, where it was defi
     synth_size_problem,
     validate_trial,
 )
-from study.spec.presets import MAX_TRIALS, AnalysisPlan, SearchSettings, StudyPreset, repeated_arm
+from study.spec.presets import MAX_LOOKS, MAX_TRIALS, AnalysisPlan, SearchSettings, StudyPreset, repeated_arm
 from study.tasks import registry
 
 
@@ -60,10 +61,11 @@ def resolve_study(
 
 
 def finalize_study(preset: StudyPreset) -> StudyPreset:
-    """`preset` as it runs, validated: its pretext cache is the run's (`PRETEXT_CACHE`), and an ASHA search
-    reports every fine-tune epoch (ASHA compares trials at fine-tune epochs). The last step of
-    `resolve_study`; for studies built in code (tests, benchmarks) the only one. A pretext cache set elsewhere
-    is refused, not silently replaced."""
+    """`preset` as it runs, validated: its pretext cache is the run's (`PRETEXT_CACHE`), an ASHA search
+    reports every fine-tune epoch (ASHA compares trials at fine-tune epochs), and its Keras backend is named
+    (`spec.backend.study_backend`: the study's, else the environment's; refused when the two differ or it is
+    not installed here). The last step of `resolve_study`; for studies built in code (tests, benchmarks) the
+    only one. A pretext cache set elsewhere is refused, not silently replaced."""
     if preset.base.pretext_cache_dir not in (None, PRETEXT_CACHE):
         raise ConfigError(
             f"trial.pretext_cache_dir: {preset.base.pretext_cache_dir!r} would be replaced: each run shares "
@@ -72,7 +74,7 @@ def finalize_study(preset: StudyPreset) -> StudyPreset:
     base = preset.base.replace(pretext_cache_dir=PRETEXT_CACHE)
     if preset.search is not None and preset.search.asha:
         base = base.replace(report_every=1)
-    study = preset.replace(base=base)
+    study = preset.replace(base=base, backend=study_backend(preset.backend))
     validate_study(study)
     return study.replace(analysis=declared_analysis(study))
 
@@ -95,12 +97,29 @@ def declared_analysis(preset: StudyPreset) -> AnalysisPlan:
             f"analysis.primary_fraction: {fraction:g} is not a label fraction of this study; choose one of "
             f"{', '.join(f'{f:g}' for f in preset.fractions())}"
         )
+    _check_looks(plan.looks, len(preset.seeds))
     metrics = (*schema.CLASSIFICATION_METRICS, "test_loss")
     if plan.metric not in metrics:
         raise ConfigError(
             f"analysis.metric: {plan.metric!r} is not a results metric; choose one of {', '.join(metrics)}"
         )
     return dataclasses.replace(plan, primary_regime=regime, primary_fraction=fraction)
+
+
+def _check_looks(looks: tuple[int, ...], seeds: int) -> None:
+    """One-line `ConfigError` for planned looks (each a seed count in bounds: `check_bounds`) that do not
+    increase, are too many, or do not include the seeds the study runs."""
+    if not looks:
+        return
+    if list(looks) != sorted(looks):
+        raise ConfigError(f"analysis.looks: must increase, e.g. [10, 20, 30]; got {list(looks)}")
+    if len(looks) > MAX_LOOKS:
+        raise ConfigError(f"analysis.looks: at most {MAX_LOOKS} looks; got {len(looks)}")
+    if seeds not in looks:
+        raise ConfigError(
+            f"analysis.looks: the {seeds} seeds the study runs must be one of its looks {list(looks)}; "
+            f"set seeds = {looks[0]} or add {seeds} to the looks"
+        )
 
 
 def check_resolved(preset: StudyPreset) -> None:

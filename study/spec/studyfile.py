@@ -14,6 +14,7 @@ Format (`study presets --show demo` prints every shipped preset in it):
     label_fractions = [0.1, 1.0]    # optional: fine-tune on each fraction of the training labels
     data = "../shared/data/isic9_binary"   # a dataset folder or a labels CSV (relative to where you run)
     cpus_per_trial = 1              # also gpus_per_trial, max_concurrent_trials, max_failures
+    backend = "jax"                 # optional: "tensorflow", "jax" or "torch" (default: KERAS_BACKEND's)
     # or, for a labels CSV:  [data]  path = "meta.csv"  images = "imgs/"  malignant = ["mel"]
     [trial]                         # any TrialConfig field (`study.spec.config.TrialConfig`)
     image_size = 64
@@ -60,7 +61,7 @@ from study.spec.presets import (
 from study.tasks import registry as pretext
 
 # Top-level keys that map one-to-one onto StudyPreset fields.
-STUDY_KEYS = ("name", "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "max_failures")
+STUDY_KEYS = ("name", "cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "max_failures", "backend")
 #: A study file is a few kilobytes of TOML; a larger one is not a study file.
 MAX_FILE_BYTES = 1 << 20
 

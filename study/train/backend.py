@@ -177,6 +177,11 @@ def _configure_torch(threads: int, deterministic: bool) -> None:
                 now = f"{torch.get_num_interop_threads()} inter-op threads"
                 raise _already_started("PyTorch", now, threads) from exc
         torch.set_num_threads(threads)
+        # With one intra-op thread, PyTorch 2.13's oneDNN convolution writes past its buffer in the input
+        # gradient of a strided 1x1 convolution in channels-last layout (Keras' layout; the projection
+        # shortcuts of the small encoder and of ResNet50), and glibc aborts the process a few steps later
+        # ("corrupted double-linked list"). PyTorch's own CPU kernels do not; with 2 or more threads neither.
+        torch.backends.mkldnn.enabled = threads > 1
         _torch_threads = threads
     # cuBLAS needs a fixed workspace to be deterministic (read when CUDA starts).
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -301,14 +306,21 @@ def dataset(arrays: Any, batch_size: int, drop_remainder: bool = False) -> Any:
 class ArrayBatches(keras.utils.PyDataset):
     """Arrays (one, or a tuple) in consecutive batches of `batch_size` (the last one smaller unless
     `drop_remainder`), in an order that can change between epochs (`in_order`); Keras reads the batches in
-    the main thread (no workers: they would reorder nothing but cost a thread per fit)."""
+    the main thread (no workers: they would reorder nothing but cost a thread per fit). With `rows` (int
+    (n,)), the batches are those of `arrays[rows]`, each gathered from `arrays` when read (no copy of the
+    rows up front)."""
 
-    def __init__(self, arrays: Any, batch_size: int, drop_remainder: bool = False) -> None:
+    def __init__(
+        self, arrays: Any, batch_size: int, drop_remainder: bool = False, rows: np.ndarray | None = None
+    ) -> None:
         super().__init__()
         self._arrays, self._batch_size, self._drop = arrays, int(batch_size), drop_remainder
         self._order: np.ndarray | None = None
+        self._rows = None if rows is None else np.asarray(rows, np.int64)
 
     def _n(self) -> int:
+        if self._rows is not None:
+            return len(self._rows)
         return len(self._arrays[0] if isinstance(self._arrays, tuple) else self._arrays)
 
     def __len__(self) -> int:
@@ -321,6 +333,8 @@ class ArrayBatches(keras.utils.PyDataset):
         index = slice(i * self._batch_size, (i + 1) * self._batch_size)
         if self._order is not None:
             index = self._order[index]
+        if self._rows is not None:
+            index = self._rows[index]
         if isinstance(self._arrays, tuple):
             return tuple(a[index] for a in self._arrays)
         return self._arrays[index]
@@ -416,6 +430,27 @@ def predict_function(model: keras.Model, example: Any) -> Callable[[Any], np.nda
         return lambda x: np.asarray(stateless(*state, x))
     model.make_predict_function()
     return lambda x: keras.ops.convert_to_numpy(model.predict_function([keras.ops.convert_to_tensor(x)]))
+
+
+def loss(loss_name: str) -> Any:
+    """What `compile` gets for Keras' loss `loss_name`: the name itself, but on PyTorch "binary_crossentropy"
+    as `_torch_binary_crossentropy` (a divergence is then reported as on the other backends)."""
+    if loss_name == "binary_crossentropy" and name() == "torch":
+        return _torch_binary_crossentropy
+    return loss_name
+
+
+def _torch_binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
+    """Keras' `binary_crossentropy` on PyTorch, `(N, 1)` probabilities -> `(N,)` losses, NaN for a NaN
+    probability. PyTorch's own `binary_cross_entropy` raises on a NaN probability (a model whose learning
+    rate exploded), where TensorFlow and JAX return a NaN loss, which a phase reports as a divergence;
+    finite probabilities give Keras' own values, bit for bit."""
+    import torch
+
+    y_pred = keras.ops.convert_to_tensor(y_pred)
+    nan = torch.isnan(y_pred)
+    losses = keras.losses.binary_crossentropy(y_true, torch.where(nan, 0.5, y_pred))
+    return torch.where(nan.any(dim=-1), float("nan"), losses)
 
 
 def optimizer_step(loss_fn: Callable[[], Any], variables: list, optimizer: keras.optimizers.Optimizer) -> Any:

@@ -25,7 +25,7 @@ import numpy as np
 from study.spec.config import TrialConfig, regime_name
 from study.train import backend, model_cache, models, regimes
 from study.train import batches as batching
-from study.train.batches import EVAL_BATCH_SIZE, EpochHooks, indexed_batches, tensor_batches
+from study.train.batches import EpochHooks, indexed_batches
 from study.train.metrics import classification_metrics
 from study.train.probe import linear_probe
 from study.train.results import EpochLogs, FinetuneResult
@@ -70,14 +70,19 @@ def run_finetune(
     backend.fresh_keras_state(trial.seed)
 
     train_index, val_index = finetune_split(trial, data)
-    x_train, y_train = data.train.images[train_index], _binary(data.train.labels[train_index])
-    x_val, y_val = data.train.images[val_index], data.train.labels[val_index]
-    y_test = data.test.labels
-    # Validation and test images evaluated together, as tensor batches made once per phase (numpy inputs would
-    # be converted again at every evaluation).
-    x_eval = np.concatenate([x_val, data.test.images])
-    batches = indexed_batches(x_train, y_train, trial.batch_size)
-    eval_batches = tensor_batches(x_eval, EVAL_BATCH_SIZE)
+    y_train, y_val, y_test = (
+        _binary(data.train.labels[train_index]),
+        data.train.labels[val_index],
+        data.test.labels,
+    )
+    # The training rows, and the validation and test images (evaluated together), taken from the dataset by
+    # row: copied once per phase when small (eval batches as tensors: numpy inputs would be converted again at
+    # every evaluation), gathered batch by batch when large (no copy of a split of the shared, mapped dataset).
+    batches = indexed_batches(
+        data.train.images, _binary(data.train.labels), trial.batch_size, rows=train_index
+    )
+    eval_batches = batching.eval_batches([(data.train.images, val_index), (data.test.images, None)])
+    n_train = len(train_index)
     model = _finetune_model(trial, encoder_weights, resume_dir)
     if resume_dir is not None:
         history, probe_scores = load_state(model, Path(resume_dir), trial, data)
@@ -85,11 +90,11 @@ def run_finetune(
         # Before any fine-tune step: the encoder as the pretext phase left it (or as initialised).
         # The training images in their own order, from the batches the fine-tune trains on (no second copy
         # of the training set: at 224 px that is ~150 KB per image).
-        train_in_order = batches.in_order(np.arange(len(x_train)))
+        train_in_order = batches.in_order(np.arange(n_train))
         history = []
         probe_scores = _probe_encoder(model, train_in_order, (y_train, y_val, y_test), eval_batches)
     labels = (y_val, y_test)
-    feeds = (batches, len(x_train), eval_batches)
+    feeds = (batches, n_train, eval_batches)
     epochs = _Epochs(model, trial, data, feeds, labels, (history, probe_scores), on_epoch)
     driven = keras.callbacks.CallbackList(list(callbacks), model=model)
     driven.on_train_begin()
@@ -126,7 +131,7 @@ def _finetune_model(
         models.model_key(trial, "classification", "binary_crossentropy"),
         build,
         lambda: keras.optimizers.Adam(trial.lr),
-        "binary_crossentropy",
+        backend.loss("binary_crossentropy"),
         deferrable=overwritten or trial.weights == "random",
     )
     if encoder_weights is not None:
@@ -203,7 +208,6 @@ class _Epochs:
         logs["val_loss"] = float(self._bce(_binary(self.y_val), p_val[:, None]))
         logs.update(_prefixed("test_", classification_metrics(self.y_test, p_test)))
         return logs if math.isfinite(logs["val_loss"]) else None
-
 
 
 # Feature extractors (input -> pooled encoder features) of the remembered models, built once per model, so

@@ -3,9 +3,10 @@
 The standard measure of what a self-supervised encoder learned (SimCLR, BYOL, solo-learn and VISSL report it
 next to fine-tuning): freeze the encoder, globally average-pool its output, fit an L2-regularised logistic
 regression on the labelled training images, choose the regularisation on the validation split, and score
-test AUC. For the baseline arm the same probe on the randomly initialised encoder gives the reference, so
-"probe AUC of the pretext encoder vs the random one, paired by seed" separates "the encoder learned useful
-features" from "the pretext weights are a better starting point for fine-tuning".
+test AUC. For the baseline arm the same probe on the encoder as initialised (random, or ImageNet weights in the
+`paper` preset) gives the reference, so "probe AUC of the pretext encoder vs the initial one, paired by seed"
+separates "the encoder learned useful features" from "the pretext weights are a better starting point for
+fine-tuning".
 
 Pure numpy / scikit-learn (`LogisticRegression`, lbfgs: deterministic); no TensorFlow here.
 """

@@ -89,6 +89,30 @@ def test_a_ray_client_address_where_something_else_listens_is_refused(cli_error,
     assert "no Ray Client server answered within 1 s" in line, line
 
 
+def test_a_name_whose_dns_never_answers_is_refused_within_seconds(cli_error, tmp_path, monkeypatch):
+    """`getaddrinfo` has no timeout of its own (a dead DNS server blocks it for the resolver's retries): the
+    lookup gets the same deadline as the connect (5 s; 1 s here), then one line."""
+    monkeypatch.setattr(cluster, "ADDRESS_PROBE_S", 1)
+    monkeypatch.setattr(cluster.socket, "getaddrinfo", lambda *a, **kw: time.sleep(60))
+    start = time.monotonic()
+    line = cli_error(["--preset", "smoke", "--address", "head.example.invalid:6379"])
+    assert (
+        "--address head.example.invalid:6379: the name 'head.example.invalid' did not resolve within 1 s"
+        in line
+    )
+    assert time.monotonic() - start < 4
+    assert not (tmp_path / "cli-error-runs").exists()
+
+
+def test_a_name_that_does_not_resolve_is_one_line(cli_error, monkeypatch):
+    def fail(*a, **kw):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(cluster.socket, "getaddrinfo", fail)
+    line = cli_error(["--preset", "smoke", "--address", "nohost:6379"])
+    assert "the name 'nohost' does not resolve (Name or service not known)" in line, line
+
+
 def test_ctrl_c_before_any_trial_names_no_run_to_resume(tmp_path, monkeypatch, capsys):
     """Before: Ctrl-C during the start suggested `study resume RUN_DIR` for a run that did not exist."""
 
@@ -284,6 +308,11 @@ def test_the_embedded_ray_listens_on_loopback_only_with_a_token_no_file_holds(fr
     sockets = _listening(pids)
     assert len(sockets) >= 4, sockets  # GCS, raylet (2), driver, worker, ...
     assert all(ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback for ip, _ in sockets), sockets
+    # Its session folder (logs, the object store's and raylet's Unix sockets) is inside a folder of mode 0700.
+    session = ray._private.worker.global_worker.node.get_session_dir_path()
+    private = os.path.dirname(os.path.dirname(session))
+    assert os.path.basename(private) == f"study-ray-{os.getuid()}", session
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
     # The token: in the environment, in no file of this user.
     assert len(os.environ["RAY_AUTH_TOKEN"]) == 64
     assert not (fresh_token_env / ".ray" / "auth_token").exists()
@@ -298,6 +327,17 @@ def test_the_embedded_ray_listens_on_loopback_only_with_a_token_no_file_holds(fr
             )
         channel.close()
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_temp_folder_of_another_user_or_a_link_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / f"study-ray-{os.getuid()}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="a link or not yours"):
+        cluster.private_temp_dir()
+    (tmp_path / f"study-ray-{os.getuid()}").unlink()
+    made = cluster.private_temp_dir()
+    assert stat.S_IMODE(os.stat(os.path.dirname(made)).st_mode) == 0o700
 
 
 # ----------------------------------------------------------------------------------- case 6: the console

@@ -418,3 +418,114 @@ def test_a_checkpoint_link_or_fifo_is_never_read_and_no_temp_folder_is_left(tmp_
     with pytest.raises((UnsafeFileError, shutil.Error)):
         trainables._restore_checkpoint()
     assert list(scratch.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ sealed checkpoints and cache
+def _sealed_run_folders(run: pathlib.Path) -> list[str]:
+    from study.run.tune_state import sealed_folders
+
+    return sealed_folders(run)
+
+
+def test_a_real_run_seals_every_checkpoint_and_pretext_cache_entry(smoke_run):
+    """What the smoke study wrote through Tune: every checkpoint and every cache entry carries a seal that
+    verifies with the run's own key (from study.json's salt), and no other run's key verifies it."""
+    from study.io.seal import SEAL, seal_problems
+    from study.run.tune_state import check_sealed, run_seal
+
+    saved = json.loads((smoke_run / "study.json").read_text())
+    seal = run_seal(saved)
+    folders = _sealed_run_folders(smoke_run)
+    assert any("/checkpoint_" in f for f in folders) and any(f.startswith("pretext_cache/") for f in folders)
+    for name in folders:
+        assert (smoke_run / name / SEAL).is_file(), name
+        assert seal_problems(smoke_run / name, seal.key) == [], name
+    check_sealed(smoke_run, seal)
+    other = run_seal({**saved, "run_salt": "another-run"})
+    assert seal_problems(smoke_run / folders[0], other.key)
+
+
+def _checkpoint_state(run: pathlib.Path) -> pathlib.Path:
+    return next(p for p in sorted(run.glob("*/checkpoint_*/trial_state.json")))
+
+
+@pytest.mark.parametrize("where", ["checkpoint-value", "checkpoint-weights", "cache-entry", "cache-added"])
+def test_an_edited_checkpoint_or_cache_entry_is_refused_by_name(run_copy, capsys, no_ray, where):
+    """The item #27 left open: a value edited in a checkpoint (here the fine-tune epoch it resumes from) was
+    restored as written. Now refused before Ray starts; --trust-run-dir accepts it."""
+    from study.run.tune_state import check_sealed, run_seal
+
+    if where == "checkpoint-value":
+        target = _checkpoint_state(run_copy)
+        state = json.loads(target.read_text())
+        target.write_text(json.dumps({**state, "epoch": 999}))
+    elif where == "checkpoint-weights":
+        target = next(run_copy.glob("*/checkpoint_*/*/*.npz"))
+        target.write_bytes(target.read_bytes()[:-8] + b"\x00" * 8)
+    else:
+        entry = next(p for p in (run_copy / "pretext_cache").iterdir() if p.is_dir())
+        target = entry / ("pretext.json" if where == "cache-entry" else "planted.npz")
+        target.write_text(json.dumps({"ssim": 1.0}))
+    line = _resume_error(run_copy, capsys)
+    assert str(target.relative_to(run_copy)) in line and "not written by this run" in line, line
+    saved = json.loads((run_copy / "study.json").read_text())
+    check_sealed(run_copy, run_seal(saved, trust=True))  # the flag accepts it
+
+
+def test_a_run_without_a_salt_is_refused_unless_trusted(run_copy):
+    from study.run.tune_state import check_sealed, run_seal
+
+    with pytest.raises(ConfigError, match="before trials sealed") as err:
+        check_sealed(run_copy, run_seal({}))
+    assert "--trust-run-dir" in str(err.value)
+    check_sealed(run_copy, run_seal({}, trust=True))
+
+
+def test_a_trial_refuses_an_edited_checkpoint_wherever_the_run_lives(smoke_run, tmp_path, monkeypatch):
+    """The trial's own check (it also guards runs on object storage, which the driver does not read through):
+    `_restore_checkpoint` of an edited copy raises, naming the checkpoint, and leaves no temp folder."""
+    import tempfile
+
+    from ray import tune
+
+    from study import trainables
+    from study.run.tune_state import run_seal
+
+    seal = run_seal(json.loads((smoke_run / "study.json").read_text()))
+    checkpoint = tmp_path / "checkpoint_000001"
+    shutil.copytree(_checkpoint_state(smoke_run).parent, checkpoint)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(trainables.tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(checkpoint))
+    state, local = trainables._restore_checkpoint(seal)  # as written: restored
+    assert state and local is not None
+    shutil.rmtree(local)
+    (checkpoint / trainables.STATE_FILE).write_text(json.dumps({**state, "epoch": 999}))
+    with pytest.raises(UnsafeFileError, match=r"checkpoint .*trial_state.json: changed since it was sealed"):
+        trainables._restore_checkpoint(seal)
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_trial_refuses_an_edited_pretext_cache_entry(smoke_run, tmp_path, monkeypatch):
+    from study import trainables
+    from study.run.tune_state import run_seal
+    from study.spec.presets import get_preset
+
+    seal = run_seal(json.loads((smoke_run / "study.json").read_text()))
+    root = tmp_path / "pretext_cache"
+    entry = next(p for p in (smoke_run / "pretext_cache").iterdir() if p.is_dir())
+    shutil.copytree(entry, root / entry.name)
+    trial = get_preset("smoke").trial_configs()[1]
+    monkeypatch.setattr(trainables, "pretext_key", lambda *a, **kw: entry.name)
+    monkeypatch.setattr(trainables, "pretext_root", lambda *a, **kw: str(root))
+    data = type("D", (), {"fingerprint": "f"})()
+    loaded = trainables.cached_pretext(trial, data, train=_never, load=lambda e: "loaded", seal=seal)
+    assert loaded == ("loaded", True, entry.name)
+    (root / entry.name / "pretext.json").write_text("{}")
+    with pytest.raises(UnsafeFileError, match="pretext-cache entry .*pretext.json: changed"):
+        trainables.cached_pretext(trial, data, train=_never, load=lambda e: "loaded", seal=seal)
+
+
+def _never(*a, **kw):
+    raise AssertionError("trained: the cache entry was not used")

@@ -3,6 +3,8 @@ resolved, before any trial, and recorded with the study."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from study.spec.config import ConfigError
@@ -35,6 +37,16 @@ def test_a_study_file_declares_it_and_the_study_record_keeps_it(tmp_path):
     assert resolve_study(config=str(again)).analysis == study.analysis
 
 
+def test_planned_looks_are_declared_recorded_and_written_back(tmp_path):
+    study = resolve_study(config=_file(tmp_path, "[analysis]\nlooks = [2, 4, 6]\n"))
+    assert study.analysis.looks == (2, 4, 6)
+    assert StudyPreset.from_dict(json.loads(json.dumps(study.to_dict()))).analysis == study.analysis
+    again = tmp_path / "again.toml"
+    again.write_text(to_toml(study, shipped="smoke"))
+    assert resolve_study(config=str(again)).analysis.looks == (2, 4, 6)
+    assert resolve_study("smoke").analysis.looks == ()  # no planned looks: one analysis
+
+
 def test_a_study_record_without_a_declaration_reads_as_the_defaults():
     record = resolve_study("smoke").to_dict()
     del record["analysis"]
@@ -52,6 +64,12 @@ def test_a_study_record_without_a_declaration_reads_as_the_defaults():
         ("alpha = 0.7", r"analysis.alpha: must lie in \(0, 0.5\)"),
         ("margin = 0.02", r"analysis.margin: unknown analysis setting"),
         ('equivalence_margin = "small"', r"analysis.equivalence_margin: expected a number"),
+        ("looks = [4, 2]", r"analysis.looks: must increase, e.g. \[10, 20, 30\]; got \[4, 2\]"),
+        ("looks = [1, 2]", r"analysis.looks: each must be a seed count from 2 to 2000 \(got 1 in \[1, 2\]\)"),
+        ("looks = [2, 2]", r"analysis.looks: \[2, 2\] lists a look twice"),
+        ("looks = [4, 8]", r"analysis.looks: the 2 seeds the study runs must be one of its looks \[4, 8\]"),
+        (f"looks = {list(range(2, 44, 2))}", r"analysis.looks: at most 20 looks; got 21"),
+        ("looks = 4", r"analysis.looks: expected a list"),
     ],
 )
 def test_bad_declarations_are_refused_before_any_trial(tmp_path, text, message):

@@ -147,6 +147,18 @@ def test_paper_preset_matches_the_paper():
     assert arms["missing_patch"]["patch_size"] == 75
     assert (arms["corruption"]["swap_count"], arms["corruption"]["swap_patch_size"]) == (100, 30)
     assert p.needs_gpu and p.gpus_per_trial >= 1
+    # The paper's encoders start from ImageNet weights (baseline and pretext phases alike).
+    assert b.weights == "imagenet" and b.weights_path is None
+
+
+def test_random_init_of_the_paper_preset_is_a_choice_in_a_study_file(tmp_path):
+    from study.spec import studyfile
+
+    path = tmp_path / "random.toml"
+    path.write_text('preset = "paper"\n[trial]\nweights = "random"\n')
+    assert studyfile.resolve(config=path).base.weights == "random"
+    path.write_text(f'preset = "paper"\n[trial]\nweights_path = "{tmp_path / "w.h5"}"\n')
+    assert studyfile.resolve(config=path).base.weights_path == str(tmp_path / "w.h5")
 
 
 def test_task_parameter_defaults_scale_with_image_size():

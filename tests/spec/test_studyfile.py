@@ -231,6 +231,25 @@ def test_shipped_example_study_files_resolve_and_validate(path):
     validate_study(study)
 
 
+def test_the_reduced_paper_example_is_the_paper_preset_but_for_its_size():
+    """examples/paper-reduced.toml runs the paper preset's trials, smaller: the same settings but the epochs,
+    data size, threads and precision, and the preset's arms minus two (task parameters scaled alike)."""
+    from study.spec.config import resolved_task_params
+    from study.spec.presets import PAPER_ARMS
+
+    study = studyfile.resolve(config=EXAMPLES / "paper-reduced.toml")
+    paper = get_preset("paper")
+    reduced = {"pretext_epochs", "finetune_epochs", "synth_n_train", "synth_n_test"}
+    reduced |= {"threads", "mixed_precision"}
+    ours, theirs = study.base.to_dict(), paper.base.to_dict()
+    assert {k for k in theirs if ours[k] != theirs[k]} == reduced
+    assert study.base.weights == "imagenet" and study.seeds == (0,) and study.gpus_per_trial == 0
+    assert [a["task"] for a in study.arms] == ["none", "missing_patch"]
+    assert all(a in PAPER_ARMS for a in study.arms)
+    patch = resolved_task_params(study.base.replace(**study.arms[1]))["patch_size"]
+    assert patch == resolved_task_params(paper.base.replace(**study.arms[1]))["patch_size"] == 75
+
+
 def test_the_readme_example_study_file_resolves(tmp_path):
     readme = (EXAMPLES.parent / "README.md").read_text()
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]

@@ -96,13 +96,34 @@ def test_the_phase_and_determinism_tests_pass_on_jax():
 
 @pytest.mark.slow
 def test_the_smoke_study_runs_on_jax_to_a_report(tmp_path, study_env):
-    storage = tmp_path / "runs"
-    env = {**study_env, "KERAS_BACKEND": "jax"}
+    """The smoke study with `backend = "jax"` in its study file and no KERAS_BACKEND where `study` runs (empty
+    is unset, for Keras too): its trials run on JAX (their pretext-cache entries are keyed by JAX's version,
+    which each trial takes from its own process), the manifest says so, and a resume under another
+    KERAS_BACKEND is refused in one line before anything starts."""
+    from study.spec.backend import backend_version
+    from study.spec.presets import get_preset
+    from study.trainables import pretext_key
+
+    storage, config = tmp_path / "runs", tmp_path / "jax.toml"
+    config.write_text('preset = "smoke"\nbackend = "jax"\n')
+    env = {**study_env, "KERAS_BACKEND": ""}
     proc = run_cli(
-        "run", "--preset", "smoke", "--storage", str(storage), "--name", "jax", env=env, timeout=1800
+        "run", "--config", str(config), "--storage", str(storage), "--name", "jax", env=env, timeout=1800
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = storage / "jax"
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["versions"]["keras_backend"].startswith("jax ")
+    assert (
+        manifest["versions"]["keras_backend"] == backend_version("jax")
+        and manifest["config"]["backend"] == "jax"
+    )
     assert (run / "report.html").exists() and (run / "report.md").exists()
+    pretexts = [t for t in get_preset("smoke").trial_configs() if t.task != "none"]
+    entries = {d.name for d in (run / "pretext_cache").iterdir() if d.is_dir()}
+    for name in ("jax", "tensorflow"):
+        keys = {pretext_key(t, manifest["data_fingerprint"], backend_version(name)) for t in pretexts}
+        assert (keys <= entries) == (name == "jax"), (name, entries)
+    proc = run_cli("resume", str(run), env={**study_env, "KERAS_BACKEND": "tensorflow"}, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr[-3000:]
+    assert "study.json: backend = 'jax', but KERAS_BACKEND=tensorflow" in err[0]
