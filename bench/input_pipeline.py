@@ -9,7 +9,8 @@ Run from the repository root (about 2 minutes on 2 CPU cores; `--quick` about 40
 Defaults are the demo preset's pretext phase (study.spec.presets.demo): small encoder with widths
 8/16/32/64 at 32 px, the demo's synthetic lesions (500 training images -> 400 after the validation split),
 pretext batch 32, 1 TensorFlow thread (demo trials run with threads=1). For every task in
-`study.tasks.registry.TASKS`:
+`study.tasks.registry.TASKS` that makes input pairs (`make_batch`; SimCLR and BYOL make their views in their
+own loop, `study.train.contrastive`, and are left out):
 
 A. The project's own phase, `training.run_pretext`, for 1 + R epochs, with timers around each
    `task.make_batch` call (the task returned by `study.tasks.registry.get_task` is wrapped), each `model.fit`
@@ -261,6 +262,9 @@ def main() -> None:
     if args.threads:
         changes["threads"] = args.threads
     base = base.replace(**changes)
+    paired = [name for name, task in pretext.TASKS.items() if task.make_batch is not None]
+    for name in set(args.tasks or ()) - set(paired):
+        parser.error(f"--tasks: {name!r} is not a task that makes input pairs; choose from {paired}")
     training.configure(base.threads)
     data = load_dataset(data_source(base), base.image_size, cache_dir=cache_dir(base))
     n_train = len(splits.validation_split(base, data)[0])
@@ -272,7 +276,7 @@ def main() -> None:
         f"min / median / max over {args.repeats} timed epochs"
     )
     shares, ratios = {}, {}
-    for name in args.tasks or list(pretext.TASKS):
+    for name in args.tasks or paired:
         trial = base.replace(task=name)
         a = measure_phase(trial, data)
         b = measure_fit_feeding(trial, data, args.repeats)

@@ -205,9 +205,10 @@ def looks_state(local: Path, preset: StudyPreset, looks: list[Look]) -> RunLooks
     return run_looks(df, preset.analysis, pairing, look_sizes(preset, looks))
 
 
-def check_same_code(local: Path, run_uri: str) -> None:
-    """The run's trials ran on this code version and backend (the manifest's record): a look on other code
-    would compare numbers that differ for reasons other than the arms."""
+def check_same_code(local: Path, run_uri: str, backend: str | None = None) -> None:
+    """The run's trials ran on this code version and backend (the manifest's record; `backend`: the one the
+    new trials run on, the study's; None: this process's): a look on other code would compare numbers that
+    differ for reasons other than the arms."""
     try:
         manifest = read_json(local / "manifest.json")
         ran = manifest["versions"]
@@ -215,7 +216,7 @@ def check_same_code(local: Path, run_uri: str) -> None:
         raise ConfigError(
             f"{run_uri}/manifest.json: cannot tell which code ran the study ({exc}); `study resume` it first"
         ) from None
-    now = versions(None)
+    now = versions(backend)
     for key in ("melanoma-ssl-study", "keras_backend"):
         if ran.get(key) != now.get(key):
             raise ConfigError(

@@ -241,13 +241,20 @@ def sign_dir(
     key: bytes,
     extra: dict[str, str] | None = None,
     memo: dict[str, tuple[int, int, str]] | None = None,
+    inherit: dict[str, list[str]] | None = None,
 ) -> None:
     """Record the digests of every file of `root` that `must_sign` names (plus `extra`: name -> digest) in
     `root/.signatures.json`. `memo` (name -> (size, mtime_ns, digest)) spares re-reading trial files that have
-    not changed since the last call (top-level files, rewritten in place by Tune, are always read)."""
+    not changed since the last call (top-level files, rewritten in place by Tune, are always read). `inherit`:
+    the run's signatures when `root` is the staging folder of a later experiment in it (a resume, a look of
+    `study extend`): its names that `root` does not hold are kept, so the upload does not drop them."""
     path = root / SIGNATURES
     signatures = read_signatures(path)
     changed = False
+    for name, digests in (inherit or {}).items():
+        if name not in signatures:
+            signatures[name] = list(digests)[-KEEP:]
+            changed = True
     for name in protected_files(root):
         changed |= record(signatures, name, _file_digest(root, name, key, memo))
     for name, hexdigest in (extra or {}).items():

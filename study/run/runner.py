@@ -337,7 +337,7 @@ def extend_study(
         print(f"{run_uri} has unfinished trials: finishing them first (as `study resume` would).", flush=True)
         resume_study(run_dir, address=address, write_report=False, trust=trust)
         looks = read_looks(local, preset)
-    check_same_code(local, run_uri)
+    check_same_code(local, run_uri, preset.backend)
     check_address(address, preset)
     check_cache_writable(preset.base)
     prepare_weights(preset)

@@ -78,6 +78,7 @@ class RunGuard(tune.Callback):
         self._storage: Any = None
         self._written_once: dict[str, str] | None = None
         self._memo: dict[str, tuple[int, int, str]] = {}
+        self._inherited: dict[str, list[str]] = {}
         self._unsigned_save = False
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into tuner.pkl: nothing of this driver's session
@@ -109,9 +110,21 @@ class RunGuard(tune.Callback):
                         self._written_once[name] = integrity.digest(key, f.read())
                 except FileNotFoundError:  # a Tuner run without the study's driver (tests)
                     pass
+            self._inherited = self._run_signatures()
         staging = Path(storage.experiment_driver_staging_path)
         # Every file Tune staged, whatever its name (the search algorithm's state included), is signed.
-        integrity.sign_dir(staging, key, extra=self._written_once, memo=self._memo)
+        integrity.sign_dir(staging, key, extra=self._written_once, memo=self._memo, inherit=self._inherited)
+
+    def _run_signatures(self) -> dict[str, list[str]]:
+        """The signatures already in the run (an earlier experiment's: the run resumed, or a look of `study
+        extend`); verified file by file before this driver restored or extended it."""
+        storage = self._storage
+        try:
+            path = f"{storage.experiment_fs_path}/{integrity.SIGNATURES}"
+            with storage.storage_filesystem.open_input_stream(path) as f:
+                return integrity.parse_signatures(f.read(MAX_READ_BYTES))
+        except (OSError, ValueError):
+            return {}
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         self._learn_storage(trials)

@@ -66,3 +66,20 @@ def test_a_ray_started_before_the_study_on_another_backend_is_refused(monkeypatc
     Context.runtime_env = {}  # no runtime_env: its workers inherit this process's environment
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     cluster.init_ray(None, get_preset("smoke").replace(backend="jax"))
+
+
+def test_more_seeds_run_on_the_backend_the_study_ran_on(tmp_path, monkeypatch):
+    """`study extend` compares the manifest's backend with the one its new trials run on: the study's."""
+    import json
+
+    import study
+    from study.run.extend import check_same_code
+    from study.spec.backend import backend_version
+    from study.spec.config import ConfigError
+
+    ran = {"melanoma-ssl-study": study.__version__, "keras_backend": backend_version("jax")}
+    (tmp_path / "manifest.json").write_text(json.dumps({"versions": ran}))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)  # this process would run TensorFlow
+    check_same_code(tmp_path, "RUN", "jax")
+    with pytest.raises(ConfigError, match=r"RUN: its trials ran on keras_backend 'jax "):
+        check_same_code(tmp_path, "RUN", "tensorflow")

@@ -62,9 +62,13 @@ def test_extend_runs_only_the_new_seeds_and_reports_two_looks(smoke_run, tmp_pat
     ]
     report = (run / "report.md").read_text()
     assert "in 2 look(s) at 2, 4 seeds (unplanned, corrected)" in report
-    assert "| Look | Seeds | Decided here |" in report and "\n| 2 | 4 |" in report
+    assert "| Look | Seeds | Arms run | Decided here |" in report and "\n| 2 | 4 | 4 |" in report
     comparisons = pd.read_csv(run / "comparisons.csv")
     assert "look" in comparisons and comparisons.loc[comparisons["primary"], "n"].eq(4).all()
+    # Both experiments' files stay signed (the new look's upload keeps the first one's signatures).
+    from study.run import integrity
+
+    assert integrity.unsigned_files(run, integrity.load_key()) == []
     # The rows appended match the trials' own records: `study report` finds no edit.
     again = run_cli("report", str(run), env=study_env)
     assert again.returncode == 0 and "differ from the trials' own records" not in again.stderr, again.stderr

@@ -5,6 +5,7 @@ through Ray Tune to its report. Skipped where JAX is not installed (the test ext
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -57,10 +58,10 @@ print(json.dumps({"backend": backend.version(), "absent_imported": absent, "devi
 )
 
 
-def _on_jax(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _run_on(args: list[str], timeout: float, backend: str = "jax") -> subprocess.CompletedProcess:
     env = {
         **os.environ,
-        "KERAS_BACKEND": "jax",
+        "KERAS_BACKEND": backend,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     return subprocess.run(
@@ -69,7 +70,7 @@ def _on_jax(args: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 def test_the_training_path_runs_on_jax_without_tensorflow_or_ray():
-    proc = _on_jax(["-c", _BLOCK + _PHASES], timeout=600)
+    proc = _run_on(["-c", _BLOCK + _PHASES], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["backend"].startswith("jax ") and out["absent_imported"] == [] and out["device"] == "CPU"
@@ -89,7 +90,22 @@ JAX_SELECTION = (
 def test_the_phase_and_determinism_tests_pass_on_jax():
     files = ["tests/train/test_training.py", "tests/train/test_contrastive.py"]
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", JAX_SELECTION, *files]
-    proc = _on_jax(args, timeout=2400)
+    proc = _run_on(args, timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert " passed" in proc.stdout.strip().splitlines()[-1]
+
+
+# PyTorch, where it is installed (CI has not: its CPU wheel is ~190 MB): a learning rate that explodes is a
+# divergence, as on TensorFlow and JAX (PyTorch's own binary cross-entropy raised on the NaN probabilities), and
+# one-thread training runs (PyTorch 2.13's oneDNN convolution corrupted the heap: `backend._configure_torch`).
+TORCH_SELECTION = "absurd_learning_rate or pretext_divergence or divergence_stops or finetune_history"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed here")
+def test_an_exploding_learning_rate_is_a_divergence_on_pytorch():
+    files = ["tests/train/test_training.py", "tests/train/test_contrastive.py"]
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", TORCH_SELECTION, *files]
+    proc = _run_on(args, timeout=900, backend="torch")
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert " passed" in proc.stdout.strip().splitlines()[-1]
 

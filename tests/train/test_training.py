@@ -310,7 +310,7 @@ def _per_epoch_reference(trial, data, encoder_weights=None):
         models.model_key(trial, "classification", "binary_crossentropy"),
         models.build_model("classification", encoder, mixed_precision=trial.mixed_precision),
         lambda: keras.optimizers.Adam(trial.lr),
-        "binary_crossentropy",
+        backend.loss("binary_crossentropy"),  # the phase's (PyTorch's own raises on a diverged model's NaN)
     )
     features = keras.Model(model.input, model.get_layer("gap").output)
     f_train = np.asarray(features.predict(batches.in_order(np.arange(len(x_train))), verbose=0), np.float64)
@@ -385,14 +385,18 @@ def test_predicting_through_the_predict_function_equals_model_predict(data):
     model = models.build_model("classification", models.trial_encoder(BASE, "random", None))
     x = data.test.images
     expected = model.predict(train_batches.batched(x, 5), verbose=0)
-    np.testing.assert_array_equal(train_batches.predict_batches(model, train_batches.tensor_batches(x, 5)), expected)
+    np.testing.assert_array_equal(
+        train_batches.predict_batches(model, train_batches.tensor_batches(x, 5)), expected
+    )
     pairs = train_batches.batched((x, np.zeros(len(x), np.float32)), 5)
     np.testing.assert_array_equal(train_batches.predict_batches(model, pairs), expected)
     # after training, the predictions follow the trained weights
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
     model.fit(x, np.ones((len(x), 1), np.float32), batch_size=8, epochs=1, verbose=0)
     expected = model.predict(x, batch_size=5, verbose=0)
-    np.testing.assert_array_equal(train_batches.predict_batches(model, train_batches.tensor_batches(x, 5)), expected)
+    np.testing.assert_array_equal(
+        train_batches.predict_batches(model, train_batches.tensor_batches(x, 5)), expected
+    )
 
 
 # ----------------------------------------------------------------------------------------------- pretext
@@ -443,13 +447,17 @@ def _per_epoch_pretext_reference(trial, data):
     )
     callbacks = keras.callbacks.CallbackList([early] if early else [], model=model)
     callbacks.on_train_begin()
-    val_batches = train_batches.batched((val_x, pretext_phase._as_target(task.head, val_y)), train_batches.EVAL_BATCH_SIZE)
+    val_batches = train_batches.batched(
+        (val_x, pretext_phase._as_target(task.head, val_y)), train_batches.EVAL_BATCH_SIZE
+    )
     history, batches = [], None
     for epoch in range(trial.pretext_epochs):
         rng = np.random.default_rng([trial.seed, pretext_phase.STREAM_PRETEXT_PAIRS, epoch])
         x, y = task.make_batch(x_train, rng, **params)
         y = pretext_phase._as_target(task.head, y)
-        order = np.random.default_rng([trial.seed, pretext_phase.STREAM_PRETEXT_ORDER, epoch]).permutation(len(x))
+        order = np.random.default_rng([trial.seed, pretext_phase.STREAM_PRETEXT_ORDER, epoch]).permutation(
+            len(x)
+        )
         if batches is None:
             batches = train_batches.IndexedBatches(x, y, trial.pretext_batch_size)
         else:
@@ -570,6 +578,7 @@ def test_pretext_is_deterministic_and_its_weights_seed_the_finetune(straight, da
 def test_pretext_pairs_made_ahead_are_the_pairs_made_in_line(data, monkeypatch):
     """Pairs are made one epoch ahead in a thread; after an early stop the pending epoch is dropped and the
     test pairs are still the seed's (the scored inputs equal a direct `make_batch`)."""
+
     class StopAfterFirstEpoch(keras.callbacks.EarlyStopping):
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch, logs)
