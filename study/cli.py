@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="seeds in all after this look (more than the run has); default: the study's next declared look",
     )
+    extend.add_argument(
+        "--seeds-per-look",
+        type=int,
+        metavar="K",
+        help="reach --seeds in looks of K seeds each, analysed in turn; stops once every primary comparison is "
+        "decided (unplanned looks only)",
+    )
     extend.add_argument("--address", metavar="ADDR")
     extend.add_argument("--no-report", action="store_true")
     extend.add_argument(
@@ -316,6 +323,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_dir = runner.extend_study(
             args.run_dir,
             args.seeds,
+            per_look=args.seeds_per_look,
             address=args.address,
             write_report=not args.no_report,
             trust=args.trust_run_dir,

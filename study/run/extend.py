@@ -116,6 +116,24 @@ def look_sizes(preset: StudyPreset, looks: list[Look]) -> list[int]:
     return sizes
 
 
+class AllDecided(ConfigError):
+    """Every primary comparison is decided: more seeds would change no verdict."""
+
+
+def look_targets(
+    preset: StudyPreset, looks: list[Look], seeds: int | None, per_look: int | None
+) -> list[int]:
+    """Seeds in all after each look of one `study extend`: `[seeds]`, or steps of `per_look` up to `seeds`."""
+    if per_look is None or seeds is None:
+        return [seeds]
+    have = look_sizes(preset, looks)[-1]
+    if per_look < 1:
+        raise ConfigError(
+            f"--seeds-per-look {per_look}: a look adds at least one seed, e.g. --seeds-per-look 4"
+        )
+    return [*range(have + per_look, seeds, per_look), seeds] if seeds > have else [seeds]
+
+
 def plan_look(local: Path, preset: StudyPreset, looks: list[Look], seeds: int | None) -> Look:
     """The next look: `seeds` in all (default: the next declared look), checked against what ran and against
     the declared looks; its arms are those whose primary comparison is still open, and the baseline."""
@@ -169,7 +187,7 @@ def _open_arms(local: Path, preset: StudyPreset, looks: list[Look]) -> tuple[int
         return tuple(range(len(preset.arms)))
     if not state.any_open:
         decided = ", ".join(f"{a}: {v}" for a, v in zip(state.arms, state.sequential.verdict))
-        raise ConfigError(
+        raise AllDecided(
             f"{local}: every primary comparison is decided ({decided}); more seeds would change no verdict"
         )
     closed = {a for a, is_open in zip(state.arms, state.sequential.open) if not is_open}

@@ -22,10 +22,12 @@ from study.report.write import write_report as write_report_files
 from study.run.cluster import check_address, init_ray
 from study.run.console import StudyProgress
 from study.run.extend import (
+    AllDecided,
     check_same_code,
     check_same_data,
     full_preset,
     look_preset,
+    look_targets,
     manifest_looks,
     pending_look,
     plan_look,
@@ -314,21 +316,30 @@ def extend_study(
     run_dir: str | Path,
     seeds: int | None = None,
     *,
+    per_look: int | None = None,
     address: str | None = None,
     write_report: bool = True,
     trust: bool = False,
 ) -> Path:
-    """Add seeds to a finished study as one more look (`study.run.extend`): only the new trials run, every arm
-    with the new seeds, in a new Tune experiment in the run folder; results.csv and history.csv gain their rows.
+    """Add seeds to a finished study as one more look (`study.run.extend`): only the new trials run (the new
+    seeds, for the baseline and the arms still open), in a new Tune experiment in the run folder; results.csv
+    and history.csv gain their rows.
 
-    `seeds`: seeds in all after this look (default: the next look the study declares). Refused, before any
-    trial starts, for a search, a run whose Tune state or seals do not verify, other code or data, too few
-    seeds, declared looks exhausted or every primary comparison decided. An interrupted run (or look) is
-    finished first. Returns the local copy with the results."""
+    `seeds`: seeds in all after this look (default: the next look the study declares). `per_look`: reach
+    `seeds` in looks of this many seeds each, analysed in turn; it stops early once every primary comparison
+    is decided (a study that declares its looks follows them instead). Refused, before any trial starts, for
+    a search, a run whose Tune state or seals do not verify, other code or data, too few seeds, declared looks
+    exhausted or every primary comparison decided. An interrupted run (or look) is finished first. Returns the
+    local copy with the results."""
     run_uri, local = open_run(run_dir)
     preset, saved = load_study(local, run_uri)
     if preset.search is not None:
         raise ConfigError(f"{run_uri}: a search has no seeds to add; `study extend` extends a grid study")
+    if per_look is not None and preset.analysis.looks:
+        raise ConfigError(
+            f"--seeds-per-look: the study declares its looks ({list(preset.analysis.looks)} seeds); extend "
+            "it one declared look at a time, without --seeds-per-look"
+        )
     preset = preset.replace(backend=study_backend(preset.backend, where=f"{run_uri}/study.json: backend"))
     seal = run_seal(saved, trust=trust)
     _check_run_dir(run_uri, local, seal)
@@ -343,9 +354,32 @@ def extend_study(
     prepare_weights(preset)
     _, check = prepare_data(preset)
     check_same_data(saved, check, run_uri)
-    look = plan_look(local, preset, looks, seeds)
+    targets = look_targets(preset, looks, seeds, per_look)
+    look = plan_look(local, preset, looks, targets[0])
     init_ray(address, preset)
-    looks = [*looks, look]
+    for k, target in enumerate(targets):
+        if k:
+            try:
+                look = plan_look(local, preset, looks, target)
+            except AllDecided as done:
+                print(f"Stopped before {target} seeds: {done}", flush=True)
+                break
+        looks = [*looks, look]
+        _run_look(local, run_uri, preset, saved, looks, seal, write_report)
+    return local
+
+
+def _run_look(
+    local: Path,
+    run_uri: str,
+    preset: StudyPreset,
+    saved: dict,
+    looks: list,
+    seal: RunSeal,
+    write_report: bool,
+) -> None:
+    """Record the last of `looks` (signed with Tune's state), run its trials, append their rows."""
+    look = looks[-1]
     write_looks(local, looks)
     publish(local, run_uri)
     ran = look_preset(preset, look)
@@ -364,7 +398,6 @@ def extend_study(
         raise StudyInterrupted(run_uri) from None
     _raise_if_interrupted(run_uri, grid, ran)
     _finish_look(local, run_uri, grid, preset, saved, looks, write_report)
-    return local
 
 
 def _finish_look(

@@ -218,3 +218,28 @@ def test_the_next_look_runs_the_baseline_and_the_open_arms_only(smoke_run, monke
     )
     with pytest.raises(runner.ConfigError, match="every primary comparison is decided"):
         extend.plan_look(smoke_run, preset, [], 4)
+
+
+def test_seeds_per_look_steps_to_the_target(smoke_run):
+    from study.run import extend
+    from study.run.rundir import load_study
+
+    preset, _ = load_study(smoke_run)
+    assert extend.look_targets(preset, [], 8, 2) == [4, 6, 8]
+    assert extend.look_targets(preset, [], 7, 4) == [6, 7]
+    assert extend.look_targets(preset, [], 8, None) == [8]
+    with pytest.raises(runner.ConfigError, match="--seeds-per-look 0"):
+        extend.look_targets(preset, [], 8, 0)
+
+
+def test_seeds_per_look_is_refused_for_declared_looks(extend_error, monkeypatch):
+    real = runner.load_study
+
+    def declared(local, run_uri=None):
+        preset, saved = real(local, run_uri)
+        return preset.replace(analysis=dataclasses.replace(preset.analysis, looks=(2, 4))), saved
+
+    monkeypatch.setattr(runner, "load_study", declared)
+    assert "--seeds-per-look: the study declares its looks" in extend_error(
+        "--seeds", "4", "--seeds-per-look", "1"
+    )

@@ -14,7 +14,7 @@ import pytest
 from study import analysis as A
 from study.report import labels as L
 from study.report import pretext_tables as PT
-from study.run.results import _arm_fields, _varied_params, write_search_summary
+from study.run.results import _arm_fields, varied_params, write_search_summary
 from study.search_spaces import OptunaSpace
 from study.spec import config, schema, studyfile
 from study.spec.config import (
@@ -124,7 +124,7 @@ def test_a_registered_image_task_reaches_every_module(registry, tmp_path):
     # one results column per registered parameter, empty for the other tasks
     fields = _arm_fields(trial.to_dict(), set())
     assert (fields["tile_count"], fields["jitter"], fields["patch_size"]) == (3, 0.5, None)
-    assert {"tile_count", "jitter"} <= _varied_params(get_preset("search"))
+    assert {"tile_count", "jitter"} <= varied_params(get_preset("search"))
     assert "tile_count" in schema.optional_int_columns() and "jitter" in schema.optional_float_columns()
     # its pretext metrics go into the paper's Table 3 with the other image tasks, after them
     rows = [
