@@ -11,10 +11,11 @@ the phases and the data need neither TensorFlow nor Ray):
     .venv/bin/python bench/gpu_paper.py --image-size 32 --images 32 --epochs 2   # a CPU smoke run
 
 Per precision (float32, then Keras `mixed_bfloat16` as the paper preset uses), it runs three phases through
-`training.run_pretext` / `training.run_finetune` with the paper preset's model settings (ResNet50, batch 32,
-random init) on random-pixel images: the rotation pretext (regression head), the missing-patch pretext
-(image head with its decoder; corruption removal costs the same on the GPU) and the fine-tune. The first
-epoch of each (tracing, cuDNN autotuning) is dropped. Images/s counts the training images of an epoch over
+`training.run_pretext` / `training.run_finetune` with the paper preset's model settings (ResNet50, batch 32;
+random init: the same compute as the preset's ImageNet weights, and no file to fetch) on random-pixel images:
+the rotation pretext (regression head), the missing-patch pretext (image head with its decoder; corruption
+removal costs the same on the GPU) and the fine-tune. The first epoch of each (tracing, cuDNN autotuning) is
+dropped. Images/s counts the training images of an epoch over
 the epoch's wall time (`on_epoch` timestamps; for the fine-tune its `fit` seconds, validation and test
 prediction reported apart).
 
