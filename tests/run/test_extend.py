@@ -35,16 +35,45 @@ def _snapshot(run: Path) -> dict[str, int]:
     return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in files if p.is_file()}
 
 
+def _start_extend(run: Path, env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    exe = str(Path(sys.executable).with_name("study"))
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [exe, "extend", str(run), *args],
+            env={**os.environ, **env, **OWN_RAY},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @pytest.mark.slow
-def test_extend_runs_only_the_new_seeds_and_reports_two_looks(smoke_run, tmp_path, study_env):
+def test_extend_runs_only_the_new_seeds_resumes_after_a_kill_and_reports_two_looks(
+    smoke_run, tmp_path, study_env
+):
+    """The issue's acceptance run: the smoke study (2 seeds) extended to 4, killed (SIGKILL of the driver and
+    all it started) once some of the new trials finished, then finished by `study resume`."""
     run = _copy(smoke_run, tmp_path)
     before_rows = (run / "results.csv").read_bytes()
     before_history = (run / "history.csv").read_bytes()
     before = _snapshot(run)
     old_trials = set(run.glob("two_stage_trial_*"))
-    proc = run_cli("extend", str(run), "--seeds", "4", env={**study_env, **OWN_RAY})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Look 2: seeds 2-3 for 4 arms (8 trials)" in proc.stdout
+    log = tmp_path / "extend.log"
+    proc = _start_extend(run, {**study_env, "STUDY_TEST_EPOCH_DELAY": "finetune:0.5"}, log, "--seeds", "4")
+
+    def some_new_trials_done() -> bool:
+        new = [d for d in set(run.glob("two_stage_trial_*")) - old_trials]
+        done = [d for d in new if last_result(d).get("phase") == "done"]
+        return len(new) == 8 and 0 < len(done) < 8
+
+    try:
+        kill_driver_when(run, proc, some_new_trials_done, poll=0.1)
+    finally:
+        signal_session(proc, signal.SIGKILL)
+    assert "Look 2: seeds 2-3 for 4 arms (8 trials)" in log.read_text()
+    assert (run / "results.csv").read_bytes() == before_rows  # nothing appended by the killed look
+    resumed = run_cli("resume", str(run), env={**study_env, **OWN_RAY})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # The first seeds' rows and files are as they were, byte for byte; only new seeds' trials ran.
     assert (run / "results.csv").read_bytes().startswith(before_rows)
     assert (run / "history.csv").read_bytes().startswith(before_history)
@@ -52,6 +81,7 @@ def test_extend_runs_only_the_new_seeds_and_reports_two_looks(smoke_run, tmp_pat
     new_trials = set(run.glob("two_stage_trial_*")) - old_trials
     assert len(new_trials) == 8 and all("seed=2" in p.name or "seed=3" in p.name for p in new_trials)
     results = pd.read_csv(run / "results.csv")
+    assert len(results) == len(results.drop_duplicates(["arm", "seed", "regime"]))
     seeds = {arm: sorted(set(s)) for arm, s in results.groupby("arm")["seed"]}
     assert seeds == dict.fromkeys(["baseline", "corruption", "missing_patch", "rotation"], [0, 1, 2, 3])
     # The manifest and the report list both looks; the verdict table's design line says so.
@@ -72,44 +102,6 @@ def test_extend_runs_only_the_new_seeds_and_reports_two_looks(smoke_run, tmp_pat
     # The rows appended match the trials' own records: `study report` finds no edit.
     again = run_cli("report", str(run), env=study_env)
     assert again.returncode == 0 and "differ from the trials' own records" not in again.stderr, again.stderr
-
-
-@pytest.mark.slow
-def test_a_killed_extension_is_finished_by_resume(smoke_run, tmp_path, study_env):
-    run = _copy(smoke_run, tmp_path, "killed")
-    before_rows = (run / "results.csv").read_bytes()
-    log = tmp_path / "extend.log"
-    slowed = {**os.environ, **study_env, **OWN_RAY, "STUDY_TEST_EPOCH_DELAY": "finetune:0.5"}
-    exe = str(Path(sys.executable).with_name("study"))
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [exe, "extend", str(run), "--seeds", "3", "--no-report"],
-            env=slowed,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def one_new_trial_done() -> bool:
-        new = [d for d in run.glob("two_stage_trial_*seed=2*")]
-        return (
-            any(last_result(d).get("phase") == "done" for d in new)
-            and not all(last_result(d).get("phase") == "done" for d in new)
-            and len(new) == 4
-        )
-
-    try:
-        kill_driver_when(run, proc, one_new_trial_done, poll=0.1)
-    finally:
-        signal_session(proc, signal.SIGKILL)
-    assert (run / "results.csv").read_bytes() == before_rows  # nothing appended by the killed look
-    resumed = run_cli("resume", str(run), env={**study_env, **OWN_RAY})
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert (run / "results.csv").read_bytes().startswith(before_rows)
-    results = pd.read_csv(run / "results.csv")
-    assert sorted(set(results["seed"])) == [0, 1, 2]
-    assert len(results) == len(results.drop_duplicates(["arm", "seed", "regime"]))
-    assert "in 2 look(s) at 2, 3 seeds" in (run / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- bad requests
@@ -243,3 +235,17 @@ def test_seeds_per_look_is_refused_for_declared_looks(extend_error, monkeypatch)
     assert "--seeds-per-look: the study declares its looks" in extend_error(
         "--seeds", "4", "--seeds-per-look", "1"
     )
+
+
+def test_an_undecided_study_run_prints_the_command_that_would_extend_it(smoke_run):
+    """The smoke study (2 seeds) is undecided: its console ends with the one `study extend` command, the
+    report's planning figure as --seeds (more than the 2 it ran)."""
+    import re
+
+    console = (smoke_run.parent / "smoke.console.txt").read_text()
+    found = re.search(
+        rf"Undecided: 3 of 3 primary comparison\(s\)\..*study extend {re.escape(str(smoke_run))} --seeds (\d+)",
+        console,
+    )
+    assert found and int(found.group(1)) > 2, console[-1500:]
+    assert f"study extend {smoke_run} --seeds {found.group(1)}" in (smoke_run / "report.md").read_text()
