@@ -23,7 +23,7 @@ import study
 from study import analysis as A
 from study.io.files import UnsafeFileError, read_json, write_text_replacing
 from study.report.results_table import load_run
-from study.report.sequential import RunLooks, run_looks
+from study.report.sequential import RunLooks, not_run_by_design, run_looks
 from study.run.results import varied_params
 from study.run.rundir import LOOKS_FILE, versions
 from study.spec.config import ConfigError
@@ -204,13 +204,12 @@ def arm_names(preset: StudyPreset) -> list[str]:
 
 
 def not_run(preset: StudyPreset, looks: list[Look]) -> dict[str, set[int]]:
-    """Arm name -> the seeds of later looks it did not run (its comparison was closed)."""
+    """Arm name -> the seeds of later looks it did not run (its comparison was closed), as the report reads
+    them from the manifest (`report.sequential.not_run_by_design`)."""
     names = arm_names(preset)
-    out: dict[str, set[int]] = {}
-    for look in looks:
-        for i in set(range(len(names))) - set(look.arms):
-            out.setdefault(names[i], set()).update(look.seeds)
-    return out
+    ran = [{"arms": names, "added": list(preset.seeds)}]
+    ran += [{"arms": [names[a] for a in x.arms], "added": list(x.seeds)} for x in looks]
+    return not_run_by_design({"looks": ran})
 
 
 def looks_state(local: Path, preset: StudyPreset, looks: list[Look]) -> RunLooks | None:
