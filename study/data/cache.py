@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study.data import decoded_store
+import study.data.decoded_store as decoded_store
 from study.data.checks import CheckReport, scan
 from study.data.discovery import Resolved, resolve
 from study.data.fingerprinting import fingerprint_entries
