@@ -58,21 +58,24 @@ def seal_folder(folder: Path, key: bytes) -> None:
     (folder / SEAL).write_text(json.dumps({"version": 1, "files": macs}, indent=1, sort_keys=True))
 
 
-def seal_problems(folder: Path, key: bytes) -> list[str]:
+def seal_problems(folder: Path, key: bytes, *, partial: bool = False) -> list[str]:
     """What is wrong with the seal of `folder` (empty when every file is as sealed): each entry names a file
-    (folder-relative) and why."""
+    (folder-relative) and why. `partial`: a folder that may be cut short (a copy killed midway): files missing,
+    the seal included, are not problems; a file added or changed still is."""
     try:
         recorded = parse_json(read_regular(folder / SEAL), SEAL)["files"]
         if not isinstance(recorded, dict):
             raise TypeError("files is not an object")
     except FileNotFoundError:
-        return [f"{SEAL}: missing (the folder carries no seal)"]
+        return [] if partial else [f"{SEAL}: missing (the folder carries no seal)"]
     except (OSError, UnsafeFileError, KeyError, TypeError) as exc:
         return [f"{SEAL}: not a seal ({exc})"]
     files, other = folder_files(folder)
     problems = [f"{name}: not a regular file" for name in other]
     problems += [f"{name}: not in the seal (added)" for name in files if name not in recorded]
-    problems += [f"{name}: sealed but missing" for name in sorted(recorded) if name not in files]
+    problems += [
+        f"{name}: sealed but missing" for name in sorted(recorded) if name not in files and not partial
+    ]
     for name in files:
         if name in recorded and not _matches(key, name, folder / name, recorded[name]):
             problems.append(f"{name}: changed since it was sealed")

@@ -52,7 +52,6 @@ def read_looks(local: Path, preset: StudyPreset) -> list[Look]:
     path = local / LOOKS_FILE
     if not path.exists() and not path.is_symlink():
         return []
-    where = f"{path}"
     try:
         raw = read_json(path, limit=MAX_LOOKS_BYTES)
         looks = [
@@ -66,13 +65,13 @@ def read_looks(local: Path, preset: StudyPreset) -> list[Look]:
             for x in raw["looks"]
         ]
     except (OSError, UnsafeFileError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: not the run's record of its looks ({exc})") from None
+        raise ConfigError(f"{path}: not the run's record of its looks ({exc})") from None
     seen = set(preset.seeds)
     for look in looks:
         if not look.seeds or seen & set(look.seeds) or min(look.seeds) < 0:
-            raise ConfigError(f"{where}: a look adds no seeds, or seeds another look ran: {list(look.seeds)}")
+            raise ConfigError(f"{path}: a look adds no seeds, or seeds another look ran: {list(look.seeds)}")
         if not look.arms or not all(0 <= a < len(preset.arms) for a in look.arms):
-            raise ConfigError(f"{where}: a look names arms the study does not have: {list(look.arms)}")
+            raise ConfigError(f"{path}: a look names arms the study does not have: {list(look.arms)}")
         seen |= set(look.seeds)
     return looks
 

@@ -24,7 +24,7 @@ from study.io.files import MAX_READ_BYTES, UnsafeFileError, parse_json, read_reg
 from study.io.seal import RunSeal, seal_problems
 from study.run import integrity
 from study.run.rundir import LOOKS_FILE, RUN_SALT, STUDY_FILE
-from study.spec.config import ConfigError
+from study.spec.config import PRETEXT_CACHE, ConfigError
 
 STATE_BACKUP = ".state-backup"
 # Signed files of a run that Tune does not rewrite as it runs (no backup kept): the Tuner, the study record and
@@ -219,8 +219,8 @@ def run_seal(saved: dict[str, Any], *, trust: bool = False) -> RunSeal:
 
 
 # Folders of a local run that a trial reads back: its checkpoints and complete pretext-cache entries.
-PRETEXT_CACHE_DIR = "pretext_cache/"
-_SEALED = (re.compile(r"[^/.][^/]*/checkpoint_\d+"), re.compile(PRETEXT_CACHE_DIR + r"[0-9a-f]{24}"))
+_CHECKPOINT = re.compile(r"[^/.][^/]*/checkpoint_\d+")
+_SEALED = (_CHECKPOINT, re.compile(re.escape(PRETEXT_CACHE) + r"/[0-9a-f]{24}"))
 
 
 def sealed_folders(run_dir: Path) -> list[str]:
@@ -245,10 +245,8 @@ def check_sealed(run_dir: Path, seal: RunSeal) -> None:
             raise ConfigError(unsealed_message(f"{run_dir}/{folders[0]}", str(run_dir)))
         return
     for name in folders:
-        partial_ok = (
-            name.startswith(PRETEXT_CACHE_DIR) is False
-        )  # Tune may leave a checkpoint copy unfinished
-        bad = [p for p in seal_problems(run_dir / name, seal.key) if not (partial_ok and "missing" in p)]
+        # Tune may leave a checkpoint copy unfinished (never restored); a cache entry is renamed in whole.
+        bad = seal_problems(run_dir / name, seal.key, partial=bool(_CHECKPOINT.fullmatch(name)))
         if bad:
             raise ConfigError(
                 f"{run_dir}/{name}/{bad[0]}: not written by this run as it stands, so it is not restored; move "

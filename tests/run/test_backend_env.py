@@ -10,6 +10,20 @@ from study.run import cluster, rundir
 from study.spec.presets import get_preset
 
 
+@pytest.fixture
+def seen(monkeypatch) -> dict:
+    """What `ray.init` was called with; no Ray starts. No cluster here either: the address probe answers as a
+    GCS would, and the resource check is another test's."""
+    ray = pytest.importorskip("ray")
+    calls: dict = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.update(kw))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(cluster, "resolve_address", lambda address: address)
+    monkeypatch.setattr(cluster, "check_cluster_resources", lambda address, preset: None)
+    return calls
+
+
 def test_the_manifest_names_the_backend_and_its_version(monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     assert rundir.versions()["keras_backend"].startswith("tensorflow ")
@@ -20,15 +34,7 @@ def test_the_manifest_names_the_backend_and_its_version(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])
-def test_a_clusters_workers_are_told_the_backend(monkeypatch, backend):
-    ray = pytest.importorskip("ray")
-    seen = {}
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    # No cluster here: the address probe answers as a GCS would, and the resource check is another test's.
-    monkeypatch.setattr(cluster, "resolve_address", lambda address: address)
-    monkeypatch.setattr(cluster, "check_cluster_resources", lambda address, preset: None)
+def test_a_clusters_workers_are_told_the_backend(monkeypatch, seen, backend):
     monkeypatch.setenv("KERAS_BACKEND", backend)
     cluster.init_ray("head:6379", get_preset("smoke"))
     assert seen["address"] == "head:6379"
@@ -36,14 +42,7 @@ def test_a_clusters_workers_are_told_the_backend(monkeypatch, backend):
 
 
 @pytest.mark.parametrize("address", ["head:6379", None], ids=["cluster", "embedded"])
-def test_the_studys_own_backend_reaches_the_workers(monkeypatch, address):
-    ray = pytest.importorskip("ray")
-    seen = {}
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    monkeypatch.setattr(cluster, "resolve_address", lambda address: address)
-    monkeypatch.setattr(cluster, "check_cluster_resources", lambda address, preset: None)
+def test_the_studys_own_backend_reaches_the_workers(monkeypatch, seen, address):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)  # this process would run TensorFlow
     cluster.init_ray(address, get_preset("smoke").replace(backend="jax"))
     assert seen["address"] == (address or "local")
