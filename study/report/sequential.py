@@ -119,11 +119,12 @@ def seeds_to_extend(verdicts: pd.DataFrame, declared: tuple[int, ...], n_now: in
     if declared:
         later = [n for n in declared if n > n_now]
         return later[0] if later else None
-    need = [
-        float(e) if np.isfinite(float(e)) else float(s)
-        for e, s in zip(undecided["seeds_equivalence"], undecided.get("seeds_80_max", np.nan))
-    ]
-    need = [x for x in need if np.isfinite(x)]
+
+    def finite(col: str) -> pd.Series:  # a planning column, NaN where absent or not finite
+        values = undecided.get(col, pd.Series(np.nan, index=undecided.index)).astype(float)
+        return values.where(np.isfinite(values))
+
+    need = finite("seeds_equivalence").fillna(finite("seeds_80_max")).dropna().tolist()
     return max(n_now + 1, int(np.ceil(max(need)))) if need else 2 * n_now
 
 
