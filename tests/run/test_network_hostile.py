@@ -93,7 +93,9 @@ def test_a_name_whose_dns_never_answers_is_refused_within_seconds(cli_error, tmp
     """`getaddrinfo` has no timeout of its own (a dead DNS server blocks it for the resolver's retries): the
     lookup gets the same deadline as the connect (5 s; 1 s here), then one line."""
     monkeypatch.setattr(cluster, "ADDRESS_PROBE_S", 1)
-    monkeypatch.setattr(cluster.socket, "getaddrinfo", lambda *a, **kw: time.sleep(60))
+    # A lookup that answers only after the deadline (the thread left behind then ends without an error).
+    late = [(socket.AF_INET, socket.SOCK_STREAM, 0, "", ("127.0.0.1", 1))]
+    monkeypatch.setattr(cluster.socket, "getaddrinfo", lambda *a, **kw: time.sleep(60) or late)
     start = time.monotonic()
     line = cli_error(["--preset", "smoke", "--address", "head.example.invalid:6379"])
     assert (
